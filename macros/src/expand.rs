@@ -1,0 +1,369 @@
+//! `#[websocket_manager]`: parse, check, then generate.
+//!
+//! On success the impl is handed to async-trait and registered. On any error
+//! the output is the errors plus a complete impl (the valid methods kept, the
+//! others replaced by stubs), so the user sees our messages and not a cascade
+//! of rustc's.
+
+use proc_macro2::{Literal, Span, TokenStream};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::visit_mut::VisitMut;
+use syn::{FnArg, ImplItem, ImplItemFn, Item, ItemImpl, Pat, Path, Type};
+
+use crate::args::{self, Args, Mode};
+use crate::contract::{Contract, ContractMethod};
+use crate::types::{Qualify, render_type};
+use crate::validate::{self, Form};
+
+const PLACEMENT: &str = "`#[websocket_manager]` goes on an impl block: `impl WebSocketManager for MyManager { ... }` (the contract's 11 methods), or `impl MyManager { ... }` for a type that already has them";
+
+/// The whole attribute, on `proc_macro2` streams. Never panics: every
+/// failure becomes `compile_error!` next to the best output possible.
+pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let (args, arg_error) = args::parse(attr);
+    let mut errors: Vec<syn::Error> = arg_error.into_iter().collect();
+    let contract = match Contract::load() {
+        Ok(contract) => contract,
+        Err(error) => return with_errors(vec![error], item),
+    };
+    let parsed: Item = match syn::parse2(item.clone()) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            errors.push(error);
+            return with_errors(errors, item);
+        }
+    };
+    let (item_impl, form) = match classify(parsed) {
+        Ok(found) => found,
+        Err(error) => {
+            errors.push(error);
+            return with_errors(errors, item);
+        }
+    };
+    let checked = validate::check(&item_impl, form, &contract, &args);
+    errors.extend(checked.errors);
+    let generated = generate(
+        &item_impl,
+        form,
+        &contract,
+        &checked.valid,
+        &args,
+        !errors.is_empty(),
+    );
+    let errors = errors.iter().map(syn::Error::to_compile_error);
+    quote! {
+        #(#errors)*
+        #generated
+    }
+}
+
+fn with_errors(errors: Vec<syn::Error>, item: TokenStream) -> TokenStream {
+    let errors = errors.iter().map(syn::Error::to_compile_error);
+    quote! {
+        #(#errors)*
+        #item
+    }
+}
+
+/// Which form the item is, or the error that says where the attribute goes.
+fn classify(item: Item) -> Result<(ItemImpl, Form), syn::Error> {
+    let (what, span): (String, Span) = match item {
+        Item::Impl(item_impl) => {
+            let Some((bang, path, _)) = &item_impl.trait_ else {
+                return Ok((item_impl, Form::Inherent));
+            };
+            let trait_name = path
+                .segments
+                .last()
+                .map(|s| s.ident.to_string())
+                .unwrap_or_default();
+            if let Some(bang) = bang {
+                return Err(syn::Error::new(
+                    bang.span(),
+                    "a negative impl cannot be a manager; remove `#[websocket_manager]`",
+                ));
+            }
+            if trait_name == "WebSocketManager" {
+                return Ok((item_impl, Form::TraitImpl));
+            }
+            (format!("an impl of `{trait_name}`"), path.span())
+        }
+        Item::Struct(s) => ("a struct".to_owned(), s.ident.span()),
+        Item::Enum(e) => ("an enum".to_owned(), e.ident.span()),
+        Item::Fn(f) => ("a function".to_owned(), f.sig.ident.span()),
+        Item::Trait(t) => ("a trait".to_owned(), t.ident.span()),
+        Item::Mod(m) => ("a module".to_owned(), m.ident.span()),
+        other => ("this item".to_owned(), other.span()),
+    };
+    Err(syn::Error::new(
+        span,
+        format!("{PLACEMENT}; it cannot go on {what}"),
+    ))
+}
+
+fn generate(
+    item: &ItemImpl,
+    form: Form,
+    contract: &Contract,
+    valid: &[Option<&ImplItemFn>],
+    args: &Args,
+    has_errors: bool,
+) -> TokenStream {
+    let krate = &args.krate;
+    let async_trait = quote!(#krate::__private::async_trait);
+    let trait_impl = match form {
+        Form::TraitImpl if !has_errors => quote! {
+            #[#async_trait]
+            #item
+        },
+        Form::TraitImpl => {
+            // keep what is valid, stub the rest: a complete impl, no cascade
+            let mut fallback = item.clone();
+            fallback.items = contract
+                .methods
+                .iter()
+                .zip(valid)
+                .map(|(method, found)| match found {
+                    Some(function) => ImplItem::Fn((*function).clone()),
+                    None => ImplItem::Verbatim(stub(method, krate)),
+                })
+                .collect();
+            quote! {
+                #[#async_trait]
+                #fallback
+            }
+        }
+        Form::Inherent => {
+            let self_ty = &item.self_ty;
+            let (impl_generics, _, where_clause) = item.generics.split_for_impl();
+            let methods = contract
+                .methods
+                .iter()
+                .zip(valid)
+                .map(|(method, found)| match found {
+                    Some(_) => delegation(method, self_ty, krate),
+                    None => stub(method, krate),
+                });
+            quote! {
+                #item
+                #[#async_trait]
+                impl #impl_generics #krate::WebSocketManager for #self_ty #where_clause {
+                    #(#methods)*
+                }
+            }
+        }
+    };
+    let registration = registration(item, contract, args);
+    quote! {
+        #trait_impl
+        #registration
+    }
+}
+
+/// The contract's signature with types qualified for any crate, and
+/// parameter names from the contract (prefixed `_` for stubs).
+fn qualified_signature(method: &ContractMethod, krate: &Path, unused: bool) -> syn::Signature {
+    let mut sig = method.item.sig.clone();
+    let mut qualify = Qualify { krate };
+    for input in &mut sig.inputs {
+        if let FnArg::Typed(pat) = input {
+            qualify.visit_type_mut(&mut pat.ty);
+            if unused && let Pat::Ident(ident) = &mut *pat.pat {
+                ident.ident = format_ident!("_{}", ident.ident);
+            }
+        }
+    }
+    if let syn::ReturnType::Type(_, ty) = &mut sig.output {
+        qualify.visit_type_mut(ty);
+    }
+    sig
+}
+
+fn stub(method: &ContractMethod, krate: &Path) -> TokenStream {
+    let sig = qualified_signature(method, krate, true);
+    quote! {
+        #sig {
+            ::core::unreachable!("`#[websocket_manager]` reported a compile error for this method")
+        }
+    }
+}
+
+fn delegation(method: &ContractMethod, self_ty: &Type, krate: &Path) -> TokenStream {
+    let sig = qualified_signature(method, krate, false);
+    let name = method.ident();
+    let params = method.params().into_iter().map(|(ident, _)| ident);
+    let call = quote!(<#self_ty>::#name(self, #(#params),*));
+    let body = if method.is_async() {
+        quote!(#call.await)
+    } else {
+        call
+    };
+    quote! {
+        #[inline]
+        #sig { #body }
+    }
+}
+
+fn registration(item: &ItemImpl, contract: &Contract, args: &Args) -> TokenStream {
+    let krate = &args.krate;
+    let is_generic = item
+        .generics
+        .params
+        .iter()
+        .any(|p| !matches!(p, syn::GenericParam::Lifetime(_)));
+    let has_lifetimes = item.generics.lifetimes().next().is_some();
+    let registered: &Type = match (&args.register, is_generic) {
+        (Some((ty, _)), true) => ty,
+        (None, false) if !has_lifetimes => &item.self_ty,
+        // reported by validate: a generic impl without `register`, or
+        // `register` on a concrete impl, or a borrowed manager
+        _ => return TokenStream::new(),
+    };
+    let type_name = render_type(registered);
+    let name = args
+        .name
+        .as_ref()
+        .map(|lit| lit.value())
+        .unwrap_or_else(|| type_name.clone());
+    let mode = match args.mode {
+        Mode::Unified => quote!(#krate::ManagerMode::Unified),
+        Mode::Isolated => quote!(#krate::ManagerMode::Isolated),
+    };
+    let fingerprint = Literal::u64_suffixed(contract.fingerprint());
+    let span = registered.span();
+    let constructor = if args.factory {
+        quote_spanned!(span=> ::core::option::Option::Some(#krate::__private::construct::<#registered>))
+    } else {
+        quote!(::core::option::Option::None)
+    };
+    let registered_tokens = registered.to_token_stream();
+    quote! {
+        const _: () = {
+            // the macro and the runtime must describe the same contract
+            ::core::assert!(
+                #fingerprint == #krate::PROTOCOL_FINGERPRINT,
+                "websocket-manager-macros and websocket-manager disagree on the contract: use the same version of both"
+            );
+            // the registered type must be a manager (checked here, once)
+            fn __assert_manager<T: #krate::WebSocketManager>() {}
+            let _ = __assert_manager::<#registered_tokens>;
+            #krate::__private::inventory::submit! {
+                #krate::Registration {
+                    name: #name,
+                    type_name: #type_name,
+                    module_path: ::core::module_path!(),
+                    file: ::core::file!(),
+                    line: ::core::line!(),
+                    mode: #mode,
+                    fingerprint: #fingerprint,
+                    constructor: #constructor,
+                }
+            }
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand_str(attr: &str, item: &str) -> String {
+        let attr: TokenStream = attr.parse().unwrap();
+        let item: TokenStream = item.parse().unwrap();
+        expand(attr, item).to_string()
+    }
+
+    pub(crate) const VALID_IMPL: &str = r#"
+        impl WebSocketManager for Good {
+            async fn add_connection(&self, connection: WebSocketConnection) -> Result<(), ManagerError> { Ok(()) }
+            async fn remove_connection(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection> { None }
+            fn get_connection(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection> { None }
+            fn get_user_connections(&self, user_id: &UserId) -> std::collections::HashSet<ConnectionId> { Default::default() }
+            fn is_connection_active(&self, user_id: &UserId) -> bool { false }
+            fn get_connection_id_by_websocket(&self, websocket: &WebSocketHandle) -> Option<ConnectionId> { None }
+            fn update_connection_thread(&self, connection_id: &ConnectionId, thread_id: ThreadId) -> bool { false }
+            async fn send_to_user(&self, user_id: &UserId, message: serde_json::Value) -> Result<Delivery, ManagerError> { todo!() }
+            async fn emit_critical_event(&self, user_id: &UserId, event_type: &str, data: serde_json::Value) -> Result<Delivery, ManagerError> { todo!() }
+            fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth { todo!() }
+            async fn send_to_thread(&self, thread_id: &ThreadId, message: serde_json::Value) -> Result<Delivery, ManagerError> { todo!() }
+        }
+    "#;
+
+    #[test]
+    fn valid_trait_impl_is_async_trait_plus_registration() {
+        let out = expand_str("name = \"good\", mode = \"isolated\"", VALID_IMPL);
+        assert!(!out.contains("compile_error"), "{out}");
+        assert!(out.contains(":: websocket_manager :: __private :: async_trait"));
+        assert!(out.contains("inventory :: submit"));
+        assert!(out.contains("\"good\""));
+        assert!(out.contains("ManagerMode :: Isolated"));
+        assert!(out.contains("construct :: < Good >"));
+    }
+
+    #[test]
+    fn renamed_crate_is_used_everywhere() {
+        let out = expand_str("crate = wsm", VALID_IMPL);
+        assert!(!out.contains("compile_error"), "{out}");
+        assert!(!out.contains(":: websocket_manager"), "{out}");
+        assert!(out.contains("wsm :: __private :: inventory"));
+    }
+
+    #[test]
+    fn missing_method_is_reported_once_with_its_signature() {
+        let item = VALID_IMPL.replace(
+            "fn get_connection_id_by_websocket(&self, websocket: &WebSocketHandle) -> Option<ConnectionId> { None }",
+            "",
+        );
+        let out = expand_str("", &item);
+        assert_eq!(out.matches("compile_error").count(), 1, "{out}");
+        assert!(out.contains("missing 1 of the 11"), "{out}");
+        assert!(out.contains("fn get_connection_id_by_websocket(&self, websocket: &WebSocketHandle) -> Option<ConnectionId> { ... }  // critical"));
+        // the fallback still defines the method so rustc adds nothing
+        assert!(out.contains("unreachable"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_in_one_expansion() {
+        let item = VALID_IMPL
+            .replace("async fn send_to_user", "fn send_to_user")
+            .replace(
+                "fn is_connection_active(&self, user_id: &UserId)",
+                "fn is_connection_active(&self, user_id: &str)",
+            )
+            .replace("fn get_connection(&self,", "fn get_connection(&mut self,");
+        let out = expand_str("mode = \"shared\"", &item);
+        assert_eq!(out.matches("compile_error").count(), 4, "{out}");
+        assert!(out.contains("unknown mode `shared`"));
+        assert!(out.contains("`send_to_user` must be `async`"));
+        assert!(out.contains("expected `&UserId`, found `&str`"));
+        assert!(out.contains("must take `&self`, found `&mut self`"));
+    }
+
+    #[test]
+    fn inherent_form_generates_delegating_trait_impl() {
+        let item = VALID_IMPL
+            .replace("impl WebSocketManager for Good", "impl Good")
+            .replace("{ Ok(()) }", "{ Ok(()) } fn helper(&self) {}");
+        let out = expand_str("", &item);
+        assert!(!out.contains("compile_error"), "{out}");
+        assert!(out.contains("impl :: websocket_manager :: WebSocketManager for Good"));
+        assert!(out.contains("< Good > :: send_to_user (self , user_id , message) . await"));
+    }
+
+    #[test]
+    fn wrong_placement_keeps_the_item() {
+        let out = expand_str("", "struct NotAnImpl;");
+        assert!(out.contains("goes on an impl block"));
+        assert!(out.contains("struct NotAnImpl"));
+    }
+
+    #[test]
+    fn factory_false_registers_without_constructor() {
+        let out = expand_str("factory = false", VALID_IMPL);
+        assert!(
+            out.contains("constructor : :: core :: option :: Option :: None"),
+            "{out}"
+        );
+    }
+}

@@ -1,0 +1,31 @@
+//! The `#[websocket_manager]` attribute of the `websocket-manager` crate.
+//!
+//! Depend on `websocket-manager` and use `websocket_manager::websocket_manager`;
+//! this crate is its implementation. The entry points below are thin: the
+//! work is in [`expand`](crate::expand), on `proc_macro2` token streams, so it
+//! is unit-tested without a compiler.
+
+mod args;
+mod contract;
+mod emit_contract;
+mod expand;
+mod suggest;
+mod types;
+mod validate;
+
+use proc_macro::TokenStream;
+
+/// Checks an impl block against the `WebSocketManager` contract at compile
+/// time and registers the manager. See the `websocket-manager` crate.
+#[proc_macro_attribute]
+pub fn websocket_manager(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand::expand(attr.into(), item.into()).into()
+}
+
+/// Emits the `WebSocketManager` trait, its method table and its fingerprint
+/// from the contract source. Used once, inside the runtime crate.
+#[doc(hidden)]
+#[proc_macro]
+pub fn __contract(input: TokenStream) -> TokenStream {
+    emit_contract::emit(input.into()).into()
+}

@@ -1,0 +1,485 @@
+//! The checks: an impl block against the contract. Every problem becomes a
+//! `syn::Error` spanned on the user's own tokens; all of them are returned.
+
+use std::collections::HashSet;
+
+use quote::{ToTokens, quote};
+use syn::spanned::Spanned;
+use syn::{FnArg, GenericParam, ImplItem, ImplItemFn, ItemImpl, ReturnType, Signature};
+
+use crate::args::Args;
+use crate::contract::{Contract, ContractMethod};
+use crate::suggest::closest;
+use crate::types::{canonical, named_lifetimes, render_type};
+
+/// Which of the two accepted forms the impl block is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Form {
+    /// `impl WebSocketManager for T { ... }`
+    TraitImpl,
+    /// `impl T { ... }`: the methods are `T`'s own API.
+    Inherent,
+}
+
+/// The outcome of the checks.
+pub(crate) struct Checked<'a> {
+    /// For each contract method, in contract order: the user's method when it
+    /// is present and matches.
+    pub valid: Vec<Option<&'a ImplItemFn>>,
+    pub errors: Vec<syn::Error>,
+}
+
+pub(crate) fn check<'a>(
+    item: &'a ItemImpl,
+    form: Form,
+    contract: &Contract,
+    args: &Args,
+) -> Checked<'a> {
+    let mut errors = Vec::new();
+    let mut valid: Vec<Option<&ImplItemFn>> = vec![None; contract.methods.len()];
+    let mut present = vec![false; contract.methods.len()];
+    let self_ty = render_type(&item.self_ty);
+
+    check_impl_header(item, form, args, &self_ty, &mut errors);
+
+    if let Some(error) = async_trait_already_applied(item) {
+        errors.push(error);
+        return Checked { valid, errors };
+    }
+
+    let mut seen = HashSet::new();
+    for impl_item in &item.items {
+        match impl_item {
+            ImplItem::Fn(function) => {
+                let name = function.sig.ident.to_string();
+                match contract.methods.iter().position(|m| m.ident() == &name) {
+                    Some(index) => {
+                        if !seen.insert(name.clone()) {
+                            errors.push(syn::Error::new(
+                                function.sig.ident.span(),
+                                format!(
+                                    "`{name}` is defined more than once in this impl; keep one"
+                                ),
+                            ));
+                            continue;
+                        }
+                        present[index] = true;
+                        let method_errors = check_method(function, &contract.methods[index]);
+                        if method_errors.is_empty() {
+                            valid[index] = Some(function);
+                        }
+                        errors.extend(method_errors);
+                    }
+                    None if form == Form::TraitImpl => {
+                        errors.push(unknown_method(function, contract));
+                    }
+                    None => {}
+                }
+            }
+            other if form == Form::TraitImpl => {
+                if let Some(error) = foreign_item(other) {
+                    errors.push(error);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let missing: Vec<&ContractMethod> = contract
+        .methods
+        .iter()
+        .zip(&present)
+        .filter(|(_, present)| !**present)
+        .map(|(method, _)| method)
+        .collect();
+    if !missing.is_empty() {
+        errors.insert(
+            0,
+            missing_methods(item, &self_ty, &missing, contract.methods.len()),
+        );
+    }
+    Checked { valid, errors }
+}
+
+fn check_impl_header(
+    item: &ItemImpl,
+    form: Form,
+    args: &Args,
+    self_ty: &str,
+    errors: &mut Vec<syn::Error>,
+) {
+    if let Some(unsafety) = item.unsafety {
+        errors.push(syn::Error::new(
+            unsafety.span(),
+            "a manager impl must not be `unsafe`: `WebSocketManager` is a safe trait",
+        ));
+    }
+    if let Some(defaultness) = item.defaultness {
+        errors.push(syn::Error::new(
+            defaultness.span(),
+            "`default impl` cannot be checked against the contract; write a plain impl",
+        ));
+    }
+    if form == Form::TraitImpl
+        && let Some((_, path, _)) = &item.trait_
+        && let Some(last) = path.segments.last()
+        && !last.arguments.is_empty()
+    {
+        errors.push(syn::Error::new_spanned(
+            &last.arguments,
+            "`WebSocketManager` takes no generic arguments",
+        ));
+    }
+    let mut type_params = Vec::new();
+    for param in &item.generics.params {
+        match param {
+            GenericParam::Lifetime(lifetime) => errors.push(syn::Error::new(
+                lifetime.span(),
+                format!(
+                    "a manager must be `'static` (it is shared as `Arc<dyn WebSocketManager>`), so `{self_ty}` cannot borrow with lifetime `{}`; own the data or hold it in an `Arc`",
+                    lifetime.lifetime
+                ),
+            )),
+            GenericParam::Type(_) | GenericParam::Const(_) => type_params.push(param),
+        }
+    }
+    match (&args.register, type_params.is_empty()) {
+        (None, false) => errors.push(syn::Error::new_spanned(
+            &item.generics,
+            format!(
+                "`{self_ty}` is generic, and the registry can only hold a concrete type; name the instantiation to register: `#[websocket_manager(register = {})]`",
+                example_instantiation(item)
+            ),
+        )),
+        (Some((_, span)), true) => errors.push(syn::Error::new(
+            *span,
+            format!("`register` is only for generic impls; `{self_ty}` is registered as it is, so remove `register`"),
+        )),
+        _ => {}
+    }
+    for attr in &item.attrs {
+        if attr
+            .path()
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "async_trait")
+        {
+            errors.push(syn::Error::new_spanned(
+                attr,
+                "remove `#[async_trait]`: `#[websocket_manager]` applies it for you",
+            ));
+        }
+    }
+}
+
+/// `M<S>` becomes `M<YourType>` for the `register` hint.
+fn example_instantiation(item: &ItemImpl) -> String {
+    let ty = render_type(&item.self_ty);
+    match ty.find('<') {
+        Some(index) => format!("{}<ConcreteType>", &ty[..index]),
+        None => ty,
+    }
+}
+
+/// `#[async_trait]` above `#[websocket_manager]` has already rewritten every
+/// `async fn`; say so instead of reporting 5 confusing mismatches.
+fn async_trait_already_applied(item: &ItemImpl) -> Option<syn::Error> {
+    item.items.iter().find_map(|impl_item| match impl_item {
+        ImplItem::Fn(function)
+            if function.sig.generics.lifetimes().any(|l| l.lifetime.ident == "async_trait") =>
+        {
+            Some(syn::Error::new(
+                function.sig.ident.span(),
+                "`#[async_trait]` was applied before `#[websocket_manager]`; remove `#[async_trait]`: `#[websocket_manager]` applies it for you after checking the methods",
+            ))
+        }
+        _ => None,
+    })
+}
+
+fn missing_methods(
+    item: &ItemImpl,
+    self_ty: &str,
+    missing: &[&ContractMethod],
+    total: usize,
+) -> syn::Error {
+    let (impl_token, generics, self_type) = (&item.impl_token, &item.generics, &item.self_ty);
+    let header = match &item.trait_ {
+        Some((bang, path, for_token)) => {
+            quote!(#impl_token #generics #bang #path #for_token #self_type)
+        }
+        None => quote!(#impl_token #generics #self_type),
+    };
+    let count = missing.len();
+    let mut message = format!(
+        "`{self_ty}` is missing {count} of the {total} `WebSocketManager` contract methods; add {}:\n",
+        if count == 1 { "it" } else { "them" }
+    );
+    for method in missing {
+        message.push_str(&format!("\n    {} {{ ... }}", method.signature()));
+        if method.critical {
+            message.push_str("  // critical");
+        }
+    }
+    let critical: Vec<String> = missing
+        .iter()
+        .filter(|m| m.critical)
+        .map(|m| format!("`{}`", m.name()))
+        .collect();
+    if !critical.is_empty() {
+        message.push_str(&format!(
+            "\n\n{} {} critical: a manager without {} crashed agent runs in production",
+            critical.join(" and "),
+            if critical.len() == 1 { "is" } else { "are" },
+            if critical.len() == 1 { "it" } else { "them" },
+        ));
+    }
+    syn::Error::new_spanned(header, message)
+}
+
+fn unknown_method(function: &ImplItemFn, contract: &Contract) -> syn::Error {
+    let name = function.sig.ident.to_string();
+    let hint = match closest(&name, contract.names()) {
+        Some(candidate) => format!("; did you mean `{candidate}`?"),
+        None => "; helper methods belong in a separate inherent `impl` block".to_owned(),
+    };
+    syn::Error::new(
+        function.sig.ident.span(),
+        format!("`{name}` is not a method of the `WebSocketManager` contract{hint}"),
+    )
+}
+
+fn foreign_item(item: &ImplItem) -> Option<syn::Error> {
+    let (what, tokens) = match item {
+        ImplItem::Type(t) => (
+            format!("associated type `{}`", t.ident),
+            t.to_token_stream(),
+        ),
+        ImplItem::Const(c) => (
+            format!("associated constant `{}`", c.ident),
+            c.to_token_stream(),
+        ),
+        ImplItem::Macro(m) => ("a macro invocation".to_owned(), m.to_token_stream()),
+        ImplItem::Fn(_) => return None,
+        other => ("this item".to_owned(), other.to_token_stream()),
+    };
+    Some(syn::Error::new_spanned(
+        tokens,
+        format!(
+            "{what} is not part of the `WebSocketManager` contract, which has only its 11 methods; move it to an inherent `impl` block"
+        ),
+    ))
+}
+
+/// Every difference between one method and its contract entry.
+pub(crate) fn check_method(function: &ImplItemFn, spec: &ContractMethod) -> Vec<syn::Error> {
+    let sig = &function.sig;
+    let name = spec.name();
+    let contract_sig = spec.signature();
+    let mut errors = Vec::new();
+    let mut error =
+        |span: proc_macro2::Span, message: String| errors.push(syn::Error::new(span, message));
+
+    if let Some(constness) = sig.constness {
+        error(
+            constness.span(),
+            format!("`{name}` must not be `const`: the contract declares `{contract_sig}`"),
+        );
+    }
+    if let Some(unsafety) = sig.unsafety {
+        error(
+            unsafety.span(),
+            format!("`{name}` must not be `unsafe`: the contract declares `{contract_sig}`"),
+        );
+    }
+    if let Some(abi) = &sig.abi {
+        error(
+            abi.span(),
+            format!("`{name}` must not declare an ABI: the contract declares `{contract_sig}`"),
+        );
+    }
+    if let Some(variadic) = &sig.variadic {
+        error(variadic.span(), format!("`{name}` must not be variadic"));
+    }
+    match (spec.is_async(), sig.asyncness) {
+        (true, None) => error(
+            sig.fn_token.span(),
+            format!("`{name}` must be `async`: the contract declares `{contract_sig}`"),
+        ),
+        (false, Some(asyncness)) => error(
+            asyncness.span(),
+            format!(
+                "`{name}` must not be `async`: the contract declares `{contract_sig}`, which callers use without `.await`"
+            ),
+        ),
+        _ => {}
+    }
+    check_generics(sig, &name, &contract_sig, &mut error);
+    check_receiver(sig, &name, &mut error);
+    check_params(sig, spec, &name, &mut error);
+    check_output(sig, spec, &name, &mut error);
+    errors
+}
+
+fn check_generics(
+    sig: &Signature,
+    name: &str,
+    contract_sig: &str,
+    error: &mut impl FnMut(proc_macro2::Span, String),
+) {
+    for param in &sig.generics.params {
+        match param {
+            GenericParam::Lifetime(lifetime) => error(
+                lifetime.span(),
+                format!(
+                    "`{name}` must not declare lifetime `{}`: the contract elides every lifetime; remove it and write plain references such as `&UserId`",
+                    lifetime.lifetime
+                ),
+            ),
+            GenericParam::Type(_) | GenericParam::Const(_) => error(
+                param.span(),
+                format!("`{name}` must not be generic: the contract declares `{contract_sig}`"),
+            ),
+        }
+    }
+    if let Some(where_clause) = &sig.generics.where_clause {
+        error(
+            where_clause.span(),
+            format!(
+                "`{name}` must not have a `where` clause: the contract declares `{contract_sig}`"
+            ),
+        );
+    }
+}
+
+fn check_receiver(sig: &Signature, name: &str, error: &mut impl FnMut(proc_macro2::Span, String)) {
+    let shared = "managers are shared as `Arc<dyn WebSocketManager>`; keep mutable state behind a lock, an atomic or a concurrent map";
+    match sig.inputs.first() {
+        Some(FnArg::Receiver(receiver)) => {
+            let found = crate::types::render_tokens(&receiver.to_token_stream());
+            let by_shared_ref = if receiver.colon_token.is_some() {
+                canonical(&receiver.ty) == "&Self"
+            } else {
+                receiver.reference.is_some() && receiver.mutability.is_none()
+            };
+            if !by_shared_ref {
+                error(
+                    receiver.span(),
+                    format!("`{name}` must take `&self`, found `{found}`: {shared}"),
+                );
+                return;
+            }
+            let lifetime = receiver
+                .reference
+                .as_ref()
+                .and_then(|(_, lifetime)| lifetime.as_ref())
+                .filter(|l| l.ident != "_");
+            if let Some(lifetime) = lifetime {
+                error(
+                    lifetime.span(),
+                    format!(
+                        "`{name}` must take plain `&self`: remove the lifetime `{lifetime}`, the contract elides it"
+                    ),
+                );
+            }
+        }
+        Some(first) => error(
+            first.span(),
+            format!("`{name}` must take `&self` as its first parameter: {shared}"),
+        ),
+        None => error(
+            sig.paren_token.span.join(),
+            format!("`{name}` must take `&self` as its first parameter: {shared}"),
+        ),
+    }
+}
+
+fn check_params(
+    sig: &Signature,
+    spec: &ContractMethod,
+    name: &str,
+    error: &mut impl FnMut(proc_macro2::Span, String),
+) {
+    let expected = spec.params();
+    let found: Vec<&syn::PatType> = sig
+        .inputs
+        .iter()
+        .filter_map(|arg| match arg {
+            FnArg::Typed(pat) => Some(pat),
+            FnArg::Receiver(_) => None,
+        })
+        .collect();
+    if expected.len() != found.len() {
+        let list: Vec<String> = expected
+            .iter()
+            .map(|(ident, ty)| format!("{ident}: {}", render_type(ty)))
+            .collect();
+        let span = if found.is_empty() {
+            sig.paren_token.span.join()
+        } else {
+            sig.inputs.span()
+        };
+        error(
+            span,
+            format!(
+                "`{name}` takes {} parameter{} after `&self` ({}), found {}",
+                expected.len(),
+                if expected.len() == 1 { "" } else { "s" },
+                list.join(", "),
+                found.len()
+            ),
+        );
+        return;
+    }
+    for ((param, expected_ty), found) in expected.iter().zip(found) {
+        let lifetimes = named_lifetimes(&found.ty);
+        for lifetime in &lifetimes {
+            error(
+                lifetime.span(),
+                format!(
+                    "parameter `{param}` of `{name}` must not name lifetime `{lifetime}`: the contract elides it; write `{}`",
+                    render_type(expected_ty)
+                ),
+            );
+        }
+        if lifetimes.is_empty() && canonical(expected_ty) != canonical(&found.ty) {
+            error(
+                found.ty.span(),
+                format!(
+                    "mismatched type for parameter `{param}` of `{name}`: expected `{}`, found `{}`",
+                    render_type(expected_ty),
+                    render_type(&found.ty)
+                ),
+            );
+        }
+    }
+}
+
+fn check_output(
+    sig: &Signature,
+    spec: &ContractMethod,
+    name: &str,
+    error: &mut impl FnMut(proc_macro2::Span, String),
+) {
+    let Some(expected) = spec.output() else {
+        return;
+    };
+    let expected_text = render_type(expected);
+    match &sig.output {
+        ReturnType::Default => error(
+            sig.paren_token.span.close(),
+            format!("`{name}` must return `{expected_text}`; add `-> {expected_text}`"),
+        ),
+        ReturnType::Type(_, found) => {
+            if canonical(expected) != canonical(found) {
+                error(
+                    found.span(),
+                    format!(
+                        "`{name}` must return `{expected_text}`, found `{}`",
+                        render_type(found)
+                    ),
+                );
+            }
+        }
+    }
+}

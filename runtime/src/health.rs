@@ -1,0 +1,82 @@
+//! [`ConnectionHealth`]: what a manager knows about one user's connections.
+
+use serde::Serialize;
+
+use crate::ids::{ConnectionId, ThreadId, UserId};
+
+/// A user's connections and counters, as returned by
+/// [`WebSocketManager::get_connection_health`](crate::WebSocketManager::get_connection_health).
+///
+/// Times are milliseconds since the Unix epoch.
+///
+/// ```
+/// use websocket_manager::{ConnectionHealth, UserId};
+/// let health = ConnectionHealth::empty(UserId::new("alice")?);
+/// assert_eq!(health.total_connections, 0);
+/// let json = serde_json::to_value(&health).unwrap();
+/// assert_eq!(json["user_id"], "alice");
+/// # Ok::<(), websocket_manager::IdError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConnectionHealth {
+    /// The user described.
+    pub user_id: UserId,
+    /// Registered connections.
+    pub total_connections: usize,
+    /// Registered connections whose socket is still open.
+    pub active_connections: usize,
+    /// Critical events waiting for the user's next connection.
+    pub pending_critical_events: usize,
+    /// Frames accepted into this user's queues.
+    pub messages_sent: u64,
+    /// Sends to this user that reached no connection.
+    pub messages_failed: u64,
+    /// Frames dropped for a full queue (drop policy).
+    pub messages_dropped: u64,
+    /// Connections closed because their queue filled up (disconnect policy).
+    pub slow_consumer_disconnects: u64,
+    /// Last send or connection change, if any.
+    pub last_activity_ms: Option<u64>,
+    /// One entry per registered connection, sorted by connection id.
+    pub connections: Vec<ConnectionSummary>,
+}
+
+impl ConnectionHealth {
+    /// Health of a user the manager knows nothing about.
+    pub fn empty(user_id: UserId) -> Self {
+        ConnectionHealth {
+            user_id,
+            total_connections: 0,
+            active_connections: 0,
+            pending_critical_events: 0,
+            messages_sent: 0,
+            messages_failed: 0,
+            messages_dropped: 0,
+            slow_consumer_disconnects: 0,
+            last_activity_ms: None,
+            connections: Vec::new(),
+        }
+    }
+}
+
+/// One connection in a [`ConnectionHealth`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConnectionSummary {
+    /// The connection.
+    pub connection_id: ConnectionId,
+    /// The thread it follows.
+    pub thread_id: Option<ThreadId>,
+    /// When it was accepted.
+    pub connected_at_ms: u64,
+    /// Frames waiting in its queue.
+    pub queue_depth: usize,
+    /// Whether its socket is closed.
+    pub closed: bool,
+}
+
+/// Milliseconds since the Unix epoch (0 for times before it).
+pub fn unix_millis(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,75 @@
+//! # websocket-manager
+//!
+//! A contract for per-user WebSocket managers that the compiler enforces.
+//!
+//! * [`WebSocketManager`]: the 11-method contract, written down once.
+//! * [`#[websocket_manager]`](macro@websocket_manager): put it on an impl
+//!   block; it checks every method against the contract at compile time,
+//!   reports every problem in one build, and registers the manager.
+//! * [`Registry`]: every registered manager, enumerated at startup.
+//!
+//! ```
+//! for registration in websocket_manager::Registry::global().entries() {
+//!     println!("{} {} {}", registration.name, registration.mode, registration.location());
+//! }
+//! ```
+//!
+//! ## Linkage rule
+//!
+//! Registrations live in the crates that define the managers. A crate that
+//! nothing in your binary references is not linked, and its managers vanish
+//! from the registry without a word: reference such a crate with
+//! `use my_managers as _;`.
+
+// The generated code names `::websocket_manager`; this makes the crate's own
+// managers use the same paths.
+extern crate self as websocket_manager;
+
+pub mod config;
+pub mod connection;
+pub mod context;
+pub mod delivery;
+pub mod error;
+pub mod extensions;
+pub mod health;
+pub mod ids;
+pub mod protocol;
+pub mod registry;
+mod table;
+
+pub use config::{ConfigError, ManagerConfig, ManagerConfigBuilder, SlowConsumerPolicy};
+pub use connection::{
+    CloseReason, OutboundEvent, OutboundReceiver, QueueLimits, SendError, SocketId, TextFrame,
+    WebSocketConnection, WebSocketHandle,
+};
+pub use context::{ManagerMode, UnknownMode, UserContext};
+pub use delivery::{Delivery, NotDeliveredReason};
+pub use error::ManagerError;
+pub use extensions::Extensions;
+pub use health::{ConnectionHealth, ConnectionSummary};
+pub use ids::{ConnectionId, IdError, MAX_ID_LEN, ThreadId, UserId};
+pub use protocol::{
+    CONTRACT_METHODS, MethodGroup, MethodSpec, PROTOCOL_FINGERPRINT, WebSocketManager,
+    contract_method,
+};
+pub use registry::{
+    BuildContext, BuildError, ConstructManager, Constructor, DuplicateName, Registration, Registry,
+    RegistryError,
+};
+
+/// Checks an impl block against the [`WebSocketManager`] contract at compile
+/// time and registers the manager. See the crate README for every form,
+/// argument and diagnostic.
+pub use websocket_manager_macros::websocket_manager;
+
+/// `serde_json`, re-exported so a manager crate needs no other dependency.
+pub use serde_json;
+
+/// What the generated code needs. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::registry::construct;
+    pub use async_trait::async_trait;
+    pub use inventory;
+    pub use serde_json;
+}

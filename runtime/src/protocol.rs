@@ -1,0 +1,165 @@
+//! The contract: the [`WebSocketManager`] trait, its method table
+//! [`CONTRACT_METHODS`] and its [`PROTOCOL_FINGERPRINT`].
+//!
+//! All three are generated from one source, the contract text in the
+//! `websocket-manager-macros` crate (`macros/src/contract.rs`), which is also
+//! what `#[websocket_manager]` checks impl blocks against. They cannot drift
+//! apart.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::connection::{WebSocketConnection, WebSocketHandle};
+use crate::delivery::Delivery;
+use crate::error::ManagerError;
+use crate::health::ConnectionHealth;
+use crate::ids::{ConnectionId, ThreadId, UserId};
+
+/// The five groups of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MethodGroup {
+    /// Adding, removing and looking up connections.
+    ConnectionManagement,
+    /// The two methods whose absence crashed production.
+    Critical,
+    /// Sending to a user and critical agent events.
+    Messaging,
+    /// Health monitoring.
+    Health,
+    /// Sending to a thread.
+    Compatibility,
+}
+
+impl fmt::Display for MethodGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MethodGroup::ConnectionManagement => "connection management",
+            MethodGroup::Critical => "critical",
+            MethodGroup::Messaging => "messaging",
+            MethodGroup::Health => "health",
+            MethodGroup::Compatibility => "compatibility",
+        })
+    }
+}
+
+/// One method of the contract, as the method table describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MethodSpec {
+    /// The method's name.
+    pub name: &'static str,
+    /// Its group.
+    pub group: MethodGroup,
+    /// Whether it is `async`.
+    pub is_async: bool,
+    /// Whether it is one of the two critical methods.
+    pub critical: bool,
+    /// Its signature as written in the contract.
+    pub signature: &'static str,
+}
+
+websocket_manager_macros::__contract! {
+    /// The contract every WebSocket manager honours: 11 methods in five
+    /// groups (see [`CONTRACT_METHODS`]).
+    ///
+    /// Do not implement it by hand: put `#[websocket_manager]` on the impl
+    /// block. The attribute checks every method against the contract at
+    /// compile time, reports every problem at once, applies `async-trait`
+    /// for you and registers the manager for startup validation.
+    ///
+    /// The trait is dyn-compatible and used as `Arc<dyn WebSocketManager>`.
+    ///
+    /// ```
+    /// use std::collections::HashSet;
+    /// use std::sync::Arc;
+    /// use websocket_manager::*;
+    ///
+    /// struct Silent;
+    ///
+    /// #[websocket_manager(factory = false)]
+    /// impl WebSocketManager for Silent {
+    ///     async fn add_connection(&self, _connection: WebSocketConnection) -> Result<(), ManagerError> { Ok(()) }
+    ///     async fn remove_connection(&self, _connection_id: &ConnectionId) -> Option<WebSocketConnection> { None }
+    ///     fn get_connection(&self, _connection_id: &ConnectionId) -> Option<WebSocketConnection> { None }
+    ///     fn get_user_connections(&self, _user_id: &UserId) -> HashSet<ConnectionId> { HashSet::new() }
+    ///     fn is_connection_active(&self, _user_id: &UserId) -> bool { false }
+    ///     fn get_connection_id_by_websocket(&self, _websocket: &WebSocketHandle) -> Option<ConnectionId> { None }
+    ///     fn update_connection_thread(&self, _connection_id: &ConnectionId, _thread_id: ThreadId) -> bool { false }
+    ///     async fn send_to_user(&self, user_id: &UserId, _message: serde_json::Value) -> Result<Delivery, ManagerError> {
+    ///         Err(ManagerError::NotDelivered { target: format!("user `{user_id}`"), reason: NotDeliveredReason::NoConnections })
+    ///     }
+    ///     async fn emit_critical_event(&self, user_id: &UserId, _event_type: &str, _data: serde_json::Value) -> Result<Delivery, ManagerError> {
+    ///         Err(ManagerError::NotDelivered { target: format!("user `{user_id}`"), reason: NotDeliveredReason::NoConnections })
+    ///     }
+    ///     fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth { ConnectionHealth::empty(user_id.clone()) }
+    ///     async fn send_to_thread(&self, thread_id: &ThreadId, _message: serde_json::Value) -> Result<Delivery, ManagerError> {
+    ///         Err(ManagerError::NotDelivered { target: format!("thread `{thread_id}`"), reason: NotDeliveredReason::NoThreadConnections })
+    ///     }
+    /// }
+    ///
+    /// let manager: Arc<dyn WebSocketManager> = Arc::new(Silent);
+    /// assert!(!manager.is_connection_active(&UserId::new("alice").unwrap()));
+    /// ```
+}
+
+/// Looks a contract method up by name.
+///
+/// ```
+/// let spec = websocket_manager::contract_method("get_connection_id_by_websocket").unwrap();
+/// assert!(spec.critical);
+/// assert!(!spec.is_async);
+/// ```
+pub fn contract_method(name: &str) -> Option<&'static MethodSpec> {
+    CONTRACT_METHODS.iter().find(|m| m.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_table_has_the_eleven_methods_in_order() {
+        let names: Vec<_> = CONTRACT_METHODS.iter().map(|m| m.name).collect();
+        assert_eq!(
+            names,
+            [
+                "add_connection",
+                "remove_connection",
+                "get_connection",
+                "get_user_connections",
+                "is_connection_active",
+                "get_connection_id_by_websocket",
+                "update_connection_thread",
+                "send_to_user",
+                "emit_critical_event",
+                "get_connection_health",
+                "send_to_thread",
+            ]
+        );
+        let critical: Vec<_> = CONTRACT_METHODS
+            .iter()
+            .filter(|m| m.critical)
+            .map(|m| m.name)
+            .collect();
+        assert_eq!(
+            critical,
+            ["get_connection_id_by_websocket", "update_connection_thread"]
+        );
+        let asyncs = CONTRACT_METHODS.iter().filter(|m| m.is_async).count();
+        assert_eq!(asyncs, 5);
+        let send = contract_method("send_to_user").unwrap();
+        assert_eq!(send.group, MethodGroup::Messaging);
+        assert_eq!(
+            send.signature,
+            "async fn send_to_user(&self, user_id: &UserId, message: serde_json::Value) -> Result<Delivery, ManagerError>"
+        );
+    }
+
+    #[test]
+    fn trait_is_dyn_compatible() {
+        fn takes(_: Option<std::sync::Arc<dyn WebSocketManager>>) {}
+        takes(None);
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared helpers for the workspace's integration tests and examples.
