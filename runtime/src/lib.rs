@@ -12,6 +12,8 @@
 //! * [`validate_on_startup`]: proves every registered manager works before
 //!   traffic arrives, with the probes of [`conformance`], and reports it
 //!   ([`StartupReport`]).
+//! * [`managers`]: the two reference managers, [`UnifiedWebSocketManager`]
+//!   and [`IsolatedWebSocketManager`].
 //!
 //! ```
 //! for registration in websocket_manager::Registry::global().entries() {
@@ -40,6 +42,7 @@ pub mod extensions;
 pub mod factory;
 pub mod health;
 pub mod ids;
+pub mod managers;
 pub mod protocol;
 pub mod registry;
 pub mod report;
@@ -58,6 +61,10 @@ pub use extensions::Extensions;
 pub use factory::{FactoryError, ManagerFactory, StandardFactory, StandardFactoryBuilder};
 pub use health::{ConnectionHealth, ConnectionSummary};
 pub use ids::{ConnectionId, IdError, MAX_ID_LEN, ThreadId, UserId};
+pub use managers::{
+    AGENT_COMPLETED, AGENT_EVENTS, AGENT_STARTED, AGENT_THINKING, CriticalEnvelope,
+    IsolatedWebSocketManager, TOOL_COMPLETED, TOOL_EXECUTING, UnifiedWebSocketManager,
+};
 pub use protocol::{
     CONTRACT_METHODS, MethodGroup, MethodSpec, PROTOCOL_FINGERPRINT, WebSocketManager,
     contract_method,
