@@ -280,3 +280,19 @@ async fn report_serializes_with_the_same_outcomes() {
     );
     assert!(outcomes[1]["failure"].is_null());
 }
+
+#[tokio::test]
+async fn both_reference_managers_pass_the_kit() {
+    use websocket_manager::{
+        __private::construct, IsolatedWebSocketManager, UnifiedWebSocketManager,
+    };
+    let unified = Conformance::new(ManagerMode::Unified)
+        .run(construct::<UnifiedWebSocketManager>)
+        .await;
+    assert!(unified.passed(), "{unified}");
+    let isolated = Conformance::new(ManagerMode::Isolated)
+        .run(construct::<IsolatedWebSocketManager>)
+        .await;
+    assert!(isolated.passed(), "{isolated}");
+    assert_eq!(isolated.checks_run(), 8);
+}
