@@ -280,7 +280,7 @@ fn registration(item: &ItemImpl, contract: &Contract, args: &Args) -> TokenStrea
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn expand_str(attr: &str, item: &str) -> String {
