@@ -17,5 +17,8 @@ fn readme_shows_every_ui_diagnostic_verbatim() {
             checked += 1;
         }
     }
-    assert!(checked >= 15, "expected at least 15 UI diagnostics, found {checked}");
+    assert!(
+        checked >= 15,
+        "expected at least 15 UI diagnostics, found {checked}"
+    );
 }

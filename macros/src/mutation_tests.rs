@@ -27,8 +27,8 @@ impl Rng {
         (self.next() % n as u64) as usize
     }
 
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
     }
 }
 
@@ -101,7 +101,7 @@ fn mutate_method(rng: &mut Rng, item: &mut ItemImpl) -> bool {
                     true
                 }
                 4 => {
-                    let ty: syn::Type = syn::parse_str(*rng.pick(TYPES)).unwrap();
+                    let ty: syn::Type = syn::parse_str(rng.pick(TYPES)).unwrap();
                     let typed = sig.inputs.iter_mut().filter_map(|a| match a {
                         syn::FnArg::Typed(t) => Some(t),
                         syn::FnArg::Receiver(_) => None,
@@ -119,20 +119,16 @@ fn mutate_method(rng: &mut Rng, item: &mut ItemImpl) -> bool {
                 }
                 6 => {
                     let receiver: syn::FnArg =
-                        syn::parse_str(*rng.pick(&["&mut self", "self", "mut self"])).unwrap();
+                        syn::parse_str(rng.pick(&["&mut self", "self", "mut self"])).unwrap();
                     if let Some(first) = sig.inputs.first_mut() {
                         *first = receiver;
                     }
                     true
                 }
                 7 => {
-                    sig.generics = syn::parse_str(*rng.pick(&[
-                        "<T>",
-                        "<'a>",
-                        "<const N: usize>",
-                        "<T: Send>",
-                    ]))
-                    .unwrap();
+                    sig.generics =
+                        syn::parse_str(rng.pick(&["<T>", "<'a>", "<const N: usize>", "<T: Send>"]))
+                            .unwrap();
                     true
                 }
                 8 => {
@@ -144,7 +140,7 @@ fn mutate_method(rng: &mut Rng, item: &mut ItemImpl) -> bool {
                     true
                 }
                 _ => {
-                    let extra: ImplItem = syn::parse_str(*rng.pick(&[
+                    let extra: ImplItem = syn::parse_str(rng.pick(&[
                         "type Extra = u8;",
                         "const EXTRA: u8 = 1;",
                         "fn extra_helper(&self) {}",
@@ -163,11 +159,11 @@ fn mutate_method(rng: &mut Rng, item: &mut ItemImpl) -> bool {
 fn random_token(rng: &mut Rng) -> TokenTree {
     match rng.below(6) {
         0 => TokenTree::Ident(Ident::new(
-            *rng.pick(&["fn", "async", "impl", "self", "x", "Self", "where", "for"]),
+            rng.pick(&["fn", "async", "impl", "self", "x", "Self", "where", "for"]),
             Span::call_site(),
         )),
         1 => TokenTree::Punct(Punct::new(
-            *rng.pick(&['&', '<', '>', ',', ':', ';', '#', '!', '-', '\'']),
+            rng.pick(&['&', '<', '>', ',', ':', ';', '#', '!', '-', '\'']),
             Spacing::Alone,
         )),
         2 => TokenTree::Literal(proc_macro2::Literal::string("lit")),
