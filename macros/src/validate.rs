@@ -54,7 +54,10 @@ pub(crate) fn check<'a>(
                 let name = function.sig.ident.to_string();
                 match contract.methods.iter().position(|m| m.ident() == &name) {
                     Some(index) => {
-                        if !seen.insert(name.clone()) {
+                        // `#[cfg]` variants of one method are alternatives,
+                        // not duplicates; each is still checked
+                        let conditional = function.attrs.iter().any(|a| a.path().is_ident("cfg"));
+                        if !conditional && !seen.insert(name.clone()) {
                             errors.push(syn::Error::new(
                                 function.sig.ident.span(),
                                 format!(
@@ -65,7 +68,7 @@ pub(crate) fn check<'a>(
                         }
                         present[index] = true;
                         let method_errors = check_method(function, &contract.methods[index]);
-                        if method_errors.is_empty() {
+                        if method_errors.is_empty() && valid[index].is_none() {
                             valid[index] = Some(function);
                         }
                         errors.extend(method_errors);
