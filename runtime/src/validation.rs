@@ -27,6 +27,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use tracing::Instrument;
+
 use crate::config::ManagerConfig;
 use crate::conformance::{CheckFailure, Conformance, ProbeScope};
 use crate::context::ManagerMode;
@@ -173,6 +175,13 @@ impl StartupError {
     pub fn report(&self) -> &StartupReport {
         match self {
             StartupError::Failed(report) => report,
+        }
+    }
+
+    /// The full report, by value.
+    pub fn into_report(self) -> StartupReport {
+        match self {
+            StartupError::Failed(report) => *report,
         }
     }
 }
@@ -405,11 +414,15 @@ async fn validate_registration(
             },
         });
     } else {
+        // In a span, so that what the manager logs while probed (an
+        // isolated manager logs each refusal) reads as part of validation.
+        let span = tracing::info_span!("startup_probe", manager = registration.name);
         let report = Conformance::new(registration.mode)
             .config(options.config.clone())
             .extensions(options.extensions.clone())
             .delivery_wait(options.delivery_wait)
             .run(|context| registration.build(context))
+            .instrument(span)
             .await;
         for outcome in report.outcomes {
             tally.record(outcome.check.name(), outcome.failure);

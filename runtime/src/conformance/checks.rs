@@ -385,18 +385,8 @@ pub(super) async fn health_counts(p: &mut Probe<'_>) -> Step {
             "fill each summary from the connection record, thread included",
         ));
     }
-    let sent_before = health.messages_sent;
-    let (_, message) = p.message();
-    let result = p.manager.send_to_user(&owner, message).await;
-    let sent_after = p.manager.get_connection_health(&owner).messages_sent;
-    if result.is_ok() && sent_after <= sent_before {
-        return Err(fail(
-            "get_connection_health",
-            format!("messages_sent to grow after a delivered send (was {sent_before})"),
-            format!("messages_sent = {sent_after}"),
-            "count every frame accepted into the user's queues",
-        ));
-    }
+    // Message counters are not probed: the contract fixes what connections a
+    // user has, while counters are each manager's own bookkeeping.
     let removed = p.id(a).clone();
     let _ = p.manager.remove_connection(&removed).await;
     let health = p.manager.get_connection_health(&owner);
