@@ -272,7 +272,12 @@ fn configuration_extensions_and_user_context_reach_the_constructor() {
     extensions.insert(Arc::clone(&seen));
     let factory = StandardFactory::builder()
         .registry(registry)
-        .config(ManagerConfig::builder().queue_capacity(7).build().unwrap())
+        .config(
+            ManagerConfig::builder()
+                .queue_capacity(512)
+                .build()
+                .unwrap(),
+        )
         .extensions(extensions)
         .build();
     factory
@@ -283,7 +288,10 @@ fn configuration_extensions_and_user_context_reach_the_constructor() {
         .unwrap();
     assert_eq!(
         *seen.0.lock().unwrap(),
-        [(7, Some("alice".to_owned())), (7, Some("bob".to_owned()))]
+        [
+            (512, Some("alice".to_owned())),
+            (512, Some("bob".to_owned()))
+        ]
     );
 }
 
