@@ -9,11 +9,34 @@
 //! ([`StandardFactory::verify_isolation`]), and
 //! [`validate_manager_instance`](ManagerFactory::validate_manager_instance)
 //! runs only the probes that are safe on a manager serving real users.
+//!
+//! ```
+//! use websocket_manager::{ManagerFactory, ManagerMode, StandardFactory, UserContext, UserId};
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let factory = StandardFactory::builder().build(); // the global registry
+//! let shared = factory.create_manager(None, ManagerMode::Unified)?;
+//! let alice = UserContext::new(UserId::new("alice")?);
+//! let for_alice = factory.create_manager(Some(alice), ManagerMode::Isolated)?;
+//!
+//! assert!(!factory.supports_user_isolation()); // not measured yet
+//! factory.verify_isolation().await?;
+//! assert!(factory.supports_user_isolation());
+//!
+//! let result = factory.validate_manager_instance(for_alice.as_ref()).await;
+//! assert!(result.is_production_ready(), "{result}");
+//! assert!(result.user_context_isolated);
+//! assert!(!result.checks_skipped.is_empty()); // probes that would touch alice's sockets
+//! # let _ = shared;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::SystemTime;
+
+use tracing::Instrument;
 
 use crate::config::ManagerConfig;
 use crate::conformance::{Check, CheckFailure, Conformance, ConformanceReport};
@@ -491,10 +514,15 @@ impl ManagerFactory for StandardFactory {
                 true,
             ),
         };
+        let span = tracing::info_span!(
+            "validate_manager_instance",
+            manager = registry_name.as_deref().unwrap_or("unknown")
+        );
         let live = Conformance::new(mode.unwrap_or(ManagerMode::Unified))
             .config(self.config.clone())
             .extensions(self.extensions.clone())
             .run_live(manager)
+            .instrument(span)
             .await;
         errors.extend(live.failures().into_iter().cloned());
         let mut skipped = live.skipped.clone();
