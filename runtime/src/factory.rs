@@ -150,12 +150,23 @@ pub enum FactoryError {
 }
 
 /// An instance this factory built, remembered weakly so that
-/// `validate_manager_instance` knows its registration.
+/// `validate_manager_instance` knows its registration. The weak reference
+/// also keeps the allocation, so its address cannot be reused by another
+/// object while the entry exists.
 struct BuiltInstance {
-    address: usize,
     instance: Weak<dyn WebSocketManager>,
     registration: Registration,
 }
+
+/// The instances built, by address. Entries of dropped instances are pruned
+/// whenever the map has doubled since the last pruning (amortized O(1) per
+/// build, even with one isolated manager per request).
+struct BuiltInstances {
+    by_address: HashMap<usize, BuiltInstance>,
+    prune_at: usize,
+}
+
+const MIN_PRUNE_AT: usize = 64;
 
 const ISOLATION_UNVERIFIED: u8 = 0;
 const ISOLATION_PASSED: u8 = 1;
@@ -185,7 +196,7 @@ pub struct StandardFactory {
     require_user_context: bool,
     chosen: BTreeMap<ManagerMode, String>,
     shared: Mutex<HashMap<&'static str, Arc<dyn WebSocketManager>>>,
-    built: Mutex<Vec<BuiltInstance>>,
+    built: Mutex<BuiltInstances>,
     isolation: AtomicU8,
 }
 
@@ -252,7 +263,10 @@ impl StandardFactoryBuilder {
             require_user_context: self.require_user_context,
             chosen: self.chosen,
             shared: Mutex::new(HashMap::new()),
-            built: Mutex::new(Vec::new()),
+            built: Mutex::new(BuiltInstances {
+                by_address: HashMap::new(),
+                prune_at: MIN_PRUNE_AT,
+            }),
             isolation: AtomicU8::new(ISOLATION_UNVERIFIED),
         }
     }
@@ -406,23 +420,28 @@ impl StandardFactory {
 
     fn remember(&self, manager: &Arc<dyn WebSocketManager>, registration: &Registration) {
         let mut built = lock(&self.built);
-        // Forget dropped instances, so an address reused by a new allocation
-        // is never mistaken for an old manager.
-        built.retain(|b| b.instance.strong_count() > 0);
-        built.push(BuiltInstance {
-            address: address(manager.as_ref()),
-            instance: Arc::downgrade(manager),
-            registration: *registration,
-        });
+        built.by_address.insert(
+            address(manager.as_ref()),
+            BuiltInstance {
+                instance: Arc::downgrade(manager),
+                registration: *registration,
+            },
+        );
+        if built.by_address.len() >= built.prune_at {
+            built
+                .by_address
+                .retain(|_, b| b.instance.strong_count() > 0);
+            built.prune_at = (built.by_address.len() * 2).max(MIN_PRUNE_AT);
+        }
     }
 
     /// The registration of an instance this factory built and that is still
     /// alive.
     fn registration_of(&self, manager: &dyn WebSocketManager) -> Option<Registration> {
-        let wanted = address(manager);
         lock(&self.built)
-            .iter()
-            .find(|b| b.address == wanted && b.instance.strong_count() > 0)
+            .by_address
+            .get(&address(manager))
+            .filter(|b| b.instance.strong_count() > 0)
             .map(|b| b.registration)
     }
 
