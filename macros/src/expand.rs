@@ -130,6 +130,9 @@ fn generate(
     }
     match form {
         Form::TraitImpl if !has_errors => quote! {
+            // keeps "the following other types implement" lists of
+            // unrelated managers out of users' trait errors
+            #[diagnostic::do_not_recommend]
             #[#async_trait]
             #item
         },
@@ -146,7 +149,10 @@ fn generate(
                 })
                 .collect();
             quote! {
-                #[#async_trait]
+                // keeps "the following other types implement" lists of
+            // unrelated managers out of users' trait errors
+            #[diagnostic::do_not_recommend]
+            #[#async_trait]
                 #fallback
             }
         }
@@ -163,7 +169,10 @@ fn generate(
                 });
             quote! {
                 #item
-                #[#async_trait]
+                // keeps "the following other types implement" lists of
+            // unrelated managers out of users' trait errors
+            #[diagnostic::do_not_recommend]
+            #[#async_trait]
                 impl #impl_generics #krate::WebSocketManager for #self_ty #where_clause {
                     #(#methods)*
                 }

@@ -134,6 +134,7 @@ impl IsolatedWebSocketManager {
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl ConstructManager for IsolatedWebSocketManager {
     fn construct(context: &BuildContext<'_>) -> Result<Self, BuildError> {
         let user_context = context.require_user_context()?;

@@ -98,6 +98,7 @@ impl Default for UnifiedWebSocketManager {
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl ConstructManager for UnifiedWebSocketManager {
     fn construct(context: &BuildContext<'_>) -> Result<Self, BuildError> {
         Ok(Self::new(context.config.clone()))
