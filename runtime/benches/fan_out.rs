@@ -2,6 +2,9 @@
 //! baseline in the same run: serialize once with serde_json, then `try_send`
 //! the shared bytes into a `Vec` of tokio mpsc senders.
 //!
+//! A third series, `handles_only`, pushes into the same `WebSocketHandle`s
+//! without the manager, to separate the handle's cost from the manager's.
+//!
 //! Only the sends are timed; queues are drained between batches, outside the
 //! timed region, so they never fill.
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -83,6 +86,35 @@ fn fan_out(c: &mut Criterion) {
                         },
                         || {
                             for r in &mut receivers {
+                                common::drain_frames(r);
+                            }
+                        },
+                    )
+                });
+            },
+        );
+
+        // The same sockets without the manager: isolates what the handle's
+        // own bookkeeping (close flag, byte bound) costs over raw mpsc.
+        let (handles, mut handle_receivers): (Vec<WebSocketHandle>, Vec<OutboundReceiver>) = (0
+            ..connections)
+            .map(|_| WebSocketHandle::channel(config.queue_limits()))
+            .unzip();
+        group.bench_with_input(
+            BenchmarkId::new("handles_only", connections),
+            &connections,
+            |b, _| {
+                b.iter_custom(|iters| {
+                    timed_batches(
+                        iters,
+                        |m| {
+                            let frame = TextFrame::from_json(&m).unwrap();
+                            for handle in &handles {
+                                black_box(handle.try_send(frame.clone()).is_ok());
+                            }
+                        },
+                        || {
+                            for r in &mut handle_receivers {
                                 common::drain_frames(r);
                             }
                         },
