@@ -73,6 +73,7 @@
 
 mod core;
 mod events;
+mod fan_out;
 mod isolated;
 mod pending;
 mod stats;
