@@ -101,6 +101,7 @@ impl FanOut {
 /// Pushes `frame` into every recipient's queue without waiting and
 /// applies the slow-consumer policy. Counters are updated here; evicted
 /// connections are left to the caller (it may hold the user's lock).
+#[inline]
 pub(crate) fn fan_out(
     recipients: &[Recipient],
     frame: &TextFrame,
