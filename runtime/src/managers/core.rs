@@ -237,6 +237,17 @@ impl ManagerCore {
             }
             let limit = self.config.max_connections_per_user();
             if state.recipients.len() >= limit {
+                // Tabs that died without the transport telling us must not
+                // keep a user out: drop closed sockets before refusing.
+                let closed: Vec<ConnectionId> = state
+                    .recipients
+                    .iter()
+                    .filter(|r| r.socket.is_closed())
+                    .map(|r| r.connection_id.clone())
+                    .collect();
+                self.evict_locked(state, counters, &user, &closed);
+            }
+            if state.recipients.len() >= limit {
                 return Err(ManagerError::ConnectionLimit {
                     user_id: user.clone(),
                     limit,
