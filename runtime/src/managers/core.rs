@@ -21,6 +21,11 @@
 //!   Changes of one user are therefore serialized, and the indexes move from
 //!   one consistent state to the next; users never wait for each other except
 //!   on a map shard for the duration of one insert.
+//! * Readers take no user lock. A query on one index that races with a change
+//!   may see it a moment before or after a query on another index does (an
+//!   add publishes the connection and socket entries first, and the user and
+//!   thread entries only after the replay); every change is complete when
+//!   the call that makes it returns.
 //! * Lock order: user mutex, then map shards (`connections` before
 //!   `sockets`). No code holds a map guard while taking a user mutex (slots
 //!   are cloned out of `users` first), and no code holds two user mutexes.
