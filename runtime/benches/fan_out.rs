@@ -2,6 +2,9 @@
 //! baseline in the same run: serialize once with serde_json, then `try_send`
 //! the shared bytes into a `Vec` of tokio mpsc senders.
 //!
+//! A third series, `handles_only`, pushes into the same `WebSocketHandle`s
+//! without the manager, to separate the handle's cost from the manager's.
+//!
 //! Only the sends are timed; queues are drained between batches, outside the
 //! timed region, so they never fill.
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -13,7 +16,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, criterion_group};
 use serde_json::json;
 use tokio::sync::mpsc;
 use websocket_manager::managers::UnifiedWebSocketManager;
@@ -91,6 +94,35 @@ fn fan_out(c: &mut Criterion) {
             },
         );
 
+        // The same sockets without the manager: isolates what the handle's
+        // own bookkeeping (close flag, byte bound) costs over raw mpsc.
+        let (handles, mut handle_receivers): (Vec<WebSocketHandle>, Vec<OutboundReceiver>) = (0
+            ..connections)
+            .map(|_| WebSocketHandle::channel(config.queue_limits()))
+            .unzip();
+        group.bench_with_input(
+            BenchmarkId::new("handles_only", connections),
+            &connections,
+            |b, _| {
+                b.iter_custom(|iters| {
+                    timed_batches(
+                        iters,
+                        |m| {
+                            let frame = TextFrame::from_json(&m).unwrap();
+                            for handle in &handles {
+                                black_box(handle.try_send(frame.clone()).is_ok());
+                            }
+                        },
+                        || {
+                            for r in &mut handle_receivers {
+                                common::drain_frames(r);
+                            }
+                        },
+                    )
+                });
+            },
+        );
+
         let (senders, mut raw_receivers): (Vec<mpsc::Sender<Bytes>>, Vec<mpsc::Receiver<Bytes>>) =
             (0..connections)
                 .map(|_| mpsc::channel(config.queue_capacity()))
@@ -121,5 +153,120 @@ fn fan_out(c: &mut Criterion) {
     group.finish();
 }
 
+/// Paired comparison, robust to a noisy machine: alternate one batch of the
+/// manager and one of each baseline, many rounds, and report the median (and
+/// quartiles) of the per-round time ratios. Printed after criterion's output.
+fn paired_ratios() {
+    const ROUNDS: usize = 301;
+    println!("\npaired ratios (median [p25 p75] of {ROUNDS} alternating rounds of {BATCH} sends):");
+    println!(
+        "{:>11}  {:>22}  {:>22}",
+        "connections", "manager / raw mpsc", "handles_only / raw"
+    );
+    for connections in [1usize, 8, 64] {
+        let config = ManagerConfig::builder()
+            .max_connections_per_user(64)
+            .build()
+            .unwrap();
+        let manager = UnifiedWebSocketManager::new(config.clone());
+        let alice = common::alice();
+        let mut receivers: Vec<OutboundReceiver> = (0..connections)
+            .map(|_| {
+                let (socket, receiver) = WebSocketHandle::channel(config.queue_limits());
+                common::now(
+                    manager.add_connection(WebSocketConnection::new(alice.clone(), socket)),
+                )
+                .unwrap();
+                receiver
+            })
+            .collect();
+        let (handles, mut handle_receivers): (Vec<WebSocketHandle>, Vec<OutboundReceiver>) = (0
+            ..connections)
+            .map(|_| WebSocketHandle::channel(config.queue_limits()))
+            .unzip();
+        let (senders, mut raw_receivers): (Vec<mpsc::Sender<Bytes>>, Vec<mpsc::Receiver<Bytes>>) =
+            (0..connections)
+                .map(|_| mpsc::channel(config.queue_capacity()))
+                .unzip();
+
+        let mut manager_batch = || {
+            timed_batches(
+                BATCH,
+                |m| {
+                    black_box(common::now(manager.send_to_user(&alice, m)).unwrap());
+                },
+                || {
+                    receivers
+                        .iter_mut()
+                        .for_each(|r| drop(common::drain_frames(r)))
+                },
+            )
+        };
+        let mut handles_batch = || {
+            timed_batches(
+                BATCH,
+                |m| {
+                    let frame = TextFrame::from_json(&m).unwrap();
+                    for handle in &handles {
+                        black_box(handle.try_send(frame.clone()).is_ok());
+                    }
+                },
+                || {
+                    handle_receivers
+                        .iter_mut()
+                        .for_each(|r| drop(common::drain_frames(r)))
+                },
+            )
+        };
+        let mut raw_batch = || {
+            timed_batches(
+                BATCH,
+                |m| {
+                    let bytes = Bytes::from(serde_json::to_vec(&m).unwrap());
+                    for sender in &senders {
+                        black_box(sender.try_send(bytes.clone()).is_ok());
+                    }
+                },
+                || {
+                    for r in &mut raw_receivers {
+                        while r.try_recv().is_ok() {}
+                    }
+                },
+            )
+        };
+        let mut manager_ratios = Vec::with_capacity(ROUNDS);
+        let mut handle_ratios = Vec::with_capacity(ROUNDS);
+        for round in 0..ROUNDS {
+            // Alternate the order so neither side always runs on a warm cache.
+            let (m, h, r) = if round % 2 == 0 {
+                let m = manager_batch();
+                let h = handles_batch();
+                (m, h, raw_batch())
+            } else {
+                let r = raw_batch();
+                let h = handles_batch();
+                (manager_batch(), h, r)
+            };
+            manager_ratios.push(m.as_secs_f64() / r.as_secs_f64());
+            handle_ratios.push(h.as_secs_f64() / r.as_secs_f64());
+        }
+        let quartiles = |ratios: &mut Vec<f64>| {
+            ratios.sort_by(f64::total_cmp);
+            let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q) as usize];
+            format!("{:.2}x [{:.2} {:.2}]", at(0.5), at(0.25), at(0.75))
+        };
+        println!(
+            "{connections:>11}  {:>22}  {:>22}",
+            quartiles(&mut manager_ratios),
+            quartiles(&mut handle_ratios)
+        );
+    }
+}
+
 criterion_group!(benches, fan_out);
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    paired_ratios();
+}

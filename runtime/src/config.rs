@@ -218,3 +218,32 @@ impl ManagerConfigBuilder {
         Ok(self.config)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_bounds_are_validated() {
+        let error = ManagerConfig::builder()
+            .max_pending_users(0)
+            .build()
+            .unwrap_err();
+        assert_eq!(error.field, "max_pending_users");
+        let error = ManagerConfig::builder()
+            .queue_capacity(8)
+            .pending_capacity(9)
+            .build()
+            .unwrap_err();
+        assert_eq!(error.field, "pending_capacity");
+        let config = ManagerConfig::builder()
+            .queue_capacity(8)
+            .pending_capacity(8)
+            .max_pending_users(3)
+            .build()
+            .unwrap();
+        assert_eq!(config.max_pending_users(), 3);
+        assert_eq!(ManagerConfig::default().max_pending_users(), 10_000);
+    }
+}

@@ -247,3 +247,147 @@ fn random_concurrent_operations_keep_routing_exact_and_leave_no_trace() {
         assert_eq!(stats.slow_consumer_disconnects, 0);
     });
 }
+
+/// Two tasks race to register the same connection id (or the same socket)
+/// for different users: exactly one wins and the loser leaves nothing behind.
+#[test]
+fn racing_duplicate_registrations_never_half_register() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let manager = Arc::new(UnifiedWebSocketManager::default());
+    runtime.block_on(async {
+        for round in 0..300 {
+            let id = ConnectionId::new(format!("race-{round}")).unwrap();
+            let (shared_socket, _shared_receiver) = socket();
+            let mut tasks = Vec::new();
+            for contender in 0..2 {
+                let manager = manager.clone();
+                let id = id.clone();
+                // Even rounds: same id, different sockets; odd rounds: same
+                // socket, different ids.
+                let (socket, receiver) = if round % 2 == 0 {
+                    let (s, r) = self::socket();
+                    (s, Some(r))
+                } else {
+                    (shared_socket.clone(), None)
+                };
+                let id = if round % 2 == 0 {
+                    id
+                } else {
+                    ConnectionId::new(format!("race-{round}-{contender}")).unwrap()
+                };
+                let user = user(&format!("contender-{contender}"));
+                tasks.push(tokio::spawn(async move {
+                    let result = manager
+                        .add_connection(WebSocketConnection::with_id(
+                            id.clone(),
+                            user.clone(),
+                            socket.clone(),
+                        ))
+                        .await;
+                    drop(receiver);
+                    (result, id, user, socket)
+                }));
+            }
+            let mut results = Vec::new();
+            for task in tasks {
+                results.push(task.await.unwrap());
+            }
+            let mut winners = 0;
+            for (result, id, user, socket) in results {
+                match result {
+                    Ok(()) => {
+                        winners += 1;
+                        assert_eq!(manager.get_connection(&id).unwrap().user_id, user);
+                        assert_eq!(
+                            manager.get_connection_id_by_websocket(&socket),
+                            Some(id.clone())
+                        );
+                        manager.remove_connection(&id).await.unwrap();
+                    }
+                    Err(ManagerError::DuplicateConnection(_))
+                    | Err(ManagerError::SocketAlreadyRegistered { .. }) => {
+                        assert!(!manager.get_user_connections(&user).contains(&id));
+                    }
+                    Err(other) => panic!("round {round}: {other}"),
+                }
+            }
+            assert_eq!(winners, 1, "round {round}");
+        }
+    });
+    assert!(
+        manager.index_sizes().is_empty(),
+        "{}",
+        manager.index_sizes()
+    );
+}
+
+/// `shutdown` racing with adds and sends: afterwards nothing is registered,
+/// every socket whose add succeeded is closed, and later adds fail.
+#[test]
+fn shutdown_racing_with_adds_leaves_nothing_open() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let config = ManagerConfig::builder()
+        .max_connections_per_user(10_000)
+        .build()
+        .unwrap();
+    for round in 0..20u64 {
+        let manager = Arc::new(UnifiedWebSocketManager::new(config.clone()));
+        let accepted = runtime.block_on(async {
+            let mut tasks = Vec::new();
+            for worker in 0..4u64 {
+                let manager = manager.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut accepted = Vec::new();
+                    for i in 0..200u64 {
+                        let (socket, receiver) = socket();
+                        let user = user(&format!("u{}", (worker + i) % 5));
+                        match manager
+                            .add_connection(WebSocketConnection::new(user.clone(), socket.clone()))
+                            .await
+                        {
+                            Ok(()) => accepted.push((socket, receiver)),
+                            Err(ManagerError::ShutDown) => break,
+                            Err(other) => panic!("{other}"),
+                        }
+                        let _ = manager.send_to_user(&user, json!(i)).await;
+                        if i % 8 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                    accepted
+                }));
+            }
+            for _ in 0..round * 3 {
+                tokio::task::yield_now().await;
+            }
+            manager.shutdown();
+            let mut accepted = Vec::new();
+            for task in tasks {
+                accepted.extend(task.await.unwrap());
+            }
+            accepted
+        });
+        assert!(
+            manager.index_sizes().is_empty(),
+            "round {round}: {}",
+            manager.index_sizes()
+        );
+        for (socket, _receiver) in &accepted {
+            assert!(
+                socket.is_closed(),
+                "round {round}: an accepted socket was left open"
+            );
+        }
+        let (late, _r) = socket();
+        assert!(matches!(
+            common::now(manager.add_connection(WebSocketConnection::new(user("late"), late))),
+            Err(ManagerError::ShutDown)
+        ));
+    }
+}

@@ -167,6 +167,22 @@ fn per_user_cap_is_enforced_with_a_typed_error() {
         now(manager.remove_connection(&conn_id("c1"))).unwrap();
         let (fourth, _r4) = connection("c4", &alice(), None);
         now(manager.add_connection(fourth)).unwrap();
+        // A socket that died unnoticed does not hold a place either.
+        drop(receivers.pop());
+        let (fifth, _r5) = connection("c5", &alice(), None);
+        now(manager.add_connection(fifth)).unwrap();
+        assert!(
+            manager.get_connection(&conn_id("c2")).is_none(),
+            "{name}: dead c2 was evicted"
+        );
+        let (sixth, _r6) = connection("c6", &alice(), None);
+        assert!(
+            matches!(
+                now(manager.add_connection(sixth)),
+                Err(ManagerError::ConnectionLimit { .. })
+            ),
+            "{name}: live connections still count"
+        );
     }
 }
 

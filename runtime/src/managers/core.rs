@@ -21,6 +21,11 @@
 //!   Changes of one user are therefore serialized, and the indexes move from
 //!   one consistent state to the next; users never wait for each other except
 //!   on a map shard for the duration of one insert.
+//! * Readers take no user lock. A query on one index that races with a change
+//!   may see it a moment before or after a query on another index does (an
+//!   add publishes the connection and socket entries first, and the user and
+//!   thread entries only after the replay); every change is complete when
+//!   the call that makes it returns.
 //! * Lock order: user mutex, then map shards (`connections` before
 //!   `sockets`). No code holds a map guard while taking a user mutex (slots
 //!   are cloned out of `users` first), and no code holds two user mutexes.
@@ -58,50 +63,18 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use parking_lot::Mutex;
 
-use crate::config::{ManagerConfig, SlowConsumerPolicy};
-use crate::connection::{
-    CloseReason, SendError, SocketId, TextFrame, WebSocketConnection, WebSocketHandle,
-};
+use crate::config::ManagerConfig;
+use crate::connection::{CloseReason, SocketId, TextFrame, WebSocketConnection, WebSocketHandle};
 use crate::delivery::{Delivery, NotDeliveredReason};
 use crate::error::ManagerError;
 use crate::health::{ConnectionHealth, ConnectionSummary, unix_millis};
 use crate::ids::{ConnectionId, ThreadId, UserId};
 use crate::managers::events::{CriticalEnvelope, validate_event_type};
+use crate::managers::fan_out::{
+    Recipient, Recipients, Totals, UserCounters, bump, fan_out, no_recipients,
+};
 use crate::managers::pending::{PendingBuffer, PendingEvent, PendingLedger, PushRefused};
 use crate::managers::stats::{IndexSizes, ManagerStats};
-
-/// Per-user counters, shared by the user's slot and every [`Recipient`] of
-/// the user (thread sends update them without a user lookup).
-#[derive(Debug, Default)]
-struct UserCounters {
-    sent: AtomicU64,
-    failed: AtomicU64,
-    dropped: AtomicU64,
-    slow_disconnects: AtomicU64,
-    /// Milliseconds since the epoch; 0 for never.
-    last_activity_ms: AtomicU64,
-}
-
-impl UserCounters {
-    fn touch(&self) {
-        self.last_activity_ms
-            .store(unix_millis(SystemTime::now()), Ordering::Relaxed);
-    }
-}
-
-/// One connection as a send sees it.
-#[derive(Debug, Clone)]
-struct Recipient {
-    connection_id: ConnectionId,
-    socket: WebSocketHandle,
-    counters: Arc<UserCounters>,
-}
-
-type Recipients = Arc<[Recipient]>;
-
-fn no_recipients() -> Recipients {
-    Arc::from(Vec::new())
-}
 
 /// Mutable per-user state, behind the slot's mutex.
 #[derive(Debug)]
@@ -132,56 +105,6 @@ impl UserSlot {
             }),
             counters: Arc::default(),
         }
-    }
-}
-
-#[derive(Debug, Default)]
-struct Totals {
-    sent: AtomicU64,
-    failed: AtomicU64,
-    dropped: AtomicU64,
-    slow_disconnects: AtomicU64,
-    pending_rejected: AtomicU64,
-    pending_expired: AtomicU64,
-    pending_discarded: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64, n: u64) {
-    if n > 0 {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
-/// What one fan-out did.
-#[derive(Debug, Default)]
-struct FanOut {
-    delivered: usize,
-    targeted: usize,
-    full: usize,
-    too_large: usize,
-    /// Connections to remove: closed, or disconnected for slowness.
-    evict: Vec<ConnectionId>,
-}
-
-impl FanOut {
-    fn result(&self, target: impl FnOnce() -> String) -> Result<Delivery, ManagerError> {
-        if self.delivered > 0 {
-            return Ok(Delivery::Delivered {
-                recipients: self.delivered,
-                skipped: self.targeted - self.delivered,
-            });
-        }
-        let reason = if self.full > 0 {
-            NotDeliveredReason::QueuesFull
-        } else if self.too_large > 0 {
-            NotDeliveredReason::TooLarge
-        } else {
-            NotDeliveredReason::ConnectionsClosed
-        };
-        Err(ManagerError::NotDelivered {
-            target: target(),
-            reason,
-        })
     }
 }
 
@@ -318,6 +241,17 @@ impl ManagerCore {
                 return Err(ManagerError::ShutDown);
             }
             let limit = self.config.max_connections_per_user();
+            if state.recipients.len() >= limit {
+                // Tabs that died without the transport telling us must not
+                // keep a user out: drop closed sockets before refusing.
+                let closed: Vec<ConnectionId> = state
+                    .recipients
+                    .iter()
+                    .filter(|r| r.socket.is_closed())
+                    .map(|r| r.connection_id.clone())
+                    .collect();
+                self.evict_locked(state, counters, &user, &closed);
+            }
             if state.recipients.len() >= limit {
                 return Err(ManagerError::ConnectionLimit {
                     user_id: user.clone(),
@@ -528,69 +462,6 @@ impl ManagerCore {
 
     // ----- sending ----------------------------------------------------------
 
-    /// Pushes `frame` into every recipient's queue without waiting and
-    /// applies the slow-consumer policy. Counters are updated here; evicted
-    /// connections are left to the caller (it may hold the user's lock).
-    fn fan_out(&self, recipients: &[Recipient], frame: &TextFrame) -> FanOut {
-        let mut fan = FanOut {
-            targeted: recipients.len(),
-            ..FanOut::default()
-        };
-        // Consecutive recipients usually share counters (a user's
-        // connections): add to them once per run, not once per frame.
-        let mut run: Option<(&Arc<UserCounters>, u64)> = None;
-        for recipient in recipients {
-            match recipient.socket.try_send(frame.clone()) {
-                Ok(()) => {
-                    fan.delivered += 1;
-                    match &mut run {
-                        Some((counters, n)) if Arc::ptr_eq(counters, &recipient.counters) => {
-                            *n += 1
-                        }
-                        _ => {
-                            if let Some((counters, n)) = run.replace((&recipient.counters, 1)) {
-                                bump(&counters.sent, n);
-                            }
-                        }
-                    }
-                }
-                Err(SendError::Full) => {
-                    fan.full += 1;
-                    match self.config.slow_consumer_policy() {
-                        SlowConsumerPolicy::Disconnect => {
-                            if recipient.socket.close(CloseReason::slow_consumer()) {
-                                tracing::warn!(connection_id = %recipient.connection_id,
-                                    "slow consumer: outbound queue full, disconnecting");
-                                bump(&recipient.counters.slow_disconnects, 1);
-                                bump(&self.totals.slow_disconnects, 1);
-                            }
-                            fan.evict.push(recipient.connection_id.clone());
-                        }
-                        SlowConsumerPolicy::DropMessage => {
-                            tracing::debug!(connection_id = %recipient.connection_id,
-                                "slow consumer: outbound queue full, message dropped");
-                            bump(&recipient.counters.dropped, 1);
-                            bump(&self.totals.dropped, 1);
-                        }
-                    }
-                }
-                Err(SendError::Closed) => fan.evict.push(recipient.connection_id.clone()),
-                Err(SendError::TooLarge { len, max }) => {
-                    tracing::warn!(connection_id = %recipient.connection_id, len, max,
-                        "message larger than the connection's queue bound, dropped");
-                    fan.too_large += 1;
-                    bump(&recipient.counters.dropped, 1);
-                    bump(&self.totals.dropped, 1);
-                }
-            }
-        }
-        if let Some((counters, n)) = run {
-            bump(&counters.sent, n);
-        }
-        bump(&self.totals.sent, fan.delivered as u64);
-        fan
-    }
-
     fn evict(&self, evicted: &[ConnectionId]) {
         for connection_id in evicted {
             self.remove_connection(connection_id, CloseReason::normal());
@@ -627,7 +498,12 @@ impl ManagerCore {
             return Err(self.fail(&[counters], target(), NotDeliveredReason::NoConnections));
         }
         let frame = TextFrame::from_json(message)?;
-        let fan = self.fan_out(&recipients, &frame);
+        let fan = fan_out(
+            &recipients,
+            &frame,
+            self.config.slow_consumer_policy(),
+            &self.totals,
+        );
         drop(recipients);
         self.evict(&fan.evict);
         counters.touch();
@@ -650,7 +526,12 @@ impl ManagerCore {
             return Err(self.fail(&[], target(), NotDeliveredReason::NoThreadConnections));
         };
         let frame = TextFrame::from_json(message)?;
-        let fan = self.fan_out(&recipients, &frame);
+        let fan = fan_out(
+            &recipients,
+            &frame,
+            self.config.slow_consumer_policy(),
+            &self.totals,
+        );
         self.evict(&fan.evict);
         let mut users: Vec<&Arc<UserCounters>> = Vec::new();
         for recipient in recipients.iter() {
@@ -725,7 +606,12 @@ impl ManagerCore {
             self.flush_pending_locked(state, counters, user);
             if state.pending.is_empty() && !state.recipients.is_empty() {
                 let recipients = Arc::clone(&state.recipients);
-                let fan = self.fan_out(&recipients, &frame);
+                let fan = fan_out(
+                    &recipients,
+                    &frame,
+                    self.config.slow_consumer_policy(),
+                    &self.totals,
+                );
                 self.evict_locked(state, counters, user, &fan.evict);
                 if fan.delivered > 0 {
                     state.last_sequence = envelope.sequence;
@@ -779,7 +665,12 @@ impl ManagerCore {
             };
             let frame = event.frame.clone();
             let recipients = Arc::clone(&state.recipients);
-            let fan = self.fan_out(&recipients, &frame);
+            let fan = fan_out(
+                &recipients,
+                &frame,
+                self.config.slow_consumer_policy(),
+                &self.totals,
+            );
             self.evict_locked(state, counters, user, &fan.evict);
             if fan.delivered == 0 {
                 return;

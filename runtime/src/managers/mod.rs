@@ -57,7 +57,9 @@
 //!
 //! * Each connection's queue: `queue_capacity` frames and `queue_max_bytes`
 //!   bytes. A stalled client costs at most that.
-//! * Connections per user: `max_connections_per_user`.
+//! * Connections per user: `max_connections_per_user`. Sockets found closed
+//!   (a tab that died without the transport noticing) are evicted before a
+//!   new connection is refused, so dead tabs never lock a user out.
 //! * Pending critical events: per user at most `pending_capacity` events,
 //!   `queue_max_bytes` bytes, each at most `pending_max_age` old; per manager
 //!   at most `max_pending_users` users with pending events (then
@@ -73,6 +75,7 @@
 
 mod core;
 mod events;
+mod fan_out;
 mod isolated;
 mod pending;
 mod stats;

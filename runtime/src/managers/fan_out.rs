@@ -1,0 +1,166 @@
+//! One send to many sockets: [`fan_out`] pushes a frame, serialized once,
+//! into every recipient's bounded queue without waiting, applies the
+//! slow-consumer policy, and counts what happened per user and per manager.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use crate::config::SlowConsumerPolicy;
+use crate::connection::{CloseReason, SendError, TextFrame, WebSocketHandle};
+use crate::delivery::{Delivery, NotDeliveredReason};
+use crate::error::ManagerError;
+use crate::health::unix_millis;
+use crate::ids::ConnectionId;
+
+/// Per-user counters, shared by the user's slot and every [`Recipient`] of
+/// the user (thread sends update them without a user lookup).
+#[derive(Debug, Default)]
+pub(crate) struct UserCounters {
+    pub(crate) sent: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) slow_disconnects: AtomicU64,
+    /// Milliseconds since the epoch; 0 for never.
+    pub(crate) last_activity_ms: AtomicU64,
+}
+
+impl UserCounters {
+    pub(crate) fn touch(&self) {
+        self.last_activity_ms
+            .store(unix_millis(SystemTime::now()), Ordering::Relaxed);
+    }
+}
+
+/// One connection as a send sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct Recipient {
+    pub(crate) connection_id: ConnectionId,
+    pub(crate) socket: WebSocketHandle,
+    pub(crate) counters: Arc<UserCounters>,
+}
+
+pub(crate) type Recipients = Arc<[Recipient]>;
+
+pub(crate) fn no_recipients() -> Recipients {
+    Arc::from(Vec::new())
+}
+
+/// Manager-wide counters behind [`ManagerStats`](super::ManagerStats).
+#[derive(Debug, Default)]
+pub(crate) struct Totals {
+    pub(crate) sent: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) slow_disconnects: AtomicU64,
+    pub(crate) pending_rejected: AtomicU64,
+    pub(crate) pending_expired: AtomicU64,
+    pub(crate) pending_discarded: AtomicU64,
+}
+
+/// Adds `n` to a counter (skipped for 0).
+pub(crate) fn bump(counter: &AtomicU64, n: u64) {
+    if n > 0 {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// What one fan-out did.
+#[derive(Debug, Default)]
+pub(crate) struct FanOut {
+    pub(crate) delivered: usize,
+    pub(crate) targeted: usize,
+    pub(crate) full: usize,
+    pub(crate) too_large: usize,
+    /// Connections to remove: closed, or disconnected for slowness.
+    pub(crate) evict: Vec<ConnectionId>,
+}
+
+impl FanOut {
+    pub(crate) fn result(&self, target: impl FnOnce() -> String) -> Result<Delivery, ManagerError> {
+        if self.delivered > 0 {
+            return Ok(Delivery::Delivered {
+                recipients: self.delivered,
+                skipped: self.targeted - self.delivered,
+            });
+        }
+        let reason = if self.full > 0 {
+            NotDeliveredReason::QueuesFull
+        } else if self.too_large > 0 {
+            NotDeliveredReason::TooLarge
+        } else {
+            NotDeliveredReason::ConnectionsClosed
+        };
+        Err(ManagerError::NotDelivered {
+            target: target(),
+            reason,
+        })
+    }
+}
+
+/// Pushes `frame` into every recipient's queue without waiting and
+/// applies the slow-consumer policy. Counters are updated here; evicted
+/// connections are left to the caller (it may hold the user's lock).
+#[inline]
+pub(crate) fn fan_out(
+    recipients: &[Recipient],
+    frame: &TextFrame,
+    policy: SlowConsumerPolicy,
+    totals: &Totals,
+) -> FanOut {
+    let mut fan = FanOut {
+        targeted: recipients.len(),
+        ..FanOut::default()
+    };
+    // Consecutive recipients usually share counters (a user's
+    // connections): add to them once per run, not once per frame.
+    let mut run: Option<(&Arc<UserCounters>, u64)> = None;
+    for recipient in recipients {
+        match recipient.socket.try_send(frame.clone()) {
+            Ok(()) => {
+                fan.delivered += 1;
+                match &mut run {
+                    Some((counters, n)) if Arc::ptr_eq(counters, &recipient.counters) => *n += 1,
+                    _ => {
+                        if let Some((counters, n)) = run.replace((&recipient.counters, 1)) {
+                            bump(&counters.sent, n);
+                        }
+                    }
+                }
+            }
+            Err(SendError::Full) => {
+                fan.full += 1;
+                match policy {
+                    SlowConsumerPolicy::Disconnect => {
+                        if recipient.socket.close(CloseReason::slow_consumer()) {
+                            tracing::warn!(connection_id = %recipient.connection_id,
+                                "slow consumer: outbound queue full, disconnecting");
+                            bump(&recipient.counters.slow_disconnects, 1);
+                            bump(&totals.slow_disconnects, 1);
+                        }
+                        fan.evict.push(recipient.connection_id.clone());
+                    }
+                    SlowConsumerPolicy::DropMessage => {
+                        tracing::debug!(connection_id = %recipient.connection_id,
+                            "slow consumer: outbound queue full, message dropped");
+                        bump(&recipient.counters.dropped, 1);
+                        bump(&totals.dropped, 1);
+                    }
+                }
+            }
+            Err(SendError::Closed) => fan.evict.push(recipient.connection_id.clone()),
+            Err(SendError::TooLarge { len, max }) => {
+                tracing::warn!(connection_id = %recipient.connection_id, len, max,
+                    "message larger than the connection's queue bound, dropped");
+                fan.too_large += 1;
+                bump(&recipient.counters.dropped, 1);
+                bump(&totals.dropped, 1);
+            }
+        }
+    }
+    if let Some((counters, n)) = run {
+        bump(&counters.sent, n);
+    }
+    bump(&totals.sent, fan.delivered as u64);
+    fan
+}
