@@ -282,7 +282,9 @@ impl WebSocketHandle {
     /// [`SendError::Closed`] when the socket is closed,
     /// [`SendError::TooLarge`] when the frame alone exceeds the byte bound.
     pub fn try_send(&self, frame: TextFrame) -> Result<(), SendError> {
-        if self.is_closed() {
+        // a gone writer is reported by the channel itself; only the manager's
+        // close needs a check of its own
+        if self.shared.close_reason.get().is_some() {
             return Err(SendError::Closed);
         }
         let len = frame.len();
