@@ -36,6 +36,8 @@ pub mod ids;
 pub mod protocol;
 pub mod registry;
 mod table;
+#[cfg(feature = "transport")]
+pub mod transport;
 
 pub use config::{ConfigError, ManagerConfig, ManagerConfigBuilder, SlowConsumerPolicy};
 pub use connection::{
