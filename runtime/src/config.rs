@@ -39,6 +39,10 @@ pub struct ConfigError {
 /// | `slow_consumer_policy` | [`SlowConsumerPolicy::Disconnect`] |
 /// | `pending_capacity` (critical events per offline user) | 256 |
 /// | `pending_max_age` | 5 minutes |
+/// | `max_pending_users` (users with pending events, per manager) | 10,000 |
+///
+/// `pending_capacity` may not exceed `queue_capacity`: a replay must fit the
+/// fresh queue of the user's next connection.
 ///
 /// ```
 /// use std::time::Duration;
@@ -61,6 +65,7 @@ pub struct ManagerConfig {
     pending_capacity: usize,
     #[serde(serialize_with = "serialize_duration_ms")]
     pending_max_age: Duration,
+    max_pending_users: usize,
 }
 
 fn serialize_duration_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -76,6 +81,7 @@ impl Default for ManagerConfig {
             slow_consumer_policy: SlowConsumerPolicy::Disconnect,
             pending_capacity: 256,
             pending_max_age: Duration::from_secs(300),
+            max_pending_users: 10_000,
         }
     }
 }
@@ -122,6 +128,11 @@ impl ManagerConfig {
     pub fn pending_max_age(&self) -> Duration {
         self.pending_max_age
     }
+
+    /// How many users may have pending critical events at once, per manager.
+    pub fn max_pending_users(&self) -> usize {
+        self.max_pending_users
+    }
 }
 
 /// Builds a validated [`ManagerConfig`]; see its table of defaults.
@@ -167,11 +178,18 @@ impl ManagerConfigBuilder {
         self
     }
 
+    /// Users with pending critical events per manager (at least 1).
+    pub fn max_pending_users(mut self, users: usize) -> Self {
+        self.config.max_pending_users = users;
+        self
+    }
+
     /// Validates and returns the configuration.
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] naming the first field that is zero.
+    /// [`ConfigError`] naming the first field that is zero, or
+    /// `pending_capacity` when it exceeds `queue_capacity`.
     pub fn build(self) -> Result<ManagerConfig, ConfigError> {
         let c = &self.config;
         let checks = [
@@ -180,13 +198,20 @@ impl ManagerConfigBuilder {
             ("max_connections_per_user", c.max_connections_per_user == 0),
             ("pending_capacity", c.pending_capacity == 0),
             ("pending_max_age", c.pending_max_age.is_zero()),
+            ("max_pending_users", c.max_pending_users == 0),
         ];
-        match checks.iter().find(|(_, zero)| *zero) {
-            Some((field, _)) => Err(ConfigError {
+        if let Some((field, _)) = checks.iter().find(|(_, zero)| *zero) {
+            return Err(ConfigError {
                 field,
                 problem: "must be greater than zero",
-            }),
-            None => Ok(self.config),
+            });
         }
+        if c.pending_capacity > c.queue_capacity {
+            return Err(ConfigError {
+                field: "pending_capacity",
+                problem: "must not exceed queue_capacity (a replay must fit a fresh queue)",
+            });
+        }
+        Ok(self.config)
     }
 }

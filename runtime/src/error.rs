@@ -48,6 +48,16 @@ pub enum ManagerError {
         /// The buffer's capacity.
         capacity: usize,
     },
+    /// A critical event found no connection, the user had no pending buffer
+    /// yet, and the manager already keeps pending buffers for `limit` users:
+    /// the event was not stored.
+    #[error(
+        "{limit} users already have pending critical events, the per-manager limit; the critical event was not stored"
+    )]
+    PendingUsersFull {
+        /// The configured `max_pending_users`.
+        limit: usize,
+    },
     /// `emit_critical_event` with an unusable event type.
     #[error("invalid event type `{event_type}`: {reason}")]
     InvalidEventType {

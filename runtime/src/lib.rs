@@ -7,6 +7,8 @@
 //!   block; it checks every method against the contract at compile time,
 //!   reports every problem in one build, and registers the manager.
 //! * [`Registry`]: every registered manager, enumerated at startup.
+//! * [`managers`]: the two reference managers, [`UnifiedWebSocketManager`]
+//!   and [`IsolatedWebSocketManager`].
 //!
 //! ```
 //! for registration in websocket_manager::Registry::global().entries() {
@@ -33,6 +35,7 @@ pub mod error;
 pub mod extensions;
 pub mod health;
 pub mod ids;
+pub mod managers;
 pub mod protocol;
 pub mod registry;
 mod table;
@@ -50,6 +53,10 @@ pub use error::ManagerError;
 pub use extensions::Extensions;
 pub use health::{ConnectionHealth, ConnectionSummary};
 pub use ids::{ConnectionId, IdError, MAX_ID_LEN, ThreadId, UserId};
+pub use managers::{
+    AGENT_COMPLETED, AGENT_EVENTS, AGENT_STARTED, AGENT_THINKING, CriticalEnvelope,
+    IsolatedWebSocketManager, TOOL_COMPLETED, TOOL_EXECUTING, UnifiedWebSocketManager,
+};
 pub use protocol::{
     CONTRACT_METHODS, MethodGroup, MethodSpec, PROTOCOL_FINGERPRINT, WebSocketManager,
     contract_method,

@@ -1,0 +1,933 @@
+//! [`ManagerCore`]: the engine both reference managers run on. The unified
+//! manager exposes it to every user; the isolated manager puts an owner check
+//! in front of it. Neither copies any of it.
+//!
+//! # Indexes
+//!
+//! | index | key -> value | used by |
+//! |---|---|---|
+//! | `connections` | `ConnectionId` -> `WebSocketConnection` | `get_connection`, removal |
+//! | `sockets` | `SocketId` -> `ConnectionId` | `get_connection_id_by_websocket` |
+//! | `users` | `UserId` -> `UserSlot` (recipients, pending buffer, sequence, counters) | user sends, critical events, health |
+//! | `threads` | `ThreadId` -> `Arc<[Recipient]>` | `send_to_thread` |
+//!
+//! All four are [`DashMap`]s: sharded `RwLock`ed hash maps, so every lookup is
+//! an O(1) hash lookup that only contends with writers of the same shard.
+//!
+//! # Locking discipline
+//!
+//! * Every change to a user's connections (add, remove, thread move,
+//!   eviction, critical event, replay) runs under that user's slot mutex.
+//!   Changes of one user are therefore serialized, and the indexes move from
+//!   one consistent state to the next; users never wait for each other except
+//!   on a map shard for the duration of one insert.
+//! * Lock order: user mutex, then map shards (`connections` before
+//!   `sockets`). No code holds a map guard while taking a user mutex (slots
+//!   are cloned out of `users` first), and no code holds two user mutexes.
+//! * No guard of any kind is held across an `.await`: nothing here awaits.
+//!   Sends are `try_send`, which never blocks.
+//! * Recipients are kept as immutable `Arc<[Recipient]>` snapshots, rebuilt
+//!   on every connection change (a user has at most `max_connections_per_user`
+//!   connections). A send clones one `Arc` under the mutex and pushes into the
+//!   queues after releasing it, so a send holds no lock while it fans out.
+//!
+//! # Replay ordering
+//!
+//! `add_connection` replays the pending buffer into the new socket *before*
+//! publishing the connection in the `users` and `threads` indexes, all under
+//! the user's mutex. A critical event emitted concurrently takes the same
+//! mutex: either it ran first (and was buffered, so it is replayed in order)
+//! or it runs after the connection is published (and is pushed after the
+//! replayed events into the same FIFO queue). An ordinary send can only see
+//! the connection once it is published, after the replay.
+//!
+//! # Memory bounds
+//!
+//! A user slot exists only while the user has a connection or a pending event.
+//! Pending buffers are bounded per user (events, bytes, age) and per manager
+//! (`max_pending_users`); expired events are pruned whenever the user is
+//! touched, by [`ManagerCore::prune_expired`], and by a sweep (at most once a
+//! second) when the user limit is reached.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use parking_lot::Mutex;
+
+use crate::config::{ManagerConfig, SlowConsumerPolicy};
+use crate::connection::{
+    CloseReason, SendError, SocketId, TextFrame, WebSocketConnection, WebSocketHandle,
+};
+use crate::delivery::{Delivery, NotDeliveredReason};
+use crate::error::ManagerError;
+use crate::health::{ConnectionHealth, ConnectionSummary, unix_millis};
+use crate::ids::{ConnectionId, ThreadId, UserId};
+use crate::managers::events::{CriticalEnvelope, validate_event_type};
+use crate::managers::pending::{PendingBuffer, PendingEvent, PendingLedger, PushRefused};
+use crate::managers::stats::{IndexSizes, ManagerStats};
+
+/// Per-user counters, shared by the user's slot and every [`Recipient`] of
+/// the user (thread sends update them without a user lookup).
+#[derive(Debug, Default)]
+struct UserCounters {
+    sent: AtomicU64,
+    failed: AtomicU64,
+    dropped: AtomicU64,
+    slow_disconnects: AtomicU64,
+    /// Milliseconds since the epoch; 0 for never.
+    last_activity_ms: AtomicU64,
+}
+
+impl UserCounters {
+    fn touch(&self) {
+        self.last_activity_ms
+            .store(unix_millis(SystemTime::now()), Ordering::Relaxed);
+    }
+}
+
+/// One connection as a send sees it.
+#[derive(Debug, Clone)]
+struct Recipient {
+    connection_id: ConnectionId,
+    socket: WebSocketHandle,
+    counters: Arc<UserCounters>,
+}
+
+type Recipients = Arc<[Recipient]>;
+
+fn no_recipients() -> Recipients {
+    Arc::from(Vec::new())
+}
+
+/// Mutable per-user state, behind the slot's mutex.
+#[derive(Debug)]
+struct UserState {
+    /// Set when the slot is removed from `users`: whoever locks it afterwards
+    /// must look the user up again.
+    retired: bool,
+    recipients: Recipients,
+    pending: PendingBuffer,
+    /// The last sequence number given to a critical event.
+    last_sequence: u64,
+}
+
+#[derive(Debug)]
+struct UserSlot {
+    state: Mutex<UserState>,
+    counters: Arc<UserCounters>,
+}
+
+impl UserSlot {
+    fn new() -> Self {
+        UserSlot {
+            state: Mutex::new(UserState {
+                retired: false,
+                recipients: no_recipients(),
+                pending: PendingBuffer::default(),
+                last_sequence: 0,
+            }),
+            counters: Arc::default(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Totals {
+    sent: AtomicU64,
+    failed: AtomicU64,
+    dropped: AtomicU64,
+    slow_disconnects: AtomicU64,
+    pending_rejected: AtomicU64,
+    pending_expired: AtomicU64,
+    pending_discarded: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, n: u64) {
+    if n > 0 {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// What one fan-out did.
+#[derive(Debug, Default)]
+struct FanOut {
+    delivered: usize,
+    targeted: usize,
+    full: usize,
+    too_large: usize,
+    /// Connections to remove: closed, or disconnected for slowness.
+    evict: Vec<ConnectionId>,
+}
+
+impl FanOut {
+    fn result(&self, target: impl FnOnce() -> String) -> Result<Delivery, ManagerError> {
+        if self.delivered > 0 {
+            return Ok(Delivery::Delivered {
+                recipients: self.delivered,
+                skipped: self.targeted - self.delivered,
+            });
+        }
+        let reason = if self.full > 0 {
+            NotDeliveredReason::QueuesFull
+        } else if self.too_large > 0 {
+            NotDeliveredReason::TooLarge
+        } else {
+            NotDeliveredReason::ConnectionsClosed
+        };
+        Err(ManagerError::NotDelivered {
+            target: target(),
+            reason,
+        })
+    }
+}
+
+/// Why an `emit` attempt stopped before storing the event.
+enum EmitFailure {
+    TooManyPendingUsers,
+    Error(ManagerError),
+}
+
+/// The engine shared by [`UnifiedWebSocketManager`](super::UnifiedWebSocketManager)
+/// and [`IsolatedWebSocketManager`](super::IsolatedWebSocketManager).
+#[derive(Debug)]
+pub(crate) struct ManagerCore {
+    config: ManagerConfig,
+    connections: DashMap<ConnectionId, WebSocketConnection>,
+    sockets: DashMap<SocketId, ConnectionId>,
+    users: DashMap<UserId, Arc<UserSlot>>,
+    threads: DashMap<ThreadId, Recipients>,
+    ledger: PendingLedger,
+    totals: Totals,
+    shut_down: AtomicBool,
+    /// Last full sweep of expired pending events, in ms since the epoch.
+    last_sweep_ms: AtomicU64,
+}
+
+impl ManagerCore {
+    pub fn new(config: ManagerConfig) -> Self {
+        ManagerCore {
+            ledger: PendingLedger::new(config.max_pending_users()),
+            config,
+            connections: DashMap::new(),
+            sockets: DashMap::new(),
+            users: DashMap::new(),
+            threads: DashMap::new(),
+            totals: Totals::default(),
+            shut_down: AtomicBool::new(false),
+            last_sweep_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn config(&self) -> &ManagerConfig {
+        &self.config
+    }
+
+    pub fn is_shut_down(&self) -> bool {
+        self.shut_down.load(Ordering::SeqCst)
+    }
+
+    // ----- user slots -------------------------------------------------------
+
+    fn slot(&self, user: &UserId) -> Option<Arc<UserSlot>> {
+        // Clone the slot out: no map guard may be held while its mutex is taken.
+        self.users.get(user).map(|slot| Arc::clone(slot.value()))
+    }
+
+    /// Runs `f` on `user`'s locked state (creating the slot when `create`),
+    /// then retires the slot if it holds neither a connection nor a pending
+    /// event. `None` when the user has no slot and `create` is false.
+    fn with_user<R>(
+        &self,
+        user: &UserId,
+        create: bool,
+        f: impl FnOnce(&mut UserState, &Arc<UserCounters>) -> R,
+    ) -> Option<R> {
+        loop {
+            let slot = if create {
+                Arc::clone(
+                    self.users
+                        .entry(user.clone())
+                        .or_insert_with(|| Arc::new(UserSlot::new()))
+                        .value(),
+                )
+            } else {
+                self.slot(user)?
+            };
+            let mut state = slot.state.lock();
+            if state.retired {
+                // Removed from `users` after we cloned it: look again.
+                continue;
+            }
+            let result = f(&mut state, &slot.counters);
+            if state.recipients.is_empty() && state.pending.is_empty() {
+                state.retired = true;
+                self.users
+                    .remove_if(user, |_, current| Arc::ptr_eq(current, &slot));
+            }
+            return Some(result);
+        }
+    }
+
+    /// The recipients of `user` and their counters, without holding anything.
+    fn user_recipients(&self, user: &UserId) -> Option<(Recipients, Arc<UserCounters>)> {
+        let slot = self.slot(user)?;
+        let recipients = Arc::clone(&slot.state.lock().recipients);
+        Some((recipients, Arc::clone(&slot.counters)))
+    }
+
+    // ----- thread index -----------------------------------------------------
+
+    fn thread_insert(&self, thread: ThreadId, recipient: Recipient) {
+        let mut entry = self.threads.entry(thread).or_insert_with(no_recipients);
+        let updated: Recipients = entry.iter().cloned().chain([recipient]).collect();
+        *entry = updated;
+    }
+
+    fn thread_remove(&self, thread: &ThreadId, connection_id: &ConnectionId) {
+        if let Entry::Occupied(mut entry) = self.threads.entry(thread.clone()) {
+            let updated: Recipients = entry
+                .get()
+                .iter()
+                .filter(|r| r.connection_id != *connection_id)
+                .cloned()
+                .collect();
+            if updated.is_empty() {
+                entry.remove();
+            } else {
+                entry.insert(updated);
+            }
+        }
+    }
+
+    // ----- connections ------------------------------------------------------
+
+    pub fn add_connection(&self, connection: WebSocketConnection) -> Result<(), ManagerError> {
+        if self.is_shut_down() {
+            return Err(ManagerError::ShutDown);
+        }
+        let user = connection.user_id.clone();
+        self.with_user(&user, true, |state, counters| {
+            // Checked again under the lock: `shutdown` sweeps every user
+            // under this lock after setting the flag.
+            if self.is_shut_down() {
+                return Err(ManagerError::ShutDown);
+            }
+            let limit = self.config.max_connections_per_user();
+            if state.recipients.len() >= limit {
+                return Err(ManagerError::ConnectionLimit {
+                    user_id: user.clone(),
+                    limit,
+                });
+            }
+            let connection_id = connection.connection_id.clone();
+            let socket = connection.websocket.clone();
+            let thread = connection.thread_id.clone();
+            // Both ids are checked and inserted while both entries are held,
+            // so a failed add leaves nothing behind.
+            match self.connections.entry(connection_id.clone()) {
+                Entry::Occupied(_) => {
+                    return Err(ManagerError::DuplicateConnection(connection_id));
+                }
+                Entry::Vacant(vacant_connection) => match self.sockets.entry(socket.id()) {
+                    Entry::Occupied(existing) => {
+                        return Err(ManagerError::SocketAlreadyRegistered {
+                            socket: socket.id(),
+                            existing: existing.get().clone(),
+                        });
+                    }
+                    Entry::Vacant(vacant_socket) => {
+                        vacant_socket.insert(connection_id.clone());
+                        vacant_connection.insert(connection);
+                    }
+                },
+            }
+            // Replay before publishing: nothing newer can reach this socket first.
+            self.replay_locked(state, &socket, counters, &user);
+            let recipient = Recipient {
+                connection_id,
+                socket,
+                counters: Arc::clone(counters),
+            };
+            if let Some(thread) = thread {
+                self.thread_insert(thread, recipient.clone());
+            }
+            state.recipients = state
+                .recipients
+                .iter()
+                .cloned()
+                .chain([recipient])
+                .collect();
+            counters.touch();
+            Ok(())
+        })
+        .unwrap_or(Err(ManagerError::ShutDown))
+    }
+
+    /// Pushes the user's pending events into `socket`, oldest first. What does
+    /// not fit stays pending (it is flushed before any newer critical event).
+    fn replay_locked(
+        &self,
+        state: &mut UserState,
+        socket: &WebSocketHandle,
+        counters: &UserCounters,
+        user: &UserId,
+    ) {
+        self.expire_locked(state, user);
+        let mut replayed = 0u64;
+        let mut last_sequence = None;
+        while let Some(event) = state.pending.front() {
+            match socket.try_send(event.frame.clone()) {
+                Ok(()) => {
+                    last_sequence = Some(event.sequence);
+                    state.pending.pop_front(&self.ledger);
+                    replayed += 1;
+                }
+                Err(error) => {
+                    tracing::warn!(user_id = %user, %error, remaining = state.pending.len(),
+                        "replay of pending critical events stopped; the rest stays pending");
+                    break;
+                }
+            }
+        }
+        if replayed > 0 {
+            tracing::debug!(user_id = %user, replayed, ?last_sequence, "replayed pending critical events");
+        }
+        bump(&counters.sent, replayed);
+        bump(&self.totals.sent, replayed);
+    }
+
+    fn expire_locked(&self, state: &mut UserState, user: &UserId) {
+        let expired =
+            state
+                .pending
+                .drop_expired(Instant::now(), self.config.pending_max_age(), &self.ledger);
+        if expired > 0 {
+            tracing::warn!(user_id = %user, expired, "pending critical events expired before the user reconnected");
+            bump(&self.totals.pending_expired, expired as u64);
+        }
+    }
+
+    /// Removes `connection_id` if it belongs to `user`, from every index, and
+    /// closes its socket with `reason`. Runs under the user's lock.
+    fn remove_locked(
+        &self,
+        state: &mut UserState,
+        counters: &UserCounters,
+        user: &UserId,
+        connection_id: &ConnectionId,
+        reason: CloseReason,
+    ) -> Option<WebSocketConnection> {
+        let (_, connection) = self
+            .connections
+            .remove_if(connection_id, |_, c| c.user_id == *user)?;
+        self.sockets
+            .remove_if(&connection.websocket.id(), |_, id| id == connection_id);
+        if let Some(thread) = &connection.thread_id {
+            self.thread_remove(thread, connection_id);
+        }
+        state.recipients = state
+            .recipients
+            .iter()
+            .filter(|r| r.connection_id != *connection_id)
+            .cloned()
+            .collect();
+        connection.websocket.close(reason);
+        counters.touch();
+        Some(connection)
+    }
+
+    /// Finds the owner of `connection_id` and runs `f` under its lock; `f`
+    /// returns `None` when the connection moved to another user meanwhile,
+    /// and the lookup is retried. `None` for an unknown connection.
+    fn with_connection_owner<R>(
+        &self,
+        connection_id: &ConnectionId,
+        mut f: impl FnMut(&mut UserState, &Arc<UserCounters>, &UserId) -> Option<R>,
+    ) -> Option<R> {
+        loop {
+            let user = self.connections.get(connection_id)?.user_id.clone();
+            if let Some(Some(result)) =
+                self.with_user(&user, false, |state, counters| f(state, counters, &user))
+            {
+                return Some(result);
+            }
+        }
+    }
+
+    pub fn remove_connection(
+        &self,
+        connection_id: &ConnectionId,
+        reason: CloseReason,
+    ) -> Option<WebSocketConnection> {
+        self.with_connection_owner(connection_id, |state, counters, user| {
+            self.remove_locked(state, counters, user, connection_id, reason.clone())
+        })
+    }
+
+    pub fn get_connection(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection> {
+        self.connections
+            .get(connection_id)
+            .map(|c| c.value().clone())
+    }
+
+    pub fn get_user_connections(&self, user: &UserId) -> HashSet<ConnectionId> {
+        self.user_recipients(user)
+            .map(|(recipients, _)| recipients.iter().map(|r| r.connection_id.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn is_connection_active(&self, user: &UserId) -> bool {
+        self.user_recipients(user)
+            .is_some_and(|(recipients, _)| recipients.iter().any(|r| !r.socket.is_closed()))
+    }
+
+    pub fn get_connection_id_by_websocket(
+        &self,
+        websocket: &WebSocketHandle,
+    ) -> Option<ConnectionId> {
+        self.sockets
+            .get(&websocket.id())
+            .map(|id| id.value().clone())
+    }
+
+    pub fn update_connection_thread(&self, connection_id: &ConnectionId, thread: ThreadId) -> bool {
+        if self.is_shut_down() {
+            return false;
+        }
+        self.with_connection_owner(connection_id, |state, counters, user| {
+            let previous = {
+                let mut connection = self.connections.get_mut(connection_id)?;
+                if connection.user_id != *user {
+                    return None;
+                }
+                connection.thread_id.replace(thread.clone())
+            };
+            if previous.as_ref() == Some(&thread) {
+                return Some(true);
+            }
+            if let Some(previous) = &previous {
+                self.thread_remove(previous, connection_id);
+            }
+            if let Some(recipient) = state
+                .recipients
+                .iter()
+                .find(|r| r.connection_id == *connection_id)
+            {
+                self.thread_insert(thread.clone(), recipient.clone());
+            }
+            counters.touch();
+            Some(true)
+        })
+        .unwrap_or(false)
+    }
+
+    // ----- sending ----------------------------------------------------------
+
+    /// Pushes `frame` into every recipient's queue without waiting and
+    /// applies the slow-consumer policy. Counters are updated here; evicted
+    /// connections are left to the caller (it may hold the user's lock).
+    fn fan_out(&self, recipients: &[Recipient], frame: &TextFrame) -> FanOut {
+        let mut fan = FanOut {
+            targeted: recipients.len(),
+            ..FanOut::default()
+        };
+        // Consecutive recipients usually share counters (a user's
+        // connections): add to them once per run, not once per frame.
+        let mut run: Option<(&Arc<UserCounters>, u64)> = None;
+        for recipient in recipients {
+            match recipient.socket.try_send(frame.clone()) {
+                Ok(()) => {
+                    fan.delivered += 1;
+                    match &mut run {
+                        Some((counters, n)) if Arc::ptr_eq(counters, &recipient.counters) => {
+                            *n += 1
+                        }
+                        _ => {
+                            if let Some((counters, n)) = run.replace((&recipient.counters, 1)) {
+                                bump(&counters.sent, n);
+                            }
+                        }
+                    }
+                }
+                Err(SendError::Full) => {
+                    fan.full += 1;
+                    match self.config.slow_consumer_policy() {
+                        SlowConsumerPolicy::Disconnect => {
+                            if recipient.socket.close(CloseReason::slow_consumer()) {
+                                tracing::warn!(connection_id = %recipient.connection_id,
+                                    "slow consumer: outbound queue full, disconnecting");
+                                bump(&recipient.counters.slow_disconnects, 1);
+                                bump(&self.totals.slow_disconnects, 1);
+                            }
+                            fan.evict.push(recipient.connection_id.clone());
+                        }
+                        SlowConsumerPolicy::DropMessage => {
+                            tracing::debug!(connection_id = %recipient.connection_id,
+                                "slow consumer: outbound queue full, message dropped");
+                            bump(&recipient.counters.dropped, 1);
+                            bump(&self.totals.dropped, 1);
+                        }
+                    }
+                }
+                Err(SendError::Closed) => fan.evict.push(recipient.connection_id.clone()),
+                Err(SendError::TooLarge { len, max }) => {
+                    tracing::warn!(connection_id = %recipient.connection_id, len, max,
+                        "message larger than the connection's queue bound, dropped");
+                    fan.too_large += 1;
+                    bump(&recipient.counters.dropped, 1);
+                    bump(&self.totals.dropped, 1);
+                }
+            }
+        }
+        if let Some((counters, n)) = run {
+            bump(&counters.sent, n);
+        }
+        bump(&self.totals.sent, fan.delivered as u64);
+        fan
+    }
+
+    fn evict(&self, evicted: &[ConnectionId]) {
+        for connection_id in evicted {
+            self.remove_connection(connection_id, CloseReason::normal());
+        }
+    }
+
+    fn fail(
+        &self,
+        counters: &[&UserCounters],
+        target: String,
+        reason: NotDeliveredReason,
+    ) -> ManagerError {
+        for counters in counters {
+            bump(&counters.failed, 1);
+        }
+        bump(&self.totals.failed, 1);
+        ManagerError::NotDelivered { target, reason }
+    }
+
+    pub fn send_to_user(
+        &self,
+        user: &UserId,
+        message: &serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        if self.is_shut_down() {
+            return Err(ManagerError::ShutDown);
+        }
+        let target = || format!("user `{user}`");
+        let Some((recipients, counters)) = self.user_recipients(user) else {
+            return Err(self.fail(&[], target(), NotDeliveredReason::NoConnections));
+        };
+        if recipients.is_empty() {
+            return Err(self.fail(&[&counters], target(), NotDeliveredReason::NoConnections));
+        }
+        let frame = TextFrame::from_json(message)?;
+        let fan = self.fan_out(&recipients, &frame);
+        drop(recipients);
+        self.evict(&fan.evict);
+        counters.touch();
+        fan.result(target).inspect_err(|_| {
+            bump(&counters.failed, 1);
+            bump(&self.totals.failed, 1);
+        })
+    }
+
+    pub fn send_to_thread(
+        &self,
+        thread: &ThreadId,
+        message: &serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        if self.is_shut_down() {
+            return Err(ManagerError::ShutDown);
+        }
+        let target = || format!("thread `{thread}`");
+        let Some(recipients) = self.threads.get(thread).map(|r| Arc::clone(r.value())) else {
+            return Err(self.fail(&[], target(), NotDeliveredReason::NoThreadConnections));
+        };
+        let frame = TextFrame::from_json(message)?;
+        let fan = self.fan_out(&recipients, &frame);
+        self.evict(&fan.evict);
+        let mut users: Vec<&Arc<UserCounters>> = Vec::new();
+        for recipient in recipients.iter() {
+            if !users.iter().any(|c| Arc::ptr_eq(c, &recipient.counters)) {
+                users.push(&recipient.counters);
+            }
+        }
+        for counters in &users {
+            counters.touch();
+        }
+        fan.result(target).inspect_err(|_| {
+            for counters in &users {
+                bump(&counters.failed, 1);
+            }
+            bump(&self.totals.failed, 1);
+        })
+    }
+
+    pub fn emit_critical_event(
+        &self,
+        user: &UserId,
+        event_type: &str,
+        data: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        validate_event_type(event_type)?;
+        if self.is_shut_down() {
+            return Err(ManagerError::ShutDown);
+        }
+        let mut envelope = CriticalEnvelope {
+            event_type: event_type.to_owned(),
+            data,
+            timestamp: unix_millis(SystemTime::now()),
+            critical: true,
+            sequence: 0,
+        };
+        match self.try_emit(user, &mut envelope) {
+            Err(EmitFailure::TooManyPendingUsers) => {
+                // Expired buffers may be holding the places: sweep (at most
+                // once a second, and never under a user lock), then retry once.
+                if self.sweep_expired_throttled() > 0
+                    && let Ok(delivery) = self.try_emit(user, &mut envelope)
+                {
+                    return Ok(delivery);
+                }
+                bump(&self.totals.pending_rejected, 1);
+                bump(&self.totals.failed, 1);
+                let limit = self.ledger.limit();
+                tracing::warn!(user_id = %user, event_type, limit,
+                    "critical event refused: too many users with pending events");
+                Err(ManagerError::PendingUsersFull { limit })
+            }
+            Err(EmitFailure::Error(error)) => Err(error),
+            Ok(delivery) => Ok(delivery),
+        }
+    }
+
+    fn try_emit(
+        &self,
+        user: &UserId,
+        envelope: &mut CriticalEnvelope,
+    ) -> Result<Delivery, EmitFailure> {
+        self.with_user(user, true, |state, counters| {
+            if self.is_shut_down() {
+                return Err(EmitFailure::Error(ManagerError::ShutDown));
+            }
+            self.expire_locked(state, user);
+            envelope.sequence = state.last_sequence + 1;
+            let frame = TextFrame::from_json(&*envelope)
+                .map_err(|e| EmitFailure::Error(ManagerError::Serialization(e)))?;
+            counters.touch();
+            // Older pending events go first, so order holds for every reader.
+            self.flush_pending_locked(state, counters, user);
+            if state.pending.is_empty() && !state.recipients.is_empty() {
+                let recipients = Arc::clone(&state.recipients);
+                let fan = self.fan_out(&recipients, &frame);
+                self.evict_locked(state, counters, user, &fan.evict);
+                if fan.delivered > 0 {
+                    state.last_sequence = envelope.sequence;
+                    return Ok(Delivery::Delivered {
+                        recipients: fan.delivered,
+                        skipped: fan.targeted - fan.delivered,
+                    });
+                }
+            }
+            let event = PendingEvent {
+                sequence: envelope.sequence,
+                frame,
+                queued_at: Instant::now(),
+            };
+            match state.pending.push(
+                event,
+                self.config.pending_capacity(),
+                self.config.queue_max_bytes(),
+                &self.ledger,
+            ) {
+                Ok(pending) => {
+                    state.last_sequence = envelope.sequence;
+                    tracing::debug!(user_id = %user, event_type = %envelope.event_type, pending,
+                        "critical event queued until the user reconnects");
+                    Ok(Delivery::Queued { pending })
+                }
+                Err(PushRefused::TooManyUsers) => Err(EmitFailure::TooManyPendingUsers),
+                Err(PushRefused::BufferFull) => {
+                    bump(&counters.failed, 1);
+                    bump(&self.totals.failed, 1);
+                    bump(&self.totals.pending_rejected, 1);
+                    let capacity = self.config.pending_capacity();
+                    tracing::warn!(user_id = %user, event_type = %envelope.event_type, capacity,
+                        "critical event refused: pending buffer full");
+                    Err(EmitFailure::Error(ManagerError::PendingBufferFull {
+                        user_id: user.clone(),
+                        capacity,
+                    }))
+                }
+            }
+        })
+        .unwrap_or(Err(EmitFailure::Error(ManagerError::ShutDown)))
+    }
+
+    /// Delivers pending events to the user's current connections, oldest
+    /// first, stopping at the first one no connection takes.
+    fn flush_pending_locked(&self, state: &mut UserState, counters: &UserCounters, user: &UserId) {
+        while !state.recipients.is_empty() {
+            let Some(event) = state.pending.front() else {
+                return;
+            };
+            let frame = event.frame.clone();
+            let recipients = Arc::clone(&state.recipients);
+            let fan = self.fan_out(&recipients, &frame);
+            self.evict_locked(state, counters, user, &fan.evict);
+            if fan.delivered == 0 {
+                return;
+            }
+            state.pending.pop_front(&self.ledger);
+        }
+    }
+
+    fn evict_locked(
+        &self,
+        state: &mut UserState,
+        counters: &UserCounters,
+        user: &UserId,
+        evicted: &[ConnectionId],
+    ) {
+        for connection_id in evicted {
+            self.remove_locked(state, counters, user, connection_id, CloseReason::normal());
+        }
+    }
+
+    // ----- health, maintenance ---------------------------------------------
+
+    pub fn get_connection_health(&self, user: &UserId) -> ConnectionHealth {
+        let mut health = ConnectionHealth::empty(user.clone());
+        self.with_user(user, false, |state, counters| {
+            self.expire_locked(state, user);
+            health.total_connections = state.recipients.len();
+            health.active_connections = state
+                .recipients
+                .iter()
+                .filter(|r| !r.socket.is_closed())
+                .count();
+            health.pending_critical_events = state.pending.len();
+            health.messages_sent = counters.sent.load(Ordering::Relaxed);
+            health.messages_failed = counters.failed.load(Ordering::Relaxed);
+            health.messages_dropped = counters.dropped.load(Ordering::Relaxed);
+            health.slow_consumer_disconnects = counters.slow_disconnects.load(Ordering::Relaxed);
+            health.last_activity_ms = match counters.last_activity_ms.load(Ordering::Relaxed) {
+                0 => None,
+                ms => Some(ms),
+            };
+            health.connections = state
+                .recipients
+                .iter()
+                .filter_map(|r| {
+                    let connection = self.connections.get(&r.connection_id)?;
+                    Some(ConnectionSummary {
+                        connection_id: r.connection_id.clone(),
+                        thread_id: connection.thread_id.clone(),
+                        connected_at_ms: unix_millis(connection.connected_at),
+                        queue_depth: r.socket.queue_depth(),
+                        closed: r.socket.is_closed(),
+                    })
+                })
+                .collect();
+            health
+                .connections
+                .sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
+        });
+        health
+    }
+
+    fn user_ids(&self) -> Vec<UserId> {
+        self.users.iter().map(|entry| entry.key().clone()).collect()
+    }
+
+    /// Drops every expired pending event; returns how many.
+    pub fn prune_expired(&self) -> usize {
+        let before = self.totals.pending_expired.load(Ordering::Relaxed);
+        for user in self.user_ids() {
+            self.with_user(&user, false, |state, _| self.expire_locked(state, &user));
+        }
+        let after = self.totals.pending_expired.load(Ordering::Relaxed);
+        usize::try_from(after - before).unwrap_or(usize::MAX)
+    }
+
+    fn sweep_expired_throttled(&self) -> usize {
+        let now = unix_millis(SystemTime::now());
+        let last = self.last_sweep_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < 1000
+            || self
+                .last_sweep_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return 0;
+        }
+        self.prune_expired()
+    }
+
+    /// Closes every socket with `going_away`, empties every index, drops the
+    /// pending events, and refuses all further work.
+    pub fn shutdown(&self) {
+        if self.shut_down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let mut closed = 0usize;
+        let mut discarded = 0usize;
+        for user in self.user_ids() {
+            self.with_user(&user, false, |state, counters| {
+                let ids: Vec<ConnectionId> = state
+                    .recipients
+                    .iter()
+                    .map(|r| r.connection_id.clone())
+                    .collect();
+                for connection_id in &ids {
+                    if self
+                        .remove_locked(
+                            state,
+                            counters,
+                            &user,
+                            connection_id,
+                            CloseReason::going_away(),
+                        )
+                        .is_some()
+                    {
+                        closed += 1;
+                    }
+                }
+                discarded += state.pending.clear(&self.ledger);
+            });
+        }
+        bump(&self.totals.pending_discarded, discarded as u64);
+        if discarded > 0 {
+            tracing::warn!(discarded, "shutdown discarded pending critical events");
+        }
+        tracing::info!(closed, "manager shut down");
+    }
+
+    pub fn index_sizes(&self) -> IndexSizes {
+        IndexSizes {
+            connections: self.connections.len(),
+            users: self.users.len(),
+            sockets: self.sockets.len(),
+            threads: self.threads.len(),
+            pending_users: self.ledger.users(),
+        }
+    }
+
+    pub fn stats(&self) -> ManagerStats {
+        let t = &self.totals;
+        ManagerStats {
+            indexes: self.index_sizes(),
+            messages_sent: t.sent.load(Ordering::Relaxed),
+            messages_failed: t.failed.load(Ordering::Relaxed),
+            messages_dropped: t.dropped.load(Ordering::Relaxed),
+            slow_consumer_disconnects: t.slow_disconnects.load(Ordering::Relaxed),
+            pending_rejected: t.pending_rejected.load(Ordering::Relaxed),
+            pending_expired: t.pending_expired.load(Ordering::Relaxed),
+            pending_discarded_at_shutdown: t.pending_discarded.load(Ordering::Relaxed),
+        }
+    }
+}

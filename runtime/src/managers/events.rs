@@ -1,0 +1,150 @@
+//! Critical agent events: the five event names, the envelope every critical
+//! event travels in, and the validation of event types.
+//!
+//! A critical event reaches the client as one JSON text frame:
+//!
+//! ```json
+//! {"type":"tool_executing","data":{"tool":"search"},"timestamp":1767225600000,"critical":true,"sequence":7}
+//! ```
+//!
+//! * `type`: the event type, validated by [`validate_event_type`].
+//! * `data`: the caller's JSON, untouched.
+//! * `timestamp`: milliseconds since the Unix epoch when the event was emitted
+//!   (not when it was replayed).
+//! * `critical`: always `true`.
+//! * `sequence`: 1, 2, 3... per user, in emission order. A client that sees a
+//!   jump knows it missed events; a client that sees `1` again knows the
+//!   manager forgot the user in between (it had neither a connection nor a
+//!   pending event), so nothing was pending for it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ManagerError;
+
+/// An agent run started.
+pub const AGENT_STARTED: &str = "agent_started";
+/// The agent is thinking (progress).
+pub const AGENT_THINKING: &str = "agent_thinking";
+/// The agent started a tool.
+pub const TOOL_EXECUTING: &str = "tool_executing";
+/// A tool finished.
+pub const TOOL_COMPLETED: &str = "tool_completed";
+/// The agent run finished.
+pub const AGENT_COMPLETED: &str = "agent_completed";
+
+/// The five agent events a user must see, all of them and in order, for
+/// every agent run.
+pub const AGENT_EVENTS: [&str; 5] = [
+    AGENT_STARTED,
+    AGENT_THINKING,
+    TOOL_EXECUTING,
+    TOOL_COMPLETED,
+    AGENT_COMPLETED,
+];
+
+/// The longest event type accepted, in bytes.
+pub const MAX_EVENT_TYPE_LEN: usize = 64;
+
+/// A critical event as it is sent to the client (see the module docs).
+///
+/// ```
+/// use websocket_manager::managers::CriticalEnvelope;
+/// let text = r#"{"type":"agent_started","data":{"run":1},"timestamp":5,"critical":true,"sequence":1}"#;
+/// let event: CriticalEnvelope = serde_json::from_str(text)?;
+/// assert_eq!(event.event_type, "agent_started");
+/// assert_eq!(event.sequence, 1);
+/// assert_eq!(serde_json::to_string(&event)?, text);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CriticalEnvelope {
+    /// The event type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The caller's payload.
+    pub data: serde_json::Value,
+    /// Milliseconds since the Unix epoch at emission.
+    pub timestamp: u64,
+    /// Always `true`: marks the frame as a critical event.
+    pub critical: bool,
+    /// Per-user emission order, starting at 1.
+    pub sequence: u64,
+}
+
+/// Checks an event type: non-empty, at most [`MAX_EVENT_TYPE_LEN`] bytes,
+/// only ASCII letters, digits and `_ - . :`.
+///
+/// ```
+/// use websocket_manager::managers::{validate_event_type, TOOL_EXECUTING};
+/// assert!(validate_event_type(TOOL_EXECUTING).is_ok());
+/// assert!(validate_event_type("").is_err());
+/// assert!(validate_event_type("<script>").is_err());
+/// ```
+///
+/// # Errors
+///
+/// [`ManagerError::InvalidEventType`] saying what is wrong.
+pub fn validate_event_type(event_type: &str) -> Result<(), ManagerError> {
+    let reason = if event_type.is_empty() {
+        Some("must not be empty")
+    } else if event_type.len() > MAX_EVENT_TYPE_LEN {
+        Some("is longer than 64 bytes")
+    } else if !event_type
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+    {
+        Some("may only contain ASCII letters, digits, `_`, `-`, `.` and `:`")
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(ManagerError::InvalidEventType {
+            event_type: event_type.chars().take(64).collect(),
+            reason,
+        }),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_five_agent_events_are_valid_and_distinct() {
+        for event in AGENT_EVENTS {
+            validate_event_type(event).unwrap();
+        }
+        let distinct: std::collections::HashSet<_> = AGENT_EVENTS.iter().collect();
+        assert_eq!(distinct.len(), 5);
+    }
+
+    #[test]
+    fn invalid_event_types_are_refused_with_a_reason() {
+        let cases = [
+            ("", "must not be empty"),
+            ("agent started", "may only contain"),
+            ("ünïcode", "may only contain"),
+            ("a\nb", "may only contain"),
+        ];
+        for (input, expected) in cases {
+            match validate_event_type(input) {
+                Err(ManagerError::InvalidEventType { reason, .. }) => {
+                    assert!(reason.starts_with(expected), "{input:?}: {reason}");
+                }
+                other => panic!("{input:?} was accepted: {other:?}"),
+            }
+        }
+        let long = "x".repeat(MAX_EVENT_TYPE_LEN + 1);
+        match validate_event_type(&long) {
+            Err(ManagerError::InvalidEventType { event_type, reason }) => {
+                assert_eq!(event_type.len(), 64);
+                assert_eq!(reason, "is longer than 64 bytes");
+            }
+            other => panic!("accepted: {other:?}"),
+        }
+        validate_event_type(&"x".repeat(MAX_EVENT_TYPE_LEN)).unwrap();
+        validate_event_type("ns:tool.progress-2_b").unwrap();
+    }
+}
