@@ -1,1 +1,213 @@
-//! Placeholder, replaced below.
+//! Managers defined in a crate of their own, to prove that registration works
+//! across crates.
+//!
+//! A binary that wants these managers in its registry must reference the
+//! crate, or the linker drops it and its registrations with it:
+//!
+//! ```
+//! use example_managers as _;
+//! let registry = websocket_manager::Registry::global();
+//! assert!(registry.get("minimal").is_ok());
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use websocket_manager::{
+    BuildContext, BuildError, ConnectionHealth, ConnectionId, ConnectionSummary, ConstructManager,
+    Delivery, ManagerError, NotDeliveredReason, TextFrame, ThreadId, UserId, WebSocketConnection,
+    WebSocketHandle, health::unix_millis, serde_json, websocket_manager,
+};
+
+/// The smallest correct manager: one mutex around plain maps, written in the
+/// "compatible interface" form (the contract methods are the type's own
+/// API). Fine for tests and small tools; use the reference managers in
+/// production.
+#[derive(Debug, Default)]
+pub struct MinimalManager {
+    connections: Mutex<HashMap<ConnectionId, WebSocketConnection>>,
+}
+
+impl ConstructManager for MinimalManager {
+    fn construct(_context: &BuildContext<'_>) -> Result<Self, BuildError> {
+        Ok(MinimalManager::default())
+    }
+}
+
+impl MinimalManager {
+    /// Runs `f` on the map. A poisoned lock only means another thread
+    /// panicked mid-update of plain maps; the data is still usable.
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<ConnectionId, WebSocketConnection>) -> R) -> R {
+        let mut guard = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
+    }
+
+    fn deliver(
+        &self,
+        target: String,
+        reason: NotDeliveredReason,
+        sockets: Vec<WebSocketHandle>,
+        frame: TextFrame,
+    ) -> Result<Delivery, ManagerError> {
+        let total = sockets.len();
+        let recipients = sockets
+            .iter()
+            .filter(|s| s.try_send(frame.clone()).is_ok())
+            .count();
+        match (total, recipients) {
+            (0, _) => Err(ManagerError::NotDelivered { target, reason }),
+            (_, 0) => Err(ManagerError::NotDelivered {
+                target,
+                reason: NotDeliveredReason::QueuesFull,
+            }),
+            _ => Ok(Delivery::Delivered {
+                recipients,
+                skipped: total - recipients,
+            }),
+        }
+    }
+}
+
+#[websocket_manager(name = "minimal")]
+impl MinimalManager {
+    async fn add_connection(&self, connection: WebSocketConnection) -> Result<(), ManagerError> {
+        self.with(|map| {
+            if map.contains_key(&connection.connection_id) {
+                return Err(ManagerError::DuplicateConnection(
+                    connection.connection_id.clone(),
+                ));
+            }
+            if let Some(existing) = map.values().find(|c| c.websocket == connection.websocket) {
+                return Err(ManagerError::SocketAlreadyRegistered {
+                    socket: connection.websocket.id(),
+                    existing: existing.connection_id.clone(),
+                });
+            }
+            map.insert(connection.connection_id.clone(), connection);
+            Ok(())
+        })
+    }
+
+    async fn remove_connection(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection> {
+        let removed = self.with(|map| map.remove(connection_id))?;
+        removed
+            .websocket
+            .close(websocket_manager::CloseReason::normal());
+        Some(removed)
+    }
+
+    fn get_connection(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection> {
+        self.with(|map| map.get(connection_id).cloned())
+    }
+
+    fn get_user_connections(&self, user_id: &UserId) -> HashSet<ConnectionId> {
+        self.with(|map| {
+            map.values()
+                .filter(|c| &c.user_id == user_id)
+                .map(|c| c.connection_id.clone())
+                .collect()
+        })
+    }
+
+    fn is_connection_active(&self, user_id: &UserId) -> bool {
+        self.with(|map| {
+            map.values()
+                .any(|c| &c.user_id == user_id && !c.websocket.is_closed())
+        })
+    }
+
+    fn get_connection_id_by_websocket(&self, websocket: &WebSocketHandle) -> Option<ConnectionId> {
+        self.with(|map| {
+            map.values()
+                .find(|c| &c.websocket == websocket)
+                .map(|c| c.connection_id.clone())
+        })
+    }
+
+    fn update_connection_thread(&self, connection_id: &ConnectionId, thread_id: ThreadId) -> bool {
+        self.with(|map| match map.get_mut(connection_id) {
+            Some(connection) => {
+                connection.thread_id = Some(thread_id);
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn send_to_user(
+        &self,
+        user_id: &UserId,
+        message: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        let frame = TextFrame::from_json(&message)?;
+        let sockets = self.with(|map| {
+            map.values()
+                .filter(|c| &c.user_id == user_id)
+                .map(|c| c.websocket.clone())
+                .collect()
+        });
+        self.deliver(
+            format!("user `{user_id}`"),
+            NotDeliveredReason::NoConnections,
+            sockets,
+            frame,
+        )
+    }
+
+    async fn emit_critical_event(
+        &self,
+        user_id: &UserId,
+        event_type: &str,
+        data: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        if event_type.is_empty() {
+            return Err(ManagerError::InvalidEventType {
+                event_type: String::new(),
+                reason: "must not be empty",
+            });
+        }
+        let envelope = serde_json::json!({ "type": event_type, "data": data, "critical": true });
+        self.send_to_user(user_id, envelope).await
+    }
+
+    fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth {
+        let mut health = ConnectionHealth::empty(user_id.clone());
+        self.with(|map| {
+            for c in map.values().filter(|c| &c.user_id == user_id) {
+                health.total_connections += 1;
+                health.active_connections += usize::from(!c.websocket.is_closed());
+                health.connections.push(ConnectionSummary {
+                    connection_id: c.connection_id.clone(),
+                    thread_id: c.thread_id.clone(),
+                    connected_at_ms: unix_millis(c.connected_at),
+                    queue_depth: c.websocket.queue_depth(),
+                    closed: c.websocket.is_closed(),
+                });
+            }
+        });
+        health
+            .connections
+            .sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
+        health
+    }
+
+    async fn send_to_thread(
+        &self,
+        thread_id: &ThreadId,
+        message: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        let frame = TextFrame::from_json(&message)?;
+        let sockets = self.with(|map| {
+            map.values()
+                .filter(|c| c.thread_id.as_ref() == Some(thread_id))
+                .map(|c| c.websocket.clone())
+                .collect()
+        });
+        self.deliver(
+            format!("thread `{thread_id}`"),
+            NotDeliveredReason::NoThreadConnections,
+            sockets,
+            frame,
+        )
+    }
+}

@@ -74,10 +74,16 @@ pub(crate) fn parse(attr: TokenStream) -> (Args, Option<syn::Error>) {
                     "unified" => Mode::Unified,
                     "isolated" => Mode::Isolated,
                     other => {
+                        let hint = crate::suggest::closest(
+                            other,
+                            ["unified", "isolated"].into_iter().map(String::from),
+                        )
+                        .map(|m| format!("did you mean `\"{m}\"`? "))
+                        .unwrap_or_default();
                         return Err(syn::Error::new(
                             lit.span(),
                             format!(
-                                "unknown mode `{other}`; expected `\"unified\"` (one instance shared by all users) or `\"isolated\"` (one instance per user)"
+                                "unknown mode `{other}`; {hint}expected `\"unified\"` (one instance shared by all users) or `\"isolated\"` (one instance per user)"
                             ),
                         ));
                     }

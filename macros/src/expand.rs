@@ -41,16 +41,23 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
             return with_errors(errors, item);
         }
     };
+    let args_valid = errors.is_empty();
     let checked = validate::check(&item_impl, form, &contract, &args);
     errors.extend(checked.errors);
-    let generated = generate(
+    let has_errors = !errors.is_empty();
+    let mut generated = generate(
         &item_impl,
         form,
         &contract,
         &checked.valid,
         &args,
-        !errors.is_empty(),
+        has_errors,
     );
+    if args_valid {
+        // with unusable arguments we cannot know what to register: only the
+        // argument error shows, no guessed registration
+        generated.extend(registration(&item_impl, &contract, &args));
+    }
     let errors = errors.iter().map(syn::Error::to_compile_error);
     quote! {
         #(#errors)*
@@ -87,7 +94,8 @@ fn classify(item: Item) -> Result<(ItemImpl, Form), syn::Error> {
             if trait_name == "WebSocketManager" {
                 return Ok((item_impl, Form::TraitImpl));
             }
-            (format!("an impl of `{trait_name}`"), path.span())
+            let message = format!("{PLACEMENT}; it cannot go on an impl of `{trait_name}`");
+            return Err(syn::Error::new_spanned(path, message));
         }
         Item::Struct(s) => ("a struct".to_owned(), s.ident.span()),
         Item::Enum(e) => ("an enum".to_owned(), e.ident.span()),
@@ -112,7 +120,15 @@ fn generate(
 ) -> TokenStream {
     let krate = &args.krate;
     let async_trait = quote!(#krate::__private::async_trait);
-    let trait_impl = match form {
+    if item.generics.lifetimes().next().is_some() {
+        // a borrowing manager cannot be `'static`: emit no trait impl, so
+        // only our error shows and not rustc's lifetime cascade
+        return match form {
+            Form::TraitImpl => TokenStream::new(),
+            Form::Inherent => item.to_token_stream(),
+        };
+    }
+    match form {
         Form::TraitImpl if !has_errors => quote! {
             #[#async_trait]
             #item
@@ -153,11 +169,6 @@ fn generate(
                 }
             }
         }
-    };
-    let registration = registration(item, contract, args);
-    quote! {
-        #trait_impl
-        #registration
     }
 }
 
@@ -238,6 +249,10 @@ fn registration(item: &ItemImpl, contract: &Contract, args: &Args) -> TokenStrea
         quote!(::core::option::Option::None)
     };
     let registered_tokens = registered.to_token_stream();
+    // spanned on the impl, so the registry points at `impl`, not the attribute
+    let impl_span = item.impl_token.span;
+    let line = quote_spanned!(impl_span=> ::core::line!());
+    let file = quote_spanned!(impl_span=> ::core::file!());
     quote! {
         const _: () = {
             // the macro and the runtime must describe the same contract
@@ -253,8 +268,8 @@ fn registration(item: &ItemImpl, contract: &Contract, args: &Args) -> TokenStrea
                     name: #name,
                     type_name: #type_name,
                     module_path: ::core::module_path!(),
-                    file: ::core::file!(),
-                    line: ::core::line!(),
+                    file: #file,
+                    line: #line,
                     mode: #mode,
                     fingerprint: #fingerprint,
                     constructor: #constructor,
@@ -265,7 +280,7 @@ fn registration(item: &ItemImpl, contract: &Contract, args: &Args) -> TokenStrea
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn expand_str(attr: &str, item: &str) -> String {
@@ -318,7 +333,7 @@ mod tests {
         let out = expand_str("", &item);
         assert_eq!(out.matches("compile_error").count(), 1, "{out}");
         assert!(out.contains("missing 1 of the 11"), "{out}");
-        assert!(out.contains("fn get_connection_id_by_websocket(&self, websocket: &WebSocketHandle) -> Option<ConnectionId> { ... }  // critical"));
+        assert!(out.contains("fn get_connection_id_by_websocket(&self, websocket: &WebSocketHandle) -> Option<ConnectionId> { todo!() }  // critical"));
         // the fallback still defines the method so rustc adds nothing
         assert!(out.contains("unreachable"));
     }

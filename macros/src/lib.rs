@@ -9,6 +9,8 @@ mod args;
 mod contract;
 mod emit_contract;
 mod expand;
+#[cfg(test)]
+mod mutation_tests;
 mod suggest;
 mod types;
 mod validate;

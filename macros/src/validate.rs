@@ -10,7 +10,7 @@ use syn::{FnArg, GenericParam, ImplItem, ImplItemFn, ItemImpl, ReturnType, Signa
 use crate::args::Args;
 use crate::contract::{Contract, ContractMethod};
 use crate::suggest::closest;
-use crate::types::{canonical, named_lifetimes, render_type};
+use crate::types::{canonical, named_lifetimes, render_tokens, render_type};
 
 /// Which of the two accepted forms the impl block is.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -54,7 +54,10 @@ pub(crate) fn check<'a>(
                 let name = function.sig.ident.to_string();
                 match contract.methods.iter().position(|m| m.ident() == &name) {
                     Some(index) => {
-                        if !seen.insert(name.clone()) {
+                        // `#[cfg]` variants of one method are alternatives,
+                        // not duplicates; each is still checked
+                        let conditional = function.attrs.iter().any(|a| a.path().is_ident("cfg"));
+                        if !conditional && !seen.insert(name.clone()) {
                             errors.push(syn::Error::new(
                                 function.sig.ident.span(),
                                 format!(
@@ -65,7 +68,7 @@ pub(crate) fn check<'a>(
                         }
                         present[index] = true;
                         let method_errors = check_method(function, &contract.methods[index]);
-                        if method_errors.is_empty() {
+                        if method_errors.is_empty() && valid[index].is_none() {
                             valid[index] = Some(function);
                         }
                         errors.extend(method_errors);
@@ -216,7 +219,7 @@ fn missing_methods(
         if count == 1 { "it" } else { "them" }
     );
     for method in missing {
-        message.push_str(&format!("\n    {} {{ ... }}", method.signature()));
+        message.push_str(&format!("\n    {} {{ todo!() }}", method.signature()));
         if method.critical {
             message.push_str("  // critical");
         }
@@ -277,37 +280,38 @@ pub(crate) fn check_method(function: &ImplItemFn, spec: &ContractMethod) -> Vec<
     let name = spec.name();
     let contract_sig = spec.signature();
     let mut errors = Vec::new();
-    let mut error =
-        |span: proc_macro2::Span, message: String| errors.push(syn::Error::new(span, message));
+    let mut error = |tokens: &dyn ToTokens, message: String| {
+        errors.push(syn::Error::new_spanned(tokens, message));
+    };
 
-    if let Some(constness) = sig.constness {
+    if let Some(constness) = &sig.constness {
         error(
-            constness.span(),
+            constness,
             format!("`{name}` must not be `const`: the contract declares `{contract_sig}`"),
         );
     }
-    if let Some(unsafety) = sig.unsafety {
+    if let Some(unsafety) = &sig.unsafety {
         error(
-            unsafety.span(),
+            unsafety,
             format!("`{name}` must not be `unsafe`: the contract declares `{contract_sig}`"),
         );
     }
     if let Some(abi) = &sig.abi {
         error(
-            abi.span(),
+            abi,
             format!("`{name}` must not declare an ABI: the contract declares `{contract_sig}`"),
         );
     }
     if let Some(variadic) = &sig.variadic {
-        error(variadic.span(), format!("`{name}` must not be variadic"));
+        error(variadic, format!("`{name}` must not be variadic"));
     }
-    match (spec.is_async(), sig.asyncness) {
+    match (spec.is_async(), &sig.asyncness) {
         (true, None) => error(
-            sig.fn_token.span(),
+            &sig.fn_token,
             format!("`{name}` must be `async`: the contract declares `{contract_sig}`"),
         ),
         (false, Some(asyncness)) => error(
-            asyncness.span(),
+            asyncness,
             format!(
                 "`{name}` must not be `async`: the contract declares `{contract_sig}`, which callers use without `.await`"
             ),
@@ -321,30 +325,47 @@ pub(crate) fn check_method(function: &ImplItemFn, spec: &ContractMethod) -> Vec<
     errors
 }
 
-fn check_generics(
-    sig: &Signature,
-    name: &str,
-    contract_sig: &str,
-    error: &mut impl FnMut(proc_macro2::Span, String),
-) {
-    for param in &sig.generics.params {
-        match param {
-            GenericParam::Lifetime(lifetime) => error(
-                lifetime.span(),
-                format!(
-                    "`{name}` must not declare lifetime `{}`: the contract elides every lifetime; remove it and write plain references such as `&UserId`",
-                    lifetime.lifetime
-                ),
+type Report<'r> = dyn FnMut(&dyn ToTokens, String) + 'r;
+
+/// Whether the method's own generics declare `lifetime`: such lifetimes are
+/// reported once, on the generics, rather than at every use.
+fn declared_by(sig: &Signature, lifetime: &syn::Lifetime) -> bool {
+    sig.generics.lifetimes().any(|l| l.lifetime == *lifetime)
+}
+
+fn check_generics(sig: &Signature, name: &str, contract_sig: &str, error: &mut Report<'_>) {
+    let lifetimes: Vec<String> = sig
+        .generics
+        .lifetimes()
+        .map(|l| l.lifetime.to_string())
+        .collect();
+    let has_type_params =
+        sig.generics.type_params().next().is_some() || sig.generics.const_params().next().is_some();
+    if has_type_params {
+        error(
+            &sig.generics,
+            format!("`{name}` must not be generic: the contract declares `{contract_sig}`"),
+        );
+    } else if !lifetimes.is_empty() {
+        let list: Vec<String> = lifetimes.iter().map(|l| format!("`{l}`")).collect();
+        error(
+            &sig.generics,
+            format!(
+                "`{name}` must not declare {} {}: the contract elides every lifetime; remove `{}` and every use of {} in the signature: `{contract_sig}`",
+                if lifetimes.len() == 1 {
+                    "lifetime"
+                } else {
+                    "lifetimes"
+                },
+                list.join(", "),
+                render_tokens(&sig.generics.to_token_stream()),
+                if lifetimes.len() == 1 { "it" } else { "them" },
             ),
-            GenericParam::Type(_) | GenericParam::Const(_) => error(
-                param.span(),
-                format!("`{name}` must not be generic: the contract declares `{contract_sig}`"),
-            ),
-        }
+        );
     }
     if let Some(where_clause) = &sig.generics.where_clause {
         error(
-            where_clause.span(),
+            where_clause,
             format!(
                 "`{name}` must not have a `where` clause: the contract declares `{contract_sig}`"
             ),
@@ -352,11 +373,11 @@ fn check_generics(
     }
 }
 
-fn check_receiver(sig: &Signature, name: &str, error: &mut impl FnMut(proc_macro2::Span, String)) {
+fn check_receiver(sig: &Signature, name: &str, error: &mut Report<'_>) {
     let shared = "managers are shared as `Arc<dyn WebSocketManager>`; keep mutable state behind a lock, an atomic or a concurrent map";
     match sig.inputs.first() {
         Some(FnArg::Receiver(receiver)) => {
-            let found = crate::types::render_tokens(&receiver.to_token_stream());
+            let found = render_tokens(&receiver.to_token_stream());
             let by_shared_ref = if receiver.colon_token.is_some() {
                 canonical(&receiver.ty) == "&Self"
             } else {
@@ -364,7 +385,7 @@ fn check_receiver(sig: &Signature, name: &str, error: &mut impl FnMut(proc_macro
             };
             if !by_shared_ref {
                 error(
-                    receiver.span(),
+                    receiver,
                     format!("`{name}` must take `&self`, found `{found}`: {shared}"),
                 );
                 return;
@@ -373,10 +394,10 @@ fn check_receiver(sig: &Signature, name: &str, error: &mut impl FnMut(proc_macro
                 .reference
                 .as_ref()
                 .and_then(|(_, lifetime)| lifetime.as_ref())
-                .filter(|l| l.ident != "_");
+                .filter(|l| l.ident != "_" && !declared_by(sig, l));
             if let Some(lifetime) = lifetime {
                 error(
-                    lifetime.span(),
+                    lifetime,
                     format!(
                         "`{name}` must take plain `&self`: remove the lifetime `{lifetime}`, the contract elides it"
                     ),
@@ -384,22 +405,17 @@ fn check_receiver(sig: &Signature, name: &str, error: &mut impl FnMut(proc_macro
             }
         }
         Some(first) => error(
-            first.span(),
+            first,
             format!("`{name}` must take `&self` as its first parameter: {shared}"),
         ),
         None => error(
-            sig.paren_token.span.join(),
+            &sig.ident,
             format!("`{name}` must take `&self` as its first parameter: {shared}"),
         ),
     }
 }
 
-fn check_params(
-    sig: &Signature,
-    spec: &ContractMethod,
-    name: &str,
-    error: &mut impl FnMut(proc_macro2::Span, String),
-) {
+fn check_params(sig: &Signature, spec: &ContractMethod, name: &str, error: &mut Report<'_>) {
     let expected = spec.params();
     let found: Vec<&syn::PatType> = sig
         .inputs
@@ -414,15 +430,15 @@ fn check_params(
             .iter()
             .map(|(ident, ty)| format!("{ident}: {}", render_type(ty)))
             .collect();
-        let span = if found.is_empty() {
-            sig.paren_token.span.join()
+        let tokens: &dyn ToTokens = if found.is_empty() {
+            &sig.ident
         } else {
-            sig.inputs.span()
+            &sig.inputs
         };
         error(
-            span,
+            tokens,
             format!(
-                "`{name}` takes {} parameter{} after `&self` ({}), found {}",
+                "`{name}` takes {} parameter{} after `&self` (`{}`), found {}",
                 expected.len(),
                 if expected.len() == 1 { "" } else { "s" },
                 list.join(", "),
@@ -433,18 +449,20 @@ fn check_params(
     }
     for ((param, expected_ty), found) in expected.iter().zip(found) {
         let lifetimes = named_lifetimes(&found.ty);
-        for lifetime in &lifetimes {
+        let undeclared: Vec<&syn::Lifetime> =
+            lifetimes.iter().filter(|l| !declared_by(sig, l)).collect();
+        for lifetime in &undeclared {
             error(
-                lifetime.span(),
+                lifetime,
                 format!(
                     "parameter `{param}` of `{name}` must not name lifetime `{lifetime}`: the contract elides it; write `{}`",
                     render_type(expected_ty)
                 ),
             );
         }
-        if lifetimes.is_empty() && canonical(expected_ty) != canonical(&found.ty) {
+        if undeclared.is_empty() && canonical(expected_ty) != canonical(&found.ty) {
             error(
-                found.ty.span(),
+                &found.ty,
                 format!(
                     "mismatched type for parameter `{param}` of `{name}`: expected `{}`, found `{}`",
                     render_type(expected_ty),
@@ -455,25 +473,20 @@ fn check_params(
     }
 }
 
-fn check_output(
-    sig: &Signature,
-    spec: &ContractMethod,
-    name: &str,
-    error: &mut impl FnMut(proc_macro2::Span, String),
-) {
+fn check_output(sig: &Signature, spec: &ContractMethod, name: &str, error: &mut Report<'_>) {
     let Some(expected) = spec.output() else {
         return;
     };
     let expected_text = render_type(expected);
     match &sig.output {
         ReturnType::Default => error(
-            sig.paren_token.span.close(),
+            &sig.ident,
             format!("`{name}` must return `{expected_text}`; add `-> {expected_text}`"),
         ),
         ReturnType::Type(_, found) => {
             if canonical(expected) != canonical(found) {
                 error(
-                    found.span(),
+                    found,
                     format!(
                         "`{name}` must return `{expected_text}`, found `{}`",
                         render_type(found)

@@ -7,6 +7,11 @@
 //!   block; it checks every method against the contract at compile time,
 //!   reports every problem in one build, and registers the manager.
 //! * [`Registry`]: every registered manager, enumerated at startup.
+//! * [`StandardFactory`]: builds the manager for a mode or a name, shared
+//!   (unified) or per user (isolated).
+//! * [`validate_on_startup`]: proves every registered manager works before
+//!   traffic arrives, with the probes of [`conformance`], and reports it
+//!   ([`StartupReport`]).
 //! * [`managers`]: the two reference managers, [`UnifiedWebSocketManager`]
 //!   and [`IsolatedWebSocketManager`].
 //!
@@ -28,19 +33,23 @@
 extern crate self as websocket_manager;
 
 pub mod config;
+pub mod conformance;
 pub mod connection;
 pub mod context;
 pub mod delivery;
 pub mod error;
 pub mod extensions;
+pub mod factory;
 pub mod health;
 pub mod ids;
 pub mod managers;
 pub mod protocol;
 pub mod registry;
+pub mod report;
 mod table;
 #[cfg(feature = "transport")]
 pub mod transport;
+pub mod validation;
 
 pub use config::{ConfigError, ManagerConfig, ManagerConfigBuilder, SlowConsumerPolicy};
 pub use connection::{
@@ -51,6 +60,7 @@ pub use context::{ManagerMode, UnknownMode, UserContext};
 pub use delivery::{Delivery, NotDeliveredReason};
 pub use error::ManagerError;
 pub use extensions::Extensions;
+pub use factory::{FactoryError, ManagerFactory, StandardFactory, StandardFactoryBuilder};
 pub use health::{ConnectionHealth, ConnectionSummary};
 pub use ids::{ConnectionId, IdError, MAX_ID_LEN, ThreadId, UserId};
 pub use managers::{
@@ -65,6 +75,10 @@ pub use registry::{
     BuildContext, BuildError, ConstructManager, Constructor, DuplicateName, Registration, Registry,
     RegistryError,
 };
+pub use report::{
+    ComplianceReport, FactoryValidationResult, StartupReport, Verdict, Violation, ViolationKind,
+};
+pub use validation::{AlertCallback, StartupError, StartupOptions, validate_on_startup};
 
 /// Checks an impl block against the [`WebSocketManager`] contract at compile
 /// time and registers the manager. See the crate README for every form,

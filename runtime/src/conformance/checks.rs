@@ -1,0 +1,488 @@
+//! The checks themselves: one async function per [`Check`](super::Check),
+//! each returning the first expectation the manager broke.
+
+use std::collections::HashSet;
+
+use super::probe::{Probe, Step, delivery_text, fail};
+use crate::context::ManagerMode;
+use crate::delivery::Delivery;
+use crate::error::ManagerError;
+use crate::ids::ConnectionId;
+
+pub(super) async fn add_then_lookup_by_socket(p: &mut Probe<'_>) -> Step {
+    let owner = p.scope.owner().clone();
+    let a = p.connect(&owner, "a").await?;
+    let id = p.id(a).clone();
+    let socket = p.sockets[a].handle.clone();
+    match p.manager.get_connection(&id) {
+        Some(found) if found.user_id == owner && found.websocket.id() == socket.id() => {}
+        Some(found) => {
+            return Err(fail(
+                "get_connection",
+                format!("connection `{id}` of user `{owner}` on {}", socket.id()),
+                format!("user `{}` on {}", found.user_id, found.websocket.id()),
+                "store the connection as given to add_connection",
+            ));
+        }
+        None => {
+            return Err(fail(
+                "get_connection",
+                format!("Some(connection `{id}`) right after add_connection"),
+                "None",
+                "index connections by id in add_connection",
+            ));
+        }
+    }
+    let by_socket = p.manager.get_connection_id_by_websocket(&socket);
+    if by_socket.as_ref() != Some(&id) {
+        return Err(fail(
+            "get_connection_id_by_websocket",
+            format!("Some({id}) for the socket just added ({})", socket.id()),
+            format!("{by_socket:?}"),
+            "keep a map from `websocket.id()` (SocketId) to connection id, filled in add_connection and cleared in remove_connection, and look the socket up there (agent runs call this on every run)",
+        ));
+    }
+    let users = p.manager.get_user_connections(&owner);
+    if !users.contains(&id) {
+        return Err(fail(
+            "get_user_connections",
+            format!("a set containing `{id}`"),
+            format!("{users:?}"),
+            "index connections by user id in add_connection",
+        ));
+    }
+    if !p.manager.is_connection_active(&owner) {
+        return Err(fail(
+            "is_connection_active",
+            format!("true for user `{owner}` with an open connection"),
+            "false",
+            "answer from the user index: true when the user has an open connection",
+        ));
+    }
+    Ok(())
+}
+
+pub(super) async fn thread_routing(p: &mut Probe<'_>) -> Step {
+    let owner = p.scope.owner().clone();
+    let thread = p.scope.thread_id();
+    let elsewhere = p.scope.thread_id();
+    let bound = p.connect(&owner, "bound to the thread").await?;
+    let sibling = p.connect(&owner, "same user, another thread").await?;
+    let mut others = vec![sibling];
+    if p.mode == ManagerMode::Unified {
+        let stranger = p.scope.other().clone();
+        others.push(p.connect(&stranger, "another user").await?);
+    }
+    p.bind(bound, &thread).await?;
+    p.bind(sibling, &elsewhere).await?;
+    let recorded = p
+        .manager
+        .get_connection(p.id(bound))
+        .and_then(|c| c.thread_id);
+    if recorded.as_ref() != Some(&thread) {
+        return Err(fail(
+            "update_connection_thread",
+            format!("get_connection to show thread `{thread}` after the update"),
+            format!("{recorded:?}"),
+            "store the new thread on the connection record",
+        ));
+    }
+    let (nonce, message) = p.message();
+    let result = p.manager.send_to_thread(&thread, message).await;
+    let delivered = p
+        .expect_delivery("send_to_thread", &nonce, &[bound], &others)
+        .await?;
+    match result {
+        Ok(Delivery::Delivered { recipients, .. }) if recipients == delivered => {}
+        other => {
+            return Err(fail(
+                "send_to_thread",
+                format!(
+                    "Ok(Delivered {{ recipients: {delivered} }}): the sockets that got the frame"
+                ),
+                delivery_text(&other),
+                "count the connections whose queue accepted the frame",
+            ));
+        }
+    }
+    // Moving away must take the connection out of the old thread's set.
+    p.bind(bound, &elsewhere).await?;
+    let (nonce, message) = p.message();
+    let result = p.manager.send_to_thread(&thread, message).await;
+    if p.received(bound, &nonce, false).await > 0 {
+        return Err(fail(
+            "update_connection_thread",
+            format!("no frame for thread `{thread}` on a connection that moved away from it"),
+            "the frame arrived",
+            "remove the connection from the old thread's set when moving it",
+        ));
+    }
+    if result.is_ok() {
+        return Err(fail(
+            "send_to_thread",
+            format!("Err(NotDelivered) for thread `{thread}`, which has no connection left"),
+            delivery_text(&result),
+            "return ManagerError::NotDelivered { reason: NoThreadConnections } when no connection took the message; never report success without a recipient",
+        ));
+    }
+    Ok(())
+}
+
+pub(super) async fn unknown_ids(p: &mut Probe<'_>) -> Step {
+    let connection = p.scope.connection_id();
+    let user = p.scope.user_id();
+    let thread = p.scope.thread_id();
+    if let Some(found) = p.manager.get_connection(&connection) {
+        return Err(fail(
+            "get_connection",
+            format!("None for unknown connection `{connection}`"),
+            format!("Some(connection `{}`)", found.connection_id),
+            "return None when the id is not registered",
+        ));
+    }
+    // A socket that was never added.
+    let index = p.socket(&user, "never added");
+    let socket = p.sockets[index].handle.clone();
+    if let Some(found) = p.manager.get_connection_id_by_websocket(&socket) {
+        return Err(fail(
+            "get_connection_id_by_websocket",
+            format!("None for {} that was never added", socket.id()),
+            format!("Some({found})"),
+            "look the socket up by identity; never fall back to another connection",
+        ));
+    }
+    let users = p.manager.get_user_connections(&user);
+    if !users.is_empty() {
+        return Err(fail(
+            "get_user_connections",
+            format!("an empty set for unknown user `{user}`"),
+            format!("{users:?}"),
+            "return an empty set for a user with no connection",
+        ));
+    }
+    if p.manager.is_connection_active(&user) {
+        return Err(fail(
+            "is_connection_active",
+            format!("false for unknown user `{user}`"),
+            "true",
+            "return false for a user with no connection",
+        ));
+    }
+    if p.manager.update_connection_thread(&connection, thread) {
+        return Err(fail(
+            "update_connection_thread",
+            format!("false for unknown connection `{connection}`"),
+            "true",
+            "return false when the connection is not registered",
+        ));
+    }
+    if let Some(removed) = p.manager.remove_connection(&connection).await {
+        return Err(fail(
+            "remove_connection",
+            format!("None for unknown connection `{connection}`"),
+            format!("Some(connection `{}`)", removed.connection_id),
+            "return None when the id is not registered",
+        ));
+    }
+    let health = p.manager.get_connection_health(&user);
+    if health.total_connections != 0 || !health.connections.is_empty() {
+        return Err(fail(
+            "get_connection_health",
+            format!("0 connections for unknown user `{user}`"),
+            format!(
+                "total_connections = {}, {} summaries",
+                health.total_connections,
+                health.connections.len()
+            ),
+            "report an empty health for a user with no connection",
+        ));
+    }
+    Ok(())
+}
+
+pub(super) async fn removal_clears_lookups(p: &mut Probe<'_>) -> Step {
+    let owner = p.scope.owner().clone();
+    let thread = p.scope.thread_id();
+    let a = p.connect(&owner, "removed").await?;
+    p.bind(a, &thread).await?;
+    let id = p.id(a).clone();
+    let socket = p.sockets[a].handle.clone();
+    match p.manager.remove_connection(&id).await {
+        Some(removed) if removed.connection_id == id => {}
+        other => {
+            return Err(fail(
+                "remove_connection",
+                format!("Some(connection `{id}`)"),
+                format!("{:?}", other.map(|c| c.connection_id)),
+                "return the connection that was removed",
+            ));
+        }
+    }
+    let fix = "remove the connection from every index (by id, by user, by socket, by thread) in remove_connection";
+    if let Some(found) = p.manager.get_connection(&id) {
+        return Err(fail(
+            "get_connection",
+            "None after remove_connection",
+            format!("Some(connection `{}`)", found.connection_id),
+            fix,
+        ));
+    }
+    if let Some(found) = p.manager.get_connection_id_by_websocket(&socket) {
+        return Err(fail(
+            "get_connection_id_by_websocket",
+            "None for the removed connection's socket",
+            format!("Some({found})"),
+            fix,
+        ));
+    }
+    let users = p.manager.get_user_connections(&owner);
+    if users.contains(&id) {
+        return Err(fail(
+            "get_user_connections",
+            format!("a set without removed `{id}`"),
+            format!("{users:?}"),
+            fix,
+        ));
+    }
+    if p.manager.is_connection_active(&owner) {
+        return Err(fail(
+            "is_connection_active",
+            "false after the user's only connection was removed",
+            "true",
+            fix,
+        ));
+    }
+    let (nonce, message) = p.message();
+    let result = p.manager.send_to_thread(&thread, message).await;
+    let arrived = p.received(a, &nonce, false).await > 0;
+    if result.is_ok() || arrived {
+        return Err(fail(
+            "send_to_thread",
+            format!("an error: thread `{thread}` lost its only connection"),
+            format!("{}, frame arrived: {arrived}", delivery_text(&result)),
+            fix,
+        ));
+    }
+    let (nonce, message) = p.message();
+    let result = p.manager.send_to_user(&owner, message).await;
+    let arrived = p.received(a, &nonce, false).await > 0;
+    if result.is_ok() || arrived {
+        return Err(fail(
+            "send_to_user",
+            "an error: the user has no connection left",
+            format!("{}, frame arrived: {arrived}", delivery_text(&result)),
+            fix,
+        ));
+    }
+    if let Some(again) = p.manager.remove_connection(&id).await {
+        return Err(fail(
+            "remove_connection",
+            "None when removing the same connection twice",
+            format!("Some(connection `{}`)", again.connection_id),
+            fix,
+        ));
+    }
+    Ok(())
+}
+
+pub(super) async fn delivery_counts(p: &mut Probe<'_>) -> Step {
+    let owner = p.scope.owner().clone();
+    let (_, message) = p.message();
+    let result = p.manager.send_to_user(&owner, message).await;
+    if !matches!(result, Err(ManagerError::NotDelivered { .. })) {
+        return Err(fail(
+            "send_to_user",
+            format!("Err(NotDelivered) for user `{owner}` who has no connection"),
+            delivery_text(&result),
+            "return ManagerError::NotDelivered { reason: NoConnections } when no connection took the message; never report success without a recipient",
+        ));
+    }
+    let first = p.connect(&owner, "first tab").await?;
+    let second = p.connect(&owner, "second tab").await?;
+    let mut others = Vec::new();
+    if p.mode == ManagerMode::Unified {
+        let stranger = p.scope.other().clone();
+        others.push(p.connect(&stranger, "another user").await?);
+    }
+    let (nonce, message) = p.message();
+    let result = p.manager.send_to_user(&owner, message).await;
+    let got = p
+        .expect_delivery("send_to_user", &nonce, &[first, second], &others)
+        .await?;
+    match result {
+        Ok(Delivery::Delivered { recipients, .. }) if recipients == got => {}
+        other => {
+            return Err(fail(
+                "send_to_user",
+                format!("Ok(Delivered {{ recipients: {got} }}): the sockets that got the frame"),
+                delivery_text(&other),
+                "count the connections whose queue accepted the frame and report that number",
+            ));
+        }
+    }
+    let (nonce, data) = p.message();
+    let result = p
+        .manager
+        .emit_critical_event(&owner, "agent_started", data)
+        .await;
+    let got = p
+        .expect_delivery("emit_critical_event", &nonce, &[first, second], &others)
+        .await?;
+    match result {
+        Ok(Delivery::Delivered { recipients, .. }) if recipients == got => {}
+        other => {
+            return Err(fail(
+                "emit_critical_event",
+                format!("Ok(Delivered {{ recipients: {got} }}) for a connected user"),
+                delivery_text(&other),
+                "deliver critical events to every open connection now, and report the count; queue them only when none can take them",
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn health_counts(p: &mut Probe<'_>) -> Step {
+    let owner = p.scope.owner().clone();
+    let thread = p.scope.thread_id();
+    let a = p.connect(&owner, "a").await?;
+    let b = p.connect(&owner, "b").await?;
+    p.bind(b, &thread).await?;
+    let expected: HashSet<ConnectionId> = [p.id(a).clone(), p.id(b).clone()].into();
+    let health = p.manager.get_connection_health(&owner);
+    let listed: HashSet<ConnectionId> = health
+        .connections
+        .iter()
+        .map(|c| c.connection_id.clone())
+        .collect();
+    if health.user_id != owner
+        || health.total_connections != 2
+        || health.active_connections != 2
+        || listed != expected
+    {
+        return Err(fail(
+            "get_connection_health",
+            format!(
+                "user `{owner}` with total_connections = 2, active_connections = 2 and a summary of each"
+            ),
+            format!(
+                "user `{}` with total_connections = {}, active_connections = {}, summaries {:?}",
+                health.user_id, health.total_connections, health.active_connections, listed
+            ),
+            "count the user's registered connections (and the open ones) from the user index",
+        ));
+    }
+    let thread_shown = health
+        .connections
+        .iter()
+        .find(|c| &c.connection_id == p.id(b))
+        .and_then(|c| c.thread_id.clone());
+    if thread_shown.as_ref() != Some(&thread) {
+        return Err(fail(
+            "get_connection_health",
+            format!("the summary of `{}` to show thread `{thread}`", p.id(b)),
+            format!("{thread_shown:?}"),
+            "fill each summary from the connection record, thread included",
+        ));
+    }
+    // Message counters are not probed: the contract fixes what connections a
+    // user has, while counters are each manager's own bookkeeping.
+    let removed = p.id(a).clone();
+    let _ = p.manager.remove_connection(&removed).await;
+    let health = p.manager.get_connection_health(&owner);
+    if health.total_connections != 1
+        || health
+            .connections
+            .iter()
+            .any(|c| c.connection_id == removed)
+    {
+        return Err(fail(
+            "get_connection_health",
+            format!("total_connections = 1 and no summary of `{removed}` after removing it"),
+            format!(
+                "total_connections = {}, {} summaries",
+                health.total_connections,
+                health.connections.len()
+            ),
+            "compute health from the live indexes, not from a stale copy",
+        ));
+    }
+    Ok(())
+}
+
+fn refused_for_isolation(result: &Result<Delivery, ManagerError>) -> bool {
+    matches!(result, Err(ManagerError::IsolationViolation { .. }))
+}
+
+pub(super) async fn isolation_refuses_connections(p: &mut Probe<'_>) -> Step {
+    let stranger = p.scope.other().clone();
+    let index = p.socket(&stranger, "another user");
+    let result = p.manager.add_connection(p.connection(index)).await;
+    if !matches!(result, Err(ManagerError::IsolationViolation { .. })) {
+        return Err(fail(
+            "add_connection",
+            format!(
+                "Err(IsolationViolation) for a connection of user `{stranger}`, who is not this isolated manager's user"
+            ),
+            match result {
+                Ok(()) => "Ok(()): the connection was accepted".to_owned(),
+                Err(error) => format!("Err({error})"),
+            },
+            "compare connection.user_id with the manager's UserContext and refuse any other user with ManagerError::IsolationViolation",
+        ));
+    }
+    let users = p.manager.get_user_connections(&stranger);
+    if !users.is_empty() || p.manager.is_connection_active(&stranger) {
+        return Err(fail(
+            "get_user_connections",
+            format!("nothing about user `{stranger}` after refusing them"),
+            format!("{users:?}"),
+            "keep no trace of a refused connection",
+        ));
+    }
+    Ok(())
+}
+
+pub(super) async fn isolation_refuses_sends(p: &mut Probe<'_>) -> Step {
+    let owner = p.scope.owner().clone();
+    let stranger = p.scope.other().clone();
+    let own = p.connect(&owner, "the manager's user").await?;
+    let (nonce, message) = p.message();
+    let result = p.manager.send_to_user(&stranger, message).await;
+    if !refused_for_isolation(&result) {
+        return Err(fail(
+            "send_to_user",
+            format!(
+                "Err(IsolationViolation) for user `{stranger}`, who is not this isolated manager's user"
+            ),
+            delivery_text(&result),
+            "check the target user against the manager's UserContext before anything else",
+        ));
+    }
+    let (critical_nonce, data) = p.message();
+    let result = p
+        .manager
+        .emit_critical_event(&stranger, "agent_started", data)
+        .await;
+    if !refused_for_isolation(&result) {
+        return Err(fail(
+            "emit_critical_event",
+            format!(
+                "Err(IsolationViolation) for user `{stranger}`, who is not this isolated manager's user"
+            ),
+            delivery_text(&result),
+            "check the target user against the manager's UserContext before delivering or queueing",
+        ));
+    }
+    let leaked =
+        p.received(own, &nonce, false).await + p.received(own, &critical_nonce, false).await;
+    if leaked > 0 {
+        return Err(fail(
+            "send_to_user",
+            "no frame on the manager's own user's socket for a message addressed to another user",
+            format!("{leaked} frame(s) arrived"),
+            "never deliver a message addressed to another user",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,565 @@
+//! The conformance kit: behavioural checks any [`WebSocketManager`] can be
+//! run through, each able to fail.
+//!
+//! The compiler and `#[websocket_manager]` prove a manager has the 11 methods
+//! with the right signatures. These checks prove the methods *do* what the
+//! contract says: a connection added is found by its socket, a thread send
+//! reaches exactly the sockets bound to that thread, removal clears every
+//! lookup, a send reports how many sockets really got the frame and never
+//! "succeeds" without one, health counts what is there, and an isolated
+//! manager refuses every other user.
+//!
+//! Every probe uses synthetic identities under the reserved
+//! [`PROBE_PREFIX`] with a unique suffix, and sockets created for the probe;
+//! it removes what it added before returning. [`Conformance::run`] builds a
+//! fresh instance per check. [`Conformance::run_live`] runs only the checks
+//! that cannot reach a real user's socket (lookups of unknown ids and the
+//! isolation refusal), and lists the others as skipped.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use websocket_manager::conformance::Conformance;
+//! use websocket_manager::{BuildContext, BuildError, ManagerMode, WebSocketManager};
+//!
+//! # struct Quiet;
+//! # #[websocket_manager::websocket_manager(factory = false)]
+//! # impl Quiet {
+//! #     async fn add_connection(&self, _c: websocket_manager::WebSocketConnection) -> Result<(), websocket_manager::ManagerError> { Ok(()) }
+//! #     async fn remove_connection(&self, _c: &websocket_manager::ConnectionId) -> Option<websocket_manager::WebSocketConnection> { None }
+//! #     fn get_connection(&self, _c: &websocket_manager::ConnectionId) -> Option<websocket_manager::WebSocketConnection> { None }
+//! #     fn get_user_connections(&self, _u: &websocket_manager::UserId) -> std::collections::HashSet<websocket_manager::ConnectionId> { Default::default() }
+//! #     fn is_connection_active(&self, _u: &websocket_manager::UserId) -> bool { false }
+//! #     fn get_connection_id_by_websocket(&self, _w: &websocket_manager::WebSocketHandle) -> Option<websocket_manager::ConnectionId> { None }
+//! #     fn update_connection_thread(&self, _c: &websocket_manager::ConnectionId, _t: websocket_manager::ThreadId) -> bool { false }
+//! #     async fn send_to_user(&self, _u: &websocket_manager::UserId, _m: serde_json::Value) -> Result<websocket_manager::Delivery, websocket_manager::ManagerError> { Ok(websocket_manager::Delivery::Delivered { recipients: 1, skipped: 0 }) }
+//! #     async fn emit_critical_event(&self, _u: &websocket_manager::UserId, _e: &str, _d: serde_json::Value) -> Result<websocket_manager::Delivery, websocket_manager::ManagerError> { Ok(websocket_manager::Delivery::Queued { pending: 1 }) }
+//! #     fn get_connection_health(&self, u: &websocket_manager::UserId) -> websocket_manager::ConnectionHealth { websocket_manager::ConnectionHealth::empty(u.clone()) }
+//! #     async fn send_to_thread(&self, _t: &websocket_manager::ThreadId, _m: serde_json::Value) -> Result<websocket_manager::Delivery, websocket_manager::ManagerError> { Ok(websocket_manager::Delivery::Delivered { recipients: 1, skipped: 0 }) }
+//! # }
+//! fn build(_: &BuildContext<'_>) -> Result<Arc<dyn WebSocketManager>, BuildError> {
+//!     Ok(Arc::new(Quiet)) // a manager that forgets everything it is told
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let report = Conformance::new(ManagerMode::Unified).run(build).await;
+//! assert!(!report.passed());
+//! let failure = &report.failures()[0];
+//! assert_eq!(failure.method, "get_connection");
+//! println!("{report}"); // every failure: method, expected, got, fix
+//! # });
+//! ```
+
+mod checks;
+mod probe;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::ManagerConfig;
+use crate::context::{ManagerMode, UserContext};
+use crate::extensions::Extensions;
+use crate::ids::{ConnectionId, ThreadId, UserId};
+use crate::protocol::WebSocketManager;
+use crate::registry::{BuildContext, BuildError};
+use probe::Probe;
+
+/// The prefix reserved for the probes' synthetic user, connection and thread
+/// ids. Real ids must not start with it.
+pub const PROBE_PREFIX: &str = "__wsm_probe_";
+
+/// Whether `id` is one of the probes' synthetic ids.
+///
+/// ```
+/// assert!(websocket_manager::conformance::is_probe_id("__wsm_probe_user_1f_3"));
+/// assert!(!websocket_manager::conformance::is_probe_id("alice"));
+/// ```
+pub fn is_probe_id(id: &str) -> bool {
+    id.starts_with(PROBE_PREFIX)
+}
+
+/// One behavioural check of the kit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    /// A connection just added is found by id, by socket and by user.
+    AddThenLookupBySocket,
+    /// A connection moved to a thread receives `send_to_thread`, and no other
+    /// socket does; moving it away stops that.
+    ThreadRouting,
+    /// Unknown ids give `None`, `false` or empty answers, never an invented
+    /// one.
+    UnknownIds,
+    /// After `remove_connection`, no lookup and no send finds the connection.
+    RemovalClearsLookups,
+    /// `Delivered { recipients }` equals the sockets that got the frame; a
+    /// send to a user with no connection is an error.
+    DeliveryCounts,
+    /// `get_connection_health` counts the connections that are there.
+    HealthCounts,
+    /// An isolated manager refuses another user's connection.
+    IsolationRefusesConnections,
+    /// An isolated manager refuses sends and critical events to another user.
+    IsolationRefusesSends,
+}
+
+impl Check {
+    /// Every check, in the order they run.
+    pub const ALL: [Check; 8] = [
+        Check::AddThenLookupBySocket,
+        Check::ThreadRouting,
+        Check::UnknownIds,
+        Check::RemovalClearsLookups,
+        Check::DeliveryCounts,
+        Check::HealthCounts,
+        Check::IsolationRefusesConnections,
+        Check::IsolationRefusesSends,
+    ];
+
+    /// The snake_case name used in reports and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Check::AddThenLookupBySocket => "add_then_lookup_by_socket",
+            Check::ThreadRouting => "thread_routing",
+            Check::UnknownIds => "unknown_ids",
+            Check::RemovalClearsLookups => "removal_clears_lookups",
+            Check::DeliveryCounts => "delivery_counts",
+            Check::HealthCounts => "health_counts",
+            Check::IsolationRefusesConnections => "isolation_refuses_connections",
+            Check::IsolationRefusesSends => "isolation_refuses_sends",
+        }
+    }
+
+    /// Whether the check applies to a manager of `mode` (the isolation
+    /// checks apply to isolated managers only).
+    pub fn applies_to(self, mode: ManagerMode) -> bool {
+        match self {
+            Check::IsolationRefusesConnections | Check::IsolationRefusesSends => {
+                mode == ManagerMode::Isolated
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether the check is safe on a manager that serves real users: it
+    /// sends nothing and adds no connection of the manager's own user, so
+    /// even a broken manager cannot route a probe frame to a real socket.
+    pub fn is_live_safe(self) -> bool {
+        matches!(self, Check::UnknownIds | Check::IsolationRefusesConnections)
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A failed expectation: which method, what was expected, what happened and
+/// how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckFailure {
+    /// The check (or startup step) that failed.
+    pub check: String,
+    /// The contract method that misbehaved (or the startup step).
+    pub method: String,
+    /// What the contract requires.
+    pub expected: String,
+    /// What the manager did.
+    pub got: String,
+    /// How to fix it.
+    pub fix: String,
+}
+
+impl CheckFailure {
+    /// A failure of `check` in `method`.
+    pub fn new(
+        check: impl Into<String>,
+        method: impl Into<String>,
+        expected: impl Into<String>,
+        got: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        CheckFailure {
+            check: check.into(),
+            method: method.into(),
+            expected: expected.into(),
+            got: got.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+impl fmt::Display for CheckFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "[{}] {}: expected {}; got {}. Fix: {}",
+            self.check, self.method, self.expected, self.got, self.fix
+        )
+    }
+}
+
+/// The result of one check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckOutcome {
+    /// The check.
+    pub check: Check,
+    /// `None` when it passed.
+    pub failure: Option<CheckFailure>,
+}
+
+impl CheckOutcome {
+    /// Whether the check passed.
+    pub fn passed(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+/// A check that was not run, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SkippedCheck {
+    /// The check.
+    pub check: Check,
+    /// Why it was not run.
+    pub reason: String,
+}
+
+/// The outcome of a conformance run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConformanceReport {
+    /// The mode the manager was checked as.
+    pub mode: ManagerMode,
+    /// One entry per check that ran.
+    pub outcomes: Vec<CheckOutcome>,
+    /// Checks that were not run, with the reason.
+    pub skipped: Vec<SkippedCheck>,
+}
+
+impl ConformanceReport {
+    /// Whether every check that ran passed (and at least one ran).
+    pub fn passed(&self) -> bool {
+        !self.outcomes.is_empty() && self.outcomes.iter().all(CheckOutcome::passed)
+    }
+
+    /// Number of checks that passed.
+    pub fn checks_passed(&self) -> usize {
+        self.outcomes.iter().filter(|o| o.passed()).count()
+    }
+
+    /// Number of checks that ran.
+    pub fn checks_run(&self) -> usize {
+        self.outcomes.len()
+    }
+
+    /// The failures, in check order.
+    pub fn failures(&self) -> Vec<&CheckFailure> {
+        self.outcomes
+            .iter()
+            .filter_map(|o| o.failure.as_ref())
+            .collect()
+    }
+
+    /// The outcome of `check`, if it ran.
+    pub fn outcome(&self, check: Check) -> Option<&CheckOutcome> {
+        self.outcomes.iter().find(|o| o.check == check)
+    }
+}
+
+impl fmt::Display for ConformanceReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rows: Vec<[String; 2]> = self
+            .outcomes
+            .iter()
+            .map(|o| {
+                [
+                    o.check.name().to_owned(),
+                    if o.passed() { "pass" } else { "FAIL" }.to_owned(),
+                ]
+            })
+            .chain(
+                self.skipped
+                    .iter()
+                    .map(|s| [s.check.name().to_owned(), format!("skipped: {}", s.reason)]),
+            )
+            .collect();
+        writeln!(
+            f,
+            "conformance ({}): {}/{} checks passed",
+            self.mode,
+            self.checks_passed(),
+            self.checks_run()
+        )?;
+        crate::table::write_table(f, &["CHECK", "RESULT"], &rows)?;
+        for failure in self.failures() {
+            writeln!(f, "{failure}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Synthetic identities for one probe run: a user the manager works for, a
+/// second user, and a counter for connection, thread and message ids. All
+/// start with [`PROBE_PREFIX`] and carry a suffix unique to this run.
+#[derive(Debug)]
+pub struct ProbeScope {
+    suffix: String,
+    owner: UserId,
+    other: UserId,
+    counter: AtomicU64,
+}
+
+impl ProbeScope {
+    /// A scope with fresh ids.
+    pub fn new() -> Self {
+        static RUNS: AtomicU64 = AtomicU64::new(1);
+        let run = RUNS.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let suffix = format!("{:x}{:x}_{run}", std::process::id(), nanos);
+        let user = |role: &str| synthetic_user(&format!("{PROBE_PREFIX}{role}_{suffix}"));
+        ProbeScope {
+            owner: user("owner"),
+            other: user("other"),
+            suffix,
+            counter: AtomicU64::new(1),
+        }
+    }
+
+    /// The user the probed manager works for (an isolated manager is built
+    /// for it).
+    pub fn owner(&self) -> &UserId {
+        &self.owner
+    }
+
+    /// Another user, whom an isolated manager must refuse.
+    pub fn other(&self) -> &UserId {
+        &self.other
+    }
+
+    /// The synthetic context an isolated manager is built with.
+    pub fn context(&self) -> UserContext {
+        UserContext::new(self.owner.clone())
+            .with_request_id(format!("{PROBE_PREFIX}{}", self.suffix))
+    }
+
+    fn next(&self, kind: &str) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{PROBE_PREFIX}{kind}_{}_{n}", self.suffix)
+    }
+
+    fn connection_id(&self) -> ConnectionId {
+        ConnectionId::new(self.next("conn")).unwrap_or_else(|_| ConnectionId::generate())
+    }
+
+    fn thread_id(&self) -> ThreadId {
+        // The generated id is short ASCII, always valid; the fallback cannot
+        // be reached but keeps library code free of panics.
+        ThreadId::new(self.next("thread")).unwrap_or_else(|_| fallback_thread())
+    }
+
+    fn user_id(&self) -> UserId {
+        synthetic_user(&self.next("user"))
+    }
+}
+
+impl Default for ProbeScope {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn synthetic_user(id: &str) -> UserId {
+    UserId::new(id).unwrap_or_else(|_| fallback_user())
+}
+
+fn fallback_user() -> UserId {
+    match UserId::new("__wsm_probe_user") {
+        Ok(user) => user,
+        Err(_) => unreachable_id(),
+    }
+}
+
+fn fallback_thread() -> ThreadId {
+    match ThreadId::new("__wsm_probe_thread") {
+        Ok(thread) => thread,
+        Err(_) => unreachable_id(),
+    }
+}
+
+fn unreachable_id() -> ! {
+    // Constant, valid ids: this cannot happen; nothing a caller passes leads here.
+    panic!("a constant probe id was refused by the id validator")
+}
+
+/// Runs the kit against a manager constructor or a live instance.
+///
+/// ```
+/// use std::time::Duration;
+/// use websocket_manager::conformance::{Check, Conformance};
+/// use websocket_manager::ManagerMode;
+/// let kit = Conformance::new(ManagerMode::Isolated)
+///     .delivery_wait(Duration::from_millis(50)) // for managers that fan out on another task
+///     .only([Check::IsolationRefusesConnections, Check::IsolationRefusesSends]);
+/// assert_eq!(kit.checks(), [Check::IsolationRefusesConnections, Check::IsolationRefusesSends]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Conformance {
+    mode: ManagerMode,
+    config: ManagerConfig,
+    extensions: Extensions,
+    delivery_wait: Duration,
+    checks: Vec<Check>,
+}
+
+impl Conformance {
+    /// Every check that applies to `mode`, default configuration, no
+    /// extensions, no delivery wait.
+    pub fn new(mode: ManagerMode) -> Self {
+        Conformance {
+            mode,
+            config: ManagerConfig::default(),
+            extensions: Extensions::new(),
+            delivery_wait: Duration::ZERO,
+            checks: Check::ALL
+                .into_iter()
+                .filter(|c| c.applies_to(mode))
+                .collect(),
+        }
+    }
+
+    /// The configuration handed to the constructor.
+    pub fn config(mut self, config: ManagerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The application resources handed to the constructor.
+    pub fn extensions(mut self, extensions: Extensions) -> Self {
+        self.extensions = extensions;
+        self
+    }
+
+    /// How long to wait for an expected frame. The default, zero, suits
+    /// managers that queue frames before `send_*` returns (the reference
+    /// managers); a manager that delivers from another task needs a wait.
+    pub fn delivery_wait(mut self, wait: Duration) -> Self {
+        self.delivery_wait = wait;
+        self
+    }
+
+    /// Runs only these checks (those that do not apply to the mode are
+    /// dropped).
+    pub fn only(mut self, checks: impl IntoIterator<Item = Check>) -> Self {
+        let mode = self.mode;
+        let wanted: BTreeSet<Check> = checks.into_iter().filter(|c| c.applies_to(mode)).collect();
+        self.checks = wanted.into_iter().collect();
+        self
+    }
+
+    /// The checks that will run, in order.
+    pub fn checks(&self) -> &[Check] {
+        &self.checks
+    }
+
+    /// The mode checked.
+    pub fn mode(&self) -> ManagerMode {
+        self.mode
+    }
+
+    /// Runs every selected check on a fresh instance from `constructor`,
+    /// built with a synthetic [`UserContext`] when the mode is isolated (none
+    /// when unified, as the factory does).
+    pub async fn run<F>(&self, constructor: F) -> ConformanceReport
+    where
+        F: Fn(&BuildContext<'_>) -> Result<Arc<dyn WebSocketManager>, BuildError>,
+    {
+        let mut outcomes = Vec::with_capacity(self.checks.len());
+        for &check in &self.checks {
+            let scope = ProbeScope::new();
+            let context = scope.context();
+            let mut build = BuildContext::new(&self.config, &self.extensions);
+            if self.mode == ManagerMode::Isolated {
+                build = build.with_user_context(&context);
+            }
+            let failure = match constructor(&build) {
+                Ok(manager) => self.run_check(check, manager.as_ref(), &scope).await,
+                Err(error) => Some(CheckFailure::new(
+                    check.name(),
+                    "constructor",
+                    "a fresh instance for the probe",
+                    format!("Err({error})"),
+                    "make the constructor succeed with the default configuration and a synthetic user context",
+                )),
+            };
+            outcomes.push(CheckOutcome { check, failure });
+        }
+        ConformanceReport {
+            mode: self.mode,
+            outcomes,
+            skipped: Vec::new(),
+        }
+    }
+
+    /// Runs only the live-safe checks ([`Check::is_live_safe`]) on a manager
+    /// that may be serving real users, and lists the others as skipped.
+    pub async fn run_live(&self, manager: &dyn WebSocketManager) -> ConformanceReport {
+        let mut outcomes = Vec::new();
+        let mut skipped = Vec::new();
+        for &check in &self.checks {
+            if check.is_live_safe() {
+                let scope = ProbeScope::new();
+                let failure = self.run_check(check, manager, &scope).await;
+                outcomes.push(CheckOutcome { check, failure });
+            } else {
+                skipped.push(SkippedCheck {
+                    check,
+                    reason: "adds connections and sends frames; run it on a fresh instance (startup validation)".to_owned(),
+                });
+            }
+        }
+        ConformanceReport {
+            mode: self.mode,
+            outcomes,
+            skipped,
+        }
+    }
+
+    /// Runs one check on `manager` with the identities of `scope`, and
+    /// removes every probe connection it added. `None` when it passed.
+    ///
+    /// For an isolated manager, the manager must have been built for
+    /// `scope.owner()`, except for the live-safe checks, which never use the
+    /// owner.
+    pub async fn run_check(
+        &self,
+        check: Check,
+        manager: &dyn WebSocketManager,
+        scope: &ProbeScope,
+    ) -> Option<CheckFailure> {
+        let mut probe = Probe::new(manager, scope, self.mode, self.delivery_wait);
+        let result = match check {
+            Check::AddThenLookupBySocket => checks::add_then_lookup_by_socket(&mut probe).await,
+            Check::ThreadRouting => checks::thread_routing(&mut probe).await,
+            Check::UnknownIds => checks::unknown_ids(&mut probe).await,
+            Check::RemovalClearsLookups => checks::removal_clears_lookups(&mut probe).await,
+            Check::DeliveryCounts => checks::delivery_counts(&mut probe).await,
+            Check::HealthCounts => checks::health_counts(&mut probe).await,
+            Check::IsolationRefusesConnections => {
+                checks::isolation_refuses_connections(&mut probe).await
+            }
+            Check::IsolationRefusesSends => checks::isolation_refuses_sends(&mut probe).await,
+        };
+        probe.cleanup().await;
+        result.err().map(|failure| CheckFailure {
+            check: check.name().to_owned(),
+            ..failure
+        })
+    }
+}

@@ -1,0 +1,243 @@
+//! The state of one check: the probed manager, the synthetic identities,
+//! and the sockets the check created, all removed by [`Probe::cleanup`].
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use super::{CheckFailure, ProbeScope};
+use crate::connection::{
+    CloseReason, OutboundEvent, OutboundReceiver, QueueLimits, WebSocketConnection, WebSocketHandle,
+};
+use crate::context::ManagerMode;
+use crate::delivery::Delivery;
+use crate::error::ManagerError;
+use crate::ids::{ConnectionId, ThreadId, UserId};
+use crate::protocol::WebSocketManager;
+
+/// One socket created for a probe.
+pub(super) struct ProbeSocket {
+    pub(super) connection_id: ConnectionId,
+    pub(super) user_id: UserId,
+    pub(super) handle: WebSocketHandle,
+    pub(super) receiver: OutboundReceiver,
+    pub(super) label: String,
+}
+
+/// The state of one check: the manager, the identities, and the sockets the
+/// check created (all removed and closed by [`Probe::cleanup`]).
+pub(super) struct Probe<'a> {
+    pub(super) manager: &'a dyn WebSocketManager,
+    pub(super) scope: &'a ProbeScope,
+    pub(super) mode: ManagerMode,
+    pub(super) wait: Duration,
+    pub(super) sockets: Vec<ProbeSocket>,
+}
+
+pub(super) type Step = Result<(), CheckFailure>;
+
+pub(super) fn fail(
+    method: &str,
+    expected: impl Into<String>,
+    got: impl Into<String>,
+    fix: impl Into<String>,
+) -> CheckFailure {
+    // The check name is filled in by `run_check`.
+    CheckFailure::new("", method, expected, got, fix)
+}
+
+pub(super) fn delivery_text(result: &Result<Delivery, ManagerError>) -> String {
+    match result {
+        Ok(delivery) => format!("Ok({delivery:?})"),
+        Err(error) => format!("Err({error})"),
+    }
+}
+
+impl<'a> Probe<'a> {
+    pub(super) fn new(
+        manager: &'a dyn WebSocketManager,
+        scope: &'a ProbeScope,
+        mode: ManagerMode,
+        wait: Duration,
+    ) -> Self {
+        Probe {
+            manager,
+            scope,
+            mode,
+            wait,
+            sockets: Vec::new(),
+        }
+    }
+
+    /// A new socket for `user_id`, not yet added.
+    pub(super) fn socket(&mut self, user_id: &UserId, label: &str) -> usize {
+        let (handle, receiver) = WebSocketHandle::channel(QueueLimits::new(64, 1 << 20));
+        self.sockets.push(ProbeSocket {
+            connection_id: self.scope.connection_id(),
+            user_id: user_id.clone(),
+            handle,
+            receiver,
+            label: label.to_owned(),
+        });
+        self.sockets.len() - 1
+    }
+
+    pub(super) fn connection(&self, index: usize) -> WebSocketConnection {
+        let socket = &self.sockets[index];
+        WebSocketConnection::with_id(
+            socket.connection_id.clone(),
+            socket.user_id.clone(),
+            socket.handle.clone(),
+        )
+    }
+
+    pub(super) fn id(&self, index: usize) -> &ConnectionId {
+        &self.sockets[index].connection_id
+    }
+
+    /// Creates a socket for `user_id` and adds it; a refusal is a failure.
+    pub(super) async fn connect(
+        &mut self,
+        user_id: &UserId,
+        label: &str,
+    ) -> Result<usize, CheckFailure> {
+        let index = self.socket(user_id, label);
+        match self.manager.add_connection(self.connection(index)).await {
+            Ok(()) => Ok(index),
+            Err(error) => Err(fail(
+                "add_connection",
+                format!(
+                    "Ok(()) for a new connection of user `{user_id}` with a fresh id and socket"
+                ),
+                format!("Err({error})"),
+                "accept any connection whose id and socket are not registered yet",
+            )),
+        }
+    }
+
+    pub(super) async fn bind(&mut self, index: usize, thread: &ThreadId) -> Step {
+        if self
+            .manager
+            .update_connection_thread(self.id(index), thread.clone())
+        {
+            Ok(())
+        } else {
+            Err(fail(
+                "update_connection_thread",
+                format!("true for registered connection `{}`", self.id(index)),
+                "false",
+                "look the connection up by id and move it into the thread's set",
+            ))
+        }
+    }
+
+    pub(super) fn message(&self) -> (String, serde_json::Value) {
+        let nonce = self.scope.next("msg");
+        let message = serde_json::json!({ "type": "__wsm_probe", "nonce": nonce });
+        (nonce, message)
+    }
+
+    /// How many frames carrying `nonce` socket `index` received. Waits up to
+    /// the delivery wait for the first one when `expect` is set; otherwise
+    /// only takes what is already queued.
+    pub(super) async fn received(&mut self, index: usize, nonce: &str, expect: bool) -> usize {
+        let wait = if expect { self.wait } else { Duration::ZERO };
+        let receiver = &mut self.sockets[index].receiver;
+        let mut count = 0;
+        loop {
+            let wait_now = if count == 0 { wait } else { Duration::ZERO };
+            match next_event(receiver, wait_now).await {
+                Some(OutboundEvent::Frame(frame)) => {
+                    if frame.as_str().contains(nonce) {
+                        count += 1;
+                    }
+                }
+                Some(OutboundEvent::Close(_)) | None => return count,
+            }
+        }
+    }
+
+    /// Which of `expected` and `others` got the frame: returns a failure
+    /// naming `method` when an expected socket got nothing or another did.
+    pub(super) async fn expect_delivery(
+        &mut self,
+        method: &str,
+        nonce: &str,
+        expected: &[usize],
+        others: &[usize],
+    ) -> Result<usize, CheckFailure> {
+        let mut got = 0;
+        for &index in expected {
+            let n = self.received(index, nonce, true).await;
+            if n == 0 {
+                return Err(fail(
+                    method,
+                    format!("the frame on probe socket `{}`", self.sockets[index].label),
+                    "nothing arrived on it",
+                    "push the frame into the queue of every targeted connection (`websocket.try_send`)",
+                ));
+            }
+            if n > 1 {
+                return Err(fail(
+                    method,
+                    format!(
+                        "the frame once on probe socket `{}`",
+                        self.sockets[index].label
+                    ),
+                    format!("it arrived {n} times"),
+                    "send each frame once per connection",
+                ));
+            }
+            got += 1;
+        }
+        for &index in others {
+            if self.received(index, nonce, false).await > 0 {
+                return Err(fail(
+                    method,
+                    "the frame nowhere else",
+                    format!(
+                        "it also arrived on probe socket `{}`",
+                        self.sockets[index].label
+                    ),
+                    match method {
+                        "send_to_thread" => {
+                            "route by the thread index: reach exactly the connections bound to the thread, never all of a user's sockets, and never treat the thread id as a user id"
+                        }
+                        _ => "route by the user index: reach exactly that user's connections",
+                    },
+                ));
+            }
+        }
+        Ok(got)
+    }
+
+    pub(super) async fn cleanup(&mut self) {
+        for socket in self.sockets.drain(..) {
+            // Unconditional: an unknown id answers `None`, and a manager that
+            // wrongly accepted a connection must not keep it.
+            let _ = self.manager.remove_connection(&socket.connection_id).await;
+            socket.handle.close(CloseReason::normal());
+        }
+    }
+}
+
+/// The next event of `receiver`, waiting at most `wait` (zero: only what is
+/// already queued, without touching the timer).
+async fn next_event(receiver: &mut OutboundReceiver, wait: Duration) -> Option<OutboundEvent> {
+    if wait.is_zero() {
+        // Unconstrained: tokio's cooperative budget must not turn a frame
+        // that is already queued into a false "nothing arrived".
+        let mut next = pin!(tokio::task::unconstrained(receiver.recv()));
+        std::future::poll_fn(|cx| match next.as_mut().poll(cx) {
+            Poll::Ready(event) => Poll::Ready(event),
+            Poll::Pending => Poll::Ready(None),
+        })
+        .await
+    } else {
+        tokio::time::timeout(wait, receiver.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+}

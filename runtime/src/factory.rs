@@ -1,0 +1,537 @@
+//! [`ManagerFactory`] and [`StandardFactory`]: building registered managers
+//! for a mode or a name, with configuration and application resources.
+//!
+//! A unified manager is built once and shared; an isolated one is built per
+//! [`UserContext`] and, with `require_user_context` (the default), never
+//! without one. Every flag the factory reports is measured:
+//! [`supports_user_isolation`](ManagerFactory::supports_user_isolation) is
+//! true only after an isolated manager passed its isolation probe
+//! ([`StandardFactory::verify_isolation`]), and
+//! [`validate_manager_instance`](ManagerFactory::validate_manager_instance)
+//! runs only the probes that are safe on a manager serving real users.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::SystemTime;
+
+use crate::config::ManagerConfig;
+use crate::conformance::{Check, CheckFailure, Conformance, ConformanceReport};
+use crate::context::{ManagerMode, UserContext};
+use crate::extensions::Extensions;
+use crate::protocol::{PROTOCOL_FINGERPRINT, WebSocketManager};
+use crate::registry::{BuildContext, BuildError, Registration, Registry, RegistryError};
+use crate::report::FactoryValidationResult;
+
+/// Builds managers and vouches for them.
+///
+/// `validate_manager_instance` is async because the behavioural probes call
+/// the manager's async methods; the trait is dyn-compatible
+/// (`Arc<dyn ManagerFactory>`).
+#[async_trait::async_trait]
+pub trait ManagerFactory: Send + Sync {
+    /// A manager for `mode`: the shared unified instance, or a new isolated
+    /// instance for `user_context`.
+    ///
+    /// # Errors
+    ///
+    /// A [`FactoryError`] saying which manager could not be chosen or built,
+    /// and why.
+    fn create_manager(
+        &self,
+        user_context: Option<UserContext>,
+        mode: ManagerMode,
+    ) -> Result<Arc<dyn WebSocketManager>, FactoryError>;
+
+    /// Validates a manager that may already serve real users: runs only the
+    /// checks that cannot touch a real user's socket and lists the others as
+    /// skipped.
+    async fn validate_manager_instance(
+        &self,
+        manager: &dyn WebSocketManager,
+    ) -> FactoryValidationResult;
+
+    /// Whether an isolated manager is registered and has passed its
+    /// isolation probe.
+    fn supports_user_isolation(&self) -> bool;
+}
+
+/// The factory could not hand out a manager.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FactoryError {
+    /// An isolated manager was asked for without a user context while
+    /// `require_user_context` is on.
+    #[error(
+        "manager `{name}` is isolated and must be built for one user: pass `Some(UserContext)` (require_user_context is on)"
+    )]
+    MissingUserContext {
+        /// The registry name.
+        name: &'static str,
+    },
+    /// No manager of that name, or several.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// No registered manager has the requested mode.
+    #[error(
+        "no {mode} manager is registered (registered: {registered}); is the crate that defines it linked? (`use that_crate as _;`)"
+    )]
+    NoManagerForMode {
+        /// The mode asked for.
+        mode: ManagerMode,
+        /// The registered names, comma separated.
+        registered: String,
+    },
+    /// Several managers have the requested mode and none is named after it.
+    #[error(
+        "several {mode} managers are registered ({candidates}); choose one with `StandardFactory::builder().use_manager({mode:?}, \"name\")`"
+    )]
+    AmbiguousMode {
+        /// The mode asked for.
+        mode: ManagerMode,
+        /// Their names, comma separated.
+        candidates: String,
+    },
+    /// The manager chosen for a mode is registered with the other mode.
+    #[error("manager `{name}` is registered as {actual}, not {requested}")]
+    ModeMismatch {
+        /// The registry name.
+        name: &'static str,
+        /// The mode asked for.
+        requested: ManagerMode,
+        /// Its registered mode.
+        actual: ManagerMode,
+    },
+    /// The manager was checked against another version of the contract.
+    #[error(
+        "manager `{name}` was compiled against another version of the contract (fingerprint {found:016x}, this runtime {expected:016x}); rebuild it against this websocket-manager"
+    )]
+    ProtocolMismatch {
+        /// The registry name.
+        name: &'static str,
+        /// Its fingerprint.
+        found: u64,
+        /// This runtime's fingerprint.
+        expected: u64,
+    },
+    /// The constructor refused (no constructor, missing resource, bad
+    /// configuration, its own failure).
+    #[error("manager `{name}` could not be built: {source}")]
+    Build {
+        /// The registry name.
+        name: &'static str,
+        /// What the constructor reported.
+        #[source]
+        source: BuildError,
+    },
+}
+
+/// An instance this factory built, remembered weakly so that
+/// `validate_manager_instance` knows its registration.
+struct BuiltInstance {
+    address: usize,
+    instance: Weak<dyn WebSocketManager>,
+    registration: Registration,
+}
+
+const ISOLATION_UNVERIFIED: u8 = 0;
+const ISOLATION_PASSED: u8 = 1;
+const ISOLATION_FAILED: u8 = 2;
+
+/// The factory over a [`Registry`].
+///
+/// Picks the manager for a mode: the one chosen with
+/// [`StandardFactoryBuilder::use_manager`], else the one named after the mode
+/// (`"unified"`, `"isolated"`), else the only registered manager of that
+/// mode.
+///
+/// ```
+/// use websocket_manager::{ManagerMode, Registry, StandardFactory, FactoryError, ManagerFactory};
+/// // An empty registry: nothing to build, and isolation is not supported.
+/// let factory = StandardFactory::builder().registry(Registry::from_entries([])).build();
+/// assert!(matches!(
+///     factory.create_manager(None, ManagerMode::Unified),
+///     Err(FactoryError::NoManagerForMode { .. })
+/// ));
+/// assert!(!factory.supports_user_isolation());
+/// ```
+pub struct StandardFactory {
+    registry: Registry,
+    config: ManagerConfig,
+    extensions: Extensions,
+    require_user_context: bool,
+    chosen: BTreeMap<ManagerMode, String>,
+    shared: Mutex<HashMap<&'static str, Arc<dyn WebSocketManager>>>,
+    built: Mutex<Vec<BuiltInstance>>,
+    isolation: AtomicU8,
+}
+
+impl std::fmt::Debug for StandardFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StandardFactory")
+            .field("registry", &self.registry)
+            .field("config", &self.config)
+            .field("extensions", &self.extensions)
+            .field("require_user_context", &self.require_user_context)
+            .field("chosen", &self.chosen)
+            .field("supports_user_isolation", &self.supports_user_isolation())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`StandardFactory`].
+#[derive(Debug)]
+pub struct StandardFactoryBuilder {
+    registry: Option<Registry>,
+    config: ManagerConfig,
+    extensions: Extensions,
+    require_user_context: bool,
+    chosen: BTreeMap<ManagerMode, String>,
+}
+
+impl StandardFactoryBuilder {
+    /// The registry to build from (default: [`Registry::global`]).
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// The configuration handed to every constructor.
+    pub fn config(mut self, config: ManagerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The application resources handed to every constructor.
+    pub fn extensions(mut self, extensions: Extensions) -> Self {
+        self.extensions = extensions;
+        self
+    }
+
+    /// Whether an isolated manager needs a [`UserContext`] (default `true`).
+    pub fn require_user_context(mut self, required: bool) -> Self {
+        self.require_user_context = required;
+        self
+    }
+
+    /// Uses the manager registered as `name` for `mode`.
+    pub fn use_manager(mut self, mode: ManagerMode, name: impl Into<String>) -> Self {
+        self.chosen.insert(mode, name.into());
+        self
+    }
+
+    /// The factory.
+    pub fn build(self) -> StandardFactory {
+        StandardFactory {
+            registry: self.registry.unwrap_or_else(Registry::global),
+            config: self.config,
+            extensions: self.extensions,
+            require_user_context: self.require_user_context,
+            chosen: self.chosen,
+            shared: Mutex::new(HashMap::new()),
+            built: Mutex::new(Vec::new()),
+            isolation: AtomicU8::new(ISOLATION_UNVERIFIED),
+        }
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked
+/// (every critical section is a single insert or scan).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn address(manager: &dyn WebSocketManager) -> usize {
+    std::ptr::from_ref(manager).cast::<()>().addr()
+}
+
+impl StandardFactory {
+    /// A builder over [`Registry::global`], default configuration, no
+    /// extensions, `require_user_context` on.
+    pub fn builder() -> StandardFactoryBuilder {
+        StandardFactoryBuilder {
+            registry: None,
+            config: ManagerConfig::default(),
+            extensions: Extensions::new(),
+            require_user_context: true,
+            chosen: BTreeMap::new(),
+        }
+    }
+
+    /// The registry the factory builds from.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The registration used for `mode`.
+    ///
+    /// # Errors
+    ///
+    /// [`FactoryError::Registry`], [`FactoryError::ModeMismatch`],
+    /// [`FactoryError::NoManagerForMode`] or [`FactoryError::AmbiguousMode`].
+    pub fn registration_for(&self, mode: ManagerMode) -> Result<&Registration, FactoryError> {
+        if let Some(name) = self.chosen.get(&mode) {
+            let registration = self.registry.get(name)?;
+            if registration.mode != mode {
+                return Err(FactoryError::ModeMismatch {
+                    name: registration.name,
+                    requested: mode,
+                    actual: registration.mode,
+                });
+            }
+            return Ok(registration);
+        }
+        let named_after_mode = self.registry.named(mode.as_str());
+        if !named_after_mode.is_empty() {
+            let registration = self.registry.get(mode.as_str())?;
+            if registration.mode == mode {
+                return Ok(registration);
+            }
+        }
+        let candidates: Vec<&Registration> = self
+            .registry
+            .entries()
+            .iter()
+            .filter(|r| r.mode == mode)
+            .collect();
+        match candidates.as_slice() {
+            [only] => Ok(only),
+            [] => Err(FactoryError::NoManagerForMode {
+                mode,
+                registered: self.names(self.registry.entries().iter()),
+            }),
+            several => Err(FactoryError::AmbiguousMode {
+                mode,
+                candidates: self.names(several.iter().copied()),
+            }),
+        }
+    }
+
+    fn names<'a>(&self, registrations: impl Iterator<Item = &'a Registration>) -> String {
+        let names: Vec<&str> = registrations.map(|r| r.name).collect();
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    }
+
+    /// The manager registered as `name`: shared if it is unified, a new
+    /// instance for `user_context` if it is isolated.
+    ///
+    /// # Errors
+    ///
+    /// As [`ManagerFactory::create_manager`].
+    pub fn create_named(
+        &self,
+        name: &str,
+        user_context: Option<UserContext>,
+    ) -> Result<Arc<dyn WebSocketManager>, FactoryError> {
+        let registration = *self.registry.get(name)?;
+        self.build(&registration, user_context)
+    }
+
+    fn build(
+        &self,
+        registration: &Registration,
+        user_context: Option<UserContext>,
+    ) -> Result<Arc<dyn WebSocketManager>, FactoryError> {
+        if !registration.matches_protocol() {
+            return Err(FactoryError::ProtocolMismatch {
+                name: registration.name,
+                found: registration.fingerprint,
+                expected: PROTOCOL_FINGERPRINT,
+            });
+        }
+        let build_error = |source| FactoryError::Build {
+            name: registration.name,
+            source,
+        };
+        match registration.mode {
+            ManagerMode::Unified => {
+                // Built under the lock so that two first callers cannot build
+                // two "shared" instances; constructors are synchronous.
+                let mut shared = lock(&self.shared);
+                if let Some(existing) = shared.get(registration.name) {
+                    return Ok(Arc::clone(existing));
+                }
+                let context = BuildContext::new(&self.config, &self.extensions);
+                let manager = registration.build(&context).map_err(build_error)?;
+                shared.insert(registration.name, Arc::clone(&manager));
+                drop(shared);
+                self.remember(&manager, registration);
+                Ok(manager)
+            }
+            ManagerMode::Isolated => {
+                if user_context.is_none() && self.require_user_context {
+                    return Err(FactoryError::MissingUserContext {
+                        name: registration.name,
+                    });
+                }
+                let mut context = BuildContext::new(&self.config, &self.extensions);
+                if let Some(user_context) = &user_context {
+                    context = context.with_user_context(user_context);
+                }
+                let manager = registration.build(&context).map_err(build_error)?;
+                self.remember(&manager, registration);
+                Ok(manager)
+            }
+        }
+    }
+
+    fn remember(&self, manager: &Arc<dyn WebSocketManager>, registration: &Registration) {
+        let mut built = lock(&self.built);
+        // Forget dropped instances, so an address reused by a new allocation
+        // is never mistaken for an old manager.
+        built.retain(|b| b.instance.strong_count() > 0);
+        built.push(BuiltInstance {
+            address: address(manager.as_ref()),
+            instance: Arc::downgrade(manager),
+            registration: *registration,
+        });
+    }
+
+    /// The registration of an instance this factory built and that is still
+    /// alive.
+    fn registration_of(&self, manager: &dyn WebSocketManager) -> Option<Registration> {
+        let wanted = address(manager);
+        lock(&self.built)
+            .iter()
+            .find(|b| b.address == wanted && b.instance.strong_count() > 0)
+            .map(|b| b.registration)
+    }
+
+    /// Runs both isolation probes on a fresh instance of the isolated
+    /// manager (built for a synthetic user) and records the outcome that
+    /// [`supports_user_isolation`](ManagerFactory::supports_user_isolation)
+    /// reports. Returns the probe report.
+    ///
+    /// # Errors
+    ///
+    /// When no isolated manager can be chosen, or it was compiled against
+    /// another contract; the outcome is then recorded as failed.
+    pub async fn verify_isolation(&self) -> Result<ConformanceReport, FactoryError> {
+        let registration = match self.registration_for(ManagerMode::Isolated) {
+            Ok(registration) => *registration,
+            Err(error) => {
+                self.isolation.store(ISOLATION_FAILED, Ordering::Release);
+                return Err(error);
+            }
+        };
+        if !registration.matches_protocol() {
+            self.isolation.store(ISOLATION_FAILED, Ordering::Release);
+            return Err(FactoryError::ProtocolMismatch {
+                name: registration.name,
+                found: registration.fingerprint,
+                expected: PROTOCOL_FINGERPRINT,
+            });
+        }
+        let report = Conformance::new(ManagerMode::Isolated)
+            .config(self.config.clone())
+            .extensions(self.extensions.clone())
+            .only([
+                Check::IsolationRefusesConnections,
+                Check::IsolationRefusesSends,
+            ])
+            .run(|context| registration.build(context))
+            .await;
+        let outcome = if report.passed() {
+            ISOLATION_PASSED
+        } else {
+            ISOLATION_FAILED
+        };
+        self.isolation.store(outcome, Ordering::Release);
+        Ok(report)
+    }
+}
+
+#[async_trait::async_trait]
+impl ManagerFactory for StandardFactory {
+    fn create_manager(
+        &self,
+        user_context: Option<UserContext>,
+        mode: ManagerMode,
+    ) -> Result<Arc<dyn WebSocketManager>, FactoryError> {
+        let registration = *self.registration_for(mode)?;
+        self.build(&registration, user_context)
+    }
+
+    async fn validate_manager_instance(
+        &self,
+        manager: &dyn WebSocketManager,
+    ) -> FactoryValidationResult {
+        let registration = self.registration_of(manager);
+        let mut errors = Vec::new();
+        let (manager_type, registry_name, mode, fingerprint_ok) = match &registration {
+            Some(r) => {
+                if !r.matches_protocol() {
+                    errors.push(CheckFailure::new(
+                        "protocol_fingerprint",
+                        "registration",
+                        format!("fingerprint {PROTOCOL_FINGERPRINT:016x}"),
+                        format!("{:016x}", r.fingerprint),
+                        "rebuild the manager against this version of websocket-manager",
+                    ));
+                }
+                (
+                    r.type_name.to_owned(),
+                    Some(r.name.to_owned()),
+                    Some(r.mode),
+                    r.matches_protocol(),
+                )
+            }
+            // The trait object implements this runtime's trait, so its
+            // signatures match; its registration and mode are unknown.
+            None => (
+                "unknown (not built by this factory)".to_owned(),
+                None,
+                None,
+                true,
+            ),
+        };
+        let live = Conformance::new(mode.unwrap_or(ManagerMode::Unified))
+            .config(self.config.clone())
+            .extensions(self.extensions.clone())
+            .run_live(manager)
+            .await;
+        errors.extend(live.failures().into_iter().cloned());
+        let mut skipped = live.skipped.clone();
+        if mode.is_none() {
+            skipped.extend(
+                [
+                    Check::IsolationRefusesConnections,
+                    Check::IsolationRefusesSends,
+                ]
+                .map(|check| crate::conformance::SkippedCheck {
+                    check,
+                    reason: "the instance was not built by this factory, so its mode is unknown"
+                        .to_owned(),
+                }),
+            );
+        }
+        let user_context_isolated = mode == Some(ManagerMode::Isolated)
+            && live
+                .outcome(Check::IsolationRefusesConnections)
+                .is_some_and(|o| o.passed());
+        FactoryValidationResult {
+            is_valid: errors.is_empty(),
+            interface_compliant: fingerprint_ok && live.passed(),
+            validation_errors: errors,
+            manager_type,
+            registry_name,
+            mode,
+            user_context_isolated,
+            factory_method_available: registration.is_some(),
+            validated_at: SystemTime::now(),
+            checks_run: live.outcomes.iter().map(|o| o.check).collect(),
+            checks_skipped: skipped,
+        }
+    }
+
+    fn supports_user_isolation(&self) -> bool {
+        self.isolation.load(Ordering::Acquire) == ISOLATION_PASSED
+            && self.registration_for(ManagerMode::Isolated).is_ok()
+    }
+}

@@ -1,0 +1,298 @@
+//! The conformance kit: a correct manager passes every check, and each
+//! deliberately broken manager fails exactly the checks meant to catch its
+//! bug, with a message naming the method.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use support::{Bug, TestManager};
+use websocket_manager::conformance::{Check, Conformance, is_probe_id};
+use websocket_manager::{
+    BuildError, ManagerMode, QueueLimits, UserId, WebSocketConnection, WebSocketHandle,
+    WebSocketManager,
+};
+
+async fn run(
+    mode: ManagerMode,
+    bug: Option<Bug>,
+) -> websocket_manager::conformance::ConformanceReport {
+    Conformance::new(mode)
+        .run(|context| support::build(mode, context, bug))
+        .await
+}
+
+fn failing(report: &websocket_manager::conformance::ConformanceReport) -> BTreeSet<Check> {
+    report
+        .outcomes
+        .iter()
+        .filter(|o| !o.passed())
+        .map(|o| o.check)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_correct_manager_passes_every_check_in_both_modes() {
+    let unified = run(ManagerMode::Unified, None).await;
+    assert!(unified.passed(), "{unified}");
+    assert_eq!(
+        unified.checks_run(),
+        6,
+        "isolation checks do not apply to unified"
+    );
+    let isolated = run(ManagerMode::Isolated, None).await;
+    assert!(isolated.passed(), "{isolated}");
+    assert_eq!(isolated.checks_run(), 8);
+}
+
+/// Runs the kit on a manager with `bug` and asserts exactly `expected` fail,
+/// the first of them in `method`.
+async fn assert_caught(mode: ManagerMode, bug: Bug, expected: &[Check], method: &str) {
+    let report = run(mode, Some(bug)).await;
+    let expected_set: BTreeSet<Check> = expected.iter().copied().collect();
+    assert_eq!(failing(&report), expected_set, "{bug:?}:\n{report}");
+    let failure = report
+        .outcome(expected[0])
+        .unwrap()
+        .failure
+        .as_ref()
+        .unwrap();
+    assert_eq!(failure.method, method, "{bug:?}: {failure}");
+    assert_eq!(failure.check, expected[0].name());
+    assert!(!failure.expected.is_empty() && !failure.got.is_empty() && !failure.fix.is_empty());
+    let text = report.to_string();
+    assert!(text.contains("FAIL") && text.contains(method), "{text}");
+}
+
+#[tokio::test]
+async fn lookup_by_socket_returning_none_is_caught() {
+    assert_caught(
+        ManagerMode::Unified,
+        Bug::LookupBySocketNone,
+        &[Check::AddThenLookupBySocket],
+        "get_connection_id_by_websocket",
+    )
+    .await;
+    let report = run(ManagerMode::Unified, Some(Bug::LookupBySocketNone)).await;
+    let failure = report.failures()[0];
+    assert_eq!(failure.got, "None");
+    assert!(
+        failure.expected.starts_with("Some(__wsm_probe_conn_"),
+        "{failure}"
+    );
+    assert!(failure.fix.contains("SocketId"), "{failure}");
+}
+
+#[tokio::test]
+async fn send_to_thread_reaching_the_whole_user_is_caught() {
+    assert_caught(
+        ManagerMode::Unified,
+        Bug::ThreadSendsToUser,
+        &[Check::ThreadRouting],
+        "send_to_thread",
+    )
+    .await;
+    // Same bug in an isolated manager: caught through the sibling socket.
+    assert_caught(
+        ManagerMode::Isolated,
+        Bug::ThreadSendsToUser,
+        &[Check::ThreadRouting],
+        "send_to_thread",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn inventing_an_unknown_connection_is_caught() {
+    assert_caught(
+        ManagerMode::Unified,
+        Bug::UpdateUnknownTrue,
+        &[Check::UnknownIds],
+        "update_connection_thread",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn removal_that_forgets_an_index_is_caught() {
+    assert_caught(
+        ManagerMode::Unified,
+        Bug::RemoveForgetsSocketIndex,
+        &[Check::RemovalClearsLookups],
+        "get_connection_id_by_websocket",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn silent_success_without_a_connection_is_caught() {
+    // Caught by the delivery check and again after a removal.
+    assert_caught(
+        ManagerMode::Unified,
+        Bug::SilentSuccess,
+        &[Check::DeliveryCounts, Check::RemovalClearsLookups],
+        "send_to_user",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn overcounted_recipients_are_caught() {
+    assert_caught(
+        ManagerMode::Unified,
+        Bug::OvercountsRecipients,
+        &[Check::DeliveryCounts],
+        "send_to_user",
+    )
+    .await;
+    let report = run(ManagerMode::Unified, Some(Bug::OvercountsRecipients)).await;
+    let failure = report.failures()[0];
+    assert!(failure.expected.contains("recipients: 2"), "{failure}");
+    assert!(failure.got.contains("recipients: 3"), "{failure}");
+}
+
+#[tokio::test]
+async fn wrong_health_counts_are_caught() {
+    assert_caught(
+        ManagerMode::Unified,
+        Bug::HealthCountsZero,
+        &[Check::HealthCounts],
+        "get_connection_health",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_isolated_manager_that_accepts_other_users_is_caught() {
+    assert_caught(
+        ManagerMode::Isolated,
+        Bug::AcceptsOtherUsers,
+        &[
+            Check::IsolationRefusesConnections,
+            Check::IsolationRefusesSends,
+        ],
+        "add_connection",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_isolated_manager_that_sends_to_other_users_is_caught() {
+    assert_caught(
+        ManagerMode::Isolated,
+        Bug::SendsToOtherUsers,
+        &[Check::IsolationRefusesSends],
+        "send_to_user",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_failing_constructor_fails_every_check_naming_the_constructor() {
+    let report = Conformance::new(ManagerMode::Unified)
+        .run(|_| Err(BuildError::MissingUserContext))
+        .await;
+    assert_eq!(report.checks_passed(), 0);
+    assert!(report.failures().iter().all(|f| f.method == "constructor"));
+}
+
+#[tokio::test]
+async fn probes_leave_nothing_behind_and_never_touch_a_real_users_socket() {
+    // A live unified manager with a real user on it.
+    let manager = TestManager::new(None, None);
+    let alice = UserId::new("alice").unwrap();
+    let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::default());
+    let connection = WebSocketConnection::new(alice.clone(), socket);
+    let alice_connection = connection.connection_id.clone();
+    manager.add_connection(connection).await.unwrap();
+
+    // Every check, run on the same (live) instance.
+    let kit = Conformance::new(ManagerMode::Unified);
+    let scope = websocket_manager::conformance::ProbeScope::new();
+    assert!(is_probe_id(scope.owner().as_str()) && is_probe_id(scope.other().as_str()));
+    for &check in kit.checks() {
+        assert_eq!(
+            kit.run_check(check, &manager, &scope).await,
+            None,
+            "{check}"
+        );
+    }
+    // Alice is untouched: her connection is there, her socket got nothing.
+    assert_eq!(
+        manager.get_user_connections(&alice),
+        [alice_connection].into()
+    );
+    let nothing = tokio::time::timeout(std::time::Duration::from_millis(20), receiver.recv()).await;
+    assert!(nothing.is_err(), "alice's socket received {nothing:?}");
+    // No probe connection is left.
+    assert!(manager.get_user_connections(scope.owner()).is_empty());
+    assert!(manager.get_user_connections(scope.other()).is_empty());
+    assert_eq!(
+        manager
+            .get_connection_health(scope.owner())
+            .total_connections,
+        0
+    );
+}
+
+#[tokio::test]
+async fn live_runs_only_the_safe_checks_and_says_which_it_skipped() {
+    let manager = TestManager::new(Some(UserId::new("alice").unwrap()), None);
+    let report = Conformance::new(ManagerMode::Isolated)
+        .run_live(&manager)
+        .await;
+    let ran: Vec<Check> = report.outcomes.iter().map(|o| o.check).collect();
+    assert_eq!(ran, [Check::UnknownIds, Check::IsolationRefusesConnections]);
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.skipped.len(), 6);
+    assert!(report.skipped.iter().all(|s| !s.check.is_live_safe()));
+
+    // The live isolation probe still catches a manager that accepts anyone.
+    let broken = TestManager::new(
+        Some(UserId::new("alice").unwrap()),
+        Some(Bug::AcceptsOtherUsers),
+    );
+    let report = Conformance::new(ManagerMode::Isolated)
+        .run_live(&broken)
+        .await;
+    let failing = failing(&report);
+    assert_eq!(failing, [Check::IsolationRefusesConnections].into());
+    // ... and removed the connection it wrongly accepted.
+    assert!(
+        broken
+            .get_user_connections(&UserId::new("alice").unwrap())
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn report_serializes_with_the_same_outcomes() {
+    let report = run(ManagerMode::Unified, Some(Bug::LookupBySocketNone)).await;
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["mode"], "unified");
+    let outcomes = json["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), report.checks_run());
+    assert_eq!(outcomes[0]["check"], "add_then_lookup_by_socket");
+    assert_eq!(
+        outcomes[0]["failure"]["method"],
+        "get_connection_id_by_websocket"
+    );
+    assert!(outcomes[1]["failure"].is_null());
+}
+
+#[tokio::test]
+async fn both_reference_managers_pass_the_kit() {
+    use websocket_manager::{
+        __private::construct, IsolatedWebSocketManager, UnifiedWebSocketManager,
+    };
+    let unified = Conformance::new(ManagerMode::Unified)
+        .run(construct::<UnifiedWebSocketManager>)
+        .await;
+    assert!(unified.passed(), "{unified}");
+    let isolated = Conformance::new(ManagerMode::Isolated)
+        .run(construct::<IsolatedWebSocketManager>)
+        .await;
+    assert!(isolated.passed(), "{isolated}");
+    assert_eq!(isolated.checks_run(), 8);
+}

@@ -1,0 +1,409 @@
+//! A small, correct in-memory manager for the tests, with switchable bugs:
+//! each [`Bug`] breaks exactly one behaviour, so a test can show that the
+//! conformance check meant to catch it does.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use websocket_manager::{
+    BuildContext, BuildError, ConnectionHealth, ConnectionId, ConnectionSummary, Delivery,
+    ManagerError, ManagerMode, NotDeliveredReason, Registration, SocketId, TextFrame, ThreadId,
+    UserId, WebSocketConnection, WebSocketHandle, WebSocketManager, websocket_manager,
+};
+
+/// One deliberate defect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bug {
+    /// `get_connection_id_by_websocket` always answers `None`.
+    LookupBySocketNone,
+    /// `send_to_thread` sends to every connection of the users on the thread.
+    ThreadSendsToUser,
+    /// `update_connection_thread` answers `true` for unknown connections.
+    UpdateUnknownTrue,
+    /// `remove_connection` forgets to clear the socket index.
+    RemoveForgetsSocketIndex,
+    /// `send_to_user` to a user with no connection reports success.
+    SilentSuccess,
+    /// `send_to_user` reports one recipient more than it reached.
+    OvercountsRecipients,
+    /// `get_connection_health` always reports zero connections.
+    HealthCountsZero,
+    /// An "isolated" manager that accepts and serves every user.
+    AcceptsOtherUsers,
+    /// An isolated manager that refuses other users' connections but sends
+    /// to them.
+    SendsToOtherUsers,
+}
+
+#[derive(Default)]
+struct State {
+    connections: HashMap<ConnectionId, WebSocketConnection>,
+    by_user: HashMap<UserId, HashSet<ConnectionId>>,
+    by_socket: HashMap<SocketId, ConnectionId>,
+    by_thread: HashMap<ThreadId, HashSet<ConnectionId>>,
+    sent: HashMap<UserId, u64>,
+}
+
+/// The test manager: unified when `owner` is `None`, isolated otherwise.
+pub struct TestManager {
+    owner: Option<UserId>,
+    bug: Option<Bug>,
+    state: Mutex<State>,
+}
+
+impl TestManager {
+    pub fn new(owner: Option<UserId>, bug: Option<Bug>) -> Self {
+        TestManager {
+            owner,
+            bug,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn has(&self, bug: Bug) -> bool {
+        self.bug == Some(bug)
+    }
+
+    fn guard(&self, user_id: &UserId, sending: bool) -> Result<(), ManagerError> {
+        let Some(owner) = &self.owner else {
+            return Ok(());
+        };
+        if owner == user_id
+            || self.has(Bug::AcceptsOtherUsers)
+            || (sending && self.has(Bug::SendsToOtherUsers))
+        {
+            return Ok(());
+        }
+        Err(ManagerError::IsolationViolation {
+            owner: owner.clone(),
+            requested: user_id.clone(),
+        })
+    }
+
+    fn deliver(
+        &self,
+        targets: Vec<WebSocketHandle>,
+        user: Option<&UserId>,
+        frame: TextFrame,
+        target: String,
+        empty: NotDeliveredReason,
+        via_send_to_user: bool,
+    ) -> Result<Delivery, ManagerError> {
+        let mut recipients = 0;
+        let mut skipped = 0;
+        for socket in &targets {
+            match socket.try_send(frame.clone()) {
+                Ok(()) => recipients += 1,
+                Err(_) => skipped += 1,
+            }
+        }
+        if let Some(user) = user {
+            *self
+                .state
+                .lock()
+                .unwrap()
+                .sent
+                .entry(user.clone())
+                .or_default() += recipients as u64;
+        }
+        if recipients == 0 && !(via_send_to_user && self.has(Bug::SilentSuccess)) {
+            return Err(ManagerError::NotDelivered {
+                target,
+                reason: empty,
+            });
+        }
+        if via_send_to_user && self.has(Bug::OvercountsRecipients) {
+            recipients += 1;
+        }
+        Ok(Delivery::Delivered {
+            recipients,
+            skipped,
+        })
+    }
+
+    fn user_sockets(&self, user_id: &UserId) -> Vec<WebSocketHandle> {
+        let state = self.state.lock().unwrap();
+        state
+            .by_user
+            .get(user_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| state.connections.get(id))
+            .map(|c| c.websocket.clone())
+            .collect()
+    }
+}
+
+#[websocket_manager(name = "test-manager", factory = false)]
+impl WebSocketManager for TestManager {
+    async fn add_connection(&self, connection: WebSocketConnection) -> Result<(), ManagerError> {
+        self.guard(&connection.user_id, false)?;
+        let mut state = self.state.lock().unwrap();
+        if state.connections.contains_key(&connection.connection_id) {
+            return Err(ManagerError::DuplicateConnection(connection.connection_id));
+        }
+        if let Some(existing) = state.by_socket.get(&connection.websocket.id()) {
+            return Err(ManagerError::SocketAlreadyRegistered {
+                socket: connection.websocket.id(),
+                existing: existing.clone(),
+            });
+        }
+        let id = connection.connection_id.clone();
+        state
+            .by_user
+            .entry(connection.user_id.clone())
+            .or_default()
+            .insert(id.clone());
+        state
+            .by_socket
+            .insert(connection.websocket.id(), id.clone());
+        if let Some(thread) = &connection.thread_id {
+            state
+                .by_thread
+                .entry(thread.clone())
+                .or_default()
+                .insert(id.clone());
+        }
+        state.connections.insert(id, connection);
+        Ok(())
+    }
+
+    async fn remove_connection(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection> {
+        let mut state = self.state.lock().unwrap();
+        let connection = state.connections.remove(connection_id)?;
+        if let Some(ids) = state.by_user.get_mut(&connection.user_id) {
+            ids.remove(connection_id);
+            if ids.is_empty() {
+                state.by_user.remove(&connection.user_id);
+            }
+        }
+        if !self.has(Bug::RemoveForgetsSocketIndex) {
+            state.by_socket.remove(&connection.websocket.id());
+        }
+        if let Some(thread) = &connection.thread_id
+            && let Some(ids) = state.by_thread.get_mut(thread)
+        {
+            ids.remove(connection_id);
+        }
+        Some(connection)
+    }
+
+    fn get_connection(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection> {
+        self.state
+            .lock()
+            .unwrap()
+            .connections
+            .get(connection_id)
+            .cloned()
+    }
+
+    fn get_user_connections(&self, user_id: &UserId) -> HashSet<ConnectionId> {
+        if self.guard(user_id, false).is_err() {
+            return HashSet::new();
+        }
+        self.state
+            .lock()
+            .unwrap()
+            .by_user
+            .get(user_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn is_connection_active(&self, user_id: &UserId) -> bool {
+        !self.get_user_connections(user_id).is_empty()
+    }
+
+    fn get_connection_id_by_websocket(&self, websocket: &WebSocketHandle) -> Option<ConnectionId> {
+        if self.has(Bug::LookupBySocketNone) {
+            return None;
+        }
+        self.state
+            .lock()
+            .unwrap()
+            .by_socket
+            .get(&websocket.id())
+            .cloned()
+    }
+
+    fn update_connection_thread(&self, connection_id: &ConnectionId, thread_id: ThreadId) -> bool {
+        let mut state = self.state.lock().unwrap();
+        let Some(connection) = state.connections.get_mut(connection_id) else {
+            return self.has(Bug::UpdateUnknownTrue);
+        };
+        let old = connection.thread_id.replace(thread_id.clone());
+        if let Some(old) = old
+            && let Some(ids) = state.by_thread.get_mut(&old)
+        {
+            ids.remove(connection_id);
+        }
+        state
+            .by_thread
+            .entry(thread_id)
+            .or_default()
+            .insert(connection_id.clone());
+        true
+    }
+
+    async fn send_to_user(
+        &self,
+        user_id: &UserId,
+        message: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        self.guard(user_id, true)?;
+        let frame = TextFrame::from_json(&message)?;
+        let sockets = self.user_sockets(user_id);
+        self.deliver(
+            sockets,
+            Some(user_id),
+            frame,
+            format!("user `{user_id}`"),
+            NotDeliveredReason::NoConnections,
+            true,
+        )
+    }
+
+    async fn emit_critical_event(
+        &self,
+        user_id: &UserId,
+        event_type: &str,
+        data: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        self.guard(user_id, true)?;
+        let envelope = serde_json::json!({ "type": event_type, "data": data, "critical": true });
+        let frame = TextFrame::from_json(&envelope)?;
+        let sockets = self.user_sockets(user_id);
+        self.deliver(
+            sockets,
+            Some(user_id),
+            frame,
+            format!("user `{user_id}`"),
+            NotDeliveredReason::NoConnections,
+            false,
+        )
+    }
+
+    fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth {
+        let mut health = ConnectionHealth::empty(user_id.clone());
+        if self.guard(user_id, false).is_err() {
+            return health;
+        }
+        let state = self.state.lock().unwrap();
+        let connections: Vec<&WebSocketConnection> = state
+            .by_user
+            .get(user_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| state.connections.get(id))
+            .collect();
+        if !self.has(Bug::HealthCountsZero) {
+            health.total_connections = connections.len();
+            health.active_connections = connections
+                .iter()
+                .filter(|c| !c.websocket.is_closed())
+                .count();
+        }
+        health.messages_sent = state.sent.get(user_id).copied().unwrap_or(0);
+        health.connections = connections
+            .iter()
+            .map(|c| ConnectionSummary {
+                connection_id: c.connection_id.clone(),
+                thread_id: c.thread_id.clone(),
+                connected_at_ms: websocket_manager::health::unix_millis(c.connected_at),
+                queue_depth: c.websocket.queue_depth(),
+                closed: c.websocket.is_closed(),
+            })
+            .collect();
+        health
+    }
+
+    async fn send_to_thread(
+        &self,
+        thread_id: &ThreadId,
+        message: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        let frame = TextFrame::from_json(&message)?;
+        let sockets: Vec<WebSocketHandle> = {
+            let state = self.state.lock().unwrap();
+            let bound = state.by_thread.get(thread_id).into_iter().flatten();
+            if self.has(Bug::ThreadSendsToUser) {
+                let users: HashSet<UserId> = bound
+                    .filter_map(|id| state.connections.get(id))
+                    .map(|c| c.user_id.clone())
+                    .collect();
+                users
+                    .iter()
+                    .flat_map(|u| state.by_user.get(u).into_iter().flatten())
+                    .filter_map(|id| state.connections.get(id))
+                    .map(|c| c.websocket.clone())
+                    .collect()
+            } else {
+                bound
+                    .filter_map(|id| state.connections.get(id))
+                    .map(|c| c.websocket.clone())
+                    .collect()
+            }
+        };
+        self.deliver(
+            sockets,
+            None,
+            frame,
+            format!("thread `{thread_id}`"),
+            NotDeliveredReason::NoThreadConnections,
+            false,
+        )
+    }
+}
+
+/// Builds a unified test manager with `bug`.
+pub fn unified(bug: Option<Bug>) -> Arc<dyn WebSocketManager> {
+    Arc::new(TestManager::new(None, bug))
+}
+
+/// Builds an isolated test manager for the context's user, with `bug`.
+pub fn isolated(
+    context: &BuildContext<'_>,
+    bug: Option<Bug>,
+) -> Result<Arc<dyn WebSocketManager>, BuildError> {
+    let owner = context.require_user_context()?.user_id.clone();
+    Ok(Arc::new(TestManager::new(Some(owner), bug)))
+}
+
+/// A constructor for a registration: the manager of `mode` with `bug`.
+pub fn build(
+    mode: ManagerMode,
+    context: &BuildContext<'_>,
+    bug: Option<Bug>,
+) -> Result<Arc<dyn WebSocketManager>, BuildError> {
+    match mode {
+        ManagerMode::Unified => Ok(unified(bug)),
+        ManagerMode::Isolated => isolated(context, bug),
+    }
+}
+
+pub fn good_unified(context: &BuildContext<'_>) -> Result<Arc<dyn WebSocketManager>, BuildError> {
+    build(ManagerMode::Unified, context, None)
+}
+
+pub fn good_isolated(context: &BuildContext<'_>) -> Result<Arc<dyn WebSocketManager>, BuildError> {
+    build(ManagerMode::Isolated, context, None)
+}
+
+/// A registration written by hand, as `#[websocket_manager]` would.
+pub fn registration(
+    name: &'static str,
+    mode: ManagerMode,
+    constructor: Option<websocket_manager::Constructor>,
+) -> Registration {
+    Registration {
+        name,
+        type_name: "TestManager",
+        module_path: module_path!(),
+        file: file!(),
+        line: line!(),
+        mode,
+        fingerprint: websocket_manager::PROTOCOL_FINGERPRINT,
+        constructor,
+    }
+}

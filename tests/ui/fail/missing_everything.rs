@@ -1,0 +1,11 @@
+// An empty impl: every contract method is listed, critical ones marked.
+use websocket_manager::*;
+
+struct MyManager;
+
+#[websocket_manager(factory = false)]
+impl WebSocketManager for MyManager {
+
+}
+
+fn main() {}
