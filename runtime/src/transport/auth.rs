@@ -164,7 +164,7 @@ impl AuthError {
 /// use websocket_manager::UserId;
 /// /// Accepts `Authorization: Bearer <api key>` from a fixed table.
 /// struct ApiKeys(std::collections::HashMap<String, UserId>);
-/// #[websocket_manager::__private::async_trait]
+/// #[websocket_manager::transport::async_trait]
 /// impl Authenticator for ApiKeys {
 ///     async fn authenticate(&self, request: &UpgradeRequest<'_>) -> Result<Identity, AuthError> {
 ///         let key = request.bearer_token().ok_or(AuthError::Unauthorized("no token".into()))?;

@@ -69,7 +69,7 @@ impl std::fmt::Debug for InboundContext {
 /// ```
 /// use websocket_manager::transport::{InboundContext, InboundMessage, HandlerError, MessageHandler};
 /// struct Echo;
-/// #[websocket_manager::__private::async_trait]
+/// #[websocket_manager::transport::async_trait]
 /// impl MessageHandler for Echo {
 ///     async fn on_message(&self, context: InboundContext, message: InboundMessage) -> Result<(), HandlerError> {
 ///         if let Some(text) = message.as_text() {

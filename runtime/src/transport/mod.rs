@@ -40,6 +40,9 @@ mod service;
 mod shutdown;
 mod wire;
 
+/// `async_trait`, re-exported to implement [`Authenticator`] and
+/// [`MessageHandler`] without another dependency.
+pub use async_trait::async_trait;
 pub use auth::{AuthError, Authenticator, Identity, OriginPolicy, UpgradeRequest};
 pub use config::{TransportConfig, TransportConfigBuilder, TransportConfigError};
 pub use driver::EndReason;

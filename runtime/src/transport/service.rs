@@ -76,7 +76,7 @@ struct ServiceInner {
 /// use websocket_manager::transport::{OriginPolicy, TransportConfig, WebSocketService};
 /// # use websocket_manager::transport::{AuthError, Authenticator, Identity, UpgradeRequest};
 /// # struct MyAuth;
-/// # #[websocket_manager::__private::async_trait]
+/// # #[websocket_manager::transport::async_trait]
 /// # impl Authenticator for MyAuth {
 /// #     async fn authenticate(&self, _: &UpgradeRequest<'_>) -> Result<Identity, AuthError> {
 /// #         Err(AuthError::Unauthorized("demo".into()))
