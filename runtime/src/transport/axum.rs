@@ -2,11 +2,13 @@
 //! for `GET /ws`, [`accept`] to call from your own handler, and
 //! [`AxumSocket`], `axum::extract::ws::WebSocket` as a [`WireSocket`](super::WireSocket).
 //!
-//! ```ignore
+//! ```
 //! use axum::{Router, routing::get};
-//! let app = Router::new()
+//! # fn app(service: websocket_manager::transport::WebSocketService) -> Router {
+//! Router::new()
 //!     .route("/ws", get(websocket_manager::transport::axum::upgrade))
-//!     .with_state(service); // a WebSocketService, or any state it can be taken from (FromRef)
+//!     .with_state(service) // a WebSocketService, or a state it can be taken from (FromRef)
+//! # }
 //! ```
 
 use std::pin::Pin;

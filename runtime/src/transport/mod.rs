@@ -15,13 +15,31 @@
 //!   [`tungstenite`](mod@self::tungstenite) (feature `tungstenite`). Any
 //!   other library plugs in through [`WireSocket`].
 //!
-//! With axum, the whole server side is:
+//! With axum (features `axum` and `jwt`), the whole server side is:
 //!
-//! ```ignore
-//! let service = WebSocketService::builder(manager, JwtAuthenticator::hs256(secret)).build();
+//! ```no_run
+//! # #[cfg(all(feature = "axum", feature = "jwt"))]
+//! # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use axum::{Router, routing::get};
+//! use websocket_manager::transport::{JwtAuthenticator, OriginPolicy, WebSocketService};
+//! use websocket_manager::UnifiedWebSocketManager;
+//!
+//! let manager = Arc::new(UnifiedWebSocketManager::default());
+//! let service = WebSocketService::builder(manager, JwtAuthenticator::hs256(b"32+ bytes of secret, from a vault"))
+//!     .origins(OriginPolicy::allow(["https://app.example"]))
+//!     .build();
 //! let app = Router::new()
 //!     .route("/ws", get(websocket_manager::transport::axum::upgrade))
 //!     .with_state(service.clone());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app)
+//!     .with_graceful_shutdown(async move {
+//!         let _ = tokio::signal::ctrl_c().await;
+//!         println!("{}", service.shutdown(std::time::Duration::from_secs(5)).await);
+//!     })
+//!     .await?;
+//! # Ok(()) }
 //! ```
 
 #[cfg(feature = "axum")]
