@@ -438,7 +438,9 @@ async fn heartbeat_pings_live_clients_and_removes_silent_ones() {
         let server = TestServer::start(ServerOptions {
             transport: TransportConfig::builder()
                 .ping_interval(Duration::from_millis(100))
-                .idle_timeout(Duration::from_millis(400))
+                // Generous against a loaded CI machine: a live client must
+                // never look silent for 800 ms.
+                .idle_timeout(Duration::from_millis(800))
                 .close_timeout(Duration::from_millis(200))
                 .build()
                 .unwrap(),
@@ -451,9 +453,9 @@ async fn heartbeat_pings_live_clients_and_removes_silent_ones() {
         server.wait_connections("silent", 1).await;
         server.wait_connections("live", 1).await;
 
-        // The live client reads (and so answers pings) for 3x the idle timeout.
+        // The live client reads (and so answers pings) for 2x the idle timeout.
         let mut pings = 0;
-        let until = tokio::time::Instant::now() + Duration::from_millis(1200);
+        let until = tokio::time::Instant::now() + Duration::from_millis(1600);
         while let Ok(message) = tokio::time::timeout_at(until, live.next()).await {
             match message {
                 Some(Ok(Message::Ping(_))) => pings += 1,
@@ -628,6 +630,141 @@ async fn serve_reports_how_each_connection_ended() {
         assert!(
             matches!(outcome.end, EndReason::ClientClosed { code: Some(1000) }),
             "{outcome}"
+        );
+        server.assert_indexes_empty().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn under_the_drop_policy_a_stalled_socket_is_dropped_by_the_write_timeout() {
+    // The manager never disconnects anyone under `DropMessage`: the
+    // transport's write timeout is what frees a socket nobody reads.
+    bounded(async {
+        let server = TestServer::start(ServerOptions {
+            manager: ManagerConfig::builder()
+                .queue_capacity(16)
+                .queue_max_bytes(64 * 1024)
+                .pending_capacity(8)
+                .slow_consumer_policy(SlowConsumerPolicy::DropMessage)
+                .build()
+                .unwrap(),
+            transport: TransportConfig::builder()
+                .write_timeout(Duration::from_millis(300))
+                .close_timeout(Duration::from_millis(200))
+                .queue_limits(websocket_manager::QueueLimits::new(16, 64 * 1024))
+                .build()
+                .unwrap(),
+            ..ServerOptions::default()
+        })
+        .await;
+        let (stalled, _) = try_connect(
+            server.addr,
+            Connect {
+                recv_buffer: Some(4096),
+                ..Connect::new("/ws", Some(token("stalled", 600)))
+            },
+        )
+        .await
+        .unwrap();
+        server.wait_connections("stalled", 1).await;
+        let stalled_user = user("stalled");
+        let chunk = "x".repeat(4096);
+        let mut removed = false;
+        for n in 0..20_000u64 {
+            if server
+                .manager
+                .get_user_connections(&stalled_user)
+                .is_empty()
+            {
+                removed = true;
+                break;
+            }
+            let _ = server
+                .manager
+                .send_to_user(&stalled_user, json!({"type": "bulk", "n": n, "pad": chunk}))
+                .await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(removed, "the stalled socket was never dropped");
+        let stats = server.manager.stats();
+        assert_eq!(stats.slow_consumer_disconnects, 0, "{stats}");
+        assert!(stats.messages_dropped > 0, "{stats}");
+        drop(stalled);
+        server.assert_indexes_empty().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_tungstenite_adapter_refuses_before_the_upgrade_and_serves_after_it() {
+    bounded(async {
+        let server = TestServer::start(ServerOptions::default()).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = server.service.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let _ =
+                        websocket_manager::transport::tungstenite::accept(&service, stream).await;
+                });
+            }
+        });
+        let status = |result: Result<_, tungstenite::Error>| match result {
+            Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+            other => panic!("expected an HTTP refusal, got {:?}", other.map(|_| ())),
+        };
+        assert_eq!(
+            status(try_connect(addr, Connect::new("/ws", None)).await),
+            401
+        );
+        assert_eq!(
+            status(try_connect(addr, Connect::new("/ws", Some(token("erin", -5)))).await),
+            401
+        );
+        assert_eq!(
+            status(
+                try_connect(
+                    addr,
+                    Connect {
+                        origin: Some("https://evil.example"),
+                        ..Connect::new("/ws", Some(token("erin", 600)))
+                    }
+                )
+                .await
+            ),
+            403
+        );
+        assert!(server.manager.index_sizes().is_empty());
+
+        let (mut client, response) = try_connect(
+            addr,
+            Connect {
+                protocols: Some(format!("websocket-manager, bearer.{}", token("erin", 600))),
+                ..Connect::new("/ws?thread=t-e", None)
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            response.headers().get("sec-websocket-protocol").unwrap(),
+            "websocket-manager"
+        );
+        server.wait_connections("erin", 1).await;
+        server
+            .manager
+            .send_to_thread(&ThreadId::new("t-e").unwrap(), json!({"type": "hi"}))
+            .await
+            .unwrap();
+        assert_eq!(next_json(&mut client).await["type"], "hi");
+        // The size limit holds on this adapter too.
+        send_text(&mut client, "z".repeat(64 * 1024 + 1)).await;
+        assert_eq!(
+            expect_close(&mut client).await.map(|(code, _)| code),
+            Some(1009)
         );
         server.assert_indexes_empty().await;
     })
