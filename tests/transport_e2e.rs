@@ -447,8 +447,17 @@ async fn heartbeat_pings_live_clients_and_removes_silent_ones() {
             ..ServerOptions::default()
         })
         .await;
-        // The silent client never reads, so it never answers a ping.
-        let silent = connect(server.addr, "silent", None).await;
+        // The silent client never reads, so it never answers a ping. It goes
+        // through the tungstenite adapter, whose `accept` returns how the
+        // connection ended.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_addr = listener.local_addr().unwrap();
+        let service = server.service.clone();
+        let silent_outcome = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            websocket_manager::transport::tungstenite::accept(&service, stream).await
+        });
+        let silent = connect(silent_addr, "silent", None).await;
         let mut live = connect(server.addr, "live", None).await;
         server.wait_connections("silent", 1).await;
         server.wait_connections("live", 1).await;
@@ -467,8 +476,17 @@ async fn heartbeat_pings_live_clients_and_removes_silent_ones() {
             "expected a ping about every 100 ms, saw {pings} in 1.2 s"
         );
         server.wait_connections("live", 1).await;
-        // The silent one was removed.
+        // The silent one was removed, for its silence. (Its close frame,
+        // 4408, is in its receive buffer, but a tungstenite client reading
+        // it late first tries to answer the queued pings and fails on the
+        // closed socket.)
         server.wait_connections("silent", 0).await;
+        let outcome = tokio::time::timeout(STEP, silent_outcome)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(outcome.end, EndReason::HeartbeatTimeout, "{outcome}");
         drop(silent);
         close(live).await;
         server.assert_indexes_empty().await;
@@ -767,6 +785,80 @@ async fn the_tungstenite_adapter_refuses_before_the_upgrade_and_serves_after_it(
             Some(1009)
         );
         server.assert_indexes_empty().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shutdown_reports_connections_that_did_not_close_within_the_drain_time() {
+    bounded(async {
+        // A client that stopped reading with full buffers cannot take its
+        // close frame; the close handshake is allowed 2 s but the drain only
+        // 100 ms, so shutdown reports it as left and removes it anyway.
+        let server = TestServer::start(ServerOptions {
+            manager: ManagerConfig::builder()
+                .queue_capacity(16)
+                .queue_max_bytes(64 * 1024)
+                .pending_capacity(8)
+                .slow_consumer_policy(SlowConsumerPolicy::DropMessage)
+                .build()
+                .unwrap(),
+            transport: TransportConfig::builder()
+                .write_timeout(Duration::from_secs(20))
+                .close_timeout(Duration::from_secs(2))
+                .queue_limits(websocket_manager::QueueLimits::new(16, 64 * 1024))
+                .build()
+                .unwrap(),
+            ..ServerOptions::default()
+        })
+        .await;
+        let (stalled, _) = try_connect(
+            server.addr,
+            Connect {
+                recv_buffer: Some(4096),
+                ..Connect::new("/ws", Some(token("stalled", 600)))
+            },
+        )
+        .await
+        .unwrap();
+        let mut polite = connect(server.addr, "polite", None).await;
+        server.wait_connections("stalled", 1).await;
+        server.wait_connections("polite", 1).await;
+        // Fill every buffer between the server and the stalled client: sends
+        // start being dropped once its queue is full behind a stuck write.
+        let stalled_user = user("stalled");
+        let chunk = "x".repeat(4096);
+        let mut stuck = false;
+        for n in 0..20_000u64 {
+            let _ = server
+                .manager
+                .send_to_user(&stalled_user, json!({"type": "bulk", "n": n, "pad": chunk}))
+                .await;
+            if server.manager.stats().messages_dropped > 0 {
+                stuck = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(stuck, "the stalled client's writer never got stuck");
+
+        let service = server.service.clone();
+        let shutdown =
+            tokio::spawn(async move { service.shutdown(Duration::from_millis(100)).await });
+        assert_eq!(
+            expect_close(&mut polite).await.map(|(code, _)| code),
+            Some(1001)
+        );
+        let report = shutdown.await.unwrap();
+        assert_eq!(report.connections_at_start, 2, "{report}");
+        assert_eq!(report.left.len(), 1, "{report}");
+        assert_eq!(report.left[0].user_id.as_str(), "stalled");
+        assert_eq!(report.closed_within_drain, 1);
+        assert!(!report.is_clean());
+        assert!(report.to_string().contains("left: "), "{report}");
+        // Removed from the manager even though its driver was still busy.
+        server.assert_indexes_empty().await;
+        drop(stalled);
     })
     .await;
 }

@@ -253,7 +253,14 @@ pub async fn expect_close(client: &mut Client) -> Option<(u16, String)> {
     loop {
         match next_seen(client).await {
             Seen::Json(_) => continue,
-            Seen::Close(frame) => return frame,
+            Seen::Close(frame) => {
+                // Keep reading, as a browser does: that flushes our close
+                // reply and completes the handshake.
+                let _ =
+                    tokio::time::timeout(STEP, async { while client.next().await.is_some() {} })
+                        .await;
+                return frame;
+            }
             Seen::Gone => return None,
         }
     }
