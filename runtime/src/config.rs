@@ -49,11 +49,14 @@ pub struct ConfigError {
 /// use websocket_manager::{ManagerConfig, SlowConsumerPolicy};
 /// let config = ManagerConfig::builder()
 ///     .queue_capacity(128)
+///     .pending_capacity(64)
 ///     .slow_consumer_policy(SlowConsumerPolicy::DropMessage)
 ///     .pending_max_age(Duration::from_secs(60))
 ///     .build()?;
 /// assert_eq!(config.queue_capacity(), 128);
 /// assert!(ManagerConfig::builder().queue_capacity(0).build().is_err());
+/// // a replay must fit a fresh queue
+/// assert!(ManagerConfig::builder().queue_capacity(16).pending_capacity(32).build().is_err());
 /// # Ok::<(), websocket_manager::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

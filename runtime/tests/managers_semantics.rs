@@ -607,7 +607,12 @@ fn shutdown_closes_everything_and_every_method_answers_consistently() {
         UserContext::new(alice()),
         config(),
     ));
-    let cases: Vec<(&str, std::sync::Arc<dyn WebSocketManager>, Box<dyn Fn()>)> = vec![
+    type ShutdownCase = (
+        &'static str,
+        std::sync::Arc<dyn WebSocketManager>,
+        Box<dyn Fn()>,
+    );
+    let cases: Vec<ShutdownCase> = vec![
         (
             "unified",
             unified.clone(),

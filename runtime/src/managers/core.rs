@@ -272,11 +272,12 @@ impl ManagerCore {
         }
     }
 
-    /// The recipients of `user` and their counters, without holding anything.
-    fn user_recipients(&self, user: &UserId) -> Option<(Recipients, Arc<UserCounters>)> {
+    /// The recipients of `user` and the user's slot (for its counters),
+    /// without holding any lock.
+    fn user_recipients(&self, user: &UserId) -> Option<(Recipients, Arc<UserSlot>)> {
         let slot = self.slot(user)?;
         let recipients = Arc::clone(&slot.state.lock().recipients);
-        Some((recipients, Arc::clone(&slot.counters)))
+        Some((recipients, slot))
     }
 
     // ----- thread index -----------------------------------------------------
@@ -618,11 +619,12 @@ impl ManagerCore {
             return Err(ManagerError::ShutDown);
         }
         let target = || format!("user `{user}`");
-        let Some((recipients, counters)) = self.user_recipients(user) else {
+        let Some((recipients, slot)) = self.user_recipients(user) else {
             return Err(self.fail(&[], target(), NotDeliveredReason::NoConnections));
         };
+        let counters = &slot.counters;
         if recipients.is_empty() {
-            return Err(self.fail(&[&counters], target(), NotDeliveredReason::NoConnections));
+            return Err(self.fail(&[counters], target(), NotDeliveredReason::NoConnections));
         }
         let frame = TextFrame::from_json(message)?;
         let fan = self.fan_out(&recipients, &frame);
