@@ -9,11 +9,34 @@
 //! ([`StandardFactory::verify_isolation`]), and
 //! [`validate_manager_instance`](ManagerFactory::validate_manager_instance)
 //! runs only the probes that are safe on a manager serving real users.
+//!
+//! ```
+//! use websocket_manager::{ManagerFactory, ManagerMode, StandardFactory, UserContext, UserId};
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let factory = StandardFactory::builder().build(); // the global registry
+//! let shared = factory.create_manager(None, ManagerMode::Unified)?;
+//! let alice = UserContext::new(UserId::new("alice")?);
+//! let for_alice = factory.create_manager(Some(alice), ManagerMode::Isolated)?;
+//!
+//! assert!(!factory.supports_user_isolation()); // not measured yet
+//! factory.verify_isolation().await?;
+//! assert!(factory.supports_user_isolation());
+//!
+//! let result = factory.validate_manager_instance(for_alice.as_ref()).await;
+//! assert!(result.is_production_ready(), "{result}");
+//! assert!(result.user_context_isolated);
+//! assert!(!result.checks_skipped.is_empty()); // probes that would touch alice's sockets
+//! # let _ = shared;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::SystemTime;
+
+use tracing::Instrument;
 
 use crate::config::ManagerConfig;
 use crate::conformance::{Check, CheckFailure, Conformance, ConformanceReport};
@@ -127,12 +150,23 @@ pub enum FactoryError {
 }
 
 /// An instance this factory built, remembered weakly so that
-/// `validate_manager_instance` knows its registration.
+/// `validate_manager_instance` knows its registration. The weak reference
+/// also keeps the allocation, so its address cannot be reused by another
+/// object while the entry exists.
 struct BuiltInstance {
-    address: usize,
     instance: Weak<dyn WebSocketManager>,
     registration: Registration,
 }
+
+/// The instances built, by address. Entries of dropped instances are pruned
+/// whenever the map has doubled since the last pruning (amortized O(1) per
+/// build, even with one isolated manager per request).
+struct BuiltInstances {
+    by_address: HashMap<usize, BuiltInstance>,
+    prune_at: usize,
+}
+
+const MIN_PRUNE_AT: usize = 64;
 
 const ISOLATION_UNVERIFIED: u8 = 0;
 const ISOLATION_PASSED: u8 = 1;
@@ -162,7 +196,7 @@ pub struct StandardFactory {
     require_user_context: bool,
     chosen: BTreeMap<ManagerMode, String>,
     shared: Mutex<HashMap<&'static str, Arc<dyn WebSocketManager>>>,
-    built: Mutex<Vec<BuiltInstance>>,
+    built: Mutex<BuiltInstances>,
     isolation: AtomicU8,
 }
 
@@ -229,7 +263,10 @@ impl StandardFactoryBuilder {
             require_user_context: self.require_user_context,
             chosen: self.chosen,
             shared: Mutex::new(HashMap::new()),
-            built: Mutex::new(Vec::new()),
+            built: Mutex::new(BuiltInstances {
+                by_address: HashMap::new(),
+                prune_at: MIN_PRUNE_AT,
+            }),
             isolation: AtomicU8::new(ISOLATION_UNVERIFIED),
         }
     }
@@ -383,23 +420,28 @@ impl StandardFactory {
 
     fn remember(&self, manager: &Arc<dyn WebSocketManager>, registration: &Registration) {
         let mut built = lock(&self.built);
-        // Forget dropped instances, so an address reused by a new allocation
-        // is never mistaken for an old manager.
-        built.retain(|b| b.instance.strong_count() > 0);
-        built.push(BuiltInstance {
-            address: address(manager.as_ref()),
-            instance: Arc::downgrade(manager),
-            registration: *registration,
-        });
+        built.by_address.insert(
+            address(manager.as_ref()),
+            BuiltInstance {
+                instance: Arc::downgrade(manager),
+                registration: *registration,
+            },
+        );
+        if built.by_address.len() >= built.prune_at {
+            built
+                .by_address
+                .retain(|_, b| b.instance.strong_count() > 0);
+            built.prune_at = (built.by_address.len() * 2).max(MIN_PRUNE_AT);
+        }
     }
 
     /// The registration of an instance this factory built and that is still
     /// alive.
     fn registration_of(&self, manager: &dyn WebSocketManager) -> Option<Registration> {
-        let wanted = address(manager);
         lock(&self.built)
-            .iter()
-            .find(|b| b.address == wanted && b.instance.strong_count() > 0)
+            .by_address
+            .get(&address(manager))
+            .filter(|b| b.instance.strong_count() > 0)
             .map(|b| b.registration)
     }
 
@@ -491,10 +533,15 @@ impl ManagerFactory for StandardFactory {
                 true,
             ),
         };
+        let span = tracing::info_span!(
+            "validate_manager_instance",
+            manager = registry_name.as_deref().unwrap_or("unknown")
+        );
         let live = Conformance::new(mode.unwrap_or(ManagerMode::Unified))
             .config(self.config.clone())
             .extensions(self.extensions.clone())
             .run_live(manager)
+            .instrument(span)
             .await;
         errors.extend(live.failures().into_iter().cloned());
         let mut skipped = live.skipped.clone();

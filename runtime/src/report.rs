@@ -256,6 +256,20 @@ impl fmt::Display for Violation {
 }
 
 /// Every registered manager's compliance, as found at startup.
+///
+/// ```
+/// use websocket_manager::{StartupOptions, Verdict, validate_on_startup};
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let report = validate_on_startup(&StartupOptions::strict().expect(["unified", "isolated"]))
+///     .await
+///     .map_err(|error| error.report().to_string())?;
+/// assert_eq!(report.manager("unified").unwrap().verdict, Verdict::Compliant);
+/// print!("{report}"); // aligned table for the logs
+/// let json = serde_json::to_value(&report).unwrap(); // same figures for CI
+/// assert_eq!(json["checks_run"], report.checks_run);
+/// # Ok::<(), String>(())
+/// # }).unwrap();
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StartupReport {
     /// Whether startup may go on: no non-compliant manager, no duplicated

@@ -11,7 +11,7 @@
 //!
 //! ```
 //! use websocket_manager::{Registry, StartupOptions, validate_on_startup};
-//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! // Strict mode: any failure is an `Err` carrying the full report.
 //! let options = StartupOptions::strict()
 //!     .registry(Registry::from_entries([]))
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::Instrument;
 
 use crate::config::ManagerConfig;
-use crate::conformance::{CheckFailure, Conformance, ProbeScope};
+use crate::conformance::{CheckFailure, Conformance, DEFAULT_CHECK_TIMEOUT, ProbeScope};
 use crate::context::ManagerMode;
 use crate::extensions::Extensions;
 use crate::protocol::PROTOCOL_FINGERPRINT;
@@ -52,7 +52,7 @@ pub type AlertCallback = Arc<dyn Fn(&Violation) + Send + Sync>;
 ///     .on_violation(|violation| eprintln!("ALERT {violation}"));
 /// assert!(options.is_strict());
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct StartupOptions {
     registry: Option<Registry>,
     expected: Vec<String>,
@@ -61,6 +61,7 @@ pub struct StartupOptions {
     config: ManagerConfig,
     extensions: Extensions,
     delivery_wait: Duration,
+    check_timeout: Option<Duration>,
     on_violation: Option<AlertCallback>,
 }
 
@@ -74,8 +75,25 @@ impl fmt::Debug for StartupOptions {
             .field("config", &self.config)
             .field("extensions", &self.extensions)
             .field("delivery_wait", &self.delivery_wait)
+            .field("check_timeout", &self.check_timeout)
             .field("on_violation", &self.on_violation.is_some())
             .finish()
+    }
+}
+
+impl Default for StartupOptions {
+    fn default() -> Self {
+        StartupOptions {
+            registry: None,
+            expected: Vec::new(),
+            excluded: Vec::new(),
+            strict: false,
+            config: ManagerConfig::default(),
+            extensions: Extensions::new(),
+            delivery_wait: Duration::ZERO,
+            check_timeout: Some(DEFAULT_CHECK_TIMEOUT),
+            on_violation: None,
+        }
     }
 }
 
@@ -151,6 +169,13 @@ impl StartupOptions {
     /// [`Conformance::delivery_wait`]).
     pub fn delivery_wait(mut self, wait: Duration) -> Self {
         self.delivery_wait = wait;
+        self
+    }
+
+    /// How long one probe may take before it fails as hung (see
+    /// [`Conformance::check_timeout`]; default [`DEFAULT_CHECK_TIMEOUT`]).
+    pub fn check_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.check_timeout = limit;
         self
     }
 
@@ -421,6 +446,7 @@ async fn validate_registration(
             .config(options.config.clone())
             .extensions(options.extensions.clone())
             .delivery_wait(options.delivery_wait)
+            .check_timeout(options.check_timeout)
             .run(|context| registration.build(context))
             .instrument(span)
             .await;

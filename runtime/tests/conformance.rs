@@ -296,3 +296,24 @@ async fn both_reference_managers_pass_the_kit() {
     assert!(isolated.passed(), "{isolated}");
     assert_eq!(isolated.checks_run(), 8);
 }
+
+#[tokio::test]
+async fn a_hung_async_method_fails_its_checks_instead_of_hanging() {
+    let report = Conformance::new(ManagerMode::Unified)
+        .check_timeout(Some(std::time::Duration::from_millis(50)))
+        .run(|context| support::build(ManagerMode::Unified, context, Some(Bug::SendHangs)))
+        .await;
+    assert_eq!(
+        failing(&report),
+        [Check::RemovalClearsLookups, Check::DeliveryCounts].into(),
+        "{report}"
+    );
+    let failure = report
+        .outcome(Check::DeliveryCounts)
+        .unwrap()
+        .failure
+        .as_ref()
+        .unwrap();
+    assert_eq!(failure.got, "an async method never returned");
+    assert!(failure.fix.contains(".await"));
+}

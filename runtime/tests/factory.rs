@@ -418,3 +418,24 @@ async fn validating_a_live_instance_never_touches_its_users_sockets() {
     let nothing = tokio::time::timeout(std::time::Duration::from_millis(20), receiver.recv()).await;
     assert!(nothing.is_err(), "alice's socket received {nothing:?}");
 }
+
+#[tokio::test]
+async fn instances_stay_known_while_alive_through_many_per_request_builds() {
+    let factory = good_pair();
+    let kept = factory
+        .create_manager(Some(user("kept")), ManagerMode::Isolated)
+        .unwrap();
+    for n in 0..500 {
+        // one isolated manager per request, dropped at the end of it
+        let per_request = factory
+            .create_manager(Some(user(&format!("u{n}"))), ManagerMode::Isolated)
+            .unwrap();
+        drop(per_request);
+    }
+    let result = factory.validate_manager_instance(kept.as_ref()).await;
+    assert!(result.factory_method_available, "{result}");
+    assert_eq!(result.registry_name.as_deref(), Some("isolated"));
+    let stranger = support::unified(None);
+    let result = factory.validate_manager_instance(stranger.as_ref()).await;
+    assert!(!result.factory_method_available);
+}

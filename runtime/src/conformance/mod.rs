@@ -40,7 +40,7 @@
 //!     Ok(Arc::new(Quiet)) // a manager that forgets everything it is told
 //! }
 //!
-//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! let report = Conformance::new(ManagerMode::Unified).run(build).await;
 //! assert!(!report.passed());
 //! let failure = &report.failures()[0];
@@ -398,6 +398,19 @@ fn unreachable_id() -> ! {
     panic!("a constant probe id was refused by the id validator")
 }
 
+/// How long one check may take by default before it fails as hung.
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn timed_out(limit: Duration) -> CheckFailure {
+    CheckFailure::new(
+        "",
+        "(an async method)",
+        format!("the check to finish within {limit:?}"),
+        "an async method never returned",
+        "never hold a lock across `.await` and bound every wait (a send must not wait for a removal that needs the same lock)",
+    )
+}
+
 /// Runs the kit against a manager constructor or a live instance.
 ///
 /// ```
@@ -415,6 +428,7 @@ pub struct Conformance {
     config: ManagerConfig,
     extensions: Extensions,
     delivery_wait: Duration,
+    check_timeout: Option<Duration>,
     checks: Vec<Check>,
 }
 
@@ -427,6 +441,7 @@ impl Conformance {
             config: ManagerConfig::default(),
             extensions: Extensions::new(),
             delivery_wait: Duration::ZERO,
+            check_timeout: Some(DEFAULT_CHECK_TIMEOUT),
             checks: Check::ALL
                 .into_iter()
                 .filter(|c| c.applies_to(mode))
@@ -451,6 +466,14 @@ impl Conformance {
     /// managers); a manager that delivers from another task needs a wait.
     pub fn delivery_wait(mut self, wait: Duration) -> Self {
         self.delivery_wait = wait;
+        self
+    }
+
+    /// How long one check may take before it fails as hung (default
+    /// [`DEFAULT_CHECK_TIMEOUT`]); `None` waits forever. A limit needs the
+    /// tokio time driver, which `#[tokio::main]` and `#[tokio::test]` enable.
+    pub fn check_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.check_timeout = limit;
         self
     }
 
@@ -544,19 +567,35 @@ impl Conformance {
         scope: &ProbeScope,
     ) -> Option<CheckFailure> {
         let mut probe = Probe::new(manager, scope, self.mode, self.delivery_wait);
-        let result = match check {
-            Check::AddThenLookupBySocket => checks::add_then_lookup_by_socket(&mut probe).await,
-            Check::ThreadRouting => checks::thread_routing(&mut probe).await,
-            Check::UnknownIds => checks::unknown_ids(&mut probe).await,
-            Check::RemovalClearsLookups => checks::removal_clears_lookups(&mut probe).await,
-            Check::DeliveryCounts => checks::delivery_counts(&mut probe).await,
-            Check::HealthCounts => checks::health_counts(&mut probe).await,
-            Check::IsolationRefusesConnections => {
-                checks::isolation_refuses_connections(&mut probe).await
+        let body = async {
+            match check {
+                Check::AddThenLookupBySocket => checks::add_then_lookup_by_socket(&mut probe).await,
+                Check::ThreadRouting => checks::thread_routing(&mut probe).await,
+                Check::UnknownIds => checks::unknown_ids(&mut probe).await,
+                Check::RemovalClearsLookups => checks::removal_clears_lookups(&mut probe).await,
+                Check::DeliveryCounts => checks::delivery_counts(&mut probe).await,
+                Check::HealthCounts => checks::health_counts(&mut probe).await,
+                Check::IsolationRefusesConnections => {
+                    checks::isolation_refuses_connections(&mut probe).await
+                }
+                Check::IsolationRefusesSends => checks::isolation_refuses_sends(&mut probe).await,
             }
-            Check::IsolationRefusesSends => checks::isolation_refuses_sends(&mut probe).await,
         };
-        probe.cleanup().await;
+        let result = match self.check_timeout {
+            // A hung async method (a lock held across `.await`, the original
+            // system's deadlock) must fail the check, not hang startup.
+            Some(limit) => tokio::time::timeout(limit, body)
+                .await
+                .unwrap_or_else(|_| Err(timed_out(limit))),
+            None => body.await,
+        };
+        match self.check_timeout {
+            Some(limit) => {
+                // Cleanup may hang on the same lock; give up on it then.
+                let _ = tokio::time::timeout(limit, probe.cleanup()).await;
+            }
+            None => probe.cleanup().await,
+        }
         result.err().map(|failure| CheckFailure {
             check: check.name().to_owned(),
             ..failure

@@ -34,6 +34,8 @@ pub enum Bug {
     /// An isolated manager that refuses other users' connections but sends
     /// to them.
     SendsToOtherUsers,
+    /// `send_to_user` never returns (the original deadlock).
+    SendHangs,
 }
 
 #[derive(Default)]
@@ -252,6 +254,9 @@ impl WebSocketManager for TestManager {
         message: serde_json::Value,
     ) -> Result<Delivery, ManagerError> {
         self.guard(user_id, true)?;
+        if self.has(Bug::SendHangs) {
+            std::future::pending::<()>().await;
+        }
         let frame = TextFrame::from_json(&message)?;
         let sockets = self.user_sockets(user_id);
         self.deliver(
