@@ -237,6 +237,7 @@ mod tests {
         let manager = ManagerConfig::builder()
             .queue_capacity(7)
             .queue_max_bytes(700)
+            .pending_capacity(7)
             .build()
             .unwrap();
         let config = TransportConfig::builder()
