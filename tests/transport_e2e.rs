@@ -862,3 +862,28 @@ async fn shutdown_reports_connections_that_did_not_close_within_the_drain_time()
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_aborted_connection_task_still_leaves_the_manager_clean() {
+    bounded(async {
+        let server = TestServer::start(ServerOptions::default()).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = server.service.clone();
+        let task = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            websocket_manager::transport::tungstenite::accept(&service, stream).await
+        });
+        let mut client = connect(addr, "frank", None).await;
+        server.wait_connections("frank", 1).await;
+        task.abort();
+        server.assert_indexes_empty().await;
+        assert_eq!(server.service.live_connections(), 0);
+        // The client sees its connection end.
+        assert!(matches!(
+            next_seen(&mut client).await,
+            Seen::Close(_) | Seen::Gone
+        ));
+    })
+    .await;
+}

@@ -298,6 +298,13 @@ impl WebSocketService {
             return outcome(refused(reason));
         }
         tracing::debug!(connection = %connection_id, user = %user_id, "connection registered");
+        // If this future is dropped before the end (the task was aborted),
+        // the guard still takes the connection out of the manager.
+        let mut registered = RegisteredGuard {
+            inner: Arc::clone(inner),
+            connection_id: Some(connection_id.clone()),
+            socket: handle.clone(),
+        };
 
         let context = InboundContext {
             connection_id: connection_id.clone(),
@@ -317,6 +324,7 @@ impl WebSocketService {
 
         // Remove from the manager before the tracker, so that a finished
         // shutdown implies clean manager indexes.
+        registered.connection_id = None;
         inner.manager.remove_connection(&connection_id).await;
         inner.tracker.unregister(handle.id());
         let outcome = outcome(end);
@@ -335,6 +343,37 @@ impl WebSocketService {
             .await;
         tracing::info!(%report, "websocket service shut down");
         report
+    }
+}
+
+/// Removes a registered connection whose `serve` future was dropped early.
+struct RegisteredGuard {
+    inner: Arc<ServiceInner>,
+    /// `None` once `serve` removed the connection itself.
+    connection_id: Option<ConnectionId>,
+    socket: WebSocketHandle,
+}
+
+impl Drop for RegisteredGuard {
+    fn drop(&mut self) {
+        let Some(connection_id) = self.connection_id.take() else {
+            return;
+        };
+        // The writer task, if still running, stops on this close.
+        self.socket.close(CloseReason::going_away());
+        let inner = Arc::clone(&self.inner);
+        let socket = self.socket.id();
+        tracing::warn!(connection = %connection_id, "connection task dropped early; removing it");
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    inner.manager.remove_connection(&connection_id).await;
+                    inner.tracker.unregister(socket);
+                });
+            }
+            // No runtime left (process exit): nothing will read the manager.
+            Err(_) => inner.tracker.unregister(socket),
+        }
     }
 }
 
