@@ -25,6 +25,9 @@ use crate::connection::{CloseReason, OutboundEvent, OutboundReceiver, WebSocketH
 /// meanwhile (the close must win over a write that cannot progress).
 const CLOSE_POLL: Duration = Duration::from_millis(20);
 
+/// Frames written per flush at most, when several are already queued.
+const MAX_BATCH: usize = 32;
+
 /// Why a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -318,7 +321,32 @@ where
             },
             _ = ping.tick() => WireMessage::Ping(Bytes::new()),
         };
-        match write_bounded(&mut sink, message, &socket, config.write_timeout()).await {
+        // Take whatever else is already queued, to write it with one flush.
+        let mut batch = vec![message];
+        let mut close_next = None;
+        while batch.len() < MAX_BATCH {
+            match outbound.recv().now_or_never() {
+                Some(Some(OutboundEvent::Frame(frame))) => {
+                    batch.push(WireMessage::Text(Utf8Text::from(frame)));
+                }
+                Some(Some(OutboundEvent::Close(reason))) => {
+                    close_next = Some(reason);
+                    break;
+                }
+                Some(None) => {
+                    close_next = Some(CloseReason::normal());
+                    break;
+                }
+                None => break,
+            }
+        }
+        if let Some(reason) = close_next {
+            // The close wins over frames still waiting, as documented on
+            // `OutboundEvent::Close`.
+            send_close(&mut sink, reason.clone(), config.close_timeout()).await;
+            return WriterExit::Closed(reason);
+        }
+        match write_bounded(&mut sink, batch, &socket, config.write_timeout()).await {
             Ok(()) => {}
             Err(WriteFailure::ClosedWhileStalled(reason)) => {
                 send_close(&mut sink, reason.clone(), config.close_timeout()).await;
@@ -338,11 +366,11 @@ where
     }
 }
 
-/// Writes one message, giving up after `limit`, or as soon as the socket is
+/// Writes a batch of messages and flushes once, giving up after `limit`, or as soon as the socket is
 /// closed while the write cannot progress.
 async fn write_bounded<K>(
     sink: &mut K,
-    message: WireMessage,
+    batch: Vec<WireMessage>,
     socket: &WebSocketHandle,
     limit: Duration,
 ) -> Result<(), WriteFailure>
@@ -359,13 +387,23 @@ where
     };
     tokio::select! {
         biased;
-        result = tokio::time::timeout(limit, sink.send(message)) => match result {
+        result = tokio::time::timeout(limit, write_batch(sink, batch)) => match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(WriteFailure::Failed(error.to_string())),
             Err(_) => Err(WriteFailure::TimedOut),
         },
         reason = close_requested => Err(WriteFailure::ClosedWhileStalled(reason)),
     }
+}
+
+async fn write_batch<K>(sink: &mut K, batch: Vec<WireMessage>) -> Result<(), WireError>
+where
+    K: Sink<WireMessage, Error = WireError> + Unpin,
+{
+    for message in batch {
+        sink.feed(message).await?;
+    }
+    sink.flush().await
 }
 
 /// Sends a close frame and flushes, within `limit`. After the client's own
