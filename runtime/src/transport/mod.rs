@@ -69,7 +69,7 @@ pub use handler::{
     handler_fn,
 };
 #[cfg(feature = "jwt")]
-pub use jwt::{JwtAuthenticator, JwtError};
+pub use jwt::{DEFAULT_SUBPROTOCOL, JwtAuthenticator, JwtError, TOKEN_PROTOCOL_PREFIX};
 pub use service::{Admission, ConnectionOutcome, WebSocketService, WebSocketServiceBuilder};
 pub use shutdown::{LeftConnection, ShutdownReport};
 pub use wire::{Utf8Text, WireError, WireMessage, WireSocket};
