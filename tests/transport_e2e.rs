@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use e2e_support::*;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::{self, Message};
 use websocket_manager::transport::{
     EndReason, HandlerError, InboundContext, InboundMessage, TransportConfig, handler_fn,
@@ -426,6 +428,26 @@ async fn an_oversized_message_closes_that_socket_with_1009_and_nothing_else() {
             .await
             .unwrap();
         assert_eq!(next_json(&mut other_tab).await["type"], "after");
+        // A message over the limit made of frames each under the frame
+        // limit is refused too: the message limit counts the whole message.
+        let mut fragmented = connect(server.addr, "alice", None).await;
+        server.wait_connections("alice", 2).await;
+        let half = "f".repeat(40 * 1024);
+        for (opcode, last) in [(Data::Text, false), (Data::Continue, true)] {
+            fragmented
+                .send(Message::Frame(Frame::message(
+                    half.clone().into_bytes(),
+                    OpCode::Data(opcode),
+                    last,
+                )))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            expect_close(&mut fragmented).await.map(|(code, _)| code),
+            Some(1009)
+        );
+        server.wait_connections("alice", 1).await;
         close(other_tab).await;
         server.assert_indexes_empty().await;
     })
