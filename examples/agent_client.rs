@@ -87,7 +87,8 @@ async fn print_until(client: &mut Client, stop: impl Fn(&Value) -> bool) -> Resu
 
 async fn run(port: u16, user: &str) -> Result<(), Error> {
     let token = demo_token(port, user).await?;
-    let mut client = connect(port, &token, "thread-1").await?;
+    let thread = format!("{user}:thread-1");
+    let mut client = connect(port, &token, &thread).await?;
     client
         .send(Message::text(
             json!({"type": "run", "prompt": "What is the weather in Lisbon?"}).to_string(),
@@ -99,7 +100,7 @@ async fn run(port: u16, user: &str) -> Result<(), Error> {
     drop(client);
     println!("offline for 2 s...");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut client = connect(port, &token, "thread-1").await?;
+    let mut client = connect(port, &token, &thread).await?;
     println!("back online; what arrives (replayed critical events first):");
     print_until(&mut client, |event| event["type"] == "final_answer").await?;
     client.close(None).await?;

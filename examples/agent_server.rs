@@ -11,9 +11,10 @@
 //!
 //! Routes (bound to 127.0.0.1 only):
 //!
-//! * `GET /ws?thread=...`: the upgrade, authenticated with a JWT (HS256,
-//!   audience `agent-server`) from `Authorization: Bearer` or the
-//!   `Sec-WebSocket-Protocol` header; no token -> 401, foreign `Origin` -> 403.
+//! * `GET /ws?thread=<user>:<name>`: the upgrade, authenticated with a JWT
+//!   (HS256, audience `agent-server`) from `Authorization: Bearer` or the
+//!   `Sec-WebSocket-Protocol` header; no token -> 401, foreign `Origin` or
+//!   another user's thread -> 403.
 //!   Send `{"type":"run","prompt":"..."}` to start an agent run.
 //! * `GET /health/{user}`: that user's connections and counters (JSON).
 //! * `GET /managers`: the startup validation report (JSON).
@@ -34,7 +35,7 @@ use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
 use serde_json::{Value, json};
 use websocket_manager::transport::{
     HandlerError, InboundContext, InboundMessage, JwtAuthenticator, MessageHandler, OriginPolicy,
-    TransportConfig, WebSocketService,
+    TransportConfig, UserScopedThreads, WebSocketService,
 };
 use websocket_manager::{
     AGENT_COMPLETED, AGENT_STARTED, AGENT_THINKING, ManagerConfig, StandardFactory, StartupOptions,
@@ -194,7 +195,8 @@ async fn main() -> ExitCode {
     };
     let service = WebSocketService::builder(
         Arc::clone(&manager),
-        JwtAuthenticator::hs256(&secret).audience([AUDIENCE]),
+        // A user may follow only their own threads, `<user>:<name>`.
+        UserScopedThreads(JwtAuthenticator::hs256(&secret).audience([AUDIENCE])),
     )
     .origins(OriginPolicy::allow([
         format!("http://127.0.0.1:{}", addr.port()),

@@ -200,6 +200,59 @@ pub trait Authenticator: Send + Sync + 'static {
     }
 }
 
+/// Wraps an [`Authenticator`] so that a user may follow only threads named
+/// `"<user id>:<anything>"`: a user cannot subscribe to another user's
+/// thread by guessing its id, since `send_to_thread` reaches every
+/// connection bound to the thread. (Keep `:` out of user ids, or user `a`
+/// could follow user `a:b`'s threads.)
+///
+/// ```
+/// use websocket_manager::transport::{Authenticator, Identity, UserScopedThreads};
+/// use websocket_manager::{ThreadId, UserId};
+/// # #[derive(Clone)] struct Any;
+/// # #[websocket_manager::transport::async_trait]
+/// # impl Authenticator for Any {
+/// #     async fn authenticate(&self, _: &websocket_manager::transport::UpgradeRequest<'_>)
+/// #         -> Result<Identity, websocket_manager::transport::AuthError> { unreachable!() }
+/// # }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let scoped = UserScopedThreads(Any);
+/// let alice = Identity::new(UserId::new("alice")?);
+/// assert!(scoped.authorize_thread(&alice, &ThreadId::new("alice:run-1")?).await.is_ok());
+/// assert!(scoped.authorize_thread(&alice, &ThreadId::new("bob:run-1")?).await.is_err());
+/// # Ok::<(), websocket_manager::IdError>(()) }).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct UserScopedThreads<A>(pub A);
+
+#[async_trait::async_trait]
+impl<A: Authenticator> Authenticator for UserScopedThreads<A> {
+    async fn authenticate(&self, request: &UpgradeRequest<'_>) -> Result<Identity, AuthError> {
+        self.0.authenticate(request).await
+    }
+
+    async fn authorize_thread(
+        &self,
+        identity: &Identity,
+        thread: &ThreadId,
+    ) -> Result<(), AuthError> {
+        let owned = thread
+            .as_str()
+            .strip_prefix(identity.user_id.as_str())
+            .is_some_and(|rest| rest.starts_with(':'));
+        if !owned {
+            return Err(AuthError::Forbidden(
+                format!(
+                    "thread `{thread}` does not belong to user `{}` (expected `{}:...`)",
+                    identity.user_id, identity.user_id
+                )
+                .into(),
+            ));
+        }
+        self.0.authorize_thread(identity, thread).await
+    }
+}
+
 /// Which `Origin`s may open a WebSocket (against cross-site WebSocket
 /// hijacking: browsers send cookies with a cross-site upgrade, and the
 /// `Origin` header is the only sign of it).
@@ -341,6 +394,35 @@ mod tests {
             AuthError::Unauthorized("secret detail".into()).public_message(),
             "Unauthorized"
         );
+    }
+
+    struct Nobody;
+
+    #[async_trait::async_trait]
+    impl Authenticator for Nobody {
+        async fn authenticate(&self, _: &UpgradeRequest<'_>) -> Result<Identity, AuthError> {
+            Err(AuthError::Unauthorized("nobody".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn scoped_threads_need_the_exact_user_prefix() {
+        let scoped = UserScopedThreads(Nobody);
+        let ali = Identity::new(UserId::new("ali").unwrap());
+        for (thread, allowed) in [
+            ("ali:t", true),
+            ("alice:t", false),
+            ("ali", false),
+            ("xali:t", false),
+        ] {
+            let result = scoped
+                .authorize_thread(&ali, &ThreadId::new(thread).unwrap())
+                .await;
+            assert_eq!(result.is_ok(), allowed, "{thread}: {result:?}");
+            if let Err(error) = result {
+                assert_eq!(error.status(), StatusCode::FORBIDDEN);
+            }
+        }
     }
 
     #[test]

@@ -61,7 +61,9 @@ mod wire;
 /// `async_trait`, re-exported to implement [`Authenticator`] and
 /// [`MessageHandler`] without another dependency.
 pub use async_trait::async_trait;
-pub use auth::{AuthError, Authenticator, Identity, OriginPolicy, UpgradeRequest};
+pub use auth::{
+    AuthError, Authenticator, Identity, OriginPolicy, UpgradeRequest, UserScopedThreads,
+};
 pub use config::{TransportConfig, TransportConfigBuilder, TransportConfigError};
 pub use driver::EndReason;
 pub use handler::{
