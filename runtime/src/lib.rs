@@ -47,6 +47,8 @@ pub mod protocol;
 pub mod registry;
 pub mod report;
 mod table;
+#[cfg(feature = "transport")]
+pub mod transport;
 pub mod validation;
 
 pub use config::{ConfigError, ManagerConfig, ManagerConfigBuilder, SlowConsumerPolicy};

@@ -1,0 +1,138 @@
+//! A terminal client for `agent_server --demo`: gets a demo token, connects
+//! (token in `Sec-WebSocket-Protocol`, as a browser would send it), starts an
+//! agent run, drops the connection after `agent_thinking`, reconnects two
+//! seconds later and prints what arrives: the critical events missed while
+//! offline come first, replayed in order.
+//!
+//! ```text
+//! cargo run --example agent_server -- --demo &
+//! cargo run --example agent_client -- --port 3000 --user alice
+//! ```
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+type Client = WebSocketStream<TcpStream>;
+type Error = Box<dyn std::error::Error>;
+
+/// `POST /demo-token` over plain HTTP/1.1 (loopback only, no TLS).
+async fn demo_token(port: u16, user: &str) -> Result<String, Error> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    let body = json!({ "user": user }).to_string();
+    let request = format!(
+        "POST /demo-token HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or("malformed response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("demo token refused: {}", head.lines().next().unwrap_or("")).into());
+    }
+    let value: Value = serde_json::from_str(body)?;
+    Ok(value["token"]
+        .as_str()
+        .ok_or("no token in the response")?
+        .to_owned())
+}
+
+async fn connect(port: u16, token: &str, thread: &str) -> Result<Client, Error> {
+    let mut request = format!("ws://127.0.0.1:{port}/ws?thread={thread}").into_client_request()?;
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("websocket-manager, bearer.{token}").parse()?,
+    );
+    let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    let (client, response) = tokio_tungstenite::client_async(request, stream).await?;
+    println!(
+        "connected; server selected subprotocol {:?}",
+        response.headers().get("sec-websocket-protocol")
+    );
+    Ok(client)
+}
+
+/// Prints events until `stop` returns true for one, or 10 s pass quietly.
+async fn print_until(client: &mut Client, stop: impl Fn(&Value) -> bool) -> Result<(), Error> {
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), client.next()).await;
+        let Ok(Some(message)) = next else {
+            println!("  (no more events)");
+            return Ok(());
+        };
+        if let Message::Text(text) = message? {
+            let event: Value = serde_json::from_str(&text)?;
+            println!(
+                "  {:<16} seq={:<3} {}",
+                event["type"].as_str().unwrap_or("?"),
+                event["sequence"],
+                event.get("data").unwrap_or(&event)
+            );
+            if stop(&event) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn run(port: u16, user: &str) -> Result<(), Error> {
+    let token = demo_token(port, user).await?;
+    let thread = format!("{user}:thread-1");
+    let mut client = connect(port, &token, &thread).await?;
+    client
+        .send(Message::text(
+            json!({"type": "run", "prompt": "What is the weather in Lisbon?"}).to_string(),
+        ))
+        .await?;
+    println!("run started; dropping the connection after agent_thinking:");
+    print_until(&mut client, |event| event["type"] == "agent_thinking").await?;
+    client.close(None).await?;
+    drop(client);
+    println!("offline for 2 s...");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut client = connect(port, &token, &thread).await?;
+    println!("back online; what arrives (replayed critical events first):");
+    print_until(&mut client, |event| event["type"] == "final_answer").await?;
+    client.close(None).await?;
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let mut port = 3000u16;
+    let mut user = "alice".to_owned();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match (arg.as_str(), args.next()) {
+            ("--port", Some(value)) => match value.parse() {
+                Ok(value) => port = value,
+                Err(_) => {
+                    eprintln!("--port: `{value}` is not a port number");
+                    return ExitCode::from(2);
+                }
+            },
+            ("--user", Some(value)) => user = value,
+            _ => {
+                eprintln!("usage: agent_client [--port N] [--user NAME]");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match run(port, &user).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! Authentication at the HTTP upgrade: [`Authenticator`] (supplied by the
+//! application), [`OriginPolicy`] and what they see, [`UpgradeRequest`].
+//!
+//! The user's identity always comes from a verified credential on the
+//! upgrade request, before any socket exists or any registration happens;
+//! never from a `user_id` query parameter.
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+
+use http::{HeaderMap, StatusCode, Uri, header};
+
+use crate::ids::{ThreadId, UserId};
+
+/// The parts of the HTTP upgrade request an authenticator may look at.
+///
+/// ```
+/// use websocket_manager::transport::UpgradeRequest;
+/// let uri: http::Uri = "/ws?thread=t%2D1&x=y".parse().unwrap();
+/// let mut headers = http::HeaderMap::new();
+/// headers.insert("authorization", "Bearer abc".parse().unwrap());
+/// headers.insert("sec-websocket-protocol", "agent.v1, bearer.xyz".parse().unwrap());
+/// let request = UpgradeRequest::new(&uri, &headers);
+/// assert_eq!(request.query_param("thread").as_deref(), Some("t-1"));
+/// assert_eq!(request.bearer_token(), Some("abc"));
+/// assert_eq!(request.offered_protocols().collect::<Vec<_>>(), ["agent.v1", "bearer.xyz"]);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct UpgradeRequest<'a> {
+    /// The request target (path and query).
+    pub uri: &'a Uri,
+    /// The request headers.
+    pub headers: &'a HeaderMap,
+}
+
+impl<'a> UpgradeRequest<'a> {
+    /// A view on a request's target and headers.
+    pub fn new(uri: &'a Uri, headers: &'a HeaderMap) -> Self {
+        UpgradeRequest { uri, headers }
+    }
+
+    /// The first value of a query parameter, percent-decoded (`+` is a space).
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.uri.query()?.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(key)? == name).then(|| percent_decode(value))?
+        })
+    }
+
+    /// The token of an `Authorization: Bearer <token>` header.
+    pub fn bearer_token(&self) -> Option<&'a str> {
+        let value = self.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, token) = value.trim().split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim())
+            .filter(|t| !t.is_empty())
+    }
+
+    /// The subprotocols the client offered in `Sec-WebSocket-Protocol`, in order.
+    pub fn offered_protocols(&self) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+    }
+
+    /// The `Origin` header, if any.
+    pub fn origin(&self) -> Option<&'a str> {
+        self.headers.get(header::ORIGIN)?.to_str().ok()
+    }
+}
+
+fn percent_decode(input: &str) -> Option<String> {
+    let bytes = input.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = input.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Who the upgrade request was authenticated as.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    /// The verified user.
+    pub user_id: UserId,
+    /// The subprotocol to echo in the `101` response. When the client offered
+    /// subprotocols, browsers fail the connection unless the server selects
+    /// one of them; never select the one that carries the token.
+    pub subprotocol: Option<String>,
+    /// Data stored in the connection's metadata (claims, client version...).
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Identity {
+    /// An identity with no subprotocol and no metadata.
+    pub fn new(user_id: UserId) -> Self {
+        Identity {
+            user_id,
+            subprotocol: None,
+            metadata: serde_json::Map::new(),
+        }
+    }
+}
+
+/// Why an upgrade was refused; [`status`](Self::status) is the HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// No credential, or one that failed verification: `401`.
+    #[error("unauthorized: {0}")]
+    Unauthorized(Cow<'static, str>),
+    /// A verified user who may not do this, or a foreign `Origin`: `403`.
+    #[error("forbidden: {0}")]
+    Forbidden(Cow<'static, str>),
+    /// A malformed request (bad thread id...): `400`.
+    #[error("bad request: {0}")]
+    BadRequest(Cow<'static, str>),
+    /// The server is shutting down and accepts no new connection: `503`.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+impl AuthError {
+    /// The HTTP status to answer with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AuthError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AuthError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AuthError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The text for the response body: the status's name only, so that no
+    /// verification detail leaks to the client (the detail is logged).
+    pub fn public_message(&self) -> &'static str {
+        self.status().canonical_reason().unwrap_or("refused")
+    }
+}
+
+/// Verifies the credential on an upgrade request.
+///
+/// Runs before any registration; an `Err` becomes the HTTP status of
+/// [`AuthError::status`] and no socket is opened. See
+/// [`JwtAuthenticator`](super::JwtAuthenticator) (feature `jwt`) for a ready one.
+///
+/// ```
+/// use websocket_manager::transport::{AuthError, Authenticator, Identity, UpgradeRequest};
+/// use websocket_manager::UserId;
+/// /// Accepts `Authorization: Bearer <api key>` from a fixed table.
+/// struct ApiKeys(std::collections::HashMap<String, UserId>);
+/// #[websocket_manager::transport::async_trait]
+/// impl Authenticator for ApiKeys {
+///     async fn authenticate(&self, request: &UpgradeRequest<'_>) -> Result<Identity, AuthError> {
+///         let key = request.bearer_token().ok_or(AuthError::Unauthorized("no token".into()))?;
+///         let user = self.0.get(key).ok_or(AuthError::Unauthorized("unknown key".into()))?;
+///         Ok(Identity::new(user.clone()))
+///     }
+/// }
+/// ```
+#[async_trait::async_trait]
+pub trait Authenticator: Send + Sync + 'static {
+    /// Verifies the request's credential and returns who it belongs to.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::Unauthorized`] for a missing or invalid credential.
+    async fn authenticate(&self, request: &UpgradeRequest<'_>) -> Result<Identity, AuthError>;
+
+    /// Whether `identity` may follow `thread` (from the `thread` query
+    /// parameter). The default allows every thread: override it when thread
+    /// ids are guessable and threads are private, since `send_to_thread`
+    /// reaches every connection bound to the thread.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::Forbidden`] to refuse.
+    async fn authorize_thread(
+        &self,
+        identity: &Identity,
+        thread: &ThreadId,
+    ) -> Result<(), AuthError> {
+        let _ = (identity, thread);
+        Ok(())
+    }
+}
+
+/// Wraps an [`Authenticator`] so that a user may follow only threads named
+/// `"<user id>:<anything>"`: a user cannot subscribe to another user's
+/// thread by guessing its id, since `send_to_thread` reaches every
+/// connection bound to the thread. (Keep `:` out of user ids, or user `a`
+/// could follow user `a:b`'s threads.)
+///
+/// ```
+/// use websocket_manager::transport::{Authenticator, Identity, UserScopedThreads};
+/// use websocket_manager::{ThreadId, UserId};
+/// # #[derive(Clone)] struct Any;
+/// # #[websocket_manager::transport::async_trait]
+/// # impl Authenticator for Any {
+/// #     async fn authenticate(&self, _: &websocket_manager::transport::UpgradeRequest<'_>)
+/// #         -> Result<Identity, websocket_manager::transport::AuthError> { unreachable!() }
+/// # }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let scoped = UserScopedThreads(Any);
+/// let alice = Identity::new(UserId::new("alice")?);
+/// assert!(scoped.authorize_thread(&alice, &ThreadId::new("alice:run-1")?).await.is_ok());
+/// assert!(scoped.authorize_thread(&alice, &ThreadId::new("bob:run-1")?).await.is_err());
+/// # Ok::<(), websocket_manager::IdError>(()) }).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct UserScopedThreads<A>(pub A);
+
+#[async_trait::async_trait]
+impl<A: Authenticator> Authenticator for UserScopedThreads<A> {
+    async fn authenticate(&self, request: &UpgradeRequest<'_>) -> Result<Identity, AuthError> {
+        self.0.authenticate(request).await
+    }
+
+    async fn authorize_thread(
+        &self,
+        identity: &Identity,
+        thread: &ThreadId,
+    ) -> Result<(), AuthError> {
+        let owned = thread
+            .as_str()
+            .strip_prefix(identity.user_id.as_str())
+            .is_some_and(|rest| rest.starts_with(':'));
+        if !owned {
+            return Err(AuthError::Forbidden(
+                format!(
+                    "thread `{thread}` does not belong to user `{}` (expected `{}:...`)",
+                    identity.user_id, identity.user_id
+                )
+                .into(),
+            ));
+        }
+        self.0.authorize_thread(identity, thread).await
+    }
+}
+
+/// Which `Origin`s may open a WebSocket (against cross-site WebSocket
+/// hijacking: browsers send cookies with a cross-site upgrade, and the
+/// `Origin` header is the only sign of it).
+///
+/// The default allows no browser origin and allows requests without an
+/// `Origin` (non-browser clients do not send one).
+///
+/// ```
+/// use websocket_manager::transport::OriginPolicy;
+/// let policy = OriginPolicy::allow(["http://127.0.0.1:3000"]);
+/// assert!(policy.check(Some("http://127.0.0.1:3000")).is_ok());
+/// assert!(policy.check(Some("HTTP://127.0.0.1:3000/")).is_ok());
+/// assert!(policy.check(Some("https://evil.example")).is_err());
+/// assert!(policy.check(None).is_ok());
+/// assert!(policy.clone().require_origin(true).check(None).is_err());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OriginPolicy {
+    allowed: BTreeSet<String>,
+    any: bool,
+    require_origin: bool,
+}
+
+impl OriginPolicy {
+    /// Allows exactly these origins (`scheme://host[:port]`).
+    pub fn allow<I, S>(origins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        OriginPolicy {
+            allowed: origins
+                .into_iter()
+                .map(|o| normalize_origin(o.as_ref()))
+                .collect(),
+            any: false,
+            require_origin: false,
+        }
+    }
+
+    /// Allows every origin. Only for servers that use no ambient credential
+    /// (cookies) at all.
+    pub fn any() -> Self {
+        OriginPolicy {
+            allowed: BTreeSet::new(),
+            any: true,
+            require_origin: false,
+        }
+    }
+
+    /// Adds one allowed origin.
+    pub fn with_origin(mut self, origin: impl AsRef<str>) -> Self {
+        self.allowed.insert(normalize_origin(origin.as_ref()));
+        self
+    }
+
+    /// Refuses requests without an `Origin` header (browser-only servers).
+    pub fn require_origin(mut self, required: bool) -> Self {
+        self.require_origin = required;
+        self
+    }
+
+    /// Checks an `Origin` header value.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::Forbidden`] for an origin not on the list, or a missing
+    /// one when it is required.
+    pub fn check(&self, origin: Option<&str>) -> Result<(), AuthError> {
+        match origin {
+            None if self.require_origin => {
+                Err(AuthError::Forbidden("the Origin header is required".into()))
+            }
+            None => Ok(()),
+            Some(_) if self.any => Ok(()),
+            Some(origin) if self.allowed.contains(&normalize_origin(origin)) => Ok(()),
+            Some(origin) => Err(AuthError::Forbidden(
+                format!(
+                    "origin `{}` is not allowed",
+                    origin.chars().take(100).collect::<String>()
+                )
+                .into(),
+            )),
+        }
+    }
+}
+
+fn normalize_origin(origin: &str) -> String {
+    origin.trim().trim_end_matches('/').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_decoded_and_missing_ones_are_none() {
+        let uri: Uri = "/ws?a=1&thread=hello+w%C3%B6rld&bad=%zz".parse().unwrap();
+        let headers = HeaderMap::new();
+        let request = UpgradeRequest::new(&uri, &headers);
+        assert_eq!(
+            request.query_param("thread").as_deref(),
+            Some("hello wörld")
+        );
+        assert_eq!(request.query_param("a").as_deref(), Some("1"));
+        assert_eq!(request.query_param("user_id"), None);
+        assert_eq!(request.query_param("bad"), None);
+    }
+
+    #[test]
+    fn bearer_token_needs_the_scheme() {
+        let uri: Uri = "/".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(UpgradeRequest::new(&uri, &headers).bearer_token(), None);
+        headers.insert(header::AUTHORIZATION, "bearer   tok ".parse().unwrap());
+        assert_eq!(
+            UpgradeRequest::new(&uri, &headers).bearer_token(),
+            Some("tok")
+        );
+    }
+
+    #[test]
+    fn statuses_match_the_refusal() {
+        assert_eq!(
+            AuthError::Unauthorized("x".into()).status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            AuthError::Forbidden("x".into()).status(),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            AuthError::ShuttingDown.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            AuthError::Unauthorized("secret detail".into()).public_message(),
+            "Unauthorized"
+        );
+    }
+
+    struct Nobody;
+
+    #[async_trait::async_trait]
+    impl Authenticator for Nobody {
+        async fn authenticate(&self, _: &UpgradeRequest<'_>) -> Result<Identity, AuthError> {
+            Err(AuthError::Unauthorized("nobody".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn scoped_threads_need_the_exact_user_prefix() {
+        let scoped = UserScopedThreads(Nobody);
+        let ali = Identity::new(UserId::new("ali").unwrap());
+        for (thread, allowed) in [
+            ("ali:t", true),
+            ("alice:t", false),
+            ("ali", false),
+            ("xali:t", false),
+        ] {
+            let result = scoped
+                .authorize_thread(&ali, &ThreadId::new(thread).unwrap())
+                .await;
+            assert_eq!(result.is_ok(), allowed, "{thread}: {result:?}");
+            if let Err(error) = result {
+                assert_eq!(error.status(), StatusCode::FORBIDDEN);
+            }
+        }
+    }
+
+    #[test]
+    fn any_policy_still_honours_require_origin() {
+        assert!(OriginPolicy::any().check(Some("https://x.example")).is_ok());
+        assert!(
+            OriginPolicy::any()
+                .require_origin(true)
+                .check(None)
+                .is_err()
+        );
+        assert!(
+            OriginPolicy::default()
+                .check(Some("http://127.0.0.1"))
+                .is_err()
+        );
+    }
+}

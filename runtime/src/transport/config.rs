@@ -1,0 +1,249 @@
+//! [`TransportConfig`]: heartbeat, size limits, timeouts and queue bounds of
+//! every connection a [`WebSocketService`](super::WebSocketService) drives.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::ManagerConfig;
+use crate::connection::QueueLimits;
+
+/// A transport setting was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid transport configuration: `{field}` {problem}")]
+pub struct TransportConfigError {
+    /// The field.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub problem: &'static str,
+}
+
+/// Per-connection settings of the transport.
+///
+/// | setting | default | meaning |
+/// |---|---|---|
+/// | `ping_interval` | 25 s | the server sends a ping this often |
+/// | `idle_timeout` | 60 s | a connection from which nothing (no message, no pong) arrived for this long is closed (code 4408) and removed |
+/// | `max_message_size` | 64 KiB | a larger inbound message closes the socket with 1009 |
+/// | `max_frame_size` | 64 KiB | a larger inbound frame closes the socket with 1009 |
+/// | `write_timeout` | 10 s | one write may stall this long before the socket is dropped |
+/// | `close_timeout` | 2 s | how long to wait for the peer's side of the close handshake |
+/// | `queue_limits` | 1,024 frames / 8 MiB | each connection's outbound queue (take them from the manager's [`ManagerConfig`]) |
+///
+/// The heartbeat follows socket.io's habit: a client that answers pings (every
+/// browser and WebSocket library does so by itself) is never idle; a client
+/// whose network vanished stops answering and is removed after
+/// `idle_timeout`, which must be longer than `ping_interval`.
+///
+/// ```
+/// use std::time::Duration;
+/// use websocket_manager::transport::TransportConfig;
+/// let config = TransportConfig::builder()
+///     .ping_interval(Duration::from_secs(10))
+///     .idle_timeout(Duration::from_secs(30))
+///     .build()?;
+/// assert_eq!(config.max_message_size(), 64 * 1024);
+/// assert!(TransportConfig::builder()
+///     .ping_interval(Duration::from_secs(30))
+///     .idle_timeout(Duration::from_secs(10))
+///     .build()
+///     .is_err());
+/// # Ok::<(), websocket_manager::transport::TransportConfigError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TransportConfig {
+    #[serde(serialize_with = "millis")]
+    ping_interval: Duration,
+    #[serde(serialize_with = "millis")]
+    idle_timeout: Duration,
+    max_message_size: usize,
+    max_frame_size: usize,
+    #[serde(serialize_with = "millis")]
+    write_timeout: Duration,
+    #[serde(serialize_with = "millis")]
+    close_timeout: Duration,
+    queue_limits: QueueLimits,
+}
+
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            ping_interval: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+            max_message_size: 64 * 1024,
+            max_frame_size: 64 * 1024,
+            write_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(2),
+            queue_limits: QueueLimits::default(),
+        }
+    }
+}
+
+impl TransportConfig {
+    /// A builder starting from the defaults.
+    pub fn builder() -> TransportConfigBuilder {
+        TransportConfigBuilder {
+            config: TransportConfig::default(),
+        }
+    }
+
+    /// How often the server pings.
+    pub fn ping_interval(&self) -> Duration {
+        self.ping_interval
+    }
+
+    /// Silence after which a connection is closed and removed.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    /// Largest inbound message, in bytes.
+    pub fn max_message_size(&self) -> usize {
+        self.max_message_size
+    }
+
+    /// Largest inbound frame, in bytes.
+    pub fn max_frame_size(&self) -> usize {
+        self.max_frame_size
+    }
+
+    /// How long one write may stall.
+    pub fn write_timeout(&self) -> Duration {
+        self.write_timeout
+    }
+
+    /// How long to wait for the peer's close frame.
+    pub fn close_timeout(&self) -> Duration {
+        self.close_timeout
+    }
+
+    /// Bounds of each connection's outbound queue.
+    pub fn queue_limits(&self) -> QueueLimits {
+        self.queue_limits
+    }
+}
+
+/// Builds a validated [`TransportConfig`]; see its table of defaults.
+#[derive(Debug, Clone)]
+pub struct TransportConfigBuilder {
+    config: TransportConfig,
+}
+
+impl TransportConfigBuilder {
+    /// How often the server pings (non-zero).
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.config.ping_interval = interval;
+        self
+    }
+
+    /// Silence after which a connection is removed (longer than the ping interval).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// Largest inbound message in bytes (non-zero).
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.config.max_message_size = bytes;
+        self
+    }
+
+    /// Largest inbound frame in bytes (non-zero).
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.config.max_frame_size = bytes;
+        self
+    }
+
+    /// How long one write may stall (non-zero).
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.config.write_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for the peer's close frame (non-zero).
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.config.close_timeout = timeout;
+        self
+    }
+
+    /// Outbound queue bounds.
+    pub fn queue_limits(mut self, limits: QueueLimits) -> Self {
+        self.config.queue_limits = limits;
+        self
+    }
+
+    /// Takes the outbound queue bounds from the manager's configuration, so
+    /// that the transport and the manager agree on them.
+    pub fn manager_config(self, config: &ManagerConfig) -> Self {
+        self.queue_limits(config.queue_limits())
+    }
+
+    /// Validates and returns the configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportConfigError`] naming the first bad field.
+    pub fn build(self) -> Result<TransportConfig, TransportConfigError> {
+        let c = &self.config;
+        let zero = [
+            ("ping_interval", c.ping_interval.is_zero()),
+            ("idle_timeout", c.idle_timeout.is_zero()),
+            ("max_message_size", c.max_message_size == 0),
+            ("max_frame_size", c.max_frame_size == 0),
+            ("write_timeout", c.write_timeout.is_zero()),
+            ("close_timeout", c.close_timeout.is_zero()),
+        ];
+        if let Some((field, _)) = zero.iter().find(|(_, is_zero)| *is_zero) {
+            return Err(TransportConfigError {
+                field,
+                problem: "must be greater than zero",
+            });
+        }
+        if c.idle_timeout <= c.ping_interval {
+            return Err(TransportConfigError {
+                field: "idle_timeout",
+                problem: "must be longer than ping_interval, or every healthy client would time out",
+            });
+        }
+        Ok(self.config)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_fields_are_refused_by_name() {
+        let error = TransportConfig::builder()
+            .max_message_size(0)
+            .build()
+            .unwrap_err();
+        assert_eq!(error.field, "max_message_size");
+        let error = TransportConfig::builder()
+            .close_timeout(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert_eq!(error.field, "close_timeout");
+    }
+
+    #[test]
+    fn queue_limits_follow_the_manager_config() {
+        let manager = ManagerConfig::builder()
+            .queue_capacity(7)
+            .queue_max_bytes(700)
+            .pending_capacity(7)
+            .build()
+            .unwrap();
+        let config = TransportConfig::builder()
+            .manager_config(&manager)
+            .build()
+            .unwrap();
+        assert_eq!(config.queue_limits(), QueueLimits::new(7, 700));
+    }
+}

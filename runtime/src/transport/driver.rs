@@ -1,0 +1,423 @@
+//! The connection driver: one writer task draining the connection's bounded
+//! queue into the socket, and a reader loop feeding the application's
+//! handler, watching the heartbeat and the size limit.
+//!
+//! Every write is bounded in time and every socket has its own writer task,
+//! so a client that stops reading can only stall its own writer; the
+//! manager never waits on a socket at all (it only `try_send`s).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use serde::Serialize;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::close;
+use super::config::TransportConfig;
+use super::handler::{InboundContext, InboundMessage, MessageHandler};
+use super::wire::{Utf8Text, WireError, WireMessage, WireSocket};
+use crate::connection::{CloseReason, OutboundEvent, OutboundReceiver, WebSocketHandle};
+
+/// How often a stalled write looks whether the manager closed the socket
+/// meanwhile (the close must win over a write that cannot progress).
+const CLOSE_POLL: Duration = Duration::from_millis(20);
+
+/// Frames written per flush at most, when several are already queued.
+const MAX_BATCH: usize = 32;
+
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EndReason {
+    /// The client sent a close frame.
+    ClientClosed {
+        /// The client's close code, if it gave one.
+        code: Option<u16>,
+    },
+    /// The connection dropped without a close frame.
+    Disconnected,
+    /// The client sent a message or frame over the limit (closed with 1009).
+    MessageTooLarge {
+        /// Size seen.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Nothing arrived within the idle timeout (closed with 4408).
+    HeartbeatTimeout,
+    /// The server closed it: the manager removed it (slow consumer,
+    /// `remove_connection`) or the server shut down.
+    ServerClosed {
+        /// The close code sent.
+        code: u16,
+        /// The reason sent.
+        reason: String,
+    },
+    /// A write stalled longer than the write timeout.
+    WriteStalled,
+    /// Reading or writing failed.
+    TransportError {
+        /// The error.
+        error: String,
+    },
+    /// The manager refused the registration; the socket was closed with this
+    /// code and reason right away.
+    Refused {
+        /// The close code sent.
+        code: u16,
+        /// The reason sent.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndReason::ClientClosed { code: Some(code) } => {
+                write!(f, "closed by the client ({code})")
+            }
+            EndReason::ClientClosed { code: None } => f.write_str("closed by the client"),
+            EndReason::Disconnected => f.write_str("disconnected without a close frame"),
+            EndReason::MessageTooLarge { size, max } => {
+                write!(
+                    f,
+                    "inbound message of {size} bytes over the {max} byte limit"
+                )
+            }
+            EndReason::HeartbeatTimeout => f.write_str("heartbeat timeout"),
+            EndReason::ServerClosed { code, reason } => {
+                write!(f, "closed by the server ({code} {reason})")
+            }
+            EndReason::WriteStalled => f.write_str("write stalled"),
+            EndReason::TransportError { error } => write!(f, "transport error: {error}"),
+            EndReason::Refused { code, reason } => {
+                write!(f, "registration refused ({code} {reason})")
+            }
+        }
+    }
+}
+
+/// How the writer task ended.
+enum WriterExit {
+    /// It sent (or tried to send) a close frame with this reason.
+    Closed(CloseReason),
+    /// A write took longer than the write timeout.
+    Stalled,
+    /// A write failed.
+    Failed(String),
+}
+
+/// How the reader loop ended.
+enum ReadEnd {
+    Client(Option<u16>),
+    Eof,
+    TooLarge { size: usize, max: usize },
+    Idle,
+    Error(String),
+    Writer(Option<WriterExit>),
+}
+
+/// Runs one registered connection to its end: spawns the writer, reads until
+/// something ends the connection, and makes sure the writer is gone.
+pub(crate) async fn drive<S: WireSocket>(
+    socket: S,
+    outbound: OutboundReceiver,
+    context: InboundContext,
+    config: &TransportConfig,
+    handler: Arc<dyn MessageHandler>,
+) -> EndReason {
+    let (sink, mut stream) = socket.split();
+    let mut writer = tokio::spawn(write_loop(
+        sink,
+        outbound,
+        context.socket.clone(),
+        config.clone(),
+    ));
+    let read_end = read_loop(&mut stream, &context, config, &handler, &mut writer).await;
+
+    let mut stop =
+        async |reason: CloseReason| stop_writer(&context.socket, reason, config, &mut writer).await;
+    let (end, writer_exit) = match read_end {
+        ReadEnd::Writer(exit) => (writer_end(exit.as_ref()), exit),
+        ReadEnd::Client(code) => (
+            EndReason::ClientClosed { code },
+            stop(close::client_gone()).await,
+        ),
+        ReadEnd::Eof => (EndReason::Disconnected, stop(close::client_gone()).await),
+        ReadEnd::TooLarge { size, max } => (
+            EndReason::MessageTooLarge { size, max },
+            stop(close::message_too_big()).await,
+        ),
+        ReadEnd::Idle => (
+            EndReason::HeartbeatTimeout,
+            stop(close::heartbeat_timeout()).await,
+        ),
+        ReadEnd::Error(error) => (
+            EndReason::TransportError { error },
+            stop(close::transport_error()).await,
+        ),
+    };
+
+    // The server closed: give the client the time of the close handshake to
+    // answer, so it sees a clean close rather than a reset.
+    if let (Some(WriterExit::Closed(_)), EndReason::ServerClosed { .. }) = (&writer_exit, &end) {
+        let _ = tokio::time::timeout(config.close_timeout(), async {
+            while let Some(Ok(message)) = stream.next().await {
+                if matches!(message, WireMessage::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    end
+}
+
+/// Closes the socket so the writer sends the close frame (or flushes the
+/// reply to the client's own close) and stops; it may take no longer than one
+/// write and one close handshake.
+async fn stop_writer(
+    socket: &WebSocketHandle,
+    reason: CloseReason,
+    config: &TransportConfig,
+    writer: &mut tokio::task::JoinHandle<WriterExit>,
+) -> Option<WriterExit> {
+    socket.close(reason);
+    let bound = config.close_timeout() + config.write_timeout();
+    match tokio::time::timeout(bound, &mut *writer).await {
+        Ok(joined) => joined.ok(),
+        Err(_) => {
+            writer.abort();
+            None
+        }
+    }
+}
+
+fn writer_end(exit: Option<&WriterExit>) -> EndReason {
+    match exit {
+        Some(WriterExit::Closed(reason)) => EndReason::ServerClosed {
+            code: reason.code,
+            reason: reason.reason.to_string(),
+        },
+        Some(WriterExit::Stalled) => EndReason::WriteStalled,
+        Some(WriterExit::Failed(error)) => EndReason::TransportError {
+            error: error.clone(),
+        },
+        None => EndReason::TransportError {
+            error: "writer task ended abnormally".to_owned(),
+        },
+    }
+}
+
+async fn read_loop<St>(
+    stream: &mut St,
+    context: &InboundContext,
+    config: &TransportConfig,
+    handler: &Arc<dyn MessageHandler>,
+    writer: &mut tokio::task::JoinHandle<WriterExit>,
+) -> ReadEnd
+where
+    St: Stream<Item = Result<WireMessage, WireError>> + Unpin,
+{
+    let idle = tokio::time::sleep(config.idle_timeout());
+    tokio::pin!(idle);
+    loop {
+        tokio::select! {
+            biased;
+            exit = &mut *writer => return ReadEnd::Writer(exit.ok()),
+            item = stream.next() => {
+                idle.as_mut().reset(Instant::now() + config.idle_timeout());
+                match item {
+                    Some(Ok(WireMessage::Text(text))) => {
+                        dispatch(handler, context, InboundMessage::Text(text)).await;
+                    }
+                    Some(Ok(WireMessage::Binary(bytes))) => {
+                        dispatch(handler, context, InboundMessage::Binary(bytes)).await;
+                    }
+                    Some(Ok(WireMessage::Ping(_) | WireMessage::Pong(_))) => {}
+                    Some(Ok(WireMessage::Close(reason))) => {
+                        return ReadEnd::Client(reason.map(|r| r.code));
+                    }
+                    Some(Err(WireError::MessageTooLarge { size, max })) => {
+                        return ReadEnd::TooLarge { size, max };
+                    }
+                    Some(Err(WireError::Closed)) | None => return ReadEnd::Eof,
+                    Some(Err(error)) => return ReadEnd::Error(error.to_string()),
+                }
+            }
+            () = &mut idle => return ReadEnd::Idle,
+        }
+    }
+}
+
+/// Hands one message to the application. An error or a panic is logged;
+/// the connection goes on.
+async fn dispatch(
+    handler: &Arc<dyn MessageHandler>,
+    context: &InboundContext,
+    message: InboundMessage,
+) {
+    let mut context = context.clone();
+    context.thread_id = context
+        .manager
+        .get_connection(&context.connection_id)
+        .and_then(|connection| connection.thread_id);
+    let connection_id = context.connection_id.clone();
+    let user_id = context.user_id.clone();
+    match AssertUnwindSafe(handler.on_message(context, message))
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(connection = %connection_id, user = %user_id, %error,
+                "message handler failed; the connection stays open");
+        }
+        Err(_) => {
+            tracing::error!(connection = %connection_id, user = %user_id,
+                "message handler panicked; the connection stays open");
+        }
+    }
+}
+
+enum WriteFailure {
+    /// The manager closed the socket while a write was stuck.
+    ClosedWhileStalled(CloseReason),
+    TimedOut,
+    Failed(String),
+}
+
+async fn write_loop<K>(
+    mut sink: K,
+    mut outbound: OutboundReceiver,
+    socket: WebSocketHandle,
+    config: TransportConfig,
+) -> WriterExit
+where
+    K: Sink<WireMessage, Error = WireError> + Unpin,
+{
+    let period = config.ping_interval();
+    let mut ping = tokio::time::interval_at(Instant::now() + period, period);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        let message = tokio::select! {
+            biased;
+            event = outbound.recv() => match event {
+                Some(OutboundEvent::Frame(frame)) => WireMessage::Text(Utf8Text::from(frame)),
+                Some(OutboundEvent::Close(reason)) => {
+                    send_close(&mut sink, reason.clone(), config.close_timeout()).await;
+                    return WriterExit::Closed(reason);
+                }
+                None => {
+                    // Every handle is gone without a close: close normally.
+                    let reason = CloseReason::normal();
+                    send_close(&mut sink, reason.clone(), config.close_timeout()).await;
+                    return WriterExit::Closed(reason);
+                }
+            },
+            _ = ping.tick() => WireMessage::Ping(Bytes::new()),
+        };
+        // Take whatever else is already queued, to write it with one flush.
+        let mut batch = vec![message];
+        let mut close_next = None;
+        while batch.len() < MAX_BATCH {
+            match outbound.recv().now_or_never() {
+                Some(Some(OutboundEvent::Frame(frame))) => {
+                    batch.push(WireMessage::Text(Utf8Text::from(frame)));
+                }
+                Some(Some(OutboundEvent::Close(reason))) => {
+                    close_next = Some(reason);
+                    break;
+                }
+                Some(None) => {
+                    close_next = Some(CloseReason::normal());
+                    break;
+                }
+                None => break,
+            }
+        }
+        if let Some(reason) = close_next {
+            // The close wins over frames still waiting, as documented on
+            // `OutboundEvent::Close`.
+            send_close(&mut sink, reason.clone(), config.close_timeout()).await;
+            return WriterExit::Closed(reason);
+        }
+        match write_bounded(&mut sink, batch, &socket, config.write_timeout()).await {
+            Ok(()) => {}
+            Err(WriteFailure::ClosedWhileStalled(reason)) => {
+                send_close(&mut sink, reason.clone(), config.close_timeout()).await;
+                return WriterExit::Closed(reason);
+            }
+            Err(WriteFailure::TimedOut) => {
+                socket.close(close::write_timeout());
+                tracing::warn!(socket = %socket.id(), timeout = ?config.write_timeout(),
+                    "write stalled; dropping the socket");
+                return WriterExit::Stalled;
+            }
+            Err(WriteFailure::Failed(error)) => {
+                socket.close(close::transport_error());
+                return WriterExit::Failed(error);
+            }
+        }
+    }
+}
+
+/// Writes a batch of messages and flushes once, giving up after `limit`, or as soon as the socket is
+/// closed while the write cannot progress.
+async fn write_bounded<K>(
+    sink: &mut K,
+    batch: Vec<WireMessage>,
+    socket: &WebSocketHandle,
+    limit: Duration,
+) -> Result<(), WriteFailure>
+where
+    K: Sink<WireMessage, Error = WireError> + Unpin,
+{
+    let close_requested = async {
+        loop {
+            if let Some(reason) = socket.close_reason() {
+                return reason;
+            }
+            tokio::time::sleep(CLOSE_POLL).await;
+        }
+    };
+    tokio::select! {
+        biased;
+        result = tokio::time::timeout(limit, write_batch(sink, batch)) => match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(WriteFailure::Failed(error.to_string())),
+            Err(_) => Err(WriteFailure::TimedOut),
+        },
+        reason = close_requested => Err(WriteFailure::ClosedWhileStalled(reason)),
+    }
+}
+
+async fn write_batch<K>(sink: &mut K, batch: Vec<WireMessage>) -> Result<(), WireError>
+where
+    K: Sink<WireMessage, Error = WireError> + Unpin,
+{
+    for message in batch {
+        sink.feed(message).await?;
+    }
+    sink.flush().await
+}
+
+/// Sends a close frame and flushes, within `limit`. After the client's own
+/// close the frame is refused (the reply is already queued); the second
+/// `close` then flushes that reply.
+async fn send_close<K>(sink: &mut K, reason: CloseReason, limit: Duration)
+where
+    K: Sink<WireMessage, Error = WireError> + Unpin,
+{
+    let _ = tokio::time::timeout(limit, async {
+        if sink.send(WireMessage::Close(Some(reason))).await.is_err() {
+            let _ = sink.close().await;
+        }
+        let _ = sink.close().await;
+    })
+    .await;
+}

@@ -1,0 +1,148 @@
+//! [`MessageHandler`]: where inbound application messages go.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::wire::Utf8Text;
+use crate::connection::WebSocketHandle;
+use crate::ids::{ConnectionId, ThreadId, UserId};
+use crate::protocol::WebSocketManager;
+
+/// The error a handler may return. It is logged with the connection's ids and
+/// the connection stays open.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// One inbound application message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboundMessage {
+    /// A text message (JSON, usually).
+    Text(Utf8Text),
+    /// A binary message.
+    Binary(Bytes),
+}
+
+impl InboundMessage {
+    /// The text, for a text message.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            InboundMessage::Text(text) => Some(text.as_str()),
+            InboundMessage::Binary(_) => None,
+        }
+    }
+}
+
+/// Who sent an inbound message, and the means to answer.
+#[derive(Clone)]
+pub struct InboundContext {
+    /// The connection the message arrived on.
+    pub connection_id: ConnectionId,
+    /// The authenticated user of that connection.
+    pub user_id: UserId,
+    /// The thread the connection follows now (read from the manager when the
+    /// message arrived, so `update_connection_thread` is taken into account).
+    pub thread_id: Option<ThreadId>,
+    /// The connection's own socket, to answer only this tab.
+    pub socket: WebSocketHandle,
+    /// The manager, to answer the user, a thread, or emit critical events.
+    pub manager: Arc<dyn WebSocketManager>,
+}
+
+impl std::fmt::Debug for InboundContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundContext")
+            .field("connection_id", &self.connection_id)
+            .field("user_id", &self.user_id)
+            .field("thread_id", &self.thread_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Receives the application messages of every connection.
+///
+/// It runs on the connection's reader, one message at a time and in order:
+/// spawn long work (an agent run) instead of awaiting it here, or the
+/// connection stops reading meanwhile. An `Err` or a panic is logged and the
+/// connection stays open. A closure works too, through [`handler_fn`].
+///
+/// ```
+/// use websocket_manager::transport::{InboundContext, InboundMessage, HandlerError, MessageHandler};
+/// struct Echo;
+/// #[websocket_manager::transport::async_trait]
+/// impl MessageHandler for Echo {
+///     async fn on_message(&self, context: InboundContext, message: InboundMessage) -> Result<(), HandlerError> {
+///         if let Some(text) = message.as_text() {
+///             context.manager.send_to_user(&context.user_id, serde_json::json!({"echo": text})).await?;
+///         }
+///         Ok(())
+///     }
+/// }
+/// ```
+#[async_trait::async_trait]
+pub trait MessageHandler: Send + Sync + 'static {
+    /// Handles one message.
+    ///
+    /// # Errors
+    ///
+    /// Anything; it is logged and the connection stays open.
+    async fn on_message(
+        &self,
+        context: InboundContext,
+        message: InboundMessage,
+    ) -> Result<(), HandlerError>;
+}
+
+/// A [`MessageHandler`] made from an async closure; see [`handler_fn`].
+#[derive(Debug, Clone)]
+pub struct HandlerFn<F>(F);
+
+/// Turns an async closure into a [`MessageHandler`].
+///
+/// ```
+/// use websocket_manager::transport::{handler_fn, InboundContext, InboundMessage, HandlerError};
+/// let handler = handler_fn(|context: InboundContext, message: InboundMessage| async move {
+///     tracing::info!(user = %context.user_id, ?message, "received");
+///     Ok::<(), HandlerError>(())
+/// });
+/// # let _ = handler;
+/// ```
+pub fn handler_fn<F, Fut>(function: F) -> HandlerFn<F>
+where
+    F: Fn(InboundContext, InboundMessage) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    HandlerFn(function)
+}
+
+#[async_trait::async_trait]
+impl<F, Fut> MessageHandler for HandlerFn<F>
+where
+    F: Fn(InboundContext, InboundMessage) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    async fn on_message(
+        &self,
+        context: InboundContext,
+        message: InboundMessage,
+    ) -> Result<(), HandlerError> {
+        (self.0)(context, message).await
+    }
+}
+
+/// A handler that ignores every message (the default of a service that only
+/// pushes to its clients).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IgnoreMessages;
+
+#[async_trait::async_trait]
+impl MessageHandler for IgnoreMessages {
+    async fn on_message(
+        &self,
+        context: InboundContext,
+        _: InboundMessage,
+    ) -> Result<(), HandlerError> {
+        tracing::debug!(connection = %context.connection_id, "inbound message ignored");
+        Ok(())
+    }
+}

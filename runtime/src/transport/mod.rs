@@ -1,0 +1,77 @@
+//! Real sockets (feature `transport`): authenticate the upgrade, register the
+//! socket with a [`WebSocketManager`](crate::WebSocketManager), drive it,
+//! shut everything down gracefully.
+//!
+//! * [`WebSocketService`]: the one object an application builds.
+//! * [`Authenticator`] (the application's, or [`JwtAuthenticator`] with
+//!   feature `jwt`) and [`OriginPolicy`]: run on the HTTP upgrade request,
+//!   before any registration. Refusals are 401 / 403, with no socket.
+//! * The driver: per socket, a writer task draining the connection's bounded
+//!   queue (close events become close frames) and a reader loop that feeds
+//!   your [`MessageHandler`], enforces the size limit (1009) and the
+//!   heartbeat (ping every `ping_interval`, close after `idle_timeout` of
+//!   silence). See [`TransportConfig`] and the close codes in [`close`].
+//! * Adapters: [`axum`](mod@self::axum) (feature `axum`) and
+//!   [`tungstenite`](mod@self::tungstenite) (feature `tungstenite`). Any
+//!   other library plugs in through [`WireSocket`].
+//!
+//! With axum (features `axum` and `jwt`), the whole server side is:
+//!
+//! ```no_run
+//! # #[cfg(all(feature = "axum", feature = "jwt"))]
+//! # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use axum::{Router, routing::get};
+//! use websocket_manager::transport::{JwtAuthenticator, OriginPolicy, WebSocketService};
+//! use websocket_manager::UnifiedWebSocketManager;
+//!
+//! let manager = Arc::new(UnifiedWebSocketManager::default());
+//! let service = WebSocketService::builder(manager, JwtAuthenticator::hs256(b"32+ bytes of secret, from a vault"))
+//!     .origins(OriginPolicy::allow(["https://app.example"]))
+//!     .build();
+//! let app = Router::new()
+//!     .route("/ws", get(websocket_manager::transport::axum::upgrade))
+//!     .with_state(service.clone());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app)
+//!     .with_graceful_shutdown(async move {
+//!         let _ = tokio::signal::ctrl_c().await;
+//!         println!("{}", service.shutdown(std::time::Duration::from_secs(5)).await);
+//!     })
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+#[cfg(feature = "axum")]
+pub mod axum;
+pub mod close;
+#[cfg(feature = "tungstenite")]
+pub mod tungstenite;
+
+mod auth;
+mod config;
+mod driver;
+mod handler;
+#[cfg(feature = "jwt")]
+mod jwt;
+mod service;
+mod shutdown;
+mod wire;
+
+/// `async_trait`, re-exported to implement [`Authenticator`] and
+/// [`MessageHandler`] without another dependency.
+pub use async_trait::async_trait;
+pub use auth::{
+    AuthError, Authenticator, Identity, OriginPolicy, UpgradeRequest, UserScopedThreads,
+};
+pub use config::{TransportConfig, TransportConfigBuilder, TransportConfigError};
+pub use driver::EndReason;
+pub use handler::{
+    HandlerError, HandlerFn, IgnoreMessages, InboundContext, InboundMessage, MessageHandler,
+    handler_fn,
+};
+#[cfg(feature = "jwt")]
+pub use jwt::{DEFAULT_SUBPROTOCOL, JwtAuthenticator, JwtError, TOKEN_PROTOCOL_PREFIX};
+pub use service::{Admission, ConnectionOutcome, WebSocketService, WebSocketServiceBuilder};
+pub use shutdown::{LeftConnection, ShutdownReport};
+pub use wire::{Utf8Text, WireError, WireMessage, WireSocket};

@@ -1,0 +1,400 @@
+//! The tokio-tungstenite adapter (feature `tungstenite`): [`accept`] runs the
+//! whole authenticated upgrade on any byte stream (a `TcpStream` from your
+//! own accept loop), and [`TungsteniteSocket`] makes a
+//! `tokio_tungstenite::WebSocketStream` a [`WireSocket`](super::WireSocket).
+//!
+//! `accept` reads the HTTP request head itself (bounded in size and time),
+//! so the asynchronous [`Authenticator`](super::Authenticator) runs before
+//! the `101` is written: a refused request gets its 401/403 and no socket.
+//!
+//! ```no_run
+//! # async fn run(service: websocket_manager::transport::WebSocketService) -> std::io::Result<()> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! loop {
+//!     let (stream, _) = listener.accept().await?;
+//!     let service = service.clone();
+//!     tokio::spawn(async move {
+//!         if let Err(error) = websocket_manager::transport::tungstenite::accept(&service, stream).await {
+//!             tracing::info!(%error, "upgrade failed");
+//!         }
+//!     });
+//! }
+//! # }
+//! ```
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Sink, Stream};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::WebSocketStream;
+use tungstenite::Message;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+
+use super::auth::{AuthError, UpgradeRequest};
+use super::service::{ConnectionOutcome, WebSocketService};
+use super::wire::{Utf8Text, WireError, WireMessage, close_reason_text, from_tungstenite_error};
+use crate::connection::CloseReason;
+
+/// The longest HTTP request head [`accept`] reads.
+pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
+/// How long [`accept`] waits for the request head.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_HEADERS: usize = 64;
+
+/// Why [`accept`] did not serve a socket.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AcceptError {
+    /// Reading the request or writing the response failed.
+    #[error("i/o error during the upgrade: {0}")]
+    Io(#[from] std::io::Error),
+    /// The request head did not arrive within [`HANDSHAKE_TIMEOUT`].
+    #[error("the request head did not arrive in time")]
+    HandshakeTimeout,
+    /// The request head exceeded [`MAX_REQUEST_HEAD`] (answered 431).
+    #[error("the request head exceeds {MAX_REQUEST_HEAD} bytes")]
+    HeadTooLarge,
+    /// Not a valid WebSocket upgrade request (answered 400).
+    #[error("not a websocket upgrade request: {0}")]
+    NotWebSocket(&'static str),
+    /// Refused by the Origin policy or the authenticator (answered with its status).
+    #[error(transparent)]
+    Refused(AuthError),
+}
+
+/// Reads an HTTP upgrade request from `stream`, admits it through the
+/// service (Origin, authenticator, thread), completes the handshake with the
+/// service's size limits, and serves the socket until it ends.
+///
+/// # Errors
+///
+/// An [`AcceptError`] when no socket was served; the client has already
+/// been answered (400, 401, 403, 431 or 503) where it still listens.
+pub async fn accept<S>(
+    service: &WebSocketService,
+    mut stream: S,
+) -> Result<ConnectionOutcome, AcceptError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (head, leftover) =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_head(&mut stream)).await {
+            Ok(Ok(read)) => read,
+            Ok(Err(AcceptError::HeadTooLarge)) => {
+                respond(&mut stream, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE).await;
+                return Err(AcceptError::HeadTooLarge);
+            }
+            Ok(Err(error)) => return Err(error),
+            Err(_) => return Err(AcceptError::HandshakeTimeout),
+        };
+    let (uri, headers) = match parse_upgrade(&head) {
+        Ok(parsed) => parsed,
+        Err(problem) => {
+            respond(&mut stream, StatusCode::BAD_REQUEST).await;
+            return Err(AcceptError::NotWebSocket(problem));
+        }
+    };
+    let request = UpgradeRequest::new(&uri, &headers);
+    let admission = match service.admit(&request).await {
+        Ok(admission) => admission,
+        Err(error) => {
+            respond(&mut stream, error.status()).await;
+            return Err(AcceptError::Refused(error));
+        }
+    };
+    let key = headers
+        .get(http::header::SEC_WEBSOCKET_KEY)
+        .map(HeaderValue::as_bytes)
+        .unwrap_or_default();
+    let mut extra = vec![(
+        http::header::SEC_WEBSOCKET_ACCEPT,
+        tungstenite::handshake::derive_accept_key(key),
+    )];
+    if let Some(protocol) = &admission.identity.subprotocol {
+        // Echo only a protocol the client offered.
+        if request
+            .offered_protocols()
+            .any(|offered| offered == protocol)
+        {
+            extra.push((http::header::SEC_WEBSOCKET_PROTOCOL, protocol.clone()));
+        }
+    }
+    let mut response = String::from(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
+    );
+    for (name, value) in &extra {
+        response.push_str(&format!("{name}: {value}\r\n"));
+    }
+    response.push_str("\r\n");
+    stream.write_all(response.as_bytes()).await?;
+    stream.flush().await?;
+
+    let config = service.config();
+    let websocket_config = WebSocketConfig::default()
+        .max_message_size(Some(config.max_message_size()))
+        .max_frame_size(Some(config.max_frame_size()));
+    let socket = WebSocketStream::from_partially_read(
+        stream,
+        leftover,
+        Role::Server,
+        Some(websocket_config),
+    )
+    .await;
+    Ok(service
+        .serve(TungsteniteSocket::new(socket), admission)
+        .await)
+}
+
+/// Reads up to the end of the request head; returns the head and whatever
+/// followed it.
+async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<(Vec<u8>, Vec<u8>), AcceptError> {
+    let mut buffer = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let read = stream.read(&mut chunk).await?;
+        if read == 0 {
+            return Err(AcceptError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        let searched_from = buffer.len().saturating_sub(3);
+        buffer.extend_from_slice(&chunk[..read]);
+        if let Some(position) = buffer[searched_from..]
+            .windows(4)
+            .position(|window| window == b"\r\n\r\n")
+        {
+            let end = searched_from + position + 4;
+            let leftover = buffer.split_off(end);
+            return Ok((buffer, leftover));
+        }
+        if buffer.len() > MAX_REQUEST_HEAD {
+            return Err(AcceptError::HeadTooLarge);
+        }
+    }
+}
+
+/// Parses and checks a WebSocket upgrade request head (RFC 6455, 4.2.1).
+fn parse_upgrade(head: &[u8]) -> Result<(Uri, HeaderMap), &'static str> {
+    let mut raw_headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut raw_headers);
+    match request.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err("malformed HTTP request"),
+    }
+    if request.method != Some("GET") {
+        return Err("the method must be GET");
+    }
+    let uri: Uri = request
+        .path
+        .ok_or("missing request target")?
+        .parse()
+        .map_err(|_| "invalid request target")?;
+    let mut headers = HeaderMap::new();
+    for header in request.headers.iter() {
+        let name =
+            HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| "invalid header name")?;
+        let value = HeaderValue::from_bytes(header.value).map_err(|_| "invalid header value")?;
+        headers.append(name, value);
+    }
+    let has_token = |name: HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value
+                .to_str()
+                .unwrap_or_default()
+                .split(',')
+                .any(|part| part.trim().eq_ignore_ascii_case(token))
+        })
+    };
+    if !has_token(http::header::UPGRADE, "websocket") {
+        return Err("missing `Upgrade: websocket`");
+    }
+    if !has_token(http::header::CONNECTION, "upgrade") {
+        return Err("missing `Connection: upgrade`");
+    }
+    if headers
+        .get(http::header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err("`Sec-WebSocket-Version` must be 13");
+    }
+    if headers.get(http::header::SEC_WEBSOCKET_KEY).is_none() {
+        return Err("missing `Sec-WebSocket-Key`");
+    }
+    Ok((uri, headers))
+}
+
+/// Answers a refused upgrade with a bare status and closes.
+async fn respond<S: AsyncWrite + Unpin>(stream: &mut S, status: StatusCode) {
+    let reason = status.canonical_reason().unwrap_or("Refused");
+    let response = format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reason}",
+        status.as_u16(),
+        reason.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// A `tokio_tungstenite::WebSocketStream` as a [`WireSocket`](super::WireSocket).
+#[derive(Debug)]
+pub struct TungsteniteSocket<S>(WebSocketStream<S>);
+
+impl<S> TungsteniteSocket<S> {
+    /// Wraps an upgraded stream. Configure its size limits
+    /// (`max_message_size`, `max_frame_size`) as in the service's
+    /// [`TransportConfig`](super::TransportConfig).
+    pub fn new(socket: WebSocketStream<S>) -> Self {
+        TungsteniteSocket(socket)
+    }
+}
+
+fn to_wire(message: Message) -> Option<Result<WireMessage, WireError>> {
+    Some(Ok(match message {
+        Message::Text(text) => match Utf8Text::try_from(Bytes::from(text)) {
+            Ok(text) => WireMessage::Text(text),
+            Err(error) => return Some(Err(WireError::Other(Box::new(error)))),
+        },
+        Message::Binary(bytes) => WireMessage::Binary(bytes),
+        Message::Ping(bytes) => WireMessage::Ping(bytes),
+        Message::Pong(bytes) => WireMessage::Pong(bytes),
+        Message::Close(frame) => WireMessage::Close(
+            frame.map(|f| CloseReason::new(u16::from(f.code), f.reason.as_str().to_owned())),
+        ),
+        // Never produced when reading.
+        Message::Frame(_) => return None,
+    }))
+}
+
+fn from_wire(message: WireMessage) -> Result<Message, WireError> {
+    Ok(match message {
+        WireMessage::Text(text) => Message::Text(
+            text.into_bytes()
+                .try_into()
+                .map_err(|e| WireError::Other(Box::new(e)))?,
+        ),
+        WireMessage::Binary(bytes) => Message::Binary(bytes),
+        WireMessage::Ping(bytes) => Message::Ping(bytes),
+        WireMessage::Pong(bytes) => Message::Pong(bytes),
+        WireMessage::Close(reason) => Message::Close(reason.map(|r| CloseFrame {
+            code: CloseCode::from(r.code),
+            reason: close_reason_text(&r.reason).into(),
+        })),
+    })
+}
+
+impl<S> Stream for TungsteniteSocket<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    type Item = Result<WireMessage, WireError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            return match Pin::new(&mut self.0).poll_next(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Ready(Some(Err(error))) => {
+                    Poll::Ready(Some(Err(from_tungstenite_error(error))))
+                }
+                Poll::Ready(Some(Ok(message))) => match to_wire(message) {
+                    Some(item) => Poll::Ready(Some(item)),
+                    None => continue,
+                },
+            };
+        }
+    }
+}
+
+impl<S> Sink<WireMessage> for TungsteniteSocket<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    type Error = WireError;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WireError>> {
+        Pin::new(&mut self.0)
+            .poll_ready(cx)
+            .map_err(from_tungstenite_error)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: WireMessage) -> Result<(), WireError> {
+        Pin::new(&mut self.0)
+            .start_send(from_wire(item)?)
+            .map_err(from_tungstenite_error)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WireError>> {
+        Pin::new(&mut self.0)
+            .poll_flush(cx)
+            .map_err(from_tungstenite_error)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WireError>> {
+        Pin::new(&mut self.0)
+            .poll_close(cx)
+            .map_err(from_tungstenite_error)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const GOOD: &[u8] = b"GET /ws?thread=t1 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+    #[test]
+    fn a_valid_upgrade_parses() {
+        let (uri, headers) = parse_upgrade(GOOD).unwrap();
+        assert_eq!(uri.path(), "/ws");
+        assert_eq!(headers.get("host").unwrap(), "127.0.0.1");
+    }
+
+    #[test]
+    fn non_upgrade_requests_are_refused_with_a_reason() {
+        let post = String::from_utf8_lossy(GOOD).replacen("GET", "POST", 1);
+        assert_eq!(
+            parse_upgrade(post.as_bytes()),
+            Err("the method must be GET")
+        );
+        let no_upgrade = String::from_utf8_lossy(GOOD).replace("Upgrade: websocket\r\n", "");
+        assert_eq!(
+            parse_upgrade(no_upgrade.as_bytes()),
+            Err("missing `Upgrade: websocket`")
+        );
+        let old = String::from_utf8_lossy(GOOD).replace("Version: 13", "Version: 8");
+        assert_eq!(
+            parse_upgrade(old.as_bytes()),
+            Err("`Sec-WebSocket-Version` must be 13")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_head_is_split_from_what_follows() {
+        let mut input = GOOD.to_vec();
+        input.extend_from_slice(b"\x81\x00");
+        let mut reader = &input[..];
+        let (head, leftover) = read_head(&mut reader).await.unwrap();
+        assert_eq!(head, GOOD);
+        assert_eq!(leftover, b"\x81\x00");
+    }
+
+    #[tokio::test]
+    async fn an_endless_head_is_refused() {
+        let input = vec![b'a'; MAX_REQUEST_HEAD + 2048];
+        let mut reader = &input[..];
+        assert!(matches!(
+            read_head(&mut reader).await,
+            Err(AcceptError::HeadTooLarge)
+        ));
+    }
+}
