@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 use websocket_manager::managers::{
-    AGENT_COMPLETED, AGENT_EVENTS, AGENT_STARTED, UnifiedWebSocketManager,
+    AGENT_COMPLETED, AGENT_EVENTS, AGENT_STARTED, CriticalEnvelope, UnifiedWebSocketManager,
 };
 use websocket_manager::*;
 
@@ -341,5 +341,42 @@ fn replay_ordering_race() {
             "round {round}: an ordinary message overtook replayed event {queued_max} (at {first_plain})"
         );
         assert_eq!(frames.len() as u64, EVENTS + plain_sent, "round {round}");
+    }
+}
+
+#[test]
+fn stream_holds_across_an_offline_gap_and_changes_only_when_nothing_was_owed() {
+    for (name, manager) in both(ManagerConfig::default()) {
+        let (c1, mut r1) = connection("s1", &alice(), None);
+        now(manager.add_connection(c1)).unwrap();
+        now(manager.emit_critical_event(&alice(), AGENT_STARTED, json!({}))).unwrap();
+        let first = envelope(&drain_json(&mut r1)[0]);
+        now(manager.remove_connection(&conn_id("s1"))).unwrap();
+
+        // offline with nothing pending: the manager forgets the user, and a
+        // new stream tells the client that nothing from the old one is owed
+        let (c2, mut r2) = connection("s2", &alice(), None);
+        now(manager.add_connection(c2)).unwrap();
+        now(manager.emit_critical_event(&alice(), AGENT_STARTED, json!({}))).unwrap();
+        let second = envelope(&drain_json(&mut r2)[0]);
+        assert_ne!(second.stream, first.stream, "{name}");
+        assert_eq!(second.sequence, 1, "{name}");
+        now(manager.remove_connection(&conn_id("s2"))).unwrap();
+
+        // events emitted while offline open a stream that the replay and
+        // every later event continue, without a gap
+        now(manager.emit_critical_event(&alice(), AGENT_STARTED, json!({}))).unwrap();
+        now(manager.emit_critical_event(&alice(), AGENT_COMPLETED, json!({}))).unwrap();
+        let (c3, mut r3) = connection("s3", &alice(), None);
+        now(manager.add_connection(c3)).unwrap();
+        now(manager.emit_critical_event(&alice(), AGENT_STARTED, json!({}))).unwrap();
+        let frames: Vec<CriticalEnvelope> = drain_json(&mut r3).iter().map(envelope).collect();
+        assert_ne!(frames[0].stream, second.stream, "{name}");
+        assert!(
+            frames.iter().all(|e| e.stream == frames[0].stream),
+            "{name}"
+        );
+        let sequences: Vec<u64> = frames.iter().map(|e| e.sequence).collect();
+        assert_eq!(sequences, [1, 2, 3], "{name}");
     }
 }

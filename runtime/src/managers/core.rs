@@ -86,6 +86,8 @@ struct UserState {
     pending: PendingBuffer,
     /// The last sequence number given to a critical event.
     last_sequence: u64,
+    /// Identifies this slot's run of sequence numbers (see `events`).
+    stream: u64,
 }
 
 #[derive(Debug)]
@@ -102,10 +104,19 @@ impl UserSlot {
                 recipients: no_recipients(),
                 pending: PendingBuffer::default(),
                 last_sequence: 0,
+                stream: next_stream(),
             }),
             counters: Arc::default(),
         }
     }
+}
+
+/// A fresh stream id: unique within the process and, because it starts from
+/// the clock, increasing across restarts too.
+fn next_stream() -> u64 {
+    static NEXT: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
+    NEXT.get_or_init(|| AtomicU64::new(unix_millis(SystemTime::now()).saturating_mul(1000)))
+        .fetch_add(1, Ordering::Relaxed)
 }
 
 /// Why an `emit` attempt stopped before storing the event.
@@ -565,6 +576,7 @@ impl ManagerCore {
             data,
             timestamp: unix_millis(SystemTime::now()),
             critical: true,
+            stream: 0,
             sequence: 0,
         };
         match self.try_emit(user, &mut envelope) {
@@ -598,6 +610,7 @@ impl ManagerCore {
                 return Err(EmitFailure::Error(ManagerError::ShutDown));
             }
             self.expire_locked(state, user);
+            envelope.stream = state.stream;
             envelope.sequence = state.last_sequence + 1;
             let frame = TextFrame::from_json(&*envelope)
                 .map_err(|e| EmitFailure::Error(ManagerError::Serialization(e)))?;

@@ -4,7 +4,7 @@
 //! A critical event reaches the client as one JSON text frame:
 //!
 //! ```json
-//! {"type":"tool_executing","data":{"tool":"search"},"timestamp":1767225600000,"critical":true,"sequence":7}
+//! {"type":"tool_executing","data":{"tool":"search"},"timestamp":1767225600000,"critical":true,"stream":1767225000000042,"sequence":7}
 //! ```
 //!
 //! * `type`: the event type, validated by [`validate_event_type`].
@@ -12,10 +12,13 @@
 //! * `timestamp`: milliseconds since the Unix epoch when the event was emitted
 //!   (not when it was replayed).
 //! * `critical`: always `true`.
-//! * `sequence`: 1, 2, 3... per user, in emission order. A client that sees a
-//!   jump knows it missed events; a client that sees `1` again knows the
-//!   manager forgot the user in between (it had neither a connection nor a
-//!   pending event), so nothing was pending for it.
+//! * `stream` and `sequence`: `sequence` counts 1, 2, 3... per user, in
+//!   emission order, within one `stream`. Within a stream, a jump means the
+//!   client missed events. A new `stream` (its sequence starts again at 1)
+//!   means the manager forgot the user in between (it had neither a
+//!   connection nor a pending event), so nothing from the old stream was
+//!   still owed. Streams are unique within a process and increase across
+//!   restarts.
 
 use serde::{Deserialize, Serialize};
 
@@ -49,7 +52,7 @@ pub const MAX_EVENT_TYPE_LEN: usize = 64;
 ///
 /// ```
 /// use websocket_manager::managers::CriticalEnvelope;
-/// let text = r#"{"type":"agent_started","data":{"run":1},"timestamp":5,"critical":true,"sequence":1}"#;
+/// let text = r#"{"type":"agent_started","data":{"run":1},"timestamp":5,"critical":true,"stream":9,"sequence":1}"#;
 /// let event: CriticalEnvelope = serde_json::from_str(text)?;
 /// assert_eq!(event.event_type, "agent_started");
 /// assert_eq!(event.sequence, 1);
@@ -67,6 +70,8 @@ pub struct CriticalEnvelope {
     pub timestamp: u64,
     /// Always `true`: marks the frame as a critical event.
     pub critical: bool,
+    /// The user's current run of sequence numbers (see the module docs).
+    pub stream: u64,
     /// Per-user emission order, starting at 1.
     pub sequence: u64,
 }
