@@ -73,8 +73,9 @@ async fn print_until(client: &mut Client, stop: impl Fn(&Value) -> bool) -> Resu
         if let Message::Text(text) = message? {
             let event: Value = serde_json::from_str(&text)?;
             println!(
-                "  {:<16} seq={:<3} {}",
+                "  {:<16} stream={} seq={:<3} {}",
                 event["type"].as_str().unwrap_or("?"),
+                event["stream"],
                 event["sequence"],
                 event.get("data").unwrap_or(&event)
             );
