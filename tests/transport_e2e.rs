@@ -26,6 +26,42 @@ fn user(name: &str) -> UserId {
     UserId::new(name).unwrap()
 }
 
+/// A server with small queues under the drop policy (so only the transport's
+/// timeouts can free a socket), and a client with a tiny receive buffer that
+/// never reads.
+async fn drop_policy_server_with_stalled_client(
+    write_timeout: Duration,
+    close_timeout: Duration,
+) -> (TestServer, Client) {
+    let server = TestServer::start(ServerOptions {
+        manager: ManagerConfig::builder()
+            .queue_capacity(16)
+            .queue_max_bytes(64 * 1024)
+            .pending_capacity(8)
+            .slow_consumer_policy(SlowConsumerPolicy::DropMessage)
+            .build()
+            .unwrap(),
+        transport: TransportConfig::builder()
+            .write_timeout(write_timeout)
+            .close_timeout(close_timeout)
+            .queue_limits(websocket_manager::QueueLimits::new(16, 64 * 1024))
+            .build()
+            .unwrap(),
+        ..ServerOptions::default()
+    })
+    .await;
+    let (stalled, _) = try_connect(
+        server.addr,
+        Connect {
+            recv_buffer: Some(4096),
+            ..Connect::new("/ws", Some(token("stalled", 600)))
+        },
+    )
+    .await
+    .unwrap();
+    (server, stalled)
+}
+
 /// Reads JSON messages until one with `"type": "end"`; returns those before it.
 async fn read_until_end(client: &mut Client) -> Vec<serde_json::Value> {
     let mut seen = Vec::new();
@@ -681,32 +717,11 @@ async fn under_the_drop_policy_a_stalled_socket_is_dropped_by_the_write_timeout(
     // The manager never disconnects anyone under `DropMessage`: the
     // transport's write timeout is what frees a socket nobody reads.
     bounded(async {
-        let server = TestServer::start(ServerOptions {
-            manager: ManagerConfig::builder()
-                .queue_capacity(16)
-                .queue_max_bytes(64 * 1024)
-                .pending_capacity(8)
-                .slow_consumer_policy(SlowConsumerPolicy::DropMessage)
-                .build()
-                .unwrap(),
-            transport: TransportConfig::builder()
-                .write_timeout(Duration::from_millis(300))
-                .close_timeout(Duration::from_millis(200))
-                .queue_limits(websocket_manager::QueueLimits::new(16, 64 * 1024))
-                .build()
-                .unwrap(),
-            ..ServerOptions::default()
-        })
-        .await;
-        let (stalled, _) = try_connect(
-            server.addr,
-            Connect {
-                recv_buffer: Some(4096),
-                ..Connect::new("/ws", Some(token("stalled", 600)))
-            },
+        let (server, stalled) = drop_policy_server_with_stalled_client(
+            Duration::from_millis(300),
+            Duration::from_millis(200),
         )
-        .await
-        .unwrap();
+        .await;
         server.wait_connections("stalled", 1).await;
         let stalled_user = user("stalled");
         let chunk = "x".repeat(4096);
@@ -817,32 +832,9 @@ async fn shutdown_reports_connections_that_did_not_close_within_the_drain_time()
         // A client that stopped reading with full buffers cannot take its
         // close frame; the close handshake is allowed 2 s but the drain only
         // 100 ms, so shutdown reports it as left and removes it anyway.
-        let server = TestServer::start(ServerOptions {
-            manager: ManagerConfig::builder()
-                .queue_capacity(16)
-                .queue_max_bytes(64 * 1024)
-                .pending_capacity(8)
-                .slow_consumer_policy(SlowConsumerPolicy::DropMessage)
-                .build()
-                .unwrap(),
-            transport: TransportConfig::builder()
-                .write_timeout(Duration::from_secs(20))
-                .close_timeout(Duration::from_secs(2))
-                .queue_limits(websocket_manager::QueueLimits::new(16, 64 * 1024))
-                .build()
-                .unwrap(),
-            ..ServerOptions::default()
-        })
-        .await;
-        let (stalled, _) = try_connect(
-            server.addr,
-            Connect {
-                recv_buffer: Some(4096),
-                ..Connect::new("/ws", Some(token("stalled", 600)))
-            },
-        )
-        .await
-        .unwrap();
+        let (server, stalled) =
+            drop_policy_server_with_stalled_client(Duration::from_secs(20), Duration::from_secs(2))
+                .await;
         let mut polite = connect(server.addr, "polite", None).await;
         server.wait_connections("stalled", 1).await;
         server.wait_connections("polite", 1).await;

@@ -104,6 +104,30 @@ impl TextFrame {
     }
 }
 
+impl TryFrom<Bytes> for TextFrame {
+    type Error = std::str::Utf8Error;
+
+    /// Wraps received bytes, checking they are UTF-8 (no copy).
+    ///
+    /// ```
+    /// use websocket_manager::TextFrame;
+    /// let frame = TextFrame::try_from(bytes::Bytes::from_static(b"hello"))?;
+    /// assert_eq!(frame.as_str(), "hello");
+    /// assert!(TextFrame::try_from(bytes::Bytes::from_static(&[0xff])).is_err());
+    /// # Ok::<(), std::str::Utf8Error>(())
+    /// ```
+    fn try_from(bytes: Bytes) -> Result<Self, Self::Error> {
+        std::str::from_utf8(&bytes)?;
+        Ok(TextFrame(bytes))
+    }
+}
+
+impl From<String> for TextFrame {
+    fn from(text: String) -> Self {
+        TextFrame::from_string(text)
+    }
+}
+
 impl fmt::Debug for TextFrame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("TextFrame").field(&self.as_str()).finish()

@@ -23,8 +23,9 @@ use futures_util::{Sink, Stream};
 
 use super::auth::UpgradeRequest;
 use super::service::WebSocketService;
-use super::wire::{Utf8Text, WireError, WireMessage, close_reason_text};
+use super::wire::{WireError, WireMessage, close_reason_text};
 use crate::connection::CloseReason;
+use crate::connection::TextFrame;
 
 /// The ready `GET /ws` handler: authenticates the upgrade request with the
 /// service's authenticator and Origin policy (401 / 403 / 400 / 503, no
@@ -87,7 +88,7 @@ fn wire_error(error: axum::Error) -> WireError {
 fn to_wire(message: Message) -> Result<WireMessage, WireError> {
     Ok(match message {
         Message::Text(text) => WireMessage::Text(
-            Utf8Text::try_from(Bytes::from(text)).map_err(|e| WireError::Other(Box::new(e)))?,
+            TextFrame::try_from(Bytes::from(text)).map_err(|e| WireError::Other(Box::new(e)))?,
         ),
         Message::Binary(bytes) => WireMessage::Binary(bytes),
         Message::Ping(bytes) => WireMessage::Ping(bytes),

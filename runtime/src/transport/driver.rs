@@ -18,7 +18,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::close;
 use super::config::TransportConfig;
 use super::handler::{InboundContext, InboundMessage, MessageHandler};
-use super::wire::{Utf8Text, WireError, WireMessage, WireSocket};
+use super::wire::{WireError, WireMessage, WireSocket};
 use crate::connection::{CloseReason, OutboundEvent, OutboundReceiver, WebSocketHandle};
 
 /// How often a stalled write looks whether the manager closed the socket
@@ -307,7 +307,7 @@ where
         let message = tokio::select! {
             biased;
             event = outbound.recv() => match event {
-                Some(OutboundEvent::Frame(frame)) => WireMessage::Text(Utf8Text::from(frame)),
+                Some(OutboundEvent::Frame(frame)) => WireMessage::Text(frame),
                 Some(OutboundEvent::Close(reason)) => {
                     send_close(&mut sink, reason.clone(), config.close_timeout()).await;
                     return WriterExit::Closed(reason);
@@ -327,7 +327,7 @@ where
         while batch.len() < MAX_BATCH {
             match outbound.recv().now_or_never() {
                 Some(Some(OutboundEvent::Frame(frame))) => {
-                    batch.push(WireMessage::Text(Utf8Text::from(frame)));
+                    batch.push(WireMessage::Text(frame));
                 }
                 Some(Some(OutboundEvent::Close(reason))) => {
                     close_next = Some(reason);

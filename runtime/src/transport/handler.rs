@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::wire::Utf8Text;
+use crate::connection::TextFrame;
 use crate::connection::WebSocketHandle;
 use crate::ids::{ConnectionId, ThreadId, UserId};
 use crate::protocol::WebSocketManager;
@@ -18,7 +18,7 @@ pub type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InboundMessage {
     /// A text message (JSON, usually).
-    Text(Utf8Text),
+    Text(TextFrame),
     /// A binary message.
     Binary(Bytes),
 }

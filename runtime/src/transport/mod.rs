@@ -74,4 +74,4 @@ pub use handler::{
 pub use jwt::{DEFAULT_SUBPROTOCOL, JwtAuthenticator, JwtError, TOKEN_PROTOCOL_PREFIX};
 pub use service::{Admission, ConnectionOutcome, WebSocketService, WebSocketServiceBuilder};
 pub use shutdown::{LeftConnection, ShutdownReport};
-pub use wire::{Utf8Text, WireError, WireMessage, WireSocket};
+pub use wire::{WireError, WireMessage, WireSocket};

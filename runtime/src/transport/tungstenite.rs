@@ -37,8 +37,9 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use super::auth::{AuthError, UpgradeRequest};
 use super::service::{ConnectionOutcome, WebSocketService};
-use super::wire::{Utf8Text, WireError, WireMessage, close_reason_text, from_tungstenite_error};
+use super::wire::{WireError, WireMessage, close_reason_text, from_tungstenite_error};
 use crate::connection::CloseReason;
+use crate::connection::TextFrame;
 
 /// The longest HTTP request head [`accept`] reads.
 pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
@@ -259,7 +260,7 @@ impl<S> TungsteniteSocket<S> {
 
 fn to_wire(message: Message) -> Option<Result<WireMessage, WireError>> {
     Some(Ok(match message {
-        Message::Text(text) => match Utf8Text::try_from(Bytes::from(text)) {
+        Message::Text(text) => match TextFrame::try_from(Bytes::from(text)) {
             Ok(text) => WireMessage::Text(text),
             Err(error) => return Some(Err(WireError::Other(Box::new(error)))),
         },

@@ -5,80 +5,16 @@
 //! type that is a `Stream` of `Result<WireMessage, WireError>` and a
 //! `Sink<WireMessage, Error = WireError>`; the driver does the rest.
 
-use std::fmt;
-
 use bytes::Bytes;
 use futures_util::{Sink, Stream};
 
-use crate::connection::CloseReason;
-
-/// Text that is known to be valid UTF-8, sharing its bytes.
-///
-/// ```
-/// use websocket_manager::transport::Utf8Text;
-/// let text = Utf8Text::try_from(bytes::Bytes::from_static(b"hello"))?;
-/// assert_eq!(text.as_str(), "hello");
-/// assert!(Utf8Text::try_from(bytes::Bytes::from_static(&[0xff])).is_err());
-/// # Ok::<(), std::str::Utf8Error>(())
-/// ```
-#[derive(Clone, PartialEq, Eq)]
-pub struct Utf8Text(Bytes);
-
-impl Utf8Text {
-    /// The text.
-    pub fn as_str(&self) -> &str {
-        // Validated on construction; the fallback is never taken.
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-
-    /// The raw bytes (valid UTF-8).
-    pub fn into_bytes(self) -> Bytes {
-        self.0
-    }
-
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether the text is empty.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl TryFrom<Bytes> for Utf8Text {
-    type Error = std::str::Utf8Error;
-    fn try_from(bytes: Bytes) -> Result<Self, Self::Error> {
-        std::str::from_utf8(&bytes)?;
-        Ok(Utf8Text(bytes))
-    }
-}
-
-impl From<String> for Utf8Text {
-    fn from(text: String) -> Self {
-        Utf8Text(Bytes::from(text))
-    }
-}
-
-impl From<crate::connection::TextFrame> for Utf8Text {
-    fn from(frame: crate::connection::TextFrame) -> Self {
-        // A TextFrame is valid UTF-8 by construction.
-        Utf8Text(frame.into_bytes())
-    }
-}
-
-impl fmt::Debug for Utf8Text {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Utf8Text").field(&self.as_str()).finish()
-    }
-}
+use crate::connection::{CloseReason, TextFrame};
 
 /// One WebSocket message, independent of the library that carries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WireMessage {
     /// A text message.
-    Text(Utf8Text),
+    Text(TextFrame),
     /// A binary message.
     Binary(Bytes),
     /// A ping (payload at most 125 bytes).
