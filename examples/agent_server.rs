@@ -18,6 +18,9 @@
 //!   Send `{"type":"run","prompt":"..."}` to start an agent run.
 //! * `GET /health/{user}`: that user's connections and counters (JSON).
 //! * `GET /managers`: the startup validation report (JSON).
+//!
+//!   Both are operator routes, unauthenticated here only because the server
+//!   binds 127.0.0.1; in production put them behind your admin auth.
 //! * `POST /demo-token` (`--demo` only): `{"user":"alice"}` -> a 15-minute token.
 //! * `GET /`: the demo page.
 
