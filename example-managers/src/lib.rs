@@ -15,17 +15,24 @@ use std::sync::Mutex;
 
 use websocket_manager::{
     BuildContext, BuildError, ConnectionHealth, ConnectionId, ConnectionSummary, ConstructManager,
-    Delivery, ManagerError, NotDeliveredReason, TextFrame, ThreadId, UserId, WebSocketConnection,
-    WebSocketHandle, health::unix_millis, serde_json, websocket_manager,
+    Delivery, ManagerError, NotDeliveredReason, SocketId, TextFrame, ThreadId, UserId,
+    WebSocketConnection, WebSocketHandle, health::unix_millis, serde_json, websocket_manager,
 };
 
-/// The smallest correct manager: one mutex around plain maps, written in the
-/// "compatible interface" form (the contract methods are the type's own
-/// API). Fine for tests and small tools; use the reference managers in
-/// production.
+/// The smallest correct manager: one mutex around two plain maps, written in
+/// the "compatible interface" form (the contract methods are the type's own
+/// API). User and thread queries scan, which is fine for a handful of
+/// connections; the socket lookup, which agent code makes on every run, is a
+/// map. Use the reference managers in production.
 #[derive(Debug, Default)]
 pub struct MinimalManager {
-    connections: Mutex<HashMap<ConnectionId, WebSocketConnection>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    connections: HashMap<ConnectionId, WebSocketConnection>,
+    sockets: HashMap<SocketId, ConnectionId>,
 }
 
 impl ConstructManager for MinimalManager {
@@ -35,10 +42,15 @@ impl ConstructManager for MinimalManager {
 }
 
 impl MinimalManager {
-    /// Runs `f` on the map. A poisoned lock only means another thread
-    /// panicked mid-update of plain maps; the data is still usable.
+    /// Runs `f` on the connections. A poisoned lock only means another
+    /// thread panicked mid-update of plain maps; the data is still usable.
     fn with<R>(&self, f: impl FnOnce(&mut HashMap<ConnectionId, WebSocketConnection>) -> R) -> R {
-        let mut guard = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard.connections)
+    }
+
+    fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut guard)
     }
 
@@ -71,25 +83,34 @@ impl MinimalManager {
 #[websocket_manager(name = "minimal")]
 impl MinimalManager {
     async fn add_connection(&self, connection: WebSocketConnection) -> Result<(), ManagerError> {
-        self.with(|map| {
-            if map.contains_key(&connection.connection_id) {
+        self.with_state(|state| {
+            if state.connections.contains_key(&connection.connection_id) {
                 return Err(ManagerError::DuplicateConnection(
                     connection.connection_id.clone(),
                 ));
             }
-            if let Some(existing) = map.values().find(|c| c.websocket == connection.websocket) {
+            if let Some(existing) = state.sockets.get(&connection.websocket.id()) {
                 return Err(ManagerError::SocketAlreadyRegistered {
                     socket: connection.websocket.id(),
-                    existing: existing.connection_id.clone(),
+                    existing: existing.clone(),
                 });
             }
-            map.insert(connection.connection_id.clone(), connection);
+            state
+                .sockets
+                .insert(connection.websocket.id(), connection.connection_id.clone());
+            state
+                .connections
+                .insert(connection.connection_id.clone(), connection);
             Ok(())
         })
     }
 
     async fn remove_connection(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection> {
-        let removed = self.with(|map| map.remove(connection_id))?;
+        let removed = self.with_state(|state| {
+            let removed = state.connections.remove(connection_id)?;
+            state.sockets.remove(&removed.websocket.id());
+            Some(removed)
+        })?;
         removed
             .websocket
             .close(websocket_manager::CloseReason::normal());
@@ -117,11 +138,7 @@ impl MinimalManager {
     }
 
     fn get_connection_id_by_websocket(&self, websocket: &WebSocketHandle) -> Option<ConnectionId> {
-        self.with(|map| {
-            map.values()
-                .find(|c| &c.websocket == websocket)
-                .map(|c| c.connection_id.clone())
-        })
+        self.with_state(|state| state.sockets.get(&websocket.id()).cloned())
     }
 
     fn update_connection_thread(&self, connection_id: &ConnectionId, thread_id: ThreadId) -> bool {
