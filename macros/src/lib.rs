@@ -2,7 +2,7 @@
 //!
 //! Depend on `websocket-manager` and use `websocket_manager::websocket_manager`;
 //! this crate is its implementation. The entry points below are thin: the
-//! work is in [`expand`](crate::expand), on `proc_macro2` token streams, so it
+//! work is in the private `expand` module, on `proc_macro2` token streams, so it
 //! is unit-tested without a compiler.
 
 mod args;
