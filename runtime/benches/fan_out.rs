@@ -55,25 +55,36 @@ fn timed_batches(
     total
 }
 
+/// A unified manager with `connections` sockets of one user (alice), and the
+/// receiving ends the benches drain.
+fn manager_with_connections(
+    connections: usize,
+) -> (
+    ManagerConfig,
+    UnifiedWebSocketManager,
+    Vec<OutboundReceiver>,
+) {
+    let config = ManagerConfig::builder()
+        .max_connections_per_user(64)
+        .build()
+        .unwrap();
+    let manager = UnifiedWebSocketManager::new(config.clone());
+    let receivers = (0..connections)
+        .map(|_| {
+            let (socket, receiver) = WebSocketHandle::channel(config.queue_limits());
+            common::now(manager.add_connection(WebSocketConnection::new(common::alice(), socket)))
+                .unwrap();
+            receiver
+        })
+        .collect();
+    (config, manager, receivers)
+}
+
 fn fan_out(c: &mut Criterion) {
     let mut group = c.benchmark_group("fan_out");
     for connections in [1usize, 8, 64] {
-        let config = ManagerConfig::builder()
-            .max_connections_per_user(64)
-            .build()
-            .unwrap();
-        let manager = UnifiedWebSocketManager::new(config.clone());
+        let (config, manager, mut receivers) = manager_with_connections(connections);
         let alice = common::alice();
-        let mut receivers: Vec<OutboundReceiver> = (0..connections)
-            .map(|_| {
-                let (socket, receiver) = WebSocketHandle::channel(config.queue_limits());
-                common::now(
-                    manager.add_connection(WebSocketConnection::new(alice.clone(), socket)),
-                )
-                .unwrap();
-                receiver
-            })
-            .collect();
         group.bench_with_input(
             BenchmarkId::new("manager_send_to_user", connections),
             &connections,
@@ -164,22 +175,8 @@ fn paired_ratios() {
         "connections", "manager / raw mpsc", "handles_only / raw"
     );
     for connections in [1usize, 8, 64] {
-        let config = ManagerConfig::builder()
-            .max_connections_per_user(64)
-            .build()
-            .unwrap();
-        let manager = UnifiedWebSocketManager::new(config.clone());
+        let (config, manager, mut receivers) = manager_with_connections(connections);
         let alice = common::alice();
-        let mut receivers: Vec<OutboundReceiver> = (0..connections)
-            .map(|_| {
-                let (socket, receiver) = WebSocketHandle::channel(config.queue_limits());
-                common::now(
-                    manager.add_connection(WebSocketConnection::new(alice.clone(), socket)),
-                )
-                .unwrap();
-                receiver
-            })
-            .collect();
         let (handles, mut handle_receivers): (Vec<WebSocketHandle>, Vec<OutboundReceiver>) = (0
             ..connections)
             .map(|_| WebSocketHandle::channel(config.queue_limits()))
