@@ -1,138 +1,17 @@
-//! One socket as a manager sees it: [`WebSocketHandle`] (the sending side of a
-//! bounded queue, with a stable [`SocketId`]), the [`OutboundReceiver`] a
-//! transport's writer drains, and the [`WebSocketConnection`] record.
-//!
-//! A manager never writes to a socket itself. It pushes [`TextFrame`]s into
-//! the connection's bounded queue without waiting ([`WebSocketHandle::try_send`]);
-//! the transport's writer task drains the queue into the real socket. So a
-//! stalled client can only fill its own queue, never delay anybody else.
+//! The sending and receiving ends of one socket's outbound queue:
+//! [`WebSocketHandle`] for the manager, [`OutboundReceiver`] for the
+//! transport's writer, and what travels between them.
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::{Notify, mpsc};
 
-use crate::ids::{ConnectionId, ThreadId, UserId};
-
-/// The stable identity of one socket, unique within the process.
-///
-/// [`WebSocketManager::get_connection_id_by_websocket`](crate::WebSocketManager::get_connection_id_by_websocket)
-/// keys on it, so the reverse lookup is a hash lookup, not a scan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct SocketId(u64);
-
-impl SocketId {
-    fn next() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        SocketId(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
-
-    /// The raw number, for logs and metrics.
-    pub fn get(self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Display for SocketId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "socket-{}", self.0)
-    }
-}
-
-/// A serialized text message, shared by reference count among all recipients.
-///
-/// Serialize once, clone the frame for every connection: a clone is a
-/// reference-count increment, never a copy of the bytes.
-///
-/// ```
-/// use websocket_manager::TextFrame;
-/// let frame = TextFrame::from_json(&serde_json::json!({"type": "hello"}))?;
-/// assert_eq!(frame.as_str(), r#"{"type":"hello"}"#);
-/// let copy = frame.clone(); // shares the same bytes
-/// assert_eq!(copy.as_bytes().as_ptr(), frame.as_bytes().as_ptr());
-/// # Ok::<(), serde_json::Error>(())
-/// ```
-#[derive(Clone, PartialEq, Eq)]
-pub struct TextFrame(Bytes);
-
-impl TextFrame {
-    /// Serializes a JSON value into a frame.
-    ///
-    /// # Errors
-    ///
-    /// Whatever `serde_json` reports (in practice only for values holding
-    /// non-string map keys built through custom serializers).
-    pub fn from_json<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
-        serde_json::to_vec(value).map(|bytes| TextFrame(Bytes::from(bytes)))
-    }
-
-    /// Wraps a string that is already the text to send.
-    pub fn from_string(text: String) -> Self {
-        TextFrame(Bytes::from(text))
-    }
-
-    /// The text. Frames are built only from `String`s or `serde_json`
-    /// output, so the bytes are always valid UTF-8.
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-
-    /// The raw bytes (valid UTF-8).
-    pub fn as_bytes(&self) -> &Bytes {
-        &self.0
-    }
-
-    /// Gives up the shared bytes (valid UTF-8), e.g. to build a transport's
-    /// text message without copying.
-    pub fn into_bytes(self) -> Bytes {
-        self.0
-    }
-
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether the frame is empty.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl TryFrom<Bytes> for TextFrame {
-    type Error = std::str::Utf8Error;
-
-    /// Wraps received bytes, checking they are UTF-8 (no copy).
-    ///
-    /// ```
-    /// use websocket_manager::TextFrame;
-    /// let frame = TextFrame::try_from(bytes::Bytes::from_static(b"hello"))?;
-    /// assert_eq!(frame.as_str(), "hello");
-    /// assert!(TextFrame::try_from(bytes::Bytes::from_static(&[0xff])).is_err());
-    /// # Ok::<(), std::str::Utf8Error>(())
-    /// ```
-    fn try_from(bytes: Bytes) -> Result<Self, Self::Error> {
-        std::str::from_utf8(&bytes)?;
-        Ok(TextFrame(bytes))
-    }
-}
-
-impl From<String> for TextFrame {
-    fn from(text: String) -> Self {
-        TextFrame::from_string(text)
-    }
-}
-
-impl fmt::Debug for TextFrame {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("TextFrame").field(&self.as_str()).finish()
-    }
-}
+use super::SocketId;
+use super::frame::TextFrame;
+use super::queue::OutboundQueue;
 
 /// Why a socket is being closed: a WebSocket close code and a short reason.
 ///
@@ -233,14 +112,6 @@ pub enum SendError {
     },
 }
 
-struct Shared {
-    id: SocketId,
-    limits: QueueLimits,
-    queued_bytes: AtomicUsize,
-    close_reason: OnceLock<CloseReason>,
-    close_signal: Notify,
-}
-
 /// The manager's handle on one socket.
 ///
 /// Created with [`WebSocketHandle::channel`], together with the
@@ -257,32 +128,25 @@ struct Shared {
 /// assert_eq!(socket.try_send(TextFrame::from_string("three".into())), Err(SendError::Closed));
 /// # Ok::<(), SendError>(())
 /// ```
-#[derive(Clone)]
 pub struct WebSocketHandle {
-    shared: Arc<Shared>,
-    sender: mpsc::Sender<TextFrame>,
+    id: SocketId,
+    queue: Arc<OutboundQueue>,
 }
 
 impl WebSocketHandle {
     /// Creates a handle and the receiving end of its bounded queue.
     pub fn channel(limits: QueueLimits) -> (WebSocketHandle, OutboundReceiver) {
         let limits = QueueLimits::new(limits.max_messages, limits.max_bytes);
-        let (sender, receiver) = mpsc::channel(limits.max_messages);
-        let shared = Arc::new(Shared {
-            id: SocketId::next(),
-            limits,
-            queued_bytes: AtomicUsize::new(0),
-            close_reason: OnceLock::new(),
-            close_signal: Notify::new(),
-        });
+        let id = SocketId::next();
+        let queue = Arc::new(OutboundQueue::new(limits));
         (
             WebSocketHandle {
-                shared: Arc::clone(&shared),
-                sender,
+                id,
+                queue: Arc::clone(&queue),
             },
             OutboundReceiver {
-                shared,
-                receiver,
+                id,
+                queue,
                 finished: false,
             },
         )
@@ -290,12 +154,12 @@ impl WebSocketHandle {
 
     /// The socket's stable identity.
     pub fn id(&self) -> SocketId {
-        self.shared.id
+        self.id
     }
 
     /// The queue's bounds.
     pub fn limits(&self) -> QueueLimits {
-        self.shared.limits
+        self.queue.limits()
     }
 
     /// Queues a frame without waiting.
@@ -306,63 +170,50 @@ impl WebSocketHandle {
     /// [`SendError::Closed`] when the socket is closed,
     /// [`SendError::TooLarge`] when the frame alone exceeds the byte bound.
     pub fn try_send(&self, frame: TextFrame) -> Result<(), SendError> {
-        // a gone writer is reported by the channel itself; only the manager's
-        // close needs a check of its own
-        if self.shared.close_reason.get().is_some() {
-            return Err(SendError::Closed);
-        }
-        let len = frame.len();
-        let max = self.shared.limits.max_bytes;
-        if len > max {
-            return Err(SendError::TooLarge { len, max });
-        }
-        let before = self.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
-        if before + len > max {
-            self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            return Err(SendError::Full);
-        }
-        match self.sender.try_send(frame) {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                Err(match error {
-                    mpsc::error::TrySendError::Full(_) => SendError::Full,
-                    mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-                })
-            }
-        }
+        self.queue.push(frame)
     }
 
     /// Closes the socket: the writer stops, sends a close frame with `reason`
     /// and drops whatever was still queued. Returns `true` if this call
     /// closed it, `false` if it was already closed.
     pub fn close(&self, reason: CloseReason) -> bool {
-        let first = self.shared.close_reason.set(reason).is_ok();
-        if first {
-            // notify_one keeps a permit if the writer is not waiting yet.
-            self.shared.close_signal.notify_one();
-        }
-        first
+        self.queue.close(reason)
     }
 
     /// Whether the socket was closed, or its writer has gone away.
     pub fn is_closed(&self) -> bool {
-        self.shared.close_reason.get().is_some() || self.sender.is_closed()
+        self.queue.is_closed()
     }
 
     /// The reason given to [`close`](Self::close), if it was called.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        self.shared.close_reason.get().cloned()
+        self.queue.close_reason()
     }
 
     /// Frames waiting in the queue.
     pub fn queue_depth(&self) -> usize {
-        self.sender.max_capacity() - self.sender.capacity()
+        self.queue.depth()
     }
 
     /// Bytes waiting in the queue.
     pub fn queued_bytes(&self) -> usize {
-        self.shared.queued_bytes.load(Ordering::Acquire)
+        self.queue.bytes()
+    }
+}
+
+impl Clone for WebSocketHandle {
+    fn clone(&self) -> Self {
+        self.queue.add_sender();
+        WebSocketHandle {
+            id: self.id,
+            queue: Arc::clone(&self.queue),
+        }
+    }
+}
+
+impl Drop for WebSocketHandle {
+    fn drop(&mut self) {
+        self.queue.drop_sender();
     }
 }
 
@@ -415,125 +266,58 @@ pub enum OutboundEvent {
 /// # });
 /// ```
 pub struct OutboundReceiver {
-    shared: Arc<Shared>,
-    receiver: mpsc::Receiver<TextFrame>,
+    id: SocketId,
+    queue: Arc<OutboundQueue>,
     finished: bool,
 }
 
 impl OutboundReceiver {
     /// The identity of the socket this queue belongs to.
     pub fn id(&self) -> SocketId {
-        self.shared.id
+        self.id
     }
 
     /// Waits for the next frame or the close. Returns `None` after the close
     /// was delivered, or when every handle was dropped without a close.
+    ///
+    /// Cancel-safe: dropping the future before it completes loses nothing,
+    /// so it can be used in `tokio::select!`.
     pub async fn recv(&mut self) -> Option<OutboundEvent> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Polls for the next frame or the close; see [`recv`](Self::recv).
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<OutboundEvent>> {
         if self.finished {
-            return None;
+            return Poll::Ready(None);
         }
-        if let Some(event) = self.take_close() {
-            return Some(event);
+        let event = std::task::ready!(self.queue.poll_recv(cx));
+        if !matches!(event, Some(OutboundEvent::Frame(_))) {
+            self.finished = true;
+            self.queue.close_receiver();
         }
-        tokio::select! {
-            biased;
-            () = self.shared.close_signal.notified() => self.take_close(),
-            frame = self.receiver.recv() => match frame {
-                Some(frame) => {
-                    self.shared.queued_bytes.fetch_sub(frame.len(), Ordering::AcqRel);
-                    Some(OutboundEvent::Frame(frame))
-                }
-                None => {
-                    self.finished = true;
-                    None
-                }
-            },
-        }
+        Poll::Ready(event)
     }
 
     /// Closes the queue from the writer's side (the socket died): every
     /// handle then reports [`is_closed`](WebSocketHandle::is_closed).
     pub fn close(&mut self) {
-        self.receiver.close();
+        self.queue.close_receiver();
     }
+}
 
-    fn take_close(&mut self) -> Option<OutboundEvent> {
-        let reason = self.shared.close_reason.get()?.clone();
-        self.finished = true;
-        self.receiver.close();
-        Some(OutboundEvent::Close(reason))
+impl Drop for OutboundReceiver {
+    fn drop(&mut self) {
+        self.queue.drop_receiver();
     }
 }
 
 impl fmt::Debug for OutboundReceiver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OutboundReceiver")
-            .field("id", &self.shared.id)
+            .field("id", &self.id)
             .field("finished", &self.finished)
             .finish()
-    }
-}
-
-/// One registered connection: who it belongs to, which thread it follows, and
-/// the handle to its socket.
-///
-/// ```
-/// use websocket_manager::{QueueLimits, UserId, ThreadId, WebSocketConnection, WebSocketHandle};
-/// let (socket, _receiver) = WebSocketHandle::channel(QueueLimits::default());
-/// let connection = WebSocketConnection::new(UserId::new("alice")?, socket)
-///     .with_thread(ThreadId::new("t-1")?);
-/// assert_eq!(connection.user_id.as_str(), "alice");
-/// assert_eq!(connection.thread_id.as_ref().map(|t| t.as_str()), Some("t-1"));
-/// # Ok::<(), websocket_manager::IdError>(())
-/// ```
-#[derive(Debug, Clone)]
-pub struct WebSocketConnection {
-    /// The connection's id, unique within a manager.
-    pub connection_id: ConnectionId,
-    /// The authenticated user the connection belongs to.
-    pub user_id: UserId,
-    /// The thread the connection follows, if any.
-    pub thread_id: Option<ThreadId>,
-    /// The handle on the socket.
-    pub websocket: WebSocketHandle,
-    /// When the connection was accepted.
-    pub connected_at: SystemTime,
-    /// Application data (client version, user agent...).
-    pub metadata: serde_json::Map<String, serde_json::Value>,
-}
-
-impl WebSocketConnection {
-    /// A connection with a freshly generated id, no thread and no metadata.
-    pub fn new(user_id: UserId, websocket: WebSocketHandle) -> Self {
-        Self::with_id(ConnectionId::generate(), user_id, websocket)
-    }
-
-    /// A connection with a given id.
-    pub fn with_id(
-        connection_id: ConnectionId,
-        user_id: UserId,
-        websocket: WebSocketHandle,
-    ) -> Self {
-        WebSocketConnection {
-            connection_id,
-            user_id,
-            thread_id: None,
-            websocket,
-            connected_at: SystemTime::now(),
-            metadata: serde_json::Map::new(),
-        }
-    }
-
-    /// Binds the connection to a thread.
-    pub fn with_thread(mut self, thread_id: ThreadId) -> Self {
-        self.thread_id = Some(thread_id);
-        self
-    }
-
-    /// Adds one metadata entry.
-    pub fn with_metadata(mut self, key: impl Into<String>, value: serde_json::Value) -> Self {
-        self.metadata.insert(key.into(), value);
-        self
     }
 }
 
@@ -603,5 +387,156 @@ mod tests {
         assert_eq!(a.clone(), a);
         assert_eq!(a.clone().id(), a.id());
         assert_ne!(a, b);
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    fn try_recv(receiver: &mut OutboundReceiver) -> Option<Option<OutboundEvent>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match receiver.poll_recv(&mut cx) {
+            Poll::Ready(event) => Some(event),
+            Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn the_last_dropped_handle_ends_the_receiver_after_the_queued_frames() {
+        let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::default());
+        let clone = socket.clone();
+        socket.try_send(frame("a")).unwrap();
+        drop(socket);
+        assert!(try_recv(&mut receiver).is_some_and(|e| e.is_some()));
+        assert_eq!(try_recv(&mut receiver), None, "a clone is still alive");
+        clone.try_send(frame("b")).unwrap();
+        drop(clone);
+        assert_eq!(
+            try_recv(&mut receiver),
+            Some(Some(OutboundEvent::Frame(frame("b"))))
+        );
+        assert_eq!(try_recv(&mut receiver), Some(None));
+    }
+
+    #[test]
+    fn close_drops_queued_frames_and_their_bytes() {
+        let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::new(8, 64));
+        socket.try_send(frame("12345")).unwrap();
+        socket.try_send(frame("678")).unwrap();
+        assert_eq!((socket.queue_depth(), socket.queued_bytes()), (2, 8));
+        socket.close(CloseReason::normal());
+        assert_eq!((socket.queue_depth(), socket.queued_bytes()), (0, 0));
+        assert_eq!(
+            try_recv(&mut receiver),
+            Some(Some(OutboundEvent::Close(CloseReason::normal())))
+        );
+        assert_eq!(try_recv(&mut receiver), Some(None));
+    }
+
+    #[test]
+    fn a_closed_receiver_refuses_new_frames_but_yields_the_queued_ones() {
+        let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::default());
+        socket.try_send(frame("queued")).unwrap();
+        receiver.close();
+        assert!(socket.is_closed());
+        assert_eq!(socket.try_send(frame("late")), Err(SendError::Closed));
+        assert_eq!(
+            try_recv(&mut receiver),
+            Some(Some(OutboundEvent::Frame(frame("queued"))))
+        );
+        assert_eq!(try_recv(&mut receiver), Some(None));
+    }
+
+    #[test]
+    fn a_dropped_receiver_frees_what_was_queued() {
+        let (socket, receiver) = WebSocketHandle::channel(QueueLimits::default());
+        socket.try_send(frame("never read")).unwrap();
+        drop(receiver);
+        assert_eq!((socket.queue_depth(), socket.queued_bytes()), (0, 0));
+    }
+
+    #[test]
+    fn a_waiting_writer_is_woken_by_a_frame_by_a_close_and_by_the_last_drop() {
+        let rt = runtime();
+        rt.block_on(async {
+            let wait = std::time::Duration::from_secs(5);
+            for ending in ["frame", "close", "drop"] {
+                let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::default());
+                let writer = tokio::spawn(async move { receiver.recv().await });
+                // Let the writer park first, so the wake-up is what is tested.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                match ending {
+                    "frame" => socket.try_send(frame("x")).unwrap(),
+                    "close" => assert!(socket.close(CloseReason::going_away())),
+                    _ => drop(socket),
+                }
+                let event = tokio::time::timeout(wait, writer)
+                    .await
+                    .unwrap_or_else(|_| panic!("writer not woken by {ending}"))
+                    .unwrap();
+                let expected = match ending {
+                    "frame" => Some(OutboundEvent::Frame(frame("x"))),
+                    "close" => Some(OutboundEvent::Close(CloseReason::going_away())),
+                    _ => None,
+                };
+                assert_eq!(event, expected, "{ending}");
+            }
+        });
+    }
+
+    #[test]
+    fn concurrent_senders_lose_nothing_keep_their_order_and_respect_both_bounds() {
+        const SENDERS: usize = 4;
+        const FRAMES: usize = 5_000;
+        let limits = QueueLimits::new(16, 64);
+        let rt = runtime();
+        rt.block_on(async {
+            let (socket, mut receiver) = WebSocketHandle::channel(limits);
+            let mut tasks = Vec::new();
+            for sender in 0..SENDERS {
+                let socket = socket.clone();
+                tasks.push(tokio::spawn(async move {
+                    for i in 0..FRAMES {
+                        let text = format!("{sender}:{i}");
+                        loop {
+                            match socket.try_send(frame(&text)) {
+                                Ok(()) => break,
+                                Err(SendError::Full) => tokio::task::yield_now().await,
+                                Err(other) => panic!("{other}"),
+                            }
+                        }
+                        assert!(socket.queued_bytes() <= limits.max_bytes);
+                        assert!(socket.queue_depth() <= limits.max_messages);
+                    }
+                }));
+            }
+            drop(socket);
+            let mut next = [0usize; SENDERS];
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+            while let Some(event) = tokio::time::timeout_at(deadline, receiver.recv())
+                .await
+                .expect("the writer stalled: a wake-up was lost")
+            {
+                let OutboundEvent::Frame(f) = event else {
+                    panic!("unexpected {event:?}")
+                };
+                let (sender, i) = f.as_str().split_once(':').unwrap();
+                let sender: usize = sender.parse().unwrap();
+                assert_eq!(
+                    i.parse::<usize>().unwrap(),
+                    next[sender],
+                    "order of {sender}"
+                );
+                next[sender] += 1;
+            }
+            for task in tasks {
+                task.await.unwrap();
+            }
+            assert_eq!(next, [FRAMES; SENDERS]);
+        });
     }
 }

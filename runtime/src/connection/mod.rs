@@ -1,0 +1,113 @@
+//! One socket as a manager sees it: [`WebSocketHandle`] (the sending side of a
+//! bounded queue, with a stable [`SocketId`]), the [`OutboundReceiver`] a
+//! transport's writer drains, and the [`WebSocketConnection`] record.
+//!
+//! A manager never writes to a socket itself. It pushes [`TextFrame`]s into
+//! the connection's bounded queue without waiting ([`WebSocketHandle::try_send`]);
+//! the transport's writer task drains the queue into the real socket. So a
+//! stalled client can only fill its own queue, never delay anybody else.
+
+mod frame;
+mod handle;
+mod queue;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::ids::{ConnectionId, ThreadId, UserId};
+
+pub use frame::TextFrame;
+pub use handle::{
+    CloseReason, OutboundEvent, OutboundReceiver, QueueLimits, SendError, WebSocketHandle,
+};
+
+/// The stable identity of one socket, unique within the process.
+///
+/// [`WebSocketManager::get_connection_id_by_websocket`](crate::WebSocketManager::get_connection_id_by_websocket)
+/// keys on it, so the reverse lookup is a hash lookup, not a scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct SocketId(u64);
+
+impl SocketId {
+    pub(crate) fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        SocketId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The raw number, for logs and metrics.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for SocketId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "socket-{}", self.0)
+    }
+}
+
+/// One registered connection: who it belongs to, which thread it follows, and
+/// the handle to its socket.
+///
+/// ```
+/// use websocket_manager::{QueueLimits, UserId, ThreadId, WebSocketConnection, WebSocketHandle};
+/// let (socket, _receiver) = WebSocketHandle::channel(QueueLimits::default());
+/// let connection = WebSocketConnection::new(UserId::new("alice")?, socket)
+///     .with_thread(ThreadId::new("t-1")?);
+/// assert_eq!(connection.user_id.as_str(), "alice");
+/// assert_eq!(connection.thread_id.as_ref().map(|t| t.as_str()), Some("t-1"));
+/// # Ok::<(), websocket_manager::IdError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct WebSocketConnection {
+    /// The connection's id, unique within a manager.
+    pub connection_id: ConnectionId,
+    /// The authenticated user the connection belongs to.
+    pub user_id: UserId,
+    /// The thread the connection follows, if any.
+    pub thread_id: Option<ThreadId>,
+    /// The handle on the socket.
+    pub websocket: WebSocketHandle,
+    /// When the connection was accepted.
+    pub connected_at: SystemTime,
+    /// Application data (client version, user agent...).
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl WebSocketConnection {
+    /// A connection with a freshly generated id, no thread and no metadata.
+    pub fn new(user_id: UserId, websocket: WebSocketHandle) -> Self {
+        Self::with_id(ConnectionId::generate(), user_id, websocket)
+    }
+
+    /// A connection with a given id.
+    pub fn with_id(
+        connection_id: ConnectionId,
+        user_id: UserId,
+        websocket: WebSocketHandle,
+    ) -> Self {
+        WebSocketConnection {
+            connection_id,
+            user_id,
+            thread_id: None,
+            websocket,
+            connected_at: SystemTime::now(),
+            metadata: serde_json::Map::new(),
+        }
+    }
+
+    /// Binds the connection to a thread.
+    pub fn with_thread(mut self, thread_id: ThreadId) -> Self {
+        self.thread_id = Some(thread_id);
+        self
+    }
+
+    /// Adds one metadata entry.
+    pub fn with_metadata(mut self, key: impl Into<String>, value: serde_json::Value) -> Self {
+        self.metadata.insert(key.into(), value);
+        self
+    }
+}

@@ -1,0 +1,216 @@
+//! The bounded queue between a socket's [`WebSocketHandle`](super::WebSocketHandle)s
+//! and its [`OutboundReceiver`](super::OutboundReceiver): frames bounded in
+//! count and in bytes, one close reason, one waiting writer.
+//!
+//! Why not tokio's `mpsc`: a manager's send pushes one frame into every
+//! recipient's queue, so the cost of one push is paid once per recipient.
+//! tokio's bounded channel spends four atomic read-modify-writes on a push
+//! (semaphore, tail, slot flags, waker state), and a byte bound kept beside
+//! it adds a fifth on another cache line. Here one short lock guards the
+//! frames, both counts, the close and the waker together: a push is a lock,
+//! a `push_back` and an unlock, both bounds are exact, and a close drops the
+//! queued frames at once. Only the socket's own senders and its writer take
+//! the lock, always for O(1) work and never across an `.await`, so a slow
+//! socket contends with nobody else.
+
+use std::collections::VecDeque;
+use std::mem;
+use std::task::{Context, Poll, Waker};
+
+use parking_lot::Mutex;
+
+use super::frame::TextFrame;
+use super::handle::{CloseReason, OutboundEvent, QueueLimits, SendError};
+
+/// A queue drained to empty keeps at most this many slots; a burst's larger
+/// buffer is given back so idle sockets stay small.
+const IDLE_CAPACITY: usize = 16;
+
+#[derive(Debug)]
+struct State {
+    frames: VecDeque<TextFrame>,
+    /// Total length of `frames`.
+    bytes: usize,
+    /// Set once by [`OutboundQueue::close`]; the writer reports it first.
+    close: Option<CloseReason>,
+    /// The receiving side was closed or dropped: pushes fail.
+    receiver_closed: bool,
+    /// Live handles. At zero the receiver ends once the queue is drained.
+    senders: usize,
+    /// The writer waiting for the next event, if any.
+    waker: Option<Waker>,
+}
+
+#[derive(Debug)]
+pub(super) struct OutboundQueue {
+    limits: QueueLimits,
+    state: Mutex<State>,
+}
+
+impl OutboundQueue {
+    /// An empty queue with one sender.
+    pub(super) fn new(limits: QueueLimits) -> Self {
+        OutboundQueue {
+            limits,
+            state: Mutex::new(State {
+                frames: VecDeque::new(),
+                bytes: 0,
+                close: None,
+                receiver_closed: false,
+                senders: 1,
+                waker: None,
+            }),
+        }
+    }
+
+    pub(super) fn limits(&self) -> QueueLimits {
+        self.limits
+    }
+
+    pub(super) fn push(&self, frame: TextFrame) -> Result<(), SendError> {
+        let len = frame.len();
+        let max = self.limits.max_bytes;
+        let waker = {
+            let mut state = self.state.lock();
+            if state.close.is_some() || state.receiver_closed {
+                return Err(SendError::Closed);
+            }
+            if len > max {
+                return Err(SendError::TooLarge { len, max });
+            }
+            // `state.bytes <= max` always holds, so the subtraction cannot wrap.
+            if state.frames.len() >= self.limits.max_messages || len > max - state.bytes {
+                return Err(SendError::Full);
+            }
+            state.frames.push_back(frame);
+            state.bytes += len;
+            state.waker.take()
+        };
+        // Wake outside the lock: the writer's first act is to take it.
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Records the close reason, drops the queued frames and wakes the
+    /// writer. `false` if the queue was already closed.
+    pub(super) fn close(&self, reason: CloseReason) -> bool {
+        let (dropped, waker) = {
+            let mut state = self.state.lock();
+            if state.close.is_some() {
+                return false;
+            }
+            state.close = Some(reason);
+            state.bytes = 0;
+            (mem::take(&mut state.frames), state.waker.take())
+        };
+        drop(dropped);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        true
+    }
+
+    /// The next event for the writer: the close reason (before any queued
+    /// frame), then frames in order, then `None` once the queue is drained
+    /// and either every handle or the receiving side is gone. Registers
+    /// `cx`'s waker when there is nothing yet. Cancel-safe: a `Pending` poll
+    /// changes nothing but the waker.
+    pub(super) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<OutboundEvent>> {
+        let mut state = self.state.lock();
+        if let Some(reason) = &state.close {
+            return Poll::Ready(Some(OutboundEvent::Close(reason.clone())));
+        }
+        if let Some(frame) = state.frames.pop_front() {
+            state.bytes -= frame.len();
+            if state.frames.is_empty() && state.frames.capacity() > IDLE_CAPACITY {
+                state.frames.shrink_to(IDLE_CAPACITY);
+            }
+            return Poll::Ready(Some(OutboundEvent::Frame(frame)));
+        }
+        if state.senders == 0 || state.receiver_closed {
+            return Poll::Ready(None);
+        }
+        match &mut state.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// The receiving side stops accepting frames; those already queued can
+    /// still be received.
+    pub(super) fn close_receiver(&self) {
+        self.state.lock().receiver_closed = true;
+    }
+
+    /// The receiving side is gone: nothing queued will ever be read.
+    pub(super) fn drop_receiver(&self) {
+        let dropped = {
+            let mut state = self.state.lock();
+            state.receiver_closed = true;
+            state.bytes = 0;
+            state.waker = None;
+            mem::take(&mut state.frames)
+        };
+        drop(dropped);
+    }
+
+    pub(super) fn add_sender(&self) {
+        self.state.lock().senders += 1;
+    }
+
+    /// One handle is gone; the last one wakes the writer so it can end.
+    pub(super) fn drop_sender(&self) {
+        let waker = {
+            let mut state = self.state.lock();
+            state.senders = state.senders.saturating_sub(1);
+            if state.senders > 0 {
+                return;
+            }
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Closed by [`close`](Self::close), or the receiving side is gone.
+    pub(super) fn is_closed(&self) -> bool {
+        let state = self.state.lock();
+        state.close.is_some() || state.receiver_closed
+    }
+
+    pub(super) fn close_reason(&self) -> Option<CloseReason> {
+        self.state.lock().close.clone()
+    }
+
+    /// Frames waiting.
+    pub(super) fn depth(&self) -> usize {
+        self.state.lock().frames.len()
+    }
+
+    /// Bytes waiting.
+    pub(super) fn bytes(&self) -> usize {
+        self.state.lock().bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drained_queue_gives_back_a_bursts_buffer() {
+        let queue = OutboundQueue::new(QueueLimits::new(1024, 1 << 20));
+        for _ in 0..1000 {
+            queue.push(TextFrame::from_string("x".into())).unwrap();
+        }
+        assert!(queue.state.lock().frames.capacity() >= 1000);
+        let mut cx = Context::from_waker(Waker::noop());
+        while let Poll::Ready(Some(_)) = queue.poll_recv(&mut cx) {}
+        assert!(queue.state.lock().frames.capacity() <= IDLE_CAPACITY);
+        assert_eq!(queue.bytes(), 0);
+    }
+}
