@@ -288,15 +288,58 @@ impl OutboundReceiver {
 
     /// Polls for the next frame or the close; see [`recv`](Self::recv).
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<OutboundEvent>> {
+        let mut event = None;
+        std::task::ready!(self.poll_take(cx, 1, |e| event = Some(e)));
+        Poll::Ready(event)
+    }
+
+    /// Waits like [`recv`](Self::recv), then takes up to `limit` events at
+    /// once (at least one), appending them to `buffer`; returns how many.
+    /// `0` means the queue has ended, like `recv` returning `None`.
+    ///
+    /// A writer that flushes once per batch takes the whole batch with one
+    /// lock of the queue. A close always comes alone: it drops the frames
+    /// that were still queued.
+    ///
+    /// Cancel-safe, like [`recv`](Self::recv).
+    ///
+    /// ```
+    /// use websocket_manager::{OutboundEvent, QueueLimits, TextFrame, WebSocketHandle};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::default());
+    /// for text in ["a", "b", "c"] {
+    ///     socket.try_send(TextFrame::from_string(text.into())).unwrap();
+    /// }
+    /// let mut batch = Vec::new();
+    /// assert_eq!(receiver.recv_many(&mut batch, 32).await, 3);
+    /// assert_eq!(batch[2], OutboundEvent::Frame(TextFrame::from_string("c".into())));
+    /// drop(socket);
+    /// assert_eq!(receiver.recv_many(&mut batch, 32).await, 0);
+    /// # });
+    /// ```
+    pub async fn recv_many(&mut self, buffer: &mut Vec<OutboundEvent>, limit: usize) -> usize {
+        std::future::poll_fn(|cx| self.poll_take(cx, limit, |e| buffer.push(e))).await
+    }
+
+    fn poll_take(
+        &mut self,
+        cx: &mut Context<'_>,
+        limit: usize,
+        mut take: impl FnMut(OutboundEvent),
+    ) -> Poll<usize> {
         if self.finished {
-            return Poll::Ready(None);
+            return Poll::Ready(0);
         }
-        let event = std::task::ready!(self.queue.poll_recv(cx));
-        if !matches!(event, Some(OutboundEvent::Frame(_))) {
+        let mut ended = false;
+        let n = std::task::ready!(self.queue.poll_take(cx, limit, |event| {
+            ended = matches!(event, OutboundEvent::Close(_));
+            take(event);
+        }));
+        if n == 0 || ended {
             self.finished = true;
             self.queue.close_receiver();
         }
-        Poll::Ready(event)
+        Poll::Ready(n)
     }
 
     /// Closes the queue from the writer's side (the socket died): every
@@ -457,6 +500,33 @@ mod tests {
         socket.try_send(frame("never read")).unwrap();
         drop(receiver);
         assert_eq!((socket.queue_depth(), socket.queued_bytes()), (0, 0));
+    }
+
+    #[test]
+    fn recv_many_respects_its_limit_releases_bytes_and_returns_a_close_alone() {
+        let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::default());
+        for text in ["a", "bb", "ccc", "dddd"] {
+            socket.try_send(frame(text)).unwrap();
+        }
+        let rt = runtime();
+        rt.block_on(async {
+            let mut batch = Vec::new();
+            assert_eq!(receiver.recv_many(&mut batch, 2).await, 2);
+            assert_eq!(
+                batch,
+                [
+                    OutboundEvent::Frame(frame("a")),
+                    OutboundEvent::Frame(frame("bb"))
+                ]
+            );
+            assert_eq!((socket.queue_depth(), socket.queued_bytes()), (2, 7));
+            socket.close(CloseReason::going_away());
+            batch.clear();
+            assert_eq!(receiver.recv_many(&mut batch, 32).await, 1);
+            assert_eq!(batch, [OutboundEvent::Close(CloseReason::going_away())]);
+            assert_eq!(receiver.recv_many(&mut batch, 32).await, 0);
+            assert_eq!(batch.len(), 1, "nothing appended after the end");
+        });
     }
 
     #[test]

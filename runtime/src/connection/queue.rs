@@ -22,9 +22,10 @@ use parking_lot::Mutex;
 use super::frame::TextFrame;
 use super::handle::{CloseReason, OutboundEvent, QueueLimits, SendError};
 
-/// A queue drained to empty keeps at most this many slots; a burst's larger
-/// buffer is given back so idle sockets stay small.
-const IDLE_CAPACITY: usize = 16;
+/// A queue drained to empty keeps at most this many slots (1 KiB, what one
+/// block of a tokio channel holds); a burst's larger buffer is given back so
+/// idle sockets stay small.
+const IDLE_CAPACITY: usize = 32;
 
 #[derive(Debug)]
 struct State {
@@ -112,27 +113,46 @@ impl OutboundQueue {
         true
     }
 
-    /// The next event for the writer: the close reason (before any queued
-    /// frame), then frames in order, then `None` once the queue is drained
-    /// and either every handle or the receiving side is gone. Registers
-    /// `cx`'s waker when there is nothing yet. Cancel-safe: a `Pending` poll
-    /// changes nothing but the waker.
-    pub(super) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<OutboundEvent>> {
+    /// Takes up to `limit` (at least 1) events for the writer, in order,
+    /// handing each to `take`, and returns how many: the close reason alone
+    /// (it goes before any queued frame), or queued frames, or 0 once the
+    /// queue is drained and every handle or the receiving side is gone.
+    /// Registers `cx`'s waker when there is nothing yet. Cancel-safe: a
+    /// `Pending` poll changes nothing but the waker.
+    pub(super) fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        limit: usize,
+        mut take: impl FnMut(OutboundEvent),
+    ) -> Poll<usize> {
         let mut state = self.state.lock();
-        if let Some(reason) = &state.close {
-            return Poll::Ready(Some(OutboundEvent::Close(reason.clone())));
+        let State {
+            frames,
+            bytes,
+            close,
+            receiver_closed,
+            senders,
+            waker,
+        } = &mut *state;
+        if let Some(reason) = close {
+            take(OutboundEvent::Close(reason.clone()));
+            return Poll::Ready(1);
         }
-        if let Some(frame) = state.frames.pop_front() {
-            state.bytes -= frame.len();
-            if state.frames.is_empty() && state.frames.capacity() > IDLE_CAPACITY {
-                state.frames.shrink_to(IDLE_CAPACITY);
+        if !frames.is_empty() {
+            let n = limit.clamp(1, frames.len());
+            for frame in frames.drain(..n) {
+                *bytes -= frame.len();
+                take(OutboundEvent::Frame(frame));
             }
-            return Poll::Ready(Some(OutboundEvent::Frame(frame)));
+            if frames.is_empty() && frames.capacity() > IDLE_CAPACITY {
+                frames.shrink_to(IDLE_CAPACITY);
+            }
+            return Poll::Ready(n);
         }
-        if state.senders == 0 || state.receiver_closed {
-            return Poll::Ready(None);
+        if *senders == 0 || *receiver_closed {
+            return Poll::Ready(0);
         }
-        match &mut state.waker {
+        match waker {
             Some(waker) if waker.will_wake(cx.waker()) => {}
             slot => *slot = Some(cx.waker().clone()),
         }
@@ -209,7 +229,7 @@ mod tests {
         }
         assert!(queue.state.lock().frames.capacity() >= 1000);
         let mut cx = Context::from_waker(Waker::noop());
-        while let Poll::Ready(Some(_)) = queue.poll_recv(&mut cx) {}
+        while let Poll::Ready(1..) = queue.poll_take(&mut cx, 7, drop) {}
         assert!(queue.state.lock().frames.capacity() <= IDLE_CAPACITY);
         assert_eq!(queue.bytes(), 0);
     }

@@ -303,42 +303,27 @@ where
     let period = config.ping_interval();
     let mut ping = tokio::time::interval_at(Instant::now() + period, period);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut events = Vec::with_capacity(MAX_BATCH);
     loop {
-        let message = tokio::select! {
+        // Everything already queued (up to a batch) is taken with one lock
+        // and written with one flush.
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut close_next = None;
+        tokio::select! {
             biased;
-            event = outbound.recv() => match event {
-                Some(OutboundEvent::Frame(frame)) => WireMessage::Text(frame),
-                Some(OutboundEvent::Close(reason)) => {
-                    send_close(&mut sink, reason.clone(), config.close_timeout()).await;
-                    return WriterExit::Closed(reason);
-                }
-                None => {
+            n = outbound.recv_many(&mut events, MAX_BATCH) => {
+                if n == 0 {
                     // Every handle is gone without a close: close normally.
-                    let reason = CloseReason::normal();
-                    send_close(&mut sink, reason.clone(), config.close_timeout()).await;
-                    return WriterExit::Closed(reason);
+                    close_next = Some(CloseReason::normal());
+                }
+                for event in events.drain(..) {
+                    match event {
+                        OutboundEvent::Frame(frame) => batch.push(WireMessage::Text(frame)),
+                        OutboundEvent::Close(reason) => close_next = Some(reason),
+                    }
                 }
             },
-            _ = ping.tick() => WireMessage::Ping(Bytes::new()),
-        };
-        // Take whatever else is already queued, to write it with one flush.
-        let mut batch = vec![message];
-        let mut close_next = None;
-        while batch.len() < MAX_BATCH {
-            match outbound.recv().now_or_never() {
-                Some(Some(OutboundEvent::Frame(frame))) => {
-                    batch.push(WireMessage::Text(frame));
-                }
-                Some(Some(OutboundEvent::Close(reason))) => {
-                    close_next = Some(reason);
-                    break;
-                }
-                Some(None) => {
-                    close_next = Some(CloseReason::normal());
-                    break;
-                }
-                None => break,
-            }
+            _ = ping.tick() => batch.push(WireMessage::Ping(Bytes::new())),
         }
         if let Some(reason) = close_next {
             // The close wins over frames still waiting, as documented on
