@@ -287,6 +287,17 @@ impl OutboundReceiver {
     }
 
     /// Polls for the next frame or the close; see [`recv`](Self::recv).
+    /// For writers written as hand-made futures or streams.
+    ///
+    /// ```
+    /// use std::task::{Context, Poll, Waker};
+    /// use websocket_manager::{OutboundEvent, QueueLimits, TextFrame, WebSocketHandle};
+    /// let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::default());
+    /// let mut cx = Context::from_waker(Waker::noop());
+    /// assert!(receiver.poll_recv(&mut cx).is_pending());
+    /// socket.try_send(TextFrame::from_string("hi".into())).unwrap();
+    /// assert!(matches!(receiver.poll_recv(&mut cx), Poll::Ready(Some(OutboundEvent::Frame(_)))));
+    /// ```
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<OutboundEvent>> {
         let mut event = None;
         std::task::ready!(self.poll_take(cx, 1, |e| event = Some(e)));
