@@ -203,8 +203,11 @@ pub trait Authenticator: Send + Sync + 'static {
 /// Wraps an [`Authenticator`] so that a user may follow only threads named
 /// `"<user id>:<anything>"`: a user cannot subscribe to another user's
 /// thread by guessing its id, since `send_to_thread` reaches every
-/// connection bound to the thread. (Keep `:` out of user ids, or user `a`
-/// could follow user `a:b`'s threads.)
+/// connection bound to the thread.
+///
+/// A user whose id contains `:` may follow no thread at all through this
+/// wrapper: otherwise user `a` and user `a:b` would both own the thread
+/// `a:b:run-1`. Such a user is refused with a 403 that says why.
 ///
 /// ```
 /// use websocket_manager::transport::{Authenticator, Identity, UserScopedThreads};
@@ -236,6 +239,16 @@ impl<A: Authenticator> Authenticator for UserScopedThreads<A> {
         identity: &Identity,
         thread: &ThreadId,
     ) -> Result<(), AuthError> {
+        if identity.user_id.as_str().contains(':') {
+            return Err(AuthError::Forbidden(
+                format!(
+                    "user `{}` cannot own threads: a user id containing `:` could \
+                     claim another user's `<user id>:...` threads",
+                    identity.user_id
+                )
+                .into(),
+            ));
+        }
         let owned = thread
             .as_str()
             .strip_prefix(identity.user_id.as_str())
@@ -423,6 +436,19 @@ mod tests {
                 assert_eq!(error.status(), StatusCode::FORBIDDEN);
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_user_id_with_a_colon_owns_no_scoped_thread() {
+        let scoped = UserScopedThreads(Nobody);
+        let a = Identity::new(UserId::new("a").unwrap());
+        let a_b = Identity::new(UserId::new("a:b").unwrap());
+        let thread = ThreadId::new("a:b:run-1").unwrap();
+        // The thread has exactly one possible owner: user `a`.
+        assert!(scoped.authorize_thread(&a, &thread).await.is_ok());
+        let refused = scoped.authorize_thread(&a_b, &thread).await.unwrap_err();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        assert!(refused.to_string().contains("containing `:`"), "{refused}");
     }
 
     #[test]
