@@ -10,8 +10,8 @@
 //! frames, both counts, the close and the waker together: a push is a lock,
 //! a `push_back` and an unlock, both bounds are exact, and a close drops the
 //! queued frames at once. Only the socket's own senders and its writer take
-//! the lock, always for a few operations and never across an `.await`, so a slow
-//! socket contends with nobody else.
+//! the lock, always for a few operations and never across an `.await`, so a
+//! slow socket contends with nobody else.
 
 use std::collections::VecDeque;
 use std::mem;
