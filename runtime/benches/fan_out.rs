@@ -55,111 +55,126 @@ fn timed_batches(
     total
 }
 
-/// A unified manager with `connections` sockets of one user (alice), and the
-/// receiving ends the benches drain.
-fn manager_with_connections(
-    connections: usize,
-) -> (
-    ManagerConfig,
-    UnifiedWebSocketManager,
-    Vec<OutboundReceiver>,
-) {
-    let config = ManagerConfig::builder()
-        .max_connections_per_user(64)
-        .build()
-        .unwrap();
-    let manager = UnifiedWebSocketManager::new(config.clone());
-    let receivers = (0..connections)
-        .map(|_| {
-            let (socket, receiver) = WebSocketHandle::channel(config.queue_limits());
-            common::now(manager.add_connection(WebSocketConnection::new(common::alice(), socket)))
+/// The three series for one connection count, each over its own sockets:
+/// the manager (one user, alice, with `connections` sockets), the same kind of
+/// `WebSocketHandle`s without a manager, and raw tokio mpsc senders.
+struct Fixture {
+    manager: UnifiedWebSocketManager,
+    alice: UserId,
+    receivers: Vec<OutboundReceiver>,
+    handles: Vec<WebSocketHandle>,
+    handle_receivers: Vec<OutboundReceiver>,
+    senders: Vec<mpsc::Sender<Bytes>>,
+    raw_receivers: Vec<mpsc::Receiver<Bytes>>,
+}
+
+impl Fixture {
+    fn new(connections: usize) -> Self {
+        let config = ManagerConfig::builder()
+            .max_connections_per_user(64)
+            .build()
+            .unwrap();
+        let manager = UnifiedWebSocketManager::new(config.clone());
+        let alice = common::alice();
+        let receivers = (0..connections)
+            .map(|_| {
+                let (socket, receiver) = WebSocketHandle::channel(config.queue_limits());
+                common::now(
+                    manager.add_connection(WebSocketConnection::new(alice.clone(), socket)),
+                )
                 .unwrap();
-            receiver
-        })
-        .collect();
-    (config, manager, receivers)
+                receiver
+            })
+            .collect();
+        let (handles, handle_receivers) = (0..connections)
+            .map(|_| WebSocketHandle::channel(config.queue_limits()))
+            .unzip();
+        let (senders, raw_receivers) = (0..connections)
+            .map(|_| mpsc::channel(config.queue_capacity()))
+            .unzip();
+        Fixture {
+            manager,
+            alice,
+            receivers,
+            handles,
+            handle_receivers,
+            senders,
+            raw_receivers,
+        }
+    }
+
+    /// `iters` sends through the manager's `send_to_user`.
+    fn manager(&mut self, iters: u64) -> Duration {
+        let (manager, alice) = (&self.manager, &self.alice);
+        let receivers = &mut self.receivers;
+        timed_batches(
+            iters,
+            |m| {
+                black_box(common::now(manager.send_to_user(alice, m)).unwrap());
+            },
+            || {
+                receivers
+                    .iter_mut()
+                    .for_each(|r| drop(common::drain_frames(r)))
+            },
+        )
+    }
+
+    /// `iters` sends straight into the handles: isolates what the socket
+    /// queue costs over raw mpsc.
+    fn handles_only(&mut self, iters: u64) -> Duration {
+        let handles = &self.handles;
+        let receivers = &mut self.handle_receivers;
+        timed_batches(
+            iters,
+            |m| {
+                let frame = TextFrame::from_json(&m).unwrap();
+                for handle in handles {
+                    black_box(handle.try_send(frame.clone()).is_ok());
+                }
+            },
+            || {
+                receivers
+                    .iter_mut()
+                    .for_each(|r| drop(common::drain_frames(r)))
+            },
+        )
+    }
+
+    /// The baseline: serialize once, `try_send` the shared bytes.
+    fn raw_mpsc(&mut self, iters: u64) -> Duration {
+        let senders = &self.senders;
+        let receivers = &mut self.raw_receivers;
+        timed_batches(
+            iters,
+            |m| {
+                let bytes = Bytes::from(serde_json::to_vec(&m).unwrap());
+                for sender in senders {
+                    black_box(sender.try_send(bytes.clone()).is_ok());
+                }
+            },
+            || {
+                for r in receivers.iter_mut() {
+                    while r.try_recv().is_ok() {}
+                }
+            },
+        )
+    }
 }
 
 fn fan_out(c: &mut Criterion) {
     let mut group = c.benchmark_group("fan_out");
     for connections in [1usize, 8, 64] {
-        let (config, manager, mut receivers) = manager_with_connections(connections);
-        let alice = common::alice();
-        group.bench_with_input(
-            BenchmarkId::new("manager_send_to_user", connections),
-            &connections,
-            |b, _| {
-                b.iter_custom(|iters| {
-                    timed_batches(
-                        iters,
-                        |m| {
-                            black_box(common::now(manager.send_to_user(&alice, m)).unwrap());
-                        },
-                        || {
-                            for r in &mut receivers {
-                                common::drain_frames(r);
-                            }
-                        },
-                    )
-                });
-            },
-        );
-
-        // The same sockets without the manager: isolates what the handle's
-        // own bookkeeping (close flag, byte bound) costs over raw mpsc.
-        let (handles, mut handle_receivers): (Vec<WebSocketHandle>, Vec<OutboundReceiver>) = (0
-            ..connections)
-            .map(|_| WebSocketHandle::channel(config.queue_limits()))
-            .unzip();
-        group.bench_with_input(
-            BenchmarkId::new("handles_only", connections),
-            &connections,
-            |b, _| {
-                b.iter_custom(|iters| {
-                    timed_batches(
-                        iters,
-                        |m| {
-                            let frame = TextFrame::from_json(&m).unwrap();
-                            for handle in &handles {
-                                black_box(handle.try_send(frame.clone()).is_ok());
-                            }
-                        },
-                        || {
-                            for r in &mut handle_receivers {
-                                common::drain_frames(r);
-                            }
-                        },
-                    )
-                });
-            },
-        );
-
-        let (senders, mut raw_receivers): (Vec<mpsc::Sender<Bytes>>, Vec<mpsc::Receiver<Bytes>>) =
-            (0..connections)
-                .map(|_| mpsc::channel(config.queue_capacity()))
-                .unzip();
-        group.bench_with_input(
-            BenchmarkId::new("raw_mpsc_baseline", connections),
-            &connections,
-            |b, _| {
-                b.iter_custom(|iters| {
-                    timed_batches(
-                        iters,
-                        |m| {
-                            let bytes = Bytes::from(serde_json::to_vec(&m).unwrap());
-                            for sender in &senders {
-                                black_box(sender.try_send(bytes.clone()).is_ok());
-                            }
-                        },
-                        || {
-                            for r in &mut raw_receivers {
-                                while r.try_recv().is_ok() {}
-                            }
-                        },
-                    )
-                });
-            },
-        );
+        let mut fixture = Fixture::new(connections);
+        group.bench_function(BenchmarkId::new("manager_send_to_user", connections), |b| {
+            b.iter_custom(|iters| fixture.manager(iters))
+        });
+        group.bench_function(BenchmarkId::new("handles_only", connections), |b| {
+            b.iter_custom(|iters| fixture.handles_only(iters))
+        });
+        group.bench_function(BenchmarkId::new("raw_mpsc_baseline", connections), |b| {
+            b.iter_custom(|iters| fixture.raw_mpsc(iters))
+        });
     }
     group.finish();
 }
@@ -175,74 +190,19 @@ fn paired_ratios() {
         "connections", "manager / raw mpsc", "handles_only / raw"
     );
     for connections in [1usize, 8, 64] {
-        let (config, manager, mut receivers) = manager_with_connections(connections);
-        let alice = common::alice();
-        let (handles, mut handle_receivers): (Vec<WebSocketHandle>, Vec<OutboundReceiver>) = (0
-            ..connections)
-            .map(|_| WebSocketHandle::channel(config.queue_limits()))
-            .unzip();
-        let (senders, mut raw_receivers): (Vec<mpsc::Sender<Bytes>>, Vec<mpsc::Receiver<Bytes>>) =
-            (0..connections)
-                .map(|_| mpsc::channel(config.queue_capacity()))
-                .unzip();
-
-        let mut manager_batch = || {
-            timed_batches(
-                BATCH,
-                |m| {
-                    black_box(common::now(manager.send_to_user(&alice, m)).unwrap());
-                },
-                || {
-                    receivers
-                        .iter_mut()
-                        .for_each(|r| drop(common::drain_frames(r)))
-                },
-            )
-        };
-        let mut handles_batch = || {
-            timed_batches(
-                BATCH,
-                |m| {
-                    let frame = TextFrame::from_json(&m).unwrap();
-                    for handle in &handles {
-                        black_box(handle.try_send(frame.clone()).is_ok());
-                    }
-                },
-                || {
-                    handle_receivers
-                        .iter_mut()
-                        .for_each(|r| drop(common::drain_frames(r)))
-                },
-            )
-        };
-        let mut raw_batch = || {
-            timed_batches(
-                BATCH,
-                |m| {
-                    let bytes = Bytes::from(serde_json::to_vec(&m).unwrap());
-                    for sender in &senders {
-                        black_box(sender.try_send(bytes.clone()).is_ok());
-                    }
-                },
-                || {
-                    for r in &mut raw_receivers {
-                        while r.try_recv().is_ok() {}
-                    }
-                },
-            )
-        };
+        let mut fixture = Fixture::new(connections);
         let mut manager_ratios = Vec::with_capacity(ROUNDS);
         let mut handle_ratios = Vec::with_capacity(ROUNDS);
         for round in 0..ROUNDS {
             // Alternate the order so neither side always runs on a warm cache.
             let (m, h, r) = if round % 2 == 0 {
-                let m = manager_batch();
-                let h = handles_batch();
-                (m, h, raw_batch())
+                let m = fixture.manager(BATCH);
+                let h = fixture.handles_only(BATCH);
+                (m, h, fixture.raw_mpsc(BATCH))
             } else {
-                let r = raw_batch();
-                let h = handles_batch();
-                (manager_batch(), h, r)
+                let r = fixture.raw_mpsc(BATCH);
+                let h = fixture.handles_only(BATCH);
+                (fixture.manager(BATCH), h, r)
             };
             manager_ratios.push(m.as_secs_f64() / r.as_secs_f64());
             handle_ratios.push(h.as_secs_f64() / r.as_secs_f64());
