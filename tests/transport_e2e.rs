@@ -37,7 +37,7 @@ async fn drop_policy_server_with_stalled_client(
         manager: ManagerConfig::builder()
             .queue_capacity(16)
             .queue_max_bytes(64 * 1024)
-            .pending_capacity(8)
+            .history_capacity(8)
             .slow_consumer_policy(SlowConsumerPolicy::DropMessage)
             .build()
             .unwrap(),
@@ -220,7 +220,7 @@ async fn a_client_that_stops_reading_is_disconnected_while_others_keep_receiving
             manager: ManagerConfig::builder()
                 .queue_capacity(16)
                 .queue_max_bytes(64 * 1024)
-                .pending_capacity(8)
+                .history_capacity(8)
                 .slow_consumer_policy(SlowConsumerPolicy::Disconnect)
                 .build()
                 .unwrap(),

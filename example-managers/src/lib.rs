@@ -72,10 +72,7 @@ impl MinimalManager {
                 target,
                 reason: NotDeliveredReason::QueuesFull,
             }),
-            _ => Ok(Delivery::Delivered {
-                recipients,
-                skipped: total - recipients,
-            }),
+            _ => Ok(Delivery::delivered(recipients, total - recipients)),
         }
     }
 }

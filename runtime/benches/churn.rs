@@ -18,7 +18,7 @@ fn churn(c: &mut Criterion) {
     let mut group = c.benchmark_group("churn");
     let config = ManagerConfig::builder()
         .queue_capacity(4)
-        .pending_capacity(4)
+        .history_capacity(3)
         .build()
         .unwrap();
     let limits = config.queue_limits();

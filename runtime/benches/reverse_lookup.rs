@@ -20,7 +20,7 @@ fn reverse_lookup(c: &mut Criterion) {
     for connections in [10usize, 1_000, 100_000] {
         let config = ManagerConfig::builder()
             .queue_capacity(4)
-            .pending_capacity(4)
+            .history_capacity(3)
             .max_connections_per_user(1_000)
             .build()
             .unwrap();

@@ -37,26 +37,33 @@ pub struct ConfigError {
 /// | `queue_max_bytes` (bytes per connection) | 8 MiB |
 /// | `max_connections_per_user` | 32 |
 /// | `slow_consumer_policy` | [`SlowConsumerPolicy::Disconnect`] |
-/// | `pending_capacity` (critical events per offline user) | 256 |
-/// | `pending_max_age` | 5 minutes |
-/// | `max_pending_users` (users with pending events, per manager) | 10,000 |
+/// | `history_capacity` (critical events retained per user) | 256 |
+/// | `history_max_bytes` (bytes of critical events retained per user) | 1 MiB |
+/// | `history_max_age` (how long a critical event is retained) | 5 minutes |
+/// | `max_history_users` (users holding retained events, per manager) | 10,000 |
 ///
-/// `pending_capacity` may not exceed `queue_capacity`: a replay must fit the
-/// fresh queue of the user's next connection.
+/// A replay (a [`ResyncNotice`](crate::managers::ResyncNotice) plus the whole
+/// history) must fit the fresh queue of the user's next connection, so
+/// `history_capacity` must be below `queue_capacity`, and
+/// `history_max_bytes` plus [`RESYNC_NOTICE_RESERVE`] at most
+/// `queue_max_bytes`. Size `max_history_users` above your peak of users
+/// receiving critical events within `history_max_age`: past it, critical
+/// events for users without history are refused
+/// ([`ManagerError::HistoryUsersFull`](crate::ManagerError::HistoryUsersFull)).
 ///
 /// ```
 /// use std::time::Duration;
 /// use websocket_manager::{ManagerConfig, SlowConsumerPolicy};
 /// let config = ManagerConfig::builder()
 ///     .queue_capacity(128)
-///     .pending_capacity(64)
+///     .history_capacity(64)
 ///     .slow_consumer_policy(SlowConsumerPolicy::DropMessage)
-///     .pending_max_age(Duration::from_secs(60))
+///     .history_max_age(Duration::from_secs(60))
 ///     .build()?;
 /// assert_eq!(config.queue_capacity(), 128);
 /// assert!(ManagerConfig::builder().queue_capacity(0).build().is_err());
 /// // a replay must fit a fresh queue
-/// assert!(ManagerConfig::builder().queue_capacity(16).pending_capacity(32).build().is_err());
+/// assert!(ManagerConfig::builder().queue_capacity(16).history_capacity(16).build().is_err());
 /// # Ok::<(), websocket_manager::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -65,11 +72,16 @@ pub struct ManagerConfig {
     queue_max_bytes: usize,
     max_connections_per_user: usize,
     slow_consumer_policy: SlowConsumerPolicy,
-    pending_capacity: usize,
+    history_capacity: usize,
+    history_max_bytes: usize,
     #[serde(serialize_with = "serialize_duration_ms")]
-    pending_max_age: Duration,
-    max_pending_users: usize,
+    history_max_age: Duration,
+    max_history_users: usize,
 }
+
+/// Bytes of a connection's queue kept free for the
+/// [`ResyncNotice`](crate::managers::ResyncNotice) that may precede a replay.
+pub const RESYNC_NOTICE_RESERVE: usize = 1024;
 
 fn serialize_duration_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -82,9 +94,10 @@ impl Default for ManagerConfig {
             queue_max_bytes: 8 << 20,
             max_connections_per_user: 32,
             slow_consumer_policy: SlowConsumerPolicy::Disconnect,
-            pending_capacity: 256,
-            pending_max_age: Duration::from_secs(300),
-            max_pending_users: 10_000,
+            history_capacity: 256,
+            history_max_bytes: 1 << 20,
+            history_max_age: Duration::from_secs(300),
+            max_history_users: 10_000,
         }
     }
 }
@@ -122,19 +135,24 @@ impl ManagerConfig {
         self.slow_consumer_policy
     }
 
-    /// Critical events kept per user while they have no connection.
-    pub fn pending_capacity(&self) -> usize {
-        self.pending_capacity
+    /// Critical events retained per user, for replay and resume.
+    pub fn history_capacity(&self) -> usize {
+        self.history_capacity
     }
 
-    /// How long a pending critical event is kept.
-    pub fn pending_max_age(&self) -> Duration {
-        self.pending_max_age
+    /// Bytes of critical events retained per user.
+    pub fn history_max_bytes(&self) -> usize {
+        self.history_max_bytes
     }
 
-    /// How many users may have pending critical events at once, per manager.
-    pub fn max_pending_users(&self) -> usize {
-        self.max_pending_users
+    /// How long a critical event is retained.
+    pub fn history_max_age(&self) -> Duration {
+        self.history_max_age
+    }
+
+    /// How many users may hold retained critical events at once, per manager.
+    pub fn max_history_users(&self) -> usize {
+        self.max_history_users
     }
 }
 
@@ -169,21 +187,28 @@ impl ManagerConfigBuilder {
         self
     }
 
-    /// Pending critical events per offline user (at least 1).
-    pub fn pending_capacity(mut self, events: usize) -> Self {
-        self.config.pending_capacity = events;
+    /// Critical events retained per user (at least 1, below `queue_capacity`).
+    pub fn history_capacity(mut self, events: usize) -> Self {
+        self.config.history_capacity = events;
         self
     }
 
-    /// Age after which a pending critical event is discarded (non-zero).
-    pub fn pending_max_age(mut self, age: Duration) -> Self {
-        self.config.pending_max_age = age;
+    /// Bytes of critical events retained per user (at least 1; plus
+    /// [`RESYNC_NOTICE_RESERVE`], at most `queue_max_bytes`).
+    pub fn history_max_bytes(mut self, bytes: usize) -> Self {
+        self.config.history_max_bytes = bytes;
         self
     }
 
-    /// Users with pending critical events per manager (at least 1).
-    pub fn max_pending_users(mut self, users: usize) -> Self {
-        self.config.max_pending_users = users;
+    /// Age after which a retained critical event is dropped (non-zero).
+    pub fn history_max_age(mut self, age: Duration) -> Self {
+        self.config.history_max_age = age;
+        self
+    }
+
+    /// Users holding retained critical events per manager (at least 1).
+    pub fn max_history_users(mut self, users: usize) -> Self {
+        self.config.max_history_users = users;
         self
     }
 
@@ -191,17 +216,18 @@ impl ManagerConfigBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] naming the first field that is zero, or
-    /// `pending_capacity` when it exceeds `queue_capacity`.
+    /// [`ConfigError`] naming the first field that is zero, or the history
+    /// bound a replay would not fit a fresh queue with.
     pub fn build(self) -> Result<ManagerConfig, ConfigError> {
         let c = &self.config;
         let checks = [
             ("queue_capacity", c.queue_capacity == 0),
             ("queue_max_bytes", c.queue_max_bytes == 0),
             ("max_connections_per_user", c.max_connections_per_user == 0),
-            ("pending_capacity", c.pending_capacity == 0),
-            ("pending_max_age", c.pending_max_age.is_zero()),
-            ("max_pending_users", c.max_pending_users == 0),
+            ("history_capacity", c.history_capacity == 0),
+            ("history_max_bytes", c.history_max_bytes == 0),
+            ("history_max_age", c.history_max_age.is_zero()),
+            ("max_history_users", c.max_history_users == 0),
         ];
         if let Some((field, _)) = checks.iter().find(|(_, zero)| *zero) {
             return Err(ConfigError {
@@ -209,10 +235,16 @@ impl ManagerConfigBuilder {
                 problem: "must be greater than zero",
             });
         }
-        if c.pending_capacity > c.queue_capacity {
+        if c.history_capacity >= c.queue_capacity {
             return Err(ConfigError {
-                field: "pending_capacity",
-                problem: "must not exceed queue_capacity (a replay must fit a fresh queue)",
+                field: "history_capacity",
+                problem: "must be below queue_capacity (a resync notice and the whole history must fit a fresh queue)",
+            });
+        }
+        if c.history_max_bytes.saturating_add(RESYNC_NOTICE_RESERVE) > c.queue_max_bytes {
+            return Err(ConfigError {
+                field: "history_max_bytes",
+                problem: "plus RESYNC_NOTICE_RESERVE (1 KiB) must not exceed queue_max_bytes (a replay must fit a fresh queue)",
             });
         }
         Ok(self.config)
@@ -225,25 +257,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pending_bounds_are_validated() {
+    fn history_bounds_are_validated() {
         let error = ManagerConfig::builder()
-            .max_pending_users(0)
+            .max_history_users(0)
             .build()
             .unwrap_err();
-        assert_eq!(error.field, "max_pending_users");
+        assert_eq!(error.field, "max_history_users");
         let error = ManagerConfig::builder()
             .queue_capacity(8)
-            .pending_capacity(9)
+            .history_capacity(8)
             .build()
             .unwrap_err();
-        assert_eq!(error.field, "pending_capacity");
+        assert_eq!(error.field, "history_capacity");
+        let error = ManagerConfig::builder()
+            .queue_max_bytes(4096)
+            .history_max_bytes(4096 - RESYNC_NOTICE_RESERVE + 1)
+            .build()
+            .unwrap_err();
+        assert_eq!(error.field, "history_max_bytes");
         let config = ManagerConfig::builder()
             .queue_capacity(8)
-            .pending_capacity(8)
-            .max_pending_users(3)
+            .history_capacity(7)
+            .queue_max_bytes(4096)
+            .history_max_bytes(4096 - RESYNC_NOTICE_RESERVE)
+            .max_history_users(3)
             .build()
             .unwrap();
-        assert_eq!(config.max_pending_users(), 3);
-        assert_eq!(ManagerConfig::default().max_pending_users(), 10_000);
+        assert_eq!(config.max_history_users(), 3);
+        assert_eq!(ManagerConfig::default().max_history_users(), 10_000);
+        ManagerConfig::builder().build().unwrap();
     }
 }

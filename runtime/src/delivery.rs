@@ -4,42 +4,128 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::offset::StreamOffset;
+
 /// The outcome of a send that did not fail.
 ///
+/// Built with [`Delivery::delivered`] and [`Delivery::queued`] (plus
+/// [`with_offset`](Delivery::with_offset) for a critical event), read with
+/// the accessors or by matching with `..`: both the enum and its variants
+/// may gain fields and variants in minor releases.
+///
 /// ```
-/// use websocket_manager::Delivery;
-/// let delivery = Delivery::Delivered { recipients: 2, skipped: 1 };
+/// use websocket_manager::{Delivery, StreamOffset};
+/// let delivery = Delivery::delivered(2, 1);
 /// assert_eq!(delivery.recipients(), 2);
+/// assert_eq!(delivery.skipped(), 1);
 /// assert!(!delivery.is_queued());
-/// assert!(Delivery::Queued { pending: 3 }.is_queued());
+/// let queued = Delivery::queued(3).with_offset(StreamOffset::new(9, 4));
+/// assert!(queued.is_queued());
+/// assert_eq!(queued.offset(), Some(StreamOffset::new(9, 4)));
+/// assert!(matches!(queued, Delivery::Queued { pending: 3, .. }));
+/// assert_eq!(
+///     serde_json::to_value(queued).unwrap(),
+///     serde_json::json!({"status": "queued", "pending": 3, "offset": {"stream": 9, "sequence": 4}})
+/// );
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Delivery {
     /// The message was put into `recipients` connections' queues (at least
     /// one). `skipped` connections were targeted but did not take it (queue
     /// full under the drop policy, or found closed and removed).
+    #[non_exhaustive]
     Delivered {
         /// Connections whose queue accepted the message.
         recipients: usize,
         /// Connections that were targeted but did not take it.
         skipped: usize,
+        /// For a critical event: the offset it was given (see
+        /// [`StreamOffset`]); `None` for an ordinary send.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<StreamOffset>,
     },
-    /// No connection could take it now; the message (a critical event) waits
-    /// in the user's pending buffer, `pending` entries deep, and is replayed
-    /// on the user's next connection.
+    /// No connection could take it now; the message (a critical event) is
+    /// retained and replayed on the user's next connection. `pending` events
+    /// (this one included) are waiting for a connection.
+    #[non_exhaustive]
     Queued {
-        /// Entries in the pending buffer, this one included.
+        /// Events waiting for the user's next connection, this one included.
         pending: usize,
+        /// The offset the critical event was given.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<StreamOffset>,
     },
 }
 
 impl Delivery {
+    /// Put into `recipients` queues; `skipped` targeted connections did not
+    /// take it.
+    pub const fn delivered(recipients: usize, skipped: usize) -> Self {
+        Delivery::Delivered {
+            recipients,
+            skipped,
+            offset: None,
+        }
+    }
+
+    /// Waiting for a connection, `pending` events deep.
+    pub const fn queued(pending: usize) -> Self {
+        Delivery::Queued {
+            pending,
+            offset: None,
+        }
+    }
+
+    /// The same outcome, for a critical event given `offset`.
+    #[must_use]
+    pub const fn with_offset(self, offset: StreamOffset) -> Self {
+        match self {
+            Delivery::Delivered {
+                recipients,
+                skipped,
+                ..
+            } => Delivery::Delivered {
+                recipients,
+                skipped,
+                offset: Some(offset),
+            },
+            Delivery::Queued { pending, .. } => Delivery::Queued {
+                pending,
+                offset: Some(offset),
+            },
+        }
+    }
+
     /// How many connections got the message now (0 when queued).
     pub fn recipients(&self) -> usize {
         match self {
             Delivery::Delivered { recipients, .. } => *recipients,
             Delivery::Queued { .. } => 0,
+        }
+    }
+
+    /// How many targeted connections did not take it (0 when queued).
+    pub fn skipped(&self) -> usize {
+        match self {
+            Delivery::Delivered { skipped, .. } => *skipped,
+            Delivery::Queued { .. } => 0,
+        }
+    }
+
+    /// Events waiting for the user's next connection (0 when delivered).
+    pub fn pending(&self) -> usize {
+        match self {
+            Delivery::Delivered { .. } => 0,
+            Delivery::Queued { pending, .. } => *pending,
+        }
+    }
+
+    /// The offset a critical event was given; `None` for ordinary sends.
+    pub fn offset(&self) -> Option<StreamOffset> {
+        match self {
+            Delivery::Delivered { offset, .. } | Delivery::Queued { offset, .. } => *offset,
         }
     }
 
@@ -55,13 +141,18 @@ impl fmt::Display for Delivery {
             Delivery::Delivered {
                 recipients,
                 skipped,
+                ..
             } => {
                 write!(
                     f,
                     "delivered to {recipients} connection(s), {skipped} skipped"
-                )
+                )?;
             }
-            Delivery::Queued { pending } => write!(f, "queued ({pending} pending)"),
+            Delivery::Queued { pending, .. } => write!(f, "queued ({pending} pending)")?,
+        }
+        match self.offset() {
+            Some(offset) => write!(f, " at offset {offset}"),
+            None => Ok(()),
         }
     }
 }

@@ -37,26 +37,55 @@ pub enum ManagerError {
         /// Why.
         reason: NotDeliveredReason,
     },
-    /// A critical event found no connection and the user's pending buffer is
-    /// full: the event was not stored.
+    /// A critical event could not be retained: making room in the user's
+    /// history would evict events no connection has taken yet. The event was
+    /// not stored and not sent.
     #[error(
-        "pending buffer of user `{user_id}` is full ({capacity} events); the critical event was not stored"
+        "the history of user `{user_id}` is full of {pending} critical events no connection has taken yet; the critical event was not stored (raise `history_capacity` / `history_max_bytes`, or connect the user)"
     )]
-    PendingBufferFull {
+    HistoryFull {
         /// The user.
         user_id: UserId,
-        /// The buffer's capacity.
-        capacity: usize,
+        /// Events waiting for a connection.
+        pending: usize,
     },
-    /// A critical event found no connection, the user had no pending buffer
-    /// yet, and the manager already keeps pending buffers for `limit` users:
-    /// the event was not stored.
+    /// A critical event is larger than the user's whole history may hold
+    /// (`history_max_bytes`). The event was not stored and not sent.
     #[error(
-        "{limit} users already have pending critical events, the per-manager limit; the critical event was not stored"
+        "critical event for user `{user_id}` is {len} bytes, more than `history_max_bytes` ({max}); it was not stored"
     )]
-    PendingUsersFull {
-        /// The configured `max_pending_users`.
+    CriticalEventTooLarge {
+        /// The user.
+        user_id: UserId,
+        /// The serialized event's size.
+        len: usize,
+        /// The configured `history_max_bytes`.
+        max: usize,
+    },
+    /// A critical event for a user without history, while the manager
+    /// already retains history for `limit` users. The event was not stored
+    /// and not sent.
+    #[error(
+        "{limit} users already hold retained critical events, the per-manager limit (`max_history_users`); the critical event was not stored"
+    )]
+    HistoryUsersFull {
+        /// The configured `max_history_users`.
         limit: usize,
+    },
+    /// `add_connection` could not push the connection's replay (resync
+    /// notice and retained events) into its socket's queue, so the socket
+    /// would have a gap: the connection was not registered. Use a fresh
+    /// socket, whose queue always fits a replay.
+    #[error(
+        "connection `{connection_id}` was refused: its socket's queue took {replayed} of the {total} frames of its replay"
+    )]
+    ReplayFailed {
+        /// The connection.
+        connection_id: ConnectionId,
+        /// Frames of the replay the queue took.
+        replayed: usize,
+        /// Frames the replay had.
+        total: usize,
     },
     /// `emit_critical_event` with an unusable event type.
     #[error("invalid event type `{event_type}`: {reason}")]

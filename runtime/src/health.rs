@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::ids::{ConnectionId, ThreadId, UserId};
+use crate::offset::StreamOffset;
 
 /// A user's connections and counters, as returned by
 /// [`WebSocketManager::get_connection_health`](crate::WebSocketManager::get_connection_health).
@@ -25,8 +26,22 @@ pub struct ConnectionHealth {
     pub total_connections: usize,
     /// Registered connections whose socket is still open.
     pub active_connections: usize,
-    /// Critical events waiting for the user's next connection.
+    /// Critical events no connection has taken yet (replayed to the user's
+    /// next connection).
     pub pending_critical_events: usize,
+    /// Critical events retained for resume (pending ones included).
+    pub retained_critical_events: usize,
+    /// Bytes of the retained critical events.
+    pub retained_bytes: usize,
+    /// The offset of the last critical event emitted to the user, if any.
+    pub latest_offset: Option<StreamOffset>,
+    /// The oldest offset a client can still resume after without a resync
+    /// notice is the one before this.
+    pub oldest_retained: Option<StreamOffset>,
+    /// Retained events evicted to make room for newer ones.
+    pub history_evicted: u64,
+    /// Retained events dropped for age.
+    pub history_expired: u64,
     /// Frames accepted into this user's queues.
     pub messages_sent: u64,
     /// Sends to this user that reached no connection.
@@ -49,6 +64,12 @@ impl ConnectionHealth {
             total_connections: 0,
             active_connections: 0,
             pending_critical_events: 0,
+            retained_critical_events: 0,
+            retained_bytes: 0,
+            latest_offset: None,
+            oldest_retained: None,
+            history_evicted: 0,
+            history_expired: 0,
             messages_sent: 0,
             messages_failed: 0,
             messages_dropped: 0,

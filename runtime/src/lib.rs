@@ -43,6 +43,7 @@ pub mod factory;
 pub mod health;
 pub mod ids;
 pub mod managers;
+pub mod offset;
 pub mod protocol;
 pub mod registry;
 pub mod report;
@@ -51,7 +52,9 @@ mod table;
 pub mod transport;
 pub mod validation;
 
-pub use config::{ConfigError, ManagerConfig, ManagerConfigBuilder, SlowConsumerPolicy};
+pub use config::{
+    ConfigError, ManagerConfig, ManagerConfigBuilder, RESYNC_NOTICE_RESERVE, SlowConsumerPolicy,
+};
 pub use connection::{
     CloseReason, OutboundEvent, OutboundReceiver, QueueLimits, SendError, SocketId, TextFrame,
     WebSocketConnection, WebSocketHandle,
@@ -65,8 +68,10 @@ pub use health::{ConnectionHealth, ConnectionSummary};
 pub use ids::{ConnectionId, IdError, MAX_ID_LEN, ThreadId, UserId};
 pub use managers::{
     AGENT_COMPLETED, AGENT_EVENTS, AGENT_STARTED, AGENT_THINKING, CriticalEnvelope,
-    IsolatedWebSocketManager, TOOL_COMPLETED, TOOL_EXECUTING, UnifiedWebSocketManager,
+    IsolatedWebSocketManager, ResyncNotice, ResyncReason, TOOL_COMPLETED, TOOL_EXECUTING,
+    UnifiedWebSocketManager,
 };
+pub use offset::{OffsetParseError, StreamOffset};
 pub use protocol::{
     CONTRACT_METHODS, MethodGroup, MethodSpec, PROTOCOL_FINGERPRINT, WebSocketManager,
     contract_method,

@@ -1,5 +1,6 @@
-//! Critical events while offline: buffered, replayed in order before anything
+//! Critical events while offline: retained, replayed in order before anything
 //! newer, overflow reported, memory bounded, and the replay-ordering race.
+//! (Resuming from an offset: `managers_resume.rs`.)
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 use websocket_manager::managers::{
-    AGENT_COMPLETED, AGENT_EVENTS, AGENT_STARTED, CriticalEnvelope, UnifiedWebSocketManager,
+    AGENT_COMPLETED, AGENT_EVENTS, AGENT_STARTED, UnifiedWebSocketManager,
 };
 use websocket_manager::*;
 
@@ -20,7 +21,13 @@ fn offline_events_are_replayed_in_order_before_newer_messages() {
         for (i, event) in AGENT_EVENTS.iter().enumerate() {
             let delivery =
                 now(manager.emit_critical_event(&alice(), event, json!({"step": i}))).unwrap();
-            assert_eq!(delivery, Delivery::Queued { pending: i + 1 }, "{name}");
+            assert!(delivery.is_queued(), "{name}");
+            assert_eq!(delivery.pending(), i + 1, "{name}");
+            assert_eq!(
+                delivery.offset().map(|o| o.sequence),
+                Some(i as u64 + 1),
+                "{name}"
+            );
         }
         assert_eq!(
             manager
@@ -60,9 +67,9 @@ fn offline_events_are_replayed_in_order_before_newer_messages() {
 }
 
 #[test]
-fn a_full_buffer_is_an_error_and_keeps_the_oldest_events() {
+fn a_history_full_of_pending_events_is_an_error_and_keeps_the_oldest() {
     let config = ManagerConfig::builder()
-        .pending_capacity(2)
+        .history_capacity(2)
         .build()
         .unwrap();
     let manager = UnifiedWebSocketManager::new(config.clone());
@@ -73,8 +80,8 @@ fn a_full_buffer_is_an_error_and_keeps_the_oldest_events() {
         now(manager.emit_critical_event(&alice(), AGENT_STARTED, json!(1))).unwrap();
         now(manager.emit_critical_event(&alice(), AGENT_STARTED, json!(2))).unwrap();
         match now(manager.emit_critical_event(&alice(), AGENT_COMPLETED, json!(3))) {
-            Err(ManagerError::PendingBufferFull { user_id, capacity }) => {
-                assert_eq!((user_id, capacity), (alice(), 2), "{name}");
+            Err(ManagerError::HistoryFull { user_id, pending }) => {
+                assert_eq!((user_id, pending), (alice(), 2), "{name}");
             }
             other => panic!("{name}: {other:?}"),
         }
@@ -100,31 +107,31 @@ fn a_full_buffer_is_an_error_and_keeps_the_oldest_events() {
 fn refusal_is_counted_in_the_manager_stats() {
     let manager = UnifiedWebSocketManager::new(
         ManagerConfig::builder()
-            .pending_capacity(1)
+            .history_capacity(1)
             .build()
             .unwrap(),
     );
     now(manager.emit_critical_event(&alice(), AGENT_STARTED, json!(1))).unwrap();
     assert!(now(manager.emit_critical_event(&alice(), AGENT_STARTED, json!(2))).is_err());
     let stats = manager.stats();
-    assert_eq!((stats.pending_rejected, stats.messages_failed), (1, 1));
-    assert_eq!(stats.indexes.pending_users, 1);
+    assert_eq!((stats.critical_rejected, stats.messages_failed), (1, 1));
+    assert_eq!(stats.indexes.history_users, 1);
 }
 
 #[test]
-fn the_number_of_offline_users_with_pending_events_is_bounded() {
+fn the_number_of_users_holding_history_is_bounded() {
     let manager = UnifiedWebSocketManager::new(
         ManagerConfig::builder()
-            .max_pending_users(2)
+            .max_history_users(2)
             .build()
             .unwrap(),
     );
     now(manager.emit_critical_event(&user("a"), AGENT_STARTED, json!(1))).unwrap();
     now(manager.emit_critical_event(&user("b"), AGENT_STARTED, json!(1))).unwrap();
-    // A user that already has a buffer can still add to it.
+    // A user that already holds history can still add to it.
     now(manager.emit_critical_event(&user("a"), AGENT_STARTED, json!(2))).unwrap();
     match now(manager.emit_critical_event(&user("c"), AGENT_STARTED, json!(1))) {
-        Err(ManagerError::PendingUsersFull { limit }) => assert_eq!(limit, 2),
+        Err(ManagerError::HistoryUsersFull { limit }) => assert_eq!(limit, 2),
         other => panic!("{other:?}"),
     }
     assert_eq!(
@@ -132,26 +139,23 @@ fn the_number_of_offline_users_with_pending_events_is_bounded() {
         2,
         "the refused user left nothing behind"
     );
-    // A connected user is not limited: its events are delivered.
-    let (c, _r) = connection("c1", &user("c"), None);
+    // Connected or not: every critical event is retained, so a connected
+    // user without history is refused too, with the same typed error, and
+    // its socket receives nothing it could not resume after.
+    let (c, mut rc) = connection("c1", &user("c"), None);
     now(manager.add_connection(c)).unwrap();
-    assert!(
-        !now(manager.emit_critical_event(&user("c"), AGENT_STARTED, json!(1)))
-            .unwrap()
-            .is_queued()
-    );
-    // Replaying a user's buffer frees its place.
-    let (a, _ra) = connection("a1", &user("a"), None);
-    now(manager.add_connection(a)).unwrap();
-    now(manager.remove_connection(&conn_id("c1"))).unwrap();
-    now(manager.emit_critical_event(&user("c"), AGENT_STARTED, json!(2))).unwrap();
-    assert_eq!(manager.stats().pending_rejected, 1);
+    assert!(matches!(
+        now(manager.emit_critical_event(&user("c"), AGENT_STARTED, json!(1))),
+        Err(ManagerError::HistoryUsersFull { limit: 2 })
+    ));
+    assert!(drain_json(&mut rc).is_empty());
+    assert_eq!(manager.stats().critical_rejected, 2);
 }
 
 #[test]
-fn expired_events_are_pruned_counted_and_not_replayed() {
+fn expired_events_are_pruned_counted_and_announced_not_replayed() {
     let config = ManagerConfig::builder()
-        .pending_max_age(Duration::from_millis(20))
+        .history_max_age(Duration::from_millis(20))
         .build()
         .unwrap();
     for (name, manager) in both(config.clone()) {
@@ -160,13 +164,15 @@ fn expired_events_are_pruned_counted_and_not_replayed() {
         now(manager.emit_critical_event(&alice(), AGENT_COMPLETED, json!(2))).unwrap();
         let (c, mut receiver) = connection("c1", &alice(), None);
         now(manager.add_connection(c)).unwrap();
-        let replayed: Vec<_> = drain_json(&mut receiver).iter().map(envelope).collect();
-        assert_eq!(replayed.len(), 1, "{name}");
-        assert_eq!(replayed[0].data, json!(2), "{name}");
+        let frames = drain_json(&mut receiver);
+        assert_eq!(frames.len(), 2, "{name}: {frames:?}");
         assert_eq!(
-            replayed[0].sequence, 2,
-            "{name}: the gap tells the client one was lost"
+            frames[0]["type"], "resync",
+            "{name}: the loss is announced first"
         );
+        assert_eq!(frames[0]["lost"], 1, "{name}");
+        let replayed = envelope(&frames[1]);
+        assert_eq!((replayed.data, replayed.sequence), (json!(2), 2), "{name}");
     }
     let manager = UnifiedWebSocketManager::new(config);
     for name in ["a", "b", "c"] {
@@ -175,6 +181,13 @@ fn expired_events_are_pruned_counted_and_not_replayed() {
     std::thread::sleep(Duration::from_millis(40));
     assert_eq!(manager.prune_expired(), 3);
     assert_eq!(manager.stats().pending_expired, 3);
+    assert_eq!(
+        manager.index_sizes().history_users,
+        3,
+        "each loss is remembered until announced, or for history_max_age"
+    );
+    std::thread::sleep(Duration::from_millis(40));
+    assert_eq!(manager.prune_expired(), 0);
     assert!(
         manager.index_sizes().is_empty(),
         "{}",
@@ -183,36 +196,42 @@ fn expired_events_are_pruned_counted_and_not_replayed() {
 }
 
 #[test]
-fn the_sweep_frees_places_held_by_expired_buffers() {
+fn the_sweep_frees_places_held_by_expired_history() {
     let config = ManagerConfig::builder()
-        .max_pending_users(1)
-        .pending_max_age(Duration::from_millis(20))
+        .max_history_users(1)
+        .history_max_age(Duration::from_millis(20))
         .build()
         .unwrap();
     let manager = UnifiedWebSocketManager::new(config);
+    let (a, _ra) = connection("a1", &user("a"), None);
+    now(manager.add_connection(a)).unwrap();
     now(manager.emit_critical_event(&user("a"), AGENT_STARTED, json!(1))).unwrap();
     std::thread::sleep(Duration::from_millis(40));
     let delivery = now(manager.emit_critical_event(&user("b"), AGENT_STARTED, json!(1))).unwrap();
-    assert_eq!(delivery, Delivery::Queued { pending: 1 });
-    assert_eq!(manager.stats().pending_expired, 1);
+    assert!(delivery.is_queued());
+    assert_eq!(delivery.pending(), 1);
+    let stats = manager.stats();
+    assert_eq!((stats.history_expired, stats.pending_expired), (1, 0));
 }
 
 #[test]
 fn a_critical_event_to_a_full_queue_disconnects_it_and_is_kept_for_the_next_connection() {
     let config = ManagerConfig::builder()
-        .queue_capacity(2)
-        .pending_capacity(2)
+        .queue_capacity(3)
+        .history_capacity(2)
         .build()
         .unwrap();
     for (name, manager) in both(config.clone()) {
         let (handle, mut stalled) = WebSocketHandle::channel(config.queue_limits());
         now(manager.add_connection(WebSocketConnection::with_id(conn_id("c1"), alice(), handle)))
             .unwrap();
-        now(manager.send_to_user(&alice(), json!(1))).unwrap();
-        now(manager.send_to_user(&alice(), json!(2))).unwrap();
+        for i in 0..3 {
+            now(manager.send_to_user(&alice(), json!(i))).unwrap();
+        }
         let delivery =
             now(manager.emit_critical_event(&alice(), AGENT_STARTED, json!("kept"))).unwrap();
-        assert_eq!(delivery, Delivery::Queued { pending: 1 }, "{name}");
+        assert!(delivery.is_queued(), "{name}");
+        assert_eq!(delivery.pending(), 1, "{name}");
         assert_eq!(
             try_recv(&mut stalled),
             Some(OutboundEvent::Close(CloseReason::slow_consumer())),
@@ -232,8 +251,8 @@ fn a_critical_event_to_a_full_queue_disconnects_it_and_is_kept_for_the_next_conn
 #[test]
 fn under_the_drop_policy_pending_events_are_flushed_before_newer_ones() {
     let config = ManagerConfig::builder()
-        .queue_capacity(2)
-        .pending_capacity(2)
+        .queue_capacity(3)
+        .history_capacity(2)
         .slow_consumer_policy(SlowConsumerPolicy::DropMessage)
         .build()
         .unwrap();
@@ -241,12 +260,16 @@ fn under_the_drop_policy_pending_events_are_flushed_before_newer_ones() {
     let (handle, mut receiver) = WebSocketHandle::channel(config.queue_limits());
     now(manager.add_connection(WebSocketConnection::with_id(conn_id("c1"), alice(), handle)))
         .unwrap();
-    now(manager.send_to_user(&alice(), json!("a"))).unwrap();
-    now(manager.send_to_user(&alice(), json!("b"))).unwrap();
+    for text in ["a", "b", "c"] {
+        now(manager.send_to_user(&alice(), json!(text))).unwrap();
+    }
     // Queue full, connection kept: the event waits.
     let delivery = now(manager.emit_critical_event(&alice(), AGENT_STARTED, json!(1))).unwrap();
-    assert_eq!(delivery, Delivery::Queued { pending: 1 });
-    assert_eq!(drain_json(&mut receiver), vec![json!("a"), json!("b")]);
+    assert!(delivery.is_queued());
+    assert_eq!(
+        drain_json(&mut receiver),
+        vec![json!("a"), json!("b"), json!("c")]
+    );
     // The next event flushes the pending one first.
     now(manager.emit_critical_event(&alice(), AGENT_COMPLETED, json!(2))).unwrap();
     let events: Vec<_> = drain_json(&mut receiver).iter().map(envelope).collect();
@@ -254,7 +277,12 @@ fn under_the_drop_policy_pending_events_are_flushed_before_newer_ones() {
         events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
         [1, 2]
     );
-    assert_eq!(manager.index_sizes().pending_users, 0);
+    assert_eq!(
+        manager
+            .get_connection_health(&alice())
+            .pending_critical_events,
+        0
+    );
 }
 
 /// Events emitted while a connection is being added are neither overtaken by
@@ -345,38 +373,49 @@ fn replay_ordering_race() {
 }
 
 #[test]
-fn stream_holds_across_an_offline_gap_and_changes_only_when_nothing_was_owed() {
-    for (name, manager) in both(ManagerConfig::default()) {
+fn stream_holds_while_history_is_retained_and_a_new_one_is_announced_to_a_resume() {
+    let config = ManagerConfig::builder()
+        .history_max_age(Duration::from_millis(30))
+        .build()
+        .unwrap();
+    for (name, manager) in both(config.clone()) {
         let (c1, mut r1) = connection("s1", &alice(), None);
         now(manager.add_connection(c1)).unwrap();
         now(manager.emit_critical_event(&alice(), AGENT_STARTED, json!({}))).unwrap();
         let first = envelope(&drain_json(&mut r1)[0]);
         now(manager.remove_connection(&conn_id("s1"))).unwrap();
 
-        // offline with nothing pending: the manager forgets the user, and a
-        // new stream tells the client that nothing from the old one is owed
-        let (c2, mut r2) = connection("s2", &alice(), None);
-        now(manager.add_connection(c2)).unwrap();
-        now(manager.emit_critical_event(&alice(), AGENT_STARTED, json!({}))).unwrap();
-        let second = envelope(&drain_json(&mut r2)[0]);
-        assert_ne!(second.stream, first.stream, "{name}");
-        assert_eq!(second.sequence, 1, "{name}");
-        now(manager.remove_connection(&conn_id("s2"))).unwrap();
-
-        // events emitted while offline open a stream that the replay and
-        // every later event continue, without a gap
-        now(manager.emit_critical_event(&alice(), AGENT_STARTED, json!({}))).unwrap();
+        // offline, history retained: the stream goes on
         now(manager.emit_critical_event(&alice(), AGENT_COMPLETED, json!({}))).unwrap();
-        let (c3, mut r3) = connection("s3", &alice(), None);
-        now(manager.add_connection(c3)).unwrap();
-        now(manager.emit_critical_event(&alice(), AGENT_STARTED, json!({}))).unwrap();
-        let frames: Vec<CriticalEnvelope> = drain_json(&mut r3).iter().map(envelope).collect();
-        assert_ne!(frames[0].stream, second.stream, "{name}");
-        assert!(
-            frames.iter().all(|e| e.stream == frames[0].stream),
+        let (c2, mut r2) = connection("s2", &alice(), None);
+        now(manager.add_connection(c2.with_resume(StreamOffset::new(first.stream, 1)))).unwrap();
+        let second = envelope(&drain_json(&mut r2)[0]);
+        assert_eq!(
+            (second.stream, second.sequence),
+            (first.stream, 2),
             "{name}"
         );
-        let sequences: Vec<u64> = frames.iter().map(|e| e.sequence).collect();
-        assert_eq!(sequences, [1, 2, 3], "{name}");
+        now(manager.remove_connection(&conn_id("s2"))).unwrap();
+
+        // history expired and nothing owed: the manager forgets the user; a
+        // client resuming from the old stream is told, never left to guess
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            manager
+                .get_connection_health(&alice())
+                .retained_critical_events,
+            0,
+            "{name}"
+        );
+        let (c3, mut r3) = connection("s3", &alice(), None);
+        now(manager.add_connection(c3.with_resume(StreamOffset::new(first.stream, 2)))).unwrap();
+        now(manager.emit_critical_event(&alice(), AGENT_STARTED, json!({}))).unwrap();
+        let frames = drain_json(&mut r3);
+        assert_eq!(frames[0]["type"], "resync", "{name}: {frames:?}");
+        assert_eq!(frames[0]["reason"], "unknown_stream", "{name}");
+        let third = envelope(&frames[1]);
+        assert_ne!(third.stream, first.stream, "{name}");
+        assert_eq!(third.sequence, 1, "{name}");
+        assert_eq!(frames[0]["latest"]["stream"], third.stream, "{name}");
     }
 }

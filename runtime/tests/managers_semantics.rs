@@ -38,14 +38,7 @@ fn add_then_look_up_by_id_user_socket_and_thread() {
             "{name}"
         );
         let delivery = now(manager.send_to_thread(&thread("t1"), json!({"n": 1}))).unwrap();
-        assert_eq!(
-            delivery,
-            Delivery::Delivered {
-                recipients: 1,
-                skipped: 0
-            },
-            "{name}"
-        );
+        assert_eq!(delivery, Delivery::delivered(1, 0), "{name}");
         assert_eq!(drain_json(&mut receiver), vec![json!({"n": 1})], "{name}");
     }
 }
@@ -289,14 +282,7 @@ fn send_to_user_serializes_once_and_shares_the_bytes() {
             now(manager.add_connection(c)).unwrap();
         }
         let delivery = now(manager.send_to_user(&alice(), json!({"type": "hello"}))).unwrap();
-        assert_eq!(
-            delivery,
-            Delivery::Delivered {
-                recipients: 3,
-                skipped: 0
-            },
-            "{name}"
-        );
+        assert_eq!(delivery, Delivery::delivered(3, 0), "{name}");
         let frames: Vec<TextFrame> = receivers.iter_mut().flat_map(drain_frames).collect();
         assert_eq!(frames.len(), 3, "{name}");
         assert!(
@@ -367,14 +353,7 @@ fn closed_sockets_found_during_a_send_are_removed() {
         now(manager.add_connection(c2)).unwrap();
         drop(r2); // the client went away without the transport telling us
         let delivery = now(manager.send_to_user(&alice(), json!(1))).unwrap();
-        assert_eq!(
-            delivery,
-            Delivery::Delivered {
-                recipients: 1,
-                skipped: 1
-            },
-            "{name}"
-        );
+        assert_eq!(delivery, Delivery::delivered(1, 1), "{name}");
         assert!(manager.get_connection(&conn_id("c2")).is_none(), "{name}");
         assert_eq!(
             manager.get_connection_id_by_websocket(&closed_socket),
@@ -404,15 +383,15 @@ fn closed_sockets_found_during_a_send_are_removed() {
 #[test]
 fn a_message_larger_than_every_queue_is_not_delivered_too_large() {
     let small = ManagerConfig::builder()
-        .queue_max_bytes(16)
-        .pending_capacity(8)
+        .queue_max_bytes(2048)
+        .history_max_bytes(1024)
         .build()
         .unwrap();
     for (name, manager) in both(small.clone()) {
         let (handle, mut receiver) = WebSocketHandle::channel(small.queue_limits());
         now(manager.add_connection(WebSocketConnection::with_id(conn_id("c1"), alice(), handle)))
             .unwrap();
-        match now(manager.send_to_user(&alice(), json!("x".repeat(100)))) {
+        match now(manager.send_to_user(&alice(), json!("x".repeat(3000)))) {
             Err(ManagerError::NotDelivered { reason, .. }) => {
                 assert_eq!(reason, NotDeliveredReason::TooLarge, "{name}")
             }
@@ -440,16 +419,20 @@ fn critical_events_are_validated_wrapped_and_sequenced() {
         }
         let (c, mut receiver) = connection("c1", &alice(), None);
         now(manager.add_connection(c)).unwrap();
+        let mut offsets = Vec::new();
         for (i, event) in [AGENT_STARTED, TOOL_EXECUTING].into_iter().enumerate() {
             let delivery =
                 now(manager.emit_critical_event(&alice(), event, json!({"i": i}))).unwrap();
             assert_eq!(
-                delivery,
-                Delivery::Delivered {
-                    recipients: 1,
-                    skipped: 0
-                },
+                (delivery.recipients(), delivery.skipped()),
+                (1, 0),
                 "{name}"
+            );
+            assert!(!delivery.is_queued(), "{name}");
+            offsets.push(
+                delivery
+                    .offset()
+                    .expect("a critical event reports its offset"),
             );
         }
         let received: Vec<_> = drain_json(&mut receiver).iter().map(envelope).collect();
@@ -457,6 +440,11 @@ fn critical_events_are_validated_wrapped_and_sequenced() {
         for (i, event) in received.iter().enumerate() {
             assert!(event.critical, "{name}");
             assert_eq!(event.sequence, i as u64 + 1, "{name}");
+            assert_eq!(
+                offsets[i],
+                StreamOffset::new(event.stream, event.sequence),
+                "{name}: the caller learns the offset the client sees"
+            );
             assert_eq!(event.data, json!({"i": i}), "{name}");
             assert!(event.timestamp > 1_600_000_000_000, "{name}");
         }
@@ -585,7 +573,7 @@ fn isolated_refuses_other_users_and_reveals_nothing() {
     let (theirs, _r2) = connection("m1", &mallory, Some("t"));
     let errors = tracing_errors(|| {
         let refusals = [
-            now(manager.add_connection(theirs)).map(|_| Delivery::Queued { pending: 0 }),
+            now(manager.add_connection(theirs)).map(|_| Delivery::queued(0)),
             now(manager.send_to_user(&mallory, json!(1))),
             now(manager.emit_critical_event(&mallory, AGENT_STARTED, json!({}))),
         ];
@@ -723,7 +711,7 @@ fn shutdown_discards_pending_events_and_counts_them() {
     let manager = UnifiedWebSocketManager::default();
     now(manager.emit_critical_event(&alice(), AGENT_STARTED, json!({}))).unwrap();
     now(manager.emit_critical_event(&user("bob"), AGENT_STARTED, json!({}))).unwrap();
-    assert_eq!(manager.index_sizes().pending_users, 2);
+    assert_eq!(manager.index_sizes().history_users, 2);
     manager.shutdown();
     assert_eq!(manager.stats().pending_discarded_at_shutdown, 2);
     assert!(

@@ -15,7 +15,7 @@ const MESSAGES: usize = 500;
 fn config(policy: SlowConsumerPolicy) -> ManagerConfig {
     ManagerConfig::builder()
         .queue_capacity(CAPACITY)
-        .pending_capacity(CAPACITY)
+        .history_capacity(CAPACITY - 1)
         .slow_consumer_policy(policy)
         .build()
         .unwrap()
@@ -61,18 +61,9 @@ fn disconnect_policy_closes_the_stalled_connection_and_the_others_get_everything
         for i in 0..MESSAGES {
             let delivery = now(manager.send_to_user(&alice(), json!({"i": i}))).unwrap();
             let expected = match i {
-                i if i < CAPACITY => Delivery::Delivered {
-                    recipients: 4,
-                    skipped: 0,
-                },
-                i if i == CAPACITY => Delivery::Delivered {
-                    recipients: 3,
-                    skipped: 1,
-                },
-                _ => Delivery::Delivered {
-                    recipients: 3,
-                    skipped: 0,
-                },
+                i if i < CAPACITY => Delivery::delivered(4, 0),
+                i if i == CAPACITY => Delivery::delivered(3, 1),
+                _ => Delivery::delivered(3, 0),
             };
             assert_eq!(delivery, expected, "{name}: send {i}");
             for (count, receiver) in received.iter_mut().zip(&mut f.fast) {
@@ -121,10 +112,7 @@ fn drop_policy_keeps_the_stalled_connection_drops_and_counts_its_frames() {
             let skipped = usize::from(i >= CAPACITY);
             assert_eq!(
                 delivery,
-                Delivery::Delivered {
-                    recipients: 4 - skipped,
-                    skipped
-                },
+                Delivery::delivered(4 - skipped, skipped),
                 "{name}: send {i}"
             );
             for receiver in &mut f.fast {
@@ -157,15 +145,15 @@ fn drop_policy_keeps_the_stalled_connection_drops_and_counts_its_frames() {
 #[test]
 fn the_byte_bound_also_triggers_the_policy() {
     let config = ManagerConfig::builder()
-        .queue_max_bytes(64)
-        .pending_capacity(8)
+        .queue_max_bytes(2048)
+        .history_max_bytes(1024)
         .build()
         .unwrap();
     let manager = UnifiedWebSocketManager::new(config.clone());
     let (handle, mut stalled) = WebSocketHandle::channel(config.queue_limits());
     now(manager.add_connection(WebSocketConnection::with_id(conn_id("c1"), alice(), handle)))
         .unwrap();
-    let payload = json!("x".repeat(20)); // 22 bytes
+    let payload = json!("x".repeat(1000)); // 1,002 bytes
     for _ in 0..2 {
         now(manager.send_to_user(&alice(), payload.clone())).unwrap();
     }

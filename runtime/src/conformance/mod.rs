@@ -31,10 +31,10 @@
 //! #     fn is_connection_active(&self, _u: &websocket_manager::UserId) -> bool { false }
 //! #     fn get_connection_id_by_websocket(&self, _w: &websocket_manager::WebSocketHandle) -> Option<websocket_manager::ConnectionId> { None }
 //! #     fn update_connection_thread(&self, _c: &websocket_manager::ConnectionId, _t: websocket_manager::ThreadId) -> bool { false }
-//! #     async fn send_to_user(&self, _u: &websocket_manager::UserId, _m: serde_json::Value) -> Result<websocket_manager::Delivery, websocket_manager::ManagerError> { Ok(websocket_manager::Delivery::Delivered { recipients: 1, skipped: 0 }) }
-//! #     async fn emit_critical_event(&self, _u: &websocket_manager::UserId, _e: &str, _d: serde_json::Value) -> Result<websocket_manager::Delivery, websocket_manager::ManagerError> { Ok(websocket_manager::Delivery::Queued { pending: 1 }) }
+//! #     async fn send_to_user(&self, _u: &websocket_manager::UserId, _m: serde_json::Value) -> Result<websocket_manager::Delivery, websocket_manager::ManagerError> { Ok(websocket_manager::Delivery::delivered(1, 0)) }
+//! #     async fn emit_critical_event(&self, _u: &websocket_manager::UserId, _e: &str, _d: serde_json::Value) -> Result<websocket_manager::Delivery, websocket_manager::ManagerError> { Ok(websocket_manager::Delivery::queued(1)) }
 //! #     fn get_connection_health(&self, u: &websocket_manager::UserId) -> websocket_manager::ConnectionHealth { websocket_manager::ConnectionHealth::empty(u.clone()) }
-//! #     async fn send_to_thread(&self, _t: &websocket_manager::ThreadId, _m: serde_json::Value) -> Result<websocket_manager::Delivery, websocket_manager::ManagerError> { Ok(websocket_manager::Delivery::Delivered { recipients: 1, skipped: 0 }) }
+//! #     async fn send_to_thread(&self, _t: &websocket_manager::ThreadId, _m: serde_json::Value) -> Result<websocket_manager::Delivery, websocket_manager::ManagerError> { Ok(websocket_manager::Delivery::delivered(1, 0)) }
 //! # }
 //! fn build(_: &BuildContext<'_>) -> Result<Arc<dyn WebSocketManager>, BuildError> {
 //!     Ok(Arc::new(Quiet)) // a manager that forgets everything it is told

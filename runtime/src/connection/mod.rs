@@ -18,6 +18,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::ids::{ConnectionId, ThreadId, UserId};
+use crate::offset::StreamOffset;
 
 pub use frame::TextFrame;
 pub use handle::{
@@ -75,6 +76,11 @@ pub struct WebSocketConnection {
     pub connected_at: SystemTime,
     /// Application data (client version, user agent...).
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The offset of the last critical event the client saw, when it
+    /// resumes: the manager replays what followed (or sends a
+    /// [`ResyncNotice`](crate::managers::ResyncNotice) first when it cannot).
+    /// `None`: only events no connection has taken yet are replayed.
+    pub resume: Option<StreamOffset>,
 }
 
 impl WebSocketConnection {
@@ -96,12 +102,20 @@ impl WebSocketConnection {
             websocket,
             connected_at: SystemTime::now(),
             metadata: serde_json::Map::new(),
+            resume: None,
         }
     }
 
     /// Binds the connection to a thread.
     pub fn with_thread(mut self, thread_id: ThreadId) -> Self {
         self.thread_id = Some(thread_id);
+        self
+    }
+
+    /// Resumes the user's critical events after `offset`, the last one the
+    /// client saw.
+    pub fn with_resume(mut self, offset: StreamOffset) -> Self {
+        self.resume = Some(offset);
         self
     }
 

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `connections` | `ConnectionId` -> `WebSocketConnection` | `get_connection`, removal |
 //! | `sockets` | `SocketId` -> `ConnectionId` | `get_connection_id_by_websocket` |
-//! | `users` | `UserId` -> `UserSlot` (recipients, pending buffer, sequence, counters) | user sends, critical events, health |
+//! | `users` | `UserId` -> `UserSlot` (recipients, event log, counters) | user sends, critical events, health |
 //! | `threads` | `ThreadId` -> `Arc<[Recipient]>` | `send_to_thread` |
 //!
 //! All four are [`DashMap`]s: sharded `RwLock`ed hash maps, so every lookup is
@@ -38,21 +38,24 @@
 //!
 //! # Replay ordering
 //!
-//! `add_connection` replays the pending buffer into the new socket *before*
-//! publishing the connection in the `users` and `threads` indexes, all under
-//! the user's mutex. A critical event emitted concurrently takes the same
-//! mutex: either it ran first (and was buffered, so it is replayed in order)
-//! or it runs after the connection is published (and is pushed after the
-//! replayed events into the same FIFO queue). An ordinary send can only see
-//! the connection once it is published, after the replay.
+//! `add_connection` replays into the new socket (a resync notice if one is
+//! due, then the retained events after the client's offset, or the pending
+//! ones without an offset) *before* publishing the connection in the
+//! `users` and `threads` indexes, all under the user's mutex. A critical
+//! event emitted concurrently takes the same mutex: either it ran first (and
+//! was logged, so it is replayed in order) or it runs after the connection
+//! is published (and is pushed after the replayed events into the same FIFO
+//! queue). An ordinary send can only see the connection once it is
+//! published, after the replay.
 //!
 //! # Memory bounds
 //!
-//! A user slot exists only while the user has a connection or a pending event.
-//! Pending buffers are bounded per user (events, bytes, age) and per manager
-//! (`max_pending_users`); expired events are pruned whenever the user is
-//! touched, by [`ManagerCore::prune_expired`], and by a sweep (at most once a
-//! second) when the user limit is reached.
+//! A user slot exists only while the user has a connection or holds history
+//! (retained events, or a loss not yet announced). Logs are bounded per user
+//! (events, bytes, age) and per manager (`max_history_users`); expired
+//! events are pruned whenever the user is touched, by
+//! [`ManagerCore::prune_expired`], and by a sweep (at most once a second)
+//! when the user limit is reached.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -73,8 +76,9 @@ use crate::managers::events::{CriticalEnvelope, validate_event_type};
 use crate::managers::fan_out::{
     Recipient, Recipients, Totals, UserCounters, bump, fan_out, no_recipients,
 };
-use crate::managers::pending::{PendingBuffer, PendingEvent, PendingLedger, PushRefused};
+use crate::managers::history::{AppendRefused, EventLog, HistoryLedger, HistoryLimits};
 use crate::managers::stats::{IndexSizes, ManagerStats};
+use crate::offset::StreamOffset;
 
 /// Mutable per-user state, behind the slot's mutex.
 #[derive(Debug)]
@@ -83,11 +87,8 @@ struct UserState {
     /// must look the user up again.
     retired: bool,
     recipients: Recipients,
-    pending: PendingBuffer,
-    /// The last sequence number given to a critical event.
-    last_sequence: u64,
-    /// Identifies this slot's run of sequence numbers (see `events`).
-    stream: u64,
+    /// Retained critical events; its stream lives as long as the slot.
+    log: EventLog,
 }
 
 #[derive(Debug)]
@@ -102,9 +103,7 @@ impl UserSlot {
             state: Mutex::new(UserState {
                 retired: false,
                 recipients: no_recipients(),
-                pending: PendingBuffer::default(),
-                last_sequence: 0,
-                stream: next_stream(),
+                log: EventLog::new(next_stream()),
             }),
             counters: Arc::default(),
         }
@@ -121,7 +120,7 @@ fn next_stream() -> u64 {
 
 /// Why an `emit` attempt stopped before storing the event.
 enum EmitFailure {
-    TooManyPendingUsers,
+    TooManyHistoryUsers,
     Error(ManagerError),
 }
 
@@ -134,7 +133,7 @@ pub(crate) struct ManagerCore {
     sockets: DashMap<SocketId, ConnectionId>,
     users: DashMap<UserId, Arc<UserSlot>>,
     threads: DashMap<ThreadId, Recipients>,
-    ledger: PendingLedger,
+    ledger: HistoryLedger,
     totals: Totals,
     shut_down: AtomicBool,
     /// Last full sweep of expired pending events, in ms since the epoch.
@@ -144,7 +143,7 @@ pub(crate) struct ManagerCore {
 impl ManagerCore {
     pub fn new(config: ManagerConfig) -> Self {
         ManagerCore {
-            ledger: PendingLedger::new(config.max_pending_users()),
+            ledger: HistoryLedger::new(config.max_history_users()),
             config,
             connections: DashMap::new(),
             sockets: DashMap::new(),
@@ -172,8 +171,8 @@ impl ManagerCore {
     }
 
     /// Runs `f` on `user`'s locked state (creating the slot when `create`),
-    /// then retires the slot if it holds neither a connection nor a pending
-    /// event. `None` when the user has no slot and `create` is false.
+    /// then retires the slot if it holds neither a connection nor history.
+    /// `None` when the user has no slot and `create` is false.
     fn with_user<R>(
         &self,
         user: &UserId,
@@ -197,7 +196,7 @@ impl ManagerCore {
                 continue;
             }
             let result = f(&mut state, &slot.counters);
-            if state.recipients.is_empty() && state.pending.is_empty() {
+            if state.recipients.is_empty() && !state.log.holds_history() {
                 state.retired = true;
                 self.users
                     .remove_if(user, |_, current| Arc::ptr_eq(current, &slot));
@@ -272,6 +271,7 @@ impl ManagerCore {
             let connection_id = connection.connection_id.clone();
             let socket = connection.websocket.clone();
             let thread = connection.thread_id.clone();
+            let resume = connection.resume;
             // Both ids are checked and inserted while both entries are held,
             // so a failed add leaves nothing behind.
             match self.connections.entry(connection_id.clone()) {
@@ -292,7 +292,16 @@ impl ManagerCore {
                 },
             }
             // Replay before publishing: nothing newer can reach this socket first.
-            self.replay_locked(state, &socket, counters, &user);
+            if let Err(error) =
+                self.replay_locked(state, &socket, counters, &user, &connection_id, resume)
+            {
+                // A partial replay would leave the client a silent gap: refuse.
+                self.connections.remove(&connection_id);
+                self.sockets
+                    .remove_if(&socket.id(), |_, id| *id == connection_id);
+                socket.close(CloseReason::new(1013, "replay did not fit; reconnect"));
+                return Err(error);
+            }
             let recipient = Recipient {
                 connection_id,
                 socket,
@@ -313,48 +322,71 @@ impl ManagerCore {
         .unwrap_or(Err(ManagerError::ShutDown))
     }
 
-    /// Pushes the user's pending events into `socket`, oldest first. What does
-    /// not fit stays pending (it is flushed before any newer critical event).
+    /// Pushes into `socket` what its client is owed: a resync notice when
+    /// some of it is gone, then the retained events after `resume` (without
+    /// an offset: the events no connection has taken yet), oldest first.
+    /// All or nothing: on a full queue the log is left as it was.
     fn replay_locked(
         &self,
         state: &mut UserState,
         socket: &WebSocketHandle,
         counters: &UserCounters,
         user: &UserId,
-    ) {
+        connection_id: &ConnectionId,
+        resume: Option<StreamOffset>,
+    ) -> Result<(), ManagerError> {
         self.expire_locked(state, user);
-        let mut replayed = 0u64;
-        let mut last_sequence = None;
-        while let Some(event) = state.pending.front() {
-            match socket.try_send(event.frame.clone()) {
-                Ok(()) => {
-                    last_sequence = Some(event.sequence);
-                    state.pending.pop_front(&self.ledger);
-                    replayed += 1;
-                }
-                Err(error) => {
-                    tracing::warn!(user_id = %user, %error, remaining = state.pending.len(),
-                        "replay of pending critical events stopped; the rest stays pending");
-                    break;
-                }
+        let plan = state
+            .log
+            .plan_replay(resume, unix_millis(SystemTime::now()));
+        let notice = match &plan.notice {
+            Some(notice) => Some(TextFrame::from_json(notice)?),
+            None => None,
+        };
+        let total = usize::from(notice.is_some()) + state.log.events_from(plan.from).count();
+        let mut replayed = 0usize;
+        for frame in notice
+            .into_iter()
+            .chain(state.log.events_from(plan.from).map(|e| e.frame.clone()))
+        {
+            if let Err(error) = socket.try_send(frame) {
+                tracing::warn!(user_id = %user, %connection_id, %error, replayed, total,
+                    "replay did not fit the new socket's queue; connection refused");
+                return Err(ManagerError::ReplayFailed {
+                    connection_id: connection_id.clone(),
+                    replayed,
+                    total,
+                });
             }
+            replayed += 1;
         }
-        if replayed > 0 {
-            tracing::debug!(user_id = %user, replayed, ?last_sequence, "replayed pending critical events");
+        if let Some(notice) = &plan.notice {
+            tracing::warn!(user_id = %user, %connection_id, reason = ?notice.reason,
+                requested = ?notice.requested, lost = ?notice.lost,
+                "resync notice sent: the client missed critical events that are no longer retained");
+            bump(&self.totals.resync_notices, 1);
         }
-        bump(&counters.sent, replayed);
-        bump(&self.totals.sent, replayed);
+        let events = replayed - usize::from(plan.notice.is_some());
+        if events > 0 {
+            tracing::debug!(user_id = %user, %connection_id, events, from = plan.from, "replayed critical events");
+        }
+        state.log.replayed(&self.ledger);
+        bump(&counters.sent, events as u64);
+        bump(&self.totals.sent, events as u64);
+        bump(&self.totals.replayed, events as u64);
+        Ok(())
     }
 
     fn expire_locked(&self, state: &mut UserState, user: &UserId) {
-        let expired =
-            state
-                .pending
-                .drop_expired(Instant::now(), self.config.pending_max_age(), &self.ledger);
-        if expired > 0 {
-            tracing::warn!(user_id = %user, expired, "pending critical events expired before the user reconnected");
-            bump(&self.totals.pending_expired, expired as u64);
+        let expired = state
+            .log
+            .expire(Instant::now(), self.config.history_max_age(), &self.ledger);
+        if expired.pending > 0 {
+            tracing::warn!(user_id = %user, lost = expired.pending,
+                "critical events expired before any connection of the user took them; the next connection is told");
         }
+        bump(&self.totals.history_expired, expired.events as u64);
+        bump(&self.totals.pending_expired, expired.pending as u64);
     }
 
     /// Removes `connection_id` if it belongs to `user`, from every index, and
@@ -580,26 +612,35 @@ impl ManagerCore {
             sequence: 0,
         };
         match self.try_emit(user, &mut envelope) {
-            Err(EmitFailure::TooManyPendingUsers) => {
-                // Expired buffers may be holding the places: sweep (at most
+            Err(EmitFailure::TooManyHistoryUsers) => {
+                // Expired logs may be holding the places: sweep (at most
                 // once a second, and never under a user lock), then retry once.
                 if self.sweep_expired_throttled() > 0
                     && let Ok(delivery) = self.try_emit(user, &mut envelope)
                 {
                     return Ok(delivery);
                 }
-                bump(&self.totals.pending_rejected, 1);
+                bump(&self.totals.critical_rejected, 1);
                 bump(&self.totals.failed, 1);
                 let limit = self.ledger.limit();
                 tracing::warn!(user_id = %user, event_type, limit,
-                    "critical event refused: too many users with pending events");
-                Err(ManagerError::PendingUsersFull { limit })
+                    "critical event refused: too many users hold history");
+                Err(ManagerError::HistoryUsersFull { limit })
             }
             Err(EmitFailure::Error(error)) => Err(error),
             Ok(delivery) => Ok(delivery),
         }
     }
 
+    fn history_limits(&self) -> HistoryLimits {
+        HistoryLimits {
+            capacity: self.config.history_capacity(),
+            max_bytes: self.config.history_max_bytes(),
+        }
+    }
+
+    /// Logs the event, then pushes it to the user's connections unless
+    /// older events are still waiting for one (order first).
     fn try_emit(
         &self,
         user: &UserId,
@@ -610,14 +651,46 @@ impl ManagerCore {
                 return Err(EmitFailure::Error(ManagerError::ShutDown));
             }
             self.expire_locked(state, user);
-            envelope.stream = state.stream;
-            envelope.sequence = state.last_sequence + 1;
+            let offset = state.log.next_offset();
+            envelope.stream = offset.stream;
+            envelope.sequence = offset.sequence;
             let frame = TextFrame::from_json(&*envelope)
                 .map_err(|e| EmitFailure::Error(ManagerError::Serialization(e)))?;
             counters.touch();
             // Older pending events go first, so order holds for every reader.
             self.flush_pending_locked(state, counters, user);
-            if state.pending.is_empty() && !state.recipients.is_empty() {
+            // Retained before it is sent: an event a client may have seen can
+            // always be resumed after.
+            match state.log.append(
+                frame.clone(),
+                Instant::now(),
+                self.history_limits(),
+                &self.ledger,
+            ) {
+                Ok(evicted) => bump(&self.totals.history_evicted, evicted as u64),
+                Err(AppendRefused::TooManyUsers) => return Err(EmitFailure::TooManyHistoryUsers),
+                Err(refused) => {
+                    bump(&counters.failed, 1);
+                    bump(&self.totals.failed, 1);
+                    bump(&self.totals.critical_rejected, 1);
+                    let error = if refused == AppendRefused::TooLarge {
+                        ManagerError::CriticalEventTooLarge {
+                            user_id: user.clone(),
+                            len: frame.len(),
+                            max: self.config.history_max_bytes(),
+                        }
+                    } else {
+                        ManagerError::HistoryFull {
+                            user_id: user.clone(),
+                            pending: state.log.pending(),
+                        }
+                    };
+                    tracing::warn!(user_id = %user, event_type = %envelope.event_type, %error,
+                        "critical event refused");
+                    return Err(EmitFailure::Error(error));
+                }
+            }
+            if state.log.pending() == 1 && !state.recipients.is_empty() {
                 let recipients = Arc::clone(&state.recipients);
                 let fan = fan_out(
                     &recipients,
@@ -627,44 +700,17 @@ impl ManagerCore {
                 );
                 self.evict_locked(state, counters, user, &fan.evict);
                 if fan.delivered > 0 {
-                    state.last_sequence = envelope.sequence;
-                    return Ok(Delivery::Delivered {
-                        recipients: fan.delivered,
-                        skipped: fan.targeted - fan.delivered,
-                    });
+                    state.log.mark_taken_through(offset.sequence);
+                    return Ok(
+                        Delivery::delivered(fan.delivered, fan.targeted - fan.delivered)
+                            .with_offset(offset),
+                    );
                 }
             }
-            let event = PendingEvent {
-                sequence: envelope.sequence,
-                frame,
-                queued_at: Instant::now(),
-            };
-            match state.pending.push(
-                event,
-                self.config.pending_capacity(),
-                self.config.queue_max_bytes(),
-                &self.ledger,
-            ) {
-                Ok(pending) => {
-                    state.last_sequence = envelope.sequence;
-                    tracing::debug!(user_id = %user, event_type = %envelope.event_type, pending,
-                        "critical event queued until the user reconnects");
-                    Ok(Delivery::Queued { pending })
-                }
-                Err(PushRefused::TooManyUsers) => Err(EmitFailure::TooManyPendingUsers),
-                Err(PushRefused::BufferFull) => {
-                    bump(&counters.failed, 1);
-                    bump(&self.totals.failed, 1);
-                    bump(&self.totals.pending_rejected, 1);
-                    let capacity = self.config.pending_capacity();
-                    tracing::warn!(user_id = %user, event_type = %envelope.event_type, capacity,
-                        "critical event refused: pending buffer full");
-                    Err(EmitFailure::Error(ManagerError::PendingBufferFull {
-                        user_id: user.clone(),
-                        capacity,
-                    }))
-                }
-            }
+            let pending = state.log.pending();
+            tracing::debug!(user_id = %user, event_type = %envelope.event_type, pending,
+                "critical event retained until a connection of the user takes it");
+            Ok(Delivery::queued(pending).with_offset(offset))
         })
         .unwrap_or(Err(EmitFailure::Error(ManagerError::ShutDown)))
     }
@@ -673,7 +719,7 @@ impl ManagerCore {
     /// first, stopping at the first one no connection takes.
     fn flush_pending_locked(&self, state: &mut UserState, counters: &UserCounters, user: &UserId) {
         while !state.recipients.is_empty() {
-            let Some(event) = state.pending.front() else {
+            let Some((sequence, event)) = state.log.first_pending() else {
                 return;
             };
             let frame = event.frame.clone();
@@ -688,7 +734,7 @@ impl ManagerCore {
             if fan.delivered == 0 {
                 return;
             }
-            state.pending.pop_front(&self.ledger);
+            state.log.mark_taken_through(sequence);
         }
     }
 
@@ -716,7 +762,13 @@ impl ManagerCore {
                 .iter()
                 .filter(|r| !r.socket.is_closed())
                 .count();
-            health.pending_critical_events = state.pending.len();
+            health.pending_critical_events = state.log.pending();
+            health.retained_critical_events = state.log.len();
+            health.retained_bytes = state.log.bytes();
+            health.latest_offset = (state.log.latest().sequence > 0).then(|| state.log.latest());
+            health.oldest_retained = state.log.oldest_retained();
+            health.history_evicted = state.log.evicted;
+            health.history_expired = state.log.expired;
             health.messages_sent = counters.sent.load(Ordering::Relaxed);
             health.messages_failed = counters.failed.load(Ordering::Relaxed);
             health.messages_dropped = counters.dropped.load(Ordering::Relaxed);
@@ -750,13 +802,13 @@ impl ManagerCore {
         self.users.iter().map(|entry| entry.key().clone()).collect()
     }
 
-    /// Drops every expired pending event; returns how many.
+    /// Drops every expired retained event; returns how many.
     pub fn prune_expired(&self) -> usize {
-        let before = self.totals.pending_expired.load(Ordering::Relaxed);
+        let before = self.totals.history_expired.load(Ordering::Relaxed);
         for user in self.user_ids() {
             self.with_user(&user, false, |state, _| self.expire_locked(state, &user));
         }
-        let after = self.totals.pending_expired.load(Ordering::Relaxed);
+        let after = self.totals.history_expired.load(Ordering::Relaxed);
         usize::try_from(after - before).unwrap_or(usize::MAX)
     }
 
@@ -775,7 +827,7 @@ impl ManagerCore {
     }
 
     /// Closes every socket with `going_away`, empties every index, drops the
-    /// pending events, and refuses all further work.
+    /// retained events, and refuses all further work.
     pub fn shutdown(&self) {
         if self.shut_down.swap(true, Ordering::SeqCst) {
             return;
@@ -803,12 +855,15 @@ impl ManagerCore {
                         closed += 1;
                     }
                 }
-                discarded += state.pending.clear(&self.ledger);
+                discarded += state.log.clear(&self.ledger);
             });
         }
         bump(&self.totals.pending_discarded, discarded as u64);
         if discarded > 0 {
-            tracing::warn!(discarded, "shutdown discarded pending critical events");
+            tracing::warn!(
+                discarded,
+                "shutdown discarded critical events no connection had taken"
+            );
         }
         tracing::info!(closed, "manager shut down");
     }
@@ -819,7 +874,7 @@ impl ManagerCore {
             users: self.users.len(),
             sockets: self.sockets.len(),
             threads: self.threads.len(),
-            pending_users: self.ledger.users(),
+            history_users: self.ledger.users(),
         }
     }
 
@@ -831,8 +886,12 @@ impl ManagerCore {
             messages_failed: t.failed.load(Ordering::Relaxed),
             messages_dropped: t.dropped.load(Ordering::Relaxed),
             slow_consumer_disconnects: t.slow_disconnects.load(Ordering::Relaxed),
-            pending_rejected: t.pending_rejected.load(Ordering::Relaxed),
+            critical_rejected: t.critical_rejected.load(Ordering::Relaxed),
+            history_evicted: t.history_evicted.load(Ordering::Relaxed),
+            history_expired: t.history_expired.load(Ordering::Relaxed),
             pending_expired: t.pending_expired.load(Ordering::Relaxed),
+            replayed: t.replayed.load(Ordering::Relaxed),
+            resync_notices: t.resync_notices.load(Ordering::Relaxed),
             pending_discarded_at_shutdown: t.pending_discarded.load(Ordering::Relaxed),
         }
     }

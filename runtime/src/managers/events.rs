@@ -1,5 +1,6 @@
 //! Critical agent events: the five event names, the envelope every critical
-//! event travels in, and the validation of event types.
+//! event travels in, the [`ResyncNotice`] control frame, and the validation
+//! of event types.
 //!
 //! A critical event reaches the client as one JSON text frame:
 //!
@@ -12,17 +13,18 @@
 //! * `timestamp`: milliseconds since the Unix epoch when the event was emitted
 //!   (not when it was replayed).
 //! * `critical`: always `true`.
-//! * `stream` and `sequence`: `sequence` counts 1, 2, 3... per user, in
-//!   emission order, within one `stream`. Within a stream, a jump means the
-//!   client missed events. A new `stream` (its sequence starts again at 1)
-//!   means the manager forgot the user in between (it had neither a
-//!   connection nor a pending event), so nothing from the old stream was
-//!   still owed. Streams are unique within a process and increase across
-//!   restarts.
+//! * `stream` and `sequence`: the event's [`StreamOffset`]. `sequence` counts
+//!   1, 2, 3... per user, in emission order, within one `stream`; a client
+//!   keeps the last offset it saw and resumes from it when it reconnects.
+//!   A new `stream` means the manager started a new numbering for the user
+//!   (it had forgotten the user, or restarted). The client is never left to
+//!   guess what that means: a client that resumes from an offset the manager
+//!   cannot honour first receives a [`ResyncNotice`].
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::ManagerError;
+use crate::offset::StreamOffset;
 
 /// An agent run started.
 pub const AGENT_STARTED: &str = "agent_started";
@@ -76,21 +78,88 @@ pub struct CriticalEnvelope {
     pub sequence: u64,
 }
 
+/// The `type` of the [`ResyncNotice`] control frame. It is reserved:
+/// [`validate_event_type`] refuses it, so no event can pass for a notice.
+pub const RESYNC: &str = "resync";
+
+/// Why a [`ResyncNotice`] was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ResyncReason {
+    /// Events after the requested offset (or events no connection had taken
+    /// yet, when no offset was given) were evicted or expired before they
+    /// could be replayed. `lost` says how many.
+    Trimmed,
+    /// The requested stream is not the user's current one: the manager
+    /// forgot the user or restarted since. How many events were lost is
+    /// unknown.
+    UnknownStream,
+    /// The requested sequence is beyond the last one the stream assigned
+    /// (a client bug, or an offset from another deployment).
+    Ahead,
+}
+
+/// The control frame a connection receives first when the manager cannot
+/// replay everything its client is owed. It is a JSON text frame:
+///
+/// ```json
+/// {"type":"resync","reason":"trimmed","requested":{"stream":9,"sequence":2},"oldest_retained":{"stream":9,"sequence":5},"latest":{"stream":9,"sequence":7},"lost":2,"timestamp":1767225600000}
+/// ```
+///
+/// The retained events (from `oldest_retained` to `latest`) follow it, in
+/// order. A client that receives it has missed events: it should reload
+/// the state those events describe (e.g. fetch the agent run's result over
+/// HTTP), then carry on from the events that follow.
+///
+/// ```
+/// use websocket_manager::StreamOffset;
+/// use websocket_manager::managers::{ResyncNotice, ResyncReason};
+/// let text = r#"{"type":"resync","reason":"unknown_stream","requested":{"stream":3,"sequence":8},"oldest_retained":null,"latest":{"stream":9,"sequence":0},"lost":null,"timestamp":5}"#;
+/// let notice: ResyncNotice = serde_json::from_str(text)?;
+/// assert_eq!(notice.reason, ResyncReason::UnknownStream);
+/// assert_eq!(notice.requested, Some(StreamOffset::new(3, 8)));
+/// assert_eq!(serde_json::to_string(&notice)?, text);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "resync")]
+pub struct ResyncNotice {
+    /// Why the manager cannot replay everything.
+    pub reason: ResyncReason,
+    /// The offset the client resumed from (`None`: it gave none, and events
+    /// no connection had taken were lost).
+    pub requested: Option<StreamOffset>,
+    /// The first event that follows this notice, if any is retained.
+    pub oldest_retained: Option<StreamOffset>,
+    /// The user's current stream and the last sequence it assigned (0: none
+    /// yet).
+    pub latest: StreamOffset,
+    /// How many events were lost, when known.
+    pub lost: Option<u64>,
+    /// Milliseconds since the Unix epoch when the notice was sent.
+    pub timestamp: u64,
+}
+
 /// Checks an event type: non-empty, at most [`MAX_EVENT_TYPE_LEN`] bytes,
-/// only ASCII letters, digits and `_ - . :`.
+/// only ASCII letters, digits and `_ - . :`, and not the reserved
+/// [`RESYNC`].
 ///
 /// ```
 /// use websocket_manager::managers::{validate_event_type, TOOL_EXECUTING};
 /// assert!(validate_event_type(TOOL_EXECUTING).is_ok());
 /// assert!(validate_event_type("").is_err());
 /// assert!(validate_event_type("<script>").is_err());
+/// assert!(validate_event_type("resync").is_err()); // reserved
 /// ```
 ///
 /// # Errors
 ///
 /// [`ManagerError::InvalidEventType`] saying what is wrong.
 pub fn validate_event_type(event_type: &str) -> Result<(), ManagerError> {
-    let reason = if event_type.is_empty() {
+    let reason = if event_type == RESYNC {
+        Some("is reserved for the manager's resync notice")
+    } else if event_type.is_empty() {
         Some("must not be empty")
     } else if event_type.len() > MAX_EVENT_TYPE_LEN {
         Some("is longer than 64 bytes")
@@ -132,6 +201,7 @@ mod tests {
             ("agent started", "may only contain"),
             ("ünïcode", "may only contain"),
             ("a\nb", "may only contain"),
+            ("resync", "is reserved"),
         ];
         for (input, expected) in cases {
             match validate_event_type(input) {

@@ -53,8 +53,12 @@ pub(crate) struct Totals {
     pub(crate) failed: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) slow_disconnects: AtomicU64,
-    pub(crate) pending_rejected: AtomicU64,
+    pub(crate) critical_rejected: AtomicU64,
+    pub(crate) history_evicted: AtomicU64,
+    pub(crate) history_expired: AtomicU64,
     pub(crate) pending_expired: AtomicU64,
+    pub(crate) replayed: AtomicU64,
+    pub(crate) resync_notices: AtomicU64,
     pub(crate) pending_discarded: AtomicU64,
 }
 
@@ -79,10 +83,10 @@ pub(crate) struct FanOut {
 impl FanOut {
     pub(crate) fn result(&self, target: impl FnOnce() -> String) -> Result<Delivery, ManagerError> {
         if self.delivered > 0 {
-            return Ok(Delivery::Delivered {
-                recipients: self.delivered,
-                skipped: self.targeted - self.delivered,
-            });
+            return Ok(Delivery::delivered(
+                self.delivered,
+                self.targeted - self.delivered,
+            ));
         }
         let reason = if self.full > 0 {
             NotDeliveredReason::QueuesFull

@@ -86,12 +86,12 @@ impl IsolatedWebSocketManager {
         self.core.index_sizes()
     }
 
-    /// Drops expired pending critical events; returns how many.
+    /// Drops expired retained critical events; returns how many.
     pub fn prune_expired(&self) -> usize {
         self.core.prune_expired()
     }
 
-    /// Closes every socket with [`CloseReason::going_away`], drops pending
+    /// Closes every socket with [`CloseReason::going_away`], drops retained
     /// events, and refuses all further work.
     pub fn shutdown(&self) {
         self.core.shutdown();

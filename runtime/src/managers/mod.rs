@@ -31,13 +31,19 @@
 //!   Other connections are never delayed: nothing waits on a queue.
 //! * **Nothing lost silently.** A send that reaches no connection is
 //!   [`ManagerError::NotDelivered`](crate::ManagerError::NotDelivered) with a
-//!   reason. Ordinary sends are at most once and not buffered. Critical
+//!   reason. Ordinary sends are at most once and not retained. Critical
 //!   events ([`emit_critical_event`](crate::WebSocketManager::emit_critical_event))
-//!   are wrapped in a [`CriticalEnvelope`] with a per-user `sequence`; with
-//!   no deliverable connection they wait in the user's pending buffer
-//!   ([`Delivery::Queued`](crate::Delivery::Queued)) and are replayed, in
-//!   order and before anything newer, on the user's next connection. A full
-//!   buffer is [`ManagerError::PendingBufferFull`](crate::ManagerError::PendingBufferFull),
+//!   are wrapped in a [`CriticalEnvelope`] with a per-user
+//!   [`StreamOffset`](crate::StreamOffset) (reported in the
+//!   [`Delivery`](crate::Delivery)) and appended to the user's retained log
+//!   whether or not a socket took them. A connection that resumes from an
+//!   offset ([`WebSocketConnection::with_resume`](crate::WebSocketConnection::with_resume))
+//!   gets every retained event after it, in order and before anything newer;
+//!   one without an offset gets the events no connection has taken yet
+//!   ([`Delivery::Queued`](crate::Delivery::Queued)). When an offset cannot
+//!   be honoured (evicted, expired, unknown stream), the connection first
+//!   receives a [`ResyncNotice`] that says so. A history full of events no
+//!   connection has taken is [`ManagerError::HistoryFull`](crate::ManagerError::HistoryFull),
 //!   never a silent drop of the oldest.
 //!
 //! # Why `DashMap`
@@ -60,30 +66,31 @@
 //! * Connections per user: `max_connections_per_user`. Sockets found closed
 //!   (a tab that died without the transport noticing) are evicted before a
 //!   new connection is refused, so dead tabs never lock a user out.
-//! * Pending critical events: per user at most `pending_capacity` events,
-//!   `queue_max_bytes` bytes, each at most `pending_max_age` old; per manager
-//!   at most `max_pending_users` users with pending events (then
-//!   [`ManagerError::PendingUsersFull`](crate::ManagerError::PendingUsersFull)).
+//! * Retained critical events: per user at most `history_capacity` events
+//!   and `history_max_bytes` bytes, each at most `history_max_age` old; per
+//!   manager at most `max_history_users` users holding history (then
+//!   [`ManagerError::HistoryUsersFull`](crate::ManagerError::HistoryUsersFull)).
 //!   Expired events are pruned when their user is touched, by
 //!   `prune_expired()` (call it from a timer if you want memory back sooner),
 //!   and by a sweep when the user limit is reached.
-//! * A user with neither a connection nor a pending event occupies nothing:
-//!   its counters and sequence start over when it comes back (a client that
-//!   sees `sequence: 1` again knows the manager had nothing pending for it).
+//! * A user with neither a connection nor history occupies nothing; its
+//!   counters and stream start over when it comes back, and a client that
+//!   resumes from the forgotten stream is told so with a [`ResyncNotice`].
 //!
 //! See [`IndexSizes`] and [`ManagerStats`].
 
 mod core;
 mod events;
 mod fan_out;
+mod history;
 mod isolated;
-mod pending;
 mod stats;
 mod unified;
 
 pub use events::{
     AGENT_COMPLETED, AGENT_EVENTS, AGENT_STARTED, AGENT_THINKING, CriticalEnvelope,
-    MAX_EVENT_TYPE_LEN, TOOL_COMPLETED, TOOL_EXECUTING, validate_event_type,
+    MAX_EVENT_TYPE_LEN, RESYNC, ResyncNotice, ResyncReason, TOOL_COMPLETED, TOOL_EXECUTING,
+    validate_event_type,
 };
 pub use isolated::IsolatedWebSocketManager;
 pub use stats::{IndexSizes, ManagerStats};

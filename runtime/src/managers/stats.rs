@@ -7,8 +7,8 @@ use serde::Serialize;
 
 /// How many entries each index of a reference manager holds.
 ///
-/// After every connection was removed and every pending event was replayed
-/// or expired, all of them are zero: nothing leaks.
+/// After every connection was removed and every retained event expired,
+/// all of them are zero: nothing leaks.
 ///
 /// ```
 /// use websocket_manager::managers::UnifiedWebSocketManager;
@@ -25,8 +25,9 @@ pub struct IndexSizes {
     pub sockets: usize,
     /// Thread -> connections.
     pub threads: usize,
-    /// Users with a non-empty pending buffer.
-    pub pending_users: usize,
+    /// Users holding retained critical events (or a loss not yet
+    /// announced).
+    pub history_users: usize,
 }
 
 impl IndexSizes {
@@ -40,8 +41,8 @@ impl fmt::Display for IndexSizes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} connections, {} users, {} sockets, {} threads, {} users with pending events",
-            self.connections, self.users, self.sockets, self.threads, self.pending_users
+            "{} connections, {} users, {} sockets, {} threads, {} users holding history",
+            self.connections, self.users, self.sockets, self.threads, self.history_users
         )
     }
 }
@@ -72,12 +73,24 @@ pub struct ManagerStats {
     /// Connections closed because their queue was full
     /// ([`SlowConsumerPolicy::Disconnect`](crate::SlowConsumerPolicy::Disconnect)).
     pub slow_consumer_disconnects: u64,
-    /// Critical events refused because the user's pending buffer, or the
-    /// manager's set of pending users, was full.
-    pub pending_rejected: u64,
-    /// Pending critical events dropped because they outlived `pending_max_age`.
+    /// Critical events refused (not stored, not sent): the user's history
+    /// was full of pending events, the event was larger than the history, or
+    /// too many users held history.
+    pub critical_rejected: u64,
+    /// Retained critical events evicted to make room for newer ones (each
+    /// had been taken by a connection).
+    pub history_evicted: u64,
+    /// Retained critical events dropped because they outlived
+    /// `history_max_age`.
+    pub history_expired: u64,
+    /// Of those, events no connection had taken: lost, and announced to the
+    /// user's next connection with a resync notice.
     pub pending_expired: u64,
-    /// Pending critical events dropped by `shutdown()`.
+    /// Critical events replayed into new connections.
+    pub replayed: u64,
+    /// Resync notices sent (a connection was told it missed events).
+    pub resync_notices: u64,
+    /// Critical events no connection had taken, dropped by `shutdown()`.
     pub pending_discarded_at_shutdown: u64,
 }
 
@@ -86,13 +99,17 @@ impl fmt::Display for ManagerStats {
         writeln!(f, "indexes: {}", self.indexes)?;
         write!(
             f,
-            "sent {}, failed {}, dropped {}, slow-consumer disconnects {}, pending rejected {}, pending expired {}, pending discarded at shutdown {}",
+            "sent {}, failed {}, dropped {}, slow-consumer disconnects {}, critical rejected {}, history evicted {}, history expired {} ({} never taken), replayed {}, resync notices {}, pending discarded at shutdown {}",
             self.messages_sent,
             self.messages_failed,
             self.messages_dropped,
             self.slow_consumer_disconnects,
-            self.pending_rejected,
+            self.critical_rejected,
+            self.history_evicted,
+            self.history_expired,
             self.pending_expired,
+            self.replayed,
+            self.resync_notices,
             self.pending_discarded_at_shutdown
         )
     }

@@ -71,15 +71,15 @@ impl UnifiedWebSocketManager {
         self.core.index_sizes()
     }
 
-    /// Drops every pending critical event older than `pending_max_age`
+    /// Drops every retained critical event older than `history_max_age`
     /// (they are also pruned whenever their user is touched); returns how
     /// many. Call it from a timer if many users never come back.
     pub fn prune_expired(&self) -> usize {
         self.core.prune_expired()
     }
 
-    /// Closes every socket with [`CloseReason::going_away`], drops pending
-    /// events (counted and logged), and refuses all further work: sends fail
+    /// Closes every socket with [`CloseReason::going_away`], drops retained
+    /// events (pending ones counted and logged), and refuses all further work: sends fail
     /// with [`ManagerError::ShutDown`], queries answer empty.
     pub fn shutdown(&self) {
         self.core.shutdown();

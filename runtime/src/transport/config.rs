@@ -236,14 +236,15 @@ mod tests {
     fn queue_limits_follow_the_manager_config() {
         let manager = ManagerConfig::builder()
             .queue_capacity(7)
-            .queue_max_bytes(700)
-            .pending_capacity(7)
+            .queue_max_bytes(7000)
+            .history_capacity(6)
+            .history_max_bytes(4096)
             .build()
             .unwrap();
         let config = TransportConfig::builder()
             .manager_config(&manager)
             .build()
             .unwrap();
-        assert_eq!(config.queue_limits(), QueueLimits::new(7, 700));
+        assert_eq!(config.queue_limits(), QueueLimits::new(7, 7000));
     }
 }

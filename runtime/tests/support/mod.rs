@@ -118,10 +118,7 @@ impl TestManager {
         if via_send_to_user && self.has(Bug::OvercountsRecipients) {
             recipients += 1;
         }
-        Ok(Delivery::Delivered {
-            recipients,
-            skipped,
-        })
+        Ok(Delivery::delivered(recipients, skipped))
     }
 
     fn user_sockets(&self, user_id: &UserId) -> Vec<WebSocketHandle> {
