@@ -15,7 +15,11 @@ pub enum SlowConsumerPolicy {
     /// reconnect instead of silently missing messages.
     #[default]
     Disconnect,
-    /// Drop this message for that connection only, and count it.
+    /// Drop this message for that connection only, and count it. Applies to
+    /// ordinary messages: a critical event is never dropped from a live
+    /// connection (that would be a silent gap in its stream); a connection
+    /// that cannot take one is disconnected, and its client resumes from its
+    /// offset.
     DropMessage,
 }
 

@@ -248,8 +248,11 @@ fn a_critical_event_to_a_full_queue_disconnects_it_and_is_kept_for_the_next_conn
     }
 }
 
+/// Under the drop policy ordinary messages are dropped for a full socket,
+/// but a critical event never is: the socket would have a silent gap. It is
+/// closed instead, and the event waits for the next connection.
 #[test]
-fn under_the_drop_policy_pending_events_are_flushed_before_newer_ones() {
+fn under_the_drop_policy_a_critical_event_closes_a_full_socket_instead_of_dropping() {
     let config = ManagerConfig::builder()
         .queue_capacity(3)
         .history_capacity(2)
@@ -257,32 +260,32 @@ fn under_the_drop_policy_pending_events_are_flushed_before_newer_ones() {
         .build()
         .unwrap();
     let manager = UnifiedWebSocketManager::new(config.clone());
-    let (handle, mut receiver) = WebSocketHandle::channel(config.queue_limits());
-    now(manager.add_connection(WebSocketConnection::with_id(conn_id("c1"), alice(), handle)))
+    let (full, mut full_rx) = WebSocketHandle::channel(config.queue_limits());
+    let (fine, mut fine_rx) = WebSocketHandle::channel(config.queue_limits());
+    now(manager.add_connection(WebSocketConnection::with_id(conn_id("full"), alice(), full)))
         .unwrap();
     for text in ["a", "b", "c"] {
         now(manager.send_to_user(&alice(), json!(text))).unwrap();
     }
-    // Queue full, connection kept: the event waits.
+    now(manager.add_connection(WebSocketConnection::with_id(conn_id("fine"), alice(), fine)))
+        .unwrap();
+    // an ordinary message is dropped for the full socket, which stays
+    let delivery = now(manager.send_to_user(&alice(), json!("d"))).unwrap();
+    assert_eq!((delivery.recipients(), delivery.skipped()), (1, 1));
+    assert!(manager.get_connection(&conn_id("full")).is_some());
+    // a critical event closes it instead
     let delivery = now(manager.emit_critical_event(&alice(), AGENT_STARTED, json!(1))).unwrap();
-    assert!(delivery.is_queued());
+    assert_eq!((delivery.recipients(), delivery.skipped()), (1, 1));
+    assert!(manager.get_connection(&conn_id("full")).is_none());
     assert_eq!(
-        drain_json(&mut receiver),
-        vec![json!("a"), json!("b"), json!("c")]
+        drain_json(&mut full_rx),
+        Vec::<serde_json::Value>::new(),
+        "a close frees what was queued"
     );
-    // The next event flushes the pending one first.
-    now(manager.emit_critical_event(&alice(), AGENT_COMPLETED, json!(2))).unwrap();
-    let events: Vec<_> = drain_json(&mut receiver).iter().map(envelope).collect();
-    assert_eq!(
-        events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
-        [1, 2]
-    );
-    assert_eq!(
-        manager
-            .get_connection_health(&alice())
-            .pending_critical_events,
-        0
-    );
+    let fine_frames = drain_json(&mut fine_rx);
+    assert_eq!(fine_frames[0], json!("d"));
+    assert_eq!(envelope(&fine_frames[1]).sequence, 1);
+    assert_eq!(manager.stats().slow_consumer_disconnects, 1);
 }
 
 /// Events emitted while a connection is being added are neither overtaken by

@@ -66,7 +66,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use parking_lot::Mutex;
 
-use crate::config::ManagerConfig;
+use crate::config::{ManagerConfig, SlowConsumerPolicy};
 use crate::connection::{CloseReason, SocketId, TextFrame, WebSocketConnection, WebSocketHandle};
 use crate::delivery::{Delivery, NotDeliveredReason};
 use crate::error::ManagerError;
@@ -117,6 +117,11 @@ fn next_stream() -> u64 {
     NEXT.get_or_init(|| AtomicU64::new(unix_millis(SystemTime::now()).saturating_mul(1000)))
         .fetch_add(1, Ordering::Relaxed)
 }
+
+/// Critical events are never dropped from a live connection, whatever the
+/// configured policy: a connection that cannot take one would have a silent
+/// gap, so it is closed instead and its client resumes from its offset.
+const CRITICAL_POLICY: SlowConsumerPolicy = SlowConsumerPolicy::Disconnect;
 
 /// Why an `emit` attempt stopped before storing the event.
 enum EmitFailure {
@@ -692,12 +697,7 @@ impl ManagerCore {
             }
             if state.log.pending() == 1 && !state.recipients.is_empty() {
                 let recipients = Arc::clone(&state.recipients);
-                let fan = fan_out(
-                    &recipients,
-                    &frame,
-                    self.config.slow_consumer_policy(),
-                    &self.totals,
-                );
+                let fan = fan_out(&recipients, &frame, CRITICAL_POLICY, &self.totals);
                 self.evict_locked(state, counters, user, &fan.evict);
                 if fan.delivered > 0 {
                     state.log.mark_taken_through(offset.sequence);
@@ -724,12 +724,7 @@ impl ManagerCore {
             };
             let frame = event.frame.clone();
             let recipients = Arc::clone(&state.recipients);
-            let fan = fan_out(
-                &recipients,
-                &frame,
-                self.config.slow_consumer_policy(),
-                &self.totals,
-            );
+            let fan = fan_out(&recipients, &frame, CRITICAL_POLICY, &self.totals);
             self.evict_locked(state, counters, user, &fan.evict);
             if fan.delivered == 0 {
                 return;
