@@ -13,20 +13,33 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
+use websocket_manager::managers::CriticalEventLog;
 use websocket_manager::{
     BuildContext, BuildError, ConnectionHealth, ConnectionId, ConnectionSummary, ConstructManager,
-    Delivery, ManagerError, NotDeliveredReason, SocketId, TextFrame, ThreadId, UserId,
-    WebSocketConnection, WebSocketHandle, health::unix_millis, serde_json, websocket_manager,
+    Delivery, ManagerConfig, ManagerError, NotDeliveredReason, SocketId, TextFrame, ThreadId,
+    UserId, WebSocketConnection, WebSocketHandle, health::unix_millis, serde_json,
+    websocket_manager,
 };
 
 /// The smallest correct manager: one mutex around two plain maps, written in
 /// the "compatible interface" form (the contract methods are the type's own
-/// API). User and thread queries scan, which is fine for a handful of
-/// connections; the socket lookup, which agent code makes on every run, is a
-/// map. Use the reference managers in production.
-#[derive(Debug, Default)]
+/// API), with the library's [`CriticalEventLog`] for critical events (offsets,
+/// retention, replay and resume). User and thread queries scan, which is fine
+/// for a handful of connections; the socket lookup, which agent code makes on
+/// every run, is a map. Use the reference managers in production.
+#[derive(Debug)]
 pub struct MinimalManager {
     state: Mutex<State>,
+    critical: CriticalEventLog,
+}
+
+impl Default for MinimalManager {
+    fn default() -> Self {
+        MinimalManager {
+            state: Mutex::default(),
+            critical: CriticalEventLog::new(&ManagerConfig::default()),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -36,8 +49,11 @@ struct State {
 }
 
 impl ConstructManager for MinimalManager {
-    fn construct(_context: &BuildContext<'_>) -> Result<Self, BuildError> {
-        Ok(MinimalManager::default())
+    fn construct(context: &BuildContext<'_>) -> Result<Self, BuildError> {
+        Ok(MinimalManager {
+            state: Mutex::default(),
+            critical: CriticalEventLog::new(context.config),
+        })
     }
 }
 
@@ -92,6 +108,9 @@ impl MinimalManager {
                     existing: existing.clone(),
                 });
             }
+            // Replayed under the lock, before anything can see the
+            // connection: no critical event slips in between.
+            self.critical.attach(&connection)?;
             state
                 .sockets
                 .insert(connection.websocket.id(), connection.connection_id.clone());
@@ -106,6 +125,7 @@ impl MinimalManager {
         let removed = self.with_state(|state| {
             let removed = state.connections.remove(connection_id)?;
             state.sockets.remove(&removed.websocket.id());
+            self.critical.detach(&removed.user_id);
             Some(removed)
         })?;
         removed
@@ -174,14 +194,15 @@ impl MinimalManager {
         event_type: &str,
         data: serde_json::Value,
     ) -> Result<Delivery, ManagerError> {
-        if event_type.is_empty() {
-            return Err(ManagerError::InvalidEventType {
-                event_type: String::new(),
-                reason: "must not be empty",
-            });
-        }
-        let envelope = serde_json::json!({ "type": event_type, "data": data, "critical": true });
-        self.send_to_user(user_id, envelope).await
+        // Under the lock, so the event and connection changes keep one order.
+        self.with(|map| {
+            let sockets: Vec<WebSocketHandle> = map
+                .values()
+                .filter(|c| &c.user_id == user_id)
+                .map(|c| c.websocket.clone())
+                .collect();
+            self.critical.emit(user_id, event_type, data, &sockets)
+        })
     }
 
     fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth {

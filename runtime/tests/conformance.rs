@@ -38,12 +38,12 @@ async fn a_correct_manager_passes_every_check_in_both_modes() {
     assert!(unified.passed(), "{unified}");
     assert_eq!(
         unified.checks_run(),
-        6,
+        10,
         "isolation checks do not apply to unified"
     );
     let isolated = run(ManagerMode::Isolated, None).await;
     assert!(isolated.passed(), "{isolated}");
-    assert_eq!(isolated.checks_run(), 8);
+    assert_eq!(isolated.checks_run(), 12);
 }
 
 /// Runs the kit on a manager with `bug` and asserts exactly `expected` fail,
@@ -101,6 +101,63 @@ async fn send_to_thread_reaching_the_whole_user_is_caught() {
         "send_to_thread",
     )
     .await;
+}
+
+#[tokio::test]
+async fn queries_answering_for_every_user_are_caught() {
+    assert_caught(
+        ManagerMode::Unified,
+        Bug::QueriesAnswerForEveryone,
+        &[Check::QueriesAreScopedToTheUser],
+        "get_user_connections",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_offline_critical_event_answered_ok_but_dropped_is_caught() {
+    for mode in [ManagerMode::Unified, ManagerMode::Isolated] {
+        assert_caught(
+            mode,
+            Bug::DropsOfflineCriticalEvents,
+            // the resume check emits to an offline user too
+            &[
+                Check::OfflineCriticalEventIsReplayed,
+                Check::ResumeFromOffset,
+            ],
+            "add_connection",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn critical_events_without_offsets_are_caught() {
+    // The old envelope: wrong shape, and nothing to resume from.
+    assert_caught(
+        ManagerMode::Unified,
+        Bug::EnvelopeWithoutOffsets,
+        &[
+            Check::CriticalEnvelope,
+            Check::OfflineCriticalEventIsReplayed,
+            Check::ResumeFromOffset,
+        ],
+        "emit_critical_event",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_manager_that_ignores_the_resume_offset_is_caught() {
+    for mode in [ManagerMode::Unified, ManagerMode::Isolated] {
+        assert_caught(
+            mode,
+            Bug::IgnoresResume,
+            &[Check::ResumeFromOffset],
+            "add_connection",
+        )
+        .await;
+    }
 }
 
 #[tokio::test]
@@ -245,7 +302,7 @@ async fn live_runs_only_the_safe_checks_and_says_which_it_skipped() {
     let ran: Vec<Check> = report.outcomes.iter().map(|o| o.check).collect();
     assert_eq!(ran, [Check::UnknownIds, Check::IsolationRefusesConnections]);
     assert!(report.passed(), "{report}");
-    assert_eq!(report.skipped.len(), 6);
+    assert_eq!(report.skipped.len(), 10);
     assert!(report.skipped.iter().all(|s| !s.check.is_live_safe()));
 
     // The live isolation probe still catches a manager that accepts anyone.
@@ -294,7 +351,7 @@ async fn both_reference_managers_pass_the_kit() {
         .run(construct::<IsolatedWebSocketManager>)
         .await;
     assert!(isolated.passed(), "{isolated}");
-    assert_eq!(isolated.checks_run(), 8);
+    assert_eq!(isolated.checks_run(), 12);
 }
 
 #[tokio::test]

@@ -8,6 +8,8 @@ use crate::context::ManagerMode;
 use crate::delivery::Delivery;
 use crate::error::ManagerError;
 use crate::ids::ConnectionId;
+use crate::managers::CriticalEnvelope;
+use crate::offset::StreamOffset;
 
 pub(super) async fn add_then_lookup_by_socket(p: &mut Probe<'_>) -> Step {
     let owner = p.scope.owner().clone();
@@ -482,6 +484,233 @@ pub(super) async fn isolation_refuses_sends(p: &mut Probe<'_>) -> Step {
             "no frame on the manager's own user's socket for a message addressed to another user",
             format!("{leaked} frame(s) arrived"),
             "never deliver a message addressed to another user",
+        ));
+    }
+    Ok(())
+}
+
+pub(super) async fn queries_are_scoped_to_the_user(p: &mut Probe<'_>) -> Step {
+    let owner = p.scope.owner().clone();
+    let absent = p.scope.user_id();
+    let connected = p.connect(&owner, "the only connected user").await?;
+    let fix =
+        "answer from the queried user's own entry in the user index; never from all connections";
+    let users = p.manager.get_user_connections(&absent);
+    if !users.is_empty() {
+        return Err(fail(
+            "get_user_connections",
+            format!(
+                "an empty set for user `{absent}`, who has no connection, while `{owner}` is connected"
+            ),
+            format!("{users:?}"),
+            fix,
+        ));
+    }
+    if p.manager.is_connection_active(&absent) {
+        return Err(fail(
+            "is_connection_active",
+            format!(
+                "false for user `{absent}`, who has no connection, while `{owner}` is connected"
+            ),
+            "true",
+            fix,
+        ));
+    }
+    let health = p.manager.get_connection_health(&absent);
+    let leaked = health
+        .connections
+        .iter()
+        .any(|c| &c.connection_id == p.id(connected));
+    if health.total_connections != 0 || leaked {
+        return Err(fail(
+            "get_connection_health",
+            format!("no connection for user `{absent}` while only `{owner}` is connected"),
+            format!(
+                "total_connections = {}, {} summaries",
+                health.total_connections,
+                health.connections.len()
+            ),
+            fix,
+        ));
+    }
+    Ok(())
+}
+
+pub(super) async fn offline_critical_event_is_replayed(p: &mut Probe<'_>) -> Step {
+    let owner = p.scope.owner().clone();
+    let (nonce, data) = p.message();
+    let result = p
+        .manager
+        .emit_critical_event(&owner, "agent_completed", data)
+        .await;
+    if result.is_err() {
+        return Err(fail(
+            "emit_critical_event",
+            format!("Ok(Queued) for user `{owner}`, who has no connection yet"),
+            delivery_text(&result),
+            "retain critical events for a user with no connection (see managers::CriticalEventLog) and answer Ok(Delivery::queued(..))",
+        ));
+    }
+    let tab = p.connect(&owner, "the user's next connection").await?;
+    let arrived = p.received(tab, &nonce, true).await;
+    if arrived != 1 {
+        return Err(fail(
+            "add_connection",
+            "the critical event emitted while the user was offline, once, on the user's next connection",
+            format!(
+                "it arrived {arrived} times, after emit_critical_event answered {}",
+                delivery_text(&result)
+            ),
+            "replay the retained events no connection took into the new socket in add_connection, before publishing it; never answer Ok for an event you dropped",
+        ));
+    }
+    Ok(())
+}
+
+/// The critical event carrying `nonce` among `frames`, parsed.
+fn find_envelope(frames: &[serde_json::Value], nonce: &str) -> Option<CriticalEnvelope> {
+    frames
+        .iter()
+        .find(|f| f.get("data").is_some_and(|d| d.to_string().contains(nonce)))
+        .and_then(|f| serde_json::from_value(f.clone()).ok())
+}
+
+pub(super) async fn critical_envelope(p: &mut Probe<'_>) -> Step {
+    let owner = p.scope.owner().clone();
+    let tab = p.connect(&owner, "a").await?;
+    let mut seen: Vec<(CriticalEnvelope, Option<StreamOffset>)> = Vec::new();
+    for event_type in ["agent_started", "agent_completed"] {
+        let (nonce, data) = p.message();
+        let result = p
+            .manager
+            .emit_critical_event(&owner, event_type, data.clone())
+            .await;
+        let frames = p.frames(tab, true).await;
+        let Some(envelope) = find_envelope(&frames, &nonce) else {
+            return Err(fail(
+                "emit_critical_event",
+                r#"one frame {"type","data","timestamp","critical":true,"stream","sequence"} carrying the caller's data"#,
+                format!("{frames:?}"),
+                "wrap every critical event in managers::CriticalEnvelope (or use managers::CriticalEventLog)",
+            ));
+        };
+        if envelope.event_type != event_type || envelope.data != data || !envelope.critical {
+            return Err(fail(
+                "emit_critical_event",
+                format!("type `{event_type}`, the caller's data untouched, critical: true"),
+                format!(
+                    "type `{}`, data {}, critical: {}",
+                    envelope.event_type, envelope.data, envelope.critical
+                ),
+                "fill the envelope from the arguments as given",
+            ));
+        }
+        let reported = result.as_ref().ok().and_then(Delivery::offset);
+        seen.push((envelope, reported));
+    }
+    let (first, second) = (&seen[0], &seen[1]);
+    if second.0.stream != first.0.stream || second.0.sequence != first.0.sequence + 1 {
+        return Err(fail(
+            "emit_critical_event",
+            format!(
+                "the second event at stream {} sequence {}",
+                first.0.stream,
+                first.0.sequence + 1
+            ),
+            format!("stream {} sequence {}", second.0.stream, second.0.sequence),
+            "number a user's critical events 1, 2, 3... within one stream",
+        ));
+    }
+    for (envelope, reported) in &seen {
+        let actual = StreamOffset::new(envelope.stream, envelope.sequence);
+        if *reported != Some(actual) {
+            return Err(fail(
+                "emit_critical_event",
+                format!("a Delivery reporting offset {actual}, the one the client received"),
+                format!("{reported:?}"),
+                "return the assigned offset: Delivery::delivered(..).with_offset(offset)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn resume_from_offset(p: &mut Probe<'_>) -> Step {
+    let owner = p.scope.owner().clone();
+    let first_tab = p.connect(&owner, "before the drop").await?;
+    let mut nonces = Vec::new();
+    for _ in 0..2 {
+        let (nonce, data) = p.message();
+        if let Err(error) = p
+            .manager
+            .emit_critical_event(&owner, "agent_thinking", data)
+            .await
+        {
+            return Err(fail(
+                "emit_critical_event",
+                "Ok for a connected user",
+                format!("Err({error})"),
+                "deliver to the user's connections and retain the event",
+            ));
+        }
+        nonces.push(nonce);
+    }
+    let frames = p.frames(first_tab, true).await;
+    let Some(first) = find_envelope(&frames, &nonces[0]) else {
+        return Err(fail(
+            "emit_critical_event",
+            "the first event on the connected socket, in its envelope",
+            format!("{frames:?}"),
+            "wrap every critical event in managers::CriticalEnvelope and deliver it",
+        ));
+    };
+    p.disconnect(first_tab).await?;
+    let (missed_nonce, data) = p.message();
+    let _ = p
+        .manager
+        .emit_critical_event(&owner, "agent_completed", data)
+        .await;
+    let offset = StreamOffset::new(first.stream, first.sequence);
+    let resumed = p
+        .connect_resuming(&owner, "resumed after the first event", Some(offset))
+        .await?;
+    let frames = p.frames(resumed, true).await;
+    let carried: Vec<usize> = [&nonces[0], &nonces[1], &missed_nonce]
+        .iter()
+        .map(|nonce| {
+            frames
+                .iter()
+                .filter(|f| f.to_string().contains(nonce.as_str()))
+                .count()
+        })
+        .collect();
+    if carried != [0, 1, 1] || frames.iter().any(|f| f["type"] == "resync") {
+        return Err(fail(
+            "add_connection",
+            format!(
+                "resuming from {offset}: the second event and the one emitted while offline, once each, nothing before the offset, no resync notice"
+            ),
+            format!("first/second/offline event received {carried:?} times; frames: {frames:?}"),
+            "replay the retained events after `connection.resume` into the new socket (see managers::CriticalEventLog)",
+        ));
+    }
+    let unknown = StreamOffset::new(first.stream.wrapping_add(0x5eed), 1);
+    let stale = p
+        .connect_resuming(&owner, "resumed from an unknown stream", Some(unknown))
+        .await?;
+    let frames = p.frames(stale, true).await;
+    let told = frames
+        .first()
+        .is_some_and(|f| f["type"] == "resync" && f["reason"] == "unknown_stream");
+    if !told {
+        return Err(fail(
+            "add_connection",
+            format!(
+                "a resync notice with reason `unknown_stream` first, for an offset on stream {} that the user never had",
+                unknown.stream
+            ),
+            format!("{frames:?}"),
+            "when an offset cannot be honoured, send managers::ResyncNotice first (see managers::CriticalEventLog)",
         ));
     }
     Ok(())

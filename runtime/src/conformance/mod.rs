@@ -6,8 +6,10 @@
 //! contract says: a connection added is found by its socket, a thread send
 //! reaches exactly the sockets bound to that thread, removal clears every
 //! lookup, a send reports how many sockets really got the frame and never
-//! "succeeds" without one, health counts what is there, and an isolated
-//! manager refuses every other user.
+//! "succeeds" without one, health counts what is there, queries about one
+//! user never reveal another's connections, critical events arrive in their
+//! envelope with offsets, are kept for an offline user and resume from an
+//! offset, and an isolated manager refuses every other user.
 //!
 //! Every probe uses synthetic identities under the reserved
 //! [`PROBE_PREFIX`] with a unique suffix, and sockets created for the probe;
@@ -105,11 +107,25 @@ pub enum Check {
     IsolationRefusesConnections,
     /// An isolated manager refuses sends and critical events to another user.
     IsolationRefusesSends,
+    /// Queries about a user with no connection answer empty while another
+    /// user is connected: no answer leaks another user's connections.
+    QueriesAreScopedToTheUser,
+    /// A critical event for a user with no connection is kept (`Ok`) and
+    /// reaches the user's next connection.
+    OfflineCriticalEventIsReplayed,
+    /// Critical events arrive as the documented envelope (`type`, `data`,
+    /// `timestamp`, `critical`, `stream`, `sequence`), numbered 1, 2... within
+    /// a stream, with the offset the `Delivery` reported.
+    CriticalEnvelope,
+    /// A connection resuming from an offset gets exactly the events after
+    /// it, and one resuming from an unknown stream gets a resync notice
+    /// first.
+    ResumeFromOffset,
 }
 
 impl Check {
     /// Every check, in the order they run.
-    pub const ALL: [Check; 8] = [
+    pub const ALL: [Check; 12] = [
         Check::AddThenLookupBySocket,
         Check::ThreadRouting,
         Check::UnknownIds,
@@ -118,6 +134,10 @@ impl Check {
         Check::HealthCounts,
         Check::IsolationRefusesConnections,
         Check::IsolationRefusesSends,
+        Check::QueriesAreScopedToTheUser,
+        Check::OfflineCriticalEventIsReplayed,
+        Check::CriticalEnvelope,
+        Check::ResumeFromOffset,
     ];
 
     /// The snake_case name used in reports and JSON.
@@ -131,6 +151,10 @@ impl Check {
             Check::HealthCounts => "health_counts",
             Check::IsolationRefusesConnections => "isolation_refuses_connections",
             Check::IsolationRefusesSends => "isolation_refuses_sends",
+            Check::QueriesAreScopedToTheUser => "queries_are_scoped_to_the_user",
+            Check::OfflineCriticalEventIsReplayed => "offline_critical_event_is_replayed",
+            Check::CriticalEnvelope => "critical_envelope",
+            Check::ResumeFromOffset => "resume_from_offset",
         }
     }
 
@@ -579,6 +603,14 @@ impl Conformance {
                     checks::isolation_refuses_connections(&mut probe).await
                 }
                 Check::IsolationRefusesSends => checks::isolation_refuses_sends(&mut probe).await,
+                Check::QueriesAreScopedToTheUser => {
+                    checks::queries_are_scoped_to_the_user(&mut probe).await
+                }
+                Check::OfflineCriticalEventIsReplayed => {
+                    checks::offline_critical_event_is_replayed(&mut probe).await
+                }
+                Check::CriticalEnvelope => checks::critical_envelope(&mut probe).await,
+                Check::ResumeFromOffset => checks::resume_from_offset(&mut probe).await,
             }
         };
         let result = match self.check_timeout {

@@ -14,6 +14,7 @@ use crate::context::ManagerMode;
 use crate::delivery::Delivery;
 use crate::error::ManagerError;
 use crate::ids::{ConnectionId, ThreadId, UserId};
+use crate::offset::StreamOffset;
 use crate::protocol::WebSocketManager;
 
 /// One socket created for a probe.
@@ -102,8 +103,20 @@ impl<'a> Probe<'a> {
         user_id: &UserId,
         label: &str,
     ) -> Result<usize, CheckFailure> {
+        self.connect_resuming(user_id, label, None).await
+    }
+
+    /// Like [`connect`](Self::connect), resuming from `resume`.
+    pub(super) async fn connect_resuming(
+        &mut self,
+        user_id: &UserId,
+        label: &str,
+        resume: Option<StreamOffset>,
+    ) -> Result<usize, CheckFailure> {
         let index = self.socket(user_id, label);
-        match self.manager.add_connection(self.connection(index)).await {
+        let mut connection = self.connection(index);
+        connection.resume = resume;
+        match self.manager.add_connection(connection).await {
             Ok(()) => Ok(index),
             Err(error) => Err(fail(
                 "add_connection",
@@ -155,6 +168,44 @@ impl<'a> Probe<'a> {
                 }
                 Some(OutboundEvent::Close(_)) | None => return count,
             }
+        }
+    }
+
+    /// Every JSON frame socket `index` received, in order. Waits up to the
+    /// delivery wait for the first one when `expect` is set. A frame that is
+    /// not JSON is returned as a JSON string.
+    pub(super) async fn frames(&mut self, index: usize, expect: bool) -> Vec<serde_json::Value> {
+        let wait = if expect { self.wait } else { Duration::ZERO };
+        let receiver = &mut self.sockets[index].receiver;
+        let mut frames = Vec::new();
+        loop {
+            let wait_now = if frames.is_empty() {
+                wait
+            } else {
+                Duration::ZERO
+            };
+            match next_event(receiver, wait_now).await {
+                Some(OutboundEvent::Frame(frame)) => frames.push(
+                    serde_json::from_str(frame.as_str())
+                        .unwrap_or_else(|_| serde_json::Value::String(frame.as_str().to_owned())),
+                ),
+                Some(OutboundEvent::Close(_)) | None => return frames,
+            }
+        }
+    }
+
+    /// Removes connection `index` from the manager; a failure when it
+    /// answers `None`.
+    pub(super) async fn disconnect(&mut self, index: usize) -> Step {
+        let id = self.id(index).clone();
+        match self.manager.remove_connection(&id).await {
+            Some(_) => Ok(()),
+            None => Err(fail(
+                "remove_connection",
+                format!("Some(connection `{id}`) for a registered connection"),
+                "None",
+                "remove the connection from every index and return it",
+            )),
         }
     }
 

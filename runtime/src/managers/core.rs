@@ -76,7 +76,9 @@ use crate::managers::events::{CriticalEnvelope, validate_event_type};
 use crate::managers::fan_out::{
     Recipient, Recipients, Totals, UserCounters, bump, fan_out, no_recipients,
 };
-use crate::managers::history::{AppendRefused, EventLog, HistoryLedger, HistoryLimits};
+use crate::managers::history::{
+    AppendRefused, EventLog, HistoryLedger, HistoryLimits, refusal_error, replay_into,
+};
 use crate::managers::stats::{IndexSizes, ManagerStats};
 use crate::offset::StreamOffset;
 
@@ -112,7 +114,7 @@ impl UserSlot {
 
 /// A fresh stream id: unique within the process and, because it starts from
 /// the clock, increasing across restarts too.
-fn next_stream() -> u64 {
+pub(crate) fn next_stream() -> u64 {
     static NEXT: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
     NEXT.get_or_init(|| AtomicU64::new(unix_millis(SystemTime::now()).saturating_mul(1000)))
         .fetch_add(1, Ordering::Relaxed)
@@ -327,10 +329,8 @@ impl ManagerCore {
         .unwrap_or(Err(ManagerError::ShutDown))
     }
 
-    /// Pushes into `socket` what its client is owed: a resync notice when
-    /// some of it is gone, then the retained events after `resume` (without
-    /// an offset: the events no connection has taken yet), oldest first.
-    /// All or nothing: on a full queue the log is left as it was.
+    /// Pushes into `socket` what its client is owed (see
+    /// [`replay_into`]), with logs and counters.
     fn replay_locked(
         &self,
         state: &mut UserState,
@@ -341,44 +341,25 @@ impl ManagerCore {
         resume: Option<StreamOffset>,
     ) -> Result<(), ManagerError> {
         self.expire_locked(state, user);
-        let plan = state
-            .log
-            .plan_replay(resume, unix_millis(SystemTime::now()));
-        let notice = match &plan.notice {
-            Some(notice) => Some(TextFrame::from_json(notice)?),
-            None => None,
-        };
-        let total = usize::from(notice.is_some()) + state.log.events_from(plan.from).count();
-        let mut replayed = 0usize;
-        for frame in notice
-            .into_iter()
-            .chain(state.log.events_from(plan.from).map(|e| e.frame.clone()))
-        {
-            if let Err(error) = socket.try_send(frame) {
-                tracing::warn!(user_id = %user, %connection_id, %error, replayed, total,
+        let replayed = replay_into(&mut state.log, socket, connection_id, resume, &self.ledger)
+            .inspect_err(|error| {
+                tracing::warn!(user_id = %user, %connection_id, %error,
                     "replay did not fit the new socket's queue; connection refused");
-                return Err(ManagerError::ReplayFailed {
-                    connection_id: connection_id.clone(),
-                    replayed,
-                    total,
-                });
-            }
-            replayed += 1;
-        }
-        if let Some(notice) = &plan.notice {
+            })?;
+        if let Some(notice) = &replayed.notice {
             tracing::warn!(user_id = %user, %connection_id, reason = ?notice.reason,
                 requested = ?notice.requested, lost = ?notice.lost,
                 "resync notice sent: the client missed critical events that are no longer retained");
             bump(&self.totals.resync_notices, 1);
         }
-        let events = replayed - usize::from(plan.notice.is_some());
-        if events > 0 {
-            tracing::debug!(user_id = %user, %connection_id, events, from = plan.from, "replayed critical events");
+        if replayed.events > 0 {
+            tracing::debug!(user_id = %user, %connection_id, events = replayed.events,
+                "replayed critical events");
         }
-        state.log.replayed(&self.ledger);
-        bump(&counters.sent, events as u64);
-        bump(&self.totals.sent, events as u64);
-        bump(&self.totals.replayed, events as u64);
+        let events = replayed.events as u64;
+        bump(&counters.sent, events);
+        bump(&self.totals.sent, events);
+        bump(&self.totals.replayed, events);
         Ok(())
     }
 
@@ -608,14 +589,7 @@ impl ManagerCore {
         if self.is_shut_down() {
             return Err(ManagerError::ShutDown);
         }
-        let mut envelope = CriticalEnvelope {
-            event_type: event_type.to_owned(),
-            data,
-            timestamp: unix_millis(SystemTime::now()),
-            critical: true,
-            stream: 0,
-            sequence: 0,
-        };
+        let mut envelope = CriticalEnvelope::new(event_type, data);
         match self.try_emit(user, &mut envelope) {
             Err(EmitFailure::TooManyHistoryUsers) => {
                 // Expired logs may be holding the places: sweep (at most
@@ -678,18 +652,14 @@ impl ManagerCore {
                     bump(&counters.failed, 1);
                     bump(&self.totals.failed, 1);
                     bump(&self.totals.critical_rejected, 1);
-                    let error = if refused == AppendRefused::TooLarge {
-                        ManagerError::CriticalEventTooLarge {
-                            user_id: user.clone(),
-                            len: frame.len(),
-                            max: self.config.history_max_bytes(),
-                        }
-                    } else {
-                        ManagerError::HistoryFull {
-                            user_id: user.clone(),
-                            pending: state.log.pending(),
-                        }
-                    };
+                    let error = refusal_error(
+                        refused,
+                        user,
+                        &frame,
+                        self.history_limits(),
+                        &state.log,
+                        &self.ledger,
+                    );
                     tracing::warn!(user_id = %user, event_type = %envelope.event_type, %error,
                         "critical event refused");
                     return Err(EmitFailure::Error(error));

@@ -24,9 +24,12 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::connection::TextFrame;
+use crate::connection::{TextFrame, WebSocketHandle};
+use crate::error::ManagerError;
+use crate::health::unix_millis;
+use crate::ids::{ConnectionId, UserId};
 use crate::managers::events::{ResyncNotice, ResyncReason};
 use crate::offset::StreamOffset;
 
@@ -375,6 +378,78 @@ impl EventLog {
             ledger.release();
             self.reserved = false;
         }
+    }
+}
+
+/// What [`replay_into`] pushed.
+#[derive(Debug)]
+pub(crate) struct Replayed {
+    /// Events replayed (the notice not counted).
+    pub events: usize,
+    /// The notice sent first, if one was due.
+    pub notice: Option<ResyncNotice>,
+}
+
+/// Pushes into `socket` what a connection resuming from `resume` is owed: a
+/// resync notice when some of it is gone, then the retained events, oldest
+/// first. All or nothing: on a full queue the log is left as it was and the
+/// error says how far it got.
+pub(crate) fn replay_into(
+    log: &mut EventLog,
+    socket: &WebSocketHandle,
+    connection_id: &ConnectionId,
+    resume: Option<StreamOffset>,
+    ledger: &HistoryLedger,
+) -> Result<Replayed, ManagerError> {
+    let plan = log.plan_replay(resume, unix_millis(SystemTime::now()));
+    let notice = match &plan.notice {
+        Some(notice) => Some(TextFrame::from_json(notice)?),
+        None => None,
+    };
+    let total = usize::from(notice.is_some()) + log.events_from(plan.from).count();
+    let mut replayed = 0usize;
+    for frame in notice
+        .into_iter()
+        .chain(log.events_from(plan.from).map(|e| e.frame.clone()))
+    {
+        if socket.try_send(frame).is_err() {
+            return Err(ManagerError::ReplayFailed {
+                connection_id: connection_id.clone(),
+                replayed,
+                total,
+            });
+        }
+        replayed += 1;
+    }
+    log.replayed(ledger);
+    Ok(Replayed {
+        events: replayed - usize::from(plan.notice.is_some()),
+        notice: plan.notice,
+    })
+}
+
+/// The error for an append refused for a reason other than the user limit.
+pub(crate) fn refusal_error(
+    refused: AppendRefused,
+    user: &UserId,
+    frame: &TextFrame,
+    limits: HistoryLimits,
+    log: &EventLog,
+    ledger: &HistoryLedger,
+) -> ManagerError {
+    match refused {
+        AppendRefused::TooLarge => ManagerError::CriticalEventTooLarge {
+            user_id: user.clone(),
+            len: frame.len(),
+            max: limits.max_bytes,
+        },
+        AppendRefused::PendingFull => ManagerError::HistoryFull {
+            user_id: user.clone(),
+            pending: log.pending(),
+        },
+        AppendRefused::TooManyUsers => ManagerError::HistoryUsersFull {
+            limit: ledger.limit(),
+        },
     }
 }
 

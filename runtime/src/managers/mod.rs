@@ -80,6 +80,7 @@
 //! See [`IndexSizes`] and [`ManagerStats`].
 
 mod core;
+mod critical_log;
 mod events;
 mod fan_out;
 mod history;
@@ -87,6 +88,7 @@ mod isolated;
 mod stats;
 mod unified;
 
+pub use critical_log::CriticalEventLog;
 pub use events::{
     AGENT_COMPLETED, AGENT_EVENTS, AGENT_STARTED, AGENT_THINKING, CriticalEnvelope,
     MAX_EVENT_TYPE_LEN, RESYNC, ResyncNotice, ResyncReason, TOOL_COMPLETED, TOOL_EXECUTING,

@@ -6,10 +6,12 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use websocket_manager::managers::CriticalEventLog;
 use websocket_manager::{
     BuildContext, BuildError, ConnectionHealth, ConnectionId, ConnectionSummary, Delivery,
-    ManagerError, ManagerMode, NotDeliveredReason, Registration, SocketId, TextFrame, ThreadId,
-    UserId, WebSocketConnection, WebSocketHandle, WebSocketManager, websocket_manager,
+    ManagerConfig, ManagerError, ManagerMode, NotDeliveredReason, Registration, SocketId,
+    TextFrame, ThreadId, UserId, WebSocketConnection, WebSocketHandle, WebSocketManager,
+    websocket_manager,
 };
 
 /// One deliberate defect.
@@ -36,6 +38,16 @@ pub enum Bug {
     SendsToOtherUsers,
     /// `send_to_user` never returns (the original deadlock).
     SendHangs,
+    /// `get_user_connections` answers every user's connections.
+    QueriesAnswerForEveryone,
+    /// `emit_critical_event` for a user with no connection answers
+    /// `Ok(Queued)` but drops the event.
+    DropsOfflineCriticalEvents,
+    /// Critical events go out as `{type, data, critical}`, without offsets
+    /// (the envelope before offsets existed).
+    EnvelopeWithoutOffsets,
+    /// `add_connection` ignores the connection's resume offset.
+    IgnoresResume,
 }
 
 #[derive(Default)]
@@ -52,6 +64,7 @@ pub struct TestManager {
     owner: Option<UserId>,
     bug: Option<Bug>,
     state: Mutex<State>,
+    critical: CriticalEventLog,
 }
 
 impl TestManager {
@@ -60,6 +73,7 @@ impl TestManager {
             owner,
             bug,
             state: Mutex::new(State::default()),
+            critical: CriticalEventLog::new(&ManagerConfig::default()),
         }
     }
 
@@ -148,6 +162,12 @@ impl WebSocketManager for TestManager {
                 existing: existing.clone(),
             });
         }
+        // Replayed under the state lock: no event can slip in between.
+        let mut replayed = connection.clone();
+        if self.has(Bug::IgnoresResume) {
+            replayed.resume = None;
+        }
+        self.critical.attach(&replayed)?;
         let id = connection.connection_id.clone();
         state
             .by_user
@@ -171,6 +191,7 @@ impl WebSocketManager for TestManager {
     async fn remove_connection(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection> {
         let mut state = self.state.lock().unwrap();
         let connection = state.connections.remove(connection_id)?;
+        self.critical.detach(&connection.user_id);
         if let Some(ids) = state.by_user.get_mut(&connection.user_id) {
             ids.remove(connection_id);
             if ids.is_empty() {
@@ -201,13 +222,11 @@ impl WebSocketManager for TestManager {
         if self.guard(user_id, false).is_err() {
             return HashSet::new();
         }
-        self.state
-            .lock()
-            .unwrap()
-            .by_user
-            .get(user_id)
-            .cloned()
-            .unwrap_or_default()
+        let state = self.state.lock().unwrap();
+        if self.has(Bug::QueriesAnswerForEveryone) {
+            return state.connections.keys().cloned().collect();
+        }
+        state.by_user.get(user_id).cloned().unwrap_or_default()
     }
 
     fn is_connection_active(&self, user_id: &UserId) -> bool {
@@ -273,17 +292,34 @@ impl WebSocketManager for TestManager {
         data: serde_json::Value,
     ) -> Result<Delivery, ManagerError> {
         self.guard(user_id, true)?;
-        let envelope = serde_json::json!({ "type": event_type, "data": data, "critical": true });
-        let frame = TextFrame::from_json(&envelope)?;
-        let sockets = self.user_sockets(user_id);
-        self.deliver(
-            sockets,
-            Some(user_id),
-            frame,
-            format!("user `{user_id}`"),
-            NotDeliveredReason::NoConnections,
-            false,
-        )
+        if self.has(Bug::EnvelopeWithoutOffsets) {
+            let envelope =
+                serde_json::json!({ "type": event_type, "data": data, "critical": true });
+            let frame = TextFrame::from_json(&envelope)?;
+            let sockets = self.user_sockets(user_id);
+            return self.deliver(
+                sockets,
+                Some(user_id),
+                frame,
+                format!("user `{user_id}`"),
+                NotDeliveredReason::NoConnections,
+                false,
+            );
+        }
+        // The state lock keeps emits and connection changes in one order.
+        let state = self.state.lock().unwrap();
+        let sockets: Vec<WebSocketHandle> = state
+            .by_user
+            .get(user_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| state.connections.get(id))
+            .map(|c| c.websocket.clone())
+            .collect();
+        if sockets.is_empty() && self.has(Bug::DropsOfflineCriticalEvents) {
+            return Ok(Delivery::queued(1));
+        }
+        self.critical.emit(user_id, event_type, data, &sockets)
     }
 
     fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth {
