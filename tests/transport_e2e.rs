@@ -38,6 +38,7 @@ async fn drop_policy_server_with_stalled_client(
             .queue_capacity(16)
             .queue_max_bytes(64 * 1024)
             .history_capacity(8)
+            .history_max_bytes(32 * 1024)
             .slow_consumer_policy(SlowConsumerPolicy::DropMessage)
             .build()
             .unwrap(),
@@ -221,6 +222,7 @@ async fn a_client_that_stops_reading_is_disconnected_while_others_keep_receiving
                 .queue_capacity(16)
                 .queue_max_bytes(64 * 1024)
                 .history_capacity(8)
+                .history_max_bytes(32 * 1024)
                 .slow_consumer_policy(SlowConsumerPolicy::Disconnect)
                 .build()
                 .unwrap(),

@@ -15,7 +15,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
-use websocket_manager::managers::UnifiedWebSocketManager;
+use websocket_manager::managers::{IndexSizes, UnifiedWebSocketManager};
 use websocket_manager::transport::{
     IgnoreMessages, JwtAuthenticator, MessageHandler, OriginPolicy, TransportConfig,
     WebSocketService,
@@ -94,12 +94,18 @@ impl TestServer {
         }
     }
 
-    /// Waits until the manager holds no connection and no pending event.
+    /// Waits until the manager holds no connection (users remain only while
+    /// they hold retained critical events).
     pub async fn assert_indexes_empty(&self) {
         let deadline = tokio::time::Instant::now() + STEP;
         loop {
             let sizes = self.manager.index_sizes();
-            if sizes.is_empty() {
+            let only_history = IndexSizes {
+                users: sizes.history_users,
+                history_users: sizes.history_users,
+                ..IndexSizes::default()
+            };
+            if sizes == only_history {
                 return;
             }
             assert!(

@@ -39,12 +39,45 @@ impl<'a> UpgradeRequest<'a> {
         UpgradeRequest { uri, headers }
     }
 
-    /// The first value of a query parameter, percent-decoded (`+` is a space).
+    /// The first value of a query parameter, percent-decoded (`+` is a space);
+    /// `None` when it is absent or not valid percent-encoded UTF-8 (use
+    /// [`query_param_checked`](Self::query_param_checked) to tell the two apart).
     pub fn query_param(&self, name: &str) -> Option<String> {
-        self.uri.query()?.split('&').find_map(|pair| {
+        self.query_param_checked(name).ok().flatten()
+    }
+
+    /// The first value of a query parameter, percent-decoded (`+` is a
+    /// space): `Ok(None)` when absent.
+    ///
+    /// ```
+    /// use websocket_manager::transport::UpgradeRequest;
+    /// let uri: http::Uri = "/ws?resume=%zz".parse().unwrap();
+    /// let headers = http::HeaderMap::new();
+    /// let request = UpgradeRequest::new(&uri, &headers);
+    /// assert!(request.query_param_checked("resume").is_err());
+    /// assert_eq!(request.query_param_checked("thread").unwrap(), None);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::BadRequest`] naming the parameter when its first value is
+    /// not valid percent-encoded UTF-8.
+    pub fn query_param_checked(&self, name: &str) -> Result<Option<String>, AuthError> {
+        let Some(query) = self.uri.query() else {
+            return Ok(None);
+        };
+        for pair in query.split('&') {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(key)? == name).then(|| percent_decode(value))?
-        })
+            if percent_decode(key).as_deref() == Some(name) {
+                return percent_decode(value).map(Some).ok_or_else(|| {
+                    AuthError::BadRequest(
+                        format!("query parameter `{name}` is not valid percent-encoded UTF-8")
+                            .into(),
+                    )
+                });
+            }
+        }
+        Ok(None)
     }
 
     /// The token of an `Authorization: Bearer <token>` header.
@@ -127,7 +160,9 @@ pub enum AuthError {
     /// A verified user who may not do this, or a foreign `Origin`: `403`.
     #[error("forbidden: {0}")]
     Forbidden(Cow<'static, str>),
-    /// A malformed request (bad thread id...): `400`.
+    /// A malformed request (bad thread id, bad resume offset...): `400`. Its
+    /// detail is shown to the client (it describes the client's own input),
+    /// so never put verification detail in it.
     #[error("bad request: {0}")]
     BadRequest(Cow<'static, str>),
     /// The server is shutting down and accepts no new connection: `503`.
@@ -146,10 +181,25 @@ impl AuthError {
         }
     }
 
-    /// The text for the response body: the status's name only, so that no
-    /// verification detail leaks to the client (the detail is logged).
-    pub fn public_message(&self) -> &'static str {
-        self.status().canonical_reason().unwrap_or("refused")
+    /// The text for the response body: the status's name, so that no
+    /// verification detail leaks to the client (the detail is logged);
+    /// for [`BadRequest`](Self::BadRequest) also what is wrong with the
+    /// client's input, so it can fix it.
+    ///
+    /// ```
+    /// use websocket_manager::transport::AuthError;
+    /// assert_eq!(AuthError::Unauthorized("bad signature".into()).public_message(), "Unauthorized");
+    /// assert_eq!(
+    ///     AuthError::BadRequest("`resume`: no `:`".into()).public_message(),
+    ///     "Bad Request: `resume`: no `:`"
+    /// );
+    /// ```
+    pub fn public_message(&self) -> Cow<'static, str> {
+        let status = self.status().canonical_reason().unwrap_or("refused");
+        match self {
+            AuthError::BadRequest(detail) => format!("{status}: {detail}").into(),
+            _ => status.into(),
+        }
     }
 }
 

@@ -50,7 +50,7 @@ pub async fn accept(
     let request = UpgradeRequest::new(uri, headers);
     let admission = match service.admit(&request).await {
         Ok(admission) => admission,
-        Err(error) => return (error.status(), error.public_message()).into_response(),
+        Err(error) => return (error.status(), error.public_message().into_owned()).into_response(),
     };
     let config = service.config();
     let mut websocket = websocket

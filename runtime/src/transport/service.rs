@@ -16,6 +16,7 @@ use super::shutdown::{ConnectionTracker, LiveConnection, ShutdownReport};
 use super::wire::{WireMessage, WireSocket};
 use crate::connection::{CloseReason, WebSocketConnection, WebSocketHandle};
 use crate::ids::{ConnectionId, ThreadId, UserId};
+use crate::offset::StreamOffset;
 use crate::protocol::WebSocketManager;
 
 /// An upgrade request that passed the `Origin` check and authentication.
@@ -25,6 +26,9 @@ pub struct Admission {
     pub identity: Identity,
     /// The thread from the `thread` query parameter, already authorized.
     pub thread_id: Option<ThreadId>,
+    /// The offset from the `resume` query parameter (`<stream>:<sequence>`):
+    /// the connection replays the user's critical events after it.
+    pub resume: Option<StreamOffset>,
 }
 
 /// How one connection ended, returned by [`WebSocketService::serve`].
@@ -211,7 +215,9 @@ impl WebSocketService {
     /// Decides an upgrade request, before any socket exists: the server is
     /// accepting, the `Origin` is allowed (else 403), the authenticator
     /// accepts the credential (else 401), the `thread` query parameter is a
-    /// valid thread id (else 400) the user may follow (else 403).
+    /// valid thread id (else 400) the user may follow (else 403), and the
+    /// `resume` query parameter, if any, is a valid
+    /// [`StreamOffset`] `<stream>:<sequence>` (else 400, saying why).
     ///
     /// # Errors
     ///
@@ -232,7 +238,13 @@ impl WebSocketService {
         }
         self.inner.origins.check(request.origin())?;
         let identity = self.inner.authenticator.authenticate(request).await?;
-        let thread_id = match request.query_param("thread") {
+        let resume = match request.query_param_checked("resume")? {
+            None => None,
+            Some(raw) => Some(raw.parse::<StreamOffset>().map_err(|error| {
+                AuthError::BadRequest(format!("query parameter `resume`: {error}").into())
+            })?),
+        };
+        let thread_id = match request.query_param_checked("thread")? {
             None => None,
             Some(raw) => {
                 let thread = ThreadId::new(raw)
@@ -247,6 +259,7 @@ impl WebSocketService {
         Ok(Admission {
             identity,
             thread_id,
+            resume,
         })
     }
 
@@ -266,9 +279,11 @@ impl WebSocketService {
         let Admission {
             identity,
             thread_id,
+            resume,
         } = admission;
         let mut connection = WebSocketConnection::new(identity.user_id.clone(), handle.clone());
         connection.thread_id = thread_id;
+        connection.resume = resume;
         connection.metadata = identity.metadata;
         let connection_id = connection.connection_id.clone();
         let user_id = identity.user_id;

@@ -87,7 +87,13 @@ where
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_head(&mut stream)).await {
             Ok(Ok(read)) => read,
             Ok(Err(AcceptError::HeadTooLarge)) => {
-                respond(&mut stream, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE).await;
+                let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+                respond(
+                    &mut stream,
+                    status,
+                    status.canonical_reason().unwrap_or("Refused"),
+                )
+                .await;
                 return Err(AcceptError::HeadTooLarge);
             }
             Ok(Err(error)) => return Err(error),
@@ -96,7 +102,12 @@ where
     let (uri, headers) = match parse_upgrade(&head) {
         Ok(parsed) => parsed,
         Err(problem) => {
-            respond(&mut stream, StatusCode::BAD_REQUEST).await;
+            respond(
+                &mut stream,
+                StatusCode::BAD_REQUEST,
+                &format!("Bad Request: {problem}"),
+            )
+            .await;
             return Err(AcceptError::NotWebSocket(problem));
         }
     };
@@ -104,7 +115,7 @@ where
     let admission = match service.admit(&request).await {
         Ok(admission) => admission,
         Err(error) => {
-            respond(&mut stream, error.status()).await;
+            respond(&mut stream, error.status(), &error.public_message()).await;
             return Err(AcceptError::Refused(error));
         }
     };
@@ -230,13 +241,13 @@ fn parse_upgrade(head: &[u8]) -> Result<(Uri, HeaderMap), &'static str> {
     Ok((uri, headers))
 }
 
-/// Answers a refused upgrade with a bare status and closes.
-async fn respond<S: AsyncWrite + Unpin>(stream: &mut S, status: StatusCode) {
+/// Answers a refused upgrade with its status and `body`, and closes.
+async fn respond<S: AsyncWrite + Unpin>(stream: &mut S, status: StatusCode, body: &str) {
     let reason = status.canonical_reason().unwrap_or("Refused");
     let response = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reason}",
+        "HTTP/1.1 {} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         status.as_u16(),
-        reason.len()
+        body.len()
     );
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let _ = stream.write_all(response.as_bytes()).await;
