@@ -1,8 +1,11 @@
 //! A terminal client for `agent_server --demo`: gets a demo token, connects
 //! (token in `Sec-WebSocket-Protocol`, as a browser would send it), starts an
-//! agent run, drops the connection after `agent_thinking`, reconnects two
-//! seconds later and prints what arrives: the critical events missed while
-//! offline come first, replayed in order.
+//! agent run, and after `agent_thinking` loses the network the worst way: it
+//! stops reading while the run goes on, then the connection is reset with
+//! unread data. It reconnects with `?resume=<stream>:<sequence>`, the offset
+//! of the last critical event it saw, and prints what arrives: every critical
+//! event it missed, the final answer included, in order, exactly once (or a
+//! resync notice first, if the server could no longer replay them).
 //!
 //! ```text
 //! cargo run --example agent_server -- --demo &
@@ -47,8 +50,15 @@ async fn demo_token(port: u16, user: &str) -> Result<String, Error> {
         .to_owned())
 }
 
-async fn connect(port: u16, token: &str, thread: &str) -> Result<Client, Error> {
-    let mut request = format!("ws://127.0.0.1:{port}/ws?thread={thread}").into_client_request()?;
+async fn connect(
+    port: u16,
+    token: &str,
+    thread: &str,
+    resume: Option<&str>,
+) -> Result<Client, Error> {
+    let resume = resume.map(|o| format!("&resume={o}")).unwrap_or_default();
+    let mut request =
+        format!("ws://127.0.0.1:{port}/ws?thread={thread}{resume}").into_client_request()?;
     request.headers_mut().insert(
         "sec-websocket-protocol",
         format!("websocket-manager, bearer.{token}").parse()?,
@@ -62,8 +72,13 @@ async fn connect(port: u16, token: &str, thread: &str) -> Result<Client, Error> 
     Ok(client)
 }
 
-/// Prints events until `stop` returns true for one, or 10 s pass quietly.
-async fn print_until(client: &mut Client, stop: impl Fn(&Value) -> bool) -> Result<(), Error> {
+/// Prints events until `stop` returns true for one, or 10 s pass quietly,
+/// keeping in `last` the offset of the last critical event seen.
+async fn print_until(
+    client: &mut Client,
+    last: &mut Option<String>,
+    stop: impl Fn(&Value) -> bool,
+) -> Result<(), Error> {
     loop {
         let next = tokio::time::timeout(Duration::from_secs(10), client.next()).await;
         let Ok(Some(message)) = next else {
@@ -72,6 +87,16 @@ async fn print_until(client: &mut Client, stop: impl Fn(&Value) -> bool) -> Resu
         };
         if let Message::Text(text) = message? {
             let event: Value = serde_json::from_str(&text)?;
+            if event["type"] == "resync" {
+                println!(
+                    "  RESYNC: missed {} event(s) ({}); reload the run's state. {event}",
+                    event["lost"], event["reason"]
+                );
+                continue;
+            }
+            if event["critical"] == true {
+                *last = Some(format!("{}:{}", event["stream"], event["sequence"]));
+            }
             println!(
                 "  {:<16} stream={} seq={:<3} {}",
                 event["type"].as_str().unwrap_or("?"),
@@ -89,21 +114,33 @@ async fn print_until(client: &mut Client, stop: impl Fn(&Value) -> bool) -> Resu
 async fn run(port: u16, user: &str) -> Result<(), Error> {
     let token = demo_token(port, user).await?;
     let thread = format!("{user}:thread-1");
-    let mut client = connect(port, &token, &thread).await?;
+    let mut last = None;
+    let mut client = connect(port, &token, &thread, None).await?;
     client
         .send(Message::text(
             json!({"type": "run", "prompt": "What is the weather in Lisbon?"}).to_string(),
         ))
         .await?;
-    println!("run started; dropping the connection after agent_thinking:");
-    print_until(&mut client, |event| event["type"] == "agent_thinking").await?;
-    client.close(None).await?;
+    println!("run started; the network goes away after agent_thinking:");
+    print_until(&mut client, &mut last, |event| {
+        event["type"] == "agent_thinking"
+    })
+    .await?;
+    println!("not reading for 4 s while the run goes on, then a connection reset...");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // SO_LINGER 0: closing with unread data sends RST, as a dead network does.
+    client.get_ref().set_zero_linger()?;
     drop(client);
-    println!("offline for 2 s...");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut client = connect(port, &token, &thread).await?;
-    println!("back online; what arrives (replayed critical events first):");
-    print_until(&mut client, |event| event["type"] == "final_answer").await?;
+    let resume = last.clone();
+    println!(
+        "back online, resuming after {}; what arrives:",
+        resume.as_deref().unwrap_or("(nothing seen)")
+    );
+    let mut client = connect(port, &token, &thread, resume.as_deref()).await?;
+    print_until(&mut client, &mut last, |event| {
+        event["type"] == "final_answer"
+    })
+    .await?;
     client.close(None).await?;
     Ok(())
 }

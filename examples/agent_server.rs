@@ -11,10 +11,12 @@
 //!
 //! Routes (bound to 127.0.0.1 only):
 //!
-//! * `GET /ws?thread=<user>:<name>`: the upgrade, authenticated with a JWT
-//!   (HS256, audience `agent-server`) from `Authorization: Bearer` or the
-//!   `Sec-WebSocket-Protocol` header; no token -> 401, foreign `Origin` or
-//!   another user's thread -> 403.
+//! * `GET /ws?thread=<user>:<name>&resume=<stream>:<sequence>`: the upgrade,
+//!   authenticated with a JWT (HS256, audience `agent-server`) from
+//!   `Authorization: Bearer` or the `Sec-WebSocket-Protocol` header; no token
+//!   -> 401, foreign `Origin` or another user's thread -> 403, malformed
+//!   `resume` -> 400. With `resume` (the offset of the last critical event
+//!   the client saw) the connection first gets every critical event after it.
 //!   Send `{"type":"run","prompt":"..."}` to start an agent run.
 //! * `GET /health/{user}`: that user's connections and counters (JSON).
 //! * `GET /managers`: the startup validation report (JSON).
@@ -45,6 +47,8 @@ use websocket_manager::{
     StartupReport, TOOL_COMPLETED, TOOL_EXECUTING, UserId, validate_on_startup,
 };
 
+/// The event that carries a run's answer, on the user's critical stream.
+const FINAL_ANSWER: &str = "final_answer";
 /// The audience every token of this server must name.
 const AUDIENCE: &str = "agent-server";
 /// How long a demo token lives.
@@ -341,8 +345,10 @@ impl MessageHandler for Agent {
     }
 }
 
-/// One agent run: the five critical events through `emit_critical_event`
-/// (kept and replayed if the user is offline), then the answer to the thread.
+/// One agent run: the five critical events through `emit_critical_event`,
+/// then the final answer the same way, since it is what the user waits for:
+/// all six are retained and replayed to a client that resumes from its last
+/// offset, whatever happened to its connection meanwhile.
 async fn run_agent(context: &InboundContext, prompt: &str) -> Result<(), HandlerError> {
     let manager = &context.manager;
     let user = &context.user_id;
@@ -376,18 +382,12 @@ async fn run_agent(context: &InboundContext, prompt: &str) -> Result<(), Handler
         .emit_critical_event(user, AGENT_COMPLETED, json!({"run_id": run_id, "steps": 5}))
         .await?;
     let answer = json!({
-        "type": "final_answer",
         "run_id": run_id,
+        "thread": context.thread_id,
         "text": format!("About \"{prompt}\": it is 21 °C with a light wind and a clear sky."),
     });
-    let delivery = match &context.thread_id {
-        Some(thread) => manager.send_to_thread(thread, answer).await,
-        None => manager.send_to_user(user, answer).await,
-    };
-    if let Err(error) = delivery {
-        // Not a critical event: a user who left misses the answer, and the
-        // log says so.
-        tracing::info!(user = %user, %error, "final answer not delivered");
-    }
+    manager
+        .emit_critical_event(user, FINAL_ANSWER, answer)
+        .await?;
     Ok(())
 }

@@ -347,7 +347,9 @@ impl ManagerCore {
                     "replay did not fit the new socket's queue; connection refused");
             })?;
         if let Some(notice) = &replayed.notice {
-            tracing::warn!(user_id = %user, %connection_id, reason = ?notice.reason,
+            // Routine after a restart or a long absence; a loss of events no
+            // connection took was already warned about when it happened.
+            tracing::debug!(user_id = %user, %connection_id, reason = ?notice.reason,
                 requested = ?notice.requested, lost = ?notice.lost,
                 "resync notice sent: the client missed critical events that are no longer retained");
             bump(&self.totals.resync_notices, 1);
