@@ -624,3 +624,15 @@ mod tests {
         assert_eq!(ledger.users(), 1);
     }
 }
+
+#[cfg(test)]
+mod size {
+    /// What an empty log costs a connected user, inline in its slot (an
+    /// empty `VecDeque` allocates nothing). BENCHMARKS.md quotes it.
+    #[test]
+    fn an_empty_log_stays_small() {
+        let size = std::mem::size_of::<super::EventLog>();
+        println!("size_of::<EventLog>() = {size} bytes");
+        assert!(size <= 144, "EventLog grew to {size} bytes");
+    }
+}
