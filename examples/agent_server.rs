@@ -18,33 +18,43 @@
 //!   `resume` -> 400. With `resume` (the offset of the last critical event
 //!   the client saw) the connection first gets every critical event after it.
 //!   Send `{"type":"run","prompt":"..."}` to start an agent run.
-//! * `GET /health/{user}`: that user's connections and counters (JSON).
-//! * `GET /managers`: the startup validation report (JSON).
-//!
-//!   Both are operator routes, unauthenticated here only because the server
-//!   binds 127.0.0.1; in production put them behind your admin auth.
+//!   A user may run `--max-runs-per-user` agents at once (default 4), the
+//!   server `--max-runs` (default 64); past either limit the answer is
+//!   `{"type":"busy","limit":"user"|"server"}`, so one user cannot take every
+//!   slot.
+//! * Operator routes, answered only with `Authorization: Bearer <operator
+//!   token>` (`--operator-token` or `AGENT_SERVER_OPERATOR_TOKEN`, 16+
+//!   bytes); with no operator token configured they answer 404:
+//!   * `GET /health/{user}`: that user's connections and counters (JSON).
+//!   * `GET /managers`: the startup validation report (JSON).
+//!   * `GET /metrics`: the manager's counters and gauges, Prometheus text.
 //! * `POST /demo-token` (`--demo` only): `{"user":"alice"}` -> a 15-minute token.
 //! * `GET /`: the demo page.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::extract::{FromRef, Path, State};
-use axum::http::StatusCode;
+use std::collections::HashMap;
+
+use axum::extract::{FromRef, Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
+use websocket_manager::managers::UnifiedWebSocketManager;
 use websocket_manager::transport::{
     HandlerError, InboundContext, InboundMessage, JwtAuthenticator, MessageHandler, OriginPolicy,
     TransportConfig, UserScopedThreads, WebSocketService,
 };
 use websocket_manager::{
-    AGENT_COMPLETED, AGENT_STARTED, AGENT_THINKING, ManagerConfig, StandardFactory, StartupOptions,
-    StartupReport, TOOL_COMPLETED, TOOL_EXECUTING, UserId, validate_on_startup,
+    AGENT_COMPLETED, AGENT_STARTED, AGENT_THINKING, ManagerConfig, StartupOptions, StartupReport,
+    TOOL_COMPLETED, TOOL_EXECUTING, UserId, WebSocketManager, validate_on_startup,
 };
 
 /// The event that carries a run's answer, on the user's critical stream.
@@ -53,8 +63,12 @@ const FINAL_ANSWER: &str = "final_answer";
 const AUDIENCE: &str = "agent-server";
 /// How long a demo token lives.
 const DEMO_TOKEN_TTL: u64 = 15 * 60;
-/// Agent runs in flight at once, server-wide; more are refused.
+/// Default for `--max-runs`: agent runs in flight at once, server-wide.
 const MAX_RUNS: usize = 64;
+/// Default for `--max-runs-per-user`: agent runs in flight for one user.
+const MAX_RUNS_PER_USER: usize = 4;
+/// The shortest operator token accepted.
+const MIN_OPERATOR_TOKEN: usize = 16;
 /// Longest prompt accepted.
 const MAX_PROMPT: usize = 2_000;
 /// How long shutdown waits for connections to close.
@@ -69,6 +83,13 @@ struct AppState {
     report: Arc<StartupReport>,
     /// The signing secret, only when `--demo` hands out tokens.
     demo_secret: Option<Arc<Vec<u8>>>,
+    /// The typed manager (the service holds it as `dyn WebSocketManager`),
+    /// for `/metrics`.
+    manager: Arc<UnifiedWebSocketManager>,
+    /// Renders what `websocket_manager::metrics::publish` recorded.
+    prometheus: PrometheusHandle,
+    /// The operator routes' bearer token; `None` turns those routes off.
+    operator_token: Option<Arc<str>>,
 }
 
 impl FromRef<AppState> for WebSocketService {
@@ -80,43 +101,69 @@ impl FromRef<AppState> for WebSocketService {
 struct Args {
     demo: bool,
     port: u16,
+    max_runs: usize,
+    max_runs_per_user: usize,
+    operator_token: Option<String>,
 }
+
+const USAGE: &str = "usage: agent_server [--demo] [--port N] [--max-runs N] [--max-runs-per-user N] [--operator-token TOKEN]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         demo: false,
         port: 3000,
+        max_runs: MAX_RUNS,
+        max_runs_per_user: MAX_RUNS_PER_USER,
+        operator_token: std::env::var("AGENT_SERVER_OPERATOR_TOKEN").ok(),
     };
     let mut rest = std::env::args().skip(1);
     while let Some(arg) = rest.next() {
+        let mut value = || rest.next().ok_or(format!("{arg} needs a value"));
         match arg.as_str() {
             "--demo" => args.demo = true,
             "--port" => {
-                let value = rest.next().ok_or("--port needs a value")?;
+                let value = value()?;
                 args.port = value
                     .parse()
                     .map_err(|_| format!("--port: `{value}` is not a port number"))?;
             }
-            other => {
-                return Err(format!(
-                    "unknown argument `{other}`; usage: agent_server [--demo] [--port N]"
-                ));
-            }
+            "--max-runs" => args.max_runs = positive(&arg, &value()?)?,
+            "--max-runs-per-user" => args.max_runs_per_user = positive(&arg, &value()?)?,
+            "--operator-token" => args.operator_token = Some(value()?),
+            other => return Err(format!("unknown argument `{other}`; {USAGE}")),
         }
+    }
+    if let Some(token) = &args.operator_token
+        && token.len() < MIN_OPERATOR_TOKEN
+    {
+        return Err(format!(
+            "the operator token must be at least {MIN_OPERATOR_TOKEN} bytes (it is {})",
+            token.len()
+        ));
     }
     Ok(args)
 }
 
-/// 32 random bytes from the standard library's randomly seeded hasher; good
-/// enough for a demo secret that lives as long as the process.
-fn demo_secret() -> Vec<u8> {
+fn positive(flag: &str, value: &str) -> Result<usize, String> {
+    match value.parse() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{flag}: `{value}` is not a positive number")),
+    }
+}
+
+/// A random u64 from the standard library's randomly seeded hasher; good
+/// enough for a demo secret and run ids that live as long as the process.
+fn random_u64(salt: u64) -> u64 {
     use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(salt);
+    hasher.finish()
+}
+
+/// 32 random bytes (see [`random_u64`]).
+fn demo_secret() -> Vec<u8> {
     (0..4u64)
-        .flat_map(|i| {
-            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-            hasher.write_u64(i);
-            hasher.finish().to_le_bytes()
-        })
+        .flat_map(|i| random_u64(i).to_le_bytes())
         .collect()
 }
 
@@ -152,18 +199,24 @@ async fn main() -> ExitCode {
     };
     print!("{report}");
 
-    // 2. The unified manager, from the factory that validated it.
+    // 2. The unified manager the startup validation just checked. Built
+    //    here by its type, not through `StandardFactory::create_named`
+    //    (which returns `Arc<dyn WebSocketManager>`), so that `/metrics` can
+    //    read its typed `stats()`.
     let manager_config = ManagerConfig::default();
-    let factory = StandardFactory::builder()
-        .config(manager_config.clone())
-        .build();
-    let manager = match factory.create_named("unified", None) {
-        Ok(manager) => manager,
+    let unified = Arc::new(UnifiedWebSocketManager::new(manager_config.clone()));
+    let manager: Arc<dyn WebSocketManager> = unified.clone();
+
+    // Metrics: a Prometheus recorder without its own HTTP listener; the
+    // operator route `/metrics` renders it.
+    let prometheus = match PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => handle,
         Err(error) => {
-            eprintln!("could not build the unified manager: {error}");
+            eprintln!("cannot install the metrics recorder: {error}");
             return ExitCode::FAILURE;
         }
     };
+    websocket_manager::metrics::describe();
 
     // 3. Authentication: a JWT secret from the environment, or a fresh
     //    random one in demo mode (which then signs the demo tokens).
@@ -210,25 +263,39 @@ async fn main() -> ExitCode {
         format!("http://localhost:{}", addr.port()),
     ]))
     .config(transport)
-    .handler(Agent::default())
+    .handler(Agent::new(args.max_runs, args.max_runs_per_user))
     .build();
 
+    let operator_routes = args.operator_token.is_some();
     let state = AppState {
         service: service.clone(),
         report: Arc::new(report),
         demo_secret: args.demo.then(|| Arc::new(secret)),
+        manager: unified,
+        prometheus,
+        operator_token: args.operator_token.map(Arc::from),
     };
+    let operator = axum::Router::new()
+        .route("/health/{user}", get(health))
+        .route("/managers", get(managers))
+        .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_operator,
+        ));
     let app = axum::Router::new()
         .route("/", get(page))
         .route("/ws", get(websocket_manager::transport::axum::upgrade))
-        .route("/health/{user}", get(health))
-        .route("/managers", get(managers))
         .route("/demo-token", post(demo_token))
+        .merge(operator)
         .with_state(state);
 
     println!(
-        "agent server listening on http://{addr}/ (demo tokens: {})",
-        if args.demo { "on" } else { "off" }
+        "agent server listening on http://{addr}/ (demo tokens: {}, operator routes: {}, runs: {} per user, {} per server)",
+        if args.demo { "on" } else { "off" },
+        if operator_routes { "on" } else { "off" },
+        args.max_runs_per_user,
+        args.max_runs,
     );
     let shutdown = {
         let service = service.clone();
@@ -254,6 +321,55 @@ async fn main() -> ExitCode {
 
 async fn page() -> Html<&'static str> {
     Html(PAGE)
+}
+
+/// Lets a request through to an operator route only with the operator
+/// token as its bearer token; without a configured token the routes do not
+/// exist (404), so a default deployment reveals nothing.
+async fn require_operator(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(expected) = &state.operator_token else {
+        return (
+            StatusCode::NOT_FOUND,
+            "operator routes are off; start with --operator-token or AGENT_SERVER_OPERATOR_TOKEN",
+        )
+            .into_response();
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
+            next.run(request).await
+        }
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "operator token required",
+        )
+            .into_response(),
+    }
+}
+
+/// Compares without stopping at the first difference, so the time taken
+/// does not tell how much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// Prometheus text: a fresh snapshot of the manager's stats, published
+/// into the recorder and rendered.
+async fn metrics(State(state): State<AppState>) -> Response {
+    websocket_manager::metrics::publish(
+        &state.manager.stats(),
+        &[websocket_manager::metrics::Label::new("manager", "unified")],
+    );
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.prometheus.render(),
+    )
+        .into_response()
 }
 
 async fn health(State(state): State<AppState>, Path(user): Path<String>) -> Response {
@@ -301,9 +417,99 @@ async fn demo_token(State(state): State<AppState>, body: Option<Json<Value>>) ->
 }
 
 /// The simulated agent: `{"type":"run","prompt":...}` starts a run.
-#[derive(Default)]
 struct Agent {
-    runs_in_flight: Arc<AtomicUsize>,
+    slots: Arc<RunSlots>,
+    /// Random per process, so run ids of two server lifetimes differ too.
+    run_id_prefix: u64,
+    next_run: AtomicU64,
+}
+
+impl Agent {
+    fn new(max_runs: usize, max_runs_per_user: usize) -> Self {
+        Agent {
+            slots: Arc::new(RunSlots {
+                max_runs,
+                max_runs_per_user,
+                in_flight: Mutex::new(RunsInFlight::default()),
+            }),
+            run_id_prefix: random_u64(u64::from(std::process::id())),
+            next_run: AtomicU64::new(1),
+        }
+    }
+
+    /// A run id unique within the process (a counter) and across restarts
+    /// (a random prefix), unlike a timestamp.
+    fn next_run_id(&self) -> String {
+        let n = self.next_run.fetch_add(1, Ordering::Relaxed);
+        format!("run-{:08x}-{n}", self.run_id_prefix as u32)
+    }
+}
+
+/// Which limit refused a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunLimit {
+    User,
+    Server,
+}
+
+/// Agent runs in flight, per user and in total, each bounded.
+struct RunSlots {
+    max_runs: usize,
+    max_runs_per_user: usize,
+    in_flight: Mutex<RunsInFlight>,
+}
+
+#[derive(Default)]
+struct RunsInFlight {
+    total: usize,
+    /// Only users with a run in flight (entries are removed at 0).
+    per_user: HashMap<UserId, usize>,
+}
+
+impl RunSlots {
+    /// Takes a slot for `user`, or says which limit is reached. The slot is
+    /// given back when the returned guard drops, even if the run panics.
+    fn acquire(self: &Arc<Self>, user: &UserId) -> Result<RunSlot, RunLimit> {
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mine = in_flight.per_user.get(user).copied().unwrap_or(0);
+        if mine >= self.max_runs_per_user {
+            return Err(RunLimit::User);
+        }
+        if in_flight.total >= self.max_runs {
+            return Err(RunLimit::Server);
+        }
+        in_flight.total += 1;
+        in_flight.per_user.insert(user.clone(), mine + 1);
+        Ok(RunSlot {
+            slots: Arc::clone(self),
+            user: user.clone(),
+        })
+    }
+}
+
+struct RunSlot {
+    slots: Arc<RunSlots>,
+    user: UserId,
+}
+
+impl Drop for RunSlot {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .slots
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        in_flight.total -= 1;
+        if let Some(mine) = in_flight.per_user.get_mut(&self.user) {
+            *mine -= 1;
+            if *mine == 0 {
+                in_flight.per_user.remove(&self.user);
+            }
+        }
+    }
 }
 
 #[websocket_manager::transport::async_trait]
@@ -323,23 +529,30 @@ impl MessageHandler for Agent {
         }
         let prompt = request["prompt"].as_str().unwrap_or_default();
         let prompt: String = prompt.chars().take(MAX_PROMPT).collect();
-        if self.runs_in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_RUNS {
-            self.runs_in_flight.fetch_sub(1, Ordering::AcqRel);
-            context
-                .socket
-                .try_send(websocket_manager::TextFrame::from_json(
-                    &json!({"type": "busy"}),
-                )?)?;
-            return Ok(());
-        }
+        let slot = match self.slots.acquire(&context.user_id) {
+            Ok(slot) => slot,
+            Err(limit) => {
+                let limit = match limit {
+                    RunLimit::User => "user",
+                    RunLimit::Server => "server",
+                };
+                context
+                    .socket
+                    .try_send(websocket_manager::TextFrame::from_json(
+                        &json!({"type": "busy", "limit": limit}),
+                    )?)?;
+                return Ok(());
+            }
+        };
+        let run_id = self.next_run_id();
         // The run outlives this message: spawn it, so this connection keeps
-        // reading (and answering pings) meanwhile.
-        let runs = Arc::clone(&self.runs_in_flight);
+        // reading (and answering pings) meanwhile. The slot is held until
+        // the run ends.
         tokio::spawn(async move {
-            if let Err(error) = run_agent(&context, &prompt).await {
+            let _slot = slot;
+            if let Err(error) = run_agent(&context, &run_id, &prompt).await {
                 tracing::warn!(user = %context.user_id, %error, "agent run failed");
             }
-            runs.fetch_sub(1, Ordering::AcqRel);
         });
         Ok(())
     }
@@ -349,10 +562,13 @@ impl MessageHandler for Agent {
 /// then the final answer the same way, since it is what the user waits for:
 /// all six are retained and replayed to a client that resumes from its last
 /// offset, whatever happened to its connection meanwhile.
-async fn run_agent(context: &InboundContext, prompt: &str) -> Result<(), HandlerError> {
+async fn run_agent(
+    context: &InboundContext,
+    run_id: &str,
+    prompt: &str,
+) -> Result<(), HandlerError> {
     let manager = &context.manager;
     let user = &context.user_id;
-    let run_id = format!("run-{}", get_current_timestamp());
     let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
     manager
         .emit_critical_event(

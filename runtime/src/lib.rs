@@ -43,6 +43,8 @@ pub mod factory;
 pub mod health;
 pub mod ids;
 pub mod managers;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod offset;
 pub mod protocol;
 pub mod registry;

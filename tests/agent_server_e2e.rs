@@ -1,0 +1,302 @@
+//! The agent server example as a user runs it: the real binary
+//! (`cargo build --example agent_server`), spawned on 127.0.0.1 port 0,
+//! driven over real sockets. Checks the fairness of its run slots, its run
+//! ids, and that its operator routes (`/health/{user}`, `/managers`,
+//! `/metrics`) answer only the operator.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// Every wait is bounded by this.
+const STEP: Duration = Duration::from_secs(10);
+const OPERATOR_TOKEN: &str = "operator-token-for-the-e2e-test";
+
+/// The example binary, built by the cargo that runs this test (a no-op
+/// when `cargo test` already built the examples).
+fn example_binary() -> PathBuf {
+    // target/<profile>/deps/agent_server_e2e-<hash>
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let target_dir = profile_dir.parent().unwrap();
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args(["build", "--quiet", "--example", "agent_server"])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().unwrap();
+    assert!(
+        status.success(),
+        "cargo build --example agent_server failed"
+    );
+    profile_dir.join("examples").join("agent_server")
+}
+
+/// A running example server, killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(example_binary())
+            .args(["--demo", "--port", "0"])
+            .args(args)
+            .env_remove("AGENT_SERVER_OPERATOR_TOKEN")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Read stdout on a thread until the "listening on" line, then keep
+        // draining it so the server never blocks on a full pipe.
+        let stdout = child.stdout.take().unwrap();
+        let (found, listening) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Some(rest) = line.strip_prefix("agent server listening on http://") {
+                    let addr = rest.split('/').next().unwrap_or_default().to_owned();
+                    let _ = found.send(addr);
+                }
+            }
+        });
+        let addr = listening
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the example did not print its address")
+            .parse()
+            .unwrap();
+        Server { child, addr }
+    }
+
+    /// One HTTP/1.1 request; returns the status and the body.
+    fn http(&self, method: &str, path: &str, bearer: Option<&str>, body: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(self.addr).unwrap();
+        stream.set_read_timeout(Some(STEP)).unwrap();
+        let auth = bearer
+            .map(|token| format!("Authorization: Bearer {token}\r\n"))
+            .unwrap_or_default();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    fn operator_get(&self, path: &str) -> String {
+        let (status, body) = self.http("GET", path, Some(OPERATOR_TOKEN), "");
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    async fn connect(&self, user: &str) -> Tab {
+        let (status, body) = self.http(
+            "POST",
+            "/demo-token",
+            None,
+            &json!({"user": user}).to_string(),
+        );
+        assert_eq!(status, 200, "demo token: {body}");
+        let token: Value = serde_json::from_str(&body).unwrap();
+        let mut request = format!("ws://{}/ws", self.addr)
+            .into_client_request()
+            .unwrap();
+        let headers = request.headers_mut();
+        let bearer = format!("Bearer {}", token["token"].as_str().unwrap());
+        headers.insert("authorization", bearer.parse().unwrap());
+        let origin = format!("http://127.0.0.1:{}", self.addr.port());
+        headers.insert("origin", origin.parse().unwrap());
+        let stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let (socket, _) =
+            tokio::time::timeout(STEP, tokio_tungstenite::client_async(request, stream))
+                .await
+                .expect("upgrade timed out")
+                .unwrap();
+        Tab { socket }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Tab {
+    socket: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+}
+
+impl Tab {
+    async fn run(&mut self, prompt: &str) {
+        let request = json!({"type": "run", "prompt": prompt}).to_string();
+        self.socket.send(Message::text(request)).await.unwrap();
+    }
+
+    /// The next JSON message whose `type` is one of `types`.
+    async fn next_of(&mut self, types: &[&str]) -> Value {
+        loop {
+            let message = tokio::time::timeout(STEP, self.socket.next())
+                .await
+                .unwrap_or_else(|_| panic!("no {types:?} within {STEP:?}"));
+            if let Some(Ok(Message::Text(text))) = message {
+                let value: Value = serde_json::from_str(&text).unwrap();
+                if types.iter().any(|t| value["type"] == *t) {
+                    return value;
+                }
+            } else if !matches!(message, Some(Ok(_))) {
+                panic!("the socket ended: {message:?}");
+            }
+        }
+    }
+}
+
+/// The value of `name{manager="unified"}` in Prometheus text.
+fn sample(metrics: &str, name: &str) -> f64 {
+    let prefix = format!("{name}{{manager=\"unified\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn run_id(event: &Value) -> String {
+    event["data"]["run_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_slots_are_limited_per_user_and_per_server_and_run_ids_are_unique() {
+    let server = Server::start(&["--max-runs", "3", "--max-runs-per-user", "2"]);
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let mut alice = server.connect("alice").await;
+        for prompt in ["one", "two", "three"] {
+            alice.run(prompt).await;
+        }
+        // Two runs start; the third is refused by the per-user limit.
+        let mut started = Vec::new();
+        let mut busy = Vec::new();
+        while started.len() < 2 || busy.is_empty() {
+            let event = alice.next_of(&["agent_started", "busy"]).await;
+            if event["type"] == "busy" {
+                busy.push(event);
+            } else {
+                started.push(run_id(&event));
+            }
+        }
+        assert_eq!(busy, [json!({"type": "busy", "limit": "user"})]);
+
+        // Bob is not starved by alice: he gets the server's last slot...
+        let mut bob = server.connect("bob").await;
+        bob.run("bob's").await;
+        let bobs = bob.next_of(&["agent_started", "busy"]).await;
+        assert_eq!(bobs["type"], "agent_started", "{bobs}");
+        started.push(run_id(&bobs));
+        // ...and then the server is full for a third user.
+        let mut carol = server.connect("carol").await;
+        carol.run("carol's").await;
+        let refused = carol.next_of(&["agent_started", "busy"]).await;
+        assert_eq!(refused, json!({"type": "busy", "limit": "server"}));
+
+        // Runs started in the same second have different ids.
+        let mut unique = started.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 3, "run ids repeat: {started:?}");
+
+        // A finished run gives its slot back.
+        alice.next_of(&["agent_completed"]).await;
+        alice.run("four").await;
+        let again = alice.next_of(&["agent_started", "busy"]).await;
+        assert_eq!(again["type"], "agent_started", "{again}");
+        assert!(!started.contains(&run_id(&again)));
+    })
+    .await
+    .expect("the test did not finish within 60 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_routes_need_the_operator_token_and_metrics_follow_traffic() {
+    let server = Server::start(&["--operator-token", OPERATOR_TOKEN]);
+    for path in ["/metrics", "/managers", "/health/alice"] {
+        for bearer in [None, Some("not-the-operator-token-at-all"), Some("")] {
+            let (status, body) = server.http("GET", path, bearer, "");
+            assert_eq!(status, 401, "GET {path} with {bearer:?}: {body}");
+        }
+    }
+    // A user's own token is not an operator token.
+    let (_, body) = server.http("POST", "/demo-token", None, r#"{"user":"alice"}"#);
+    let user_token: Value = serde_json::from_str(&body).unwrap();
+    let (status, _) = server.http("GET", "/metrics", user_token["token"].as_str(), "");
+    assert_eq!(status, 401);
+
+    let before = server.operator_get("/metrics");
+    assert!(
+        before.contains("# TYPE websocket_manager_messages_sent_total counter"),
+        "{before}"
+    );
+    assert_eq!(sample(&before, "websocket_manager_connections"), 0.0);
+    let sent_before = sample(&before, "websocket_manager_messages_sent_total");
+
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let mut alice = server.connect("alice").await;
+        alice.run("metrics").await;
+        alice.next_of(&["agent_thinking"]).await;
+        let during = server.operator_get("/metrics");
+        assert_eq!(sample(&during, "websocket_manager_connections"), 1.0);
+        assert!(
+            sample(&during, "websocket_manager_messages_sent_total") >= sent_before + 2.0,
+            "two events reached alice, yet:\n{during}"
+        );
+        let health: Value = serde_json::from_str(&server.operator_get("/health/alice")).unwrap();
+        assert_eq!(health["user_id"], "alice", "{health}");
+        let report: Value = serde_json::from_str(&server.operator_get("/managers")).unwrap();
+        assert!(report.is_object(), "{report}");
+    })
+    .await
+    .expect("the test did not finish within 30 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_operator_token_the_operator_routes_are_off() {
+    let server = Server::start(&[]);
+    for path in ["/metrics", "/managers", "/health/alice"] {
+        for bearer in [None, Some(OPERATOR_TOKEN)] {
+            let (status, body) = server.http("GET", path, bearer, "");
+            assert_eq!(status, 404, "GET {path} with {bearer:?}: {body}");
+        }
+    }
+    // The public routes still work.
+    let (status, _) = server.http("GET", "/", None, "");
+    assert_eq!(status, 200);
+}
