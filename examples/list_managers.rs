@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use example_managers as _; // linked on purpose: its managers register too
 use websocket_manager::{
     BuildContext, BuildError, ConnectionHealth, ConnectionId, ConstructManager, Delivery,
-    ManagerError, NotDeliveredReason, Registry, ThreadId, UserId, WebSocketConnection,
-    WebSocketHandle, WebSocketManager, serde_json, websocket_manager,
+    DeliveryTarget, ManagerError, NotDeliveredReason, Registry, ThreadId, UserId,
+    WebSocketConnection, WebSocketHandle, WebSocketManager, serde_json, websocket_manager,
 };
 
 /// A manager of this example's own: it accepts nothing and says so, which
@@ -25,7 +25,7 @@ impl ConstructManager for ReadOnlyManager {
     }
 }
 
-fn nobody(target: String) -> ManagerError {
+fn nobody(target: DeliveryTarget) -> ManagerError {
     ManagerError::NotDelivered {
         target,
         reason: NotDeliveredReason::NoConnections,
@@ -70,7 +70,7 @@ impl WebSocketManager for ReadOnlyManager {
         user_id: &UserId,
         _message: serde_json::Value,
     ) -> Result<Delivery, ManagerError> {
-        Err(nobody(format!("user `{user_id}`")))
+        Err(nobody(DeliveryTarget::User(user_id.clone())))
     }
     async fn emit_critical_event(
         &self,
@@ -78,7 +78,7 @@ impl WebSocketManager for ReadOnlyManager {
         _event_type: &str,
         _data: serde_json::Value,
     ) -> Result<Delivery, ManagerError> {
-        Err(nobody(format!("user `{user_id}`")))
+        Err(nobody(DeliveryTarget::User(user_id.clone())))
     }
     fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth {
         ConnectionHealth::empty(user_id.clone())
@@ -88,7 +88,7 @@ impl WebSocketManager for ReadOnlyManager {
         thread_id: &ThreadId,
         _message: serde_json::Value,
     ) -> Result<Delivery, ManagerError> {
-        Err(nobody(format!("thread `{thread_id}`")))
+        Err(nobody(DeliveryTarget::Thread(thread_id.clone())))
     }
 }
 

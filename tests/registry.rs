@@ -5,16 +5,9 @@
 use websocket_manager::{ManagerMode, PROTOCOL_FINGERPRINT, Registration, Registry, RegistryError};
 
 fn registration(name: &'static str, type_name: &'static str, line: u32) -> Registration {
-    Registration {
-        name,
-        type_name,
-        module_path: "tests::registry",
-        file: "tests/registry.rs",
-        line,
-        mode: ManagerMode::Unified,
-        fingerprint: PROTOCOL_FINGERPRINT,
-        constructor: None,
-    }
+    Registration::new(name, type_name, ManagerMode::Unified, None)
+        .at("tests::registry", "tests/registry.rs", line)
+        .with_fingerprint(PROTOCOL_FINGERPRINT)
 }
 
 #[test]

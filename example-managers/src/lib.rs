@@ -13,11 +13,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use websocket_manager::managers::CriticalEventLog;
+use websocket_manager::managers::{CriticalEventLog, deliver_frame};
 use websocket_manager::{
     BuildContext, BuildError, ConnectionHealth, ConnectionId, ConnectionSummary, ConstructManager,
-    Delivery, ManagerConfig, ManagerError, NotDeliveredReason, SocketId, TextFrame, ThreadId,
-    UserId, WebSocketConnection, WebSocketHandle, health::unix_millis, serde_json,
+    Delivery, DeliveryTarget, ManagerConfig, ManagerError, NotDeliveredReason, SlowConsumerPolicy,
+    SocketId, TextFrame, ThreadId, UserId, WebSocketConnection, WebSocketHandle, serde_json,
     websocket_manager,
 };
 
@@ -70,26 +70,14 @@ impl MinimalManager {
         f(&mut guard)
     }
 
-    fn deliver(
-        &self,
-        target: String,
-        reason: NotDeliveredReason,
-        sockets: Vec<WebSocketHandle>,
-        frame: TextFrame,
-    ) -> Result<Delivery, ManagerError> {
-        let total = sockets.len();
-        let recipients = sockets
-            .iter()
-            .filter(|s| s.try_send(frame.clone()).is_ok())
-            .count();
-        match (total, recipients) {
-            (0, _) => Err(ManagerError::NotDelivered { target, reason }),
-            (_, 0) => Err(ManagerError::NotDelivered {
-                target,
-                reason: NotDeliveredReason::QueuesFull,
-            }),
-            _ => Ok(Delivery::delivered(recipients, total - recipients)),
-        }
+    /// The sockets of the connections `keep` selects.
+    fn sockets(&self, keep: impl Fn(&WebSocketConnection) -> bool) -> Vec<WebSocketHandle> {
+        self.with(|map| {
+            map.values()
+                .filter(|c| keep(c))
+                .map(|c| c.websocket.clone())
+                .collect()
+        })
     }
 }
 
@@ -174,17 +162,12 @@ impl MinimalManager {
         message: serde_json::Value,
     ) -> Result<Delivery, ManagerError> {
         let frame = TextFrame::from_json(&message)?;
-        let sockets = self.with(|map| {
-            map.values()
-                .filter(|c| &c.user_id == user_id)
-                .map(|c| c.websocket.clone())
-                .collect()
-        });
-        self.deliver(
-            format!("user `{user_id}`"),
+        deliver_frame(
+            DeliveryTarget::User(user_id.clone()),
+            &self.sockets(|c| &c.user_id == user_id),
+            &frame,
+            SlowConsumerPolicy::Disconnect,
             NotDeliveredReason::NoConnections,
-            sockets,
-            frame,
         )
     }
 
@@ -211,13 +194,7 @@ impl MinimalManager {
             for c in map.values().filter(|c| &c.user_id == user_id) {
                 health.total_connections += 1;
                 health.active_connections += usize::from(!c.websocket.is_closed());
-                health.connections.push(ConnectionSummary {
-                    connection_id: c.connection_id.clone(),
-                    thread_id: c.thread_id.clone(),
-                    connected_at_ms: unix_millis(c.connected_at),
-                    queue_depth: c.websocket.queue_depth(),
-                    closed: c.websocket.is_closed(),
-                });
+                health.connections.push(ConnectionSummary::of(c));
             }
         });
         health
@@ -232,17 +209,12 @@ impl MinimalManager {
         message: serde_json::Value,
     ) -> Result<Delivery, ManagerError> {
         let frame = TextFrame::from_json(&message)?;
-        let sockets = self.with(|map| {
-            map.values()
-                .filter(|c| c.thread_id.as_ref() == Some(thread_id))
-                .map(|c| c.websocket.clone())
-                .collect()
-        });
-        self.deliver(
-            format!("thread `{thread_id}`"),
+        deliver_frame(
+            DeliveryTarget::Thread(thread_id.clone()),
+            &self.sockets(|c| c.thread_id.as_ref() == Some(thread_id)),
+            &frame,
+            SlowConsumerPolicy::Disconnect,
             NotDeliveredReason::NoThreadConnections,
-            sockets,
-            frame,
         )
     }
 }

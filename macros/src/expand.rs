@@ -273,16 +273,9 @@ fn registration(item: &ItemImpl, contract: &Contract, args: &Args) -> TokenStrea
             fn __assert_manager<T: #krate::WebSocketManager>() {}
             let _ = __assert_manager::<#registered_tokens>;
             #krate::__private::inventory::submit! {
-                #krate::Registration {
-                    name: #name,
-                    type_name: #type_name,
-                    module_path: ::core::module_path!(),
-                    file: #file,
-                    line: #line,
-                    mode: #mode,
-                    fingerprint: #fingerprint,
-                    constructor: #constructor,
-                }
+                #krate::Registration::new(#name, #type_name, #mode, #constructor)
+                    .at(::core::module_path!(), #file, #line)
+                    .with_fingerprint(#fingerprint)
             }
         };
     }
@@ -385,8 +378,9 @@ pub(crate) mod tests {
     #[test]
     fn factory_false_registers_without_constructor() {
         let out = expand_str("factory = false", VALID_IMPL);
+        assert!(out.contains("Registration :: new ("), "{out}");
         assert!(
-            out.contains("constructor : :: core :: option :: Option :: None"),
+            out.contains(", :: core :: option :: Option :: None)"),
             "{out}"
         );
     }

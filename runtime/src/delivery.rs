@@ -1,9 +1,11 @@
-//! What happened to a message: [`Delivery`] and [`NotDeliveredReason`].
+//! What happened to a message: [`Delivery`], and when it reached nobody,
+//! its [`DeliveryTarget`] and [`NotDeliveredReason`].
 
 use std::fmt;
 
 use serde::Serialize;
 
+use crate::ids::{ThreadId, UserId};
 use crate::offset::StreamOffset;
 
 /// The outcome of a send that did not fail.
@@ -183,5 +185,33 @@ impl fmt::Display for NotDeliveredReason {
             NotDeliveredReason::ConnectionsClosed => "every targeted connection was closed",
             NotDeliveredReason::TooLarge => "the message exceeds every connection's queue bound",
         })
+    }
+}
+
+/// Whom a send was addressed to, as data (errors carry it, not prose).
+///
+/// ```
+/// use websocket_manager::{DeliveryTarget, UserId};
+/// let target = DeliveryTarget::User(UserId::new("alice")?);
+/// assert_eq!(target.to_string(), "user `alice`");
+/// assert_eq!(serde_json::to_value(&target)?, serde_json::json!({"user": "alice"}));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DeliveryTarget {
+    /// Every connection of a user.
+    User(UserId),
+    /// Every connection bound to a thread.
+    Thread(ThreadId),
+}
+
+impl fmt::Display for DeliveryTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeliveryTarget::User(user) => write!(f, "user `{user}`"),
+            DeliveryTarget::Thread(thread) => write!(f, "thread `{thread}`"),
+        }
     }
 }

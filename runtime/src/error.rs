@@ -1,8 +1,8 @@
 //! [`ManagerError`]: every failure a caller of a manager can act on.
 
 use crate::connection::SocketId;
-use crate::delivery::NotDeliveredReason;
-use crate::ids::{ConnectionId, ThreadId, UserId};
+use crate::delivery::{DeliveryTarget, NotDeliveredReason};
+use crate::ids::{ConnectionId, UserId};
 
 /// A manager operation failed. One variant per thing a caller can do
 /// something about.
@@ -32,8 +32,8 @@ pub enum ManagerError {
     /// The message reached no connection.
     #[error("message to {target} not delivered: {reason}")]
     NotDelivered {
-        /// `user `alice`` or `thread `t-1``.
-        target: String,
+        /// The user or thread it was addressed to.
+        target: DeliveryTarget,
         /// Why.
         reason: NotDeliveredReason,
     },
@@ -103,9 +103,6 @@ pub enum ManagerError {
         /// The user that was asked for.
         requested: UserId,
     },
-    /// `update_connection_thread`-style operations on a thread that does not exist.
-    #[error("thread `{0}` is unknown")]
-    UnknownThread(ThreadId),
     /// The message could not be serialized.
     #[error("message could not be serialized: {0}")]
     Serialization(#[from] serde_json::Error),

@@ -43,7 +43,9 @@ use crate::conformance::{Check, CheckFailure, Conformance, ConformanceReport};
 use crate::context::{ManagerMode, UserContext};
 use crate::extensions::Extensions;
 use crate::protocol::{PROTOCOL_FINGERPRINT, WebSocketManager};
-use crate::registry::{BuildContext, BuildError, Registration, Registry, RegistryError};
+use crate::registry::{
+    BuildContext, BuildError, Registration, Registry, RegistryError, names_or_none,
+};
 use crate::report::FactoryValidationResult;
 
 /// Builds managers and vouches for them.
@@ -97,23 +99,23 @@ pub enum FactoryError {
     Registry(#[from] RegistryError),
     /// No registered manager has the requested mode.
     #[error(
-        "no {mode} manager is registered (registered: {registered}); is the crate that defines it linked? (`use that_crate as _;`)"
+        "no {mode} manager is registered (registered: {}); is the crate that defines it linked? (`use that_crate as _;`)", names_or_none(.registered)
     )]
     NoManagerForMode {
         /// The mode asked for.
         mode: ManagerMode,
-        /// The registered names, comma separated.
-        registered: String,
+        /// The registered names.
+        registered: Vec<&'static str>,
     },
     /// Several managers have the requested mode and none is named after it.
     #[error(
-        "several {mode} managers are registered ({candidates}); choose one with `StandardFactory::builder().use_manager({mode:?}, \"name\")`"
+        "several {mode} managers are registered ({}); choose one with `StandardFactory::builder().use_manager({mode:?}, \"name\")`", names_or_none(.candidates)
     )]
     AmbiguousMode {
         /// The mode asked for.
         mode: ManagerMode,
-        /// Their names, comma separated.
-        candidates: String,
+        /// Their names.
+        candidates: Vec<&'static str>,
     },
     /// The manager chosen for a mode is registered with the other mode.
     #[error("manager `{name}` is registered as {actual}, not {requested}")]
@@ -346,13 +348,11 @@ impl StandardFactory {
         }
     }
 
-    fn names<'a>(&self, registrations: impl Iterator<Item = &'a Registration>) -> String {
-        let names: Vec<&str> = registrations.map(|r| r.name).collect();
-        if names.is_empty() {
-            "none".to_owned()
-        } else {
-            names.join(", ")
-        }
+    fn names<'a>(
+        &self,
+        registrations: impl Iterator<Item = &'a Registration>,
+    ) -> Vec<&'static str> {
+        registrations.map(|r| r.name).collect()
     }
 
     /// The manager registered as `name`: shared if it is unified, a new

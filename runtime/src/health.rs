@@ -2,13 +2,16 @@
 
 use serde::Serialize;
 
+use crate::connection::WebSocketConnection;
 use crate::ids::{ConnectionId, ThreadId, UserId};
 use crate::offset::StreamOffset;
 
 /// A user's connections and counters, as returned by
 /// [`WebSocketManager::get_connection_health`](crate::WebSocketManager::get_connection_health).
 ///
-/// Times are milliseconds since the Unix epoch.
+/// Times are milliseconds since the Unix epoch. Build one with
+/// [`ConnectionHealth::empty`] and set the fields you know: new fields may
+/// be added in minor releases.
 ///
 /// ```
 /// use websocket_manager::{ConnectionHealth, UserId};
@@ -19,6 +22,7 @@ use crate::offset::StreamOffset;
 /// # Ok::<(), websocket_manager::IdError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ConnectionHealth {
     /// The user described.
     pub user_id: UserId,
@@ -82,6 +86,7 @@ impl ConnectionHealth {
 
 /// One connection in a [`ConnectionHealth`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ConnectionSummary {
     /// The connection.
     pub connection_id: ConnectionId,
@@ -93,6 +98,29 @@ pub struct ConnectionSummary {
     pub queue_depth: usize,
     /// Whether its socket is closed.
     pub closed: bool,
+}
+
+impl ConnectionSummary {
+    /// The summary of `connection` as it is now.
+    ///
+    /// ```
+    /// use websocket_manager::*;
+    /// let (socket, _outbound) = WebSocketHandle::channel(QueueLimits::default());
+    /// let connection = WebSocketConnection::new(UserId::new("alice")?, socket);
+    /// let summary = ConnectionSummary::of(&connection);
+    /// assert_eq!(summary.connection_id, connection.connection_id);
+    /// assert!(!summary.closed);
+    /// # Ok::<(), websocket_manager::IdError>(())
+    /// ```
+    pub fn of(connection: &WebSocketConnection) -> Self {
+        ConnectionSummary {
+            connection_id: connection.connection_id.clone(),
+            thread_id: connection.thread_id.clone(),
+            connected_at_ms: unix_millis(connection.connected_at),
+            queue_depth: connection.websocket.queue_depth(),
+            closed: connection.websocket.is_closed(),
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch (0 for times before it).

@@ -62,7 +62,7 @@ pub use connection::{
     WebSocketConnection, WebSocketHandle,
 };
 pub use context::{ManagerMode, UnknownMode, UserContext};
-pub use delivery::{Delivery, NotDeliveredReason};
+pub use delivery::{Delivery, DeliveryTarget, NotDeliveredReason};
 pub use error::ManagerError;
 pub use extensions::Extensions;
 pub use factory::{FactoryError, ManagerFactory, StandardFactory, StandardFactoryBuilder};

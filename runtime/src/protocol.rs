@@ -88,14 +88,14 @@ websocket_manager_macros::__contract! {
     ///     fn get_connection_id_by_websocket(&self, _websocket: &WebSocketHandle) -> Option<ConnectionId> { None }
     ///     fn update_connection_thread(&self, _connection_id: &ConnectionId, _thread_id: ThreadId) -> bool { false }
     ///     async fn send_to_user(&self, user_id: &UserId, _message: serde_json::Value) -> Result<Delivery, ManagerError> {
-    ///         Err(ManagerError::NotDelivered { target: format!("user `{user_id}`"), reason: NotDeliveredReason::NoConnections })
+    ///         Err(ManagerError::NotDelivered { target: DeliveryTarget::User(user_id.clone()), reason: NotDeliveredReason::NoConnections })
     ///     }
     ///     async fn emit_critical_event(&self, user_id: &UserId, _event_type: &str, _data: serde_json::Value) -> Result<Delivery, ManagerError> {
-    ///         Err(ManagerError::NotDelivered { target: format!("user `{user_id}`"), reason: NotDeliveredReason::NoConnections })
+    ///         Err(ManagerError::NotDelivered { target: DeliveryTarget::User(user_id.clone()), reason: NotDeliveredReason::NoConnections })
     ///     }
     ///     fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth { ConnectionHealth::empty(user_id.clone()) }
     ///     async fn send_to_thread(&self, thread_id: &ThreadId, _message: serde_json::Value) -> Result<Delivery, ManagerError> {
-    ///         Err(ManagerError::NotDelivered { target: format!("thread `{thread_id}`"), reason: NotDeliveredReason::NoThreadConnections })
+    ///         Err(ManagerError::NotDelivered { target: DeliveryTarget::Thread(thread_id.clone()), reason: NotDeliveredReason::NoThreadConnections })
     ///     }
     /// }
     ///

@@ -23,9 +23,19 @@ pub type Constructor = fn(&BuildContext<'_>) -> Result<Arc<dyn WebSocketManager>
 
 /// One registered manager, written by `#[websocket_manager]`.
 ///
-/// The fields are public so that tests can describe registrations by hand
-/// (a simulated manager compiled against another contract, say).
+/// Tests can describe one by hand with [`Registration::new`] (a simulated
+/// manager compiled against another contract, say); the fields are public to
+/// read and to adjust, and new ones may be added in minor releases.
+///
+/// ```
+/// use websocket_manager::{ManagerMode, Registration};
+/// let registration = Registration::new("mine", "MyManager", ManagerMode::Unified, None)
+///     .at("my_crate::managers", "src/managers.rs", 42);
+/// assert_eq!(registration.location(), "src/managers.rs:42");
+/// assert!(!registration.is_buildable());
+/// ```
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct Registration {
     /// The registry name (`name = "..."`, default the type's name).
     pub name: &'static str,
@@ -50,6 +60,45 @@ pub struct Registration {
 inventory::collect!(Registration);
 
 impl Registration {
+    /// A registration of `type_name` under `name`, checked against this
+    /// crate's [`PROTOCOL_FINGERPRINT`](crate::PROTOCOL_FINGERPRINT), with no
+    /// location (see [`at`](Self::at)).
+    pub const fn new(
+        name: &'static str,
+        type_name: &'static str,
+        mode: ManagerMode,
+        constructor: Option<Constructor>,
+    ) -> Self {
+        Registration {
+            name,
+            type_name,
+            module_path: "",
+            file: "",
+            line: 0,
+            mode,
+            fingerprint: crate::PROTOCOL_FINGERPRINT,
+            constructor,
+        }
+    }
+
+    /// The same, located at `file:line` in `module_path`.
+    #[must_use]
+    pub const fn at(mut self, module_path: &'static str, file: &'static str, line: u32) -> Self {
+        self.module_path = module_path;
+        self.file = file;
+        self.line = line;
+        self
+    }
+
+    /// The same, checked against `fingerprint` (what the generated code
+    /// records; a test can simulate a manager built against another
+    /// contract).
+    #[must_use]
+    pub const fn with_fingerprint(mut self, fingerprint: u64) -> Self {
+        self.fingerprint = fingerprint;
+        self
+    }
+
     /// `file:line` of the annotated impl.
     pub fn location(&self) -> String {
         format!("{}:{}", self.file, self.line)
@@ -220,13 +269,22 @@ pub enum RegistryError {
     #[error("manager name `{}` is registered {} times: {}", .0.name, .0.registrations.len(), .0.registrations.join(", "))]
     DuplicateName(DuplicateName),
     /// No manager has that name.
-    #[error("no manager named `{name}` is registered (registered: {known})")]
+    #[error("no manager named `{name}` is registered (registered: {})", names_or_none(.known))]
     UnknownName {
         /// The name asked for.
         name: String,
-        /// The registered names, comma separated.
-        known: String,
+        /// The registered names, sorted.
+        known: Vec<&'static str>,
     },
+}
+
+/// `a, b, c`, or `none`: for error messages that list names.
+pub(crate) fn names_or_none(names: &[&'static str]) -> String {
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
 }
 
 /// A snapshot of registered managers, sorted by name (then type).
@@ -289,12 +347,7 @@ impl Registry {
             [only] => Ok(only),
             [] => Err(RegistryError::UnknownName {
                 name: name.to_owned(),
-                known: self
-                    .entries
-                    .iter()
-                    .map(|r| r.name)
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                known: self.entries.iter().map(|r| r.name).collect(),
             }),
             _ => Err(RegistryError::DuplicateName(
                 self.duplicate_names()

@@ -86,6 +86,7 @@ pub struct CheckRecord {
 
 /// One manager's compliance.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct ComplianceReport {
     /// The registry name.
     pub name: String,
@@ -240,6 +241,7 @@ impl fmt::Display for ViolationKind {
 /// One thing startup validation refuses; each is logged at error level and
 /// handed to the alert callback.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Violation {
     /// The manager's registry name (or the expected name that is missing).
     pub manager: String,
@@ -271,6 +273,7 @@ impl fmt::Display for Violation {
 /// # }).unwrap();
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct StartupReport {
     /// Whether startup may go on: no non-compliant manager, no duplicated
     /// name, no missing expected manager.
@@ -377,6 +380,7 @@ impl fmt::Display for StartupReport {
 /// What [`ManagerFactory::validate_manager_instance`](crate::ManagerFactory::validate_manager_instance)
 /// found about one live instance. Every flag is measured.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct FactoryValidationResult {
     /// No validation error.
     pub is_valid: bool,

@@ -140,7 +140,7 @@ fn unknown_names_and_modes_are_typed_errors() {
     let error = factory.create_named("redis", None).err().unwrap();
     assert!(
         matches!(&error, FactoryError::Registry(RegistryError::UnknownName { name, known })
-            if name == "redis" && known == "isolated, unified"),
+            if name == "redis" && *known == ["isolated", "unified"]),
         "{error}"
     );
     let only_unified = factory_of([registration(

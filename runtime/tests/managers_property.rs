@@ -13,7 +13,7 @@ use std::sync::Arc;
 use common::*;
 use parking_lot::Mutex;
 use serde_json::json;
-use websocket_manager::managers::{AGENT_THINKING, IndexSizes, UnifiedWebSocketManager};
+use websocket_manager::managers::{AGENT_THINKING, UnifiedWebSocketManager};
 use websocket_manager::*;
 
 const TASKS: u64 = 8;
@@ -242,12 +242,11 @@ fn random_concurrent_operations_keep_routing_exact_and_leave_no_trace() {
         let stats = manager.stats();
         // Connection indexes are empty; users remain only as long as they
         // hold retained critical events (for `history_max_age`).
-        let leftover = IndexSizes {
-            users: stats.indexes.history_users,
-            history_users: stats.indexes.history_users,
-            ..IndexSizes::default()
-        };
-        assert_eq!(stats.indexes, leftover, "leak: {}", stats.indexes);
+        assert!(
+            stats.indexes.holds_no_connection(),
+            "leak: {}",
+            stats.indexes
+        );
         assert!(stats.indexes.history_users <= USERS);
         // A close drops what is still queued (the writer stops), so readers
         // see at most what was accepted.

@@ -308,14 +308,15 @@ fn send_to_nobody_is_an_error_with_the_reason_and_is_counted() {
         match now(manager.send_to_user(&alice(), json!(1))) {
             Err(ManagerError::NotDelivered { target, reason }) => {
                 assert_eq!(reason, NotDeliveredReason::NoConnections, "{name}");
-                assert_eq!(target, "user `alice`", "{name}");
+                assert_eq!(target, DeliveryTarget::User(alice()), "{name}");
+                assert_eq!(target.to_string(), "user `alice`", "{name}");
             }
             other => panic!("{name}: {other:?}"),
         }
         match now(manager.send_to_thread(&thread("t9"), json!(1))) {
             Err(ManagerError::NotDelivered { target, reason }) => {
                 assert_eq!(reason, NotDeliveredReason::NoThreadConnections, "{name}");
-                assert_eq!(target, "thread `t9`", "{name}");
+                assert_eq!(target, DeliveryTarget::Thread(thread("t9")), "{name}");
             }
             other => panic!("{name}: {other:?}"),
         }

@@ -15,7 +15,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
-use websocket_manager::managers::{IndexSizes, UnifiedWebSocketManager};
+use websocket_manager::managers::UnifiedWebSocketManager;
 use websocket_manager::transport::{
     IgnoreMessages, JwtAuthenticator, MessageHandler, OriginPolicy, TransportConfig,
     WebSocketService,
@@ -100,12 +100,7 @@ impl TestServer {
         let deadline = tokio::time::Instant::now() + STEP;
         loop {
             let sizes = self.manager.index_sizes();
-            let only_history = IndexSizes {
-                users: sizes.history_users,
-                history_users: sizes.history_users,
-                ..IndexSizes::default()
-            };
-            if sizes == only_history {
+            if sizes.holds_no_connection() {
                 return;
             }
             assert!(

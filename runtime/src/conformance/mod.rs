@@ -186,6 +186,7 @@ impl fmt::Display for Check {
 /// A failed expectation: which method, what was expected, what happened and
 /// how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct CheckFailure {
     /// The check (or startup step) that failed.
     pub check: String,
@@ -230,6 +231,7 @@ impl fmt::Display for CheckFailure {
 
 /// The result of one check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct CheckOutcome {
     /// The check.
     pub check: Check,
@@ -246,6 +248,7 @@ impl CheckOutcome {
 
 /// A check that was not run, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct SkippedCheck {
     /// The check.
     pub check: Check,
@@ -255,6 +258,7 @@ pub struct SkippedCheck {
 
 /// The outcome of a conformance run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ConformanceReport {
     /// The mode the manager was checked as.
     pub mode: ManagerMode,

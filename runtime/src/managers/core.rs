@@ -68,7 +68,7 @@ use parking_lot::Mutex;
 
 use crate::config::{ManagerConfig, SlowConsumerPolicy};
 use crate::connection::{CloseReason, SocketId, TextFrame, WebSocketConnection, WebSocketHandle};
-use crate::delivery::{Delivery, NotDeliveredReason};
+use crate::delivery::{Delivery, DeliveryTarget, NotDeliveredReason};
 use crate::error::ManagerError;
 use crate::health::{ConnectionHealth, ConnectionSummary, unix_millis};
 use crate::ids::{ConnectionId, ThreadId, UserId};
@@ -502,7 +502,7 @@ impl ManagerCore {
     fn fail(
         &self,
         counters: &[&UserCounters],
-        target: String,
+        target: DeliveryTarget,
         reason: NotDeliveredReason,
     ) -> ManagerError {
         for counters in counters {
@@ -520,7 +520,7 @@ impl ManagerCore {
         if self.is_shut_down() {
             return Err(ManagerError::ShutDown);
         }
-        let target = || format!("user `{user}`");
+        let target = || DeliveryTarget::User(user.clone());
         let Some((recipients, slot)) = self.user_recipients(user) else {
             return Err(self.fail(&[], target(), NotDeliveredReason::NoConnections));
         };
@@ -552,7 +552,7 @@ impl ManagerCore {
         if self.is_shut_down() {
             return Err(ManagerError::ShutDown);
         }
-        let target = || format!("thread `{thread}`");
+        let target = || DeliveryTarget::Thread(thread.clone());
         let Some(recipients) = self.threads.get(thread).map(|r| Arc::clone(r.value())) else {
             return Err(self.fail(&[], target(), NotDeliveredReason::NoThreadConnections));
         };
@@ -749,13 +749,7 @@ impl ManagerCore {
                 .iter()
                 .filter_map(|r| {
                     let connection = self.connections.get(&r.connection_id)?;
-                    Some(ConnectionSummary {
-                        connection_id: r.connection_id.clone(),
-                        thread_id: connection.thread_id.clone(),
-                        connected_at_ms: unix_millis(connection.connected_at),
-                        queue_depth: r.socket.queue_depth(),
-                        closed: r.socket.is_closed(),
-                    })
+                    Some(ConnectionSummary::of(&connection))
                 })
                 .collect();
             health

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use crate::config::SlowConsumerPolicy;
 use crate::connection::{CloseReason, SendError, TextFrame, WebSocketHandle};
-use crate::delivery::{Delivery, NotDeliveredReason};
+use crate::delivery::{Delivery, DeliveryTarget, NotDeliveredReason};
 use crate::error::ManagerError;
 use crate::health::unix_millis;
 use crate::ids::ConnectionId;
@@ -81,7 +81,10 @@ pub(crate) struct FanOut {
 }
 
 impl FanOut {
-    pub(crate) fn result(&self, target: impl FnOnce() -> String) -> Result<Delivery, ManagerError> {
+    pub(crate) fn result(
+        &self,
+        target: impl FnOnce() -> DeliveryTarget,
+    ) -> Result<Delivery, ManagerError> {
         if self.delivered > 0 {
             return Ok(Delivery::delivered(
                 self.delivered,
@@ -99,6 +102,36 @@ impl FanOut {
             target: target(),
             reason,
         })
+    }
+}
+
+/// What one push did.
+enum Pushed {
+    Taken,
+    /// Queue full; under the disconnect policy the socket was closed now
+    /// (`true`) or already (`false`).
+    Full {
+        closed_now: bool,
+    },
+    Closed,
+    TooLarge {
+        len: usize,
+        max: usize,
+    },
+}
+
+/// Pushes `frame` into `socket` without waiting and applies `policy` to a
+/// full queue (closing the socket under `Disconnect`).
+#[inline]
+fn push(socket: &WebSocketHandle, frame: &TextFrame, policy: SlowConsumerPolicy) -> Pushed {
+    match socket.try_send(frame.clone()) {
+        Ok(()) => Pushed::Taken,
+        Err(SendError::Full) => Pushed::Full {
+            closed_now: policy == SlowConsumerPolicy::Disconnect
+                && socket.close(CloseReason::slow_consumer()),
+        },
+        Err(SendError::Closed) => Pushed::Closed,
+        Err(SendError::TooLarge { len, max }) => Pushed::TooLarge { len, max },
     }
 }
 
@@ -120,8 +153,8 @@ pub(crate) fn fan_out(
     // connections): add to them once per run, not once per frame.
     let mut run: Option<(&Arc<UserCounters>, u64)> = None;
     for recipient in recipients {
-        match recipient.socket.try_send(frame.clone()) {
-            Ok(()) => {
+        match push(&recipient.socket, frame, policy) {
+            Pushed::Taken => {
                 fan.delivered += 1;
                 match &mut run {
                     Some((counters, n)) if Arc::ptr_eq(counters, &recipient.counters) => *n += 1,
@@ -132,11 +165,11 @@ pub(crate) fn fan_out(
                     }
                 }
             }
-            Err(SendError::Full) => {
+            Pushed::Full { closed_now } => {
                 fan.full += 1;
                 match policy {
                     SlowConsumerPolicy::Disconnect => {
-                        if recipient.socket.close(CloseReason::slow_consumer()) {
+                        if closed_now {
                             tracing::warn!(connection_id = %recipient.connection_id,
                                 "slow consumer: outbound queue full, disconnecting");
                             bump(&recipient.counters.slow_disconnects, 1);
@@ -152,8 +185,8 @@ pub(crate) fn fan_out(
                     }
                 }
             }
-            Err(SendError::Closed) => fan.evict.push(recipient.connection_id.clone()),
-            Err(SendError::TooLarge { len, max }) => {
+            Pushed::Closed => fan.evict.push(recipient.connection_id.clone()),
+            Pushed::TooLarge { len, max } => {
                 tracing::warn!(connection_id = %recipient.connection_id, len, max,
                     "message larger than the connection's queue bound, dropped");
                 fan.too_large += 1;
@@ -167,4 +200,57 @@ pub(crate) fn fan_out(
     }
     bump(&totals.sent, fan.delivered as u64);
     fan
+}
+
+/// Sends one frame to a set of sockets the way the contract wants it, for a
+/// manager of your own: pushes into every queue without waiting, applies
+/// `policy` to a full queue (closing the socket under
+/// [`Disconnect`](SlowConsumerPolicy::Disconnect)), and reports
+/// [`Delivery::delivered`] or, when no socket took it,
+/// [`ManagerError::NotDelivered`] with the right reason (`empty` when there
+/// was no socket at all).
+///
+/// ```
+/// use websocket_manager::managers::deliver_frame;
+/// use websocket_manager::*;
+/// let (socket, _outbound) = WebSocketHandle::channel(QueueLimits::new(8, 1 << 16));
+/// let target = DeliveryTarget::User(UserId::new("alice")?);
+/// let frame = TextFrame::from_json(&serde_json::json!({"type": "hello"}))?;
+/// let policy = SlowConsumerPolicy::Disconnect;
+/// let delivery = deliver_frame(target.clone(), &[socket], &frame, policy, NotDeliveredReason::NoConnections)?;
+/// assert_eq!(delivery.recipients(), 1);
+/// let nobody = deliver_frame(target, &[], &frame, policy, NotDeliveredReason::NoConnections);
+/// assert!(matches!(nobody, Err(ManagerError::NotDelivered { reason: NotDeliveredReason::NoConnections, .. })));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+///
+/// [`ManagerError::NotDelivered`] when no socket took the frame.
+pub fn deliver_frame(
+    target: DeliveryTarget,
+    sockets: &[WebSocketHandle],
+    frame: &TextFrame,
+    policy: SlowConsumerPolicy,
+    empty: NotDeliveredReason,
+) -> Result<Delivery, ManagerError> {
+    if sockets.is_empty() {
+        return Err(ManagerError::NotDelivered {
+            target,
+            reason: empty,
+        });
+    }
+    let mut fan = FanOut {
+        targeted: sockets.len(),
+        ..FanOut::default()
+    };
+    for socket in sockets {
+        match push(socket, frame, policy) {
+            Pushed::Taken => fan.delivered += 1,
+            Pushed::Full { .. } => fan.full += 1,
+            Pushed::Closed => {}
+            Pushed::TooLarge { .. } => fan.too_large += 1,
+        }
+    }
+    fan.result(|| target)
 }

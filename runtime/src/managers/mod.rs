@@ -94,6 +94,7 @@ pub use events::{
     MAX_EVENT_TYPE_LEN, RESYNC, ResyncNotice, ResyncReason, TOOL_COMPLETED, TOOL_EXECUTING,
     validate_event_type,
 };
+pub use fan_out::deliver_frame;
 pub use isolated::IsolatedWebSocketManager;
 pub use stats::{IndexSizes, ManagerStats};
 pub use unified::UnifiedWebSocketManager;

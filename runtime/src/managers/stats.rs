@@ -16,6 +16,7 @@ use serde::Serialize;
 /// assert!(manager.index_sizes().is_empty());
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct IndexSizes {
     /// Connection id -> connection.
     pub connections: usize,
@@ -34,6 +35,29 @@ impl IndexSizes {
     /// Whether every index is empty.
     pub fn is_empty(&self) -> bool {
         *self == IndexSizes::default()
+    }
+
+    /// Whether no connection is left: every connection index is empty, and
+    /// the only users left are those holding retained critical events
+    /// (they go when their history expires). The leak check after every
+    /// connection was removed.
+    ///
+    /// ```
+    /// use websocket_manager::managers::{UnifiedWebSocketManager, AGENT_STARTED};
+    /// use websocket_manager::{UserId, WebSocketManager};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let manager = UnifiedWebSocketManager::default();
+    /// manager.emit_critical_event(&UserId::new("alice")?, AGENT_STARTED, serde_json::json!({})).await?;
+    /// let sizes = manager.index_sizes();
+    /// assert!(!sizes.is_empty() && sizes.holds_no_connection());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn holds_no_connection(&self) -> bool {
+        self.connections == 0
+            && self.sockets == 0
+            && self.threads == 0
+            && self.users == self.history_users
     }
 }
 
@@ -58,6 +82,7 @@ impl fmt::Display for IndexSizes {
 /// assert_eq!(json["indexes"]["connections"], 0);
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ManagerStats {
     /// Current index sizes.
     pub indexes: IndexSizes,

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use websocket_manager::managers::CriticalEventLog;
 use websocket_manager::{
     BuildContext, BuildError, ConnectionHealth, ConnectionId, ConnectionSummary, Delivery,
-    ManagerConfig, ManagerError, ManagerMode, NotDeliveredReason, Registration, SocketId,
-    TextFrame, ThreadId, UserId, WebSocketConnection, WebSocketHandle, WebSocketManager,
+    DeliveryTarget, ManagerConfig, ManagerError, ManagerMode, NotDeliveredReason, Registration,
+    SocketId, TextFrame, ThreadId, UserId, WebSocketConnection, WebSocketHandle, WebSocketManager,
     websocket_manager,
 };
 
@@ -102,7 +102,7 @@ impl TestManager {
         targets: Vec<WebSocketHandle>,
         user: Option<&UserId>,
         frame: TextFrame,
-        target: String,
+        target: DeliveryTarget,
         empty: NotDeliveredReason,
         via_send_to_user: bool,
     ) -> Result<Delivery, ManagerError> {
@@ -279,7 +279,7 @@ impl WebSocketManager for TestManager {
             sockets,
             Some(user_id),
             frame,
-            format!("user `{user_id}`"),
+            DeliveryTarget::User(user_id.clone()),
             NotDeliveredReason::NoConnections,
             true,
         )
@@ -301,7 +301,7 @@ impl WebSocketManager for TestManager {
                 sockets,
                 Some(user_id),
                 frame,
-                format!("user `{user_id}`"),
+                DeliveryTarget::User(user_id.clone()),
                 NotDeliveredReason::NoConnections,
                 false,
             );
@@ -345,13 +345,7 @@ impl WebSocketManager for TestManager {
         health.messages_sent = state.sent.get(user_id).copied().unwrap_or(0);
         health.connections = connections
             .iter()
-            .map(|c| ConnectionSummary {
-                connection_id: c.connection_id.clone(),
-                thread_id: c.thread_id.clone(),
-                connected_at_ms: websocket_manager::health::unix_millis(c.connected_at),
-                queue_depth: c.websocket.queue_depth(),
-                closed: c.websocket.is_closed(),
-            })
+            .map(|c| ConnectionSummary::of(c))
             .collect();
         health
     }
@@ -387,7 +381,7 @@ impl WebSocketManager for TestManager {
             sockets,
             None,
             frame,
-            format!("thread `{thread_id}`"),
+            DeliveryTarget::Thread(thread_id.clone()),
             NotDeliveredReason::NoThreadConnections,
             false,
         )
@@ -434,14 +428,5 @@ pub fn registration(
     mode: ManagerMode,
     constructor: Option<websocket_manager::Constructor>,
 ) -> Registration {
-    Registration {
-        name,
-        type_name: "TestManager",
-        module_path: module_path!(),
-        file: file!(),
-        line: line!(),
-        mode,
-        fingerprint: websocket_manager::PROTOCOL_FINGERPRINT,
-        constructor,
-    }
+    Registration::new(name, "TestManager", mode, constructor).at(module_path!(), file!(), line!())
 }
