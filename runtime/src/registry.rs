@@ -156,6 +156,11 @@ pub struct BuildContext<'a> {
     pub config: &'a ManagerConfig,
     /// Application resources (pools, buses...).
     pub extensions: &'a Extensions,
+    /// Whether the instance is built for behavioural probes (startup
+    /// validation, the conformance kit) rather than to serve users: the
+    /// probes provoke refusals on purpose, so a manager may log those
+    /// quietly.
+    pub for_probe: bool,
 }
 
 impl<'a> BuildContext<'a> {
@@ -165,7 +170,14 @@ impl<'a> BuildContext<'a> {
             user_context: None,
             config,
             extensions,
+            for_probe: false,
         }
+    }
+
+    /// The same context, marked as built for the probes.
+    pub fn for_probe(mut self) -> Self {
+        self.for_probe = true;
+        self
     }
 
     /// The same context for one user.

@@ -402,7 +402,7 @@ async fn validate_registration(
     // One build with the synthetic context, as the factory would build it.
     let scope = ProbeScope::new();
     let context = scope.context();
-    let mut build = BuildContext::new(&options.config, &options.extensions);
+    let mut build = BuildContext::new(&options.config, &options.extensions).for_probe();
     if registration.mode == ManagerMode::Isolated {
         build = build.with_user_context(&context);
     }

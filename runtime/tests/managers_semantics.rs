@@ -565,6 +565,27 @@ fn unified_keeps_users_apart() {
     assert!(manager.get_user_connections(&alice()).is_empty());
 }
 
+/// The startup probes provoke refusals on purpose: a manager built for them
+/// refuses just the same, without an error event on every boot.
+#[test]
+fn an_isolated_manager_built_for_the_probes_refuses_quietly() {
+    let context = UserContext::new(alice());
+    let config = config();
+    let extensions = Extensions::new();
+    let build = BuildContext::new(&config, &extensions).with_user_context(&context);
+    for (for_probe, expected_errors) in [(false, 1), (true, 0)] {
+        let build = if for_probe { build.for_probe() } else { build };
+        let manager = IsolatedWebSocketManager::construct(&build).unwrap();
+        let errors = tracing_errors(|| {
+            assert!(matches!(
+                now(manager.send_to_user(&user("mallory"), json!(1))),
+                Err(ManagerError::IsolationViolation { .. })
+            ));
+        });
+        assert_eq!(errors, expected_errors, "for_probe: {for_probe}");
+    }
+}
+
 #[test]
 fn isolated_refuses_other_users_and_reveals_nothing() {
     let manager = IsolatedWebSocketManager::new(UserContext::new(alice()), config());

@@ -535,7 +535,7 @@ impl Conformance {
         for &check in &self.checks {
             let scope = ProbeScope::new();
             let context = scope.context();
-            let mut build = BuildContext::new(&self.config, &self.extensions);
+            let mut build = BuildContext::new(&self.config, &self.extensions).for_probe();
             if self.mode == ManagerMode::Isolated {
                 build = build.with_user_context(&context);
             }
