@@ -64,11 +64,13 @@ pub use async_trait::async_trait;
 pub use auth::{
     AuthError, Authenticator, Identity, OriginPolicy, UpgradeRequest, UserScopedThreads,
 };
-pub use config::{TransportConfig, TransportConfigBuilder, TransportConfigError};
+pub use config::{
+    DEFAULT_HEADER_READ_TIMEOUT, TransportConfig, TransportConfigBuilder, TransportConfigError,
+};
 pub use driver::EndReason;
 pub use handler::{
-    HandlerError, HandlerFn, IgnoreMessages, InboundContext, InboundMessage, MessageHandler,
-    handler_fn,
+    HandlerError, HandlerFn, IgnoreMessages, InboundContext, InboundError, InboundMessage,
+    MessageHandler, handler_fn,
 };
 #[cfg(feature = "jwt")]
 pub use jwt::{DEFAULT_SUBPROTOCOL, JwtAuthenticator, JwtError, TOKEN_PROTOCOL_PREFIX};

@@ -267,6 +267,7 @@ impl WebSocketService {
             identity,
             thread_id,
         } = admission;
+        let expires_at = identity.expires_at;
         let mut connection = WebSocketConnection::new(identity.user_id.clone(), handle.clone());
         connection.thread_id = thread_id;
         connection.metadata = identity.metadata;
@@ -319,6 +320,7 @@ impl WebSocketService {
             context,
             &inner.config,
             Arc::clone(&inner.handler),
+            expires_at,
         )
         .await;
 
