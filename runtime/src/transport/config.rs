@@ -327,6 +327,42 @@ mod tests {
     }
 
     #[test]
+    fn memory_and_hostile_client_settings_have_safe_defaults_and_refuse_zero() {
+        let config = TransportConfig::default();
+        assert_eq!(config.read_buffer_size(), 4 * 1024);
+        assert!(config.header_read_timeout() <= Duration::from_secs(10));
+        assert!(!config.binary_messages());
+        assert_eq!(config.error_frame_limit(), 10);
+        for (builder, field) in [
+            (
+                TransportConfig::builder().read_buffer_size(0),
+                "read_buffer_size",
+            ),
+            (
+                TransportConfig::builder().header_read_timeout(Duration::ZERO),
+                "header_read_timeout",
+            ),
+            (
+                TransportConfig::builder().error_frames(0, Duration::from_secs(1)),
+                "error_frame_limit",
+            ),
+            (
+                TransportConfig::builder().error_frames(1, Duration::ZERO),
+                "error_frame_window",
+            ),
+        ] {
+            assert_eq!(builder.build().unwrap_err().field, field);
+        }
+        // Zero is a valid write buffer: every frame is written at once.
+        assert!(
+            TransportConfig::builder()
+                .write_buffer_size(0)
+                .build()
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn queue_limits_follow_the_manager_config() {
         let manager = ManagerConfig::builder()
             .queue_capacity(7)

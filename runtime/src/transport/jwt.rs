@@ -276,6 +276,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_identity_expires_with_the_token_plus_the_leeway() {
+        let exp = in_one_hour();
+        let token = hs256(json!({"sub": "alice", "exp": exp}), SECRET);
+        let bearer = format!("Bearer {token}");
+        let header = [("authorization", bearer.as_str())];
+        let strict = authenticate(&JwtAuthenticator::hs256(SECRET), &header)
+            .await
+            .unwrap();
+        assert_eq!(
+            strict.expires_at,
+            Some(UNIX_EPOCH + Duration::from_secs(exp))
+        );
+        let lenient = JwtAuthenticator::hs256(SECRET).leeway(Duration::from_secs(30));
+        let lenient = authenticate(&lenient, &header).await.unwrap();
+        assert_eq!(
+            lenient.expires_at,
+            Some(UNIX_EPOCH + Duration::from_secs(exp + 30))
+        );
+    }
+
+    #[tokio::test]
     async fn expired_wrong_secret_missing_and_bad_subject_are_unauthorized() {
         let authenticator = JwtAuthenticator::hs256(SECRET);
         let expired = hs256(

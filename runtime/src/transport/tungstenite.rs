@@ -140,6 +140,9 @@ where
     response.push_str("\r\n");
     stream.write_all(response.as_bytes()).await?;
     stream.flush().await?;
+    // The request is done with: free it rather than keep it (the token
+    // among its headers) for the connection's whole life.
+    drop((head, uri, headers, extra, response));
 
     let config = service.config();
     let websocket_config = WebSocketConfig::default()
