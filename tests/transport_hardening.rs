@@ -370,3 +370,33 @@ async fn the_axum_listener_turns_nagle_off() {
     let (accepted, _) = tokio::time::timeout(STEP, listener.accept()).await.unwrap();
     assert!(accepted.get_ref().nodelay().unwrap());
 }
+
+#[tokio::test]
+async fn the_tungstenite_accept_turns_nagle_off() {
+    bounded(async {
+        let server = TestServer::start(ServerOptions::default()).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = server.service.clone();
+        let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            // A second handle on the same socket, to look at it after the upgrade.
+            let std_stream = stream.into_std().unwrap();
+            let observer = std_stream.try_clone().unwrap();
+            let stream = TcpStream::from_std(std_stream).unwrap();
+            assert!(!observer.nodelay().unwrap());
+            let serving = tokio::spawn(async move {
+                websocket_manager::transport::tungstenite::accept(&service, stream).await
+            });
+            let _ = seen_tx.send(observer);
+            let _ = serving.await;
+        });
+        let client = connect(addr, "gina", None).await;
+        let observer = tokio::time::timeout(STEP, seen_rx).await.unwrap().unwrap();
+        assert!(observer.nodelay().unwrap());
+        close(client).await;
+        server.assert_indexes_empty().await;
+    })
+    .await;
+}

@@ -7,16 +7,16 @@
 //! so the asynchronous [`Authenticator`](super::Authenticator) runs before
 //! the `101` is written: a refused request gets its 401/403 and no socket.
 //!
-//! [`serve`] is the whole accept loop (with `TCP_NODELAY` on every socket);
-//! with a loop of your own, turn Nagle's algorithm off yourself, or small
-//! frames wait for the peer's delayed ACK (up to 40 ms on Linux):
+//! [`serve`] is the whole accept loop. [`accept`] turns Nagle's algorithm
+//! off on a `tokio::net::TcpStream` (`TCP_NODELAY`: otherwise small frames
+//! wait for the peer's delayed ACK, up to 40 ms on Linux); on another
+//! stream type, set the equivalent yourself. A loop of your own:
 //!
 //! ```no_run
 //! # async fn run(service: websocket_manager::transport::WebSocketService) -> std::io::Result<()> {
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! loop {
 //!     let (stream, _) = listener.accept().await?;
-//!     stream.set_nodelay(true)?;
 //!     let service = service.clone();
 //!     tokio::spawn(async move {
 //!         if let Err(error) = websocket_manager::transport::tungstenite::accept(&service, stream).await {
@@ -74,7 +74,10 @@ pub enum AcceptError {
     Refused(AuthError),
 }
 
-/// Reads an HTTP upgrade request from `stream`, admits it through the
+/// Sets `TCP_NODELAY` when `stream` is a `tokio::net::TcpStream`, reads an
+/// HTTP upgrade request from it (within
+/// [`TransportConfig::header_read_timeout`](super::TransportConfig::header_read_timeout)),
+/// admits it through the
 /// service (Origin, authenticator, thread), completes the handshake with the
 /// service's size limits, and serves the socket until it ends.
 ///
@@ -89,6 +92,11 @@ pub async fn accept<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    if let Some(tcp) = (&stream as &dyn std::any::Any).downcast_ref::<tokio::net::TcpStream>()
+        && let Err(error) = tcp.set_nodelay(true)
+    {
+        tracing::debug!(%error, "could not set TCP_NODELAY");
+    }
     let head_timeout = service.config().header_read_timeout();
     let (head, leftover) = match tokio::time::timeout(head_timeout, read_head(&mut stream)).await {
         Ok(Ok(read)) => read,
@@ -162,8 +170,8 @@ where
         .await)
 }
 
-/// Accepts connections on `listener` forever, each on its own task:
-/// `TCP_NODELAY`, then [`accept`]. An accept error (such as too many open
+/// Accepts connections on `listener` forever, each on its own task running
+/// [`accept`]. An accept error (such as too many open
 /// files) is logged and retried after a short pause; a failed upgrade is
 /// logged at debug level.
 ///
@@ -183,9 +191,6 @@ pub async fn serve(listener: tokio::net::TcpListener, service: WebSocketService)
                 continue;
             }
         };
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, %peer, "could not set TCP_NODELAY");
-        }
         let service = service.clone();
         tokio::spawn(async move {
             if let Err(error) = accept(&service, stream).await {
