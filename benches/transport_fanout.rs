@@ -40,7 +40,11 @@ async fn server() -> (std::net::SocketAddr, Arc<UnifiedWebSocketManager>) {
         .with_state(service);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(async move {
+        websocket_manager::transport::axum::serve(listener, app)
+            .await
+            .unwrap()
+    });
     (addr, manager)
 }
 

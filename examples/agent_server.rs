@@ -49,8 +49,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
 use websocket_manager::managers::UnifiedWebSocketManager;
 use websocket_manager::transport::{
-    HandlerError, InboundContext, InboundMessage, JwtAuthenticator, MessageHandler, OriginPolicy,
-    TransportConfig, UserScopedThreads, WebSocketService,
+    HandlerError, InboundContext, InboundError, InboundMessage, JwtAuthenticator, MessageHandler,
+    OriginPolicy, TransportConfig, UserScopedThreads, WebSocketService,
 };
 use websocket_manager::{
     AGENT_COMPLETED, AGENT_STARTED, AGENT_THINKING, ManagerConfig, StartupOptions, StartupReport,
@@ -308,7 +308,8 @@ async fn main() -> ExitCode {
             print!("{report}");
         }
     };
-    if let Err(error) = axum::serve(listener, app)
+    // TCP_NODELAY and a header-read timeout, which `axum::serve` alone lacks.
+    if let Err(error) = websocket_manager::transport::axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
     {
@@ -519,13 +520,11 @@ impl MessageHandler for Agent {
         context: InboundContext,
         message: InboundMessage,
     ) -> Result<(), HandlerError> {
-        let request: Value = serde_json::from_str(
-            message
-                .as_text()
-                .ok_or("binary messages are not supported")?,
-        )?;
+        // Errors of this type reach the client as an error frame.
+        let request: Value = message.json()?;
         if request["type"] != "run" {
-            return Err(format!("unknown message type {}", request["type"]).into());
+            let detail = format!("unknown message type {}", request["type"]);
+            return Err(InboundError::new(InboundError::UNKNOWN_TYPE, detail).into());
         }
         let prompt = request["prompt"].as_str().unwrap_or_default();
         let prompt: String = prompt.chars().take(MAX_PROMPT).collect();

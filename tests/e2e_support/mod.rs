@@ -83,6 +83,9 @@ impl TestServer {
             .with_state(service.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        // The documented way: TCP_NODELAY and the configured header-read timeout.
+        let listener = websocket_manager::transport::axum::WebSocketListener::new(listener)
+            .header_read_timeout(service.config().header_read_timeout());
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });

@@ -137,6 +137,12 @@ pub struct Identity {
     pub subprotocol: Option<String>,
     /// Data stored in the connection's metadata (claims, client version...).
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// When the credential stops being valid: the live connection is closed
+    /// then, with [`TOKEN_EXPIRED`](super::close::TOKEN_EXPIRED) (4401
+    /// `token expired`), and the client reconnects with a fresh token.
+    /// `None`: the connection lives as long as the client keeps it.
+    /// [`JwtAuthenticator`](super::JwtAuthenticator) sets it from `exp`.
+    pub expires_at: Option<std::time::SystemTime>,
 }
 
 impl Identity {
@@ -146,7 +152,14 @@ impl Identity {
             user_id,
             subprotocol: None,
             metadata: serde_json::Map::new(),
+            expires_at: None,
         }
+    }
+
+    /// The same identity, valid until `instant` (see [`Identity::expires_at`]).
+    pub fn with_expiry(mut self, instant: std::time::SystemTime) -> Self {
+        self.expires_at = Some(instant);
+        self
     }
 }
 

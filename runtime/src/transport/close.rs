@@ -7,8 +7,13 @@
 //! | server shutdown | 1001 |
 //! | the client was too slow (slow-consumer policy) | 1008 |
 //! | per-user cap or isolation refused the registration | 1008 |
+//! | more invalid messages than `error_frame_limit` within `error_frame_window` | 1008 |
+//! | a binary message while `binary_messages` is off | 1003 |
+//! | a text message that is not valid UTF-8 | 1007 |
+//! | a WebSocket protocol violation (unmasked client frame, reserved bits, bad opcode...) | 1002 |
 //! | inbound message or frame over the limit | 1009 |
-//! | the registration failed for an internal reason | 1011 |
+//! | the registration failed, or reading failed, for an internal reason | 1011 |
+//! | the token the connection was authenticated with expired ([`Identity::expires_at`](super::Identity::expires_at)) | 4401 `token expired` |
 //! | no frame (not even a pong) within `idle_timeout` | 4408 |
 //! | one write stalled longer than `write_timeout` | 4409 (rarely seen: the client is not reading) |
 
@@ -23,6 +28,38 @@ pub const HEARTBEAT_TIMEOUT: u16 = 4408;
 pub const WRITE_TIMEOUT: u16 = 4409;
 /// 1011: the server failed for an internal reason.
 pub const INTERNAL_ERROR: u16 = 1011;
+/// 1002: the client violated the WebSocket protocol (RFC 6455, 7.4.1).
+pub const PROTOCOL_ERROR: u16 = 1002;
+/// 1003: the client sent a kind of data the server does not accept (binary).
+pub const UNSUPPORTED_DATA: u16 = 1003;
+/// 1007: a text message was not valid UTF-8.
+pub const INVALID_PAYLOAD: u16 = 1007;
+/// 1008: a policy was violated (slow consumer, connection cap, too many
+/// invalid messages).
+pub const POLICY_VIOLATION: u16 = 1008;
+/// 4401: the token the connection was authenticated with expired; the
+/// client should reconnect with a fresh one. The reason is `token expired`.
+pub const TOKEN_EXPIRED: u16 = 4401;
+
+pub(crate) fn protocol_error() -> CloseReason {
+    CloseReason::new(PROTOCOL_ERROR, "protocol error")
+}
+
+pub(crate) fn invalid_payload() -> CloseReason {
+    CloseReason::new(INVALID_PAYLOAD, "invalid utf-8 in a text message")
+}
+
+pub(crate) fn binary_refused() -> CloseReason {
+    CloseReason::new(UNSUPPORTED_DATA, "binary messages are not accepted")
+}
+
+pub(crate) fn too_many_invalid_messages() -> CloseReason {
+    CloseReason::new(POLICY_VIOLATION, "too many invalid messages")
+}
+
+pub(crate) fn token_expired() -> CloseReason {
+    CloseReason::new(TOKEN_EXPIRED, "token expired")
+}
 
 pub(crate) fn message_too_big() -> CloseReason {
     CloseReason::new(MESSAGE_TOO_BIG, "message too big")

@@ -29,6 +29,11 @@ pub struct TransportConfigError {
 /// | `write_timeout` | 10 s | one write may stall this long before the socket is dropped |
 /// | `close_timeout` | 2 s | how long to wait for the peer's side of the close handshake |
 /// | `queue_limits` | 1,024 frames / 8 MiB | each connection's outbound queue (take them from the manager's [`ManagerConfig`]) |
+/// | `read_buffer_size` | 4 KiB | tungstenite's read buffer of each socket (its own default, 128 KiB, costs 128 KiB per idle connection) |
+/// | `write_buffer_size` | 4 KiB | frames are gathered up to this size before a write (every batch is flushed anyway) |
+/// | `header_read_timeout` | 10 s | an upgrade request whose head (or answer) takes longer is dropped, so stalled upgrades cannot pile up |
+/// | `binary_messages` | refused | an inbound binary message closes the socket with 1003, unless allowed |
+/// | `error_frames` | 10 per 10 s | invalid inbound messages answered with an error frame; more within the window close the socket with 1008 |
 ///
 /// The heartbeat follows socket.io's habit: a client that answers pings (every
 /// browser and WebSocket library does so by itself) is never idle; a client
@@ -63,7 +68,18 @@ pub struct TransportConfig {
     #[serde(serialize_with = "millis")]
     close_timeout: Duration,
     queue_limits: QueueLimits,
+    read_buffer_size: usize,
+    write_buffer_size: usize,
+    #[serde(serialize_with = "millis")]
+    header_read_timeout: Duration,
+    binary_messages: bool,
+    error_frame_limit: u32,
+    #[serde(serialize_with = "millis")]
+    error_frame_window: Duration,
 }
+
+/// Default of [`TransportConfig::header_read_timeout`].
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -79,6 +95,12 @@ impl Default for TransportConfig {
             write_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(2),
             queue_limits: QueueLimits::default(),
+            read_buffer_size: 4 * 1024,
+            write_buffer_size: 4 * 1024,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            binary_messages: false,
+            error_frame_limit: 10,
+            error_frame_window: Duration::from_secs(10),
         }
     }
 }
@@ -124,6 +146,39 @@ impl TransportConfig {
     /// Bounds of each connection's outbound queue.
     pub fn queue_limits(&self) -> QueueLimits {
         self.queue_limits
+    }
+
+    /// Initial size of each socket's read buffer, in bytes (it grows for a
+    /// larger message and is the main per-connection cost of an idle socket).
+    pub fn read_buffer_size(&self) -> usize {
+        self.read_buffer_size
+    }
+
+    /// Bytes gathered before a write to the socket (each batch is flushed).
+    pub fn write_buffer_size(&self) -> usize {
+        self.write_buffer_size
+    }
+
+    /// How long an upgrade request may take from the accepted connection to
+    /// the server's answer (its head must arrive within it).
+    pub fn header_read_timeout(&self) -> Duration {
+        self.header_read_timeout
+    }
+
+    /// Whether inbound binary messages reach the handler (else: close 1003).
+    pub fn binary_messages(&self) -> bool {
+        self.binary_messages
+    }
+
+    /// At most this many error frames are sent per [`error_frame_window`](Self::error_frame_window);
+    /// one more invalid message closes the socket with 1008.
+    pub fn error_frame_limit(&self) -> u32 {
+        self.error_frame_limit
+    }
+
+    /// The window of [`error_frame_limit`](Self::error_frame_limit).
+    pub fn error_frame_window(&self) -> Duration {
+        self.error_frame_window
     }
 }
 
@@ -176,6 +231,41 @@ impl TransportConfigBuilder {
         self
     }
 
+    /// Initial read buffer of each socket in bytes (non-zero; tungstenite's
+    /// own default is 128 KiB).
+    pub fn read_buffer_size(mut self, bytes: usize) -> Self {
+        self.config.read_buffer_size = bytes;
+        self
+    }
+
+    /// Bytes gathered before a write (0: write each frame at once).
+    pub fn write_buffer_size(mut self, bytes: usize) -> Self {
+        self.config.write_buffer_size = bytes;
+        self
+    }
+
+    /// Time allowed from an accepted connection to the answer of its upgrade
+    /// request (non-zero).
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.config.header_read_timeout = timeout;
+        self
+    }
+
+    /// Lets inbound binary messages reach the handler instead of closing the
+    /// socket with 1003.
+    pub fn binary_messages(mut self, accept: bool) -> Self {
+        self.config.binary_messages = accept;
+        self
+    }
+
+    /// At most `count` error frames per `window` (both non-zero); one more
+    /// invalid message within the window closes the socket with 1008.
+    pub fn error_frames(mut self, count: u32, window: Duration) -> Self {
+        self.config.error_frame_limit = count;
+        self.config.error_frame_window = window;
+        self
+    }
+
     /// Takes the outbound queue bounds from the manager's configuration, so
     /// that the transport and the manager agree on them.
     pub fn manager_config(self, config: &ManagerConfig) -> Self {
@@ -196,6 +286,10 @@ impl TransportConfigBuilder {
             ("max_frame_size", c.max_frame_size == 0),
             ("write_timeout", c.write_timeout.is_zero()),
             ("close_timeout", c.close_timeout.is_zero()),
+            ("read_buffer_size", c.read_buffer_size == 0),
+            ("header_read_timeout", c.header_read_timeout.is_zero()),
+            ("error_frame_limit", c.error_frame_limit == 0),
+            ("error_frame_window", c.error_frame_window.is_zero()),
         ];
         if let Some((field, _)) = zero.iter().find(|(_, is_zero)| *is_zero) {
             return Err(TransportConfigError {
@@ -230,6 +324,42 @@ mod tests {
             .build()
             .unwrap_err();
         assert_eq!(error.field, "close_timeout");
+    }
+
+    #[test]
+    fn memory_and_hostile_client_settings_have_safe_defaults_and_refuse_zero() {
+        let config = TransportConfig::default();
+        assert_eq!(config.read_buffer_size(), 4 * 1024);
+        assert!(config.header_read_timeout() <= Duration::from_secs(10));
+        assert!(!config.binary_messages());
+        assert_eq!(config.error_frame_limit(), 10);
+        for (builder, field) in [
+            (
+                TransportConfig::builder().read_buffer_size(0),
+                "read_buffer_size",
+            ),
+            (
+                TransportConfig::builder().header_read_timeout(Duration::ZERO),
+                "header_read_timeout",
+            ),
+            (
+                TransportConfig::builder().error_frames(0, Duration::from_secs(1)),
+                "error_frame_limit",
+            ),
+            (
+                TransportConfig::builder().error_frames(1, Duration::ZERO),
+                "error_frame_window",
+            ),
+        ] {
+            assert_eq!(builder.build().unwrap_err().field, field);
+        }
+        // Zero is a valid write buffer: every frame is written at once.
+        assert!(
+            TransportConfig::builder()
+                .write_buffer_size(0)
+                .build()
+                .is_ok()
+        );
     }
 
     #[test]

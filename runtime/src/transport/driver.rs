@@ -8,7 +8,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
@@ -17,7 +17,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::close;
 use super::config::TransportConfig;
-use super::handler::{InboundContext, InboundMessage, MessageHandler};
+use super::handler::{InboundContext, InboundError, InboundMessage, MessageHandler};
 use super::wire::{WireError, WireMessage, WireSocket};
 use crate::connection::{CloseReason, OutboundEvent, OutboundReceiver, WebSocketHandle};
 
@@ -27,6 +27,10 @@ const CLOSE_POLL: Duration = Duration::from_millis(20);
 
 /// Frames written per flush at most, when several are already queued.
 const MAX_BATCH: usize = 32;
+
+/// Slots the writer's event buffer keeps between batches (an idle socket's
+/// writer holds no more).
+const IDLE_EVENT_SLOTS: usize = 4;
 
 /// Why a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -49,6 +53,22 @@ pub enum EndReason {
     },
     /// Nothing arrived within the idle timeout (closed with 4408).
     HeartbeatTimeout,
+    /// A text message was not valid UTF-8 (closed with 1007).
+    InvalidPayload {
+        /// What was wrong.
+        error: String,
+    },
+    /// The client violated the WebSocket protocol (closed with 1002).
+    ProtocolViolation {
+        /// The violation.
+        error: String,
+    },
+    /// A binary message arrived while binary messages are refused (closed with 1003).
+    BinaryRefused,
+    /// More invalid messages than the error-frame limit allows (closed with 1008).
+    TooManyInvalidMessages,
+    /// The token the connection was authenticated with expired (closed with 4401).
+    TokenExpired,
     /// The server closed it: the manager removed it (slow consumer,
     /// `remove_connection`) or the server shut down.
     ServerClosed {
@@ -89,6 +109,11 @@ impl std::fmt::Display for EndReason {
                 )
             }
             EndReason::HeartbeatTimeout => f.write_str("heartbeat timeout"),
+            EndReason::InvalidPayload { error } => write!(f, "invalid payload: {error}"),
+            EndReason::ProtocolViolation { error } => write!(f, "protocol violation: {error}"),
+            EndReason::BinaryRefused => f.write_str("binary message refused"),
+            EndReason::TooManyInvalidMessages => f.write_str("too many invalid messages"),
+            EndReason::TokenExpired => f.write_str("token expired"),
             EndReason::ServerClosed { code, reason } => {
                 write!(f, "closed by the server ({code} {reason})")
             }
@@ -117,6 +142,11 @@ enum ReadEnd {
     Eof,
     TooLarge { size: usize, max: usize },
     Idle,
+    InvalidPayload(String),
+    Protocol(String),
+    Binary,
+    TooManyInvalid,
+    TokenExpired,
     Error(String),
     Writer(Option<WriterExit>),
 }
@@ -129,6 +159,7 @@ pub(crate) async fn drive<S: WireSocket>(
     context: InboundContext,
     config: &TransportConfig,
     handler: Arc<dyn MessageHandler>,
+    expires_at: Option<SystemTime>,
 ) -> EndReason {
     let (sink, mut stream) = socket.split();
     let mut writer = tokio::spawn(write_loop(
@@ -137,7 +168,13 @@ pub(crate) async fn drive<S: WireSocket>(
         context.socket.clone(),
         config.clone(),
     ));
-    let read_end = read_loop(&mut stream, &context, config, &handler, &mut writer).await;
+    let reader = Reader {
+        context: &context,
+        config,
+        handler: &handler,
+        expires_at,
+    };
+    let read_end = reader.run(&mut stream, &mut writer).await;
 
     let mut stop =
         async |reason: CloseReason| stop_writer(&context.socket, reason, config, &mut writer).await;
@@ -156,6 +193,23 @@ pub(crate) async fn drive<S: WireSocket>(
             EndReason::HeartbeatTimeout,
             stop(close::heartbeat_timeout()).await,
         ),
+        ReadEnd::InvalidPayload(error) => (
+            EndReason::InvalidPayload { error },
+            stop(close::invalid_payload()).await,
+        ),
+        ReadEnd::Protocol(error) => (
+            EndReason::ProtocolViolation { error },
+            stop(close::protocol_error()).await,
+        ),
+        ReadEnd::Binary => (
+            EndReason::BinaryRefused,
+            stop(close::binary_refused()).await,
+        ),
+        ReadEnd::TooManyInvalid => (
+            EndReason::TooManyInvalidMessages,
+            stop(close::too_many_invalid_messages()).await,
+        ),
+        ReadEnd::TokenExpired => (EndReason::TokenExpired, stop(close::token_expired()).await),
         ReadEnd::Error(error) => (
             EndReason::TransportError { error },
             stop(close::transport_error()).await,
@@ -213,54 +267,116 @@ fn writer_end(exit: Option<&WriterExit>) -> EndReason {
     }
 }
 
-async fn read_loop<St>(
-    stream: &mut St,
-    context: &InboundContext,
-    config: &TransportConfig,
-    handler: &Arc<dyn MessageHandler>,
-    writer: &mut tokio::task::JoinHandle<WriterExit>,
-) -> ReadEnd
-where
-    St: Stream<Item = Result<WireMessage, WireError>> + Unpin,
-{
-    let idle = tokio::time::sleep(config.idle_timeout());
-    tokio::pin!(idle);
-    loop {
-        tokio::select! {
-            biased;
-            exit = &mut *writer => return ReadEnd::Writer(exit.ok()),
-            item = stream.next() => {
-                idle.as_mut().reset(Instant::now() + config.idle_timeout());
-                match item {
-                    Some(Ok(WireMessage::Text(text))) => {
-                        dispatch(handler, context, InboundMessage::Text(text)).await;
+/// The reading half of a connection.
+struct Reader<'a> {
+    context: &'a InboundContext,
+    config: &'a TransportConfig,
+    handler: &'a Arc<dyn MessageHandler>,
+    expires_at: Option<SystemTime>,
+}
+
+/// Counts the error frames sent in the current window.
+struct ErrorBudget {
+    window_start: Instant,
+    sent: u32,
+}
+
+impl Reader<'_> {
+    async fn run<St>(
+        &self,
+        stream: &mut St,
+        writer: &mut tokio::task::JoinHandle<WriterExit>,
+    ) -> ReadEnd
+    where
+        St: Stream<Item = Result<WireMessage, WireError>> + Unpin,
+    {
+        let config = self.config;
+        let idle = tokio::time::sleep(config.idle_timeout());
+        tokio::pin!(idle);
+        let expiry = self.expires_at.map_or(NO_EXPIRY, |at| {
+            at.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        });
+        let expiry = tokio::time::sleep(expiry);
+        tokio::pin!(expiry);
+        let mut budget = ErrorBudget {
+            window_start: Instant::now(),
+            sent: 0,
+        };
+        loop {
+            tokio::select! {
+                biased;
+                exit = &mut *writer => return ReadEnd::Writer(exit.ok()),
+                () = &mut expiry, if self.expires_at.is_some() => return ReadEnd::TokenExpired,
+                item = stream.next() => {
+                    idle.as_mut().reset(Instant::now() + config.idle_timeout());
+                    let message = match item {
+                        Some(Ok(WireMessage::Text(text))) => InboundMessage::Text(text),
+                        Some(Ok(WireMessage::Binary(bytes))) => {
+                            if !config.binary_messages() {
+                                return ReadEnd::Binary;
+                            }
+                            InboundMessage::Binary(bytes)
+                        }
+                        Some(Ok(WireMessage::Ping(_) | WireMessage::Pong(_))) => continue,
+                        Some(Ok(WireMessage::Close(reason))) => {
+                            return ReadEnd::Client(reason.map(|r| r.code));
+                        }
+                        Some(Err(WireError::MessageTooLarge { size, max })) => {
+                            return ReadEnd::TooLarge { size, max };
+                        }
+                        Some(Err(WireError::InvalidPayload(error))) => {
+                            return ReadEnd::InvalidPayload(error);
+                        }
+                        Some(Err(WireError::Protocol(error))) => return ReadEnd::Protocol(error),
+                        Some(Err(WireError::Closed)) | None => return ReadEnd::Eof,
+                        Some(Err(error)) => return ReadEnd::Error(error.to_string()),
+                    };
+                    if let Some(rejection) = dispatch(self.handler, self.context, message).await
+                        && !self.answer(&mut budget, &rejection)
+                    {
+                        return ReadEnd::TooManyInvalid;
                     }
-                    Some(Ok(WireMessage::Binary(bytes))) => {
-                        dispatch(handler, context, InboundMessage::Binary(bytes)).await;
-                    }
-                    Some(Ok(WireMessage::Ping(_) | WireMessage::Pong(_))) => {}
-                    Some(Ok(WireMessage::Close(reason))) => {
-                        return ReadEnd::Client(reason.map(|r| r.code));
-                    }
-                    Some(Err(WireError::MessageTooLarge { size, max })) => {
-                        return ReadEnd::TooLarge { size, max };
-                    }
-                    Some(Err(WireError::Closed)) | None => return ReadEnd::Eof,
-                    Some(Err(error)) => return ReadEnd::Error(error.to_string()),
                 }
+                () = &mut idle => return ReadEnd::Idle,
             }
-            () = &mut idle => return ReadEnd::Idle,
         }
+    }
+
+    /// Sends the error frame for a rejected message; `false` once the
+    /// window's budget is spent (the connection is then closed).
+    fn answer(&self, budget: &mut ErrorBudget, rejection: &InboundError) -> bool {
+        let now = Instant::now();
+        if now.duration_since(budget.window_start) >= self.config.error_frame_window() {
+            budget.window_start = now;
+            budget.sent = 0;
+        }
+        if budget.sent >= self.config.error_frame_limit() {
+            tracing::info!(connection = %self.context.connection_id, user = %self.context.user_id,
+                "too many invalid messages; closing with 1008");
+            return false;
+        }
+        budget.sent += 1;
+        let frame = crate::connection::TextFrame::from_string(rejection.to_json().to_string());
+        if let Err(error) = self.context.socket.try_send(frame) {
+            tracing::debug!(connection = %self.context.connection_id, %error,
+                "error frame not queued");
+        }
+        true
     }
 }
 
+/// The deadline of a connection without an expiry (its branch is disabled).
+const NO_EXPIRY: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Hands one message to the application. An error or a panic is logged;
-/// the connection goes on.
+/// the connection goes on. Returns the handler's [`InboundError`], which
+/// the client is told about.
 async fn dispatch(
     handler: &Arc<dyn MessageHandler>,
     context: &InboundContext,
     message: InboundMessage,
-) {
+) -> Option<InboundError> {
     let mut context = context.clone();
     context.thread_id = context
         .manager
@@ -272,14 +388,23 @@ async fn dispatch(
         .catch_unwind()
         .await
     {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => {
-            tracing::warn!(connection = %connection_id, user = %user_id, %error,
-                "message handler failed; the connection stays open");
-        }
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => match error.downcast::<InboundError>() {
+            Ok(rejection) => {
+                tracing::debug!(connection = %connection_id, user = %user_id, %rejection,
+                    "inbound message rejected");
+                Some(*rejection)
+            }
+            Err(error) => {
+                tracing::warn!(connection = %connection_id, user = %user_id, %error,
+                    "message handler failed; the connection stays open");
+                None
+            }
+        },
         Err(_) => {
             tracing::error!(connection = %connection_id, user = %user_id,
                 "message handler panicked; the connection stays open");
+            None
         }
     }
 }
@@ -303,11 +428,11 @@ where
     let period = config.ping_interval();
     let mut ping = tokio::time::interval_at(Instant::now() + period, period);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut events = Vec::with_capacity(MAX_BATCH);
+    let mut events = Vec::new();
     loop {
         // Everything already queued (up to a batch) is taken with one lock
         // and written with one flush.
-        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut batch = Vec::new();
         let mut close_next = None;
         tokio::select! {
             biased;
@@ -316,12 +441,15 @@ where
                     // Every handle is gone without a close: close normally.
                     close_next = Some(CloseReason::normal());
                 }
+                batch.reserve_exact(events.len());
                 for event in events.drain(..) {
                     match event {
                         OutboundEvent::Frame(frame) => batch.push(WireMessage::Text(frame)),
                         OutboundEvent::Close(reason) => close_next = Some(reason),
                     }
                 }
+                // A burst's buffer is not kept by an idle writer.
+                events.shrink_to(IDLE_EVENT_SLOTS);
             },
             _ = ping.tick() => batch.push(WireMessage::Ping(Bytes::new())),
         }

@@ -1,5 +1,6 @@
 //! [`MessageHandler`]: where inbound application messages go.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -11,8 +12,66 @@ use crate::ids::{ConnectionId, ThreadId, UserId};
 use crate::protocol::WebSocketManager;
 
 /// The error a handler may return. It is logged with the connection's ids and
-/// the connection stays open.
+/// the connection stays open. When it is an [`InboundError`], the client is
+/// also told, with an error frame.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// An inbound message the application could not accept; returned by a
+/// [`MessageHandler`] (boxed into a [`HandlerError`]), the client receives
+/// it as an error frame, one JSON text message:
+///
+/// ```json
+/// {"type": "error", "code": "malformed_json", "detail": "expected value at line 1 column 1"}
+/// ```
+///
+/// Codes used by the library: [`MALFORMED_JSON`](Self::MALFORMED_JSON),
+/// [`UNKNOWN_TYPE`](Self::UNKNOWN_TYPE), [`INVALID_MESSAGE`](Self::INVALID_MESSAGE);
+/// an application may use its own. Error frames are bounded per connection
+/// ([`TransportConfig::error_frame_limit`](super::TransportConfig::error_frame_limit)
+/// per window); one more invalid message within the window closes the socket
+/// with 1008 `too many invalid messages`, so a flood cannot make the server
+/// write without limit.
+///
+/// ```
+/// use websocket_manager::transport::{InboundError, InboundMessage};
+/// #[derive(serde::Deserialize)]
+/// #[serde(tag = "type", rename_all = "snake_case")]
+/// enum Request { Ping }
+/// let message = InboundMessage::Text("{\"type\":\"dance\"}".to_owned().into());
+/// let error = message.json::<Request>().unwrap_err();
+/// assert_eq!(error.code, InboundError::UNKNOWN_TYPE);
+/// assert_eq!(error.to_json()["type"], "error");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, thiserror::Error)]
+#[error("invalid inbound message ({code}): {detail}")]
+pub struct InboundError {
+    /// A short machine-readable code.
+    pub code: Cow<'static, str>,
+    /// A human-readable explanation (sent to the client: no secrets).
+    pub detail: String,
+}
+
+impl InboundError {
+    /// The text is not JSON.
+    pub const MALFORMED_JSON: &'static str = "malformed_json";
+    /// JSON whose `type` the application does not know.
+    pub const UNKNOWN_TYPE: &'static str = "unknown_type";
+    /// JSON of a known shape with wrong or missing fields, or a binary message.
+    pub const INVALID_MESSAGE: &'static str = "invalid_message";
+
+    /// An error with an application code.
+    pub fn new(code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
+        InboundError {
+            code: code.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// The error frame sent to the client.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"type": "error", "code": self.code, "detail": self.detail})
+    }
+}
 
 /// One inbound application message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +89,33 @@ impl InboundMessage {
             InboundMessage::Text(text) => Some(text.as_str()),
             InboundMessage::Binary(_) => None,
         }
+    }
+
+    /// Parses a text message as JSON into `T`; the error says why not with
+    /// the code the client should see ([`InboundError`]): not JSON
+    /// (`malformed_json`), an unknown variant, usually the `type` tag
+    /// (`unknown_type`), anything else (`invalid_message`).
+    ///
+    /// # Errors
+    ///
+    /// [`InboundError`], to return from the handler as is.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, InboundError> {
+        let Some(text) = self.as_text() else {
+            return Err(InboundError::new(
+                InboundError::INVALID_MESSAGE,
+                "a binary message where JSON text was expected",
+            ));
+        };
+        serde_json::from_str(text).map_err(|error| {
+            let code = match error.classify() {
+                serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                    InboundError::MALFORMED_JSON
+                }
+                _ if error.to_string().starts_with("unknown variant") => InboundError::UNKNOWN_TYPE,
+                _ => InboundError::INVALID_MESSAGE,
+            };
+            InboundError::new(code, error.to_string())
+        })
     }
 }
 

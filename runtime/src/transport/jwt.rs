@@ -1,7 +1,7 @@
 //! [`JwtAuthenticator`] (feature `jwt`): a ready [`Authenticator`] for JSON
 //! Web Tokens, HS256 or RS256, on `jsonwebtoken` with its pure-Rust crypto.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
@@ -29,7 +29,7 @@ pub struct JwtError(#[from] jsonwebtoken::errors::Error);
 /// sends the token this way must offer that protocol too.
 ///
 /// ```
-/// use std::time::Duration;
+/// use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// use websocket_manager::transport::JwtAuthenticator;
 /// let authenticator = JwtAuthenticator::hs256(b"a long random secret")
 ///     .audience(["agent-api"])
@@ -133,6 +133,12 @@ impl JwtAuthenticator {
     /// [`AuthError::Unauthorized`] for a bad signature, an expired token, a
     /// wrong audience or issuer, or a `sub` that is not a valid user id.
     pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        self.verify_with_expiry(token).map(|(user, _)| user)
+    }
+
+    /// [`verify`](Self::verify), and the instant the token stops being
+    /// valid (`exp` plus the leeway): a live connection is closed then.
+    fn verify_with_expiry(&self, token: &str) -> Result<(UserId, Option<SystemTime>), AuthError> {
         let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
             token,
             &self.key,
@@ -146,8 +152,21 @@ impl JwtAuthenticator {
             .ok_or(AuthError::Unauthorized(
                 "the `sub` claim must be a string".into(),
             ))?;
-        UserId::new(subject)
-            .map_err(|error| AuthError::Unauthorized(format!("bad `sub` claim: {error}").into()))
+        let user = UserId::new(subject)
+            .map_err(|error| AuthError::Unauthorized(format!("bad `sub` claim: {error}").into()))?;
+        // `exp` is required and was validated, so it is a number.
+        let exp = data
+            .claims
+            .get("exp")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or(AuthError::Unauthorized(
+                "the `exp` claim must be a whole number".into(),
+            ))?;
+        // An `exp` beyond what the clock can represent never comes.
+        let expires_at = UNIX_EPOCH.checked_add(Duration::from_secs(
+            exp.saturating_add(self.validation.leeway),
+        ));
+        Ok((user, expires_at))
     }
 }
 
@@ -176,8 +195,9 @@ impl Authenticator for JwtAuthenticator {
                 token
             }
         };
-        let user_id = self.verify(token)?;
+        let (user_id, expires_at) = self.verify_with_expiry(token)?;
         let mut identity = Identity::new(user_id);
+        identity.expires_at = expires_at;
         if offered_app_protocol {
             identity.subprotocol = Some(self.subprotocol.clone());
         }
@@ -253,6 +273,27 @@ mod tests {
         .unwrap();
         assert_eq!(identity.user_id.as_str(), "alice");
         assert_eq!(identity.subprotocol, None);
+    }
+
+    #[tokio::test]
+    async fn the_identity_expires_with_the_token_plus_the_leeway() {
+        let exp = in_one_hour();
+        let token = hs256(json!({"sub": "alice", "exp": exp}), SECRET);
+        let bearer = format!("Bearer {token}");
+        let header = [("authorization", bearer.as_str())];
+        let strict = authenticate(&JwtAuthenticator::hs256(SECRET), &header)
+            .await
+            .unwrap();
+        assert_eq!(
+            strict.expires_at,
+            Some(UNIX_EPOCH + Duration::from_secs(exp))
+        );
+        let lenient = JwtAuthenticator::hs256(SECRET).leeway(Duration::from_secs(30));
+        let lenient = authenticate(&lenient, &header).await.unwrap();
+        assert_eq!(
+            lenient.expires_at,
+            Some(UNIX_EPOCH + Duration::from_secs(exp + 30))
+        );
     }
 
     #[tokio::test]

@@ -15,6 +15,19 @@
 //!   [`tungstenite`](mod@self::tungstenite) (feature `tungstenite`). Any
 //!   other library plugs in through [`WireSocket`].
 //!
+//! Serve with [`axum::serve`](fn@self::axum::serve) or
+//! [`tungstenite::serve`](fn@self::tungstenite::serve): both set
+//! `TCP_NODELAY` on every accepted socket (with Nagle's algorithm on, a
+//! small frame can wait for the client's delayed ACK, up to 40 ms on Linux)
+//! and drop upgrade requests that do not arrive within
+//! [`TransportConfig::header_read_timeout`]. A plain `axum::serve(listener, app)`
+//! does neither.
+//!
+//! Per idle connection the transport keeps a read buffer of
+//! [`TransportConfig::read_buffer_size`] (4 KiB; tungstenite's own default
+//! is 128 KiB), two small tasks and the manager's entry; see
+//! `BENCHMARKS.md` for the measured figure.
+//!
 //! With axum (features `axum` and `jwt`), the whole server side is:
 //!
 //! ```no_run
@@ -33,7 +46,7 @@
 //!     .route("/ws", get(websocket_manager::transport::axum::upgrade))
 //!     .with_state(service.clone());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-//! axum::serve(listener, app)
+//! websocket_manager::transport::axum::serve(listener, app)
 //!     .with_graceful_shutdown(async move {
 //!         let _ = tokio::signal::ctrl_c().await;
 //!         println!("{}", service.shutdown(std::time::Duration::from_secs(5)).await);
@@ -64,11 +77,13 @@ pub use async_trait::async_trait;
 pub use auth::{
     AuthError, Authenticator, Identity, OriginPolicy, UpgradeRequest, UserScopedThreads,
 };
-pub use config::{TransportConfig, TransportConfigBuilder, TransportConfigError};
+pub use config::{
+    DEFAULT_HEADER_READ_TIMEOUT, TransportConfig, TransportConfigBuilder, TransportConfigError,
+};
 pub use driver::EndReason;
 pub use handler::{
-    HandlerError, HandlerFn, IgnoreMessages, InboundContext, InboundMessage, MessageHandler,
-    handler_fn,
+    HandlerError, HandlerFn, IgnoreMessages, InboundContext, InboundError, InboundMessage,
+    MessageHandler, handler_fn,
 };
 #[cfg(feature = "jwt")]
 pub use jwt::{DEFAULT_SUBPROTOCOL, JwtAuthenticator, JwtError, TOKEN_PROTOCOL_PREFIX};

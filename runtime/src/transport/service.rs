@@ -281,6 +281,7 @@ impl WebSocketService {
             thread_id,
             resume,
         } = admission;
+        let expires_at = identity.expires_at;
         let mut connection = WebSocketConnection::new(identity.user_id.clone(), handle.clone());
         connection.thread_id = thread_id;
         connection.resume = resume;
@@ -334,6 +335,7 @@ impl WebSocketService {
             context,
             &inner.config,
             Arc::clone(&inner.handler),
+            expires_at,
         )
         .await;
 

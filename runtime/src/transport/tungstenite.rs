@@ -7,6 +7,11 @@
 //! so the asynchronous [`Authenticator`](super::Authenticator) runs before
 //! the `101` is written: a refused request gets its 401/403 and no socket.
 //!
+//! [`serve`] is the whole accept loop. [`accept`] turns Nagle's algorithm
+//! off on a `tokio::net::TcpStream` (`TCP_NODELAY`: otherwise small frames
+//! wait for the peer's delayed ACK, up to 40 ms on Linux); on another
+//! stream type, set the equivalent yourself. A loop of your own:
+//!
 //! ```no_run
 //! # async fn run(service: websocket_manager::transport::WebSocketService) -> std::io::Result<()> {
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -43,8 +48,9 @@ use crate::connection::TextFrame;
 
 /// The longest HTTP request head [`accept`] reads.
 pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
-/// How long [`accept`] waits for the request head.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`accept`] waits for the request head by default; set it with
+/// [`TransportConfig::header_read_timeout`](super::TransportConfig::header_read_timeout).
+pub const HANDSHAKE_TIMEOUT: Duration = super::config::DEFAULT_HEADER_READ_TIMEOUT;
 const MAX_HEADERS: usize = 64;
 
 /// Why [`accept`] did not serve a socket.
@@ -54,7 +60,7 @@ pub enum AcceptError {
     /// Reading the request or writing the response failed.
     #[error("i/o error during the upgrade: {0}")]
     Io(#[from] std::io::Error),
-    /// The request head did not arrive within [`HANDSHAKE_TIMEOUT`].
+    /// The request head did not arrive within the header-read timeout.
     #[error("the request head did not arrive in time")]
     HandshakeTimeout,
     /// The request head exceeded [`MAX_REQUEST_HEAD`] (answered 431).
@@ -68,7 +74,10 @@ pub enum AcceptError {
     Refused(AuthError),
 }
 
-/// Reads an HTTP upgrade request from `stream`, admits it through the
+/// Sets `TCP_NODELAY` when `stream` is a `tokio::net::TcpStream`, reads an
+/// HTTP upgrade request from it (within
+/// [`TransportConfig::header_read_timeout`](super::TransportConfig::header_read_timeout)),
+/// admits it through the
 /// service (Origin, authenticator, thread), completes the handshake with the
 /// service's size limits, and serves the socket until it ends.
 ///
@@ -83,22 +92,27 @@ pub async fn accept<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (head, leftover) =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_head(&mut stream)).await {
-            Ok(Ok(read)) => read,
-            Ok(Err(AcceptError::HeadTooLarge)) => {
-                let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
-                respond(
-                    &mut stream,
-                    status,
-                    status.canonical_reason().unwrap_or("Refused"),
-                )
-                .await;
-                return Err(AcceptError::HeadTooLarge);
-            }
-            Ok(Err(error)) => return Err(error),
-            Err(_) => return Err(AcceptError::HandshakeTimeout),
-        };
+    if let Some(tcp) = (&stream as &dyn std::any::Any).downcast_ref::<tokio::net::TcpStream>()
+        && let Err(error) = tcp.set_nodelay(true)
+    {
+        tracing::debug!(%error, "could not set TCP_NODELAY");
+    }
+    let head_timeout = service.config().header_read_timeout();
+    let (head, leftover) = match tokio::time::timeout(head_timeout, read_head(&mut stream)).await {
+        Ok(Ok(read)) => read,
+        Ok(Err(AcceptError::HeadTooLarge)) => {
+            let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+            respond(
+                &mut stream,
+                status,
+                status.canonical_reason().unwrap_or("Refused"),
+            )
+            .await;
+            return Err(AcceptError::HeadTooLarge);
+        }
+        Ok(Err(error)) => return Err(error),
+        Err(_) => return Err(AcceptError::HandshakeTimeout),
+    };
     let (uri, headers) = match parse_upgrade(&head) {
         Ok(parsed) => parsed,
         Err(problem) => {
@@ -145,9 +159,14 @@ where
     response.push_str("\r\n");
     stream.write_all(response.as_bytes()).await?;
     stream.flush().await?;
+    // The request is done with: free it rather than keep it (the token
+    // among its headers) for the connection's whole life.
+    drop((head, uri, headers, extra, response));
 
     let config = service.config();
     let websocket_config = WebSocketConfig::default()
+        .read_buffer_size(config.read_buffer_size())
+        .write_buffer_size(config.write_buffer_size())
         .max_message_size(Some(config.max_message_size()))
         .max_frame_size(Some(config.max_frame_size()));
     let socket = WebSocketStream::from_partially_read(
@@ -160,6 +179,36 @@ where
     Ok(service
         .serve(TungsteniteSocket::new(socket), admission)
         .await)
+}
+
+/// Accepts connections on `listener` forever, each on its own task running
+/// [`accept`]. An accept error (such as too many open
+/// files) is logged and retried after a short pause; a failed upgrade is
+/// logged at debug level.
+///
+/// ```no_run
+/// # async fn run(service: websocket_manager::transport::WebSocketService) -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+/// tokio::spawn(websocket_manager::transport::tungstenite::serve(listener, service));
+/// # Ok(()) }
+/// ```
+pub async fn serve(listener: tokio::net::TcpListener, service: WebSocketService) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            if let Err(error) = accept(&service, stream).await {
+                tracing::debug!(%error, %peer, "websocket upgrade failed");
+            }
+        });
+    }
 }
 
 /// Reads up to the end of the request head; returns the head and whatever

@@ -37,6 +37,12 @@ pub enum WireError {
         /// The configured limit.
         max: usize,
     },
+    /// A text message was not valid UTF-8 (closed with 1007).
+    #[error("invalid payload: {0}")]
+    InvalidPayload(String),
+    /// The peer violated the WebSocket protocol (closed with 1002).
+    #[error("protocol violation: {0}")]
+    Protocol(String),
     /// The connection is already closed.
     #[error("connection closed")]
     Closed,
@@ -78,6 +84,13 @@ pub(crate) fn from_tungstenite_error(error: tungstenite::Error) -> WireError {
             }
         }
         Error::ConnectionClosed | Error::AlreadyClosed => WireError::Closed,
+        Error::Utf8(detail) => WireError::InvalidPayload(detail),
+        // A closing handshake the peer skipped is a disconnect, not a
+        // violation worth a close frame.
+        Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
+            WireError::Closed
+        }
+        Error::Protocol(violation) => WireError::Protocol(violation.to_string()),
         other => WireError::Other(Box::new(other)),
     }
 }
