@@ -57,8 +57,8 @@ use websocket_manager::{ManagerConfig, UserId, WebSocketManager};
 
 const SECRET: &[u8] = b"benchmark secret, at least 32 bytes";
 /// Rounds per server and scenario, after one warm-up round each.
-const TAB_ROUNDS: usize = 20;
-const BROADCAST_ROUNDS: usize = 8;
+const TAB_ROUNDS: usize = 30;
+const BROADCAST_ROUNDS: usize = 15;
 const TABS: usize = 8;
 const BURST: usize = 500;
 const BROADCAST_USERS: usize = 50;
