@@ -77,7 +77,7 @@ const fn gauge(name: &'static str, help: &'static str, value: usize) -> Series {
 /// field (a new field is published by adding its line here).
 ///
 /// ```
-/// use websocket_manager::ManagerStats;
+/// use websocket_manager::managers::ManagerStats;
 /// use websocket_manager::metrics::series;
 /// let names: Vec<_> = series(&ManagerStats::default()).iter().map(|s| s.name).collect();
 /// assert!(names.contains(&"websocket_manager_messages_sent_total"));
