@@ -23,7 +23,9 @@
 //! Each message carries its send time (ns on a process-wide monotonic
 //! clock); the client records send-to-receipt latency for every message.
 //! msg/s = messages received / time from the first send to the last
-//! receipt, summed over rounds. Output: one table, with lib/bare ratios.
+//! receipt, summed over rounds. Output: one table, with lib/bare ratios
+//! over all rounds and, more robust on a shared machine, the median of the
+//! per-round ratios (rounds of the servers run back to back).
 //!
 //! ```text
 //! cargo bench --bench transport_e2e
@@ -55,8 +57,8 @@ use websocket_manager::{ManagerConfig, UserId, WebSocketManager};
 
 const SECRET: &[u8] = b"benchmark secret, at least 32 bytes";
 /// Rounds per server and scenario, after one warm-up round each.
-const TAB_ROUNDS: usize = 20;
-const BROADCAST_ROUNDS: usize = 8;
+const TAB_ROUNDS: usize = 30;
+const BROADCAST_ROUNDS: usize = 15;
 const TABS: usize = 8;
 const BURST: usize = 500;
 const BROADCAST_USERS: usize = 50;
@@ -367,6 +369,8 @@ struct Tally {
     messages: usize,
     busy: Duration,
     latencies_ns: Vec<u64>,
+    /// Per round: (msg/s, p99 ms), for ratios paired round by round.
+    rounds: Vec<(f64, f64)>,
 }
 
 impl Tally {
@@ -375,10 +379,21 @@ impl Tally {
     }
 
     fn percentile_ms(&mut self, q: f64) -> f64 {
-        self.latencies_ns.sort_unstable();
-        let at = ((self.latencies_ns.len() - 1) as f64 * q).round() as usize;
-        self.latencies_ns[at] as f64 / 1e6
+        percentile_ms(&mut self.latencies_ns, q)
     }
+}
+
+fn percentile_ms(latencies_ns: &mut [u64], q: f64) -> f64 {
+    latencies_ns.sort_unstable();
+    let at = ((latencies_ns.len() - 1) as f64 * q).round() as usize;
+    latencies_ns[at] as f64 / 1e6
+}
+
+/// Median of `library[i] / bare[i]` over rounds.
+fn median_ratio(library: &[f64], bare: &[f64]) -> f64 {
+    let mut ratios: Vec<f64> = library.iter().zip(bare).map(|(l, b)| l / b).collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios[ratios.len() / 2]
 }
 
 /// One round: every client reads `per_client` messages while `send` runs;
@@ -410,11 +425,18 @@ where
     .expect("a round did not finish in time");
     let last = finished.iter().map(|r| r.last_receipt).max().unwrap();
     if let Some(tally) = tally {
-        tally.messages += finished.len() * per_client;
+        let messages = finished.len() * per_client;
+        let mut latencies: Vec<u64> = finished
+            .iter()
+            .flat_map(|r| r.latencies_ns.iter().copied())
+            .collect();
+        tally.rounds.push((
+            messages as f64 / (last - start).as_secs_f64(),
+            percentile_ms(&mut latencies, 0.99),
+        ));
+        tally.messages += messages;
         tally.busy += last - start;
-        for received in &finished {
-            tally.latencies_ns.extend_from_slice(&received.latencies_ns);
-        }
+        tally.latencies_ns.extend_from_slice(&latencies);
     }
     finished.into_iter().map(|r| r.client).collect()
 }
@@ -467,13 +489,22 @@ fn report(name: &str, servers: &[Server], tallies: &mut [Tally]) {
     }
     let (libraries, bare) = tallies.split_at_mut(servers.len() - 1);
     let bare = &mut bare[0];
+    let column = |tally: &Tally, i: usize| -> Vec<f64> {
+        tally
+            .rounds
+            .iter()
+            .map(|r| if i == 0 { r.0 } else { r.1 })
+            .collect()
+    };
     for (server, library) in servers.iter().zip(libraries) {
         println!(
-            "{name:<16} {:<13} {:>6.2}x {:>8.2}x {:>8.2}x",
+            "{name:<16} {:<13} {:>6.2}x {:>8.2}x {:>8.2}x   paired: {:.2}x msg/s, {:.2}x p99",
             format!("{}/bare", server.name()),
             library.messages_per_second() / bare.messages_per_second(),
             library.percentile_ms(0.5) / bare.percentile_ms(0.5),
             library.percentile_ms(0.99) / bare.percentile_ms(0.99),
+            median_ratio(&column(library, 0), &column(bare, 0)),
+            median_ratio(&column(library, 1), &column(bare, 1)),
         );
     }
 }
@@ -522,7 +553,7 @@ async fn bench() {
         &mut broadcast,
     );
     println!(
-        "({TAB_ROUNDS} and {BROADCAST_ROUNDS} rounds per server after a warm-up, rotating; latency = payload send time to client receipt)"
+        "({TAB_ROUNDS} and {BROADCAST_ROUNDS} rounds per server after a warm-up, rotating; latency = payload send time to client receipt;\n ratio rows: over all rounds, then `paired`: the median of the per-round ratios, robust to load from other jobs)"
     );
 }
 

@@ -87,8 +87,11 @@ impl Baseline {
             .push((id.clone(), connection.websocket.clone()));
         state.connections.insert(id, connection);
     }
+}
 
-    fn get_connection_id_by_websocket(&self, socket: &WebSocketHandle) -> Option<ConnectionId> {
+/// The baseline's five operations, written as people write them.
+impl Registry for Baseline {
+    fn by_socket(&self, socket: &WebSocketHandle) -> Option<ConnectionId> {
         self.state
             .read()
             .unwrap()
@@ -97,11 +100,11 @@ impl Baseline {
             .cloned()
     }
 
-    fn get_connection(&self, id: &ConnectionId) -> Option<WebSocketConnection> {
+    fn connection(&self, id: &ConnectionId) -> Option<WebSocketConnection> {
         self.state.read().unwrap().connections.get(id).cloned()
     }
 
-    fn get_user_connections(&self, user: &UserId) -> HashSet<ConnectionId> {
+    fn user_connections(&self, user: &UserId) -> HashSet<ConnectionId> {
         let state = self.state.read().unwrap();
         state
             .users
@@ -110,7 +113,7 @@ impl Baseline {
             .unwrap_or_default()
     }
 
-    fn is_connection_active(&self, user: &UserId) -> bool {
+    fn active(&self, user: &UserId) -> bool {
         let state = self.state.read().unwrap();
         state
             .users
@@ -118,8 +121,8 @@ impl Baseline {
             .is_some_and(|tabs| tabs.iter().any(|(_, socket)| !socket.is_closed()))
     }
 
-    fn send_to_user(&self, user: &UserId, message: &serde_json::Value) -> usize {
-        let frame = TextFrame::from_json(message).unwrap();
+    fn send(&self, user: &UserId, message: serde_json::Value) -> usize {
+        let frame = TextFrame::from_json(&message).unwrap();
         let state = self.state.read().unwrap();
         state.users.get(user).map_or(0, |tabs| {
             tabs.iter()
@@ -136,65 +139,76 @@ fn message() -> serde_json::Value {
     })
 }
 
-/// `BATCH` ops of the rotation, on random targets from `seed`.
-#[inline(never)] // a named frame for profilers
-fn manager_ops(manager: &UnifiedWebSocketManager, targets: &Targets, seed: u64) {
-    let mut rng = common::Rng::new(seed);
-    let template = message();
-    for op in 0..BATCH {
-        match op % 5 {
-            0 => {
-                let (_, socket) = &targets.connections[rng.below(targets.connections.len())];
-                black_box(manager.get_connection_id_by_websocket(socket));
-            }
-            1 => {
-                let (id, _) = &targets.connections[rng.below(targets.connections.len())];
-                black_box(manager.get_connection(id));
-            }
-            2 => {
-                let user = &targets.users[rng.below(USERS)];
-                black_box(manager.get_user_connections(user));
-            }
-            3 => {
-                let user = &targets.users[rng.below(USERS)];
-                black_box(manager.is_connection_active(user));
-            }
-            _ => {
-                let user = &targets.users[rng.below(USERS)];
-                let delivery = common::now(manager.send_to_user(user, template.clone())).unwrap();
-                black_box(delivery.recipients());
-            }
-        }
+/// The five operations, as the manager and the baseline offer them.
+trait Registry {
+    fn by_socket(&self, socket: &WebSocketHandle) -> Option<ConnectionId>;
+    fn connection(&self, id: &ConnectionId) -> Option<WebSocketConnection>;
+    fn user_connections(&self, user: &UserId) -> HashSet<ConnectionId>;
+    fn active(&self, user: &UserId) -> bool;
+    /// Recipients reached.
+    fn send(&self, user: &UserId, message: serde_json::Value) -> usize;
+}
+
+impl Registry for UnifiedWebSocketManager {
+    fn by_socket(&self, socket: &WebSocketHandle) -> Option<ConnectionId> {
+        self.get_connection_id_by_websocket(socket)
+    }
+    fn connection(&self, id: &ConnectionId) -> Option<WebSocketConnection> {
+        self.get_connection(id)
+    }
+    fn user_connections(&self, user: &UserId) -> HashSet<ConnectionId> {
+        self.get_user_connections(user)
+    }
+    fn active(&self, user: &UserId) -> bool {
+        self.is_connection_active(user)
+    }
+    fn send(&self, user: &UserId, message: serde_json::Value) -> usize {
+        // Through the async contract, polled once (it never waits).
+        common::now(self.send_to_user(user, message))
+            .unwrap()
+            .recipients()
     }
 }
 
-/// The same rotation, on the same targets, against the baseline.
+/// The manager's batch, as a named frame for profilers
+/// (`valgrind --toggle-collect='contention::manager_ops'`).
+#[inline(never)]
+fn manager_ops(manager: &UnifiedWebSocketManager, targets: &Targets, seed: u64) {
+    ops(manager, targets, seed);
+}
+
+/// The baseline's batch, as a named frame for profilers.
 #[inline(never)]
 fn baseline_ops(baseline: &Baseline, targets: &Targets, seed: u64) {
+    ops(baseline, targets, seed);
+}
+
+/// `BATCH` ops of the rotation, on random targets from `seed`.
+#[inline(always)]
+fn ops<R: Registry>(registry: &R, targets: &Targets, seed: u64) {
     let mut rng = common::Rng::new(seed);
     let template = message();
     for op in 0..BATCH {
         match op % 5 {
             0 => {
                 let (_, socket) = &targets.connections[rng.below(targets.connections.len())];
-                black_box(baseline.get_connection_id_by_websocket(socket));
+                black_box(registry.by_socket(socket));
             }
             1 => {
                 let (id, _) = &targets.connections[rng.below(targets.connections.len())];
-                black_box(baseline.get_connection(id));
+                black_box(registry.connection(id));
             }
             2 => {
                 let user = &targets.users[rng.below(USERS)];
-                black_box(baseline.get_user_connections(user));
+                black_box(registry.user_connections(user));
             }
             3 => {
                 let user = &targets.users[rng.below(USERS)];
-                black_box(baseline.is_connection_active(user));
+                black_box(registry.active(user));
             }
             _ => {
                 let user = &targets.users[rng.below(USERS)];
-                let delivered = baseline.send_to_user(user, &template.clone());
-                black_box(delivered);
+                black_box(registry.send(user, template.clone()));
             }
         }
     }

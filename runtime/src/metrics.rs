@@ -280,4 +280,61 @@ mod tests {
             DebugValue::Gauge(0.0.into())
         );
     }
+
+    #[test]
+    fn the_publisher_republishes_on_its_timer_and_stops_with_the_manager() {
+        use crate::managers::UnifiedWebSocketManager;
+        use crate::{
+            ManagerConfig, UserId, WebSocketConnection, WebSocketHandle, WebSocketManager,
+        };
+        use std::sync::Arc;
+
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let connections = || {
+            snapshotter
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .find(|(key, ..)| key.key().name() == "websocket_manager_connections")
+                .map(|(.., value)| value)
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        // The local recorder is per thread; a current-thread runtime runs
+        // the publisher on this one.
+        ::metrics::with_local_recorder(&recorder, || {
+            runtime.block_on(async {
+                let manager = Arc::new(UnifiedWebSocketManager::new(ManagerConfig::default()));
+                let weak = Arc::downgrade(&manager);
+                let every = Duration::from_secs(10);
+                let task = spawn_publisher(every, Vec::new(), move || {
+                    weak.upgrade().map(|manager| manager.stats())
+                });
+                tokio::time::sleep(every / 2).await;
+                assert_eq!(connections(), Some(DebugValue::Gauge(0.0.into())));
+
+                let (socket, _queue) = WebSocketHandle::channel(manager.config().queue_limits());
+                let alice = UserId::new("alice").unwrap();
+                manager
+                    .add_connection(WebSocketConnection::new(alice, socket))
+                    .await
+                    .unwrap();
+                // Not before the next tick...
+                assert_eq!(connections(), Some(DebugValue::Gauge(0.0.into())));
+                tokio::time::sleep(every).await;
+                // ...then the new snapshot.
+                assert_eq!(connections(), Some(DebugValue::Gauge(1.0.into())));
+
+                drop(manager);
+                tokio::time::timeout(every * 2, task)
+                    .await
+                    .expect("the publisher outlived its manager")
+                    .unwrap();
+            });
+        });
+    }
 }
