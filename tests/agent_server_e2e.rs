@@ -300,3 +300,249 @@ async fn without_an_operator_token_the_operator_routes_are_off() {
     let (status, _) = server.http("GET", "/", None, "");
     assert_eq!(status, 200);
 }
+
+/// Headless Chromium, driven over the DevTools protocol (a WebSocket on
+/// loopback), killed when dropped.
+struct Browser {
+    child: Child,
+    devtools: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    next_id: u64,
+    _profile: TempDir,
+}
+
+/// A directory removed when dropped (the browser profile).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Browser {
+    /// `None` (with the reason printed) when no Chromium is installed and CI
+    /// is not set; under CI a missing browser fails the test (`.ci/run`
+    /// installs Debian's `chromium`).
+    async fn launch() -> Option<Browser> {
+        let binary = ["chromium", "chromium-browser"].into_iter().find(|name| {
+            Command::new(name)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        let Some(binary) = binary else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but no chromium is installed (.ci/run installs it)"
+            );
+            eprintln!("SKIPPED: the demo page test needs Chromium (apt-get install chromium)");
+            return None;
+        };
+        let profile = std::env::temp_dir().join(format!("wsm-chromium-{}", std::process::id()));
+        let mut child = Command::new(binary)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (found, devtools_url) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if let Some(url) = line.strip_prefix("DevTools listening on ") {
+                    let _ = found.send(url.trim().to_owned());
+                }
+            }
+        });
+        let url = devtools_url
+            .recv_timeout(Duration::from_secs(30))
+            .expect("chromium did not print its DevTools address");
+        let request = url.as_str().into_client_request().unwrap();
+        let addr = format!(
+            "{}:{}",
+            request.uri().host().unwrap(),
+            request.uri().port_u16().unwrap()
+        );
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (devtools, _) = tokio_tungstenite::client_async(request, stream)
+            .await
+            .unwrap();
+        Some(Browser {
+            child,
+            devtools,
+            next_id: 0,
+            _profile: TempDir(profile),
+        })
+    }
+
+    /// One DevTools command; returns its `result`.
+    async fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut command = json!({"id": id, "method": method, "params": params});
+        if let Some(session) = session {
+            command["sessionId"] = json!(session);
+        }
+        self.devtools
+            .send(Message::text(command.to_string()))
+            .await
+            .unwrap();
+        loop {
+            let message = tokio::time::timeout(STEP, self.devtools.next())
+                .await
+                .expect("DevTools did not answer")
+                .unwrap()
+                .unwrap();
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let reply: Value = serde_json::from_str(&text).unwrap();
+            if reply["id"] == id {
+                assert!(reply.get("error").is_none(), "{method}: {reply}");
+                return reply["result"].clone();
+            }
+        }
+    }
+
+    /// Opens `url` in a new tab; returns the DevTools session of the tab.
+    async fn open(&mut self, url: &str) -> String {
+        let target = self
+            .call(None, "Target.createTarget", json!({"url": url}))
+            .await;
+        let attached = self
+            .call(
+                None,
+                "Target.attachToTarget",
+                json!({"targetId": target["targetId"], "flatten": true}),
+            )
+            .await;
+        attached["sessionId"].as_str().unwrap().to_owned()
+    }
+
+    /// Evaluates `expression` in the tab until it returns `true`-ish JSON
+    /// with a `done` field, or `limit` passes; returns the last value.
+    async fn wait_for(&mut self, session: &str, expression: &str, limit: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let result = self
+                .call(
+                    Some(session),
+                    "Runtime.evaluate",
+                    json!({"expression": expression, "returnByValue": true}),
+                )
+                .await;
+            let value = result["result"]["value"].clone();
+            if value["done"] == true || tokio::time::Instant::now() >= deadline {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The page's event log as `[type, stream:seq, details]` rows, plus its
+/// "last offset" label; `done` once a final answer is shown.
+const PAGE_STATE: &str = r#"(() => {
+  const rows = [...document.querySelectorAll('#log tr')].map(r => [...r.cells].map(c => c.textContent));
+  return {rows, offset: document.getElementById('offset').textContent,
+          done: rows.some(r => r[1].startsWith('final_answer'))};
+})()"#;
+
+fn page_rows(state: &Value) -> Vec<(String, String, String)> {
+    state["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let cell = |i: usize| r[i].as_str().unwrap_or_default().to_owned();
+            (cell(1), cell(2), cell(3))
+        })
+        .collect()
+}
+
+/// The demo page as a person uses it, in a real browser: it drops mid-run,
+/// reconnects with `?resume=` its last offset, and shows every later event
+/// once, the final answer included; a resume from a stream the server never
+/// had shows the resync notice first.
+#[tokio::test]
+async fn the_demo_page_resumes_after_a_drop_in_headless_chromium() {
+    let Some(mut browser) = Browser::launch().await else {
+        return;
+    };
+    let server = Server::start(&[]);
+    let page = format!("http://{}/?auto=drop&user=carol", server.addr);
+    let tab = browser.open(&page).await;
+    let state = browser
+        .wait_for(&tab, PAGE_STATE, Duration::from_secs(30))
+        .await;
+    let rows = page_rows(&state);
+    assert_eq!(state["done"], true, "no final answer shown: {rows:?}");
+    let events: Vec<&(String, String, String)> = rows
+        .iter()
+        .filter(|(_, offset, _)| !offset.is_empty())
+        .collect();
+    let sequences: Vec<u64> = events
+        .iter()
+        .map(|(_, offset, _)| offset.rsplit(':').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        sequences,
+        [1, 2, 3, 4, 5, 6],
+        "each event once, in order: {rows:?}"
+    );
+    let stream = events[0].1.split(':').next().unwrap();
+    assert!(
+        events.iter().all(|(_, o, _)| o.starts_with(stream)),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter().any(|(kind, _, details)| kind == "open"
+            && details.contains(&format!("resuming after {stream}:2"))),
+        "the page reconnects with its last offset: {rows:?}"
+    );
+    assert!(
+        rows.iter()
+            .any(|(kind, _, _)| kind == "tool_executing (replayed)"),
+        "what was emitted while offline is replayed: {rows:?}"
+    );
+    assert_eq!(events[5].0.trim_end_matches(" (replayed)"), "final_answer");
+    assert_eq!(state["offset"], format!("{stream}:6"));
+    assert!(!rows.iter().any(|(kind, _, _)| kind == "resync notice"));
+
+    // A resume from a stream this server never had: the notice comes first.
+    let page = format!("http://{}/?auto=run&user=dave&resume=12:5", server.addr);
+    let tab = browser.open(&page).await;
+    let state = browser
+        .wait_for(&tab, PAGE_STATE, Duration::from_secs(30))
+        .await;
+    let rows = page_rows(&state);
+    let first_event = rows
+        .iter()
+        .find(|(kind, _, _)| kind != "open")
+        .unwrap_or_else(|| panic!("nothing shown: {rows:?}"));
+    assert_eq!(first_event.0, "resync notice", "{rows:?}");
+    assert!(first_event.2.contains("unknown_stream"), "{rows:?}");
+    assert_eq!(state["done"], true, "{rows:?}");
+}
