@@ -1,9 +1,12 @@
-//! The contract, written down once.
+//! The contract as this crate knows it.
 //!
-//! [`CONTRACT_SOURCE`] is the only place the 11 methods are spelled out. It is
-//! parsed by syn into [`Contract`], and that one parse feeds everything:
-//! the trait the runtime emits (`__contract!`), the runtime's method table
-//! and fingerprint, and every check `#[websocket_manager]` makes.
+//! [`CONTRACT_SOURCE`] spells out the 11 methods for the macro: it is parsed
+//! by syn into [`Contract`], and that one parse feeds every check
+//! `#[websocket_manager]` makes, the runtime's method table and its
+//! fingerprint. The trait users read is real source in the runtime
+//! (`runtime/src/protocol.rs`, with the documentation); `#[__contract]` on
+//! that trait compares it with this copy, signature by signature, whenever
+//! the runtime is built, so the two cannot drift apart.
 //!
 //! Each method carries `#[contract(group = "...")]` and, for the two methods
 //! whose absence crashed production, `critical`. Types are written as a user
@@ -14,72 +17,39 @@ use syn::{FnArg, Ident, ItemTrait, ReturnType, TraitItem, TraitItemFn, Type};
 
 use crate::types::render_tokens;
 
-/// The contract's source text.
+/// The contract's signatures, in order; the documentation is on the
+/// runtime's trait.
 pub(crate) const CONTRACT_SOURCE: &str = r#"
-/// Registers a new connection.
-///
-/// Fails without registering anything when the connection id or the socket
-/// is already registered, or the user is at the per-user connection cap.
-/// Critical events kept for the user while they were offline are replayed
-/// on the new connection, in order, before anything newer.
 #[contract(group = "connection_management")]
 async fn add_connection(&self, connection: WebSocketConnection) -> Result<(), ManagerError>;
 
-/// Removes a connection from every index and closes its socket.
-///
-/// Returns the removed connection, or `None` for an unknown id.
 #[contract(group = "connection_management")]
 async fn remove_connection(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection>;
 
-/// The connection registered under `connection_id`, if any.
 #[contract(group = "connection_management")]
 fn get_connection(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection>;
 
-/// The ids of every connection of `user_id` (empty for an unknown user).
 #[contract(group = "connection_management")]
 fn get_user_connections(&self, user_id: &UserId) -> HashSet<ConnectionId>;
 
-/// Whether `user_id` has at least one open connection.
 #[contract(group = "connection_management")]
 fn is_connection_active(&self, user_id: &UserId) -> bool;
 
-/// The id of the connection that owns `websocket`, found by the socket's
-/// identity ([`SocketId`](crate::SocketId)).
-///
-/// Critical: its absence from one manager crashed production; agent code
-/// calls it on every run to find which connection a socket belongs to.
 #[contract(group = "critical", critical)]
 fn get_connection_id_by_websocket(&self, websocket: &WebSocketHandle) -> Option<ConnectionId>;
 
-/// Binds a connection to a thread, so `send_to_thread` reaches it.
-///
-/// Returns `false` for an unknown connection. Critical: the companion of
-/// `get_connection_id_by_websocket`.
 #[contract(group = "critical", critical)]
 fn update_connection_thread(&self, connection_id: &ConnectionId, thread_id: ThreadId) -> bool;
 
-/// Sends a JSON message to every connection of `user_id`.
-///
-/// At most once: a user with no deliverable connection gets
-/// `ManagerError::NotDelivered`, never a silent success, and the message is
-/// not kept.
 #[contract(group = "messaging")]
 async fn send_to_user(&self, user_id: &UserId, message: serde_json::Value) -> Result<Delivery, ManagerError>;
 
-/// Sends a critical agent event (`agent_started`, `agent_thinking`,
-/// `tool_executing`, `tool_completed`, `agent_completed`...) to `user_id`.
-///
-/// Never lost silently: when the user has no deliverable connection the event
-/// is kept and replayed on their next connection (`Delivery::Queued`), or the
-/// caller gets an error.
 #[contract(group = "messaging")]
 async fn emit_critical_event(&self, user_id: &UserId, event_type: &str, data: serde_json::Value) -> Result<Delivery, ManagerError>;
 
-/// Connections, counters and pending events of `user_id`.
 #[contract(group = "health")]
 fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth;
 
-/// Sends a JSON message to exactly the connections bound to `thread_id`.
 #[contract(group = "compatibility")]
 async fn send_to_thread(&self, thread_id: &ThreadId, message: serde_json::Value) -> Result<Delivery, ManagerError>;
 "#;

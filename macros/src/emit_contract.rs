@@ -1,25 +1,105 @@
-//! `__contract!`: the runtime's trait, method table and fingerprint, emitted
-//! from the one contract source.
+//! `#[__contract]`: proves the runtime's hand-written `WebSocketManager`
+//! trait is the contract this crate checks impls against, and emits the
+//! method table and fingerprint next to it.
+//!
+//! The trait is real Rust source in `runtime/src/protocol.rs` (so
+//! go-to-definition, rustdoc's [src] and rustc's notes land on readable
+//! code). This crate needs its own copy of the contract ([`CONTRACT_SOURCE`](
+//! crate::contract::CONTRACT_SOURCE)) because it checks impls in crates that
+//! never see the runtime's source. The attribute sits above `#[async_trait]`
+//! on the trait, so it sees the methods as written and compares them, method
+//! by method, with the copy: any drift fails the runtime's own build.
 
-use proc_macro2::{Literal, TokenStream};
-use quote::{format_ident, quote};
-use syn::Attribute;
-use syn::parse::Parser;
+use proc_macro2::{Literal, Span, TokenStream};
+use quote::{ToTokens, format_ident, quote};
+use syn::spanned::Spanned;
+use syn::{ItemTrait, TraitItem};
 
 use crate::contract::{Contract, GROUPS};
+use crate::types::render_tokens;
 
-/// `input` is the trait's outer attributes (its documentation).
-pub(crate) fn emit(input: TokenStream) -> TokenStream {
-    match try_emit(input) {
-        Ok(tokens) => tokens,
+/// `item` is the trait as written in the runtime; it is emitted unchanged.
+pub(crate) fn emit(item: TokenStream) -> TokenStream {
+    let tokens = match syn::parse2::<ItemTrait>(item.clone()) {
+        Ok(item_trait) => match Contract::load() {
+            Ok(contract) => {
+                let mismatches = mismatches(&item_trait, &contract);
+                if mismatches.is_empty() {
+                    table(&contract)
+                } else {
+                    mismatches
+                        .iter()
+                        .map(syn::Error::to_compile_error)
+                        .collect()
+                }
+            }
+            Err(error) => error.to_compile_error(),
+        },
         Err(error) => error.to_compile_error(),
+    };
+    quote! {
+        #item
+        #tokens
     }
 }
 
-fn try_emit(input: TokenStream) -> syn::Result<TokenStream> {
-    let attrs = Attribute::parse_outer.parse2(input)?;
-    let contract = Contract::load()?;
-    let items = contract.methods.iter().map(|m| &m.item);
+/// Every difference between the trait as written and the contract, each
+/// spanned on the trait's own tokens.
+pub(crate) fn mismatches(item: &ItemTrait, contract: &Contract) -> Vec<syn::Error> {
+    let mut errors = Vec::new();
+    let mut written = Vec::new();
+    for entry in &item.items {
+        match entry {
+            TraitItem::Fn(method) => written.push(method),
+            other => errors.push(syn::Error::new(
+                other.span(),
+                "the contract declares methods only; this item is not in `macros/src/contract.rs`",
+            )),
+        }
+    }
+    for (index, method) in contract.methods.iter().enumerate() {
+        let expected = method.signature();
+        match written.get(index) {
+            Some(found) => {
+                let sig = &found.sig;
+                // rustfmt's trailing comma after a long parameter list is
+                // not a difference
+                let mut unpunctuated = sig.clone();
+                unpunctuated.inputs = sig.inputs.iter().cloned().collect();
+                let found_text = render_tokens(&unpunctuated.to_token_stream());
+                if found_text != expected {
+                    errors.push(syn::Error::new(
+                        sig.ident.span(),
+                        format!(
+                            "method {} of the trait differs from the contract in `macros/src/contract.rs`:\n  contract: {expected}\n  trait:    {found_text}",
+                            index + 1
+                        ),
+                    ));
+                }
+            }
+            None => errors.push(syn::Error::new(
+                item.ident.span(),
+                format!("the trait lacks the contract's `{expected}`"),
+            )),
+        }
+    }
+    for extra in written.iter().skip(contract.methods.len()) {
+        errors.push(syn::Error::new(
+            extra.sig.ident.span(),
+            "this method is not in the contract (`macros/src/contract.rs`)",
+        ));
+    }
+    if errors.is_empty() && item.ident != "WebSocketManager" {
+        errors.push(syn::Error::new(
+            Span::call_site(),
+            "`#[__contract]` belongs on `trait WebSocketManager` only",
+        ));
+    }
+    errors
+}
+
+/// `CONTRACT_METHODS` and `PROTOCOL_FINGERPRINT`.
+fn table(contract: &Contract) -> TokenStream {
     let specs = contract.methods.iter().map(|method| {
         let name = method.name();
         let variant = GROUPS
@@ -41,25 +121,70 @@ fn try_emit(input: TokenStream) -> syn::Result<TokenStream> {
     });
     let fingerprint = Literal::u64_suffixed(contract.fingerprint());
     let count = contract.methods.len();
-    Ok(quote! {
-        #(#attrs)*
-        #[diagnostic::on_unimplemented(
-            message = "`{Self}` is not a WebSocket manager",
-            label = "`{Self}` does not implement the `WebSocketManager` contract",
-            note = "put `#[websocket_manager]` on `impl WebSocketManager for {Self} {{ ... }}` (the 11 contract methods), or on `impl {Self} {{ ... }}` if the type already has them"
-        )]
-        #[crate::__private::async_trait]
-        pub trait WebSocketManager: Send + Sync + 'static {
-            #(#items)*
-        }
-
-        /// The contract's methods, in order, generated from the same source
-        /// as [`WebSocketManager`].
+    quote! {
+        /// The contract's methods, in order, generated from the contract
+        /// `#[websocket_manager]` checks against (proven identical to
+        /// [`WebSocketManager`] when this crate is built).
         pub const CONTRACT_METHODS: &[crate::protocol::MethodSpec; #count] = &[#(#specs),*];
 
         /// A hash of every contract signature. Each registration records the
         /// fingerprint it was checked against; startup validation compares it
         /// with this one.
         pub const PROTOCOL_FINGERPRINT: u64 = #fingerprint;
-    })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The contract as a trait, written the way `runtime/src/protocol.rs`
+    /// writes it.
+    fn contract_as_trait(contract: &Contract) -> String {
+        let methods: String = contract
+            .methods
+            .iter()
+            .map(|m| format!("{};\n", m.signature()))
+            .collect();
+        format!("pub trait WebSocketManager: Send {{ {methods} }}")
+    }
+
+    #[test]
+    fn the_contract_itself_passes() {
+        let contract = Contract::load().unwrap();
+        let item: ItemTrait = syn::parse_str(&contract_as_trait(&contract)).unwrap();
+        assert!(mismatches(&item, &contract).is_empty());
+        let out = emit(item.to_token_stream()).to_string();
+        assert!(out.contains("PROTOCOL_FINGERPRINT"), "{out}");
+        assert!(!out.contains("compile_error"), "{out}");
+    }
+
+    #[test]
+    fn drift_in_a_type_an_order_or_a_method_fails_the_build() {
+        let contract = Contract::load().unwrap();
+        let source = contract_as_trait(&contract);
+        let changed_type =
+            source.replace("thread_id: ThreadId) -> bool", "thread_id: ThreadId) -> u8");
+        let dropped = source.replace(
+            "fn is_connection_active(&self, user_id: &UserId) -> bool;",
+            "",
+        );
+        let added = source.replace("Send {", "Send { fn extra(&self);");
+        for (case, expected) in [
+            (changed_type, "method 7 of the trait differs"),
+            (dropped, "the trait lacks the contract's"),
+            (added, "method 1 of the trait differs"),
+        ] {
+            let item: ItemTrait = syn::parse_str(&case).unwrap();
+            let errors = mismatches(&item, &contract);
+            assert!(
+                errors.iter().any(|e| e.to_string().contains(expected)),
+                "{case}: {:?}",
+                errors.iter().map(ToString::to_string).collect::<Vec<_>>()
+            );
+            let out = emit(item.to_token_stream()).to_string();
+            assert!(out.contains("compile_error"), "{out}");
+            assert!(!out.contains("PROTOCOL_FINGERPRINT"), "{out}");
+        }
+    }
 }

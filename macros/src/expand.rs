@@ -77,7 +77,7 @@ fn with_errors(errors: Vec<syn::Error>, item: TokenStream) -> TokenStream {
 fn classify(item: Item) -> Result<(ItemImpl, Form), syn::Error> {
     let (what, span): (String, Span) = match item {
         Item::Impl(item_impl) => {
-            let Some((bang, path, _)) = &item_impl.trait_ else {
+            let Some((path, _)) = &item_impl.trait_ else {
                 return Ok((item_impl, Form::Inherent));
             };
             let trait_name = path
@@ -85,7 +85,7 @@ fn classify(item: Item) -> Result<(ItemImpl, Form), syn::Error> {
                 .last()
                 .map(|s| s.ident.to_string())
                 .unwrap_or_default();
-            if let Some(bang) = bang {
+            if let Some(bang) = &item_impl.modifiers.polarity {
                 return Err(syn::Error::new(
                     bang.span(),
                     "a negative impl cannot be a manager; remove `#[websocket_manager]`",
@@ -129,13 +129,17 @@ fn generate(
         };
     }
     match form {
-        Form::TraitImpl if !has_errors => quote! {
-            // keeps "the following other types implement" lists of
-            // unrelated managers out of users' trait errors
-            #[diagnostic::do_not_recommend]
-            #[#async_trait]
-            #item
-        },
+        Form::TraitImpl if !has_errors => {
+            let annotated = annotated(item, &item.self_ty, krate);
+            quote! {
+                // keeps "the following other types implement" lists of
+                // unrelated managers out of users' trait errors
+                #[diagnostic::do_not_recommend]
+                #[#async_trait]
+                #item
+                #annotated
+            }
+        }
         Form::TraitImpl => {
             // keep what is valid, stub the rest: a complete impl, no cascade
             let mut fallback = item.clone();
@@ -148,12 +152,14 @@ fn generate(
                     None => ImplItem::Verbatim(stub(method, krate)),
                 })
                 .collect();
+            let annotated = annotated(item, &item.self_ty, krate);
             quote! {
                 // keeps "the following other types implement" lists of
-            // unrelated managers out of users' trait errors
-            #[diagnostic::do_not_recommend]
-            #[#async_trait]
+                // unrelated managers out of users' trait errors
+                #[diagnostic::do_not_recommend]
+                #[#async_trait]
                 #fallback
+                #annotated
             }
         }
         Form::Inherent => {
@@ -167,17 +173,29 @@ fn generate(
                     Some(_) => delegation(method, self_ty, krate),
                     None => stub(method, krate),
                 });
+            let annotated = annotated(item, self_ty, krate);
             quote! {
                 #item
                 // keeps "the following other types implement" lists of
-            // unrelated managers out of users' trait errors
-            #[diagnostic::do_not_recommend]
-            #[#async_trait]
+                // unrelated managers out of users' trait errors
+                #[diagnostic::do_not_recommend]
+                #[#async_trait]
                 impl #impl_generics #krate::WebSocketManager for #self_ty #where_clause {
                     #(#methods)*
                 }
+                #annotated
             }
         }
+    }
+}
+
+/// The marker only this attribute implements: an impl of the trait without
+/// the attribute lacks it, and rustc says to add the attribute.
+fn annotated(item: &ItemImpl, self_ty: &Type, krate: &Path) -> TokenStream {
+    let (impl_generics, _, where_clause) = item.generics.split_for_impl();
+    quote! {
+        #[diagnostic::do_not_recommend]
+        impl #impl_generics #krate::__private::Annotated for #self_ty #where_clause {}
     }
 }
 

@@ -24,10 +24,11 @@ pub fn websocket_manager(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand::expand(attr.into(), item.into()).into()
 }
 
-/// Emits the `WebSocketManager` trait, its method table and its fingerprint
-/// from the contract source. Used once, inside the runtime crate.
+/// Put on the runtime's `WebSocketManager` trait (above `#[async_trait]`):
+/// fails the build when the trait and the contract this crate checks impls
+/// against differ, and emits the method table and fingerprint beside it.
 #[doc(hidden)]
-#[proc_macro]
-pub fn __contract(input: TokenStream) -> TokenStream {
-    emit_contract::emit(input.into()).into()
+#[proc_macro_attribute]
+pub fn __contract(_attr: TokenStream, item: TokenStream) -> TokenStream {
+    emit_contract::emit(item.into()).into()
 }

@@ -12,6 +12,17 @@ use syn::{ImplItem, ItemImpl};
 use crate::expand::expand;
 use crate::expand::tests::VALID_IMPL;
 
+/// Cases per property: 500 by default, so `cargo test --workspace` stays
+/// quick in debug builds; `.ci/run` sets `WSM_MUTATION_CASES=3000`. The
+/// sequence is deterministic, so the default cases are the first of the full
+/// run.
+fn case_count() -> usize {
+    std::env::var("WSM_MUTATION_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(500)
+}
+
 /// xorshift64*: deterministic, so a failure is reproducible from its case number.
 struct Rng(u64);
 
@@ -136,7 +147,7 @@ fn mutate_method(rng: &mut Rng, item: &mut ItemImpl) -> bool {
                     true
                 }
                 9 => {
-                    sig.unsafety = Some(Default::default());
+                    sig.safety = syn::Safety::Unsafe(Default::default());
                     true
                 }
                 _ => {
@@ -217,7 +228,7 @@ fn thousands_of_semantic_mutations_always_yield_parseable_errors() {
     let base: ItemImpl = syn::parse_str(VALID_IMPL).unwrap();
     let inherent: ItemImpl =
         syn::parse_str(&VALID_IMPL.replace("impl WebSocketManager for Good", "impl Good")).unwrap();
-    for case in 0..3000 {
+    for case in 0..case_count() {
         let original = if case % 3 == 0 { &inherent } else { &base };
         let mut item = original.clone();
         let mut must_fail = false;
@@ -247,7 +258,7 @@ fn thousands_of_semantic_mutations_always_yield_parseable_errors() {
 fn random_tokens_and_arguments_never_crash_the_macro() {
     let mut rng = Rng(0xfeed_beef_0000_0042);
     let base: TokenStream = VALID_IMPL.parse().unwrap();
-    for case in 0..3000 {
+    for case in 0..case_count() {
         let item = mutate_tokens(&mut rng, base.clone(), 0);
         let attr: TokenStream = if rng.below(2) == 0 {
             rng.pick(ARGS).parse().unwrap()

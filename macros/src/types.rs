@@ -164,6 +164,131 @@ fn canonical_path(path: &Path) -> String {
     out
 }
 
+/// Type names the checks know are not aliases: every name the contract uses
+/// (a test keeps the list in step) and standard types a user may write.
+const KNOWN_NAMES: &[&str] = &[
+    // the contract's
+    "ConnectionHealth",
+    "ConnectionId",
+    "Delivery",
+    "HashSet",
+    "ManagerError",
+    "Option",
+    "Result",
+    "ThreadId",
+    "UserId",
+    "Value",
+    "WebSocketConnection",
+    "WebSocketHandle",
+    "bool",
+    "str",
+    // the standard library's
+    "Arc",
+    "BTreeSet",
+    "Box",
+    "Cow",
+    "HashMap",
+    "Rc",
+    "Self",
+    "String",
+    "Vec",
+    "char",
+    "f32",
+    "f64",
+    "i8",
+    "i16",
+    "i32",
+    "i64",
+    "i128",
+    "isize",
+    "u8",
+    "u16",
+    "u32",
+    "u64",
+    "u128",
+    "usize",
+];
+
+/// When `found` differs from `expected` at a name the checks cannot resolve
+/// (a type alias, a renamed import, an associated type), the line that says
+/// types are compared by name and what to write instead.
+pub(crate) fn compared_by_name_note(expected: &Type, found: &Type) -> Option<String> {
+    let (expected, found) = first_difference(expected, found)?;
+    let Type::Path(path) = found else {
+        return None;
+    };
+    let name = path.path.segments.last()?.ident.to_string();
+    if path.qself.is_none() && KNOWN_NAMES.contains(&name.as_str()) {
+        return None;
+    }
+    Some(format!(
+        "`{}` is compared by name (a macro cannot see what a type alias or a renamed import stands for): write `{}` instead",
+        render_type(found),
+        render_type(expected)
+    ))
+}
+
+/// The outermost pair of sub-types where `found` departs from `expected`.
+fn first_difference<'t>(expected: &'t Type, found: &'t Type) -> Option<(&'t Type, &'t Type)> {
+    if canonical(expected) == canonical(found) {
+        return None;
+    }
+    let here = Some((expected, found));
+    match (ungroup(expected), ungroup(found)) {
+        (Type::Reference(e), Type::Reference(f))
+            if e.mutability.is_some() == f.mutability.is_some() =>
+        {
+            first_difference(&e.elem, &f.elem)
+        }
+        (Type::Tuple(e), Type::Tuple(f)) if e.elems.len() == f.elems.len() => e
+            .elems
+            .iter()
+            .zip(&f.elems)
+            .find_map(|(e, f)| first_difference(e, f)),
+        (Type::Path(e), Type::Path(f)) if e.qself.is_none() && f.qself.is_none() => {
+            let (Some(e_last), Some(f_last)) = (e.path.segments.last(), f.path.segments.last())
+            else {
+                return here;
+            };
+            if e_last.ident != f_last.ident {
+                return here;
+            }
+            let (e_args, f_args) = (type_args(&e_last.arguments), type_args(&f_last.arguments));
+            if e_args.len() != f_args.len() {
+                return here;
+            }
+            e_args
+                .into_iter()
+                .zip(f_args)
+                .find_map(|(e, f)| first_difference(e, f))
+                .or(here)
+        }
+        _ => here,
+    }
+}
+
+fn ungroup(ty: &Type) -> &Type {
+    match ty {
+        Type::Paren(paren) => ungroup(&paren.elem),
+        Type::Group(group) => ungroup(&group.elem),
+        other => other,
+    }
+}
+
+fn type_args(arguments: &PathArguments) -> Vec<&Type> {
+    match arguments {
+        PathArguments::AngleBracketed(args) => args
+            .args
+            .iter()
+            .filter_map(|arg| match arg {
+                GenericArgument::Type(ty) => Some(ty),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// The named lifetimes written inside a type (`'_` is allowed: it is the
 /// elided lifetime spelled out).
 pub(crate) fn named_lifetimes(ty: &Type) -> Vec<syn::Lifetime> {
@@ -255,6 +380,65 @@ mod tests {
             canonical(&ty("Option<ConnectionId>")),
             canonical(&ty("Option<String>"))
         );
+    }
+
+    #[test]
+    fn explains_names_it_cannot_resolve() {
+        let note = |e: &str, f: &str| compared_by_name_note(&ty(e), &ty(f));
+        assert_eq!(
+            note("HashSet<ConnectionId>", "Conns").unwrap(),
+            "`Conns` is compared by name (a macro cannot see what a type alias or a renamed import stands for): write `HashSet<ConnectionId>` instead"
+        );
+        assert!(
+            note("Option<ConnectionId>", "Option<Cid>")
+                .unwrap()
+                .contains("`Cid` is compared by name")
+        );
+        assert!(
+            note("&UserId", "&Uid")
+                .unwrap()
+                .contains("write `UserId` instead")
+        );
+        assert!(
+            note(
+                "Result<Delivery, ManagerError>",
+                "Result<Delivery, <Self as Api>::Error>"
+            )
+            .is_some()
+        );
+        // real mismatches between known types get no note
+        assert_eq!(note("Option<ConnectionId>", "Option<String>"), None);
+        assert_eq!(note("&UserId", "&str"), None);
+        assert_eq!(note("bool", "u8"), None);
+        assert_eq!(note("&UserId", "&UserId"), None);
+    }
+
+    #[test]
+    fn every_contract_type_name_is_known() {
+        struct Names(Vec<String>);
+        impl VisitMut for Names {
+            fn visit_path_segment_mut(&mut self, segment: &mut syn::PathSegment) {
+                self.0.push(segment.ident.to_string());
+                syn::visit_mut::visit_path_segment_mut(self, segment);
+            }
+        }
+        let contract = crate::contract::Contract::load().unwrap();
+        let mut names = Names(Vec::new());
+        for method in &contract.methods {
+            for (_, param) in method.params() {
+                names.visit_type_mut(&mut param.clone());
+            }
+            if let Some(output) = method.output() {
+                names.visit_type_mut(&mut output.clone());
+            }
+        }
+        // `serde_json` is a module, not a type
+        for name in names.0.iter().filter(|n| *n != "serde_json") {
+            assert!(
+                KNOWN_NAMES.contains(&name.as_str()),
+                "add `{name}` to KNOWN_NAMES"
+            );
+        }
     }
 
     #[test]

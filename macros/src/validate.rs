@@ -10,7 +10,7 @@ use syn::{FnArg, GenericParam, ImplItem, ImplItemFn, ItemImpl, ReturnType, Signa
 use crate::args::Args;
 use crate::contract::{Contract, ContractMethod};
 use crate::suggest::closest;
-use crate::types::{canonical, named_lifetimes, render_tokens, render_type};
+use crate::types::{canonical, compared_by_name_note, named_lifetimes, render_tokens, render_type};
 
 /// Which of the two accepted forms the impl block is.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -117,14 +117,14 @@ fn check_impl_header(
             "a manager impl must not be `unsafe`: `WebSocketManager` is a safe trait",
         ));
     }
-    if let Some(defaultness) = item.defaultness {
+    if let Some(defaultness) = item.modifiers.defaultness {
         errors.push(syn::Error::new(
             defaultness.span(),
             "`default impl` cannot be checked against the contract; write a plain impl",
         ));
     }
     if form == Form::TraitImpl
-        && let Some((_, path, _)) = &item.trait_
+        && let Some((path, _)) = &item.trait_
         && let Some(last) = path.segments.last()
         && !last.arguments.is_empty()
     {
@@ -208,7 +208,8 @@ fn missing_methods(
 ) -> syn::Error {
     let (impl_token, generics, self_type) = (&item.impl_token, &item.generics, &item.self_ty);
     let header = match &item.trait_ {
-        Some((bang, path, for_token)) => {
+        Some((path, for_token)) => {
+            let bang = &item.modifiers.polarity;
             quote!(#impl_token #generics #bang #path #for_token #self_type)
         }
         None => quote!(#impl_token #generics #self_type),
@@ -290,7 +291,7 @@ pub(crate) fn check_method(function: &ImplItemFn, spec: &ContractMethod) -> Vec<
             format!("`{name}` must not be `const`: the contract declares `{contract_sig}`"),
         );
     }
-    if let Some(unsafety) = &sig.unsafety {
+    if let syn::Safety::Unsafe(unsafety) = &sig.safety {
         error(
             unsafety,
             format!("`{name}` must not be `unsafe`: the contract declares `{contract_sig}`"),
@@ -378,10 +379,10 @@ fn check_receiver(sig: &Signature, name: &str, error: &mut Report<'_>) {
     match sig.inputs.first() {
         Some(FnArg::Receiver(receiver)) => {
             let found = render_tokens(&receiver.to_token_stream());
-            let by_shared_ref = if receiver.colon_token.is_some() {
-                canonical(&receiver.ty) == "&Self"
-            } else {
-                receiver.reference.is_some() && receiver.mutability.is_none()
+            let (by_shared_ref, lifetime) = match &receiver.kind {
+                syn::ReceiverKind::Reference(_, lifetime, None) => (true, lifetime.as_ref()),
+                syn::ReceiverKind::Typed(_, ty) => (canonical(ty) == "&Self", None),
+                _ => (false, None),
             };
             if !by_shared_ref {
                 error(
@@ -390,11 +391,7 @@ fn check_receiver(sig: &Signature, name: &str, error: &mut Report<'_>) {
                 );
                 return;
             }
-            let lifetime = receiver
-                .reference
-                .as_ref()
-                .and_then(|(_, lifetime)| lifetime.as_ref())
-                .filter(|l| l.ident != "_" && !declared_by(sig, l));
+            let lifetime = lifetime.filter(|l| l.ident != "_" && !declared_by(sig, l));
             if let Some(lifetime) = lifetime {
                 error(
                     lifetime,
@@ -463,10 +460,13 @@ fn check_params(sig: &Signature, spec: &ContractMethod, name: &str, error: &mut 
         if undeclared.is_empty() && canonical(expected_ty) != canonical(&found.ty) {
             error(
                 &found.ty,
-                format!(
-                    "mismatched type for parameter `{param}` of `{name}`: expected `{}`, found `{}`",
-                    render_type(expected_ty),
-                    render_type(&found.ty)
+                with_note(
+                    format!(
+                        "mismatched type for parameter `{param}` of `{name}`: expected `{}`, found `{}`",
+                        render_type(expected_ty),
+                        render_type(&found.ty)
+                    ),
+                    compared_by_name_note(expected_ty, &found.ty),
                 ),
             );
         }
@@ -487,12 +487,23 @@ fn check_output(sig: &Signature, spec: &ContractMethod, name: &str, error: &mut 
             if canonical(expected) != canonical(found) {
                 error(
                     found,
-                    format!(
-                        "`{name}` must return `{expected_text}`, found `{}`",
-                        render_type(found)
+                    with_note(
+                        format!(
+                            "`{name}` must return `{expected_text}`, found `{}`",
+                            render_type(found)
+                        ),
+                        compared_by_name_note(expected, found),
                     ),
                 );
             }
         }
+    }
+}
+
+/// A message, and on its next line the note that explains it, if any.
+fn with_note(message: String, note: Option<String>) -> String {
+    match note {
+        Some(note) => format!("{message}\n{note}"),
+        None => message,
     }
 }

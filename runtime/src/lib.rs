@@ -102,4 +102,14 @@ pub mod __private {
     pub use async_trait::async_trait;
     pub use inventory;
     pub use serde_json;
+
+    /// Implemented by `#[websocket_manager]` and nothing else: a supertrait
+    /// of `WebSocketManager`, so an impl that forgot the attribute is told
+    /// to add it.
+    #[diagnostic::on_unimplemented(
+        message = "annotate this impl with `#[websocket_manager]`",
+        label = "this impl of `WebSocketManager` lacks `#[websocket_manager]`",
+        note = "`#[websocket_manager]` checks the methods against the contract, applies async-trait and registers `{Self}`; write it on the line above `impl WebSocketManager for {Self}`"
+    )]
+    pub trait Annotated {}
 }

@@ -1,16 +1,20 @@
 //! The contract: the [`WebSocketManager`] trait, its method table
 //! [`CONTRACT_METHODS`] and its [`PROTOCOL_FINGERPRINT`].
 //!
-//! All three are generated from one source, the contract text in the
-//! `websocket-manager-macros` crate (`macros/src/contract.rs`), which is also
-//! what `#[websocket_manager]` checks impl blocks against. They cannot drift
-//! apart.
+//! The trait below is the contract as users read it. `#[websocket_manager]`
+//! checks impls against its own copy in the `websocket-manager-macros` crate
+//! (`macros/src/contract.rs`); the `#[__contract]` attribute on the trait
+//! compares the two, signature by signature, each time this crate is built
+//! (a difference is a compile error), and generates the method table and
+//! the fingerprint from that same copy.
 
 use std::collections::HashSet;
 use std::fmt;
 
+use async_trait::async_trait;
 use serde::Serialize;
 
+use crate::__private::Annotated;
 use crate::connection::{WebSocketConnection, WebSocketHandle};
 use crate::delivery::Delivery;
 use crate::error::ManagerError;
@@ -60,48 +64,133 @@ pub struct MethodSpec {
     pub signature: &'static str,
 }
 
-websocket_manager_macros::__contract! {
-    /// The contract every WebSocket manager honours: 11 methods in five
-    /// groups (see [`CONTRACT_METHODS`]).
+/// The contract every WebSocket manager honours: 11 methods in five
+/// groups (see [`CONTRACT_METHODS`]).
+///
+/// Do not implement it by hand: put `#[websocket_manager]` on the impl
+/// block. The attribute checks every method against the contract at
+/// compile time, reports every problem at once, applies `async-trait`
+/// for you and registers the manager for startup validation.
+///
+/// The trait is dyn-compatible and used as `Arc<dyn WebSocketManager>`.
+///
+/// ```
+/// use std::collections::HashSet;
+/// use std::sync::Arc;
+/// use websocket_manager::*;
+///
+/// struct Silent;
+///
+/// #[websocket_manager(factory = false)]
+/// impl WebSocketManager for Silent {
+///     async fn add_connection(&self, _connection: WebSocketConnection) -> Result<(), ManagerError> { Ok(()) }
+///     async fn remove_connection(&self, _connection_id: &ConnectionId) -> Option<WebSocketConnection> { None }
+///     fn get_connection(&self, _connection_id: &ConnectionId) -> Option<WebSocketConnection> { None }
+///     fn get_user_connections(&self, _user_id: &UserId) -> HashSet<ConnectionId> { HashSet::new() }
+///     fn is_connection_active(&self, _user_id: &UserId) -> bool { false }
+///     fn get_connection_id_by_websocket(&self, _websocket: &WebSocketHandle) -> Option<ConnectionId> { None }
+///     fn update_connection_thread(&self, _connection_id: &ConnectionId, _thread_id: ThreadId) -> bool { false }
+///     async fn send_to_user(&self, user_id: &UserId, _message: serde_json::Value) -> Result<Delivery, ManagerError> {
+///         Err(ManagerError::NotDelivered { target: DeliveryTarget::User(user_id.clone()), reason: NotDeliveredReason::NoConnections })
+///     }
+///     async fn emit_critical_event(&self, user_id: &UserId, _event_type: &str, _data: serde_json::Value) -> Result<Delivery, ManagerError> {
+///         Err(ManagerError::NotDelivered { target: DeliveryTarget::User(user_id.clone()), reason: NotDeliveredReason::NoConnections })
+///     }
+///     fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth { ConnectionHealth::empty(user_id.clone()) }
+///     async fn send_to_thread(&self, thread_id: &ThreadId, _message: serde_json::Value) -> Result<Delivery, ManagerError> {
+///         Err(ManagerError::NotDelivered { target: DeliveryTarget::Thread(thread_id.clone()), reason: NotDeliveredReason::NoThreadConnections })
+///     }
+/// }
+///
+/// let manager: Arc<dyn WebSocketManager> = Arc::new(Silent);
+/// assert!(!manager.is_connection_active(&UserId::new("alice").unwrap()));
+/// ```
+///
+/// # Forgetting the attribute
+///
+/// An impl without `#[websocket_manager]` does not compile, and says so:
+/// "annotate this impl with `#[websocket_manager]`" (the attribute
+/// implements a hidden supertrait that this message belongs to). rustc
+/// prints that error last, after one E0195 ("lifetime parameters or bounds on
+/// method ... do not match the trait declaration") per `async fn`: it
+/// compares an impl's methods before its bounds, and the methods have not
+/// been rewritten by async-trait. Adding the attribute cures all of them.
+#[websocket_manager_macros::__contract]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a WebSocket manager",
+    label = "`{Self}` does not implement the `WebSocketManager` contract",
+    note = "put `#[websocket_manager]` on `impl WebSocketManager for {Self} {{ ... }}` (the 11 contract methods), or on `impl {Self} {{ ... }}` if the type already has them"
+)]
+#[async_trait]
+pub trait WebSocketManager: Annotated + Send + Sync + 'static {
+    /// Registers a new connection.
     ///
-    /// Do not implement it by hand: put `#[websocket_manager]` on the impl
-    /// block. The attribute checks every method against the contract at
-    /// compile time, reports every problem at once, applies `async-trait`
-    /// for you and registers the manager for startup validation.
+    /// Fails without registering anything when the connection id or the socket
+    /// is already registered, or the user is at the per-user connection cap.
+    /// Critical events kept for the user while they were offline are replayed
+    /// on the new connection, in order, before anything newer.
+    async fn add_connection(&self, connection: WebSocketConnection) -> Result<(), ManagerError>;
+
+    /// Removes a connection from every index and closes its socket.
     ///
-    /// The trait is dyn-compatible and used as `Arc<dyn WebSocketManager>`.
+    /// Returns the removed connection, or `None` for an unknown id.
+    async fn remove_connection(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection>;
+
+    /// The connection registered under `connection_id`, if any.
+    fn get_connection(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection>;
+
+    /// The ids of every connection of `user_id` (empty for an unknown user).
+    fn get_user_connections(&self, user_id: &UserId) -> HashSet<ConnectionId>;
+
+    /// Whether `user_id` has at least one open connection.
+    fn is_connection_active(&self, user_id: &UserId) -> bool;
+
+    /// The id of the connection that owns `websocket`, found by the socket's
+    /// identity ([`SocketId`](crate::SocketId)).
     ///
-    /// ```
-    /// use std::collections::HashSet;
-    /// use std::sync::Arc;
-    /// use websocket_manager::*;
+    /// Critical: its absence from one manager crashed production; agent code
+    /// calls it on every run to find which connection a socket belongs to.
+    fn get_connection_id_by_websocket(&self, websocket: &WebSocketHandle) -> Option<ConnectionId>;
+
+    /// Binds a connection to a thread, so `send_to_thread` reaches it.
     ///
-    /// struct Silent;
+    /// Returns `false` for an unknown connection. Critical: the companion of
+    /// `get_connection_id_by_websocket`.
+    fn update_connection_thread(&self, connection_id: &ConnectionId, thread_id: ThreadId) -> bool;
+
+    /// Sends a JSON message to every connection of `user_id`.
     ///
-    /// #[websocket_manager(factory = false)]
-    /// impl WebSocketManager for Silent {
-    ///     async fn add_connection(&self, _connection: WebSocketConnection) -> Result<(), ManagerError> { Ok(()) }
-    ///     async fn remove_connection(&self, _connection_id: &ConnectionId) -> Option<WebSocketConnection> { None }
-    ///     fn get_connection(&self, _connection_id: &ConnectionId) -> Option<WebSocketConnection> { None }
-    ///     fn get_user_connections(&self, _user_id: &UserId) -> HashSet<ConnectionId> { HashSet::new() }
-    ///     fn is_connection_active(&self, _user_id: &UserId) -> bool { false }
-    ///     fn get_connection_id_by_websocket(&self, _websocket: &WebSocketHandle) -> Option<ConnectionId> { None }
-    ///     fn update_connection_thread(&self, _connection_id: &ConnectionId, _thread_id: ThreadId) -> bool { false }
-    ///     async fn send_to_user(&self, user_id: &UserId, _message: serde_json::Value) -> Result<Delivery, ManagerError> {
-    ///         Err(ManagerError::NotDelivered { target: DeliveryTarget::User(user_id.clone()), reason: NotDeliveredReason::NoConnections })
-    ///     }
-    ///     async fn emit_critical_event(&self, user_id: &UserId, _event_type: &str, _data: serde_json::Value) -> Result<Delivery, ManagerError> {
-    ///         Err(ManagerError::NotDelivered { target: DeliveryTarget::User(user_id.clone()), reason: NotDeliveredReason::NoConnections })
-    ///     }
-    ///     fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth { ConnectionHealth::empty(user_id.clone()) }
-    ///     async fn send_to_thread(&self, thread_id: &ThreadId, _message: serde_json::Value) -> Result<Delivery, ManagerError> {
-    ///         Err(ManagerError::NotDelivered { target: DeliveryTarget::Thread(thread_id.clone()), reason: NotDeliveredReason::NoThreadConnections })
-    ///     }
-    /// }
+    /// At most once: a user with no deliverable connection gets
+    /// `ManagerError::NotDelivered`, never a silent success, and the message is
+    /// not kept.
+    async fn send_to_user(
+        &self,
+        user_id: &UserId,
+        message: serde_json::Value,
+    ) -> Result<Delivery, ManagerError>;
+
+    /// Sends a critical agent event (`agent_started`, `agent_thinking`,
+    /// `tool_executing`, `tool_completed`, `agent_completed`...) to `user_id`.
     ///
-    /// let manager: Arc<dyn WebSocketManager> = Arc::new(Silent);
-    /// assert!(!manager.is_connection_active(&UserId::new("alice").unwrap()));
-    /// ```
+    /// Never lost silently: when the user has no deliverable connection the event
+    /// is kept and replayed on their next connection (`Delivery::Queued`), or the
+    /// caller gets an error.
+    async fn emit_critical_event(
+        &self,
+        user_id: &UserId,
+        event_type: &str,
+        data: serde_json::Value,
+    ) -> Result<Delivery, ManagerError>;
+
+    /// Connections, counters and pending events of `user_id`.
+    fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth;
+
+    /// Sends a JSON message to exactly the connections bound to `thread_id`.
+    async fn send_to_thread(
+        &self,
+        thread_id: &ThreadId,
+        message: serde_json::Value,
+    ) -> Result<Delivery, ManagerError>;
 }
 
 /// Looks a contract method up by name.

@@ -5,12 +5,13 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use support::{Bug, TestManager};
 use websocket_manager::conformance::{Check, Conformance, is_probe_id};
 use websocket_manager::{
-    BuildError, ManagerMode, QueueLimits, UserId, WebSocketConnection, WebSocketHandle,
+    BuildContext, BuildError, ConnectionHealth, ConnectionId, ConstructManager, Delivery,
+    ManagerError, ManagerMode, QueueLimits, ThreadId, UserId, WebSocketConnection, WebSocketHandle,
     WebSocketManager,
 };
 
@@ -340,18 +341,92 @@ async fn report_serializes_with_the_same_outcomes() {
 
 #[tokio::test]
 async fn both_reference_managers_pass_the_kit() {
-    use websocket_manager::{
-        __private::construct, IsolatedWebSocketManager, UnifiedWebSocketManager,
-    };
+    use websocket_manager::{IsolatedWebSocketManager, UnifiedWebSocketManager};
     let unified = Conformance::new(ManagerMode::Unified)
-        .run(construct::<UnifiedWebSocketManager>)
+        .run_type::<UnifiedWebSocketManager>()
         .await;
     assert!(unified.passed(), "{unified}");
     let isolated = Conformance::new(ManagerMode::Isolated)
-        .run(construct::<IsolatedWebSocketManager>)
+        .run_type::<IsolatedWebSocketManager>()
         .await;
     assert!(isolated.passed(), "{isolated}");
     assert_eq!(isolated.checks_run(), 12);
+}
+
+/// A manager that forgets everything it is told, built by its own
+/// `ConstructManager`.
+struct Forgetful;
+
+#[websocket_manager::websocket_manager(factory = false)]
+impl Forgetful {
+    async fn add_connection(&self, _c: WebSocketConnection) -> Result<(), ManagerError> {
+        Ok(())
+    }
+    async fn remove_connection(&self, _c: &ConnectionId) -> Option<WebSocketConnection> {
+        None
+    }
+    fn get_connection(&self, _c: &ConnectionId) -> Option<WebSocketConnection> {
+        None
+    }
+    fn get_user_connections(&self, _u: &UserId) -> HashSet<ConnectionId> {
+        HashSet::new()
+    }
+    fn is_connection_active(&self, _u: &UserId) -> bool {
+        false
+    }
+    fn get_connection_id_by_websocket(&self, _w: &WebSocketHandle) -> Option<ConnectionId> {
+        None
+    }
+    fn update_connection_thread(&self, _c: &ConnectionId, _t: ThreadId) -> bool {
+        false
+    }
+    async fn send_to_user(
+        &self,
+        _u: &UserId,
+        _m: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        Ok(Delivery::queued(1))
+    }
+    async fn emit_critical_event(
+        &self,
+        _u: &UserId,
+        _e: &str,
+        _d: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        Ok(Delivery::queued(1))
+    }
+    fn get_connection_health(&self, u: &UserId) -> ConnectionHealth {
+        ConnectionHealth::empty(u.clone())
+    }
+    async fn send_to_thread(
+        &self,
+        _t: &ThreadId,
+        _m: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        Ok(Delivery::queued(1))
+    }
+}
+
+impl ConstructManager for Forgetful {
+    fn construct(_context: &BuildContext<'_>) -> Result<Self, BuildError> {
+        Ok(Forgetful)
+    }
+}
+
+#[tokio::test]
+async fn run_type_builds_and_checks_the_given_type() {
+    let report = Conformance::new(ManagerMode::Unified)
+        .run_type::<Forgetful>()
+        .await;
+    assert!(!report.passed());
+    assert_eq!(
+        report.checks_run(),
+        Check::ALL
+            .iter()
+            .filter(|c| c.applies_to(ManagerMode::Unified))
+            .count()
+    );
+    assert_eq!(report.failures()[0].method, "get_connection", "{report}");
 }
 
 #[tokio::test]

@@ -558,6 +558,25 @@ impl Conformance {
         }
     }
 
+    /// Runs every selected check on fresh instances of `T`, each built by
+    /// its [`ConstructManager::construct`](crate::ConstructManager::construct)
+    /// as [`run`](Self::run) builds them.
+    ///
+    /// ```
+    /// use websocket_manager::conformance::Conformance;
+    /// use websocket_manager::{ManagerMode, UnifiedWebSocketManager};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let report = Conformance::new(ManagerMode::Unified)
+    ///     .run_type::<UnifiedWebSocketManager>()
+    ///     .await;
+    /// assert!(report.passed(), "{report}");
+    /// # });
+    /// ```
+    pub async fn run_type<T: crate::ConstructManager>(&self) -> ConformanceReport {
+        self.run(crate::registry::construct::<T>).await
+    }
+
     /// Runs only the live-safe checks ([`Check::is_live_safe`]) on a manager
     /// that may be serving real users, and lists the others as skipped.
     pub async fn run_live(&self, manager: &dyn WebSocketManager) -> ConformanceReport {

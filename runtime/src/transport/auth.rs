@@ -107,23 +107,25 @@ impl<'a> UpgradeRequest<'a> {
     }
 }
 
+/// `application/x-www-form-urlencoded` decoding (`+` is a space, `%XX` a
+/// byte) by `percent-encoding`. A `%` not followed by two hex digits, or a
+/// value that is not UTF-8, is unreadable (`None`), never a guessed byte.
 fn percent_decode(input: &str) -> Option<String> {
-    let bytes = input.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = input.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
+    let malformed = input.match_indices('%').any(|(at, _)| {
+        !input
+            .as_bytes()
+            .get(at + 1..at + 3)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if malformed {
+        return None;
     }
-    String::from_utf8(out).ok()
+    // `+` first: an encoded `%2B` must stay a plus
+    let spaced = input.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()
+        .map(std::borrow::Cow::into_owned)
 }
 
 /// Who the upgrade request was authenticated as.
@@ -437,6 +439,16 @@ mod tests {
         assert_eq!(request.query_param("a").as_deref(), Some("1"));
         assert_eq!(request.query_param("user_id"), None);
         assert_eq!(request.query_param("bad"), None);
+    }
+
+    #[test]
+    fn only_two_hex_digits_make_an_escape() {
+        // `from_str_radix` accepted a sign: `%+f` was read as 0x0f
+        for malformed in ["%+f", "%-1", "%f", "%", "a%2", "%%41", "%ff"] {
+            assert_eq!(percent_decode(malformed), None, "{malformed}");
+        }
+        assert_eq!(percent_decode("%2B+%41").as_deref(), Some("+ A"));
+        assert_eq!(percent_decode("t%2d1").as_deref(), Some("t-1"));
     }
 
     #[test]

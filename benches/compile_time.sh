@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Compile time of #[websocket_manager]: 50 annotated managers against the
+# same 50 written with plain #[async_trait] (plus the marker impl the
+# attribute adds), in two generated crates sharing one target dir (so the
+# dependencies are built once and only the crate under test is timed).
+#
+#   benches/compile_time.sh [pairs]      (default 3 pairs)
+#
+# Each pair times both crates back to back, alternating which goes first:
+#   full        `cargo clean -p <crate>` then `cargo build`
+#   incremental a touched lib.rs, then `cargo build` (incremental on)
+# and prints each time and the annotated/plain ratio of the medians.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+pairs=${1:-3}
+n=50
+work=target/compile-time
+mkdir -p "$work"
+# the workspace target dir: its dependencies are usually built already
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
+
+method_bodies() {
+  cat <<'RS'
+    async fn add_connection(&self, _connection: WebSocketConnection) -> Result<(), ManagerError> { Ok(()) }
+    async fn remove_connection(&self, _connection_id: &ConnectionId) -> Option<WebSocketConnection> { None }
+    fn get_connection(&self, _connection_id: &ConnectionId) -> Option<WebSocketConnection> { None }
+    fn get_user_connections(&self, _user_id: &UserId) -> HashSet<ConnectionId> { HashSet::new() }
+    fn is_connection_active(&self, _user_id: &UserId) -> bool { false }
+    fn get_connection_id_by_websocket(&self, _websocket: &WebSocketHandle) -> Option<ConnectionId> { None }
+    fn update_connection_thread(&self, _connection_id: &ConnectionId, _thread_id: ThreadId) -> bool { false }
+    async fn send_to_user(&self, _user_id: &UserId, _message: serde_json::Value) -> Result<Delivery, ManagerError> { Ok(Delivery::Queued { pending: 0 }) }
+    async fn emit_critical_event(&self, _user_id: &UserId, _event_type: &str, _data: serde_json::Value) -> Result<Delivery, ManagerError> { Ok(Delivery::Queued { pending: 0 }) }
+    fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth { ConnectionHealth::empty(user_id.clone()) }
+    async fn send_to_thread(&self, _thread_id: &ThreadId, _message: serde_json::Value) -> Result<Delivery, ManagerError> { Ok(Delivery::Queued { pending: 0 }) }
+RS
+}
+
+generate() { # kind
+  local kind=$1 dir=$work/$1
+  mkdir -p "$dir/src"
+  cat > "$dir/Cargo.toml" <<TOML
+[package]
+name = "compile-time-$kind"
+version = "0.0.0"
+edition = "2024"
+publish = false
+
+[dependencies]
+websocket-manager = { path = "$root/runtime" }
+
+[workspace]
+TOML
+  {
+    echo '#![allow(dead_code)]'
+    echo 'use std::collections::HashSet;'
+    echo 'use websocket_manager::*;'
+    for i in $(seq 1 $n); do
+      echo "pub struct Manager$i;"
+      if [ "$kind" = annotated ]; then
+        echo "#[websocket_manager(name = \"manager-$i\", factory = false)]"
+      else
+        echo "impl websocket_manager::__private::Annotated for Manager$i {}"
+        echo "#[websocket_manager::__private::async_trait]"
+      fi
+      echo "impl WebSocketManager for Manager$i {"
+      method_bodies
+      echo "}"
+    done
+  } > "$dir/src/lib.rs"
+}
+
+seconds() { # command...
+  local start end
+  start=$(date +%s.%N)
+  "$@" >/dev/null 2>&1
+  end=$(date +%s.%N)
+  echo "$end - $start" | bc
+}
+
+generate annotated
+generate plain
+# warm the shared dependencies once
+for kind in annotated plain; do
+  cargo build --quiet --manifest-path "$work/$kind/Cargo.toml"
+done
+
+declare -A full incremental
+for pair in $(seq 1 "$pairs"); do
+  if (( pair % 2 )); then order="annotated plain"; else order="plain annotated"; fi
+  for kind in $order; do
+    manifest=$work/$kind/Cargo.toml
+    cargo clean --quiet --manifest-path "$manifest" -p "compile-time-$kind"
+    full[$kind]+="$(seconds cargo build --manifest-path "$manifest") "
+    touch "$work/$kind/src/lib.rs"
+    incremental[$kind]+="$(seconds cargo build --manifest-path "$manifest") "
+  done
+done
+
+median() { tr ' ' '\n' | sed '/^$/d' | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+for measure in full incremental; do
+  declare -n times=$measure
+  a=$(echo "${times[annotated]}" | median)
+  p=$(echo "${times[plain]}" | median)
+  printf '%-12s annotated %6.2fs [%s]  plain %6.2fs [%s]  ratio %.2fx\n' \
+    "$measure" "$a" "${times[annotated]% }" "$p" "${times[plain]% }" "$(echo "$a / $p" | bc -l)"
+done
