@@ -34,7 +34,7 @@ pub type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// ```
 /// use websocket_manager::transport::{InboundError, InboundMessage};
-/// #[derive(serde::Deserialize)]
+/// #[derive(Debug, serde::Deserialize)]
 /// #[serde(tag = "type", rename_all = "snake_case")]
 /// enum Request { Ping }
 /// let message = InboundMessage::Text("{\"type\":\"dance\"}".to_owned().into());
