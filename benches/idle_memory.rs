@@ -28,6 +28,10 @@
 //! the hard limit itself (`ulimit -n`), and says so when that is not enough.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/auth.rs"]
+mod auth;
+use auth::SECRET;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -37,7 +41,6 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -47,7 +50,6 @@ use websocket_manager::{
     ManagerConfig, OutboundEvent, UserId, WebSocketConnection, WebSocketHandle, WebSocketManager,
 };
 
-const SECRET: &[u8] = b"idle memory benchmark secret, 32+ bytes";
 /// Messages per user in the burst sent to the servers.
 const SERVER_BURST: usize = 20;
 /// Messages per user in the burst sent to the bare manager.
@@ -326,15 +328,6 @@ fn measure_server(server: Server, n: usize) -> Figures {
     }
 }
 
-fn user_token(user: &str) -> String {
-    encode(
-        &Header::default(),
-        &json!({"sub": user, "exp": get_current_timestamp() + 3600}),
-        &EncodingKey::from_secret(SECRET),
-    )
-    .unwrap()
-}
-
 /// Opens `n` upgraded connections (256 handshakes in flight at most) and
 /// returns the raw streams, which are never read again.
 async fn open_connections(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
@@ -362,7 +355,7 @@ async fn raw_upgrade(addr: SocketAddr, user: String) -> TcpStream {
             "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
              Authorization: Bearer {}\r\n\r\n",
-            user_token(&user)
+            auth::token(&user)
         );
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut head = Vec::new();

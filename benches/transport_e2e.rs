@@ -35,6 +35,10 @@
 //! the soft `RLIMIT_NOFILE` is raised to the hard limit at start.
 #![allow(missing_docs, clippy::unwrap_used)]
 
+#[path = "support/auth.rs"]
+mod auth;
+use auth::SECRET;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,7 +47,6 @@ use std::time::{Duration, Instant};
 
 use axum::serve::ListenerExt;
 use futures_util::{SinkExt, StreamExt};
-use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -55,7 +58,6 @@ use websocket_manager::managers::UnifiedWebSocketManager;
 use websocket_manager::transport::{JwtAuthenticator, WebSocketService};
 use websocket_manager::{ManagerConfig, UserId, WebSocketManager};
 
-const SECRET: &[u8] = b"benchmark secret, at least 32 bytes";
 /// Rounds per server and scenario, after one warm-up round each.
 const TAB_ROUNDS: usize = 30;
 const BROADCAST_ROUNDS: usize = 15;
@@ -205,19 +207,7 @@ impl Server {
 
     async fn connect(&self, user: &str) -> Client {
         let (addr, request) = match self {
-            Server::Library { addr, .. } => {
-                let token = encode(
-                    &Header::default(),
-                    &json!({"sub": user, "exp": get_current_timestamp() + 3600}),
-                    &EncodingKey::from_secret(SECRET),
-                )
-                .unwrap();
-                let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
-                request
-                    .headers_mut()
-                    .insert("authorization", format!("Bearer {token}").parse().unwrap());
-                (addr, request)
-            }
+            Server::Library { addr, .. } => (addr, auth::upgrade_request(*addr, user)),
             Server::Bare { addr, .. } => (
                 addr,
                 format!("ws://{addr}/ws?user={user}")

@@ -6,22 +6,22 @@
 //! one tab.
 #![allow(missing_docs, clippy::unwrap_used)]
 
+#[path = "support/auth.rs"]
+mod auth;
+use auth::SECRET;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::StreamExt;
-use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use websocket_manager::managers::UnifiedWebSocketManager;
 use websocket_manager::transport::{JwtAuthenticator, WebSocketService};
 use websocket_manager::{UserId, WebSocketManager};
-
-const SECRET: &[u8] = b"benchmark secret, at least 32 bytes";
 
 type Client = WebSocketStream<TcpStream>;
 
@@ -49,16 +49,7 @@ async fn server() -> (std::net::SocketAddr, Arc<UnifiedWebSocketManager>) {
 }
 
 async fn tab(addr: std::net::SocketAddr, user: &str) -> Client {
-    let token = encode(
-        &Header::default(),
-        &json!({"sub": user, "exp": get_current_timestamp() + 3600}),
-        &EncodingKey::from_secret(SECRET),
-    )
-    .unwrap();
-    let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let request = auth::upgrade_request(addr, user);
     let stream = TcpStream::connect(addr).await.unwrap();
     tokio_tungstenite::client_async(request, stream)
         .await

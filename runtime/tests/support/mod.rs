@@ -59,6 +59,18 @@ struct State {
     sent: HashMap<UserId, u64>,
 }
 
+impl State {
+    fn sockets_of(&self, user_id: &UserId) -> Vec<WebSocketHandle> {
+        self.by_user
+            .get(user_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.connections.get(id))
+            .map(|c| c.websocket.clone())
+            .collect()
+    }
+}
+
 /// The test manager: unified when `owner` is `None`, isolated otherwise.
 pub struct TestManager {
     owner: Option<UserId>,
@@ -136,15 +148,7 @@ impl TestManager {
     }
 
     fn user_sockets(&self, user_id: &UserId) -> Vec<WebSocketHandle> {
-        let state = self.state.lock().unwrap();
-        state
-            .by_user
-            .get(user_id)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| state.connections.get(id))
-            .map(|c| c.websocket.clone())
-            .collect()
+        self.state.lock().unwrap().sockets_of(user_id)
     }
 }
 
@@ -308,14 +312,7 @@ impl WebSocketManager for TestManager {
         }
         // The state lock keeps emits and connection changes in one order.
         let state = self.state.lock().unwrap();
-        let sockets: Vec<WebSocketHandle> = state
-            .by_user
-            .get(user_id)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| state.connections.get(id))
-            .map(|c| c.websocket.clone())
-            .collect();
+        let sockets = state.sockets_of(user_id);
         if sockets.is_empty() && self.has(Bug::DropsOfflineCriticalEvents) {
             return Ok(Delivery::queued(1));
         }
