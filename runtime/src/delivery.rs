@@ -59,6 +59,24 @@ pub enum Delivery {
         #[serde(skip_serializing_if = "Option::is_none")]
         offset: Option<StreamOffset>,
     },
+    /// Sent through a cluster (`managers::ClusterWebSocketManager`): this
+    /// node's `local` connections took it now (an exact count), and it was
+    /// published once to `remote_nodes` other nodes, whose delivery is not
+    /// awaited. A critical event also reaches this node's sockets that were
+    /// not yet in step through the cluster, in stream order.
+    #[non_exhaustive]
+    Relayed {
+        /// Connections of this node whose queue accepted the message.
+        local: usize,
+        /// Connections of this node that were targeted but did not take it.
+        skipped: usize,
+        /// Other nodes holding recipients, as this node's presence replica
+        /// saw them when the message was published.
+        remote_nodes: usize,
+        /// For a critical event: the offset it was given.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<StreamOffset>,
+    },
 }
 
 impl Delivery {
@@ -68,6 +86,26 @@ impl Delivery {
         Delivery::Delivered {
             recipients,
             skipped,
+            offset: None,
+        }
+    }
+
+    /// Relayed through a cluster: `local` connections of this node took it,
+    /// `skipped` did not, and it was published to `remote_nodes` other
+    /// nodes.
+    ///
+    /// ```
+    /// use websocket_manager::Delivery;
+    /// let delivery = Delivery::relayed(1, 0, 2);
+    /// assert_eq!(delivery.recipients(), 1);
+    /// assert_eq!(delivery.remote_nodes(), 2);
+    /// assert_eq!(delivery.to_string(), "delivered to 1 connection(s) of this node, 0 skipped, relayed to 2 other node(s)");
+    /// ```
+    pub const fn relayed(local: usize, skipped: usize, remote_nodes: usize) -> Self {
+        Delivery::Relayed {
+            local,
+            skipped,
+            remote_nodes,
             offset: None,
         }
     }
@@ -97,13 +135,26 @@ impl Delivery {
                 pending,
                 offset: Some(offset),
             },
+            Delivery::Relayed {
+                local,
+                skipped,
+                remote_nodes,
+                ..
+            } => Delivery::Relayed {
+                local,
+                skipped,
+                remote_nodes,
+                offset: Some(offset),
+            },
         }
     }
 
-    /// How many connections got the message now (0 when queued).
+    /// How many connections got the message now (0 when queued; this
+    /// node's connections only when relayed).
     pub fn recipients(&self) -> usize {
         match self {
             Delivery::Delivered { recipients, .. } => *recipients,
+            Delivery::Relayed { local, .. } => *local,
             Delivery::Queued { .. } => 0,
         }
     }
@@ -111,7 +162,7 @@ impl Delivery {
     /// How many targeted connections did not take it (0 when queued).
     pub fn skipped(&self) -> usize {
         match self {
-            Delivery::Delivered { skipped, .. } => *skipped,
+            Delivery::Delivered { skipped, .. } | Delivery::Relayed { skipped, .. } => *skipped,
             Delivery::Queued { .. } => 0,
         }
     }
@@ -119,15 +170,25 @@ impl Delivery {
     /// Events waiting for the user's next connection (0 when delivered).
     pub fn pending(&self) -> usize {
         match self {
-            Delivery::Delivered { .. } => 0,
+            Delivery::Delivered { .. } | Delivery::Relayed { .. } => 0,
             Delivery::Queued { pending, .. } => *pending,
+        }
+    }
+
+    /// Other cluster nodes the message was published to (0 unless relayed).
+    pub fn remote_nodes(&self) -> usize {
+        match self {
+            Delivery::Relayed { remote_nodes, .. } => *remote_nodes,
+            Delivery::Delivered { .. } | Delivery::Queued { .. } => 0,
         }
     }
 
     /// The offset a critical event was given; `None` for ordinary sends.
     pub fn offset(&self) -> Option<StreamOffset> {
         match self {
-            Delivery::Delivered { offset, .. } | Delivery::Queued { offset, .. } => *offset,
+            Delivery::Delivered { offset, .. }
+            | Delivery::Queued { offset, .. }
+            | Delivery::Relayed { offset, .. } => *offset,
         }
     }
 
@@ -151,6 +212,15 @@ impl fmt::Display for Delivery {
                 )?;
             }
             Delivery::Queued { pending, .. } => write!(f, "queued ({pending} pending)")?,
+            Delivery::Relayed {
+                local,
+                skipped,
+                remote_nodes,
+                ..
+            } => write!(
+                f,
+                "delivered to {local} connection(s) of this node, {skipped} skipped, relayed to {remote_nodes} other node(s)"
+            )?,
         }
         match self.offset() {
             Some(offset) => write!(f, " at offset {offset}"),

@@ -4,6 +4,28 @@ use crate::connection::SocketId;
 use crate::delivery::{DeliveryTarget, NotDeliveredReason};
 use crate::ids::{ConnectionId, UserId};
 
+/// Why a cluster operation failed (see [`ManagerError::Cluster`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterFailure {
+    /// No answer within the configured command timeout.
+    #[error("no answer from the engine within {timeout_ms} ms")]
+    Timeout {
+        /// The timeout that expired.
+        timeout_ms: u64,
+    },
+    /// The engine answered with an error, or the connection to it failed.
+    #[error("the engine failed: {0}")]
+    Engine(String),
+    /// This node is not (or no longer) subscribed to the cluster's
+    /// channels, so it could not take part without missing messages.
+    #[error("this node is not connected to the cluster yet")]
+    NotReady,
+    /// The engine answered something this version does not understand.
+    #[error("unexpected answer from the engine: {0}")]
+    Protocol(String),
+}
+
 /// A manager operation failed. One variant per thing a caller can do
 /// something about.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +131,23 @@ pub enum ManagerError {
     /// The manager was shut down.
     #[error("the manager has been shut down")]
     ShutDown,
+    /// The cluster's shared engine (Redis, for
+    /// `managers::ClusterWebSocketManager`) did not answer in time or
+    /// refused: the operation was not carried out cluster-wide. Never an
+    /// `Ok`: the caller decides whether to retry.
+    #[error(
+        "the cluster backplane failed during {operation}: {failure}{}",
+        if *delivered_locally > 0 { format!(" (this node's {delivered_locally} connection(s) did get the message)") } else { String::new() }
+    )]
+    Cluster {
+        /// What the manager was doing (`publish`, `append critical event`...).
+        operation: &'static str,
+        /// What went wrong.
+        failure: ClusterFailure,
+        /// Connections of this node that took the message before the
+        /// failure (only ordinary sends deliver locally first).
+        delivered_locally: usize,
+    },
     /// A failure inside a third-party manager's backend (a database, a
     /// message bus...).
     #[error("manager backend failed: {0}")]

@@ -63,7 +63,7 @@ pub use connection::{
 };
 pub use context::{ManagerMode, UnknownMode, UserContext};
 pub use delivery::{Delivery, DeliveryTarget, NotDeliveredReason};
-pub use error::ManagerError;
+pub use error::{ClusterFailure, ManagerError};
 pub use extensions::Extensions;
 pub use factory::{FactoryError, ManagerFactory, StandardFactory, StandardFactoryBuilder};
 pub use health::{ConnectionHealth, ConnectionSummary};

@@ -54,6 +54,13 @@ pub enum Verdict {
     /// Registered with `factory = false` and not expected: it cannot be built,
     /// so its behaviour was not probed. Listed, not failed.
     NotBuildable,
+    /// Its constructor needs an application resource (such as
+    /// `managers::ClusterConfig`) that this process did not provide, and it
+    /// is not expected: this process does not use it, so its behaviour was
+    /// not probed. Listed, not failed; expect it
+    /// ([`StartupOptions::expect`](crate::StartupOptions::expect)) to make a
+    /// missing resource fail startup.
+    NotConfigured,
 }
 
 impl Verdict {
@@ -69,6 +76,7 @@ impl fmt::Display for Verdict {
             Verdict::Compliant => "compliant",
             Verdict::NonCompliant => "NON-COMPLIANT",
             Verdict::NotBuildable => "not buildable (factory = false)",
+            Verdict::NotConfigured => "not configured in this process",
         })
     }
 }
@@ -134,15 +142,15 @@ impl ComplianceReport {
         checks: Vec<CheckRecord>,
         failures: Vec<CheckFailure>,
         skipped: Vec<SkippedStep>,
-        not_buildable: bool,
+        listed_only: Option<Verdict>,
         duration: Duration,
     ) -> Self {
         let checks_run = checks.len();
         let checks_passed = checks.iter().filter(|c| c.passed).count();
         let verdict = if !failures.is_empty() {
             Verdict::NonCompliant
-        } else if not_buildable {
-            Verdict::NotBuildable
+        } else if let Some(verdict) = listed_only {
+            verdict
         } else {
             Verdict::Compliant
         };
@@ -328,11 +336,21 @@ impl StartupReport {
     /// One line: verdict, counts and time.
     pub fn summary(&self) -> String {
         let (compliant, failing, unbuildable) = self.verdict_counts();
+        let unconfigured = self
+            .managers
+            .iter()
+            .filter(|m| m.verdict == Verdict::NotConfigured)
+            .count();
         format!(
-            "{} ({}): {} manager(s): {compliant} compliant, {failing} non-compliant, {unbuildable} not buildable; {}/{} checks passed; {} missing expected, {} duplicated name(s); {:.3} ms",
+            "{} ({}): {} manager(s): {compliant} compliant, {failing} non-compliant, {unbuildable} not buildable{}; {}/{} checks passed; {} missing expected, {} duplicated name(s); {:.3} ms",
             if self.passed { "PASSED" } else { "FAILED" },
             if self.strict { "strict" } else { "report only" },
             self.managers.len(),
+            if unconfigured > 0 {
+                format!(", {unconfigured} not configured")
+            } else {
+                String::new()
+            },
             self.checks_passed,
             self.checks_run,
             self.missing_expected.len(),

@@ -34,7 +34,7 @@ use crate::conformance::{CheckFailure, Conformance, DEFAULT_CHECK_TIMEOUT, Probe
 use crate::context::ManagerMode;
 use crate::extensions::Extensions;
 use crate::protocol::PROTOCOL_FINGERPRINT;
-use crate::registry::{BuildContext, DuplicateName, Registration, Registry};
+use crate::registry::{BuildContext, BuildError, DuplicateName, Registration, Registry};
 use crate::report::{
     CheckRecord, ComplianceReport, SkippedStep, StartupReport, Violation, ViolationKind,
 };
@@ -394,7 +394,7 @@ async fn validate_registration(
             tally.checks,
             tally.failures,
             skipped,
-            true,
+            Some(crate::report::Verdict::NotBuildable),
             started.elapsed(),
         );
     }
@@ -407,6 +407,22 @@ async fn validate_registration(
         build = build.with_user_context(&context);
     }
     let built = registration.build(&build);
+    if let (Err(BuildError::MissingExtension { type_name }), false) = (&built, expected) {
+        skipped.push(SkippedStep {
+            name: "probes".to_owned(),
+            reason: format!(
+                "needs the application resource `{type_name}`, which this process did not provide: not in use here, behaviour not probed (expect it to make this a failure)"
+            ),
+        });
+        return ComplianceReport::new(
+            registration,
+            tally.checks,
+            tally.failures,
+            skipped,
+            Some(crate::report::Verdict::NotConfigured),
+            started.elapsed(),
+        );
+    }
     let constructor_ok = built.is_ok();
     tally.record(
         CONSTRUCTOR,
@@ -459,7 +475,7 @@ async fn validate_registration(
         tally.checks,
         tally.failures,
         skipped,
-        false,
+        None,
         started.elapsed(),
     )
 }

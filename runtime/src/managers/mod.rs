@@ -79,6 +79,8 @@
 //!
 //! See [`IndexSizes`] and [`ManagerStats`].
 
+#[cfg(feature = "redis")]
+mod cluster;
 mod core;
 mod critical_log;
 mod events;
@@ -88,6 +90,10 @@ mod isolated;
 mod stats;
 mod unified;
 
+#[cfg(feature = "redis")]
+pub use cluster::{
+    ClusterConfig, ClusterConfigBuilder, ClusterStats, ClusterWebSocketManager, RESUME_CLOSE_CODE,
+};
 pub use critical_log::CriticalEventLog;
 pub use events::{
     AGENT_COMPLETED, AGENT_EVENTS, AGENT_STARTED, AGENT_THINKING, CriticalEnvelope,

@@ -1,0 +1,637 @@
+//! [`Backplane`]: every Redis call the cluster manager makes, each bounded
+//! by the command timeout and answered with a typed [`ClusterFailure`].
+//!
+//! One `redis::aio::ConnectionManager` over RESP3 carries commands and the
+//! two subscriptions (the bus and this node's channel); it reconnects by
+//! itself and resubscribes, and tells the push handler when the connection
+//! dropped (what was published meanwhile is lost to this node: see the
+//! audit in [`super`]).
+
+use std::future::Future;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, Script, Value};
+
+use crate::error::ClusterFailure;
+use crate::ids::{ConnectionId, UserId};
+use crate::offset::StreamOffset;
+
+use super::config::ClusterConfig;
+use super::local::PresenceChange;
+use super::wire::{BusMessage, Keys, PresenceEntry};
+
+/// Appends a critical event: creates the stream id (epoch) when the user
+/// has none, numbers the event, stores it (trimmed to MAXLEN), refreshes
+/// the expiries and publishes it, all in one atomic step, so sequence,
+/// history and publication agree on every node (as Centrifuge's
+/// `broker_history_add_stream.lua` does). Refuses, storing nothing, when
+/// the user is offline and the stream already holds `maxlen` events no
+/// connection has taken: those are never trimmed away unannounced.
+///
+/// KEYS: meta, stream. ARGV: candidate epoch, maxlen, stream ttl ms, meta
+/// ttl ms, type, data, timestamp, online (0/1), bus channel, user.
+const APPEND: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0, 't', 0)
+end
+local seq = tonumber(redis.call('HGET', KEYS[1], 's')) + 1
+local taken = tonumber(redis.call('HGET', KEYS[1], 't'))
+if ARGV[8] == '1' then
+  taken = seq
+elseif seq - taken > tonumber(ARGV[2]) then
+  return {'full', seq - 1 - taken}
+end
+redis.call('HSET', KEYS[1], 's', seq, 't', taken)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], seq .. '-1', 'y', ARGV[5], 'd', ARGV[6], 't', ARGV[7])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PUBLISH', ARGV[9], cjson.encode({k = 'critical', u = ARGV[10], e = epoch,
+  s = tostring(seq), y = ARGV[5], t = ARGV[7], d = ARGV[6]}))
+return {'ok', epoch, seq, seq - taken}
+";
+
+/// Reads what a connection catching up needs, in one atomic snapshot: the
+/// stream id, head and taken mark, the oldest retained sequence, and the
+/// entries from the first one the client is owed.
+///
+/// A user without a stream gets one (empty), so a client resuming from a
+/// forgotten stream learns the new stream id from its resync notice.
+///
+/// KEYS: meta, stream. ARGV: requested epoch ('' without an offset),
+/// requested sequence, candidate epoch, meta ttl ms.
+const READ: &str = r"
+local meta = redis.call('HMGET', KEYS[1], 'e', 's', 't')
+if not meta[1] then
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', ARGV[3], 's', 0, 't', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  meta = {ARGV[3], '0', '0'}
+end
+local top = tonumber(meta[2])
+local taken = tonumber(meta[3])
+local oldest = 0
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+if #first > 0 then oldest = tonumber(string.match(first[1][1], '^(%d+)')) end
+local from
+if ARGV[1] == '' then from = taken + 1
+elseif ARGV[1] == meta[1] then from = tonumber(ARGV[2]) + 1
+else from = 1 end
+local entries = {}
+if from <= top then entries = redis.call('XRANGE', KEYS[2], from .. '-0', '+') end
+return {meta[1], top, taken, oldest, entries}
+";
+
+/// Marks the events through a sequence as taken, if the stream is still
+/// the same one.
+///
+/// KEYS: meta. ARGV: epoch, sequence.
+const TAKEN: &str = r"
+if redis.call('HGET', KEYS[1], 'e') == ARGV[1] and
+   tonumber(redis.call('HGET', KEYS[1], 't')) < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 't', ARGV[2])
+end
+return 1
+";
+
+/// A critical event as the append script stored it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Appended {
+    pub offset: StreamOffset,
+    /// Events no connection has taken, this one included.
+    pub pending: u64,
+}
+
+/// Why an append stored nothing.
+#[derive(Debug)]
+pub(crate) enum AppendError {
+    /// The user is offline and `pending` untaken events fill the stream.
+    Full {
+        pending: u64,
+    },
+    Failed(ClusterFailure),
+}
+
+/// One retained event read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredEvent {
+    pub sequence: u64,
+    pub event_type: String,
+    pub data: String,
+    pub timestamp: u64,
+}
+
+/// What a connection catching up gets from Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct History {
+    /// The user's stream id.
+    pub stream: u64,
+    pub head: u64,
+    pub taken: u64,
+    /// The oldest retained sequence (0: nothing retained).
+    pub oldest: u64,
+    pub events: Vec<StoredEvent>,
+}
+
+pub(crate) struct Backplane {
+    connection: ConnectionManager,
+    keys: Keys,
+    node: String,
+    timeout: Duration,
+    append: Script,
+    read: Script,
+    taken: Script,
+}
+
+impl std::fmt::Debug for Backplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backplane")
+            .field("prefix", &self.keys.prefix())
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+fn engine(error: &redis::RedisError) -> ClusterFailure {
+    ClusterFailure::Engine(error.to_string())
+}
+
+fn protocol(what: &str) -> ClusterFailure {
+    ClusterFailure::Protocol(what.to_owned())
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Backplane {
+    /// A lazy connection (made on first use, remade after every failure);
+    /// `push` receives the subscriptions' messages and disconnections.
+    pub fn connect(
+        config: &ClusterConfig,
+        push: impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static,
+    ) -> Result<Self, redis::RedisError> {
+        let info = config.redis_url().into_connection_info()?;
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let timeout = config.command_timeout();
+        let manager_config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1))
+            .set_push_sender(push)
+            .set_automatic_resubscription();
+        let connection = ConnectionManager::new_lazy_with_config(client, manager_config)?;
+        Ok(Backplane {
+            connection,
+            keys: Keys::new(config.key_prefix()),
+            node: config.node_id().to_owned(),
+            timeout,
+            append: Script::new(APPEND),
+            read: Script::new(READ),
+            taken: Script::new(TAKEN),
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Runs one call within the command timeout.
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, redis::RedisError>>,
+    ) -> Result<T, ClusterFailure> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(engine(&error)),
+            Err(_) => Err(ClusterFailure::Timeout {
+                timeout_ms: millis(self.timeout),
+            }),
+        }
+    }
+
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        command: &redis::Cmd,
+    ) -> Result<T, ClusterFailure> {
+        let mut connection = self.connection.clone();
+        self.bounded(command.query_async(&mut connection)).await
+    }
+
+    async fn pipeline<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, ClusterFailure> {
+        let mut connection = self.connection.clone();
+        self.bounded(pipe.query_async(&mut connection)).await
+    }
+
+    /// Subscribes to the bus and this node's channel.
+    pub async fn subscribe(&self) -> Result<(), ClusterFailure> {
+        let mut connection = self.connection.clone();
+        let channels = [self.keys.bus(), self.keys.node_channel(&self.node)];
+        self.bounded(connection.subscribe(&channels)).await
+    }
+
+    /// Appends (and publishes) a critical event.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn append(
+        &self,
+        user: &UserId,
+        candidate_stream: u64,
+        event_type: &str,
+        data: &str,
+        timestamp: u64,
+        online: bool,
+        maxlen: usize,
+        stream_ttl: Duration,
+        meta_ttl: Duration,
+    ) -> Result<Appended, AppendError> {
+        let mut connection = self.connection.clone();
+        let mut invocation = self.append.prepare_invoke();
+        invocation
+            .key(self.keys.stream_meta(user))
+            .key(self.keys.stream(user))
+            .arg(candidate_stream.to_string())
+            .arg(maxlen)
+            .arg(millis(stream_ttl).max(1))
+            .arg(millis(meta_ttl).max(1))
+            .arg(event_type)
+            .arg(data)
+            .arg(timestamp.to_string())
+            .arg(if online { "1" } else { "0" })
+            .arg(self.keys.bus())
+            .arg(user.as_str());
+        let value: Value = self
+            .bounded(invocation.invoke_async(&mut connection))
+            .await
+            .map_err(AppendError::Failed)?;
+        let items = array(value).map_err(AppendError::Failed)?;
+        match items.as_slice() {
+            [status, pending] if text(status).as_deref() == Some("full") => {
+                Err(AppendError::Full {
+                    pending: number(pending).map_err(AppendError::Failed)?,
+                })
+            }
+            [_, stream, sequence, pending] => {
+                let stream = text(stream)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| AppendError::Failed(protocol("stream id is not a number")))?;
+                Ok(Appended {
+                    offset: StreamOffset::new(
+                        stream,
+                        number(sequence).map_err(AppendError::Failed)?,
+                    ),
+                    pending: number(pending).map_err(AppendError::Failed)?,
+                })
+            }
+            _ => Err(AppendError::Failed(protocol("append script answer"))),
+        }
+    }
+
+    /// Reads what a connection resuming from `resume` is owed.
+    pub async fn read_history(
+        &self,
+        user: &UserId,
+        resume: Option<StreamOffset>,
+        candidate_stream: u64,
+        meta_ttl: Duration,
+    ) -> Result<History, ClusterFailure> {
+        let mut connection = self.connection.clone();
+        let mut invocation = self.read.prepare_invoke();
+        invocation
+            .key(self.keys.stream_meta(user))
+            .key(self.keys.stream(user))
+            .arg(resume.map_or(String::new(), |o| o.stream.to_string()))
+            .arg(resume.map_or(0, |o| o.sequence).to_string())
+            .arg(candidate_stream.to_string())
+            .arg(millis(meta_ttl).max(1));
+        let value: Value = self
+            .bounded(invocation.invoke_async(&mut connection))
+            .await?;
+        let items = array(value)?;
+        let [stream, head, taken, oldest, entries] =
+            <[Value; 5]>::try_from(items).map_err(|_| protocol("read script answer"))?;
+        let stream = text(&stream)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| protocol("stream id is not a number"))?;
+        let events = array(entries)?
+            .into_iter()
+            .map(stored_event)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(History {
+            stream,
+            head: number(&head)?,
+            taken: number(&taken)?,
+            oldest: number(&oldest)?,
+            events,
+        })
+    }
+
+    /// Records that a connection took the user's events through `head`.
+    pub async fn mark_taken(
+        &self,
+        user: &UserId,
+        head: StreamOffset,
+    ) -> Result<(), ClusterFailure> {
+        let mut connection = self.connection.clone();
+        let mut invocation = self.taken.prepare_invoke();
+        invocation
+            .key(self.keys.stream_meta(user))
+            .arg(head.stream.to_string())
+            .arg(head.sequence.to_string());
+        self.bounded(invocation.invoke_async::<Value>(&mut connection))
+            .await
+            .map(drop)
+    }
+
+    /// Publishes `message` once on `channel`.
+    pub async fn publish(
+        &self,
+        channel: String,
+        message: &BusMessage,
+    ) -> Result<(), ClusterFailure> {
+        let text = serde_json::to_string(message).map_err(|e| protocol(&e.to_string()))?;
+        self.query::<Value>(redis::cmd("PUBLISH").arg(channel).arg(text))
+            .await
+            .map(drop)
+    }
+
+    /// Writes presence changes to this node's hash and announces them, in
+    /// one pipeline.
+    pub async fn write_presence(&self, changes: &[PresenceChange]) -> Result<(), ClusterFailure> {
+        let hash = self.keys.presence(&self.node);
+        let bus = self.keys.bus();
+        let origin = self.node.clone();
+        let mut pipe = redis::pipe();
+        for change in changes {
+            let message = match change {
+                PresenceChange::Join(connection, entry) => {
+                    pipe.hset(&hash, connection.as_str(), entry_json(entry)?)
+                        .ignore();
+                    BusMessage::Join {
+                        origin: origin.clone(),
+                        connection: connection.clone(),
+                        entry: entry.clone(),
+                    }
+                }
+                PresenceChange::Leave(connection) => {
+                    pipe.hdel(&hash, connection.as_str()).ignore();
+                    BusMessage::Leave {
+                        origin: origin.clone(),
+                        connection: connection.clone(),
+                    }
+                }
+                PresenceChange::Moved(connection, thread) => BusMessage::Moved {
+                    origin: origin.clone(),
+                    connection: connection.clone(),
+                    thread: thread.clone(),
+                },
+            };
+            let text = serde_json::to_string(&message).map_err(|e| protocol(&e.to_string()))?;
+            pipe.publish(&bus, text).ignore();
+        }
+        self.pipeline::<Value>(&pipe).await.map(drop)
+    }
+
+    /// Renews this node's heartbeat; answers whether its presence hash is
+    /// still there (a Redis that lost its data has none).
+    pub async fn heartbeat(&self, ttl: Duration) -> Result<bool, ClusterFailure> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.keys.alive(&self.node))
+            .arg(1)
+            .arg("PX")
+            .arg(millis(ttl).max(1))
+            .ignore()
+            .sadd(self.keys.nodes(), &self.node)
+            .ignore()
+            .hexists(self.keys.presence(&self.node), NODE_MARKER);
+        let (exists,): (bool,) = self.pipeline(&pipe).await?;
+        Ok(exists)
+    }
+
+    /// Replaces this node's presence hash with `entries` (plus a marker
+    /// field, so an empty node still has a hash and the heartbeat can tell
+    /// a flushed Redis from a node with no connection).
+    pub async fn rewrite_presence(
+        &self,
+        entries: &[(ConnectionId, PresenceEntry)],
+    ) -> Result<(), ClusterFailure> {
+        let hash = self.keys.presence(&self.node);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(&hash)
+            .ignore()
+            .hset(&hash, NODE_MARKER, "1")
+            .ignore();
+        for chunk in entries.chunks(512) {
+            let mut fields = Vec::with_capacity(chunk.len());
+            for (connection, entry) in chunk {
+                fields.push((connection.as_str().to_owned(), entry_json(entry)?));
+            }
+            pipe.hset_multiple(&hash, &fields).ignore();
+        }
+        self.pipeline::<Value>(&pipe).await.map(drop)
+    }
+
+    /// Every other node with its connections (`None`: its heartbeat has
+    /// expired).
+    pub async fn read_cluster(
+        &self,
+    ) -> Result<Vec<(String, Option<Vec<(ConnectionId, PresenceEntry)>>)>, ClusterFailure> {
+        let nodes: Vec<String> = self
+            .query(redis::cmd("SMEMBERS").arg(self.keys.nodes()))
+            .await?;
+        let others: Vec<String> = nodes.into_iter().filter(|n| *n != self.node).collect();
+        if others.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for node in &others {
+            pipe.exists(self.keys.alive(node))
+                .hgetall(self.keys.presence(node));
+        }
+        let answers: Vec<Value> = self.pipeline(&pipe).await?;
+        let mut cluster = Vec::with_capacity(others.len());
+        for (node, pair) in others.into_iter().zip(answers.chunks(2)) {
+            let [alive, hash] = pair else {
+                return Err(protocol("presence answer"));
+            };
+            if number(alive)? == 0 {
+                cluster.push((node, None));
+                continue;
+            }
+            let fields: Vec<(String, String)> =
+                redis::from_redis_value(hash.clone()).map_err(|e| engine(&e.into()))?;
+            let entries = fields
+                .into_iter()
+                .filter(|(field, _)| field != NODE_MARKER)
+                .filter_map(|(field, value)| {
+                    // A malformed entry (another version) is skipped, not fatal.
+                    Some((
+                        ConnectionId::new(field).ok()?,
+                        serde_json::from_str(&value).ok()?,
+                    ))
+                })
+                .collect();
+            cluster.push((node, Some(entries)));
+        }
+        Ok(cluster)
+    }
+
+    /// Removes a dead node's traces.
+    pub async fn forget_node(&self, node: &str) -> Result<(), ClusterFailure> {
+        let mut pipe = redis::pipe();
+        pipe.srem(self.keys.nodes(), node)
+            .ignore()
+            .del(self.keys.presence(node))
+            .ignore();
+        self.pipeline::<Value>(&pipe).await.map(drop)
+    }
+
+    /// The stream head of each user (`None`: no stream).
+    pub async fn stream_heads(
+        &self,
+        users: &[UserId],
+    ) -> Result<Vec<Option<StreamOffset>>, ClusterFailure> {
+        let mut pipe = redis::pipe();
+        for user in users {
+            pipe.cmd("HMGET")
+                .arg(self.keys.stream_meta(user))
+                .arg("e")
+                .arg("s");
+        }
+        let answers: Vec<(Option<String>, Option<String>)> = self.pipeline(&pipe).await?;
+        Ok(answers
+            .into_iter()
+            .map(|(stream, sequence)| {
+                Some(StreamOffset::new(
+                    stream?.parse().ok()?,
+                    sequence?.parse().ok()?,
+                ))
+            })
+            .collect())
+    }
+
+    /// Leaves the cluster: removes this node's presence and heartbeat and
+    /// tells the others.
+    pub async fn leave_cluster(&self) -> Result<(), ClusterFailure> {
+        let bye = serde_json::to_string(&BusMessage::Bye {
+            origin: self.node.clone(),
+        })
+        .map_err(|e| protocol(&e.to_string()))?;
+        let mut pipe = redis::pipe();
+        pipe.del(self.keys.presence(&self.node))
+            .ignore()
+            .del(self.keys.alive(&self.node))
+            .ignore()
+            .srem(self.keys.nodes(), &self.node)
+            .ignore()
+            .publish(self.keys.bus(), bye)
+            .ignore();
+        self.pipeline::<Value>(&pipe).await.map(drop)
+    }
+
+    /// Deletes every key under this cluster's prefix (the probes' own
+    /// namespace, after they ran). Bounded: at most 100 SCAN rounds.
+    pub async fn delete_namespace(&self) -> Result<usize, ClusterFailure> {
+        let pattern = format!("{}:*", self.keys.prefix());
+        let mut cursor = 0u64;
+        let mut deleted = 0;
+        for _ in 0..100 {
+            let (next, keys): (u64, Vec<String>) = self
+                .query(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(500),
+                )
+                .await?;
+            if !keys.is_empty() {
+                deleted += keys.len();
+                self.query::<Value>(redis::cmd("DEL").arg(&keys)).await?;
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// The field that keeps a node's presence hash in existence.
+const NODE_MARKER: &str = "~node";
+
+fn entry_json(entry: &PresenceEntry) -> Result<String, ClusterFailure> {
+    serde_json::to_string(entry).map_err(|e| protocol(&e.to_string()))
+}
+
+fn array(value: Value) -> Result<Vec<Value>, ClusterFailure> {
+    match value {
+        Value::Array(items) | Value::Set(items) => Ok(items),
+        Value::Nil => Ok(Vec::new()),
+        other => Err(protocol(&format!("expected an array, got {other:?}"))),
+    }
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(text) => Some(text.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        _ => None,
+    }
+}
+
+fn number(value: &Value) -> Result<u64, ClusterFailure> {
+    match value {
+        Value::Int(n) => u64::try_from(*n).map_err(|_| protocol("negative number")),
+        other => text(other)
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| protocol(&format!("expected a number, got {other:?}"))),
+    }
+}
+
+/// One XRANGE entry: `[id, [field, value, ...]]`.
+fn stored_event(entry: Value) -> Result<StoredEvent, ClusterFailure> {
+    let [id, fields] =
+        <[Value; 2]>::try_from(array(entry)?).map_err(|_| protocol("stream entry"))?;
+    let id = text(&id).ok_or_else(|| protocol("stream entry id"))?;
+    let sequence = id
+        .split('-')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| protocol("stream entry id"))?;
+    let mut event = StoredEvent {
+        sequence,
+        event_type: String::new(),
+        data: String::new(),
+        timestamp: 0,
+    };
+    let fields = array(fields)?;
+    for pair in fields.chunks(2) {
+        let [name, value] = pair else {
+            return Err(protocol("stream entry fields"));
+        };
+        let value = text(value).ok_or_else(|| protocol("stream entry field"))?;
+        match text(name).as_deref() {
+            Some("y") => event.event_type = value,
+            Some("d") => event.data = value,
+            Some("t") => event.timestamp = value.parse().map_err(|_| protocol("timestamp"))?,
+            _ => {}
+        }
+    }
+    Ok(event)
+}

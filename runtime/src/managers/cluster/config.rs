@@ -1,0 +1,316 @@
+//! [`ClusterConfig`]: where the cluster's Redis is, how this node is named,
+//! and the time bounds of every cluster operation.
+
+use std::time::Duration;
+
+use crate::config::{ConfigError, ManagerConfig};
+
+/// How a [`ClusterWebSocketManager`](super::ClusterWebSocketManager) reaches
+/// the cluster. Put it in the factory's
+/// [`Extensions`](crate::Extensions); the manager takes its queue bounds and
+/// history retention from the [`ManagerConfig`] as usual.
+///
+/// ```
+/// use std::time::Duration;
+/// use websocket_manager::managers::ClusterConfig;
+/// let config = ClusterConfig::builder("redis://127.0.0.1:6379")
+///     .key_prefix("chat")
+///     .node_id("web-1")
+///     .command_timeout(Duration::from_millis(500))
+///     .build()?;
+/// assert_eq!(config.node_id(), "web-1");
+/// // A dead node disappears from every replica within this bound.
+/// assert_eq!(config.presence_bound(), Duration::from_secs(12) + Duration::from_millis(500));
+/// # Ok::<(), websocket_manager::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    redis_url: String,
+    key_prefix: String,
+    node_id: String,
+    command_timeout: Duration,
+    ready_timeout: Duration,
+    heartbeat_interval: Duration,
+    node_ttl: Duration,
+    outbound_capacity: usize,
+    stream_meta_ttl: Duration,
+}
+
+impl ClusterConfig {
+    /// A builder with the defaults: prefix `wsm`, a random node id, 1 s
+    /// command timeout, 3 s heartbeat, 9 s node TTL.
+    pub fn builder(redis_url: impl Into<String>) -> ClusterConfigBuilder {
+        ClusterConfigBuilder {
+            config: ClusterConfig {
+                redis_url: redis_url.into(),
+                key_prefix: "wsm".to_owned(),
+                node_id: random_node_id(),
+                command_timeout: Duration::from_secs(1),
+                ready_timeout: Duration::from_secs(2),
+                heartbeat_interval: Duration::from_secs(3),
+                node_ttl: Duration::from_secs(9),
+                outbound_capacity: 4096,
+                stream_meta_ttl: Duration::from_secs(24 * 3600),
+            },
+        }
+    }
+
+    /// The Redis URL (`redis://host:port/db`).
+    pub fn redis_url(&self) -> &str {
+        &self.redis_url
+    }
+
+    /// The prefix of every key and channel this cluster uses.
+    pub fn key_prefix(&self) -> &str {
+        &self.key_prefix
+    }
+
+    /// This node's id, unique in the cluster.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The bound on every Redis call.
+    pub fn command_timeout(&self) -> Duration {
+        self.command_timeout
+    }
+
+    /// How long `add_connection` waits for the node to be subscribed.
+    pub fn ready_timeout(&self) -> Duration {
+        self.ready_timeout
+    }
+
+    /// How often the node renews its heartbeat and re-reads presence.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval
+    }
+
+    /// How long a node counts as alive after its last heartbeat.
+    pub fn node_ttl(&self) -> Duration {
+        self.node_ttl
+    }
+
+    /// The bound on presence changes waiting to be written to Redis.
+    pub fn outbound_capacity(&self) -> usize {
+        self.outbound_capacity
+    }
+
+    /// How long a user's stream id (epoch) and sequence survive without a
+    /// new critical event. After that, a client resuming on the old stream
+    /// is told `unknown_stream`.
+    pub fn stream_meta_ttl(&self) -> Duration {
+        self.stream_meta_ttl
+    }
+
+    /// The longest time a dead node's connections stay in a replica: its
+    /// heartbeat expires after `node_ttl`, and the next refresh (at most one
+    /// `heartbeat_interval` later, plus one command timeout) drops them.
+    pub fn presence_bound(&self) -> Duration {
+        self.node_ttl + self.heartbeat_interval + self.command_timeout
+    }
+
+    /// The same configuration with a fresh key prefix under this one and a
+    /// fresh node id: what the startup probes run in, so they never touch
+    /// the keys of real users.
+    pub(crate) fn for_probe(&self) -> ClusterConfig {
+        let mut config = self.clone();
+        config.key_prefix = format!("{}:probe:{}", self.key_prefix, random_node_id());
+        config.node_id = random_node_id();
+        config
+    }
+}
+
+/// Builds a [`ClusterConfig`]; see [`ClusterConfig::builder`].
+#[derive(Debug, Clone)]
+pub struct ClusterConfigBuilder {
+    config: ClusterConfig,
+}
+
+impl ClusterConfigBuilder {
+    /// The prefix of every key and channel (ASCII letters, digits, `_`,
+    /// `-`, `.`, `:`; at most 64 bytes). Two clusters on one Redis need two
+    /// prefixes.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.config.key_prefix = prefix.into();
+        self
+    }
+
+    /// This node's id (same characters as the prefix). Two live nodes must
+    /// never share one; the default is random.
+    pub fn node_id(mut self, id: impl Into<String>) -> Self {
+        self.config.node_id = id.into();
+        self
+    }
+
+    /// The bound on every Redis call (default 1 s).
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.config.command_timeout = timeout;
+        self
+    }
+
+    /// How long `add_connection` waits for this node's subscription before
+    /// refusing with [`ClusterFailure::NotReady`](crate::ClusterFailure::NotReady) (default 2 s).
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.config.ready_timeout = timeout;
+        self
+    }
+
+    /// Heartbeat and presence refresh period (default 3 s).
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.config.heartbeat_interval = interval;
+        self
+    }
+
+    /// How long a node counts as alive after its last heartbeat (default
+    /// 9 s; at least twice the heartbeat interval).
+    pub fn node_ttl(mut self, ttl: Duration) -> Self {
+        self.config.node_ttl = ttl;
+        self
+    }
+
+    /// The bound on presence changes waiting to be written (default 4096).
+    /// When it is full, the node rewrites its whole presence at the next
+    /// heartbeat instead: late, never lost.
+    pub fn outbound_capacity(mut self, capacity: usize) -> Self {
+        self.config.outbound_capacity = capacity;
+        self
+    }
+
+    /// How long a user's stream id and sequence survive without a new
+    /// critical event (default 24 h; at least `history_max_age`, checked
+    /// when the manager is built).
+    pub fn stream_meta_ttl(mut self, ttl: Duration) -> Self {
+        self.config.stream_meta_ttl = ttl;
+        self
+    }
+
+    /// Checks the configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the field at fault.
+    pub fn build(self) -> Result<ClusterConfig, ConfigError> {
+        let c = self.config;
+        let refuse = |field, problem| Err(ConfigError { field, problem });
+        if c.redis_url.is_empty() {
+            return refuse("redis_url", "must not be empty");
+        }
+        if !valid_name(&c.key_prefix) {
+            return refuse(
+                "key_prefix",
+                "must be 1 to 64 ASCII letters, digits, `_`, `-`, `.` or `:`",
+            );
+        }
+        if !valid_name(&c.node_id) {
+            return refuse(
+                "node_id",
+                "must be 1 to 64 ASCII letters, digits, `_`, `-`, `.` or `:`",
+            );
+        }
+        if c.command_timeout.is_zero() || c.ready_timeout.is_zero() {
+            return refuse("command_timeout", "must be greater than zero");
+        }
+        if c.heartbeat_interval.is_zero() {
+            return refuse("heartbeat_interval", "must be greater than zero");
+        }
+        if c.node_ttl < c.heartbeat_interval * 2 {
+            return refuse(
+                "node_ttl",
+                "must be at least twice `heartbeat_interval`, or one late heartbeat kills a live node",
+            );
+        }
+        if c.outbound_capacity == 0 {
+            return refuse("outbound_capacity", "must be at least 1");
+        }
+        Ok(c)
+    }
+}
+
+/// Checks what only the pair of configurations can tell.
+pub(crate) fn check_against(
+    cluster: &ClusterConfig,
+    manager: &ManagerConfig,
+) -> Result<(), ConfigError> {
+    if cluster.stream_meta_ttl < manager.history_max_age() {
+        return Err(ConfigError {
+            field: "stream_meta_ttl",
+            problem: "must be at least `history_max_age`, or retained events outlive their stream id",
+        });
+    }
+    Ok(())
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+/// 64 random bits in hex: std's `RandomState` is seeded from the OS.
+fn random_node_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{:016x}", hasher.finish())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_values_are_refused_by_field() {
+        let cases = [
+            (ClusterConfig::builder(""), "redis_url"),
+            (
+                ClusterConfig::builder("redis://x").key_prefix("a b"),
+                "key_prefix",
+            ),
+            (ClusterConfig::builder("redis://x").node_id(""), "node_id"),
+            (
+                ClusterConfig::builder("redis://x").command_timeout(Duration::ZERO),
+                "command_timeout",
+            ),
+            (
+                ClusterConfig::builder("redis://x")
+                    .heartbeat_interval(Duration::from_secs(5))
+                    .node_ttl(Duration::from_secs(6)),
+                "node_ttl",
+            ),
+            (
+                ClusterConfig::builder("redis://x").outbound_capacity(0),
+                "outbound_capacity",
+            ),
+        ];
+        for (builder, field) in cases {
+            assert_eq!(builder.build().unwrap_err().field, field);
+        }
+    }
+
+    #[test]
+    fn node_ids_are_random_and_probes_get_their_own_namespace() {
+        let a = ClusterConfig::builder("redis://x").build().unwrap();
+        let b = ClusterConfig::builder("redis://x").build().unwrap();
+        assert_ne!(a.node_id(), b.node_id());
+        let probe = a.for_probe();
+        assert!(probe.key_prefix().starts_with("wsm:probe:"));
+        assert_ne!(probe.node_id(), a.node_id());
+    }
+
+    #[test]
+    fn meta_ttl_must_cover_the_history_age() {
+        let cluster = ClusterConfig::builder("redis://x")
+            .stream_meta_ttl(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let error = check_against(&cluster, &ManagerConfig::default()).unwrap_err();
+        assert_eq!(error.field, "stream_meta_ttl");
+    }
+}

@@ -1,0 +1,1010 @@
+//! [`ClusterWebSocketManager`]: one manager across many server processes,
+//! through a real Redis (feature `redis`).
+//!
+//! Each process (a *node*) holds its own sockets; Redis carries what the
+//! nodes share:
+//!
+//! * **Critical events** live in a Redis Stream per user. One Lua script
+//!   per event creates the user's stream id (the *epoch*) when missing,
+//!   numbers the event, appends it (`XADD MAXLEN history_capacity`),
+//!   refreshes the expiries and publishes it on the bus, atomically, so the
+//!   `(stream, sequence)` a tab sees is the same on every node and a client
+//!   can resume on any node. A Redis that lost its data has no epoch for
+//!   the user: the next read or event creates a new one, and a client that
+//!   resumes from the old stream gets a `resync` notice (`unknown_stream`),
+//!   never a silent fresh start.
+//! * **Ordinary sends** go to this node's sockets directly, then are
+//!   published once per call: to the one other node that holds recipients,
+//!   or on the bus when several do, or not at all when none does (as this
+//!   node's presence replica sees it).
+//! * **Presence**: each node keeps its connections in a Redis hash and
+//!   announces every change on the bus; every node keeps a replica of the
+//!   others' (see `presence`), refreshed every heartbeat interval, and drops
+//!   a node whose heartbeat key expired, within
+//!   [`ClusterConfig::presence_bound`].
+//!
+//! See the README's "Cluster" section for what each contract method means
+//! across nodes and how stale each answer can be.
+//!
+//! # Failures
+//!
+//! Every Redis call is bounded by the command timeout. A call that needs
+//! Redis and cannot reach it fails with [`ManagerError::Cluster`] (never
+//! `Ok`): `emit_critical_event` always needs it (the sequence lives
+//! there), `add_connection` needs it (the history lives there), sends need
+//! it only when other nodes hold recipients (this node's sockets still get
+//! the message, and the error says how many did). The Redis connection
+//! comes back by itself; after any disconnect (or a full inbound buffer)
+//! the node audits every local user's stream head and closes, with close
+//! code [`RESUME_CLOSE_CODE`], the connections that fell behind, so their
+//! clients resume from their offset and lose nothing.
+
+mod backplane;
+mod config;
+mod local;
+mod presence;
+mod wire;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::ManagerConfig;
+use crate::connection::{CloseReason, TextFrame, WebSocketConnection, WebSocketHandle};
+use crate::delivery::{Delivery, DeliveryTarget, NotDeliveredReason};
+use crate::error::{ClusterFailure, ManagerError};
+use crate::health::{ConnectionHealth, ConnectionSummary, unix_millis};
+use crate::ids::{ConnectionId, ThreadId, UserId};
+use crate::managers::core::next_stream;
+use crate::managers::events::{ResyncNotice, ResyncReason, validate_event_type};
+use crate::managers::fan_out::{FanOut, bump};
+use crate::offset::StreamOffset;
+use crate::protocol::WebSocketManager;
+use crate::registry::{BuildContext, BuildError, ConstructManager};
+use crate::websocket_manager;
+
+use backplane::{AppendError, Backplane, History, StoredEvent};
+pub use config::{ClusterConfig, ClusterConfigBuilder};
+pub use local::RESUME_CLOSE_CODE;
+use local::{LocalIndex, PresenceChange, Replay};
+use presence::Replica;
+use wire::{BusMessage, critical_frame};
+
+/// Messages from Redis waiting for the dispatcher. When full, the node
+/// audits every user (a lost message is never silently lost).
+const INBOUND_CAPACITY: usize = 65_536;
+
+/// A [`WebSocketManager`] shared by every node of a cluster through Redis.
+///
+/// Built by the factory (name `"cluster"`) when the factory's
+/// [`Extensions`](crate::Extensions) hold a [`ClusterConfig`]; the startup
+/// probes then run against the real Redis, in a namespace of their own that
+/// they delete afterwards. Without a `ClusterConfig`, startup validation
+/// lists it as *not configured*.
+///
+/// ```no_run
+/// use websocket_manager::*;
+/// use websocket_manager::managers::{ClusterConfig, ClusterWebSocketManager};
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let cluster = ClusterConfig::builder("redis://127.0.0.1:6379").node_id("web-1").build()?;
+/// let manager = ClusterWebSocketManager::new(ManagerConfig::default(), cluster)?;
+/// manager.ready().await?; // subscribed, presence registered
+/// let alice = UserId::new("alice")?;
+/// // Reaches alice's tabs on every node, with the same offset everywhere.
+/// let delivery = manager.emit_critical_event(&alice, AGENT_STARTED, serde_json::json!({})).await?;
+/// println!("{delivery}");
+/// manager.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct ClusterWebSocketManager {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: ManagerConfig,
+    cluster: ClusterConfig,
+    local: LocalIndex,
+    replica: Replica,
+    backplane: Backplane,
+    /// `true` once subscribed and registered; `false` again while the
+    /// connection to Redis is down.
+    ready: watch::Sender<bool>,
+    /// Set when messages may have been lost (disconnect, full buffer).
+    audit_due: Arc<AtomicBool>,
+    /// Set when a presence change could not be queued or written: the next
+    /// heartbeat rewrites this node's whole presence.
+    presence_dirty: Arc<AtomicBool>,
+    shut_down: AtomicBool,
+    /// Delete the key namespace on drop (the probes' instances).
+    probe: bool,
+}
+
+/// Counters of the cluster side, in [`ClusterWebSocketManager::cluster_stats`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ClusterStats {
+    /// This node's id.
+    pub node_id: String,
+    /// Whether the node is subscribed and registered.
+    pub ready: bool,
+    /// Connections held by this node.
+    pub local_connections: usize,
+    /// Other nodes' connections in this node's replica.
+    pub remote_connections: usize,
+    /// Other nodes in the replica.
+    pub remote_nodes: usize,
+}
+
+impl std::fmt::Display for ClusterStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "node {} ({}): {} local connection(s), {} on {} other node(s)",
+            self.node_id,
+            if self.ready { "ready" } else { "NOT READY" },
+            self.local_connections,
+            self.remote_connections,
+            self.remote_nodes
+        )
+    }
+}
+
+impl ClusterWebSocketManager {
+    /// A node of the cluster `cluster`. Connects lazily: call
+    /// [`ready`](Self::ready) to wait for the subscription (add_connection
+    /// waits for it too, up to `ready_timeout`). Needs a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError`] for an invalid URL or configuration, or when called
+    /// outside a tokio runtime.
+    pub fn new(config: ManagerConfig, cluster: ClusterConfig) -> Result<Self, BuildError> {
+        Self::build(config, cluster, false)
+    }
+
+    fn build(
+        config: ManagerConfig,
+        cluster: ClusterConfig,
+        probe: bool,
+    ) -> Result<Self, BuildError> {
+        config::check_against(&cluster, &config)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            BuildError::Failed(format!("the cluster manager needs a tokio runtime: {e}").into())
+        })?;
+        let (inbound, inbound_rx) = mpsc::channel::<PushInfo>(INBOUND_CAPACITY);
+        let audit_due = Arc::new(AtomicBool::new(false));
+        let overflow = Arc::clone(&audit_due);
+        let backplane = Backplane::connect(&cluster, move |info| {
+            if inbound.try_send(info).is_err() {
+                overflow.store(true, Ordering::SeqCst);
+            }
+            Ok(())
+        })
+        .map_err(|e| BuildError::Failed(Box::new(e)))?;
+        let (outbound, outbound_rx) = mpsc::channel::<PresenceChange>(cluster.outbound_capacity());
+        let presence_dirty = Arc::new(AtomicBool::new(false));
+        let dirty = Arc::clone(&presence_dirty);
+        let sink = Arc::new(move |change: PresenceChange| {
+            if outbound.try_send(change).is_err() {
+                dirty.store(true, Ordering::SeqCst);
+            }
+        });
+        let shared = Arc::new(Shared {
+            local: LocalIndex::new(config.clone(), sink),
+            config,
+            cluster,
+            replica: Replica::default(),
+            backplane,
+            ready: watch::Sender::new(false),
+            audit_due,
+            presence_dirty,
+            shut_down: AtomicBool::new(false),
+            probe,
+        });
+        runtime.spawn(dispatch(Arc::downgrade(&shared), inbound_rx));
+        runtime.spawn(write_presence(Arc::downgrade(&shared), outbound_rx));
+        runtime.spawn(maintain(Arc::downgrade(&shared)));
+        Ok(ClusterWebSocketManager { shared })
+    }
+
+    /// Waits until the node is subscribed and registered (at most
+    /// `ready_timeout`).
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::Cluster`] with [`ClusterFailure::NotReady`].
+    pub async fn ready(&self) -> Result<(), ManagerError> {
+        self.shared.wait_ready("connect").await
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        self.shared.cluster.node_id()
+    }
+
+    /// The manager's configuration.
+    pub fn config(&self) -> &ManagerConfig {
+        &self.shared.config
+    }
+
+    /// The cluster configuration.
+    pub fn cluster_config(&self) -> &ClusterConfig {
+        &self.shared.cluster
+    }
+
+    /// What this node knows of the cluster.
+    pub fn cluster_stats(&self) -> ClusterStats {
+        ClusterStats {
+            node_id: self.node_id().to_owned(),
+            ready: *self.shared.ready.borrow(),
+            local_connections: self.shared.local.connection_count(),
+            remote_connections: self.shared.replica.len(),
+            remote_nodes: self.shared.replica.nodes().len(),
+        }
+    }
+
+    /// Leaves the cluster cleanly: closes every local socket with
+    /// [`CloseReason::going_away`], removes this node's presence (the other
+    /// nodes forget it at once) and refuses further work.
+    pub async fn shutdown(&self) {
+        self.shared.shut_down.store(true, Ordering::SeqCst);
+        self.shared.local.close_all(&CloseReason::going_away());
+        if let Err(error) = self.shared.backplane.leave_cluster().await {
+            tracing::warn!(%error, node = self.node_id(),
+                "could not remove this node's presence; the others drop it when its heartbeat expires");
+        }
+        if self.shared.probe {
+            let _ = self.shared.backplane.delete_namespace().await;
+        }
+    }
+}
+
+impl Drop for ClusterWebSocketManager {
+    fn drop(&mut self) {
+        // The probes' instances delete their namespace; a real node that is
+        // dropped without `shutdown` is dropped by the others after its
+        // heartbeat expires.
+        if self.shared.probe
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let shared = Arc::clone(&self.shared);
+            runtime.spawn(async move {
+                shared.local.close_all(&CloseReason::going_away());
+                let _ = shared.backplane.leave_cluster().await;
+                let _ = shared.backplane.delete_namespace().await;
+            });
+        }
+    }
+}
+
+#[diagnostic::do_not_recommend]
+impl ConstructManager for ClusterWebSocketManager {
+    fn construct(context: &BuildContext<'_>) -> Result<Self, BuildError> {
+        let cluster = context.require_extension::<ClusterConfig>()?;
+        if context.for_probe {
+            Self::build(context.config.clone(), cluster.for_probe(), true)
+        } else {
+            Self::new(context.config.clone(), cluster.clone())
+        }
+    }
+}
+
+impl Shared {
+    fn refuse_if_shut_down(&self) -> Result<(), ManagerError> {
+        if self.shut_down.load(Ordering::SeqCst) {
+            Err(ManagerError::ShutDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn wait_ready(&self, operation: &'static str) -> Result<(), ManagerError> {
+        let mut ready = self.ready.subscribe();
+        match tokio::time::timeout(self.cluster.ready_timeout(), ready.wait_for(|r| *r)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(cluster_error(operation, ClusterFailure::NotReady, 0)),
+        }
+    }
+
+    /// Sends `frame` to `remote` other nodes: on one node's channel, or on
+    /// the bus for several; once either way.
+    async fn relay(
+        &self,
+        remote: &HashSet<String>,
+        message: &BusMessage,
+    ) -> Result<(), ClusterFailure> {
+        let keys = self.backplane.keys();
+        let channel = match remote.iter().next() {
+            Some(node) if remote.len() == 1 => keys.node_channel(node),
+            _ => keys.bus(),
+        };
+        self.backplane.publish(channel, message).await
+    }
+
+    /// The local result of an ordinary send plus its relay.
+    async fn send(
+        &self,
+        target: DeliveryTarget,
+        fan: &FanOut,
+        remote: HashSet<String>,
+        message: impl FnOnce() -> BusMessage,
+    ) -> Result<Delivery, ManagerError> {
+        if remote.is_empty() {
+            if fan.targeted == 0 {
+                bump(&self.local.totals.failed, 1);
+                let reason = match target {
+                    DeliveryTarget::Thread(_) => NotDeliveredReason::NoThreadConnections,
+                    _ => NotDeliveredReason::NoConnections,
+                };
+                return Err(ManagerError::NotDelivered { target, reason });
+            }
+            return fan.result(|| target);
+        }
+        self.relay(&remote, &message())
+            .await
+            .map_err(|failure| cluster_error("publish", failure, fan.delivered))?;
+        Ok(Delivery::relayed(
+            fan.delivered,
+            fan.targeted - fan.delivered,
+            remote.len(),
+        ))
+    }
+}
+
+fn cluster_error(
+    operation: &'static str,
+    failure: ClusterFailure,
+    delivered_locally: usize,
+) -> ManagerError {
+    ManagerError::Cluster {
+        operation,
+        failure,
+        delivered_locally,
+    }
+}
+
+/// What a connection resuming from `resume` is sent, from what Redis
+/// holds: a notice when part of it is gone, then the events it is owed.
+fn plan(
+    history: &History,
+    resume: Option<StreamOffset>,
+    max_age: Duration,
+    now_ms: u64,
+) -> (Option<ResyncNotice>, Vec<StoredEvent>) {
+    let oldest_allowed =
+        now_ms.saturating_sub(u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX));
+    let events: Vec<StoredEvent> = history
+        .events
+        .iter()
+        .filter(|e| e.timestamp >= oldest_allowed)
+        .cloned()
+        .collect();
+    let latest = StreamOffset::new(history.stream, history.head);
+    let first_available = events.first().map_or(history.head + 1, |e| e.sequence);
+    let notice = |reason, requested, lost| ResyncNotice {
+        reason,
+        requested,
+        oldest_retained: events
+            .first()
+            .map(|e| StreamOffset::new(history.stream, e.sequence)),
+        latest,
+        lost,
+        timestamp: now_ms,
+    };
+    let owed_from = match resume {
+        Some(offset) if offset.stream != history.stream => {
+            return (
+                Some(notice(ResyncReason::UnknownStream, Some(offset), None)),
+                events,
+            );
+        }
+        Some(offset) if offset.sequence > history.head => {
+            return (
+                Some(notice(ResyncReason::Ahead, Some(offset), None)),
+                Vec::new(),
+            );
+        }
+        Some(offset) => offset.sequence + 1,
+        None => history.taken + 1,
+    };
+    if first_available > owed_from {
+        let lost = first_available - owed_from;
+        (
+            Some(notice(ResyncReason::Trimmed, resume, Some(lost))),
+            events,
+        )
+    } else {
+        (None, events)
+    }
+}
+
+#[websocket_manager(name = "cluster", mode = "unified")]
+impl WebSocketManager for ClusterWebSocketManager {
+    async fn add_connection(&self, connection: WebSocketConnection) -> Result<(), ManagerError> {
+        let shared = &self.shared;
+        shared.refuse_if_shut_down()?;
+        shared.wait_ready("add connection").await?;
+        let user = connection.user_id.clone();
+        let id = connection.connection_id.clone();
+        let resume = connection.resume;
+        shared.local.begin(connection)?;
+        let history = match shared
+            .backplane
+            .read_history(
+                &user,
+                resume,
+                next_stream(),
+                shared.cluster.stream_meta_ttl(),
+            )
+            .await
+        {
+            Ok(history) => history,
+            Err(failure) => {
+                shared.local.remove(&id, CloseReason::going_away());
+                return Err(cluster_error("read history", failure, 0));
+            }
+        };
+        let now = unix_millis(SystemTime::now());
+        let (notice, events) = plan(&history, resume, shared.config.history_max_age(), now);
+        let head = StreamOffset::new(history.stream, history.head);
+        let replay = Replay {
+            notice: match &notice {
+                Some(notice) => Some(TextFrame::from_json(notice)?),
+                None => None,
+            },
+            events: events
+                .iter()
+                .map(|e| {
+                    let offset = StreamOffset::new(history.stream, e.sequence);
+                    (
+                        offset,
+                        critical_frame(&e.event_type, &e.data, e.timestamp, offset),
+                    )
+                })
+                .collect(),
+            head: (history.head > 0).then_some(head),
+        };
+        let replayed_any = !replay.events.is_empty() || notice.is_some();
+        if shared.local.finish(&user, &id, replay)? {
+            if notice.is_some() {
+                bump(&shared.local.totals.resync_notices, 1);
+            }
+            if resume.is_none() && replayed_any && history.head > history.taken {
+                // Best effort: a failure only means a later connection
+                // without an offset is sent these events again.
+                if let Err(error) = shared.backplane.mark_taken(&user, head).await {
+                    tracing::debug!(%error, "could not mark replayed events as taken");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_connection(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection> {
+        self.shared
+            .local
+            .remove(connection_id, CloseReason::normal())
+    }
+
+    fn get_connection(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection> {
+        self.shared.local.get(connection_id)
+    }
+
+    fn get_user_connections(&self, user_id: &UserId) -> HashSet<ConnectionId> {
+        let mut all = self.shared.local.user_connections(user_id);
+        all.extend(self.shared.replica.user_connections(user_id));
+        all
+    }
+
+    fn is_connection_active(&self, user_id: &UserId) -> bool {
+        self.shared.local.has_user(user_id) || self.shared.replica.has_user(user_id)
+    }
+
+    fn get_connection_id_by_websocket(&self, websocket: &WebSocketHandle) -> Option<ConnectionId> {
+        self.shared.local.by_socket(websocket)
+    }
+
+    fn update_connection_thread(&self, connection_id: &ConnectionId, thread_id: ThreadId) -> bool {
+        let shared = &self.shared;
+        if shared
+            .local
+            .update_thread(connection_id, thread_id.clone())
+            .is_some()
+        {
+            return true;
+        }
+        let Some(node) = shared.replica.holder(connection_id) else {
+            return false;
+        };
+        // The connection lives on another node: ask it, without waiting.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let weak = Arc::downgrade(shared);
+        let message = BusMessage::Bind {
+            origin: shared.cluster.node_id().to_owned(),
+            connection: connection_id.clone(),
+            thread: thread_id,
+        };
+        runtime.spawn(async move {
+            let Some(shared) = weak.upgrade() else { return };
+            let channel = shared.backplane.keys().node_channel(&node);
+            if let Err(error) = shared.backplane.publish(channel, &message).await {
+                tracing::warn!(%error, "could not forward a thread binding to the node holding the connection");
+            }
+        });
+        true
+    }
+
+    async fn send_to_user(
+        &self,
+        user_id: &UserId,
+        message: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        let shared = &self.shared;
+        shared.refuse_if_shut_down()?;
+        let frame = TextFrame::from_json(&message)?;
+        let fan = shared.local.send_to_user(user_id, &frame);
+        let remote = shared.replica.user_nodes(user_id);
+        shared
+            .send(DeliveryTarget::User(user_id.clone()), &fan, remote, || {
+                BusMessage::User {
+                    origin: shared.cluster.node_id().to_owned(),
+                    user: user_id.clone(),
+                    frame: frame.as_str().to_owned(),
+                }
+            })
+            .await
+    }
+
+    async fn emit_critical_event(
+        &self,
+        user_id: &UserId,
+        event_type: &str,
+        data: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        let shared = &self.shared;
+        shared.refuse_if_shut_down()?;
+        validate_event_type(event_type)?;
+        let data = serde_json::to_string(&data)?;
+        let timestamp = unix_millis(SystemTime::now());
+        // The frame's size is known before the sequence: the two numbers
+        // take at most 40 bytes.
+        let len = critical_frame(
+            event_type,
+            &data,
+            timestamp,
+            StreamOffset::new(u64::MAX, u64::MAX),
+        )
+        .len();
+        if len > shared.config.history_max_bytes() {
+            bump(&shared.local.totals.critical_rejected, 1);
+            return Err(ManagerError::CriticalEventTooLarge {
+                user_id: user_id.clone(),
+                len,
+                max: shared.config.history_max_bytes(),
+            });
+        }
+        let online = self.is_connection_active(user_id);
+        let appended = shared
+            .backplane
+            .append(
+                user_id,
+                next_stream(),
+                event_type,
+                &data,
+                timestamp,
+                online,
+                shared.config.history_capacity(),
+                shared.config.history_max_age(),
+                shared.cluster.stream_meta_ttl(),
+            )
+            .await;
+        let appended = match appended {
+            Ok(appended) => appended,
+            Err(AppendError::Full { pending }) => {
+                bump(&shared.local.totals.critical_rejected, 1);
+                return Err(ManagerError::HistoryFull {
+                    user_id: user_id.clone(),
+                    pending: usize::try_from(pending).unwrap_or(usize::MAX),
+                });
+            }
+            Err(AppendError::Failed(failure)) => {
+                bump(&shared.local.totals.critical_rejected, 1);
+                return Err(cluster_error("append critical event", failure, 0));
+            }
+        };
+        let offset = appended.offset;
+        let frame = critical_frame(event_type, &data, timestamp, offset);
+        let outcome = shared.local.deliver_critical(user_id, offset, &frame, true);
+        let remote = shared.replica.user_nodes(user_id).len();
+        let delivery = if !online {
+            Delivery::queued(usize::try_from(appended.pending).unwrap_or(usize::MAX))
+        } else if remote == 0 && outcome.deferred == 0 && outcome.delivered > 0 {
+            Delivery::delivered(outcome.delivered, outcome.closed)
+        } else {
+            Delivery::relayed(outcome.delivered, outcome.closed, remote)
+        };
+        Ok(delivery.with_offset(offset))
+    }
+
+    fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth {
+        let shared = &self.shared;
+        let mut health = ConnectionHealth::empty(user_id.clone());
+        if let Some((summaries, counters, latest)) = shared.local.health(user_id) {
+            health.active_connections = summaries.iter().filter(|s| !s.closed).count();
+            health.connections = summaries;
+            health.latest_offset = latest;
+            health.messages_sent = counters.sent.load(Ordering::Relaxed);
+            health.messages_failed = counters.failed.load(Ordering::Relaxed);
+            health.messages_dropped = counters.dropped.load(Ordering::Relaxed);
+            health.slow_consumer_disconnects = counters.slow_disconnects.load(Ordering::Relaxed);
+        }
+        for (connection_id, _node, entry) in shared.replica.user_entries(user_id) {
+            health.active_connections += 1;
+            health.connections.push(ConnectionSummary {
+                connection_id,
+                thread_id: entry.thread,
+                connected_at_ms: entry.connected_at_ms,
+                queue_depth: 0,
+                closed: false,
+            });
+        }
+        health.total_connections = health.connections.len();
+        health
+            .connections
+            .sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
+        health
+    }
+
+    async fn send_to_thread(
+        &self,
+        thread_id: &ThreadId,
+        message: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        let shared = &self.shared;
+        shared.refuse_if_shut_down()?;
+        let frame = TextFrame::from_json(&message)?;
+        let fan = shared.local.send_to_thread(thread_id, &frame);
+        let remote = shared.replica.thread_nodes(thread_id);
+        shared
+            .send(
+                DeliveryTarget::Thread(thread_id.clone()),
+                &fan,
+                remote,
+                || BusMessage::Thread {
+                    origin: shared.cluster.node_id().to_owned(),
+                    thread: thread_id.clone(),
+                    frame: frame.as_str().to_owned(),
+                },
+            )
+            .await
+    }
+}
+
+// ----- background tasks -------------------------------------------------------
+
+/// Applies what arrives from Redis, in order.
+async fn dispatch(shared: Weak<Shared>, mut inbound: mpsc::Receiver<PushInfo>) {
+    while let Some(info) = inbound.recv().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        match info.kind {
+            PushKind::Message => {
+                let Some(Value::BulkString(payload)) = info.data.get(1) else {
+                    continue;
+                };
+                match serde_json::from_slice::<BusMessage>(payload) {
+                    Ok(message) => apply(&shared, message),
+                    Err(error) => tracing::warn!(%error, "unreadable cluster message ignored"),
+                }
+            }
+            PushKind::Disconnection => {
+                tracing::warn!(
+                    node = shared.cluster.node_id(),
+                    "connection to Redis lost: messages published meanwhile are lost to this node; auditing after reconnect"
+                );
+                shared.ready.send_replace(false);
+                shared.audit_due.store(true, Ordering::SeqCst);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn apply(shared: &Shared, message: BusMessage) {
+    let me = shared.cluster.node_id();
+    match message {
+        BusMessage::Critical {
+            user,
+            stream,
+            sequence,
+            event_type,
+            timestamp,
+            data,
+        } => {
+            let (Ok(stream), Ok(sequence), Ok(timestamp)) =
+                (stream.parse(), sequence.parse(), timestamp.parse())
+            else {
+                tracing::warn!(%user, "critical event with unreadable numbers ignored; auditing");
+                shared.audit_due.store(true, Ordering::SeqCst);
+                return;
+            };
+            let offset = StreamOffset::new(stream, sequence);
+            let frame = critical_frame(&event_type, &data, timestamp, offset);
+            shared.local.deliver_critical(&user, offset, &frame, false);
+        }
+        BusMessage::User {
+            origin,
+            user,
+            frame,
+        } if origin != me => {
+            shared.local.send_to_user(&user, &TextFrame::from(frame));
+        }
+        BusMessage::Thread {
+            origin,
+            thread,
+            frame,
+        } if origin != me => {
+            shared
+                .local
+                .send_to_thread(&thread, &TextFrame::from(frame));
+        }
+        BusMessage::Join {
+            origin,
+            connection,
+            entry,
+        } if origin != me => {
+            shared.replica.join(&origin, connection, entry);
+        }
+        BusMessage::Leave { origin, connection } if origin != me => {
+            shared.replica.leave(&origin, &connection);
+        }
+        BusMessage::Moved {
+            origin,
+            connection,
+            thread,
+        } if origin != me => {
+            shared.replica.moved(&origin, &connection, thread);
+        }
+        BusMessage::Bind {
+            connection, thread, ..
+        } => {
+            shared.local.update_thread(&connection, thread);
+        }
+        BusMessage::Bye { origin } if origin != me => {
+            shared.replica.drop_node(&origin);
+        }
+        _ => {}
+    }
+}
+
+/// Writes presence changes in batches; a failed batch makes the next
+/// heartbeat rewrite the whole presence.
+async fn write_presence(shared: Weak<Shared>, mut outbound: mpsc::Receiver<PresenceChange>) {
+    let mut batch = Vec::with_capacity(256);
+    while outbound.recv_many(&mut batch, 256).await > 0 {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if let Err(error) = shared.backplane.write_presence(&batch).await {
+            tracing::warn!(%error, changes = batch.len(),
+                "presence changes not written; the next heartbeat rewrites this node's presence");
+            shared.presence_dirty.store(true, Ordering::SeqCst);
+        }
+        batch.clear();
+    }
+}
+
+/// Subscribes, then every heartbeat interval: renews the heartbeat,
+/// rewrites presence when Redis lost it, refreshes the replica, and audits
+/// after a disconnect.
+async fn maintain(shared: Weak<Shared>) {
+    let interval = match shared.upgrade() {
+        Some(shared) => shared.cluster.heartbeat_interval(),
+        None => return,
+    };
+    let mut next = Instant::now();
+    loop {
+        {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            if shared.shut_down.load(Ordering::SeqCst) {
+                return;
+            }
+            let ready = *shared.ready.borrow();
+            let result = if ready {
+                tick(&shared).await
+            } else {
+                connect(&shared).await
+            };
+            if let Err(error) = result {
+                if ready {
+                    tracing::warn!(%error, node = shared.cluster.node_id(), "cluster maintenance failed; retrying");
+                }
+                shared.ready.send_replace(false);
+            }
+        }
+        next += interval;
+        let now = Instant::now();
+        if next < now {
+            next = now;
+        }
+        // Not ready: retry sooner than a full interval.
+        let wait = match shared.upgrade() {
+            Some(shared) if !*shared.ready.borrow() => Duration::from_millis(200).min(interval),
+            Some(_) => next - now,
+            None => return,
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// (Re)joins: subscribes (again), audits if messages may have been lost,
+/// registers presence, reads the cluster; then the node is ready.
+async fn connect(shared: &Shared) -> Result<(), ClusterFailure> {
+    shared.backplane.subscribe().await?;
+    // Subscribed first: anything published from now on reaches us, so the
+    // audit's reads cannot miss an event.
+    if shared.audit_due.swap(false, Ordering::SeqCst)
+        && let Err(error) = audit(shared).await
+    {
+        shared.audit_due.store(true, Ordering::SeqCst);
+        return Err(error);
+    }
+    shared
+        .backplane
+        .heartbeat(shared.cluster.node_ttl())
+        .await?;
+    shared.presence_dirty.store(false, Ordering::SeqCst);
+    shared
+        .backplane
+        .rewrite_presence(&shared.local.presence())
+        .await?;
+    refresh(shared).await?;
+    shared.ready.send_replace(true);
+    tracing::info!(node = shared.cluster.node_id(), "joined the cluster");
+    Ok(())
+}
+
+async fn tick(shared: &Shared) -> Result<(), ClusterFailure> {
+    if shared.audit_due.load(Ordering::SeqCst) {
+        // A full inbound buffer: messages were dropped while connected.
+        return connect(shared).await;
+    }
+    let registered = shared
+        .backplane
+        .heartbeat(shared.cluster.node_ttl())
+        .await?;
+    if !registered || shared.presence_dirty.swap(false, Ordering::SeqCst) {
+        if !registered {
+            tracing::warn!(
+                node = shared.cluster.node_id(),
+                "this node's presence is gone from Redis (restart or flush): rewriting it"
+            );
+        }
+        shared
+            .backplane
+            .rewrite_presence(&shared.local.presence())
+            .await?;
+    }
+    refresh(shared).await
+}
+
+/// Re-reads every other node's presence; forgets dead nodes.
+async fn refresh(shared: &Shared) -> Result<(), ClusterFailure> {
+    for (node, entries) in shared.backplane.read_cluster().await? {
+        match entries {
+            Some(entries) => shared.replica.replace_node(&node, entries),
+            None => {
+                let dropped = shared.replica.drop_node(&node);
+                tracing::info!(%node, connections = dropped, "node missed its heartbeat: forgotten");
+                shared.backplane.forget_node(&node).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Compares every local user's stream head with what their connections
+/// were given, and closes (for a resume) the ones behind.
+async fn audit(shared: &Shared) -> Result<(), ClusterFailure> {
+    let cursors = shared.local.cursors();
+    let users: Vec<UserId> = cursors.iter().map(|(user, _)| user.clone()).collect();
+    let mut closed = 0;
+    for chunk in users.chunks(512) {
+        let heads = shared.backplane.stream_heads(chunk).await?;
+        for (user, head) in chunk.iter().zip(heads) {
+            closed += shared
+                .local
+                .close_behind(user, head.filter(|h| h.sequence > 0));
+        }
+    }
+    tracing::info!(
+        users = users.len(),
+        closed,
+        "audit after a possible message loss"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn history(head: u64, taken: u64, retained: std::ops::RangeInclusive<u64>, ts: u64) -> History {
+        History {
+            stream: 7,
+            head,
+            taken,
+            oldest: *retained.start(),
+            events: retained
+                .map(|sequence| StoredEvent {
+                    sequence,
+                    event_type: "agent_thinking".to_owned(),
+                    data: "{}".to_owned(),
+                    timestamp: ts,
+                })
+                .collect(),
+        }
+    }
+
+    const AGE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn resume_plans_say_what_was_lost() {
+        let now = 1_000_000;
+        // Exact resume: the read started after the offset; no notice.
+        let (notice, events) = plan(
+            &history(10, 10, 6..=10, now),
+            Some(StreamOffset::new(7, 5)),
+            AGE,
+            now,
+        );
+        assert!(notice.is_none());
+        assert_eq!(events.len(), 5);
+        let h = history(10, 10, 4..=10, now);
+        // Trimmed: 3 lost (1..=3 gone, client had 0).
+        let (notice, _) = plan(&h, Some(StreamOffset::new(7, 0)), AGE, now);
+        let notice = notice.unwrap();
+        assert_eq!(
+            (notice.reason, notice.lost),
+            (ResyncReason::Trimmed, Some(3))
+        );
+        assert_eq!(notice.oldest_retained, Some(StreamOffset::new(7, 4)));
+        // Another stream.
+        let (notice, events) = plan(&h, Some(StreamOffset::new(8, 5)), AGE, now);
+        assert_eq!(notice.unwrap().reason, ResyncReason::UnknownStream);
+        assert_eq!(events.len(), 7);
+        // Ahead.
+        let (notice, events) = plan(&h, Some(StreamOffset::new(7, 11)), AGE, now);
+        assert_eq!(notice.unwrap().reason, ResyncReason::Ahead);
+        assert!(events.is_empty());
+    }
+
+    #[test]
+    fn expired_pending_events_are_announced_to_a_fresh_connection() {
+        let now = 1_000_000;
+        // Taken through 4; 5..=10 pending but older than max_age.
+        let h = history(10, 4, 5..=10, now - 61_000);
+        let (notice, events) = plan(&h, None, AGE, now);
+        let notice = notice.unwrap();
+        assert_eq!(
+            (notice.reason, notice.lost, notice.requested),
+            (ResyncReason::Trimmed, Some(6), None)
+        );
+        assert!(events.is_empty());
+        // Nothing pending: nothing to say.
+        let (notice, _) = plan(&history(10, 10, 5..=10, now), None, AGE, now);
+        assert!(notice.is_none());
+    }
+}

@@ -1,0 +1,435 @@
+//! The cluster manager against a real `redis-server`: two or three nodes in
+//! one process, each a `ClusterWebSocketManager` with its own node id and
+//! the same key prefix.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use websocket_manager::conformance::Conformance;
+use websocket_manager::managers::{ClusterConfig, ClusterWebSocketManager, RESUME_CLOSE_CODE};
+use websocket_manager::*;
+use websocket_manager_suite::redis::{own_redis_for, redis_for, unique_prefix};
+
+fn cluster(url: &str, prefix: &str, node: &str) -> ClusterConfig {
+    ClusterConfig::builder(url)
+        .key_prefix(prefix)
+        .node_id(node)
+        .command_timeout(Duration::from_millis(400))
+        .heartbeat_interval(Duration::from_millis(200))
+        .node_ttl(Duration::from_millis(600))
+        .build()
+        .unwrap()
+}
+
+async fn node(url: &str, prefix: &str, name: &str) -> ClusterWebSocketManager {
+    let manager =
+        ClusterWebSocketManager::new(ManagerConfig::default(), cluster(url, prefix, name)).unwrap();
+    manager.ready().await.unwrap();
+    manager
+}
+
+fn user(name: &str) -> UserId {
+    UserId::new(name).unwrap()
+}
+
+struct Tab {
+    id: ConnectionId,
+    outbound: OutboundReceiver,
+}
+
+async fn connect(
+    manager: &ClusterWebSocketManager,
+    user: &UserId,
+    resume: Option<StreamOffset>,
+) -> Tab {
+    let (socket, outbound) = WebSocketHandle::channel(manager.config().queue_limits());
+    let mut connection = WebSocketConnection::new(user.clone(), socket);
+    if let Some(offset) = resume {
+        connection = connection.with_resume(offset);
+    }
+    let id = connection.connection_id.clone();
+    manager.add_connection(connection).await.unwrap();
+    Tab { id, outbound }
+}
+
+/// Frames received within `wait` (stops at a close).
+async fn frames(tab: &mut Tab, wait: Duration) -> (Vec<serde_json::Value>, Option<CloseReason>) {
+    let mut frames = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, tab.outbound.recv()).await {
+            Ok(Some(OutboundEvent::Frame(frame))) => {
+                frames.push(serde_json::from_str(frame.as_str()).unwrap())
+            }
+            Ok(Some(OutboundEvent::Close(reason))) => return (frames, Some(reason)),
+            Ok(None) | Err(_) => return (frames, None),
+        }
+    }
+}
+
+/// Polls `condition` every 20 ms for at most `limit`.
+async fn eventually(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn offsets(frames: &[serde_json::Value]) -> Vec<(u64, u64)> {
+    frames
+        .iter()
+        .filter(|f| f["critical"] == true)
+        .map(|f| {
+            (
+                f["stream"].as_u64().unwrap(),
+                f["sequence"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+const SHORT: Duration = Duration::from_millis(300);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_cross_nodes_once_and_never_reach_another_user() {
+    let Some(redis) = redis_for("sends_cross_nodes") else {
+        return;
+    };
+    let prefix = unique_prefix("sends");
+    let (a, b) = (
+        node(&redis.url(), &prefix, "a").await,
+        node(&redis.url(), &prefix, "b").await,
+    );
+    let (alice, bob) = (user("alice"), user("bob"));
+    let mut alice_a = connect(&a, &alice, None).await;
+    let mut alice_b = connect(&b, &alice, None).await;
+    let mut bob_b = connect(&b, &bob, None).await;
+    eventually(
+        Duration::from_secs(2),
+        "node a sees alice's and bob's tabs on b",
+        || a.get_user_connections(&alice).len() == 2 && a.is_connection_active(&bob),
+    )
+    .await;
+    assert_eq!(a.get_connection_health(&alice).total_connections, 2);
+
+    let delivery = a
+        .send_to_user(&alice, json!({"type": "hello"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (delivery.recipients(), delivery.remote_nodes()),
+        (1, 1),
+        "{delivery}"
+    );
+    for tab in [&mut alice_a, &mut alice_b] {
+        let (got, _) = frames(tab, SHORT).await;
+        assert_eq!(got, [json!({"type": "hello"})], "exactly once on each node");
+    }
+    // Critical events: same offsets on both nodes, bob never sees them.
+    for n in 0..3 {
+        b.emit_critical_event(&alice, AGENT_THINKING, json!({"n": n}))
+            .await
+            .unwrap();
+    }
+    let (on_a, _) = frames(&mut alice_a, SHORT).await;
+    let (on_b, _) = frames(&mut alice_b, SHORT).await;
+    assert_eq!(offsets(&on_a).len(), 3, "{on_a:?}");
+    assert_eq!(offsets(&on_a), offsets(&on_b));
+    assert_eq!(
+        on_a.iter()
+            .map(|f| f["data"]["n"].clone())
+            .collect::<Vec<_>>(),
+        [json!(0), json!(1), json!(2)]
+    );
+    let (bob_got, _) = frames(&mut bob_b, SHORT).await;
+    assert!(bob_got.is_empty(), "bob got {bob_got:?}");
+
+    // A thread binding asked of node a for a connection of node b.
+    let thread = ThreadId::new("t-1").unwrap();
+    assert!(a.update_connection_thread(&alice_b.id, thread.clone()));
+    eventually(
+        Duration::from_secs(2),
+        "b binds its connection to the thread",
+        || {
+            b.get_connection(&alice_b.id)
+                .is_some_and(|c| c.thread_id.as_ref() == Some(&thread))
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(2), "a learns the binding", || {
+        a.get_connection_health(&alice)
+            .connections
+            .iter()
+            .any(|c| c.thread_id.as_ref() == Some(&thread))
+    })
+    .await;
+    let delivery = a
+        .send_to_thread(&thread, json!({"type": "to-thread"}))
+        .await
+        .unwrap();
+    assert_eq!((delivery.recipients(), delivery.remote_nodes()), (0, 1));
+    let (thread_b, _) = frames(&mut alice_b, SHORT).await;
+    let (thread_a, _) = frames(&mut alice_a, SHORT).await;
+    assert_eq!(thread_b, [json!({"type": "to-thread"})]);
+    assert!(thread_a.is_empty());
+
+    // A user nobody holds: a typed refusal, and nothing published.
+    let nobody = a.send_to_user(&user("nobody"), json!({})).await;
+    assert!(matches!(
+        nobody,
+        Err(ManagerError::NotDelivered {
+            reason: NotDeliveredReason::NoConnections,
+            ..
+        })
+    ));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_drops_on_one_node_resumes_on_another_and_loses_nothing() {
+    let Some(redis) = redis_for("resume_across_nodes") else {
+        return;
+    };
+    let prefix = unique_prefix("resume");
+    let (a, b) = (
+        node(&redis.url(), &prefix, "a").await,
+        node(&redis.url(), &prefix, "b").await,
+    );
+    let alice = user("alice");
+    let mut tab = connect(&a, &alice, None).await;
+    let first = a
+        .emit_critical_event(&alice, AGENT_STARTED, json!({"n": 1}))
+        .await
+        .unwrap();
+    assert_eq!(first.recipients(), 1, "{first}");
+    let (got, _) = frames(&mut tab, SHORT).await;
+    let seen = offsets(&got);
+    assert_eq!(seen.len(), 1);
+    let last = StreamOffset::new(seen[0].0, seen[0].1);
+    assert_eq!(first.offset(), Some(last));
+    a.remove_connection(&tab.id).await;
+    eventually(Duration::from_secs(2), "b sees alice offline", || {
+        !b.is_connection_active(&alice)
+    })
+    .await;
+
+    // Offline: both nodes append; nothing is lost.
+    let queued = b
+        .emit_critical_event(&alice, AGENT_THINKING, json!({"n": 2}))
+        .await
+        .unwrap();
+    assert!(queued.is_queued(), "{queued}");
+    a.emit_critical_event(&alice, AGENT_COMPLETED, json!({"n": 3}))
+        .await
+        .unwrap();
+
+    let mut resumed = connect(&b, &alice, Some(last)).await;
+    let (got, _) = frames(&mut resumed, SHORT).await;
+    assert_eq!(
+        got.iter()
+            .map(|f| f["data"]["n"].clone())
+            .collect::<Vec<_>>(),
+        [json!(2), json!(3)],
+        "exactly the events after the offset: {got:?}"
+    );
+    assert_eq!(offsets(&got), [(last.stream, 2), (last.stream, 3)]);
+
+    // Live on b, emitted on a: in order after the replay.
+    a.emit_critical_event(&alice, TOOL_EXECUTING, json!({"n": 4}))
+        .await
+        .unwrap();
+    let (got, _) = frames(&mut resumed, SHORT).await;
+    assert_eq!(offsets(&got), [(last.stream, 4)]);
+
+    // An offset from a stream the user never had: told, then everything.
+    let mut stale = connect(&a, &alice, Some(StreamOffset::new(last.stream + 1, 9))).await;
+    let (got, _) = frames(&mut stale, SHORT).await;
+    assert_eq!(got[0]["type"], "resync");
+    assert_eq!(got[0]["reason"], "unknown_stream");
+    assert_eq!(offsets(&got[1..]).len(), 4);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_dropped_without_cleanup_disappears_within_the_bound() {
+    let Some(redis) = redis_for("dead_node") else {
+        return;
+    };
+    let prefix = unique_prefix("dead");
+    let a = node(&redis.url(), &prefix, "a").await;
+    let c = node(&redis.url(), &prefix, "c").await;
+    let carol = user("carol");
+    let _tab = connect(&c, &carol, None).await;
+    eventually(Duration::from_secs(2), "a sees carol on c", || {
+        a.is_connection_active(&carol)
+    })
+    .await;
+    let bound = c.cluster_config().presence_bound();
+    // No shutdown: the process died.
+    drop(c);
+    let dropped = Instant::now();
+    eventually(
+        bound + Duration::from_millis(500),
+        "a forgets the dead node",
+        || !a.is_connection_active(&carol),
+    )
+    .await;
+    eprintln!(
+        "dead node forgotten after {:?} (bound {bound:?})",
+        dropped.elapsed()
+    );
+    assert_eq!(a.cluster_stats().remote_nodes, 0);
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_gives_typed_errors_then_recovers_and_announces_the_loss() {
+    let Some(mut server) = own_redis_for("redis_restart") else {
+        return;
+    };
+    let url = server.url();
+    let prefix = unique_prefix("restart");
+    let (a, b) = (
+        node(&url, &prefix, "a").await,
+        node(&url, &prefix, "b").await,
+    );
+    let (alice, dave) = (user("alice"), user("dave"));
+    let mut tab = connect(&a, &alice, None).await;
+    let mut other_tab = connect(&b, &alice, None).await;
+    let mut dave_tab = connect(&a, &dave, None).await;
+    a.emit_critical_event(&alice, AGENT_STARTED, json!({"n": 1}))
+        .await
+        .unwrap();
+    let (got, _) = frames(&mut tab, SHORT).await;
+    let before = offsets(&got);
+    assert_eq!(before.len(), 1);
+    eventually(Duration::from_secs(2), "a sees alice on b", || {
+        a.get_user_connections(&alice).len() == 2
+    })
+    .await;
+
+    server.kill();
+    let started = Instant::now();
+    let error = a
+        .emit_critical_event(&alice, AGENT_THINKING, json!({"n": 2}))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ManagerError::Cluster { .. }), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded: {:?}",
+        started.elapsed()
+    );
+    // A send that needs another node is refused, with the local count.
+    let error = a
+        .send_to_user(&alice, json!({"type": "x"}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ManagerError::Cluster {
+                delivered_locally: 1,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    // A user held only here is still served.
+    eventually(Duration::from_secs(3), "a notices the outage", || {
+        !a.cluster_stats().ready
+    })
+    .await;
+    let local = a
+        .send_to_user(&dave, json!({"type": "local"}))
+        .await
+        .unwrap();
+    assert_eq!(local.recipients(), 1);
+    let (dave_got, _) = frames(&mut dave_tab, SHORT).await;
+    assert!(dave_got.contains(&json!({"type": "local"})));
+
+    server.restart(); // empty: the streams are gone
+    eventually(Duration::from_secs(8), "a rejoins", || {
+        a.cluster_stats().ready
+    })
+    .await;
+    eventually(Duration::from_secs(8), "b rejoins", || {
+        b.cluster_stats().ready
+    })
+    .await;
+    // alice's tab had an offset on a stream Redis no longer has: it is
+    // closed so the client resumes, and the resume is told what happened.
+    for tab in [&mut tab, &mut other_tab] {
+        let (rest, closed) = frames(tab, Duration::from_secs(3)).await;
+        assert_eq!(closed.map(|c| c.code), Some(RESUME_CLOSE_CODE), "{rest:?}");
+    }
+    let last = StreamOffset::new(before[0].0, before[0].1);
+    let mut resumed = connect(&b, &alice, Some(last)).await;
+    let (got, _) = frames(&mut resumed, SHORT).await;
+    assert_eq!(got[0]["type"], "resync", "{got:?}");
+    assert_eq!(got[0]["reason"], "unknown_stream");
+    let delivery = a
+        .emit_critical_event(&alice, AGENT_COMPLETED, json!({"n": 3}))
+        .await
+        .unwrap();
+    let (got, _) = frames(&mut resumed, SHORT).await;
+    let new = offsets(&got);
+    assert_eq!(new.len(), 1, "once: {got:?}");
+    assert_ne!(new[0].0, last.stream, "a new stream id");
+    assert_eq!(new[0].1, 1);
+    assert_eq!(delivery.offset(), Some(StreamOffset::new(new[0].0, 1)));
+    // Presence came back: a sees the tab on b.
+    eventually(Duration::from_secs(3), "presence resynchronised", || {
+        a.is_connection_active(&alice)
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conformance_kit_passes_on_the_cluster_manager() {
+    let Some(redis) = redis_for("cluster_conformance") else {
+        return;
+    };
+    let mut extensions = Extensions::new();
+    extensions.insert(cluster(&redis.url(), &unique_prefix("kit"), "kit"));
+    let report = Conformance::new(ManagerMode::Unified)
+        .extensions(extensions)
+        .run_type::<ClusterWebSocketManager>()
+        .await;
+    assert!(report.passed(), "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_validates_the_cluster_manager_and_lists_it_when_unconfigured() {
+    let report = validate_on_startup(&StartupOptions::new()).await.unwrap();
+    let listed = report.manager("cluster").unwrap();
+    assert_eq!(listed.verdict, Verdict::NotConfigured, "{report}");
+    let strict = validate_on_startup(&StartupOptions::strict().expect(["cluster"])).await;
+    assert!(
+        strict.is_err(),
+        "expected but unconfigured must fail startup"
+    );
+
+    let Some(redis) = redis_for("cluster_startup") else {
+        return;
+    };
+    let mut extensions = Extensions::new();
+    extensions.insert(cluster(&redis.url(), &unique_prefix("startup"), "n1"));
+    let report = validate_on_startup(
+        &StartupOptions::strict()
+            .expect(["cluster"])
+            .extensions(extensions),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        report.manager("cluster").unwrap().verdict,
+        Verdict::Compliant,
+        "{report}"
+    );
+}

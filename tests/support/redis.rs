@@ -1,0 +1,173 @@
+//! A real `redis-server` for the cluster tests.
+//!
+//! With `REDIS_URL` set (what `.ci/run` does: one server for the whole run,
+//! each test in its own key prefix) the tests use it. Without it, each test
+//! starts its own `redis-server` on a free loopback port (persistence off)
+//! and kills it when done. When neither is possible the test says clearly
+//! that it was skipped, and under `CI` it fails instead.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` process owned by a test; killed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free loopback port and waits for its PING.
+    ///
+    /// # Panics
+    ///
+    /// When the binary cannot be started or does not answer within 5 s.
+    pub fn start() -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        let mut server = RedisServer { port, child: None };
+        server.restart();
+        server
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server at once (SIGKILL): no shutdown, nothing saved.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start).
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !ping(self.port) {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not answer PING within 5 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut answer = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut answer).is_ok()
+        && &answer == b"+PONG\r\n"
+}
+
+/// Whether `redis-server` can be run here.
+pub fn redis_server_available() -> bool {
+    Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The Redis a test uses: the run's shared one, or one of its own.
+#[derive(Debug)]
+pub enum TestRedis {
+    /// `REDIS_URL`, shared: keep to your own key prefix.
+    Shared(String),
+    /// Started for this test.
+    Own(RedisServer),
+}
+
+impl TestRedis {
+    /// Its URL.
+    pub fn url(&self) -> String {
+        match self {
+            TestRedis::Shared(url) => url.clone(),
+            TestRedis::Own(server) => server.url(),
+        }
+    }
+}
+
+/// A Redis for the test `name`, or `None` (after printing why) when none
+/// can be had outside CI.
+///
+/// # Panics
+///
+/// Under `CI` when no Redis can be had.
+pub fn redis_for(name: &str) -> Option<TestRedis> {
+    if let Ok(url) = std::env::var("REDIS_URL") {
+        return Some(TestRedis::Shared(url));
+    }
+    if redis_server_available() {
+        return Some(TestRedis::Own(RedisServer::start()));
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{name}: CI is set but there is no REDIS_URL and no redis-server binary (.ci/ensure-redis installs it)"
+    );
+    eprintln!(
+        "SKIPPED {name}: no REDIS_URL and no redis-server binary (apt-get install redis-server, or set REDIS_URL)"
+    );
+    None
+}
+
+/// A server of the test's own, for tests that kill and restart Redis (never
+/// the shared one).
+pub fn own_redis_for(name: &str) -> Option<RedisServer> {
+    if redis_server_available() {
+        return Some(RedisServer::start());
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{name}: CI is set but there is no redis-server binary (.ci/ensure-redis installs it)"
+    );
+    eprintln!("SKIPPED {name}: no redis-server binary (apt-get install redis-server)");
+    None
+}
+
+/// A key prefix no other test or run uses.
+pub fn unique_prefix(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("test:{name}:{}:{nanos}", std::process::id())
+}
