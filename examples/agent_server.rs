@@ -6,6 +6,7 @@
 //! ```text
 //! cargo run --example agent_server -- --demo        # then open http://127.0.0.1:3000/
 //! cargo run --example agent_server -- --demo --port 0
+//! cargo run --example agent_server -- --demo --port 0 --redis redis://127.0.0.1:6379   # one node of a cluster
 //! AGENT_SERVER_JWT_SECRET=... cargo run --example agent_server   # real tokens only
 //! ```
 //!
@@ -47,7 +48,9 @@ use axum::routing::{get, post};
 use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
-use websocket_manager::managers::UnifiedWebSocketManager;
+use websocket_manager::managers::{
+    ClusterConfig, ClusterWebSocketManager, ManagerStats, UnifiedWebSocketManager,
+};
 use websocket_manager::transport::{
     HandlerError, InboundContext, InboundError, InboundMessage, JwtAuthenticator, MessageHandler,
     OriginPolicy, TransportConfig, UserScopedThreads, WebSocketService,
@@ -85,7 +88,7 @@ struct AppState {
     demo_secret: Option<Arc<Vec<u8>>>,
     /// The typed manager (the service holds it as `dyn WebSocketManager`),
     /// for `/metrics`.
-    manager: Arc<UnifiedWebSocketManager>,
+    manager: TypedManager,
     /// Renders what `websocket_manager::metrics::publish` recorded.
     prometheus: PrometheusHandle,
     /// The operator routes' bearer token; `None` turns those routes off.
@@ -98,19 +101,52 @@ impl FromRef<AppState> for WebSocketService {
     }
 }
 
+/// The manager this process serves with, by type, for its `stats()`.
+#[derive(Clone)]
+enum TypedManager {
+    Unified(Arc<UnifiedWebSocketManager>),
+    Cluster(Arc<ClusterWebSocketManager>),
+}
+
+impl TypedManager {
+    fn stats(&self) -> ManagerStats {
+        match self {
+            TypedManager::Unified(manager) => manager.stats(),
+            TypedManager::Cluster(manager) => manager.stats(),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            TypedManager::Unified(_) => "unified",
+            TypedManager::Cluster(_) => "cluster",
+        }
+    }
+
+    fn as_dyn(&self) -> Arc<dyn WebSocketManager> {
+        match self {
+            TypedManager::Unified(manager) => Arc::clone(manager) as Arc<dyn WebSocketManager>,
+            TypedManager::Cluster(manager) => Arc::clone(manager) as Arc<dyn WebSocketManager>,
+        }
+    }
+}
+
 struct Args {
     demo: bool,
+    /// `--redis URL`: serve as one node of a cluster.
+    redis: Option<String>,
     port: u16,
     max_runs: usize,
     max_runs_per_user: usize,
     operator_token: Option<String>,
 }
 
-const USAGE: &str = "usage: agent_server [--demo] [--port N] [--max-runs N] [--max-runs-per-user N] [--operator-token TOKEN]";
+const USAGE: &str = "usage: agent_server [--demo] [--port N] [--redis URL] [--max-runs N] [--max-runs-per-user N] [--operator-token TOKEN]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         demo: false,
+        redis: None,
         port: 3000,
         max_runs: MAX_RUNS,
         max_runs_per_user: MAX_RUNS_PER_USER,
@@ -130,6 +166,7 @@ fn parse_args() -> Result<Args, String> {
             "--max-runs" => args.max_runs = positive(&arg, &value()?)?,
             "--max-runs-per-user" => args.max_runs_per_user = positive(&arg, &value()?)?,
             "--operator-token" => args.operator_token = Some(value()?),
+            "--redis" => args.redis = Some(value()?),
             other => return Err(format!("unknown argument `{other}`; {USAGE}")),
         }
     }
@@ -184,12 +221,30 @@ async fn main() -> ExitCode {
         }
     };
 
+    // With `--redis`, this process is one node of a cluster: the cluster
+    // manager is configured, expected, validated against the real Redis.
+    let cluster = match &args.redis {
+        Some(url) => match ClusterConfig::builder(url.as_str())
+            .key_prefix("agent_server")
+            .build()
+        {
+            Ok(config) => Some(config),
+            Err(error) => {
+                eprintln!("--redis: {error}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let mut options = StartupOptions::strict().expect(["unified", "isolated"]);
+    if let Some(cluster) = &cluster {
+        let mut extensions = websocket_manager::Extensions::new();
+        extensions.insert(cluster.clone());
+        options = options.expect(["cluster"]).extensions(extensions);
+    }
+
     // 1. Strict startup validation: refuse to serve with a broken manager.
-    let report = match validate_on_startup(
-        &StartupOptions::strict().expect(["unified", "isolated"]),
-    )
-    .await
-    {
+    let report = match validate_on_startup(&options).await {
         Ok(report) => report,
         Err(error) => {
             eprint!("{}", error.report());
@@ -204,8 +259,31 @@ async fn main() -> ExitCode {
     //    (which returns `Arc<dyn WebSocketManager>`), so that `/metrics` can
     //    read its typed `stats()`.
     let manager_config = ManagerConfig::default();
-    let unified = Arc::new(UnifiedWebSocketManager::new(manager_config.clone()));
-    let manager: Arc<dyn WebSocketManager> = unified.clone();
+    let typed = match cluster {
+        Some(cluster) => {
+            let node = cluster.node_id().to_owned();
+            let manager = match ClusterWebSocketManager::new(manager_config.clone(), cluster) {
+                Ok(manager) => Arc::new(manager),
+                Err(error) => {
+                    eprintln!("cannot build the cluster manager: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if let Err(error) = manager.ready().await {
+                eprintln!("cannot join the cluster: {error}");
+                return ExitCode::FAILURE;
+            }
+            println!(
+                "cluster node {node} joined through {}",
+                args.redis.as_deref().unwrap_or_default()
+            );
+            TypedManager::Cluster(manager)
+        }
+        None => TypedManager::Unified(Arc::new(UnifiedWebSocketManager::new(
+            manager_config.clone(),
+        ))),
+    };
+    let manager = typed.as_dyn();
 
     // Metrics: a Prometheus recorder without its own HTTP listener; the
     // operator route `/metrics` renders it.
@@ -271,7 +349,7 @@ async fn main() -> ExitCode {
         service: service.clone(),
         report: Arc::new(report),
         demo_secret: args.demo.then(|| Arc::new(secret)),
-        manager: unified,
+        manager: typed.clone(),
         prometheus,
         operator_token: args.operator_token.map(Arc::from),
     };
@@ -306,6 +384,10 @@ async fn main() -> ExitCode {
             // Stop upgrades, close every socket with 1001, drain, report.
             let report = service.shutdown(DRAIN).await;
             print!("{report}");
+            // A cluster node also leaves the cluster at once.
+            if let TypedManager::Cluster(manager) = &typed {
+                manager.shutdown().await;
+            }
         }
     };
     // TCP_NODELAY and a header-read timeout, which `axum::serve` alone lacks.
@@ -364,7 +446,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 async fn metrics(State(state): State<AppState>) -> Response {
     websocket_manager::metrics::publish(
         &state.manager.stats(),
-        &[websocket_manager::metrics::Label::new("manager", "unified")],
+        &[websocket_manager::metrics::Label::new(
+            "manager",
+            state.manager.name(),
+        )],
     );
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -53,9 +53,14 @@ struct Server {
 
 impl Server {
     fn start(args: &[&str]) -> Server {
+        Server::start_with(args, &[])
+    }
+
+    fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(example_binary())
             .args(["--demo", "--port", "0"])
             .args(args)
+            .envs(env.iter().copied())
             .env_remove("AGENT_SERVER_OPERATOR_TOKEN")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -118,6 +123,10 @@ impl Server {
     }
 
     async fn connect(&self, user: &str) -> Tab {
+        self.connect_to(user, "/ws").await
+    }
+
+    async fn connect_to(&self, user: &str, path: &str) -> Tab {
         let (status, body) = self.http(
             "POST",
             "/demo-token",
@@ -126,7 +135,7 @@ impl Server {
         );
         assert_eq!(status, 200, "demo token: {body}");
         let token: Value = serde_json::from_str(&body).unwrap();
-        let mut request = format!("ws://{}/ws", self.addr)
+        let mut request = format!("ws://{}{path}", self.addr)
             .into_client_request()
             .unwrap();
         let headers = request.headers_mut();
@@ -545,4 +554,94 @@ async fn the_demo_page_resumes_after_a_drop_in_headless_chromium() {
     assert_eq!(first_event.0, "resync notice", "{rows:?}");
     assert!(first_event.2.contains("unknown_stream"), "{rows:?}");
     assert_eq!(state["done"], true, "{rows:?}");
+}
+
+/// The critical events a tab receives up to and including the run's final
+/// answer, as `(stream, sequence, type)`.
+async fn critical_until_final(tab: &mut Tab) -> Vec<(u64, u64, String)> {
+    let mut seen = Vec::new();
+    loop {
+        let event = tab
+            .next_of(&[
+                "agent_started",
+                "agent_thinking",
+                "tool_executing",
+                "tool_completed",
+                "agent_completed",
+                "final_answer",
+                "resync",
+            ])
+            .await;
+        assert_ne!(event["type"], "resync", "nothing may be lost: {event}");
+        if event["critical"] == true {
+            seen.push((
+                event["stream"].as_u64().unwrap(),
+                event["sequence"].as_u64().unwrap(),
+                event["type"].as_str().unwrap().to_owned(),
+            ));
+        }
+        if event["type"] == "final_answer" {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_redis_behave_as_one() {
+    let Some(redis) = websocket_manager_suite::redis::redis_for("agent_server_cluster") else {
+        return;
+    };
+    let url = redis.url();
+    let secret = (
+        "AGENT_SERVER_JWT_SECRET",
+        "a shared secret of the two nodes, 32+ bytes long",
+    );
+    let args = ["--redis", url.as_str(), "--operator-token", OPERATOR_TOKEN];
+    let a = Server::start_with(&args, &[secret]);
+    let b = Server::start_with(&args, &[secret]);
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let mut on_a = a.connect("alice").await;
+        let mut on_b = b.connect("alice").await;
+        let mut live_on_b = b.connect("alice").await;
+        // `/health/{user}` on either node counts the tabs on both.
+        let deadline = std::time::Instant::now() + STEP;
+        loop {
+            let health: Value = serde_json::from_str(&a.operator_get("/health/alice")).unwrap();
+            if health["total_connections"] == 3 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a never counted b's tab: {health}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let report: Value = serde_json::from_str(&b.operator_get("/managers")).unwrap();
+        assert!(report.to_string().contains("\"cluster\""), "{report}");
+
+        // A run started on node a: b's tab sees the same events, same offsets.
+        on_a.run("cluster").await;
+        let first_on_b = on_b.next_of(&["agent_started"]).await;
+        let resume_from = format!("{}:{}", first_on_b["stream"], first_on_b["sequence"]);
+        // b's tab drops after the first event; the run goes on.
+        drop(on_b);
+        let all = critical_until_final(&mut on_a).await;
+        assert!(all.len() >= 3, "{all:?}");
+        assert_eq!(all[0].2, "agent_started");
+        // It resumes on the other node and gets exactly what followed.
+        let mut resumed = a
+            .connect_to("alice", &format!("/ws?resume={resume_from}"))
+            .await;
+        let rest = critical_until_final(&mut resumed).await;
+        assert_eq!(
+            rest,
+            all[1..].to_vec(),
+            "the events after the offset, once each"
+        );
+        // The tab that stayed on b saw the whole run live, final answer
+        // included, with the same offsets as the tab on a.
+        assert_eq!(critical_until_final(&mut live_on_b).await, all);
+    })
+    .await
+    .expect("the test did not finish within 60 s");
 }

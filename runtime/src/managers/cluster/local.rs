@@ -30,6 +30,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
@@ -40,6 +41,7 @@ use crate::error::ManagerError;
 use crate::health::{ConnectionSummary, unix_millis};
 use crate::ids::{ConnectionId, ThreadId, UserId};
 use crate::managers::fan_out::{FanOut, Recipient, Totals, UserCounters, bump, fan_out};
+use crate::managers::stats::{IndexSizes, ManagerStats};
 use crate::offset::StreamOffset;
 
 use super::wire::PresenceEntry;
@@ -656,6 +658,33 @@ impl LocalIndex {
 
     pub fn connection_count(&self) -> usize {
         self.connections.len()
+    }
+
+    /// This node's counters and index sizes (history lives in Redis:
+    /// `history_users` is 0).
+    pub fn stats(&self) -> ManagerStats {
+        let t = &self.totals;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        ManagerStats {
+            indexes: IndexSizes {
+                connections: self.connections.len(),
+                users: self.users.len(),
+                sockets: self.sockets.len(),
+                threads: self.threads.len(),
+                history_users: 0,
+            },
+            messages_sent: load(&t.sent),
+            messages_failed: load(&t.failed),
+            messages_dropped: load(&t.dropped),
+            slow_consumer_disconnects: load(&t.slow_disconnects),
+            critical_rejected: load(&t.critical_rejected),
+            history_evicted: load(&t.history_evicted),
+            history_expired: load(&t.history_expired),
+            pending_expired: load(&t.pending_expired),
+            replayed: load(&t.replayed),
+            resync_notices: load(&t.resync_notices),
+            pending_discarded_at_shutdown: load(&t.pending_discarded),
+        }
     }
 }
 

@@ -238,6 +238,12 @@ impl ClusterWebSocketManager {
         &self.shared.cluster
     }
 
+    /// This node's counters and index sizes (the same figures as the
+    /// reference managers'; retained history lives in Redis).
+    pub fn stats(&self) -> crate::managers::ManagerStats {
+        self.shared.local.stats()
+    }
+
     /// What this node knows of the cluster.
     pub fn cluster_stats(&self) -> ClusterStats {
         ClusterStats {
