@@ -8,7 +8,7 @@ use serde_json::json;
 use websocket_manager::conformance::Conformance;
 use websocket_manager::managers::{ClusterConfig, ClusterWebSocketManager, RESUME_CLOSE_CODE};
 use websocket_manager::*;
-use websocket_manager_suite::redis::{own_redis_for, redis_for, unique_prefix};
+use websocket_manager_suite::redis::{count_keys, own_redis_for, redis_for, unique_prefix};
 
 fn cluster(url: &str, prefix: &str, node: &str) -> ClusterConfig {
     ClusterConfig::builder(url)
@@ -395,13 +395,75 @@ async fn the_conformance_kit_passes_on_the_cluster_manager() {
     let Some(redis) = redis_for("cluster_conformance") else {
         return;
     };
+    let prefix = unique_prefix("kit");
     let mut extensions = Extensions::new();
-    extensions.insert(cluster(&redis.url(), &unique_prefix("kit"), "kit"));
+    extensions.insert(cluster(&redis.url(), &prefix, "kit"));
     let report = Conformance::new(ManagerMode::Unified)
         .extensions(extensions)
         .run_type::<ClusterWebSocketManager>()
         .await;
     assert!(report.passed(), "{report:?}");
+    // The probes ran in namespaces of their own, and deleted them.
+    let pattern = format!("{prefix}:*");
+    eventually(
+        Duration::from_secs(3),
+        "the probes' keys are deleted",
+        || count_keys(&redis.url(), &pattern) == 0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_agree_on_presence() {
+    let Some(redis) = redis_for("three_nodes") else {
+        return;
+    };
+    let prefix = unique_prefix("three");
+    let url = redis.url();
+    let nodes = [
+        node(&url, &prefix, "n1").await,
+        node(&url, &prefix, "n2").await,
+        node(&url, &prefix, "n3").await,
+    ];
+    let users = [user("u1"), user("u2"), user("u3"), user("u4")];
+    let mut tabs = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        for k in 0..=i {
+            tabs.push((u.clone(), connect(&nodes[(i + k) % 3], u, None).await));
+        }
+    }
+    let expected: Vec<usize> = (1..=4).collect();
+    let counts = |n: &ClusterWebSocketManager| -> Vec<usize> {
+        users
+            .iter()
+            .map(|u| n.get_user_connections(u).len())
+            .collect()
+    };
+    eventually(
+        Duration::from_secs(3),
+        "every replica holds every tab",
+        || nodes.iter().all(|n| counts(n) == expected),
+    )
+    .await;
+    // Every node answers with the same connection ids.
+    for u in &users {
+        let first = nodes[0].get_user_connections(u);
+        assert!(nodes.iter().all(|n| n.get_user_connections(u) == first));
+    }
+    // Removals propagate too.
+    for (u, tab) in tabs.iter().filter(|(u, _)| *u == users[3]) {
+        for n in &nodes {
+            n.remove_connection(&tab.id).await;
+        }
+        let _ = u;
+    }
+    eventually(Duration::from_secs(3), "u4 is gone everywhere", || {
+        nodes.iter().all(|n| !n.is_connection_active(&users[3]))
+    })
+    .await;
+    for n in &nodes {
+        n.shutdown().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -171,3 +171,35 @@ pub fn unique_prefix(name: &str) -> String {
         .map_or(0, |d| d.subsec_nanos());
     format!("test:{name}:{}:{nanos}", std::process::id())
 }
+
+/// How many keys match `pattern` on the server at `url` (`KEYS`, over a
+/// plain RESP exchange: tests only, on small test servers).
+///
+/// # Panics
+///
+/// When the URL is not `redis://host:port[/...]` or the server does not
+/// answer.
+pub fn count_keys(url: &str, pattern: &str) -> usize {
+    let address = url
+        .strip_prefix("redis://")
+        .and_then(|rest| rest.split('/').next())
+        .expect("a redis://host:port URL");
+    let mut stream = TcpStream::connect(address).expect("redis answers");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("a read timeout");
+    let command = format!("*2\r\n$4\r\nKEYS\r\n${}\r\n{pattern}\r\n", pattern.len());
+    stream.write_all(command.as_bytes()).expect("KEYS sent");
+    // The reply starts `*N\r\n`: N is all we need.
+    let mut header = Vec::new();
+    let mut byte = [0u8; 1];
+    while !header.ends_with(b"\r\n") {
+        stream.read_exact(&mut byte).expect("a reply");
+        header.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&header);
+    text.trim_start_matches('*')
+        .trim_end()
+        .parse()
+        .expect("an array reply")
+}

@@ -365,8 +365,8 @@ impl Backplane {
             .map(drop)
     }
 
-    /// Writes presence changes to this node's hash and announces them, in
-    /// one pipeline.
+    /// Writes presence changes to this node's hash and announces them (and
+    /// forwards thread bindings), in one pipeline.
     pub async fn write_presence(&self, changes: &[PresenceChange]) -> Result<(), ClusterFailure> {
         let hash = self.keys.presence(&self.node);
         let bus = self.keys.bus();
@@ -395,6 +395,17 @@ impl Backplane {
                     connection: connection.clone(),
                     thread: thread.clone(),
                 },
+                PresenceChange::Bind(node, connection, thread) => {
+                    let message = BusMessage::Bind {
+                        origin: origin.clone(),
+                        connection: connection.clone(),
+                        thread: thread.clone(),
+                    };
+                    let text =
+                        serde_json::to_string(&message).map_err(|e| protocol(&e.to_string()))?;
+                    pipe.publish(self.keys.node_channel(node), text).ignore();
+                    continue;
+                }
             };
             let text = serde_json::to_string(&message).map_err(|e| protocol(&e.to_string()))?;
             pipe.publish(&bus, text).ignore();

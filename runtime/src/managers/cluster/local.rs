@@ -115,6 +115,8 @@ pub(crate) enum PresenceChange {
     Join(ConnectionId, PresenceEntry),
     Leave(ConnectionId),
     Moved(ConnectionId, ThreadId),
+    /// Ask node `.0`, which holds connection `.1`, to bind it to `.2`.
+    Bind(String, ConnectionId, ThreadId),
 }
 
 /// Where presence changes go (never blocks: it queues or marks the
@@ -634,7 +636,11 @@ impl LocalIndex {
                     .connections
                     .iter()
                     .filter(|c| match (&c.cursor, head) {
-                        (Cursor::Live { at }, Some(head)) => *at != Some(head),
+                        // Behind the head, or on a stream Redis no longer has.
+                        (Cursor::Live { at: Some(at) }, Some(head)) => {
+                            at.stream != head.stream || at.sequence < head.sequence
+                        }
+                        (Cursor::Live { at: None }, Some(_)) => true,
                         (Cursor::Live { at }, None) => at.is_some(),
                         (Cursor::CatchingUp { .. }, _) => false,
                     })

@@ -123,6 +123,12 @@ struct Shared {
     shut_down: AtomicBool,
     /// Delete the key namespace on drop (the probes' instances).
     probe: bool,
+    /// The bounded queue the presence writer drains.
+    outbound: mpsc::Sender<PresenceChange>,
+    /// Wakes the maintenance task to leave the cluster...
+    stop: tokio::sync::Notify,
+    /// ...which it signals here once it has.
+    stopped: tokio::sync::Notify,
 }
 
 /// Counters of the cluster side, in [`ClusterWebSocketManager::cluster_stats`].
@@ -190,8 +196,9 @@ impl ClusterWebSocketManager {
         let (outbound, outbound_rx) = mpsc::channel::<PresenceChange>(cluster.outbound_capacity());
         let presence_dirty = Arc::new(AtomicBool::new(false));
         let dirty = Arc::clone(&presence_dirty);
+        let queue = outbound.clone();
         let sink = Arc::new(move |change: PresenceChange| {
-            if outbound.try_send(change).is_err() {
+            if queue.try_send(change).is_err() {
                 dirty.store(true, Ordering::SeqCst);
             }
         });
@@ -206,6 +213,9 @@ impl ClusterWebSocketManager {
             presence_dirty,
             shut_down: AtomicBool::new(false),
             probe,
+            outbound,
+            stop: tokio::sync::Notify::new(),
+            stopped: tokio::sync::Notify::new(),
         });
         runtime.spawn(dispatch(Arc::downgrade(&shared), inbound_rx));
         runtime.spawn(write_presence(Arc::downgrade(&shared), outbound_rx));
@@ -259,15 +269,7 @@ impl ClusterWebSocketManager {
     /// [`CloseReason::going_away`], removes this node's presence (the other
     /// nodes forget it at once) and refuses further work.
     pub async fn shutdown(&self) {
-        self.shared.shut_down.store(true, Ordering::SeqCst);
-        self.shared.local.close_all(&CloseReason::going_away());
-        if let Err(error) = self.shared.backplane.leave_cluster().await {
-            tracing::warn!(%error, node = self.node_id(),
-                "could not remove this node's presence; the others drop it when its heartbeat expires");
-        }
-        if self.shared.probe {
-            let _ = self.shared.backplane.delete_namespace().await;
-        }
+        self.shared.stop_and_wait().await;
     }
 }
 
@@ -277,14 +279,11 @@ impl Drop for ClusterWebSocketManager {
         // dropped without `shutdown` is dropped by the others after its
         // heartbeat expires.
         if self.shared.probe
+            && !self.shared.shut_down.load(Ordering::SeqCst)
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             let shared = Arc::clone(&self.shared);
-            runtime.spawn(async move {
-                shared.local.close_all(&CloseReason::going_away());
-                let _ = shared.backplane.leave_cluster().await;
-                let _ = shared.backplane.delete_namespace().await;
-            });
+            runtime.spawn(async move { shared.stop_and_wait().await });
         }
     }
 }
@@ -302,6 +301,25 @@ impl ConstructManager for ClusterWebSocketManager {
 }
 
 impl Shared {
+    /// Closes every local socket and has the maintenance task leave the
+    /// cluster (and delete a probe's namespace), after any Redis work it
+    /// has in flight; waits for it at most a few command timeouts.
+    async fn stop_and_wait(&self) {
+        self.shut_down.store(true, Ordering::SeqCst);
+        self.local.close_all(&CloseReason::going_away());
+        self.stop.notify_one();
+        let limit = self.cluster.command_timeout() * 4 + Duration::from_millis(200);
+        if tokio::time::timeout(limit, self.stopped.notified())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                node = self.cluster.node_id(),
+                "could not leave the cluster in time; the others drop this node when its heartbeat expires"
+            );
+        }
+    }
+
     fn refuse_if_shut_down(&self) -> Result<(), ManagerError> {
         if self.shut_down.load(Ordering::SeqCst) {
             Err(ManagerError::ShutDown)
@@ -528,24 +546,18 @@ impl WebSocketManager for ClusterWebSocketManager {
         let Some(node) = shared.replica.holder(connection_id) else {
             return false;
         };
-        // The connection lives on another node: ask it, without waiting.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return false;
-        };
-        let weak = Arc::downgrade(shared);
-        let message = BusMessage::Bind {
-            origin: shared.cluster.node_id().to_owned(),
-            connection: connection_id.clone(),
-            thread: thread_id,
-        };
-        runtime.spawn(async move {
-            let Some(shared) = weak.upgrade() else { return };
-            let channel = shared.backplane.keys().node_channel(&node);
-            if let Err(error) = shared.backplane.publish(channel, &message).await {
-                tracing::warn!(%error, "could not forward a thread binding to the node holding the connection");
+        // The connection lives on another node: ask it, through the
+        // bounded outbound queue (no waiting here).
+        match shared
+            .outbound
+            .try_send(PresenceChange::Bind(node, connection_id.clone(), thread_id))
+        {
+            Ok(()) => true,
+            Err(_) => {
+                tracing::warn!(%connection_id, "outbound queue full: thread binding for another node refused");
+                false
             }
-        });
-        true
+        }
     }
 
     async fn send_to_user(
@@ -824,6 +836,7 @@ async fn maintain(shared: Weak<Shared>) {
                 return;
             };
             if shared.shut_down.load(Ordering::SeqCst) {
+                leave(&shared).await;
                 return;
             }
             let ready = *shared.ready.borrow();
@@ -845,13 +858,35 @@ async fn maintain(shared: Weak<Shared>) {
             next = now;
         }
         // Not ready: retry sooner than a full interval.
-        let wait = match shared.upgrade() {
-            Some(shared) if !*shared.ready.borrow() => Duration::from_millis(200).min(interval),
-            Some(_) => next - now,
-            None => return,
+        let Some(strong) = shared.upgrade() else {
+            return;
         };
-        tokio::time::sleep(wait).await;
+        let wait = if *strong.ready.borrow() {
+            next - now
+        } else {
+            Duration::from_millis(200).min(interval)
+        };
+        // Holding the manager while asleep delays its drop by at most one
+        // interval; a shutdown wakes the task at once.
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = strong.stop.notified() => {}
+        }
     }
+}
+
+/// Leaves the cluster for good (and deletes a probe's namespace).
+async fn leave(shared: &Shared) {
+    if let Err(error) = shared.backplane.leave_cluster().await {
+        tracing::warn!(%error, node = shared.cluster.node_id(),
+            "could not remove this node's presence; the others drop it when its heartbeat expires");
+    }
+    if shared.probe
+        && let Err(error) = shared.backplane.delete_namespace().await
+    {
+        tracing::warn!(%error, prefix = shared.cluster.key_prefix(), "probe namespace not deleted");
+    }
+    shared.stopped.notify_one();
 }
 
 /// (Re)joins: subscribes (again), audits if messages may have been lost,
@@ -907,9 +942,10 @@ async fn tick(shared: &Shared) -> Result<(), ClusterFailure> {
 
 /// Re-reads every other node's presence; forgets dead nodes.
 async fn refresh(shared: &Shared) -> Result<(), ClusterFailure> {
+    let read_at = Instant::now();
     for (node, entries) in shared.backplane.read_cluster().await? {
         match entries {
-            Some(entries) => shared.replica.replace_node(&node, entries),
+            Some(entries) => shared.replica.replace_node(&node, entries, read_at),
             None => {
                 let dropped = shared.replica.drop_node(&node);
                 tracing::info!(%node, connections = dropped, "node missed its heartbeat: forgotten");

@@ -9,6 +9,7 @@
 //! nodes whose heartbeat key has expired.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
 use parking_lot::RwLock;
 
@@ -22,6 +23,9 @@ struct State {
     by_node: HashMap<String, HashSet<ConnectionId>>,
     by_user: HashMap<UserId, HashSet<ConnectionId>>,
     by_thread: HashMap<ThreadId, HashSet<ConnectionId>>,
+    /// Changes heard on the bus, with when: a refresh whose read started
+    /// before a change must not undo it (`true`: joined, `false`: left).
+    recent: HashMap<ConnectionId, (Instant, bool)>,
 }
 
 impl State {
@@ -77,7 +81,11 @@ pub(crate) struct Replica {
 
 impl Replica {
     pub fn join(&self, node: &str, connection: ConnectionId, entry: PresenceEntry) {
-        self.state.write().insert(node, connection, entry);
+        let mut state = self.state.write();
+        state
+            .recent
+            .insert(connection.clone(), (Instant::now(), true));
+        state.insert(node, connection, entry);
     }
 
     pub fn leave(&self, node: &str, connection: &ConnectionId) {
@@ -90,6 +98,9 @@ impl Replica {
             .is_some_and(|(holder, _)| holder == node)
         {
             state.remove(connection);
+            state
+                .recent
+                .insert(connection.clone(), (Instant::now(), false));
         }
     }
 
@@ -103,27 +114,52 @@ impl Replica {
         }
     }
 
-    /// Replaces everything known of `node` with `entries`.
-    pub fn replace_node(&self, node: &str, entries: Vec<(ConnectionId, PresenceEntry)>) {
+    /// Replaces everything known of `node` with `entries`, read from Redis
+    /// at `read_at`; joins and leaves heard on the bus since then win.
+    pub fn replace_node(
+        &self,
+        node: &str,
+        entries: Vec<(ConnectionId, PresenceEntry)>,
+        read_at: Instant,
+    ) {
         let mut state = self.state.write();
+        let newer = |state: &State, connection: &ConnectionId| {
+            state
+                .recent
+                .get(connection)
+                .is_some_and(|(at, _)| *at >= read_at)
+        };
         let old: Vec<ConnectionId> = state
             .by_node
             .get(node)
             .map(|set| set.iter().cloned().collect())
             .unwrap_or_default();
         for connection in &old {
-            state.remove(connection);
+            if !newer(&state, connection) {
+                state.remove(connection);
+            }
         }
         for (connection, entry) in entries {
-            state.insert(node, connection, entry);
+            if !newer(&state, &connection) {
+                state.insert(node, connection, entry);
+            }
         }
+        // What is older than this read is settled by it.
+        state.recent.retain(|_, (at, _)| *at >= read_at);
     }
 
-    /// Forgets `node`; returns how many connections it held.
+    /// Forgets `node` (dead or gone); returns how many connections it held.
     pub fn drop_node(&self, node: &str) -> usize {
-        let before = self.state.read().by_node.get(node).map_or(0, HashSet::len);
-        self.replace_node(node, Vec::new());
-        before
+        let mut state = self.state.write();
+        let held: Vec<ConnectionId> = state
+            .by_node
+            .get(node)
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default();
+        for connection in &held {
+            state.remove(connection);
+        }
+        held.len()
     }
 
     pub fn nodes(&self) -> Vec<String> {
@@ -239,9 +275,33 @@ mod tests {
     fn a_refresh_replaces_what_a_node_holds() {
         let replica = Replica::default();
         replica.join("n1", id("stale"), entry("bob", None));
-        replica.replace_node("n1", vec![(id("fresh"), entry("carol", None))]);
+        replica.replace_node(
+            "n1",
+            vec![(id("fresh"), entry("carol", None))],
+            Instant::now(),
+        );
         assert!(replica.holder(&id("stale")).is_none());
         assert_eq!(replica.holder(&id("fresh")).as_deref(), Some("n1"));
         assert_eq!(replica.nodes(), vec!["n1".to_owned()]);
+    }
+
+    #[test]
+    fn a_refresh_read_before_a_bus_change_does_not_undo_it() {
+        let replica = Replica::default();
+        replica.join("n1", id("gone"), entry("bob", None));
+        let read_at = Instant::now();
+        // Heard on the bus after the read started: a join and a leave.
+        replica.join("n1", id("new"), entry("bob", None));
+        replica.leave("n1", &id("gone"));
+        // The (older) snapshot still has `gone` and lacks `new`.
+        replica.replace_node("n1", vec![(id("gone"), entry("bob", None))], read_at);
+        assert!(replica.holder(&id("new")).is_some(), "the join was undone");
+        assert!(
+            replica.holder(&id("gone")).is_none(),
+            "the leave was undone"
+        );
+        // The next refresh settles everything.
+        replica.replace_node("n1", vec![(id("new"), entry("bob", None))], Instant::now());
+        assert_eq!(replica.len(), 1);
     }
 }
