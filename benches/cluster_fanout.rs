@@ -9,7 +9,7 @@
 //! counted and reported.
 //!
 //! ```sh
-//! cargo bench --bench cluster_fanout            # 1k and 5k publishes/s, 5 s each
+//! cargo bench --bench cluster_fanout            # 1k, 5k and 20k publishes/s, 5 s each
 //! CLUSTER_BENCH_SECONDS=2 cargo bench --bench cluster_fanout
 //! ```
 //!
@@ -195,7 +195,7 @@ fn main() {
         USERS * TABS
     );
     println!("nodes  target/s  publishes  failed  deliveries/s  lost  p50 ms  p99 ms");
-    for rate in [1_000u64, 5_000] {
+    for rate in [1_000u64, 5_000, 20_000] {
         let mut rows = Vec::new();
         for nodes in [1usize, 2] {
             let outcome = runtime.block_on(scenario(&redis.url(), nodes, rate, seconds));
