@@ -343,6 +343,10 @@ async fn redis_restart_gives_typed_errors_then_recovers_and_announces_the_loss()
         !a.cluster_stats().ready
     })
     .await;
+    assert!(
+        a.get_connection_health(&alice).partial,
+        "an answer from a stale view says so"
+    );
     let local = a
         .send_to_user(&dave, json!({"type": "local"}))
         .await
@@ -386,6 +390,7 @@ async fn redis_restart_gives_typed_errors_then_recovers_and_announces_the_loss()
         a.is_connection_active(&alice)
     })
     .await;
+    assert!(!a.get_connection_health(&alice).partial);
     a.shutdown().await;
     b.shutdown().await;
 }

@@ -58,6 +58,10 @@ pub struct ConnectionHealth {
     pub last_activity_ms: Option<u64>,
     /// One entry per registered connection, sorted by connection id.
     pub connections: Vec<ConnectionSummary>,
+    /// `true` when the answer may be incomplete: a cluster manager cut off
+    /// from its engine (Redis) answers from its last view of the other
+    /// nodes. Always `false` for a single-process manager.
+    pub partial: bool,
 }
 
 impl ConnectionHealth {
@@ -80,6 +84,7 @@ impl ConnectionHealth {
             slow_consumer_disconnects: 0,
             last_activity_ms: None,
             connections: Vec::new(),
+            partial: false,
         }
     }
 }

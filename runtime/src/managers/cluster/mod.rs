@@ -675,6 +675,8 @@ impl WebSocketManager for ClusterWebSocketManager {
             });
         }
         health.total_connections = health.connections.len();
+        // Cut off from Redis: the other nodes' part is the last one known.
+        health.partial = !*shared.ready.borrow();
         health
             .connections
             .sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
