@@ -500,3 +500,80 @@ async fn startup_validates_the_cluster_manager_and_lists_it_when_unconfigured() 
         "{report}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_inbound_buffer_loses_nothing_silently() {
+    let Some(redis) = redis_for("inbound_overflow") else {
+        return;
+    };
+    let prefix = unique_prefix("overflow");
+    let url = redis.url();
+    // A node whose buffer of messages from Redis holds one message.
+    let tiny = ClusterConfig::builder(url.as_str())
+        .key_prefix(&prefix)
+        .node_id("tiny")
+        .heartbeat_interval(Duration::from_millis(200))
+        .node_ttl(Duration::from_millis(600))
+        .inbound_capacity(1)
+        .build()
+        .unwrap();
+    let config = ManagerConfig::builder()
+        .queue_capacity(4096)
+        .queue_max_bytes(8 << 20)
+        .build()
+        .unwrap();
+    let a = ClusterWebSocketManager::new(config, tiny).unwrap();
+    a.ready().await.unwrap();
+    let b = std::sync::Arc::new(node(&url, &prefix, "b").await);
+    let alice = user("alice");
+    let mut tab = connect(&a, &alice, None).await;
+    eventually(Duration::from_secs(2), "b sees alice's tab", || {
+        b.is_connection_active(&alice)
+    })
+    .await;
+    // Bursts from the other node: many events arrive in one read. (Fewer
+    // than the history holds: once the tab is closed, alice is offline and
+    // her events wait for her.)
+    const EVENTS: u64 = 200;
+    for _ in 0..EVENTS / 100 {
+        let mut emits = Vec::new();
+        for _ in 0..100 {
+            let b = std::sync::Arc::clone(&b);
+            let alice = alice.clone();
+            emits.push(tokio::spawn(async move {
+                b.emit_critical_event(&alice, AGENT_THINKING, json!({}))
+                    .await
+            }));
+        }
+        for emit in emits {
+            emit.await.unwrap().unwrap();
+        }
+    }
+    let (got, closed) = frames(&mut tab, Duration::from_secs(3)).await;
+    let stats = a.cluster_stats();
+    assert!(
+        stats.inbound_dropped > 0,
+        "the buffer never overflowed: {stats}"
+    );
+    // What arrived is a gap-free prefix; the rest comes by resuming.
+    let seen = offsets(&got);
+    assert!(
+        seen.windows(2).all(|w| w[1].1 == w[0].1 + 1),
+        "a gap was passed on: {seen:?}"
+    );
+    assert!(seen.len() < EVENTS as usize, "{stats}");
+    assert_eq!(closed.map(|c| c.code), Some(RESUME_CLOSE_CODE), "{stats}");
+    let stream = seen.first().map_or(0, |s| s.0);
+    let last = seen.last().map_or(0, |s| s.1);
+    let mut resumed = connect(&b, &alice, Some(StreamOffset::new(stream, last))).await;
+    let (rest, _) = frames(&mut resumed, Duration::from_secs(1)).await;
+    let rest = offsets(&rest);
+    assert_eq!(rest.first().map(|r| r.1), Some(last + 1));
+    assert_eq!(
+        last as usize + rest.len(),
+        EVENTS as usize,
+        "every event exactly once"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -33,6 +33,7 @@ pub struct ClusterConfig {
     heartbeat_interval: Duration,
     node_ttl: Duration,
     outbound_capacity: usize,
+    inbound_capacity: usize,
     stream_meta_ttl: Duration,
 }
 
@@ -50,6 +51,7 @@ impl ClusterConfig {
                 heartbeat_interval: Duration::from_secs(3),
                 node_ttl: Duration::from_secs(9),
                 outbound_capacity: 4096,
+                inbound_capacity: 65_536,
                 stream_meta_ttl: Duration::from_secs(24 * 3600),
             },
         }
@@ -93,6 +95,12 @@ impl ClusterConfig {
     /// The bound on presence changes waiting to be written to Redis.
     pub fn outbound_capacity(&self) -> usize {
         self.outbound_capacity
+    }
+
+    /// The bound on messages from Redis waiting for this node's
+    /// dispatcher.
+    pub fn inbound_capacity(&self) -> usize {
+        self.inbound_capacity
     }
 
     /// How long a user's stream id (epoch) and sequence survive without a
@@ -176,6 +184,16 @@ impl ClusterConfigBuilder {
         self
     }
 
+    /// The bound on messages from Redis waiting for this node's dispatcher
+    /// (default 65,536). A message that finds it full is dropped, and the
+    /// node then audits every local user: connections that missed an event
+    /// are closed with `RESUME_CLOSE_CODE` so their clients resume. Late,
+    /// never lost.
+    pub fn inbound_capacity(mut self, capacity: usize) -> Self {
+        self.config.inbound_capacity = capacity;
+        self
+    }
+
     /// How long a user's stream id and sequence survive without a new
     /// critical event (default 24 h; at least `history_max_age`, checked
     /// when the manager is built).
@@ -221,6 +239,9 @@ impl ClusterConfigBuilder {
         }
         if c.outbound_capacity == 0 {
             return refuse("outbound_capacity", "must be at least 1");
+        }
+        if c.inbound_capacity == 0 {
+            return refuse("inbound_capacity", "must be at least 1");
         }
         Ok(c)
     }

@@ -46,7 +46,7 @@ mod presence;
 mod wire;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -73,10 +73,6 @@ pub use local::RESUME_CLOSE_CODE;
 use local::{LocalIndex, PresenceChange, Replay};
 use presence::Replica;
 use wire::{BusMessage, critical_frame};
-
-/// Messages from Redis waiting for the dispatcher. When full, the node
-/// audits every user (a lost message is never silently lost).
-const INBOUND_CAPACITY: usize = 65_536;
 
 /// A [`WebSocketManager`] shared by every node of a cluster through Redis.
 ///
@@ -117,6 +113,10 @@ struct Shared {
     ready: watch::Sender<bool>,
     /// Set when messages may have been lost (disconnect, full buffer).
     audit_due: Arc<AtomicBool>,
+    /// Messages from Redis dropped on a full inbound buffer.
+    inbound_dropped: Arc<AtomicU64>,
+    /// Audits run (after a disconnect or a full buffer).
+    audits: AtomicU64,
     /// Set when a presence change could not be queued or written: the next
     /// heartbeat rewrites this node's whole presence.
     presence_dirty: Arc<AtomicBool>,
@@ -145,18 +145,25 @@ pub struct ClusterStats {
     pub remote_connections: usize,
     /// Other nodes in the replica.
     pub remote_nodes: usize,
+    /// Messages from Redis dropped on a full inbound buffer (each one
+    /// triggered an audit).
+    pub inbound_dropped: u64,
+    /// Audits of every local user run after a possible message loss.
+    pub audits: u64,
 }
 
 impl std::fmt::Display for ClusterStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "node {} ({}): {} local connection(s), {} on {} other node(s)",
+            "node {} ({}): {} local connection(s), {} on {} other node(s); {} inbound message(s) dropped, {} audit(s)",
             self.node_id,
             if self.ready { "ready" } else { "NOT READY" },
             self.local_connections,
             self.remote_connections,
-            self.remote_nodes
+            self.remote_nodes,
+            self.inbound_dropped,
+            self.audits
         )
     }
 }
@@ -183,11 +190,19 @@ impl ClusterWebSocketManager {
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
             BuildError::Failed(format!("the cluster manager needs a tokio runtime: {e}").into())
         })?;
-        let (inbound, inbound_rx) = mpsc::channel::<PushInfo>(INBOUND_CAPACITY);
+        // When the inbound buffer is full the message is dropped and every
+        // local user audited: a lost message is never silently lost.
+        let (inbound, inbound_rx) = mpsc::channel::<PushInfo>(cluster.inbound_capacity());
         let audit_due = Arc::new(AtomicBool::new(false));
-        let overflow = Arc::clone(&audit_due);
+        let inbound_dropped = Arc::new(AtomicU64::new(0));
+        let (overflow, dropped) = (Arc::clone(&audit_due), Arc::clone(&inbound_dropped));
         let backplane = Backplane::connect(&cluster, move |info| {
+            // Subscription confirmations and the like carry nothing to act on.
+            if !matches!(info.kind, PushKind::Message | PushKind::Disconnection) {
+                return Ok(());
+            }
             if inbound.try_send(info).is_err() {
+                dropped.fetch_add(1, Ordering::Relaxed);
                 overflow.store(true, Ordering::SeqCst);
             }
             Ok(())
@@ -210,6 +225,8 @@ impl ClusterWebSocketManager {
             backplane,
             ready: watch::Sender::new(false),
             audit_due,
+            inbound_dropped,
+            audits: AtomicU64::new(0),
             presence_dirty,
             shut_down: AtomicBool::new(false),
             probe,
@@ -262,6 +279,8 @@ impl ClusterWebSocketManager {
             local_connections: self.shared.local.connection_count(),
             remote_connections: self.shared.replica.len(),
             remote_nodes: self.shared.replica.nodes().len(),
+            inbound_dropped: self.shared.inbound_dropped.load(Ordering::Relaxed),
+            audits: self.shared.audits.load(Ordering::Relaxed),
         }
     }
 
@@ -972,6 +991,7 @@ async fn audit(shared: &Shared) -> Result<(), ClusterFailure> {
                 .close_behind(user, head.filter(|h| h.sequence > 0));
         }
     }
+    shared.audits.fetch_add(1, Ordering::Relaxed);
     tracing::info!(
         users = users.len(),
         closed,
