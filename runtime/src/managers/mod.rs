@@ -8,6 +8,12 @@
 //! Both are registered with `#[websocket_manager]` and built by the factory
 //! from a [`BuildContext`](crate::BuildContext).
 //!
+//! With the feature `redis`, a third: `ClusterWebSocketManager`
+//! (`"cluster"`), one manager across many server processes through a real
+//! Redis (critical events in Redis Streams, presence replicated to every
+//! node). It has its own critical path and reuses the fan-out building
+//! blocks; see its docs and the README's "Cluster" section.
+//!
 //! # Guarantees
 //!
 //! * **O(1) lookups.** Connection by id, user to connections, socket to
