@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use websocket_manager::ClusterFailure;
 use websocket_manager::conformance::Conformance;
 use websocket_manager::managers::{ClusterConfig, ClusterWebSocketManager, RESUME_CLOSE_CODE};
 use websocket_manager::*;
@@ -574,6 +575,77 @@ async fn a_full_inbound_buffer_loses_nothing_silently() {
         EVENTS as usize,
         "every event exactly once"
     );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_gives_bounded_typed_errors_and_nothing_is_lost_after() {
+    let Some(server) = own_redis_for("redis_hung") else {
+        return;
+    };
+    let url = server.url();
+    let prefix = unique_prefix("hung");
+    let (a, b) = (
+        node(&url, &prefix, "a").await,
+        node(&url, &prefix, "b").await,
+    );
+    let alice = user("alice");
+    let mut tab = connect(&b, &alice, None).await;
+    eventually(Duration::from_secs(2), "a sees alice", || {
+        a.is_connection_active(&alice)
+    })
+    .await;
+    a.emit_critical_event(&alice, AGENT_STARTED, json!({"n": 1}))
+        .await
+        .unwrap();
+
+    server.pause();
+    let started = Instant::now();
+    let error = a
+        .emit_critical_event(&alice, AGENT_THINKING, json!({"n": 2}))
+        .await
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        matches!(
+            error,
+            ManagerError::Cluster {
+                failure: ClusterFailure::Timeout { .. } | ClusterFailure::Engine(_),
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(
+        waited < Duration::from_secs(2),
+        "bounded by the 400 ms command timeout: {waited:?}"
+    );
+    server.unpause();
+
+    eventually(Duration::from_secs(8), "a is ready again", || {
+        a.cluster_stats().ready
+    })
+    .await;
+    a.emit_critical_event(&alice, AGENT_COMPLETED, json!({"n": 3}))
+        .await
+        .unwrap();
+    let (got, closed) = frames(&mut tab, SHORT).await;
+    assert!(closed.is_none(), "{got:?}");
+    // The refused event was sent before Redis hung, so it may have been
+    // stored after all: the error says so, and either way the tab sees a
+    // gap-free stream, each event once.
+    let data: Vec<_> = got.iter().map(|f| f["data"]["n"].clone()).collect();
+    let ManagerError::Cluster { failure, .. } = &error else {
+        unreachable!()
+    };
+    assert!(failure.may_have_taken_effect(), "{failure}");
+    assert!(
+        data == [json!(1), json!(3)] || data == [json!(1), json!(2), json!(3)],
+        "{got:?}"
+    );
+    let seen = offsets(&got);
+    assert!(seen.windows(2).all(|w| w[1].1 == w[0].1 + 1), "{seen:?}");
     a.shutdown().await;
     b.shutdown().await;
 }

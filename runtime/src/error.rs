@@ -8,15 +8,24 @@ use crate::ids::{ConnectionId, UserId};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClusterFailure {
-    /// No answer within the configured command timeout.
-    #[error("no answer from the engine within {timeout_ms} ms")]
+    /// No answer within the configured command timeout. The command had
+    /// been sent, so it may still take effect (see
+    /// [`may_have_taken_effect`](Self::may_have_taken_effect)).
+    #[error(
+        "no answer from the engine within {timeout_ms} ms (the command was sent and may still take effect)"
+    )]
     Timeout {
         /// The timeout that expired.
         timeout_ms: u64,
     },
-    /// The engine answered with an error, or the connection to it failed.
+    /// The engine answered with an error, or the connection to it failed
+    /// after the command was sent.
     #[error("the engine failed: {0}")]
     Engine(String),
+    /// The engine could not be reached at all (connection refused): the
+    /// command was not sent.
+    #[error("the engine is unreachable: {0}")]
+    Unreachable(String),
     /// This node is not (or no longer) subscribed to the cluster's
     /// channels, so it could not take part without missing messages.
     #[error("this node is not connected to the cluster yet")]
@@ -24,6 +33,27 @@ pub enum ClusterFailure {
     /// The engine answered something this version does not understand.
     #[error("unexpected answer from the engine: {0}")]
     Protocol(String),
+}
+
+impl ClusterFailure {
+    /// Whether the operation may have been carried out despite the error:
+    /// after a timeout, a hung engine that recovers still runs what it was
+    /// sent. A critical event refused this way may still be stored and
+    /// delivered (once, with its offset), so retrying it can store it
+    /// twice. `Unreachable` and `NotReady` mean nothing was sent.
+    ///
+    /// ```
+    /// use websocket_manager::ClusterFailure;
+    /// assert!(ClusterFailure::Timeout { timeout_ms: 1000 }.may_have_taken_effect());
+    /// assert!(!ClusterFailure::NotReady.may_have_taken_effect());
+    /// assert!(!ClusterFailure::Unreachable("connection refused".into()).may_have_taken_effect());
+    /// ```
+    pub fn may_have_taken_effect(&self) -> bool {
+        !matches!(
+            self,
+            ClusterFailure::Unreachable(_) | ClusterFailure::NotReady
+        )
+    }
 }
 
 /// A manager operation failed. One variant per thing a caller can do

@@ -156,7 +156,11 @@ impl std::fmt::Debug for Backplane {
 }
 
 fn engine(error: &redis::RedisError) -> ClusterFailure {
-    ClusterFailure::Engine(error.to_string())
+    if error.is_connection_refusal() {
+        ClusterFailure::Unreachable(error.to_string())
+    } else {
+        ClusterFailure::Engine(error.to_string())
+    }
 }
 
 fn protocol(what: &str) -> ClusterFailure {
@@ -211,6 +215,10 @@ impl Backplane {
     ) -> Result<T, ClusterFailure> {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(value)) => Ok(value),
+            // redis-rs's own response timeout: the command was sent.
+            Ok(Err(error)) if error.is_timeout() => Err(ClusterFailure::Timeout {
+                timeout_ms: millis(self.timeout),
+            }),
             Ok(Err(error)) => Err(engine(&error)),
             Err(_) => Err(ClusterFailure::Timeout {
                 timeout_ms: millis(self.timeout),
