@@ -86,7 +86,10 @@ pub use handler::{
     MessageHandler, handler_fn,
 };
 #[cfg(feature = "jwt")]
-pub use jwt::{DEFAULT_SUBPROTOCOL, JwtAuthenticator, JwtError, TOKEN_PROTOCOL_PREFIX};
+pub use jwt::{
+    DEFAULT_SUBPROTOCOL, JwtAuthenticator, JwtError, MAX_TOKEN_LEN, TOKEN_PROTOCOL_PREFIX,
+    TokenPart, VerifiedToken, encode_hs256,
+};
 pub use service::{Admission, ConnectionOutcome, WebSocketService, WebSocketServiceBuilder};
 pub use shutdown::{LeftConnection, ShutdownReport};
 pub use wire::{WireError, WireMessage, WireSocket};
