@@ -187,6 +187,15 @@ impl Contract {
         self.methods.iter().map(ContractMethod::name)
     }
 
+    /// [`fingerprint`](Self::fingerprint) of [`CONTRACT_SOURCE`], computed
+    /// once per compiler process: `#[websocket_manager]` needs it in every
+    /// expansion, and rendering 11 signatures each time is most of the cost.
+    /// (Only span-free data may outlive an expansion; a `u64` is.)
+    pub fn source_fingerprint(&self) -> u64 {
+        static FINGERPRINT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        *FINGERPRINT.get_or_init(|| self.fingerprint())
+    }
+
     /// FNV-1a over every signature, in order: changes whenever a method is
     /// added, removed, renamed, reordered or changes type or asyncness.
     pub fn fingerprint(&self) -> u64 {

@@ -13,6 +13,7 @@ use syn::{FnArg, ImplItem, ImplItemFn, Item, ItemImpl, Pat, Path, Type};
 
 use crate::args::{self, Args, Mode};
 use crate::contract::{Contract, ContractMethod};
+use crate::hollow::Original;
 use crate::types::{Qualify, render_type};
 use crate::validate::{self, Form};
 
@@ -27,18 +28,19 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         Ok(contract) => contract,
         Err(error) => return with_errors(vec![error], item),
     };
-    let parsed: Item = match syn::parse2(item.clone()) {
+    let (hollowed, original) = crate::hollow::hollow(item);
+    let parsed: Item = match syn::parse2(hollowed) {
         Ok(parsed) => parsed,
         Err(error) => {
             errors.push(error);
-            return with_errors(errors, item);
+            return with_errors(errors, original.tokens);
         }
     };
     let (item_impl, form) = match classify(parsed) {
         Ok(found) => found,
         Err(error) => {
             errors.push(error);
-            return with_errors(errors, item);
+            return with_errors(errors, original.tokens);
         }
     };
     let args_valid = errors.is_empty();
@@ -46,6 +48,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
     errors.extend(checked.errors);
     let has_errors = !errors.is_empty();
     let mut generated = generate(
+        original,
         &item_impl,
         form,
         &contract,
@@ -110,7 +113,10 @@ fn classify(item: Item) -> Result<(ItemImpl, Form), syn::Error> {
     ))
 }
 
+/// `original` is the impl as the user wrote it, `item` its parse without
+/// method bodies.
 fn generate(
+    original: Original,
     item: &ItemImpl,
     form: Form,
     contract: &Contract,
@@ -125,18 +131,21 @@ fn generate(
         // only our error shows and not rustc's lifetime cascade
         return match form {
             Form::TraitImpl => TokenStream::new(),
-            Form::Inherent => item.to_token_stream(),
+            Form::Inherent => original.tokens,
         };
     }
     match form {
         Form::TraitImpl if !has_errors => {
             let annotated = annotated(item, &item.self_ty, krate);
+            // the user's own tokens, not `item` printed back: printing a
+            // parsed impl (bodies included) costs as much as parsing it
+            let original_tokens = &original.tokens;
             quote! {
                 // keeps "the following other types implement" lists of
                 // unrelated managers out of users' trait errors
                 #[diagnostic::do_not_recommend]
                 #[#async_trait]
-                #item
+                #original_tokens
                 #annotated
             }
         }
@@ -152,6 +161,8 @@ fn generate(
                     None => ImplItem::Verbatim(stub(method, krate)),
                 })
                 .collect();
+            // the kept methods were parsed without their bodies
+            original.restore(&mut fallback);
             let annotated = annotated(item, &item.self_ty, krate);
             quote! {
                 // keeps "the following other types implement" lists of
@@ -174,8 +185,9 @@ fn generate(
                     None => stub(method, krate),
                 });
             let annotated = annotated(item, self_ty, krate);
+            let original_tokens = &original.tokens;
             quote! {
-                #item
+                #original_tokens
                 // keeps "the following other types implement" lists of
                 // unrelated managers out of users' trait errors
                 #[diagnostic::do_not_recommend]
@@ -268,7 +280,8 @@ fn registration(item: &ItemImpl, contract: &Contract, args: &Args) -> TokenStrea
         Mode::Unified => quote!(#krate::ManagerMode::Unified),
         Mode::Isolated => quote!(#krate::ManagerMode::Isolated),
     };
-    let fingerprint = Literal::u64_suffixed(contract.fingerprint());
+    // `contract` is always `CONTRACT_SOURCE` here (`Contract::load`)
+    let fingerprint = Literal::u64_suffixed(contract.source_fingerprint());
     let span = registered.span();
     let constructor = if args.factory {
         quote_spanned!(span=> ::core::option::Option::Some(#krate::__private::construct::<#registered>))

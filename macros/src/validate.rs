@@ -275,11 +275,33 @@ fn foreign_item(item: &ImplItem) -> Option<syn::Error> {
     ))
 }
 
+/// A contract method's signature as text, rendered on first use.
+pub(crate) struct LazySignature<'a> {
+    spec: &'a ContractMethod,
+    text: std::cell::OnceCell<String>,
+}
+
+impl<'a> LazySignature<'a> {
+    pub(crate) fn new(spec: &'a ContractMethod) -> Self {
+        LazySignature {
+            spec,
+            text: std::cell::OnceCell::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for LazySignature<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.text.get_or_init(|| self.spec.signature()))
+    }
+}
+
 /// Every difference between one method and its contract entry.
 pub(crate) fn check_method(function: &ImplItemFn, spec: &ContractMethod) -> Vec<syn::Error> {
     let sig = &function.sig;
     let name = spec.name();
-    let contract_sig = spec.signature();
+    // rendered only when a message quotes it: most methods are correct
+    let contract_sig = LazySignature::new(spec);
     let mut errors = Vec::new();
     let mut error = |tokens: &dyn ToTokens, message: String| {
         errors.push(syn::Error::new_spanned(tokens, message));
@@ -334,7 +356,12 @@ fn declared_by(sig: &Signature, lifetime: &syn::Lifetime) -> bool {
     sig.generics.lifetimes().any(|l| l.lifetime == *lifetime)
 }
 
-fn check_generics(sig: &Signature, name: &str, contract_sig: &str, error: &mut Report<'_>) {
+fn check_generics(
+    sig: &Signature,
+    name: &str,
+    contract_sig: &LazySignature<'_>,
+    error: &mut Report<'_>,
+) {
     let lifetimes: Vec<String> = sig
         .generics
         .lifetimes()
