@@ -65,7 +65,9 @@ pub use context::{ManagerMode, UnknownMode, UserContext};
 pub use delivery::{Delivery, DeliveryTarget, NotDeliveredReason};
 pub use error::ManagerError;
 pub use extensions::Extensions;
-pub use factory::{FactoryError, ManagerFactory, StandardFactory, StandardFactoryBuilder};
+pub use factory::{
+    BuiltManager, FactoryError, ManagerFactory, StandardFactory, StandardFactoryBuilder,
+};
 pub use health::{ConnectionHealth, ConnectionSummary};
 pub use ids::{ConnectionId, IdError, MAX_ID_LEN, ThreadId, UserId};
 pub use managers::{
