@@ -238,6 +238,7 @@ impl JwtAuthenticator {
     ///
     /// [`JwtError::Key`] when the PEM is not an RSA public key.
     #[cfg(feature = "jwt-rsa")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwt-rsa")))]
     pub fn rs256_pem(public_key_pem: &[u8]) -> Result<Self, JwtError> {
         let key = jsonwebtoken::DecodingKey::from_rsa_pem(public_key_pem)
             .map_err(|error| JwtError::Key(error.to_string()))?;

@@ -56,9 +56,11 @@
 //! ```
 
 #[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 pub mod close;
 #[cfg(feature = "tungstenite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tungstenite")))]
 pub mod tungstenite;
 
 mod auth;
@@ -86,6 +88,7 @@ pub use handler::{
     MessageHandler, handler_fn,
 };
 #[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub use jwt::{
     DEFAULT_SUBPROTOCOL, JwtAuthenticator, JwtError, MAX_TOKEN_LEN, TOKEN_PROTOCOL_PREFIX,
     TokenPart, VerifiedToken, encode_hs256,
