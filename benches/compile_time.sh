@@ -5,6 +5,7 @@
 # dependencies are built once and only the crate under test is timed).
 #
 #   benches/compile_time.sh [pairs]      (default 3 pairs)
+#   CLOCK=cpu benches/compile_time.sh 5  (CPU time instead of wall time)
 #
 # Each pair times both crates back to back, alternating which goes first:
 #   full        `cargo clean -p <crate>` then `cargo build`
@@ -29,10 +30,10 @@ method_bodies() {
     fn is_connection_active(&self, _user_id: &UserId) -> bool { false }
     fn get_connection_id_by_websocket(&self, _websocket: &WebSocketHandle) -> Option<ConnectionId> { None }
     fn update_connection_thread(&self, _connection_id: &ConnectionId, _thread_id: ThreadId) -> bool { false }
-    async fn send_to_user(&self, _user_id: &UserId, _message: serde_json::Value) -> Result<Delivery, ManagerError> { Ok(Delivery::Queued { pending: 0 }) }
-    async fn emit_critical_event(&self, _user_id: &UserId, _event_type: &str, _data: serde_json::Value) -> Result<Delivery, ManagerError> { Ok(Delivery::Queued { pending: 0 }) }
+    async fn send_to_user(&self, _user_id: &UserId, _message: serde_json::Value) -> Result<Delivery, ManagerError> { Ok(Delivery::queued(0)) }
+    async fn emit_critical_event(&self, _user_id: &UserId, _event_type: &str, _data: serde_json::Value) -> Result<Delivery, ManagerError> { Ok(Delivery::queued(0)) }
     fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth { ConnectionHealth::empty(user_id.clone()) }
-    async fn send_to_thread(&self, _thread_id: &ThreadId, _message: serde_json::Value) -> Result<Delivery, ManagerError> { Ok(Delivery::Queued { pending: 0 }) }
+    async fn send_to_thread(&self, _thread_id: &ThreadId, _message: serde_json::Value) -> Result<Delivery, ManagerError> { Ok(Delivery::queued(0)) }
 RS
 }
 
@@ -70,12 +71,11 @@ TOML
   } > "$dir/src/lib.rs"
 }
 
-seconds() { # command...
-  local start end
-  start=$(date +%s.%N)
-  "$@" >/dev/null 2>&1
-  end=$(date +%s.%N)
-  echo "$end - $start" | bc
+seconds() { # command...: wall seconds, or with CLOCK=cpu user+system CPU
+  # seconds of the build's processes (steadier on a machine other builds share)
+  local TIMEFORMAT
+  if [ "${CLOCK:-wall}" = cpu ]; then TIMEFORMAT='%3U %3S'; else TIMEFORMAT='%3R'; fi
+  { time "$@" >/dev/null 2>&1; } 2>&1 | awk '{print $1 + ($2 ? $2 : 0)}'
 }
 
 generate annotated

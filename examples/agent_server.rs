@@ -45,7 +45,6 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::{get, post};
-use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
 use websocket_manager::managers::{
@@ -53,7 +52,7 @@ use websocket_manager::managers::{
 };
 use websocket_manager::transport::{
     HandlerError, InboundContext, InboundError, InboundMessage, JwtAuthenticator, MessageHandler,
-    OriginPolicy, TransportConfig, UserScopedThreads, WebSocketService,
+    OriginPolicy, TransportConfig, UserScopedThreads, WebSocketService, encode_hs256,
 };
 use websocket_manager::{
     AGENT_COMPLETED, AGENT_STARTED, AGENT_THINKING, ManagerConfig, StartupOptions, StartupReport,
@@ -489,17 +488,16 @@ async fn demo_token(State(state): State<AppState>, body: Option<Json<Value>>) ->
     let claims = json!({
         "sub": user.as_str(),
         "aud": AUDIENCE,
-        "exp": get_current_timestamp() + DEMO_TOKEN_TTL,
+        "exp": unix_now() + DEMO_TOKEN_TTL,
     });
-    match encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(&secret),
-    ) {
-        Ok(token) => Json(json!({"token": token, "user": user, "expires_in": DEMO_TOKEN_TTL}))
-            .into_response(),
-        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
-    }
+    let token = encode_hs256(&claims, &secret);
+    Json(json!({"token": token, "user": user, "expires_in": DEMO_TOKEN_TTL})).into_response()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }
 
 /// The simulated agent: `{"type":"run","prompt":...}` starts a run.

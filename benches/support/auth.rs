@@ -4,22 +4,20 @@
 
 use std::net::SocketAddr;
 
-use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
+use websocket_manager::transport::encode_hs256;
 
 /// The HS256 secret of every bench server.
 pub const SECRET: &[u8] = b"benchmark secret, at least 32 bytes";
 
 /// A token for `user`, valid for an hour.
 pub fn token(user: &str) -> String {
-    encode(
-        &Header::default(),
-        &json!({"sub": user, "exp": get_current_timestamp() + 3600}),
-        &EncodingKey::from_secret(SECRET),
-    )
-    .expect("HS256 signing of a fixed claim set")
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    encode_hs256(&json!({"sub": user, "exp": now + 3600}), SECRET)
 }
 
 /// `GET ws://<addr>/ws` with `Authorization: Bearer <token for user>`.

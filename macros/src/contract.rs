@@ -13,9 +13,9 @@
 //! would write them with `use websocket_manager::*;` in scope.
 
 use proc_macro2::Span;
-use syn::{FnArg, Ident, ItemTrait, ReturnType, TraitItem, TraitItemFn, Type};
+use syn::{FnArg, Ident, ItemTrait, ReturnType, Signature, TraitItem, TraitItemFn, Type};
 
-use crate::types::render_tokens;
+use crate::types::{canonical, named_lifetimes, render_tokens};
 
 /// The contract's signatures, in order; the documentation is on the
 /// runtime's trait.
@@ -113,6 +113,93 @@ impl ContractMethod {
         let sig = &self.item.sig;
         render_tokens(&quote::quote!(#sig))
     }
+}
+
+/// What every expansion needs of the contract, span-free so that it can be
+/// computed once per compiler process (syn items hold spans, which are only
+/// valid during the expansion that made them): parsing the contract text was
+/// the largest part of the attribute's own time.
+pub(crate) struct Facts {
+    /// [`Contract::fingerprint`].
+    pub fingerprint: u64,
+    /// [`signature_key`] of each method, in contract order.
+    pub keys: Vec<String>,
+}
+
+impl Facts {
+    /// The facts of [`CONTRACT_SOURCE`], parsed on the first call only.
+    pub fn get() -> syn::Result<&'static Facts> {
+        static FACTS: std::sync::OnceLock<Facts> = std::sync::OnceLock::new();
+        if let Some(facts) = FACTS.get() {
+            return Ok(facts);
+        }
+        let contract = Contract::load()?;
+        let keys = contract
+            .methods
+            .iter()
+            .map(|method| {
+                signature_key(&method.item.sig).ok_or_else(|| {
+                    syn::Error::new(
+                        Span::call_site(),
+                        format!("contract method `{}` has no signature key", method.name()),
+                    )
+                })
+            })
+            .collect::<syn::Result<Vec<String>>>()?;
+        Ok(FACTS.get_or_init(|| Facts {
+            fingerprint: contract.fingerprint(),
+            keys,
+        }))
+    }
+}
+
+/// A signature reduced to what the checks compare: asyncness, name, a
+/// plain `&self`, and the parameter and return types in their
+/// [`canonical`] form. `None` for anything that needs a closer look (const,
+/// unsafe, an ABI, generics, a `where` clause, named lifetimes, another
+/// receiver...). A method whose key equals its contract entry's is one the
+/// checks accept, so an impl of only such methods skips them.
+pub(crate) fn signature_key(sig: &Signature) -> Option<String> {
+    if sig.constness.is_some()
+        || !matches!(sig.safety, syn::Safety::Default)
+        || sig.abi.is_some()
+        || !sig.generics.params.is_empty()
+        || sig.generics.where_clause.is_some()
+        || sig.variadic.is_some()
+    {
+        return None;
+    }
+    let mut inputs = sig.inputs.iter();
+    match inputs.next() {
+        Some(FnArg::Receiver(receiver))
+            if matches!(receiver.kind, syn::ReceiverKind::Reference(_, None, None)) => {}
+        _ => return None,
+    }
+    let mut key = String::new();
+    if sig.asyncness.is_some() {
+        key.push_str("async ");
+    }
+    key.push_str(&sig.ident.to_string());
+    key.push_str("(&self");
+    for input in inputs {
+        let FnArg::Typed(param) = input else {
+            return None;
+        };
+        if !named_lifetimes(&param.ty).is_empty() {
+            return None;
+        }
+        key.push_str(", ");
+        key.push_str(&canonical(&param.ty));
+    }
+    key.push(')');
+    if let ReturnType::Type(_, ty) = &sig.output {
+        if !named_lifetimes(ty).is_empty() {
+            return None;
+        }
+        key.push_str(" -> ");
+        key.push_str(&canonical(ty));
+    }
+    Some(key)
 }
 
 /// The parsed contract.

@@ -12,7 +12,8 @@ use syn::visit_mut::VisitMut;
 use syn::{FnArg, ImplItem, ImplItemFn, Item, ItemImpl, Pat, Path, Type};
 
 use crate::args::{self, Args, Mode};
-use crate::contract::{Contract, ContractMethod};
+use crate::contract::{Contract, ContractMethod, Facts};
+use crate::hollow::Original;
 use crate::types::{Qualify, render_type};
 use crate::validate::{self, Form};
 
@@ -23,29 +24,43 @@ const PLACEMENT: &str = "`#[websocket_manager]` goes on an impl block: `impl Web
 pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
     let (args, arg_error) = args::parse(attr);
     let mut errors: Vec<syn::Error> = arg_error.into_iter().collect();
-    let contract = match Contract::load() {
-        Ok(contract) => contract,
+    let facts = match Facts::get() {
+        Ok(facts) => facts,
         Err(error) => return with_errors(vec![error], item),
     };
-    let parsed: Item = match syn::parse2(item.clone()) {
+    let (hollowed, original) = crate::hollow::hollow(item);
+    let parsed: Item = match syn::parse2(hollowed) {
         Ok(parsed) => parsed,
         Err(error) => {
             errors.push(error);
-            return with_errors(errors, item);
+            return with_errors(errors, original.tokens);
         }
     };
     let (item_impl, form) = match classify(parsed) {
         Ok(found) => found,
         Err(error) => {
             errors.push(error);
-            return with_errors(errors, item);
+            return with_errors(errors, original.tokens);
         }
     };
     let args_valid = errors.is_empty();
+    let krate = &args.krate;
+    if args_valid && validate::matches_exactly(&item_impl, form, &args, &facts.keys) {
+        // the common case: nothing to report, so no need for the contract's
+        // syn form (parsing it would be most of this expansion's time)
+        let mut generated = checked_impl(&original.tokens, &item_impl, krate);
+        generated.extend(registration(&item_impl, facts.fingerprint, &args));
+        return generated;
+    }
+    let contract = match Contract::load() {
+        Ok(contract) => contract,
+        Err(error) => return with_errors(vec![error], original.tokens),
+    };
     let checked = validate::check(&item_impl, form, &contract, &args);
     errors.extend(checked.errors);
     let has_errors = !errors.is_empty();
     let mut generated = generate(
+        original,
         &item_impl,
         form,
         &contract,
@@ -56,7 +71,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
     if args_valid {
         // with unusable arguments we cannot know what to register: only the
         // argument error shows, no guessed registration
-        generated.extend(registration(&item_impl, &contract, &args));
+        generated.extend(registration(&item_impl, facts.fingerprint, &args));
     }
     let errors = errors.iter().map(syn::Error::to_compile_error);
     quote! {
@@ -110,7 +125,10 @@ fn classify(item: Item) -> Result<(ItemImpl, Form), syn::Error> {
     ))
 }
 
+/// `original` is the impl as the user wrote it, `item` its parse without
+/// method bodies.
 fn generate(
+    original: Original,
     item: &ItemImpl,
     form: Form,
     contract: &Contract,
@@ -125,21 +143,11 @@ fn generate(
         // only our error shows and not rustc's lifetime cascade
         return match form {
             Form::TraitImpl => TokenStream::new(),
-            Form::Inherent => item.to_token_stream(),
+            Form::Inherent => original.tokens,
         };
     }
     match form {
-        Form::TraitImpl if !has_errors => {
-            let annotated = annotated(item, &item.self_ty, krate);
-            quote! {
-                // keeps "the following other types implement" lists of
-                // unrelated managers out of users' trait errors
-                #[diagnostic::do_not_recommend]
-                #[#async_trait]
-                #item
-                #annotated
-            }
-        }
+        Form::TraitImpl if !has_errors => checked_impl(&original.tokens, item, krate),
         Form::TraitImpl => {
             // keep what is valid, stub the rest: a complete impl, no cascade
             let mut fallback = item.clone();
@@ -152,6 +160,8 @@ fn generate(
                     None => ImplItem::Verbatim(stub(method, krate)),
                 })
                 .collect();
+            // the kept methods were parsed without their bodies
+            original.restore(&mut fallback);
             let annotated = annotated(item, &item.self_ty, krate);
             quote! {
                 // keeps "the following other types implement" lists of
@@ -174,8 +184,9 @@ fn generate(
                     None => stub(method, krate),
                 });
             let annotated = annotated(item, self_ty, krate);
+            let original_tokens = &original.tokens;
             quote! {
-                #item
+                #original_tokens
                 // keeps "the following other types implement" lists of
                 // unrelated managers out of users' trait errors
                 #[diagnostic::do_not_recommend]
@@ -186,6 +197,21 @@ fn generate(
                 #annotated
             }
         }
+    }
+}
+
+/// A trait impl that passed the checks: the user's own tokens (not `item`
+/// printed back: printing a parsed impl costs as much as parsing it) under
+/// async-trait, and the marker.
+fn checked_impl(original: &TokenStream, item: &ItemImpl, krate: &Path) -> TokenStream {
+    let annotated = annotated(item, &item.self_ty, krate);
+    quote! {
+        // keeps "the following other types implement" lists of
+        // unrelated managers out of users' trait errors
+        #[diagnostic::do_not_recommend]
+        #[#krate::__private::async_trait]
+        #original
+        #annotated
     }
 }
 
@@ -243,7 +269,7 @@ fn delegation(method: &ContractMethod, self_ty: &Type, krate: &Path) -> TokenStr
     }
 }
 
-fn registration(item: &ItemImpl, contract: &Contract, args: &Args) -> TokenStream {
+fn registration(item: &ItemImpl, fingerprint: u64, args: &Args) -> TokenStream {
     let krate = &args.krate;
     let is_generic = item
         .generics
@@ -268,7 +294,7 @@ fn registration(item: &ItemImpl, contract: &Contract, args: &Args) -> TokenStrea
         Mode::Unified => quote!(#krate::ManagerMode::Unified),
         Mode::Isolated => quote!(#krate::ManagerMode::Isolated),
     };
-    let fingerprint = Literal::u64_suffixed(contract.fingerprint());
+    let fingerprint = Literal::u64_suffixed(fingerprint);
     let span = registered.span();
     let constructor = if args.factory {
         quote_spanned!(span=> ::core::option::Option::Some(#krate::__private::construct::<#registered>))

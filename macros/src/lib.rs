@@ -9,6 +9,7 @@ mod args;
 mod contract;
 mod emit_contract;
 mod expand;
+mod hollow;
 #[cfg(test)]
 mod mutation_tests;
 mod suggest;

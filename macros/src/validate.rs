@@ -8,7 +8,7 @@ use syn::spanned::Spanned;
 use syn::{FnArg, GenericParam, ImplItem, ImplItemFn, ItemImpl, ReturnType, Signature};
 
 use crate::args::Args;
-use crate::contract::{Contract, ContractMethod};
+use crate::contract::{Contract, ContractMethod, signature_key};
 use crate::suggest::closest;
 use crate::types::{canonical, compared_by_name_note, named_lifetimes, render_tokens, render_type};
 
@@ -102,6 +102,43 @@ pub(crate) fn check<'a>(
         );
     }
     Checked { valid, errors }
+}
+
+/// Whether a trait impl passes every check without consulting the parsed
+/// contract: its header is fine and its methods are exactly the contract's,
+/// each once, by [`signature_key`] (and nothing else: no other item, no
+/// attribute but doc comments, no visibility). `false` only means "run the
+/// full checks", which then say what is wrong, if anything.
+pub(crate) fn matches_exactly(item: &ItemImpl, form: Form, args: &Args, keys: &[String]) -> bool {
+    if form != Form::TraitImpl {
+        return false;
+    }
+    let mut header_errors = Vec::new();
+    // the type's name only goes into messages, and any message means `false`
+    check_impl_header(item, form, args, "", &mut header_errors);
+    if !header_errors.is_empty() {
+        return false;
+    }
+    let mut matched = vec![false; keys.len()];
+    for impl_item in &item.items {
+        let ImplItem::Fn(function) = impl_item else {
+            return false;
+        };
+        if function.attrs.iter().any(|a| !a.path().is_ident("doc"))
+            || !matches!(function.vis, syn::Visibility::Inherited)
+            || function.modifiers.defaultness.is_some()
+        {
+            return false;
+        }
+        let Some(key) = signature_key(&function.sig) else {
+            return false;
+        };
+        match keys.iter().position(|k| *k == key) {
+            Some(index) if !matched[index] => matched[index] = true,
+            _ => return false,
+        }
+    }
+    matched.iter().all(|m| *m)
 }
 
 fn check_impl_header(
@@ -275,11 +312,33 @@ fn foreign_item(item: &ImplItem) -> Option<syn::Error> {
     ))
 }
 
+/// A contract method's signature as text, rendered on first use.
+pub(crate) struct LazySignature<'a> {
+    spec: &'a ContractMethod,
+    text: std::cell::OnceCell<String>,
+}
+
+impl<'a> LazySignature<'a> {
+    pub(crate) fn new(spec: &'a ContractMethod) -> Self {
+        LazySignature {
+            spec,
+            text: std::cell::OnceCell::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for LazySignature<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.text.get_or_init(|| self.spec.signature()))
+    }
+}
+
 /// Every difference between one method and its contract entry.
 pub(crate) fn check_method(function: &ImplItemFn, spec: &ContractMethod) -> Vec<syn::Error> {
     let sig = &function.sig;
     let name = spec.name();
-    let contract_sig = spec.signature();
+    // rendered only when a message quotes it: most methods are correct
+    let contract_sig = LazySignature::new(spec);
     let mut errors = Vec::new();
     let mut error = |tokens: &dyn ToTokens, message: String| {
         errors.push(syn::Error::new_spanned(tokens, message));
@@ -334,7 +393,12 @@ fn declared_by(sig: &Signature, lifetime: &syn::Lifetime) -> bool {
     sig.generics.lifetimes().any(|l| l.lifetime == *lifetime)
 }
 
-fn check_generics(sig: &Signature, name: &str, contract_sig: &str, error: &mut Report<'_>) {
+fn check_generics(
+    sig: &Signature,
+    name: &str,
+    contract_sig: &LazySignature<'_>,
+    error: &mut Report<'_>,
+) {
     let lifetimes: Vec<String> = sig
         .generics
         .lifetimes()
@@ -505,5 +569,71 @@ fn with_note(message: String, note: Option<String>) -> String {
     match note {
         Some(note) => format!("{message}\n{note}"),
         None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::Facts;
+    use crate::expand::tests::VALID_IMPL;
+
+    fn exact(source: &str) -> bool {
+        let item: ItemImpl = syn::parse_str(source).unwrap();
+        let (args, error) = crate::args::parse(proc_macro2::TokenStream::new());
+        assert!(error.is_none());
+        matches_exactly(&item, Form::TraitImpl, &args, &Facts::get().unwrap().keys)
+    }
+
+    #[test]
+    fn only_an_impl_of_exactly_the_contract_skips_the_checks() {
+        assert!(exact(VALID_IMPL));
+        // fully qualified paths are the same types
+        assert!(exact(&VALID_IMPL.replace(
+            "message: serde_json::Value",
+            "message: ::serde_json::Value"
+        )));
+        let departures = [
+            (
+                "fn is_connection_active(&self, user_id: &UserId)",
+                "fn is_connection_active(&self, user_id: &str)",
+            ),
+            ("-> bool { false }", "-> u8 { 0 }"),
+            ("async fn send_to_user", "fn send_to_user"),
+            ("fn get_connection(&self,", "fn get_connection(&mut self,"),
+            (
+                "fn get_connection(&self,",
+                "fn get_connection<'a>(&'a self,",
+            ),
+            ("fn get_connection(&self,", "pub fn get_connection(&self,"),
+            (
+                "fn get_connection(&self,",
+                "#[cfg(test)] fn get_connection(&self,",
+            ),
+            (
+                "fn get_connection(&self,",
+                "unsafe fn get_connection(&self,",
+            ),
+            (
+                "fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth { todo!() }",
+                "",
+            ),
+            ("{ Ok(()) }", "{ Ok(()) } fn helper(&self) {}"),
+            ("{ Ok(()) }", "{ Ok(()) } const X: u8 = 1;"),
+            (
+                "impl WebSocketManager for Good",
+                "impl<'a> WebSocketManager for Good",
+            ),
+        ];
+        for (from, to) in departures {
+            assert!(VALID_IMPL.contains(from), "{from}");
+            assert!(!exact(&VALID_IMPL.replacen(from, to, 1)), "{to}");
+        }
+        // the same method twice (in place of another)
+        let twice = VALID_IMPL.replace(
+            "fn is_connection_active(&self, user_id: &UserId) -> bool { false }",
+            "fn update_connection_thread(&self, connection_id: &ConnectionId, thread_id: ThreadId) -> bool { false }",
+        );
+        assert!(!exact(&twice));
     }
 }

@@ -22,7 +22,7 @@
 //! factory.verify_isolation().await?;
 //! assert!(factory.supports_user_isolation());
 //!
-//! let result = factory.validate_manager_instance(for_alice.as_ref()).await;
+//! let result = factory.validate_manager_instance(&for_alice).await;
 //! assert!(result.is_production_ready(), "{result}");
 //! assert!(result.user_context_isolated);
 //! assert!(!result.checks_skipped.is_empty()); // probes that would touch alice's sockets
@@ -33,7 +33,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use tracing::Instrument;
@@ -66,15 +66,14 @@ pub trait ManagerFactory: Send + Sync {
         &self,
         user_context: Option<UserContext>,
         mode: ManagerMode,
-    ) -> Result<Arc<dyn WebSocketManager>, FactoryError>;
+    ) -> Result<BuiltManager, FactoryError>;
 
     /// Validates a manager that may already serve real users: runs only the
     /// checks that cannot touch a real user's socket and lists the others as
-    /// skipped.
-    async fn validate_manager_instance(
-        &self,
-        manager: &dyn WebSocketManager,
-    ) -> FactoryValidationResult;
+    /// skipped. Its registration is the one [`create_manager`](Self::create_manager)
+    /// returned with it ([`BuiltManager::unregistered`] for one built
+    /// elsewhere).
+    async fn validate_manager_instance(&self, built: &BuiltManager) -> FactoryValidationResult;
 
     /// Whether an isolated manager is registered and has passed its
     /// isolation probe.
@@ -151,24 +150,66 @@ pub enum FactoryError {
     },
 }
 
-/// An instance this factory built, remembered weakly so that
-/// `validate_manager_instance` knows its registration. The weak reference
-/// also keeps the allocation, so its address cannot be reused by another
-/// object while the entry exists.
-struct BuiltInstance {
-    instance: Weak<dyn WebSocketManager>,
-    registration: Registration,
+/// A manager the factory built, with the [`Registration`] it was built
+/// from, for [`validate_manager_instance`](ManagerFactory::validate_manager_instance).
+/// It dereferences to the `Arc<dyn WebSocketManager>`.
+///
+/// ```
+/// use websocket_manager::{ManagerFactory, ManagerMode, StandardFactory};
+/// let factory = StandardFactory::builder().build();
+/// let built = factory.create_manager(None, ManagerMode::Unified).unwrap();
+/// assert_eq!(built.registration().map(|r| r.name), Some("unified"));
+/// let manager = built.into_manager(); // Arc<dyn WebSocketManager>
+/// # let _ = manager;
+/// ```
+#[derive(Clone)]
+pub struct BuiltManager {
+    manager: Arc<dyn WebSocketManager>,
+    registration: Option<Registration>,
 }
 
-/// The instances built, by address. Entries of dropped instances are pruned
-/// whenever the map has doubled since the last pruning (amortized O(1) per
-/// build, even with one isolated manager per request).
-struct BuiltInstances {
-    by_address: HashMap<usize, BuiltInstance>,
-    prune_at: usize,
+impl BuiltManager {
+    /// A manager built elsewhere, to validate it without a registration
+    /// (its mode and constructor are then unknown).
+    pub fn unregistered(manager: Arc<dyn WebSocketManager>) -> Self {
+        BuiltManager {
+            manager,
+            registration: None,
+        }
+    }
+
+    /// The registration the factory built it from (`None` for
+    /// [`unregistered`](Self::unregistered)).
+    pub fn registration(&self) -> Option<&Registration> {
+        self.registration.as_ref()
+    }
+
+    /// The manager.
+    pub fn manager(&self) -> &Arc<dyn WebSocketManager> {
+        &self.manager
+    }
+
+    /// The manager, without its registration.
+    pub fn into_manager(self) -> Arc<dyn WebSocketManager> {
+        self.manager
+    }
 }
 
-const MIN_PRUNE_AT: usize = 64;
+impl std::ops::Deref for BuiltManager {
+    type Target = Arc<dyn WebSocketManager>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.manager
+    }
+}
+
+impl std::fmt::Debug for BuiltManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuiltManager")
+            .field("registration", &self.registration)
+            .finish_non_exhaustive()
+    }
+}
 
 const ISOLATION_UNVERIFIED: u8 = 0;
 const ISOLATION_PASSED: u8 = 1;
@@ -198,7 +239,6 @@ pub struct StandardFactory {
     require_user_context: bool,
     chosen: BTreeMap<ManagerMode, String>,
     shared: Mutex<HashMap<&'static str, Arc<dyn WebSocketManager>>>,
-    built: Mutex<BuiltInstances>,
     isolation: AtomicU8,
 }
 
@@ -265,10 +305,6 @@ impl StandardFactoryBuilder {
             require_user_context: self.require_user_context,
             chosen: self.chosen,
             shared: Mutex::new(HashMap::new()),
-            built: Mutex::new(BuiltInstances {
-                by_address: HashMap::new(),
-                prune_at: MIN_PRUNE_AT,
-            }),
             isolation: AtomicU8::new(ISOLATION_UNVERIFIED),
         }
     }
@@ -280,10 +316,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn address(manager: &dyn WebSocketManager) -> usize {
-    std::ptr::from_ref(manager).cast::<()>().addr()
 }
 
 impl StandardFactory {
@@ -365,7 +397,7 @@ impl StandardFactory {
         &self,
         name: &str,
         user_context: Option<UserContext>,
-    ) -> Result<Arc<dyn WebSocketManager>, FactoryError> {
+    ) -> Result<BuiltManager, FactoryError> {
         let registration = *self.registry.get(name)?;
         self.build(&registration, user_context)
     }
@@ -374,7 +406,7 @@ impl StandardFactory {
         &self,
         registration: &Registration,
         user_context: Option<UserContext>,
-    ) -> Result<Arc<dyn WebSocketManager>, FactoryError> {
+    ) -> Result<BuiltManager, FactoryError> {
         if !registration.matches_protocol() {
             return Err(FactoryError::ProtocolMismatch {
                 name: registration.name,
@@ -391,15 +423,19 @@ impl StandardFactory {
                 // Built under the lock so that two first callers cannot build
                 // two "shared" instances; constructors are synchronous.
                 let mut shared = lock(&self.shared);
-                if let Some(existing) = shared.get(registration.name) {
-                    return Ok(Arc::clone(existing));
-                }
-                let context = BuildContext::new(&self.config, &self.extensions);
-                let manager = registration.build(&context).map_err(build_error)?;
-                shared.insert(registration.name, Arc::clone(&manager));
-                drop(shared);
-                self.remember(&manager, registration);
-                Ok(manager)
+                let manager = match shared.get(registration.name) {
+                    Some(existing) => Arc::clone(existing),
+                    None => {
+                        let context = BuildContext::new(&self.config, &self.extensions);
+                        let manager = registration.build(&context).map_err(build_error)?;
+                        shared.insert(registration.name, Arc::clone(&manager));
+                        manager
+                    }
+                };
+                Ok(BuiltManager {
+                    manager,
+                    registration: Some(*registration),
+                })
             }
             ManagerMode::Isolated => {
                 if user_context.is_none() && self.require_user_context {
@@ -412,37 +448,12 @@ impl StandardFactory {
                     context = context.with_user_context(user_context);
                 }
                 let manager = registration.build(&context).map_err(build_error)?;
-                self.remember(&manager, registration);
-                Ok(manager)
+                Ok(BuiltManager {
+                    manager,
+                    registration: Some(*registration),
+                })
             }
         }
-    }
-
-    fn remember(&self, manager: &Arc<dyn WebSocketManager>, registration: &Registration) {
-        let mut built = lock(&self.built);
-        built.by_address.insert(
-            address(manager.as_ref()),
-            BuiltInstance {
-                instance: Arc::downgrade(manager),
-                registration: *registration,
-            },
-        );
-        if built.by_address.len() >= built.prune_at {
-            built
-                .by_address
-                .retain(|_, b| b.instance.strong_count() > 0);
-            built.prune_at = (built.by_address.len() * 2).max(MIN_PRUNE_AT);
-        }
-    }
-
-    /// The registration of an instance this factory built and that is still
-    /// alive.
-    fn registration_of(&self, manager: &dyn WebSocketManager) -> Option<Registration> {
-        lock(&self.built)
-            .by_address
-            .get(&address(manager))
-            .filter(|b| b.instance.strong_count() > 0)
-            .map(|b| b.registration)
     }
 
     /// Runs both isolation probes on a fresh instance of the isolated
@@ -495,16 +506,13 @@ impl ManagerFactory for StandardFactory {
         &self,
         user_context: Option<UserContext>,
         mode: ManagerMode,
-    ) -> Result<Arc<dyn WebSocketManager>, FactoryError> {
+    ) -> Result<BuiltManager, FactoryError> {
         let registration = *self.registration_for(mode)?;
         self.build(&registration, user_context)
     }
 
-    async fn validate_manager_instance(
-        &self,
-        manager: &dyn WebSocketManager,
-    ) -> FactoryValidationResult {
-        let registration = self.registration_of(manager);
+    async fn validate_manager_instance(&self, built: &BuiltManager) -> FactoryValidationResult {
+        let registration = built.registration;
         let mut errors = Vec::new();
         let (manager_type, registry_name, mode, fingerprint_ok) = match &registration {
             Some(r) => {
@@ -540,7 +548,7 @@ impl ManagerFactory for StandardFactory {
         let live = Conformance::new(mode.unwrap_or(ManagerMode::Unified))
             .config(self.config.clone())
             .extensions(self.extensions.clone())
-            .run_live(manager)
+            .run_live(built.manager.as_ref())
             .instrument(span)
             .await;
         errors.extend(live.failures().into_iter().cloned());

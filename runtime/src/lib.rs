@@ -28,6 +28,10 @@
 //! from the registry without a word: reference such a crate with
 //! `use my_managers as _;`.
 
+// docs.rs (`--cfg docsrs`, see Cargo.toml): each feature-gated item says
+// which feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 // The generated code names `::websocket_manager`; this makes the crate's own
 // managers use the same paths.
 extern crate self as websocket_manager;
@@ -44,6 +48,7 @@ pub mod health;
 pub mod ids;
 pub mod managers;
 #[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
 pub mod offset;
 pub mod protocol;
@@ -51,6 +56,7 @@ pub mod registry;
 pub mod report;
 mod table;
 #[cfg(feature = "transport")]
+#[cfg_attr(docsrs, doc(cfg(feature = "transport")))]
 pub mod transport;
 pub mod validation;
 
@@ -65,7 +71,9 @@ pub use context::{ManagerMode, UnknownMode, UserContext};
 pub use delivery::{Delivery, DeliveryTarget, NotDeliveredReason};
 pub use error::{ClusterFailure, ManagerError};
 pub use extensions::Extensions;
-pub use factory::{FactoryError, ManagerFactory, StandardFactory, StandardFactoryBuilder};
+pub use factory::{
+    BuiltManager, FactoryError, ManagerFactory, StandardFactory, StandardFactoryBuilder,
+};
 pub use health::{ConnectionHealth, ConnectionSummary};
 pub use ids::{ConnectionId, IdError, MAX_ID_LEN, ThreadId, UserId};
 pub use managers::{

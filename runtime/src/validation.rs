@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::Instrument;
 
 use crate::config::ManagerConfig;
-use crate::conformance::{CheckFailure, Conformance, DEFAULT_CHECK_TIMEOUT, ProbeScope};
+use crate::conformance::{CheckFailure, Conformance, ConformanceOptions, ProbeScope};
 use crate::context::ManagerMode;
 use crate::extensions::Extensions;
 use crate::protocol::PROTOCOL_FINGERPRINT;
@@ -52,16 +52,14 @@ pub type AlertCallback = Arc<dyn Fn(&Violation) + Send + Sync>;
 ///     .on_violation(|violation| eprintln!("ALERT {violation}"));
 /// assert!(options.is_strict());
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct StartupOptions {
     registry: Option<Registry>,
     expected: Vec<String>,
     excluded: Vec<String>,
     strict: bool,
-    config: ManagerConfig,
-    extensions: Extensions,
-    delivery_wait: Duration,
-    check_timeout: Option<Duration>,
+    /// How instances are built and probed: the kit's own settings.
+    conformance: ConformanceOptions,
     on_violation: Option<AlertCallback>,
 }
 
@@ -72,28 +70,9 @@ impl fmt::Debug for StartupOptions {
             .field("expected", &self.expected)
             .field("excluded", &self.excluded)
             .field("strict", &self.strict)
-            .field("config", &self.config)
-            .field("extensions", &self.extensions)
-            .field("delivery_wait", &self.delivery_wait)
-            .field("check_timeout", &self.check_timeout)
+            .field("conformance", &self.conformance)
             .field("on_violation", &self.on_violation.is_some())
             .finish()
-    }
-}
-
-impl Default for StartupOptions {
-    fn default() -> Self {
-        StartupOptions {
-            registry: None,
-            expected: Vec::new(),
-            excluded: Vec::new(),
-            strict: false,
-            config: ManagerConfig::default(),
-            extensions: Extensions::new(),
-            delivery_wait: Duration::ZERO,
-            check_timeout: Some(DEFAULT_CHECK_TIMEOUT),
-            on_violation: None,
-        }
     }
 }
 
@@ -155,28 +134,41 @@ impl StartupOptions {
 
     /// The configuration handed to every constructor.
     pub fn config(mut self, config: ManagerConfig) -> Self {
-        self.config = config;
+        self.conformance.config = config;
         self
     }
 
     /// The application resources handed to every constructor.
     pub fn extensions(mut self, extensions: Extensions) -> Self {
-        self.extensions = extensions;
+        self.conformance.extensions = extensions;
         self
     }
 
     /// How long probes wait for an expected frame (see
     /// [`Conformance::delivery_wait`]).
     pub fn delivery_wait(mut self, wait: Duration) -> Self {
-        self.delivery_wait = wait;
+        self.conformance.delivery_wait = wait;
         self
     }
 
     /// How long one probe may take before it fails as hung (see
-    /// [`Conformance::check_timeout`]; default [`DEFAULT_CHECK_TIMEOUT`]).
+    /// [`Conformance::check_timeout`]; default
+    /// [`DEFAULT_CHECK_TIMEOUT`](crate::conformance::DEFAULT_CHECK_TIMEOUT)).
     pub fn check_timeout(mut self, limit: Option<Duration>) -> Self {
-        self.check_timeout = limit;
+        self.conformance.check_timeout = limit;
         self
+    }
+
+    /// Replaces the kit's settings (configuration, extensions, waits) at
+    /// once, e.g. with the ones a conformance test uses.
+    pub fn conformance(mut self, options: ConformanceOptions) -> Self {
+        self.conformance = options;
+        self
+    }
+
+    /// The kit's settings in effect.
+    pub fn conformance_options(&self) -> &ConformanceOptions {
+        &self.conformance
     }
 
     /// Calls `alert` once per violation, after the `tracing` error event.
@@ -402,7 +394,8 @@ async fn validate_registration(
     // One build with the synthetic context, as the factory would build it.
     let scope = ProbeScope::new();
     let context = scope.context();
-    let mut build = BuildContext::new(&options.config, &options.extensions).for_probe();
+    let mut build =
+        BuildContext::new(&options.conformance.config, &options.conformance.extensions).for_probe();
     if registration.mode == ManagerMode::Isolated {
         build = build.with_user_context(&context);
     }
@@ -459,10 +452,7 @@ async fn validate_registration(
         // isolated manager logs each refusal) reads as part of validation.
         let span = tracing::info_span!("startup_probe", manager = registration.name);
         let report = Conformance::new(registration.mode)
-            .config(options.config.clone())
-            .extensions(options.extensions.clone())
-            .delivery_wait(options.delivery_wait)
-            .check_timeout(options.check_timeout)
+            .options(options.conformance.clone())
             .run(|context| registration.build(context))
             .instrument(span)
             .await;

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use support::{Bug, registration};
 use websocket_manager::conformance::Check;
 use websocket_manager::{
-    BuildContext, BuildError, Extensions, FactoryError, ManagerConfig, ManagerFactory, ManagerMode,
-    QueueLimits, Registry, RegistryError, StandardFactory, UserContext, UserId,
-    WebSocketConnection, WebSocketHandle, WebSocketManager,
+    BuildContext, BuildError, BuiltManager, Extensions, FactoryError, ManagerConfig,
+    ManagerFactory, ManagerMode, QueueLimits, Registry, RegistryError, StandardFactory,
+    UserContext, UserId, WebSocketConnection, WebSocketHandle, WebSocketManager,
 };
 
 fn user(name: &str) -> UserContext {
@@ -328,7 +328,7 @@ async fn isolation_support_is_measured_not_assumed() {
 async fn validating_a_built_instance_measures_every_flag() {
     let factory = good_pair();
     let unified = factory.create_manager(None, ManagerMode::Unified).unwrap();
-    let result = factory.validate_manager_instance(unified.as_ref()).await;
+    let result = factory.validate_manager_instance(&unified).await;
     assert!(result.is_valid && result.interface_compliant, "{result}");
     assert!(result.factory_method_available);
     assert!(
@@ -344,7 +344,7 @@ async fn validating_a_built_instance_measures_every_flag() {
     let isolated = factory
         .create_manager(Some(user("alice")), ManagerMode::Isolated)
         .unwrap();
-    let result = factory.validate_manager_instance(isolated.as_ref()).await;
+    let result = factory.validate_manager_instance(&isolated).await;
     assert!(result.user_context_isolated, "{result}");
     assert!(result.is_production_ready());
     let json = serde_json::to_value(&result).unwrap();
@@ -362,7 +362,7 @@ async fn validating_broken_and_foreign_instances_reports_why() {
     let manager = leaky
         .create_manager(Some(user("alice")), ManagerMode::Isolated)
         .unwrap();
-    let result = leaky.validate_manager_instance(manager.as_ref()).await;
+    let result = leaky.validate_manager_instance(&manager).await;
     assert!(!result.user_context_isolated && !result.is_valid && !result.interface_compliant);
     assert!(!result.is_production_ready());
     assert_eq!(result.validation_errors[0].method, "add_connection");
@@ -375,7 +375,7 @@ async fn validating_broken_and_foreign_instances_reports_why() {
     let manager = inventive
         .create_manager(None, ManagerMode::Unified)
         .unwrap();
-    let result = inventive.validate_manager_instance(manager.as_ref()).await;
+    let result = inventive.validate_manager_instance(&manager).await;
     assert!(!result.interface_compliant);
     assert_eq!(
         result.validation_errors[0].method,
@@ -383,10 +383,8 @@ async fn validating_broken_and_foreign_instances_reports_why() {
     );
 
     // Built elsewhere: no registration, no constructor known.
-    let stranger = support::unified(None);
-    let result = good_pair()
-        .validate_manager_instance(stranger.as_ref())
-        .await;
+    let stranger = BuiltManager::unregistered(support::unified(None));
+    let result = good_pair().validate_manager_instance(&stranger).await;
     assert!(!result.factory_method_available && !result.is_production_ready());
     assert!(result.manager_type.contains("not built by this factory"));
     assert!(result.interface_compliant, "{result}");
@@ -403,9 +401,7 @@ async fn validating_a_live_instance_never_touches_its_users_sockets() {
     let id = connection.connection_id.clone();
     alice_manager.add_connection(connection).await.unwrap();
 
-    let result = factory
-        .validate_manager_instance(alice_manager.as_ref())
-        .await;
+    let result = factory.validate_manager_instance(&alice_manager).await;
     assert!(result.is_production_ready(), "{result}");
     let skipped: Vec<Check> = result.checks_skipped.iter().map(|s| s.check).collect();
     assert!(
@@ -420,22 +416,17 @@ async fn validating_a_live_instance_never_touches_its_users_sockets() {
 }
 
 #[tokio::test]
-async fn instances_stay_known_while_alive_through_many_per_request_builds() {
+async fn a_built_manager_carries_the_registration_it_was_built_from() {
     let factory = good_pair();
     let kept = factory
         .create_manager(Some(user("kept")), ManagerMode::Isolated)
         .unwrap();
-    for n in 0..500 {
-        // one isolated manager per request, dropped at the end of it
-        let per_request = factory
-            .create_manager(Some(user(&format!("u{n}"))), ManagerMode::Isolated)
-            .unwrap();
-        drop(per_request);
-    }
-    let result = factory.validate_manager_instance(kept.as_ref()).await;
+    assert_eq!(kept.registration().map(|r| r.name), Some("isolated"));
+    let result = factory.validate_manager_instance(&kept).await;
     assert!(result.factory_method_available, "{result}");
     assert_eq!(result.registry_name.as_deref(), Some("isolated"));
-    let stranger = support::unified(None);
-    let result = factory.validate_manager_instance(stranger.as_ref()).await;
+    assert_eq!(result.mode, Some(ManagerMode::Isolated));
+    let stranger = BuiltManager::unregistered(support::unified(None));
+    let result = factory.validate_manager_instance(&stranger).await;
     assert!(!result.factory_method_available);
 }

@@ -413,3 +413,32 @@ async fn the_reference_managers_pass_strict_startup_validation() {
     }
     println!("{report}");
 }
+
+/// A resource only the application can provide.
+struct RedisUrl(#[allow(dead_code)] &'static str);
+
+fn needs_redis(context: &BuildContext<'_>) -> Result<Arc<dyn WebSocketManager>, BuildError> {
+    context.require_extension::<RedisUrl>()?;
+    support::good_unified(context)
+}
+
+#[tokio::test]
+async fn the_probes_build_with_the_options_startup_was_given() {
+    let entries = [registration(
+        "needs-redis",
+        ManagerMode::Unified,
+        Some(needs_redis),
+    )];
+    // without the resource, the first build already fails
+    let without = report(entries).await;
+    assert!(!without.violations.is_empty(), "{without}");
+
+    // with it, every probe's fresh instance gets it too, not only the first build
+    let mut extensions = websocket_manager::Extensions::new();
+    extensions.insert(RedisUrl("redis://127.0.0.1"));
+    let with = validate_on_startup(&options(entries).extensions(extensions))
+        .await
+        .unwrap();
+    assert!(with.violations.is_empty(), "{with}");
+    assert_eq!(with.checks_passed, with.checks_run, "{with}");
+}

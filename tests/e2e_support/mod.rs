@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -144,13 +143,15 @@ pub fn token(user: &str, ttl_secs: i64) -> String {
 }
 
 pub fn token_signed(user: &str, ttl_secs: i64, secret: &[u8]) -> String {
-    let exp = get_current_timestamp().saturating_add_signed(ttl_secs);
-    encode(
-        &Header::default(),
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let exp = now.saturating_add_signed(ttl_secs);
+    websocket_manager::transport::encode_hs256(
         &serde_json::json!({"sub": user, "exp": exp, "aud": AUDIENCE}),
-        &EncodingKey::from_secret(secret),
+        secret,
     )
-    .unwrap()
 }
 
 pub struct Connect<'a> {

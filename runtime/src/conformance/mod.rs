@@ -439,6 +439,50 @@ fn timed_out(limit: Duration) -> CheckFailure {
     )
 }
 
+/// How the kit builds the instances it probes and how long it waits: the
+/// settings [`Conformance`] and startup validation
+/// ([`StartupOptions`](crate::StartupOptions)) share. Set through their
+/// builder methods, or as a whole with [`Conformance::options`] and
+/// `StartupOptions::conformance`.
+///
+/// ```
+/// use std::time::Duration;
+/// use websocket_manager::conformance::{Conformance, ConformanceOptions};
+/// use websocket_manager::{ManagerMode, StartupOptions};
+/// let mut options = ConformanceOptions::default();
+/// options.delivery_wait = Duration::from_millis(50);
+/// let kit = Conformance::new(ManagerMode::Unified).options(options.clone());
+/// let startup = StartupOptions::strict().conformance(options);
+/// assert_eq!(kit.current_options().delivery_wait, startup.conformance_options().delivery_wait);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConformanceOptions {
+    /// The configuration handed to the constructor.
+    pub config: ManagerConfig,
+    /// The application resources handed to the constructor.
+    pub extensions: Extensions,
+    /// How long to wait for an expected frame (see
+    /// [`Conformance::delivery_wait`]).
+    pub delivery_wait: Duration,
+    /// How long one check may take before it fails as hung; `None` waits
+    /// forever (see [`Conformance::check_timeout`]).
+    pub check_timeout: Option<Duration>,
+}
+
+impl Default for ConformanceOptions {
+    /// Default configuration, no extensions, no delivery wait,
+    /// [`DEFAULT_CHECK_TIMEOUT`].
+    fn default() -> Self {
+        ConformanceOptions {
+            config: ManagerConfig::default(),
+            extensions: Extensions::new(),
+            delivery_wait: Duration::ZERO,
+            check_timeout: Some(DEFAULT_CHECK_TIMEOUT),
+        }
+    }
+}
+
 /// Runs the kit against a manager constructor or a live instance.
 ///
 /// ```
@@ -453,10 +497,7 @@ fn timed_out(limit: Duration) -> CheckFailure {
 #[derive(Debug, Clone)]
 pub struct Conformance {
     mode: ManagerMode,
-    config: ManagerConfig,
-    extensions: Extensions,
-    delivery_wait: Duration,
-    check_timeout: Option<Duration>,
+    options: ConformanceOptions,
     checks: Vec<Check>,
 }
 
@@ -466,10 +507,7 @@ impl Conformance {
     pub fn new(mode: ManagerMode) -> Self {
         Conformance {
             mode,
-            config: ManagerConfig::default(),
-            extensions: Extensions::new(),
-            delivery_wait: Duration::ZERO,
-            check_timeout: Some(DEFAULT_CHECK_TIMEOUT),
+            options: ConformanceOptions::default(),
             checks: Check::ALL
                 .into_iter()
                 .filter(|c| c.applies_to(mode))
@@ -479,13 +517,13 @@ impl Conformance {
 
     /// The configuration handed to the constructor.
     pub fn config(mut self, config: ManagerConfig) -> Self {
-        self.config = config;
+        self.options.config = config;
         self
     }
 
     /// The application resources handed to the constructor.
     pub fn extensions(mut self, extensions: Extensions) -> Self {
-        self.extensions = extensions;
+        self.options.extensions = extensions;
         self
     }
 
@@ -493,7 +531,7 @@ impl Conformance {
     /// managers that queue frames before `send_*` returns (the reference
     /// managers); a manager that delivers from another task needs a wait.
     pub fn delivery_wait(mut self, wait: Duration) -> Self {
-        self.delivery_wait = wait;
+        self.options.delivery_wait = wait;
         self
     }
 
@@ -501,8 +539,19 @@ impl Conformance {
     /// [`DEFAULT_CHECK_TIMEOUT`]); `None` waits forever. A limit needs the
     /// tokio time driver, which `#[tokio::main]` and `#[tokio::test]` enable.
     pub fn check_timeout(mut self, limit: Option<Duration>) -> Self {
-        self.check_timeout = limit;
+        self.options.check_timeout = limit;
         self
+    }
+
+    /// Replaces every setting of [`ConformanceOptions`] at once.
+    pub fn options(mut self, options: ConformanceOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The settings in effect.
+    pub fn current_options(&self) -> &ConformanceOptions {
+        &self.options
     }
 
     /// Runs only these checks (those that do not apply to the mode are
@@ -535,7 +584,8 @@ impl Conformance {
         for &check in &self.checks {
             let scope = ProbeScope::new();
             let context = scope.context();
-            let mut build = BuildContext::new(&self.config, &self.extensions).for_probe();
+            let mut build =
+                BuildContext::new(&self.options.config, &self.options.extensions).for_probe();
             if self.mode == ManagerMode::Isolated {
                 build = build.with_user_context(&context);
             }
@@ -613,7 +663,7 @@ impl Conformance {
         manager: &dyn WebSocketManager,
         scope: &ProbeScope,
     ) -> Option<CheckFailure> {
-        let mut probe = Probe::new(manager, scope, self.mode, self.delivery_wait);
+        let mut probe = Probe::new(manager, scope, self.mode, self.options.delivery_wait);
         let body = async {
             match check {
                 Check::AddThenLookupBySocket => checks::add_then_lookup_by_socket(&mut probe).await,
@@ -636,7 +686,7 @@ impl Conformance {
                 Check::ResumeFromOffset => checks::resume_from_offset(&mut probe).await,
             }
         };
-        let result = match self.check_timeout {
+        let result = match self.options.check_timeout {
             // A hung async method (a lock held across `.await`, the original
             // system's deadlock) must fail the check, not hang startup.
             Some(limit) => tokio::time::timeout(limit, body)
@@ -644,7 +694,7 @@ impl Conformance {
                 .unwrap_or_else(|_| Err(timed_out(limit))),
             None => body.await,
         };
-        match self.check_timeout {
+        match self.options.check_timeout {
             Some(limit) => {
                 // Cleanup may hang on the same lock; give up on it then.
                 let _ = tokio::time::timeout(limit, probe.cleanup()).await;

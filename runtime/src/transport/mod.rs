@@ -56,9 +56,11 @@
 //! ```
 
 #[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 pub mod close;
 #[cfg(feature = "tungstenite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tungstenite")))]
 pub mod tungstenite;
 
 mod auth;
@@ -86,7 +88,11 @@ pub use handler::{
     MessageHandler, handler_fn,
 };
 #[cfg(feature = "jwt")]
-pub use jwt::{DEFAULT_SUBPROTOCOL, JwtAuthenticator, JwtError, TOKEN_PROTOCOL_PREFIX};
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+pub use jwt::{
+    DEFAULT_SUBPROTOCOL, JwtAuthenticator, JwtError, MAX_TOKEN_LEN, TOKEN_PROTOCOL_PREFIX,
+    TokenPart, VerifiedToken, encode_hs256,
+};
 pub use service::{Admission, ConnectionOutcome, WebSocketService, WebSocketServiceBuilder};
 pub use shutdown::{LeftConnection, ShutdownReport};
 pub use wire::{WireError, WireMessage, WireSocket};
