@@ -8,6 +8,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -502,6 +503,18 @@ async fn write_bounded<K>(
 where
     K: Sink<WireMessage, Error = WireError> + Unpin,
 {
+    let written = |result: Result<Option<CloseReason>, WireError>| {
+        result.map_err(|error| WriteFailure::Failed(error.to_string()))
+    };
+    let mut write = std::pin::pin!(write_batch(sink, batch));
+    // Most batches are written at once (the socket's send buffer has room):
+    // only a write that has to wait arms the write timeout and the close
+    // poll, which saves a clock read and a timer handle per flush.
+    if let Poll::Ready(result) =
+        std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await
+    {
+        return written(result);
+    }
     let close_requested = async {
         loop {
             if let Some(reason) = socket.close_reason() {
@@ -512,9 +525,8 @@ where
     };
     tokio::select! {
         biased;
-        result = tokio::time::timeout(limit, write_batch(sink, batch)) => match result {
-            Ok(Ok(close)) => Ok(close),
-            Ok(Err(error)) => Err(WriteFailure::Failed(error.to_string())),
+        result = tokio::time::timeout(limit, write) => match result {
+            Ok(result) => written(result),
             Err(_) => Err(WriteFailure::TimedOut),
         },
         reason = close_requested => Err(WriteFailure::ClosedWhileStalled(reason)),
