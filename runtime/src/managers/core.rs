@@ -251,8 +251,9 @@ impl ManagerCore {
     }
 
     /// Runs `f` on `user`'s published recipients, under the entry's shard
-    /// read guard and without the user's mutex. `f` must not push into a
-    /// queue or take any other lock of the manager.
+    /// read guard and without the user's mutex. `f` may read the sockets'
+    /// state (their queue locks come after map shards in the lock order) but
+    /// must not push into a queue, take a user mutex or another map guard.
     fn read_recipients<R>(&self, user: &UserId, f: impl FnOnce(&Recipients) -> R) -> Option<R> {
         self.users.get(user).map(|entry| f(&entry.recipients))
     }
