@@ -10,7 +10,8 @@
 //! as in the example), the library over the tokio-tungstenite adapter
 //! (`transport::tungstenite::serve`), and two baselines: a bare
 //! tokio-tungstenite echo server (no auth, no registry, tungstenite's default
-//! buffers) and the same with the 4 KiB buffers the library uses. This
+//! buffers) and the same with 4 KiB read and write buffers (the library's
+//! read buffer; its write buffer is 16 KiB, allocated at the first write). This
 //! process opens N loopback connections with a raw HTTP upgrade carrying a
 //! JWT (each connection is its own user), waits until they are idle, and
 //! reads the child's RSS (`VmRSS`) before and after: the delta divided by N

@@ -139,6 +139,15 @@ fn message() -> serde_json::Value {
     })
 }
 
+/// `CONTENTION_OP=4` (for a profiler, or to see one op's ratio) runs only
+/// that op of the rotation: 0 by socket, 1 connection, 2 user's connections,
+/// 3 active, 4 send.
+fn only_op() -> Option<usize> {
+    std::env::var("CONTENTION_OP")
+        .ok()
+        .map(|n| n.parse().expect("CONTENTION_OP: 0 to 4"))
+}
+
 /// The five operations, as the manager and the baseline offer them.
 trait Registry {
     fn by_socket(&self, socket: &WebSocketHandle) -> Option<ConnectionId>;
@@ -188,8 +197,9 @@ fn baseline_ops(baseline: &Baseline, targets: &Targets, seed: u64) {
 fn ops<R: Registry>(registry: &R, targets: &Targets, seed: u64) {
     let mut rng = common::Rng::new(seed);
     let template = message();
+    let only = only_op();
     for op in 0..BATCH {
-        match op % 5 {
+        match only.unwrap_or(op % 5) {
             0 => {
                 let (_, socket) = &targets.connections[rng.below(targets.connections.len())];
                 black_box(registry.by_socket(socket));

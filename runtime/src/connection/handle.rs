@@ -300,7 +300,7 @@ impl OutboundReceiver {
     /// ```
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<OutboundEvent>> {
         let mut event = None;
-        std::task::ready!(self.poll_take(cx, 1, |e| event = Some(e)));
+        std::task::ready!(self.poll_take(Some(cx), 1, |e| event = Some(e)));
         Poll::Ready(event)
     }
 
@@ -329,12 +329,35 @@ impl OutboundReceiver {
     /// # });
     /// ```
     pub async fn recv_many(&mut self, buffer: &mut Vec<OutboundEvent>, limit: usize) -> usize {
-        std::future::poll_fn(|cx| self.poll_take(cx, limit, |e| buffer.push(e))).await
+        std::future::poll_fn(|cx| self.poll_take(Some(cx), limit, |e| buffer.push(e))).await
+    }
+
+    /// Takes up to `limit` events that are queued right now, like
+    /// [`recv_many`](Self::recv_many) but without waiting: `0` when nothing
+    /// is queued (or the queue has ended; the next `recv_many` tells which).
+    ///
+    /// A writer that fed a batch to its socket takes what arrived meanwhile
+    /// before it flushes, so a burst goes out in as few writes as possible.
+    ///
+    /// ```
+    /// use websocket_manager::{OutboundEvent, QueueLimits, TextFrame, WebSocketHandle};
+    /// let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::default());
+    /// let mut batch = Vec::new();
+    /// assert_eq!(receiver.try_recv_many(&mut batch, 32), 0);
+    /// socket.try_send(TextFrame::from_string("a".into())).unwrap();
+    /// assert_eq!(receiver.try_recv_many(&mut batch, 32), 1);
+    /// assert_eq!(batch[0], OutboundEvent::Frame(TextFrame::from_string("a".into())));
+    /// ```
+    pub fn try_recv_many(&mut self, buffer: &mut Vec<OutboundEvent>, limit: usize) -> usize {
+        match self.poll_take(None, limit, |e| buffer.push(e)) {
+            Poll::Ready(n) => n,
+            Poll::Pending => 0,
+        }
     }
 
     fn poll_take(
         &mut self,
-        cx: &mut Context<'_>,
+        cx: Option<&mut Context<'_>>,
         limit: usize,
         mut take: impl FnMut(OutboundEvent),
     ) -> Poll<usize> {
@@ -381,6 +404,31 @@ mod tests {
 
     fn frame(text: &str) -> TextFrame {
         TextFrame::from_string(text.to_owned())
+    }
+
+    #[test]
+    fn a_try_leaves_the_waiting_writers_waker_in_place() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::task::Wake;
+        struct Flag(AtomicBool);
+        impl Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::default());
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = std::task::Waker::from(Arc::clone(&flag));
+        assert!(
+            receiver
+                .poll_recv(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        let mut batch = Vec::new();
+        assert_eq!(receiver.try_recv_many(&mut batch, 8), 0);
+        socket.try_send(frame("a")).unwrap();
+        assert!(flag.0.load(Ordering::SeqCst), "the writer was not woken");
+        assert_eq!(receiver.try_recv_many(&mut batch, 8), 1);
     }
 
     #[test]

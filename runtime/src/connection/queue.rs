@@ -118,11 +118,12 @@ impl OutboundQueue {
     /// handing each to `take`, and returns how many: the close reason alone
     /// (it goes before any queued frame), or queued frames, or 0 once the
     /// queue is drained and every handle or the receiving side is gone.
-    /// Registers `cx`'s waker when there is nothing yet. Cancel-safe: a
+    /// Registers `cx`'s waker when there is nothing yet (without `cx`, a
+    /// non-blocking try: the waker registered before stays). Cancel-safe: a
     /// `Pending` poll changes nothing but the waker.
     pub(super) fn poll_take(
         &self,
-        cx: &mut Context<'_>,
+        cx: Option<&mut Context<'_>>,
         limit: usize,
         mut take: impl FnMut(OutboundEvent),
     ) -> Poll<usize> {
@@ -153,9 +154,11 @@ impl OutboundQueue {
         if *senders == 0 || *receiver_closed {
             return Poll::Ready(0);
         }
-        match waker {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
+        if let Some(cx) = cx {
+            match waker {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
         }
         Poll::Pending
     }
@@ -230,7 +233,7 @@ mod tests {
         }
         assert!(queue.state.lock().frames.capacity() >= 1000);
         let mut cx = Context::from_waker(Waker::noop());
-        while let Poll::Ready(1..) = queue.poll_take(&mut cx, 7, drop) {}
+        while let Poll::Ready(1..) = queue.poll_take(Some(&mut cx), 7, drop) {}
         assert!(queue.state.lock().frames.capacity() <= IDLE_CAPACITY);
         assert_eq!(queue.bytes(), 0);
     }

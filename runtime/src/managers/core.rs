@@ -8,11 +8,16 @@
 //! |---|---|---|
 //! | `connections` | `ConnectionId` -> `WebSocketConnection` | `get_connection`, removal |
 //! | `sockets` | `SocketId` -> `ConnectionId` | `get_connection_id_by_websocket` |
-//! | `users` | `UserId` -> `UserSlot` (recipients, event log, counters) | user sends, critical events, health |
+//! | `users` | `UserId` -> `UserEntry` (the `UserSlot`: event log, counters; and the published recipients) | user sends, critical events, health |
 //! | `threads` | `ThreadId` -> `Arc<[Recipient]>` | `send_to_thread` |
 //!
 //! All four are [`DashMap`]s: sharded `RwLock`ed hash maps, so every lookup is
 //! an O(1) hash lookup that only contends with writers of the same shard.
+//! They hash with `ahash`, keyed at random once per process
+//! ([`IndexHasher`]): user, thread and connection ids can come from
+//! clients, so an attacker who could predict the hash could fill one bucket
+//! (HashDoS); with secret keys they cannot, as with std's SipHash, at a
+//! fraction of its cost on short ids.
 //!
 //! # Locking discipline
 //!
@@ -27,14 +32,22 @@
 //!   thread entries only after the replay); every change is complete when
 //!   the call that makes it returns.
 //! * Lock order: user mutex, then map shards (`connections` before
-//!   `sockets`). No code holds a map guard while taking a user mutex (slots
-//!   are cloned out of `users` first), and no code holds two user mutexes.
+//!   `sockets`), then a socket's queue lock. No code holds a map guard while
+//!   taking a user mutex (slots are cloned out of `users` first), and no
+//!   code holds two user mutexes.
 //! * No guard of any kind is held across an `.await`: nothing here awaits.
 //!   Sends are `try_send`, which never blocks.
 //! * Recipients are kept as immutable `Arc<[Recipient]>` snapshots, rebuilt
 //!   on every connection change (a user has at most `max_connections_per_user`
-//!   connections). A send clones one `Arc` under the mutex and pushes into the
-//!   queues after releasing it, so a send holds no lock while it fans out.
+//!   connections). The slot's state holds the current one; code under the
+//!   user's mutex reads it there. When a change under the mutex is complete
+//!   (after any replay), `with_user` *publishes* the new snapshot into the
+//!   user's `users` entry, still under the mutex, so publications happen in
+//!   the order of the changes. Sends and queries read the published snapshot
+//!   under the entry's shard read guard, without the user's mutex: a send
+//!   clones the `Arc` there and pushes into the queues after releasing the
+//!   guard, so it holds no lock while it fans out; `get_user_connections`
+//!   and `is_connection_active` read it in place (no push, bounded work).
 //!
 //! # Replay ordering
 //!
@@ -45,8 +58,11 @@
 //! event emitted concurrently takes the same mutex: either it ran first (and
 //! was logged, so it is replayed in order) or it runs after the connection
 //! is published (and is pushed after the replayed events into the same FIFO
-//! queue). An ordinary send can only see the connection once it is
-//! published, after the replay.
+//! queue). An ordinary send reads only published snapshots, and the snapshot
+//! holding the new connection is published after the replay was pushed
+//! (publish order matters: `with_user` publishes once `f` returned, never
+//! from inside it), so the replayed events are ahead of any ordinary send
+//! in the socket's queue.
 //!
 //! # Memory bounds
 //!
@@ -82,12 +98,17 @@ use crate::managers::history::{
 use crate::managers::stats::{IndexSizes, ManagerStats};
 use crate::offset::StreamOffset;
 
+/// The hasher of every index: `ahash` with random keys (see the module docs).
+pub(crate) type IndexHasher = ahash::RandomState;
+
 /// Mutable per-user state, behind the slot's mutex.
 #[derive(Debug)]
 struct UserState {
     /// Set when the slot is removed from `users`: whoever locks it afterwards
     /// must look the user up again.
     retired: bool,
+    /// The current recipients; `with_user` publishes them in the user's
+    /// [`UserEntry`] when a change is complete.
     recipients: Recipients,
     /// Retained critical events; its stream lives as long as the slot.
     log: EventLog,
@@ -97,6 +118,14 @@ struct UserState {
 struct UserSlot {
     state: Mutex<UserState>,
     counters: Arc<UserCounters>,
+}
+
+/// A `users` entry: the slot, and the recipients sends read without its
+/// mutex (a copy of the slot's, published by `with_user`).
+#[derive(Debug)]
+struct UserEntry {
+    slot: Arc<UserSlot>,
+    recipients: Recipients,
 }
 
 impl UserSlot {
@@ -136,10 +165,10 @@ enum EmitFailure {
 #[derive(Debug)]
 pub(crate) struct ManagerCore {
     config: ManagerConfig,
-    connections: DashMap<ConnectionId, WebSocketConnection>,
-    sockets: DashMap<SocketId, ConnectionId>,
-    users: DashMap<UserId, Arc<UserSlot>>,
-    threads: DashMap<ThreadId, Recipients>,
+    connections: DashMap<ConnectionId, WebSocketConnection, IndexHasher>,
+    sockets: DashMap<SocketId, ConnectionId, IndexHasher>,
+    users: DashMap<UserId, UserEntry, IndexHasher>,
+    threads: DashMap<ThreadId, Recipients, IndexHasher>,
     ledger: HistoryLedger,
     totals: Totals,
     shut_down: AtomicBool,
@@ -152,10 +181,10 @@ impl ManagerCore {
         ManagerCore {
             ledger: HistoryLedger::new(config.max_history_users()),
             config,
-            connections: DashMap::new(),
-            sockets: DashMap::new(),
-            users: DashMap::new(),
-            threads: DashMap::new(),
+            connections: DashMap::with_hasher(IndexHasher::new()),
+            sockets: DashMap::with_hasher(IndexHasher::new()),
+            users: DashMap::with_hasher(IndexHasher::new()),
+            threads: DashMap::with_hasher(IndexHasher::new()),
             totals: Totals::default(),
             shut_down: AtomicBool::new(false),
             last_sweep_ms: AtomicU64::new(0),
@@ -174,11 +203,12 @@ impl ManagerCore {
 
     fn slot(&self, user: &UserId) -> Option<Arc<UserSlot>> {
         // Clone the slot out: no map guard may be held while its mutex is taken.
-        self.users.get(user).map(|slot| Arc::clone(slot.value()))
+        self.users.get(user).map(|entry| Arc::clone(&entry.slot))
     }
 
     /// Runs `f` on `user`'s locked state (creating the slot when `create`),
-    /// then retires the slot if it holds neither a connection nor history.
+    /// then retires the slot if it holds neither a connection nor history,
+    /// or else publishes its recipients if `f` changed them.
     /// `None` when the user has no slot and `create` is false.
     fn with_user<R>(
         &self,
@@ -188,12 +218,11 @@ impl ManagerCore {
     ) -> Option<R> {
         loop {
             let slot = if create {
-                Arc::clone(
-                    self.users
-                        .entry(user.clone())
-                        .or_insert_with(|| Arc::new(UserSlot::new()))
-                        .value(),
-                )
+                let entry = self.users.entry(user.clone()).or_insert_with(|| UserEntry {
+                    slot: Arc::new(UserSlot::new()),
+                    recipients: no_recipients(),
+                });
+                Arc::clone(&entry.slot)
             } else {
                 self.slot(user)?
             };
@@ -202,22 +231,31 @@ impl ManagerCore {
                 // Removed from `users` after we cloned it: look again.
                 continue;
             }
+            let before = Arc::clone(&state.recipients);
             let result = f(&mut state, &slot.counters);
             if state.recipients.is_empty() && !state.log.holds_history() {
                 state.retired = true;
                 self.users
-                    .remove_if(user, |_, current| Arc::ptr_eq(current, &slot));
+                    .remove_if(user, |_, current| Arc::ptr_eq(&current.slot, &slot));
+            } else if !Arc::ptr_eq(&before, &state.recipients) {
+                // Published only now that `f` is done (after any replay),
+                // and under the mutex, so in the order of the changes.
+                if let Some(mut entry) = self.users.get_mut(user)
+                    && Arc::ptr_eq(&entry.slot, &slot)
+                {
+                    entry.recipients = Arc::clone(&state.recipients);
+                }
             }
             return Some(result);
         }
     }
 
-    /// The recipients of `user` and the user's slot (for its counters),
-    /// without holding any lock.
-    fn user_recipients(&self, user: &UserId) -> Option<(Recipients, Arc<UserSlot>)> {
-        let slot = self.slot(user)?;
-        let recipients = Arc::clone(&slot.state.lock().recipients);
-        Some((recipients, slot))
+    /// Runs `f` on `user`'s published recipients, under the entry's shard
+    /// read guard and without the user's mutex. `f` may read the sockets'
+    /// state (their queue locks come after map shards in the lock order) but
+    /// must not push into a queue, take a user mutex or another map guard.
+    fn read_recipients<R>(&self, user: &UserId, f: impl FnOnce(&Recipients) -> R) -> Option<R> {
+        self.users.get(user).map(|entry| f(&entry.recipients))
     }
 
     // ----- thread index -----------------------------------------------------
@@ -441,14 +479,17 @@ impl ManagerCore {
     }
 
     pub fn get_user_connections(&self, user: &UserId) -> HashSet<ConnectionId> {
-        self.user_recipients(user)
-            .map(|(recipients, _)| recipients.iter().map(|r| r.connection_id.clone()).collect())
-            .unwrap_or_default()
+        self.read_recipients(user, |recipients| {
+            recipients.iter().map(|r| r.connection_id.clone()).collect()
+        })
+        .unwrap_or_default()
     }
 
     pub fn is_connection_active(&self, user: &UserId) -> bool {
-        self.user_recipients(user)
-            .is_some_and(|(recipients, _)| recipients.iter().any(|r| !r.socket.is_closed()))
+        self.read_recipients(user, |recipients| {
+            recipients.iter().any(|r| !r.socket.is_closed())
+        })
+        .unwrap_or(false)
     }
 
     pub fn get_connection_id_by_websocket(
@@ -521,13 +562,17 @@ impl ManagerCore {
             return Err(ManagerError::ShutDown);
         }
         let target = || DeliveryTarget::User(user.clone());
-        let Some((recipients, slot)) = self.user_recipients(user) else {
-            return Err(self.fail(&[], target(), NotDeliveredReason::NoConnections));
+        // The published snapshot, without the user's mutex (module docs).
+        let recipients = self
+            .read_recipients(user, Arc::clone)
+            .unwrap_or_else(no_recipients);
+        // Every recipient of a user shares the user's counters.
+        let Some(counters) = recipients.first().map(|r| &r.counters) else {
+            // A user without connections may still have a slot (history).
+            let slot = self.slot(user);
+            let counters: Vec<&UserCounters> = slot.iter().map(|s| &*s.counters).collect();
+            return Err(self.fail(&counters, target(), NotDeliveredReason::NoConnections));
         };
-        let counters = &slot.counters;
-        if recipients.is_empty() {
-            return Err(self.fail(&[counters], target(), NotDeliveredReason::NoConnections));
-        }
         let frame = TextFrame::from_json(message)?;
         let fan = fan_out(
             &recipients,
@@ -535,7 +580,6 @@ impl ManagerCore {
             self.config.slow_consumer_policy(),
             &self.totals,
         );
-        drop(recipients);
         self.evict(&fan.evict);
         counters.touch();
         fan.result(target).inspect_err(|_| {
