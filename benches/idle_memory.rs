@@ -45,7 +45,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use websocket_manager::managers::UnifiedWebSocketManager;
+use websocket_manager::UnifiedWebSocketManager;
 use websocket_manager::transport::{JwtAuthenticator, TransportConfig, WebSocketService};
 use websocket_manager::{
     ManagerConfig, OutboundEvent, UserId, WebSocketConnection, WebSocketHandle, WebSocketManager,

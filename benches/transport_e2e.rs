@@ -54,7 +54,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use websocket_manager::managers::UnifiedWebSocketManager;
+use websocket_manager::UnifiedWebSocketManager;
 use websocket_manager::transport::{JwtAuthenticator, WebSocketService};
 use websocket_manager::{ManagerConfig, UserId, WebSocketManager};
 

@@ -47,9 +47,6 @@ use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
-use websocket_manager::managers::{
-    ClusterConfig, ClusterWebSocketManager, ManagerStats, UnifiedWebSocketManager,
-};
 use websocket_manager::transport::{
     HandlerError, InboundContext, InboundError, InboundMessage, JwtAuthenticator, MessageHandler,
     OriginPolicy, TransportConfig, UserScopedThreads, WebSocketService, encode_hs256,
@@ -57,6 +54,9 @@ use websocket_manager::transport::{
 use websocket_manager::{
     AGENT_COMPLETED, AGENT_STARTED, AGENT_THINKING, ManagerConfig, StartupOptions, StartupReport,
     TOOL_COMPLETED, TOOL_EXECUTING, UserId, WebSocketManager, validate_on_startup,
+};
+use websocket_manager::{
+    ClusterConfig, ClusterWebSocketManager, ManagerStats, UnifiedWebSocketManager,
 };
 
 /// The event that carries a run's answer, on the user's critical stream.

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use websocket_manager::ClusterFailure;
 use websocket_manager::conformance::Conformance;
-use websocket_manager::managers::{ClusterConfig, ClusterWebSocketManager, RESUME_CLOSE_CODE};
 use websocket_manager::*;
+use websocket_manager::{ClusterConfig, ClusterWebSocketManager, RESUME_CLOSE_CODE};
 use websocket_manager_suite::redis::{count_keys, own_redis_for, redis_for, unique_prefix};
 
 fn cluster(url: &str, prefix: &str, node: &str) -> ClusterConfig {

@@ -13,10 +13,10 @@ use std::time::Duration;
 use e2e_support::*;
 use serde_json::json;
 use tokio_tungstenite::tungstenite;
-use websocket_manager::managers::{
+use websocket_manager::transport::WebSocketService;
+use websocket_manager::{
     AGENT_COMPLETED, AGENT_STARTED, AGENT_THINKING, TOOL_COMPLETED, TOOL_EXECUTING,
 };
-use websocket_manager::transport::WebSocketService;
 use websocket_manager::{StreamOffset, UserId, WebSocketManager};
 
 fn alice() -> UserId {

@@ -13,13 +13,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use websocket_manager::managers::{CriticalEventLog, deliver_frame};
 use websocket_manager::{
     BuildContext, BuildError, ConnectionHealth, ConnectionId, ConnectionSummary, ConstructManager,
     Delivery, DeliveryTarget, ManagerConfig, ManagerError, NotDeliveredReason, SlowConsumerPolicy,
     SocketId, TextFrame, ThreadId, UserId, WebSocketConnection, WebSocketHandle, serde_json,
     websocket_manager,
 };
+use websocket_manager::{CriticalEventLog, deliver_frame};
 
 /// The smallest correct manager: one mutex around two plain maps, written in
 /// the "compatible interface" form (the contract methods are the type's own

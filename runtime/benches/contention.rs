@@ -31,7 +31,7 @@ use std::hint::black_box;
 use std::sync::{Barrier, RwLock};
 use std::time::{Duration, Instant};
 
-use websocket_manager::managers::UnifiedWebSocketManager;
+use websocket_manager::UnifiedWebSocketManager;
 use websocket_manager::*;
 
 const USERS: usize = 2_500;

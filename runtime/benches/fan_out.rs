@@ -19,7 +19,7 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, criterion_group};
 use serde_json::json;
 use tokio::sync::mpsc;
-use websocket_manager::managers::UnifiedWebSocketManager;
+use websocket_manager::UnifiedWebSocketManager;
 use websocket_manager::*;
 
 const BATCH: u64 = 256;

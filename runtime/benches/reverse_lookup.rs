@@ -12,7 +12,7 @@ mod common;
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use websocket_manager::managers::UnifiedWebSocketManager;
+use websocket_manager::UnifiedWebSocketManager;
 use websocket_manager::*;
 
 fn reverse_lookup(c: &mut Criterion) {

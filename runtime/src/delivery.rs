@@ -59,7 +59,7 @@ pub enum Delivery {
         #[serde(skip_serializing_if = "Option::is_none")]
         offset: Option<StreamOffset>,
     },
-    /// Sent through a cluster (`managers::ClusterWebSocketManager`): this
+    /// Sent through a cluster (`websocket_manager::ClusterWebSocketManager`): this
     /// node's `local` connections took it now (an exact count), and it was
     /// published once to `remote_nodes` other nodes, whose delivery is not
     /// awaited. A critical event also reaches this node's sockets that were

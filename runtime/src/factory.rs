@@ -1,35 +1,4 @@
-//! [`ManagerFactory`] and [`StandardFactory`]: building registered managers
-//! for a mode or a name, with configuration and application resources.
-//!
-//! A unified manager is built once and shared; an isolated one is built per
-//! [`UserContext`] and, with `require_user_context` (the default), never
-//! without one. Every flag the factory reports is measured:
-//! [`supports_user_isolation`](ManagerFactory::supports_user_isolation) is
-//! true only after an isolated manager passed its isolation probe
-//! ([`StandardFactory::verify_isolation`]), and
-//! [`validate_manager_instance`](ManagerFactory::validate_manager_instance)
-//! runs only the probes that are safe on a manager serving real users.
-//!
-//! ```
-//! use websocket_manager::{ManagerFactory, ManagerMode, StandardFactory, UserContext, UserId};
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! let factory = StandardFactory::builder().build(); // the global registry
-//! let shared = factory.create_manager(None, ManagerMode::Unified)?;
-//! let alice = UserContext::new(UserId::new("alice")?);
-//! let for_alice = factory.create_manager(Some(alice), ManagerMode::Isolated)?;
-//!
-//! assert!(!factory.supports_user_isolation()); // not measured yet
-//! factory.verify_isolation().await?;
-//! assert!(factory.supports_user_isolation());
-//!
-//! let result = factory.validate_manager_instance(&for_alice).await;
-//! assert!(result.is_production_ready(), "{result}");
-//! assert!(result.user_context_isolated);
-//! assert!(!result.checks_skipped.is_empty()); // probes that would touch alice's sockets
-//! # let _ = shared;
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! # }).unwrap();
-//! ```
+//! The factory: building registered managers (documented on `StandardFactory`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -231,6 +200,39 @@ const ISOLATION_FAILED: u8 = 2;
 ///     Err(FactoryError::NoManagerForMode { .. })
 /// ));
 /// assert!(!factory.supports_user_isolation());
+/// ```
+///
+/// [`ManagerFactory`] and [`StandardFactory`]: building registered managers
+/// for a mode or a name, with configuration and application resources.
+///
+/// A unified manager is built once and shared; an isolated one is built per
+/// [`UserContext`] and, with `require_user_context` (the default), never
+/// without one. Every flag the factory reports is measured:
+/// [`supports_user_isolation`](ManagerFactory::supports_user_isolation) is
+/// true only after an isolated manager passed its isolation probe
+/// ([`StandardFactory::verify_isolation`]), and
+/// [`validate_manager_instance`](ManagerFactory::validate_manager_instance)
+/// runs only the probes that are safe on a manager serving real users.
+///
+/// ```
+/// use websocket_manager::{ManagerFactory, ManagerMode, StandardFactory, UserContext, UserId};
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let factory = StandardFactory::builder().build(); // the global registry
+/// let shared = factory.create_manager(None, ManagerMode::Unified)?;
+/// let alice = UserContext::new(UserId::new("alice")?);
+/// let for_alice = factory.create_manager(Some(alice), ManagerMode::Isolated)?;
+///
+/// assert!(!factory.supports_user_isolation()); // not measured yet
+/// factory.verify_isolation().await?;
+/// assert!(factory.supports_user_isolation());
+///
+/// let result = factory.validate_manager_instance(&for_alice).await;
+/// assert!(result.is_production_ready(), "{result}");
+/// assert!(result.user_context_isolated);
+/// assert!(!result.checks_skipped.is_empty()); // probes that would touch alice's sockets
+/// # let _ = shared;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
 /// ```
 pub struct StandardFactory {
     registry: Registry,

@@ -12,8 +12,18 @@
 //! * [`validate_on_startup`]: proves every registered manager works before
 //!   traffic arrives, with the probes of [`conformance`], and reports it
 //!   ([`StartupReport`]).
-//! * [`managers`]: the two reference managers, [`UnifiedWebSocketManager`]
-//!   and [`IsolatedWebSocketManager`].
+//! * [`UnifiedWebSocketManager`] and [`IsolatedWebSocketManager`]: the two
+//!   reference managers (and, with the feature `redis`,
+//!   `ClusterWebSocketManager`, one manager across many servers).
+//!
+//! ## Where things are
+//!
+//! Every item has one path. The contract, its data types, the managers and
+//! the registry, factory and startup validation are at the crate root.
+//! Three optional subsystems are modules of their own: [`conformance`] (the
+//! kit that probes a manager), `transport` (sockets, authentication; feature
+//! `transport` and its adapters) and `metrics` (feature `metrics`).
+//! [`prelude`] brings what writing or using a manager takes, with one `use`.
 //!
 //! ```
 //! for registration in websocket_manager::Registry::global().entries() {
@@ -36,29 +46,29 @@
 // managers use the same paths.
 extern crate self as websocket_manager;
 
-pub mod config;
+mod config;
 pub mod conformance;
-pub mod connection;
-pub mod context;
-pub mod delivery;
-pub mod error;
-pub mod extensions;
-pub mod factory;
-pub mod health;
-pub mod ids;
-pub mod managers;
+mod connection;
+mod context;
+mod delivery;
+mod error;
+mod extensions;
+mod factory;
+mod health;
+mod ids;
+mod managers;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
-pub mod offset;
-pub mod protocol;
-pub mod registry;
-pub mod report;
+mod offset;
+mod protocol;
+mod registry;
+mod report;
 mod table;
 #[cfg(feature = "transport")]
 #[cfg_attr(docsrs, doc(cfg(feature = "transport")))]
 pub mod transport;
-pub mod validation;
+mod validation;
 
 pub use config::{
     ConfigError, ManagerConfig, ManagerConfigBuilder, RESYNC_NOTICE_RESERVE, SlowConsumerPolicy,
@@ -74,12 +84,18 @@ pub use extensions::Extensions;
 pub use factory::{
     BuiltManager, FactoryError, ManagerFactory, StandardFactory, StandardFactoryBuilder,
 };
-pub use health::{ConnectionHealth, ConnectionSummary};
+pub use health::{ConnectionHealth, ConnectionSummary, unix_millis};
 pub use ids::{ConnectionId, IdError, MAX_ID_LEN, ThreadId, UserId};
 pub use managers::{
     AGENT_COMPLETED, AGENT_EVENTS, AGENT_STARTED, AGENT_THINKING, CriticalEnvelope,
-    IsolatedWebSocketManager, ResyncNotice, ResyncReason, TOOL_COMPLETED, TOOL_EXECUTING,
-    UnifiedWebSocketManager,
+    CriticalEventLog, IndexSizes, IsolatedWebSocketManager, MAX_EVENT_TYPE_LEN, ManagerStats,
+    RESYNC, ResyncNotice, ResyncReason, TOOL_COMPLETED, TOOL_EXECUTING, UnifiedWebSocketManager,
+    deliver_frame, validate_event_type,
+};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use managers::{
+    ClusterConfig, ClusterConfigBuilder, ClusterStats, ClusterWebSocketManager, RESUME_CLOSE_CODE,
 };
 pub use offset::{OffsetParseError, StreamOffset};
 pub use protocol::{
@@ -88,10 +104,11 @@ pub use protocol::{
 };
 pub use registry::{
     BuildContext, BuildError, ConstructManager, Constructor, DuplicateName, Registration, Registry,
-    RegistryError,
+    RegistryError, construct,
 };
 pub use report::{
-    ComplianceReport, FactoryValidationResult, StartupReport, Verdict, Violation, ViolationKind,
+    CheckRecord, ComplianceReport, FactoryValidationResult, SkippedStep, StartupReport, Verdict,
+    Violation, ViolationKind,
 };
 pub use validation::{AlertCallback, StartupError, StartupOptions, validate_on_startup};
 
@@ -102,6 +119,50 @@ pub use websocket_manager_macros::websocket_manager;
 
 /// `serde_json`, re-exported so a manager crate needs no other dependency.
 pub use serde_json;
+
+/// What writing or using a manager takes, in one `use`:
+///
+/// ```
+/// use std::collections::HashSet;
+/// use websocket_manager::prelude::*;
+///
+/// struct Nobody;
+///
+/// #[websocket_manager(factory = false)]
+/// impl WebSocketManager for Nobody {
+///     async fn add_connection(&self, _connection: WebSocketConnection) -> Result<(), ManagerError> { Ok(()) }
+///     async fn remove_connection(&self, _connection_id: &ConnectionId) -> Option<WebSocketConnection> { None }
+///     fn get_connection(&self, _connection_id: &ConnectionId) -> Option<WebSocketConnection> { None }
+///     fn get_user_connections(&self, _user_id: &UserId) -> HashSet<ConnectionId> { HashSet::new() }
+///     fn is_connection_active(&self, _user_id: &UserId) -> bool { false }
+///     fn get_connection_id_by_websocket(&self, _websocket: &WebSocketHandle) -> Option<ConnectionId> { None }
+///     fn update_connection_thread(&self, _connection_id: &ConnectionId, _thread_id: ThreadId) -> bool { false }
+///     async fn send_to_user(&self, user_id: &UserId, _message: serde_json::Value) -> Result<Delivery, ManagerError> {
+///         Err(ManagerError::NotDelivered { target: DeliveryTarget::User(user_id.clone()), reason: NotDeliveredReason::NoConnections })
+///     }
+///     async fn emit_critical_event(&self, user_id: &UserId, _event_type: &str, _data: serde_json::Value) -> Result<Delivery, ManagerError> {
+///         Err(ManagerError::NotDelivered { target: DeliveryTarget::User(user_id.clone()), reason: NotDeliveredReason::NoConnections })
+///     }
+///     fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth { ConnectionHealth::empty(user_id.clone()) }
+///     async fn send_to_thread(&self, thread_id: &ThreadId, _message: serde_json::Value) -> Result<Delivery, ManagerError> {
+///         Err(ManagerError::NotDelivered { target: DeliveryTarget::Thread(thread_id.clone()), reason: NotDeliveredReason::NoThreadConnections })
+///     }
+/// }
+///
+/// let manager = UnifiedWebSocketManager::new(ManagerConfig::default());
+/// assert!(!manager.is_connection_active(&UserId::new("alice").unwrap()));
+/// let _event = serde_json::json!({"type": AGENT_STARTED});
+/// ```
+pub mod prelude {
+    pub use crate::{
+        AGENT_COMPLETED, AGENT_STARTED, AGENT_THINKING, BuildContext, BuildError, CloseReason,
+        ConnectionHealth, ConnectionId, ConnectionSummary, ConstructManager, Delivery,
+        DeliveryTarget, IsolatedWebSocketManager, ManagerConfig, ManagerError, ManagerMode,
+        NotDeliveredReason, OutboundEvent, StreamOffset, TOOL_COMPLETED, TOOL_EXECUTING, TextFrame,
+        ThreadId, UnifiedWebSocketManager, UserId, WebSocketConnection, WebSocketHandle,
+        WebSocketManager, serde_json, websocket_manager,
+    };
+}
 
 /// What the generated code needs. Not public API.
 #[doc(hidden)]

@@ -17,7 +17,7 @@
 //! [`ManagerStats`] field.
 //!
 //! ```
-//! use websocket_manager::managers::UnifiedWebSocketManager;
+//! use websocket_manager::UnifiedWebSocketManager;
 //! use websocket_manager::metrics::{self, Label};
 //!
 //! let manager = UnifiedWebSocketManager::default();
@@ -77,7 +77,7 @@ const fn gauge(name: &'static str, help: &'static str, value: usize) -> Series {
 /// field (a new field is published by adding its line here).
 ///
 /// ```
-/// use websocket_manager::managers::ManagerStats;
+/// use websocket_manager::ManagerStats;
 /// use websocket_manager::metrics::series;
 /// let names: Vec<_> = series(&ManagerStats::default()).iter().map(|s| s.name).collect();
 /// assert!(names.contains(&"websocket_manager_messages_sent_total"));
@@ -145,7 +145,7 @@ pub fn publish(stats: &ManagerStats, labels: &[Label]) {
 /// ```
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use websocket_manager::managers::UnifiedWebSocketManager;
+/// use websocket_manager::UnifiedWebSocketManager;
 /// use websocket_manager::metrics::{Label, spawn_publisher};
 /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
 /// let manager = Arc::new(UnifiedWebSocketManager::default());

@@ -257,7 +257,19 @@ pub trait ConstructManager: WebSocketManager + Sized {
     fn construct(context: &BuildContext<'_>) -> Result<Self, BuildError>;
 }
 
-#[doc(hidden)]
+/// Builds a `T` as an `Arc<dyn WebSocketManager>`: the constructor
+/// `#[websocket_manager]` registers for `T`.
+///
+/// ```
+/// use websocket_manager::{BuildContext, Extensions, ManagerConfig, UnifiedWebSocketManager, construct};
+/// let (config, extensions) = (ManagerConfig::default(), Extensions::new());
+/// let manager = construct::<UnifiedWebSocketManager>(&BuildContext::new(&config, &extensions)).unwrap();
+/// assert!(manager.get_user_connections(&websocket_manager::UserId::new("alice").unwrap()).is_empty());
+/// ```
+///
+/// # Errors
+///
+/// What `T::construct` returns.
 pub fn construct<T: ConstructManager>(
     context: &BuildContext<'_>,
 ) -> Result<Arc<dyn WebSocketManager>, BuildError> {

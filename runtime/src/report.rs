@@ -55,7 +55,7 @@ pub enum Verdict {
     /// so its behaviour was not probed. Listed, not failed.
     NotBuildable,
     /// Its constructor needs an application resource (such as
-    /// `managers::ClusterConfig`) that this process did not provide, and it
+    /// `websocket_manager::ClusterConfig`) that this process did not provide, and it
     /// is not expected: this process does not use it, so its behaviour was
     /// not probed. Listed, not failed; expect it
     /// ([`StartupOptions::expect`](crate::StartupOptions::expect)) to make a

@@ -1,26 +1,4 @@
-//! Startup validation: prove every registered manager works before traffic
-//! arrives.
-//!
-//! [`validate_on_startup`] enumerates the registry and, for each manager,
-//! checks that its name is unique, that it was compiled against this
-//! contract, that it can be built, and then runs every conformance probe on
-//! fresh instances built with a synthetic user context (see
-//! [`conformance`](crate::conformance)). Expected managers that are missing
-//! (a crate that was not linked) are reported too. Every violation is a
-//! `tracing` error event and goes to the optional alert callback.
-//!
-//! ```
-//! use websocket_manager::{Registry, StartupOptions, validate_on_startup};
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! // Strict mode: any failure is an `Err` carrying the full report.
-//! let options = StartupOptions::strict()
-//!     .registry(Registry::from_entries([]))
-//!     .expect(["unified"]);
-//! let error = validate_on_startup(&options).await.unwrap_err();
-//! assert_eq!(error.report().missing_expected, ["unified"]);
-//! println!("{}", error.report()); // the table an operator reads
-//! # });
-//! ```
+//! Startup validation (documented on `validate_on_startup`).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -203,7 +181,29 @@ impl StartupError {
     }
 }
 
-/// Validates every registered manager; see the [module docs](self).
+/// Startup validation: proves every registered manager works before traffic
+/// arrives.
+///
+/// It enumerates the registry and, for each manager,
+/// checks that its name is unique, that it was compiled against this
+/// contract, that it can be built, and then runs every conformance probe on
+/// fresh instances built with a synthetic user context (see
+/// [`conformance`](crate::conformance)). Expected managers that are missing
+/// (a crate that was not linked) are reported too. Every violation is a
+/// `tracing` error event and goes to the optional alert callback.
+///
+/// ```
+/// use websocket_manager::{Registry, StartupOptions, validate_on_startup};
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// // Strict mode: any failure is an `Err` carrying the full report.
+/// let options = StartupOptions::strict()
+///     .registry(Registry::from_entries([]))
+///     .expect(["unified"]);
+/// let error = validate_on_startup(&options).await.unwrap_err();
+/// assert_eq!(error.report().missing_expected, ["unified"]);
+/// println!("{}", error.report()); // the table an operator reads
+/// # });
+/// ```
 ///
 /// # Errors
 ///

@@ -10,10 +10,8 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use websocket_manager::managers::{
-    AGENT_COMPLETED, AGENT_EVENTS, AGENT_STARTED, UnifiedWebSocketManager,
-};
 use websocket_manager::*;
+use websocket_manager::{AGENT_COMPLETED, AGENT_EVENTS, AGENT_STARTED, UnifiedWebSocketManager};
 
 #[test]
 fn offline_events_are_replayed_in_order_before_newer_messages() {

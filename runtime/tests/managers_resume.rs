@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
-use websocket_manager::managers::{
+use websocket_manager::*;
+use websocket_manager::{
     AGENT_COMPLETED, AGENT_STARTED, AGENT_THINKING, ResyncNotice, ResyncReason, TOOL_COMPLETED,
     TOOL_EXECUTING, UnifiedWebSocketManager,
 };
-use websocket_manager::*;
 
 fn emit(manager: &dyn WebSocketManager, event: &str, step: u64) -> Delivery {
     now(manager.emit_critical_event(&alice(), event, json!({"step": step}))).unwrap()

@@ -7,10 +7,10 @@ use std::collections::HashSet;
 
 use common::*;
 use serde_json::json;
-use websocket_manager::managers::{
+use websocket_manager::*;
+use websocket_manager::{
     AGENT_STARTED, IsolatedWebSocketManager, TOOL_EXECUTING, UnifiedWebSocketManager,
 };
-use websocket_manager::*;
 
 fn config() -> ManagerConfig {
     ManagerConfig::default()

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use websocket_manager::managers::UnifiedWebSocketManager;
+use websocket_manager::UnifiedWebSocketManager;
 use websocket_manager::*;
 
 const CAPACITY: usize = 8;

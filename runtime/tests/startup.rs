@@ -429,9 +429,16 @@ async fn the_probes_build_with_the_options_startup_was_given() {
         ManagerMode::Unified,
         Some(needs_redis),
     )];
-    // without the resource, the first build already fails
+    // without the resource it is not in use here: listed, not probed...
     let without = report(entries).await;
-    assert!(!without.violations.is_empty(), "{without}");
+    let listed = without.manager("needs-redis").unwrap();
+    assert_eq!(listed.verdict, Verdict::NotConfigured, "{without}");
+    assert!(without.violations.is_empty(), "{without}");
+    // ...unless it is expected: then the first build already fails
+    let expected = validate_on_startup(&options(entries).expect(["needs-redis"]))
+        .await
+        .unwrap();
+    assert!(!expected.violations.is_empty(), "{expected}");
 
     // with it, every probe's fresh instance gets it too, not only the first build
     let mut extensions = websocket_manager::Extensions::new();

@@ -548,7 +548,7 @@ pub(super) async fn offline_critical_event_is_replayed(p: &mut Probe<'_>) -> Ste
             "emit_critical_event",
             format!("Ok(Queued) for user `{owner}`, who has no connection yet"),
             delivery_text(&result),
-            "retain critical events for a user with no connection (see managers::CriticalEventLog) and answer Ok(Delivery::queued(..))",
+            "retain critical events for a user with no connection (see websocket_manager::CriticalEventLog) and answer Ok(Delivery::queued(..))",
         ));
     }
     let tab = p.connect(&owner, "the user's next connection").await?;
@@ -591,7 +591,7 @@ pub(super) async fn critical_envelope(p: &mut Probe<'_>) -> Step {
                 "emit_critical_event",
                 r#"one frame {"type","data","timestamp","critical":true,"stream","sequence"} carrying the caller's data"#,
                 format!("{frames:?}"),
-                "wrap every critical event in managers::CriticalEnvelope (or use managers::CriticalEventLog)",
+                "wrap every critical event in websocket_manager::CriticalEnvelope (or use websocket_manager::CriticalEventLog)",
             ));
         };
         if envelope.event_type != event_type || envelope.data != data || !envelope.critical {
@@ -661,7 +661,7 @@ pub(super) async fn resume_from_offset(p: &mut Probe<'_>) -> Step {
             "emit_critical_event",
             "the first event on the connected socket, in its envelope",
             format!("{frames:?}"),
-            "wrap every critical event in managers::CriticalEnvelope and deliver it",
+            "wrap every critical event in websocket_manager::CriticalEnvelope and deliver it",
         ));
     };
     p.disconnect(first_tab).await?;
@@ -691,7 +691,7 @@ pub(super) async fn resume_from_offset(p: &mut Probe<'_>) -> Step {
                 "resuming from {offset}: the second event and the one emitted while offline, once each, nothing before the offset, no resync notice"
             ),
             format!("first/second/offline event received {carried:?} times; frames: {frames:?}"),
-            "replay the retained events after `connection.resume` into the new socket (see managers::CriticalEventLog)",
+            "replay the retained events after `connection.resume` into the new socket (see websocket_manager::CriticalEventLog)",
         ));
     }
     let unknown = StreamOffset::new(first.stream.wrapping_add(0x5eed), 1);
@@ -710,7 +710,7 @@ pub(super) async fn resume_from_offset(p: &mut Probe<'_>) -> Step {
                 unknown.stream
             ),
             format!("{frames:?}"),
-            "when an offset cannot be honoured, send managers::ResyncNotice first (see managers::CriticalEventLog)",
+            "when an offset cannot be honoured, send websocket_manager::ResyncNotice first (see websocket_manager::CriticalEventLog)",
         ));
     }
     Ok(())

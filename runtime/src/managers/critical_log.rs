@@ -42,7 +42,7 @@ struct UserLog {
 /// awaits.
 ///
 /// ```
-/// use websocket_manager::managers::{CriticalEventLog, AGENT_STARTED};
+/// use websocket_manager::{CriticalEventLog, AGENT_STARTED};
 /// use websocket_manager::{ManagerConfig, UserId, WebSocketConnection, WebSocketHandle};
 /// let log = CriticalEventLog::new(&ManagerConfig::default());
 /// let alice = UserId::new("alice")?;

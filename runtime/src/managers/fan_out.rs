@@ -240,7 +240,7 @@ pub(crate) fn fan_out(
 /// was no socket at all).
 ///
 /// ```
-/// use websocket_manager::managers::deliver_frame;
+/// use websocket_manager::deliver_frame;
 /// use websocket_manager::*;
 /// let (socket, _outbound) = WebSocketHandle::channel(QueueLimits::new(8, 1 << 16));
 /// let target = DeliveryTarget::User(UserId::new("alice")?);

@@ -32,7 +32,7 @@ use crate::websocket_manager;
 ///
 /// ```
 /// use websocket_manager::*;
-/// use websocket_manager::managers::IsolatedWebSocketManager;
+/// use websocket_manager::IsolatedWebSocketManager;
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let alice = UserId::new("alice")?;
 /// let manager = IsolatedWebSocketManager::new(UserContext::new(alice.clone()), ManagerConfig::default());

@@ -11,7 +11,7 @@ use serde::Serialize;
 /// all of them are zero: nothing leaks.
 ///
 /// ```
-/// use websocket_manager::managers::UnifiedWebSocketManager;
+/// use websocket_manager::UnifiedWebSocketManager;
 /// let manager = UnifiedWebSocketManager::default();
 /// assert!(manager.index_sizes().is_empty());
 /// ```
@@ -43,7 +43,7 @@ impl IndexSizes {
     /// connection was removed.
     ///
     /// ```
-    /// use websocket_manager::managers::{UnifiedWebSocketManager, AGENT_STARTED};
+    /// use websocket_manager::{UnifiedWebSocketManager, AGENT_STARTED};
     /// use websocket_manager::{UserId, WebSocketManager};
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let manager = UnifiedWebSocketManager::default();
@@ -74,7 +74,7 @@ impl fmt::Display for IndexSizes {
 /// Manager-wide counters since the manager was built, plus its index sizes.
 ///
 /// ```
-/// use websocket_manager::managers::UnifiedWebSocketManager;
+/// use websocket_manager::UnifiedWebSocketManager;
 /// let stats = UnifiedWebSocketManager::default().stats();
 /// assert_eq!(stats.messages_sent, 0);
 /// println!("{stats}");

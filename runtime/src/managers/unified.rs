@@ -18,11 +18,11 @@ use crate::websocket_manager;
 /// O(1) indexes, non-blocking fan-out into bounded queues, slow consumers
 /// handled by policy, critical events buffered while a user is offline.
 ///
-/// See [the module docs](crate::managers) for the guarantees.
+/// The guarantees, shared with [`IsolatedWebSocketManager`](crate::IsolatedWebSocketManager), follow the
+/// example.
 ///
 /// ```
 /// use websocket_manager::*;
-/// use websocket_manager::managers::{UnifiedWebSocketManager, AGENT_STARTED};
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let manager = UnifiedWebSocketManager::new(ManagerConfig::default());
 /// let alice = UserId::new("alice")?;
@@ -41,6 +41,77 @@ use crate::websocket_manager;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// # }).unwrap();
 /// ```
+///
+/// # Guarantees
+///
+/// * **O(1) lookups.** Connection by id, user to connections, socket to
+///   connection (the reverse lookup the original did by linear scan) and
+///   thread to connections are hash lookups.
+/// * **Consistent indexes under concurrency.** Every change to a user's
+///   connections is serialized by that user's lock; a failed add registers
+///   nothing; a remove clears every index and closes the socket.
+/// * **No lock across `.await`, no send under a lock that removal needs.**
+///   Nothing in the managers awaits. Sends copy an `Arc` of the recipient
+///   list out of the index and push with `try_send`; closed and slow sockets
+///   found on the way are removed afterwards, so a failed send cannot
+///   deadlock (the original's did).
+/// * **Serialize once.** A send serializes its JSON once into a
+///   [`TextFrame`](crate::TextFrame); each recipient gets a reference-counted
+///   clone of the same bytes.
+/// * **Slow consumers.** A full queue triggers the configured
+///   [`SlowConsumerPolicy`](crate::SlowConsumerPolicy): `Disconnect` (default)
+///   closes that connection with [`CloseReason::slow_consumer`](crate::CloseReason::slow_consumer),
+///   `DropMessage` drops the frame for that connection; both are counted.
+///   Other connections are never delayed: nothing waits on a queue.
+/// * **Nothing lost silently.** A send that reaches no connection is
+///   [`ManagerError::NotDelivered`](crate::ManagerError::NotDelivered) with a
+///   reason. Ordinary sends are at most once and not retained. Critical
+///   events ([`emit_critical_event`](crate::WebSocketManager::emit_critical_event))
+///   are wrapped in a [`CriticalEnvelope`](crate::CriticalEnvelope) with a per-user
+///   [`StreamOffset`](crate::StreamOffset) (reported in the
+///   [`Delivery`](crate::Delivery)) and appended to the user's retained log
+///   whether or not a socket took them. A connection that resumes from an
+///   offset ([`WebSocketConnection::with_resume`](crate::WebSocketConnection::with_resume))
+///   gets every retained event after it, in order and before anything newer;
+///   one without an offset gets the events no connection has taken yet
+///   ([`Delivery::Queued`](crate::Delivery::Queued)). When an offset cannot
+///   be honoured (evicted, expired, unknown stream), the connection first
+///   receives a [`ResyncNotice`](crate::ResyncNotice) that says so. A history full of events no
+///   connection has taken is [`ManagerError::HistoryFull`](crate::ManagerError::HistoryFull),
+///   never a silent drop of the oldest.
+///
+/// # Why `DashMap`
+///
+/// The indexes are [`dashmap::DashMap`]s (sharded `RwLock`ed hash maps) and
+/// each user's mutable state sits behind its own `parking_lot::Mutex`. The
+/// alternatives were one `RwLock` around all indexes (simple and atomic, but
+/// every add, remove and send of every user contends on one lock) and a
+/// hand-sharded map (what `DashMap` already is, tested). Sends mostly read;
+/// with sharding they contend only with writers of the same shard, and the
+/// per-user mutex keeps multi-index changes of a user atomic with respect to
+/// each other without a global lock. A `DashMap` guard is a lock guard: the
+/// engine never holds one across `.await` (it never awaits) nor while taking a
+/// user's mutex. The lock order is documented in the engine's source.
+///
+/// # Memory bounds
+///
+/// * Each connection's queue: `queue_capacity` frames and `queue_max_bytes`
+///   bytes. A stalled client costs at most that.
+/// * Connections per user: `max_connections_per_user`. Sockets found closed
+///   (a tab that died without the transport noticing) are evicted before a
+///   new connection is refused, so dead tabs never lock a user out.
+/// * Retained critical events: per user at most `history_capacity` events
+///   and `history_max_bytes` bytes, each at most `history_max_age` old; per
+///   manager at most `max_history_users` users holding history (then
+///   [`ManagerError::HistoryUsersFull`](crate::ManagerError::HistoryUsersFull)).
+///   Expired events are pruned when their user is touched, by
+///   `prune_expired()` (call it from a timer if you want memory back sooner),
+///   and by a sweep when the user limit is reached.
+/// * A user with neither a connection nor history occupies nothing; its
+///   counters and stream start over when it comes back, and a client that
+///   resumes from the forgotten stream is told so with a [`ResyncNotice`](crate::ResyncNotice).
+///
+/// See [`IndexSizes`](crate::IndexSizes) and [`ManagerStats`](crate::ManagerStats).
 #[derive(Debug)]
 pub struct UnifiedWebSocketManager {
     core: ManagerCore,

@@ -6,10 +6,8 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use websocket_manager::managers::{
-    CriticalEnvelope, IsolatedWebSocketManager, UnifiedWebSocketManager,
-};
 use websocket_manager::*;
+use websocket_manager::{CriticalEnvelope, IsolatedWebSocketManager, UnifiedWebSocketManager};
 
 pub fn user(name: &str) -> UserId {
     UserId::new(name).unwrap()

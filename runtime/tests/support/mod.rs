@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use websocket_manager::managers::CriticalEventLog;
+use websocket_manager::CriticalEventLog;
 use websocket_manager::{
     BuildContext, BuildError, ConnectionHealth, ConnectionId, ConnectionSummary, Delivery,
     DeliveryTarget, ManagerConfig, ManagerError, ManagerMode, NotDeliveredReason, Registration,

@@ -12,7 +12,7 @@ use crate::config::{ConfigError, ManagerConfig};
 ///
 /// ```
 /// use std::time::Duration;
-/// use websocket_manager::managers::ClusterConfig;
+/// use websocket_manager::ClusterConfig;
 /// let config = ClusterConfig::builder("redis://127.0.0.1:6379")
 ///     .key_prefix("chat")
 ///     .node_id("web-1")

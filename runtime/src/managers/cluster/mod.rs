@@ -84,7 +84,7 @@ use wire::{BusMessage, critical_frame};
 ///
 /// ```no_run
 /// use websocket_manager::*;
-/// use websocket_manager::managers::{ClusterConfig, ClusterWebSocketManager};
+/// use websocket_manager::{ClusterConfig, ClusterWebSocketManager};
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let cluster = ClusterConfig::builder("redis://127.0.0.1:6379").node_id("web-1").build()?;
 /// let manager = ClusterWebSocketManager::new(ManagerConfig::default(), cluster)?;
