@@ -113,6 +113,7 @@ async fn sends_cross_nodes_once_and_never_reach_another_user() {
     )
     .await;
     assert_eq!(a.get_connection_health(&alice).total_connections, 2);
+    assert!(a.get_connection_health(&alice).last_activity_ms.is_some());
 
     let delivery = a
         .send_to_user(&alice, json!({"type": "hello"}))

@@ -348,6 +348,7 @@ impl LocalIndex {
                 });
             }
             bump(&self.totals.replayed, events as u64);
+            state.counters.touch();
             let entry = &mut state.connections[position];
             entry.cursor = Cursor::Live { at };
             if let Some(thread) = entry.connection.thread_id.clone() {
@@ -450,6 +451,9 @@ impl LocalIndex {
                     entry.cursor = Cursor::Live { at: Some(offset) };
                 }
             }
+            if fan.delivered > 0 {
+                state.counters.touch();
+            }
             outcome.delivered += fan.delivered;
             outcome.closed += fan.evict.len();
             evict.extend(fan.evict);
@@ -492,6 +496,16 @@ impl LocalIndex {
             self.config.slow_consumer_policy(),
             &self.totals,
         );
+        if fan.delivered > 0 {
+            // A user's recipients share their counters: touch each run once.
+            let mut touched: Option<&Arc<UserCounters>> = None;
+            for recipient in recipients {
+                if !touched.is_some_and(|t| Arc::ptr_eq(t, &recipient.counters)) {
+                    recipient.counters.touch();
+                    touched = Some(&recipient.counters);
+                }
+            }
+        }
         for id in &fan.evict {
             self.remove(id, CloseReason::slow_consumer());
         }

@@ -682,6 +682,10 @@ impl WebSocketManager for ClusterWebSocketManager {
             health.messages_failed = counters.failed.load(Ordering::Relaxed);
             health.messages_dropped = counters.dropped.load(Ordering::Relaxed);
             health.slow_consumer_disconnects = counters.slow_disconnects.load(Ordering::Relaxed);
+            health.last_activity_ms = match counters.last_activity_ms.load(Ordering::Relaxed) {
+                0 => None,
+                ms => Some(ms),
+            };
         }
         for (connection_id, _node, entry) in shared.replica.user_entries(user_id) {
             health.active_connections += 1;
