@@ -780,14 +780,7 @@ impl ManagerCore {
             health.oldest_retained = state.log.oldest_retained();
             health.history_evicted = state.log.evicted;
             health.history_expired = state.log.expired;
-            health.messages_sent = counters.sent.load(Ordering::Relaxed);
-            health.messages_failed = counters.failed.load(Ordering::Relaxed);
-            health.messages_dropped = counters.dropped.load(Ordering::Relaxed);
-            health.slow_consumer_disconnects = counters.slow_disconnects.load(Ordering::Relaxed);
-            health.last_activity_ms = match counters.last_activity_ms.load(Ordering::Relaxed) {
-                0 => None,
-                ms => Some(ms),
-            };
+            counters.report_into(&mut health);
             health.connections = state
                 .recipients
                 .iter()

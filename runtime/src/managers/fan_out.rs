@@ -26,6 +26,18 @@ pub(crate) struct UserCounters {
 }
 
 impl UserCounters {
+    /// Copies the counters into a user's health report.
+    pub(crate) fn report_into(&self, health: &mut crate::health::ConnectionHealth) {
+        health.messages_sent = self.sent.load(Ordering::Relaxed);
+        health.messages_failed = self.failed.load(Ordering::Relaxed);
+        health.messages_dropped = self.dropped.load(Ordering::Relaxed);
+        health.slow_consumer_disconnects = self.slow_disconnects.load(Ordering::Relaxed);
+        health.last_activity_ms = match self.last_activity_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(ms),
+        };
+    }
+
     /// Records activity now, to within one kernel tick (see [`coarse_unix_millis`]).
     pub(crate) fn touch(&self) {
         self.last_activity_ms

@@ -678,14 +678,7 @@ impl WebSocketManager for ClusterWebSocketManager {
             health.active_connections = summaries.iter().filter(|s| !s.closed).count();
             health.connections = summaries;
             health.latest_offset = latest;
-            health.messages_sent = counters.sent.load(Ordering::Relaxed);
-            health.messages_failed = counters.failed.load(Ordering::Relaxed);
-            health.messages_dropped = counters.dropped.load(Ordering::Relaxed);
-            health.slow_consumer_disconnects = counters.slow_disconnects.load(Ordering::Relaxed);
-            health.last_activity_ms = match counters.last_activity_ms.load(Ordering::Relaxed) {
-                0 => None,
-                ms => Some(ms),
-            };
+            counters.report_into(&mut health);
         }
         for (connection_id, _node, entry) in shared.replica.user_entries(user_id) {
             health.active_connections += 1;
