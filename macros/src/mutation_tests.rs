@@ -276,9 +276,14 @@ fn random_tokens_and_arguments_never_crash_the_macro() {
                 );
             }
         } else {
+            // Method bodies are not parsed (compile time): a syntax error
+            // inside one is reported by the compiler on the user's own
+            // tokens, which must then come out unchanged. Anything else
+            // unparseable must be our error.
+            let carried = output.to_string().contains(&item.to_string());
             assert!(
-                has_error(&output),
-                "case {case}: unparseable item without an error"
+                has_error(&output) || carried,
+                "case {case}: unparseable item without an error\nattr: {attr}\nitem: {item}\noutput: {output}"
             );
         }
     }
