@@ -119,7 +119,7 @@ pub struct MethodSpec {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a WebSocket manager",
     label = "`{Self}` does not implement the `WebSocketManager` contract",
-    note = "put `#[websocket_manager]` on `impl WebSocketManager for {Self} {{ ... }}` (the 11 contract methods), or on `impl {Self} {{ ... }}` if the type already has them"
+    note = "put `#[websocket_manager]` on `impl WebSocketManager for {Self} {{ ... }}` (the 11 contract methods), or on `impl {Self} {{ ... }}` if the type already has them; if the attribute is there, this error follows from the errors reported inside that impl: fix those first"
 )]
 #[async_trait]
 pub trait WebSocketManager: Annotated + Send + Sync + 'static {
