@@ -197,16 +197,26 @@ impl ConnectionId {
     }
 }
 
-/// A random 48-bit value fixed for the life of the process, taken from the
-/// standard library's randomly seeded hasher (no extra dependency).
+/// A random 48-bit value fixed for the life of the process.
 fn process_prefix() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
     static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *PREFIX.get_or_init(|| {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u32(std::process::id());
-        hasher.finish() & 0xffff_ffff_ffff
-    })
+    *PREFIX.get_or_init(|| random_u64() & 0xffff_ffff_ffff)
+}
+
+/// 64 random bits from the standard library's randomly seeded hasher (no
+/// extra dependency); each call draws fresh keys. Not for cryptography.
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+/// The bytes allowed in names the library puts on the wire (event types,
+/// cluster key prefixes and node ids): ASCII letters, digits, `_`, `-`,
+/// `.`, `:`. Nothing in them needs escaping in JSON or in a Redis key.
+pub(crate) fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')
 }
 
 #[cfg(test)]

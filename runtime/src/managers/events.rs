@@ -163,10 +163,7 @@ pub fn validate_event_type(event_type: &str) -> Result<(), ManagerError> {
         Some("must not be empty")
     } else if event_type.len() > MAX_EVENT_TYPE_LEN {
         Some("is longer than 64 bytes")
-    } else if !event_type
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
-    {
+    } else if !event_type.bytes().all(crate::ids::is_name_byte) {
         Some("may only contain ASCII letters, digits, `_`, `-`, `.` and `:`")
     } else {
         None

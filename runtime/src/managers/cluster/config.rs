@@ -262,23 +262,12 @@ pub(crate) fn check_against(
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+    !name.is_empty() && name.len() <= 64 && name.bytes().all(crate::ids::is_name_byte)
 }
 
-/// 64 random bits in hex: std's `RandomState` is seeded from the OS.
+/// 64 random bits in hex.
 fn random_node_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    format!("{:016x}", hasher.finish())
+    format!("{:016x}", crate::ids::random_u64())
 }
 
 #[cfg(test)]

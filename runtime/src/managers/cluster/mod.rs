@@ -72,7 +72,7 @@ pub use config::{ClusterConfig, ClusterConfigBuilder};
 pub use local::RESUME_CLOSE_CODE;
 use local::{LocalIndex, PresenceChange, Replay};
 use presence::Replica;
-use wire::{BusMessage, critical_frame};
+use wire::{BusMessage, critical_frame, critical_frame_max_len};
 
 /// A [`WebSocketManager`] shared by every node of a cluster through Redis.
 ///
@@ -611,15 +611,8 @@ impl WebSocketManager for ClusterWebSocketManager {
         validate_event_type(event_type)?;
         let data = serde_json::to_string(&data)?;
         let timestamp = unix_millis(SystemTime::now());
-        // The frame's size is known before the sequence: the two numbers
-        // take at most 40 bytes.
-        let len = critical_frame(
-            event_type,
-            &data,
-            timestamp,
-            StreamOffset::new(u64::MAX, u64::MAX),
-        )
-        .len();
+        // The frame's size is bounded before Redis assigns the sequence.
+        let len = critical_frame_max_len(event_type, &data, timestamp);
         if len > shared.config.history_max_bytes() {
             bump(&shared.local.totals.critical_rejected, 1);
             return Err(ManagerError::CriticalEventTooLarge {
@@ -773,6 +766,13 @@ fn apply(shared: &Shared, message: BusMessage) {
                 shared.audit_due.store(true, Ordering::SeqCst);
                 return;
             };
+            // Every node hears every critical event: build the frame only
+            // for users this node holds. (A connection registered after
+            // this check reads the event from Redis: it was stored before
+            // it was published, so before that connection's read.)
+            if !shared.local.has_user(&user) {
+                return;
+            }
             let offset = StreamOffset::new(stream, sequence);
             let frame = critical_frame(&event_type, &data, timestamp, offset);
             shared.local.deliver_critical(&user, offset, &frame, false);

@@ -159,6 +159,15 @@ pub(crate) enum BusMessage {
 /// `serde_json::to_string(&CriticalEnvelope { .. })` writes, built from the
 /// data's JSON text without parsing it again, so every node sends the same
 /// bytes.
+/// The length of [`critical_frame`]'s output for the largest possible
+/// offset, known before Redis assigns the sequence (no frame is built).
+pub(crate) fn critical_frame_max_len(event_type: &str, data_json: &str, timestamp: u64) -> usize {
+    const FIXED: usize =
+        r#"{"type":"","data":,"timestamp":,"critical":true,"stream":,"sequence":}"#.len();
+    let digits = |n: u64| n.checked_ilog10().map_or(1, |d| d as usize + 1);
+    FIXED + event_type.len() + data_json.len() + digits(timestamp) + 2 * digits(u64::MAX)
+}
+
 pub(crate) fn critical_frame(
     event_type: &str,
     data_json: &str,
@@ -197,6 +206,28 @@ mod tests {
             StreamOffset::new(17_000_000_001_234, 42),
         );
         assert_eq!(frame.as_str(), serde_json::to_string(&envelope).unwrap());
+    }
+
+    #[test]
+    fn the_maximum_length_is_the_frame_length_at_the_largest_offset() {
+        for (data, timestamp) in [
+            ("{}", 0),
+            (r#"{"a":[1,2]}"#, 9),
+            ("null", 1_700_000_000_123),
+        ] {
+            let max = critical_frame(
+                "agent_started",
+                data,
+                timestamp,
+                StreamOffset::new(u64::MAX, u64::MAX),
+            );
+            assert_eq!(
+                critical_frame_max_len("agent_started", data, timestamp),
+                max.len()
+            );
+            let small = critical_frame("agent_started", data, timestamp, StreamOffset::new(1, 1));
+            assert!(small.len() <= max.len());
+        }
     }
 
     #[test]
