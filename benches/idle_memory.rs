@@ -32,6 +32,7 @@
 #[path = "support/auth.rs"]
 mod auth;
 use auth::SECRET;
+use websocket_manager::DynManager;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{BufRead, BufReader, Write};
@@ -479,7 +480,7 @@ impl ChildState {
 fn start_library(server: Server, listener: TcpListener) -> ChildState {
     let manager = Arc::new(UnifiedWebSocketManager::default());
     let service = WebSocketService::builder(
-        Arc::clone(&manager) as Arc<dyn WebSocketManager>,
+        DynManager::from(Arc::clone(&manager)),
         JwtAuthenticator::hs256(SECRET),
     )
     .config(TransportConfig::default())

@@ -38,6 +38,7 @@
 #[path = "support/auth.rs"]
 mod auth;
 use auth::SECRET;
+use websocket_manager::DynManager;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -137,7 +138,7 @@ impl Server {
     async fn library(adapter: Adapter) -> Server {
         let manager = Arc::new(UnifiedWebSocketManager::new(ManagerConfig::default()));
         let service = WebSocketService::builder(
-            Arc::clone(&manager) as Arc<dyn WebSocketManager>,
+            DynManager::from(Arc::clone(&manager)),
             JwtAuthenticator::hs256(SECRET),
         )
         .build();

@@ -9,6 +9,7 @@
 #[path = "support/auth.rs"]
 mod auth;
 use auth::SECRET;
+use websocket_manager::DynManager;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +29,7 @@ type Client = WebSocketStream<TcpStream>;
 async fn server() -> (std::net::SocketAddr, Arc<UnifiedWebSocketManager>) {
     let manager = Arc::new(UnifiedWebSocketManager::default());
     let service = WebSocketService::builder(
-        Arc::clone(&manager) as Arc<dyn WebSocketManager>,
+        DynManager::from(Arc::clone(&manager)),
         JwtAuthenticator::hs256(SECRET),
     )
     .build();

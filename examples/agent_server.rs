@@ -37,6 +37,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use websocket_manager::DynManager;
 
 use std::collections::HashMap;
 
@@ -85,7 +86,7 @@ struct AppState {
     report: Arc<StartupReport>,
     /// The signing secret, only when `--demo` hands out tokens.
     demo_secret: Option<Arc<Vec<u8>>>,
-    /// The typed manager (the service holds it as `dyn WebSocketManager`),
+    /// The typed manager (the service holds it as a `DynManager`),
     /// for `/metrics`.
     manager: TypedManager,
     /// Renders what `websocket_manager::metrics::publish` recorded.
@@ -122,10 +123,10 @@ impl TypedManager {
         }
     }
 
-    fn as_dyn(&self) -> Arc<dyn WebSocketManager> {
+    fn as_dyn(&self) -> DynManager {
         match self {
-            TypedManager::Unified(manager) => Arc::clone(manager) as Arc<dyn WebSocketManager>,
-            TypedManager::Cluster(manager) => Arc::clone(manager) as Arc<dyn WebSocketManager>,
+            TypedManager::Unified(manager) => DynManager::from(Arc::clone(manager)),
+            TypedManager::Cluster(manager) => DynManager::from(Arc::clone(manager)),
         }
     }
 }
@@ -255,7 +256,7 @@ async fn main() -> ExitCode {
 
     // 2. The unified manager the startup validation just checked. Built
     //    here by its type, not through `StandardFactory::create_named`
-    //    (which returns `Arc<dyn WebSocketManager>`), so that `/metrics` can
+    //    (which returns `DynManager`), so that `/metrics` can
     //    read its typed `stats()`.
     let manager_config = ManagerConfig::default();
     let typed = match cluster {
@@ -331,7 +332,7 @@ async fn main() -> ExitCode {
         }
     };
     let service = WebSocketService::builder(
-        Arc::clone(&manager),
+        manager.clone(),
         // A user may follow only their own threads, `<user>:<name>`.
         UserScopedThreads(JwtAuthenticator::hs256(&secret).audience([AUDIENCE])),
     )

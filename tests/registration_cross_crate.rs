@@ -2,7 +2,7 @@
 //! is referenced. CI runs this test in debug and in `--release`.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
+use websocket_manager::DynManager;
 
 use example_managers as _;
 use websocket_manager::{
@@ -31,7 +31,7 @@ async fn manager_from_another_crate_is_built_and_works() {
     let registry = Registry::global();
     let config = ManagerConfig::default();
     let extensions = Extensions::new();
-    let manager: Arc<dyn WebSocketManager> = registry
+    let manager: DynManager = registry
         .get("minimal")
         .unwrap()
         .build(&BuildContext::new(&config, &extensions))

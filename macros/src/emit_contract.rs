@@ -6,14 +6,19 @@
 //! go-to-definition, rustdoc's [src] and rustc's notes land on readable
 //! code). This crate needs its own copy of the contract ([`CONTRACT_SOURCE`](
 //! crate::contract::CONTRACT_SOURCE)) because it checks impls in crates that
-//! never see the runtime's source. The attribute sits above `#[async_trait]`
-//! on the trait, so it sees the methods as written and compares them, method
-//! by method, with the copy: any drift fails the runtime's own build.
+//! never see the runtime's source. The trait writes each async method as
+//! `fn name(..) -> impl Future<Output = T> + Send` (the `Send` bound a bare
+//! `async fn` in a trait lacks), which is compared as the copy's
+//! `async fn name(..) -> T`; any other drift, method by method, fails the
+//! runtime's own build.
 
 use proc_macro2::{Literal, Span, TokenStream};
 use quote::{ToTokens, format_ident, quote};
 use syn::spanned::Spanned;
-use syn::{ItemTrait, TraitItem};
+use syn::{
+    GenericArgument, ItemTrait, PathArguments, ReturnType, Signature, TraitItem, Type,
+    TypeParamBound,
+};
 
 use crate::contract::{Contract, GROUPS};
 use crate::types::render_tokens;
@@ -62,9 +67,16 @@ pub(crate) fn mismatches(item: &ItemTrait, contract: &Contract) -> Vec<syn::Erro
         match written.get(index) {
             Some(found) => {
                 let sig = &found.sig;
+                if sig.asyncness.is_some() {
+                    errors.push(syn::Error::new(
+                        sig.ident.span(),
+                        "write the trait's async methods as `fn name(..) -> impl Future<Output = T> + Send`: a bare `async fn` in a trait promises no `Send` future",
+                    ));
+                    continue;
+                }
                 // rustfmt's trailing comma after a long parameter list is
                 // not a difference
-                let mut unpunctuated = sig.clone();
+                let mut unpunctuated = as_async(sig);
                 unpunctuated.inputs = sig.inputs.iter().cloned().collect();
                 let found_text = render_tokens(&unpunctuated.to_token_stream());
                 if found_text != expected {
@@ -96,6 +108,31 @@ pub(crate) fn mismatches(item: &ItemTrait, contract: &Contract) -> Vec<syn::Erro
         ));
     }
     errors
+}
+
+/// `fn f(..) -> impl Future<Output = T> + Send` as the contract writes it,
+/// `async fn f(..) -> T`; any other signature unchanged.
+fn as_async(sig: &Signature) -> Signature {
+    let mut sig = sig.clone();
+    if let ReturnType::Type(_, ty) = &sig.output
+        && let Type::ImplTrait(bounds) = &**ty
+        && let [TypeParamBound::Trait(future), TypeParamBound::Trait(send)] =
+            bounds.bounds.iter().collect::<Vec<_>>()[..]
+        && send.path.is_ident("Send")
+        && let Some(last) = future.path.segments.last()
+        && last.ident == "Future"
+        && let PathArguments::AngleBracketed(args) = &last.arguments
+        && let [GenericArgument::AssocType(output)] = &args.args.iter().collect::<Vec<_>>()[..]
+        && output.ident == "Output"
+    {
+        let output_ty = output.ty.clone();
+        sig.asyncness = Some(Default::default());
+        sig.output = match &output_ty {
+            Type::Tuple(unit) if unit.elems.is_empty() => ReturnType::Default,
+            _ => ReturnType::Type(Default::default(), Box::new(output_ty)),
+        };
+    }
+    sig
 }
 
 /// `CONTRACT_METHODS` and `PROTOCOL_FINGERPRINT`.
@@ -144,9 +181,22 @@ mod tests {
         let methods: String = contract
             .methods
             .iter()
-            .map(|m| format!("{};\n", m.signature()))
+            .map(|m| format!("{};\n", desugared(&m.signature())))
             .collect();
         format!("pub trait WebSocketManager: Send {{ {methods} }}")
+    }
+
+    /// `async fn f(..) -> T` as the trait writes it.
+    fn desugared(signature: &str) -> String {
+        match signature.strip_prefix("async ") {
+            Some(rest) => match rest.split_once(") -> ") {
+                Some((head, output)) => {
+                    format!("{head}) -> impl Future<Output = {output}> + Send")
+                }
+                None => format!("{rest} -> impl Future<Output = ()> + Send"),
+            },
+            None => signature.to_owned(),
+        }
     }
 
     #[test]
@@ -174,6 +224,18 @@ mod tests {
             (changed_type, "method 7 of the trait differs"),
             (dropped, "the trait lacks the contract's"),
             (added, "method 1 of the trait differs"),
+            (
+                source.replace("+ Send;", ";"),
+                "method 1 of the trait differs",
+            ),
+            (
+                source.replacen(
+                    "fn add_connection(&self, connection: WebSocketConnection) -> impl Future<Output = Result<(), ManagerError>> + Send;",
+                    "async fn add_connection(&self, connection: WebSocketConnection) -> Result<(), ManagerError>;",
+                    1,
+                ),
+                "a bare `async fn` in a trait promises no `Send` future",
+            ),
         ] {
             let item: ItemTrait = syn::parse_str(&case).unwrap();
             let errors = mismatches(&item, &contract);

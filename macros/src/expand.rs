@@ -1,6 +1,7 @@
 //! `#[websocket_manager]`: parse, check, then generate.
 //!
-//! On success the impl is handed to async-trait and registered. On any error
+//! On success the impl is emitted as written (the contract's async methods
+//! are native `async fn`) and registered. On any error
 //! the output is the errors plus a complete impl (the valid methods kept, the
 //! others replaced by stubs), so the user sees our messages and not a cascade
 //! of rustc's.
@@ -137,7 +138,6 @@ fn generate(
     has_errors: bool,
 ) -> TokenStream {
     let krate = &args.krate;
-    let async_trait = quote!(#krate::__private::async_trait);
     if item.generics.lifetimes().next().is_some() {
         // a borrowing manager cannot be `'static`: emit no trait impl, so
         // only our error shows and not rustc's lifetime cascade
@@ -151,6 +151,11 @@ fn generate(
         Form::TraitImpl => {
             // keep what is valid, stub the rest: a complete impl, no cascade
             let mut fallback = item.clone();
+            // reported by validate; left in, it would rewrite the methods
+            // into a shape the trait does not have
+            fallback
+                .attrs
+                .retain(|attr| !validate::is_async_trait(attr));
             fallback.items = contract
                 .methods
                 .iter()
@@ -167,7 +172,6 @@ fn generate(
                 // keeps "the following other types implement" lists of
                 // unrelated managers out of users' trait errors
                 #[diagnostic::do_not_recommend]
-                #[#async_trait]
                 #fallback
                 #annotated
             }
@@ -190,7 +194,6 @@ fn generate(
                 // keeps "the following other types implement" lists of
                 // unrelated managers out of users' trait errors
                 #[diagnostic::do_not_recommend]
-                #[#async_trait]
                 impl #impl_generics #krate::WebSocketManager for #self_ty #where_clause {
                     #(#methods)*
                 }
@@ -201,15 +204,14 @@ fn generate(
 }
 
 /// A trait impl that passed the checks: the user's own tokens (not `item`
-/// printed back: printing a parsed impl costs as much as parsing it) under
-/// async-trait, and the marker.
+/// printed back: printing a parsed impl costs as much as parsing it), and
+/// the marker.
 fn checked_impl(original: &TokenStream, item: &ItemImpl, krate: &Path) -> TokenStream {
     let annotated = annotated(item, &item.self_ty, krate);
     quote! {
         // keeps "the following other types implement" lists of
         // unrelated managers out of users' trait errors
         #[diagnostic::do_not_recommend]
-        #[#krate::__private::async_trait]
         #original
         #annotated
     }
@@ -352,10 +354,15 @@ pub(crate) mod tests {
     "#;
 
     #[test]
-    fn valid_trait_impl_is_async_trait_plus_registration() {
+    fn valid_trait_impl_is_kept_as_written_plus_marker_and_registration() {
         let out = expand_str("name = \"good\", mode = \"isolated\"", VALID_IMPL);
         assert!(!out.contains("compile_error"), "{out}");
-        assert!(out.contains(":: websocket_manager :: __private :: async_trait"));
+        assert!(!out.contains("async_trait"), "{out}");
+        assert!(out.contains("async fn send_to_user (& self , user_id : & UserId , message : serde_json :: Value)"), "{out}");
+        assert!(
+            out.contains(":: websocket_manager :: __private :: Annotated for Good"),
+            "{out}"
+        );
         assert!(out.contains("inventory :: submit"));
         assert!(out.contains("\"good\""));
         assert!(out.contains("ManagerMode :: Isolated"));

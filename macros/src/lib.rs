@@ -25,7 +25,7 @@ pub fn websocket_manager(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand::expand(attr.into(), item.into()).into()
 }
 
-/// Put on the runtime's `WebSocketManager` trait (above `#[async_trait]`):
+/// Put on the runtime's `WebSocketManager` trait:
 /// fails the build when the trait and the contract this crate checks impls
 /// against differ, and emits the method table and fingerprint beside it.
 #[doc(hidden)]

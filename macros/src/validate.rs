@@ -176,7 +176,7 @@ fn check_impl_header(
             GenericParam::Lifetime(lifetime) => errors.push(syn::Error::new(
                 lifetime.span(),
                 format!(
-                    "a manager must be `'static` (it is shared as `Arc<dyn WebSocketManager>`), so `{self_ty}` cannot borrow with lifetime `{}`; own the data or hold it in an `Arc`",
+                    "a manager must be `'static` (it is shared between tasks, as `DynManager` or in an `Arc`), so `{self_ty}` cannot borrow with lifetime `{}`; own the data or hold it in an `Arc`",
                     lifetime.lifetime
                 ),
             )),
@@ -198,18 +198,21 @@ fn check_impl_header(
         _ => {}
     }
     for attr in &item.attrs {
-        if attr
-            .path()
-            .segments
-            .last()
-            .is_some_and(|s| s.ident == "async_trait")
-        {
+        if is_async_trait(attr) {
             errors.push(syn::Error::new_spanned(
                 attr,
-                "remove `#[async_trait]`: `#[websocket_manager]` applies it for you",
+                "remove `#[async_trait]`: the contract's async methods are plain `async fn`, which `#[websocket_manager]` takes as written",
             ));
         }
     }
+}
+
+/// `#[async_trait]`, by any path.
+pub(crate) fn is_async_trait(attr: &syn::Attribute) -> bool {
+    attr.path()
+        .segments
+        .last()
+        .is_some_and(|s| s.ident == "async_trait")
 }
 
 /// `M<S>` becomes `M<YourType>` for the `register` hint.
@@ -230,7 +233,7 @@ fn async_trait_already_applied(item: &ItemImpl) -> Option<syn::Error> {
         {
             Some(syn::Error::new(
                 function.sig.ident.span(),
-                "`#[async_trait]` was applied before `#[websocket_manager]`; remove `#[async_trait]`: `#[websocket_manager]` applies it for you after checking the methods",
+                "`#[async_trait]` was applied before `#[websocket_manager]` and rewrote this method; remove `#[async_trait]`: the contract's async methods are plain `async fn`, which `#[websocket_manager]` takes as written",
             ))
         }
         _ => None,
@@ -439,7 +442,7 @@ fn check_generics(
 }
 
 fn check_receiver(sig: &Signature, name: &str, error: &mut Report<'_>) {
-    let shared = "managers are shared as `Arc<dyn WebSocketManager>`; keep mutable state behind a lock, an atomic or a concurrent map";
+    let shared = "managers are shared between tasks (as `DynManager` or in an `Arc`); keep mutable state behind a lock, an atomic or a concurrent map";
     match sig.inputs.first() {
         Some(FnArg::Receiver(receiver)) => {
             let found = render_tokens(&receiver.to_token_stream());

@@ -11,7 +11,7 @@
 //! `WebSocketHandle` queues; the baseline keeps, like a good hand-written
 //! registry, each user's handles next to the user (no second lookup per
 //! send) and counts nothing. The manager's `send_to_user` is called through
-//! its async contract (`async_trait` boxes the future) and polled once.
+//! its async contract (a native `async fn`: no box) and polled once.
 //!
 //! Paired rounds: each round runs one timed batch of the manager and one of
 //! the baseline (order alternating), every thread starting at a barrier;

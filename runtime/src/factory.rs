@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use tracing::Instrument;
@@ -10,8 +10,9 @@ use tracing::Instrument;
 use crate::config::ManagerConfig;
 use crate::conformance::{Check, CheckFailure, Conformance, ConformanceReport};
 use crate::context::{ManagerMode, UserContext};
+use crate::dyn_manager::DynManager;
 use crate::extensions::Extensions;
-use crate::protocol::{PROTOCOL_FINGERPRINT, WebSocketManager};
+use crate::protocol::PROTOCOL_FINGERPRINT;
 use crate::registry::{
     BuildContext, BuildError, Registration, Registry, RegistryError, names_or_none,
 };
@@ -121,26 +122,26 @@ pub enum FactoryError {
 
 /// A manager the factory built, with the [`Registration`] it was built
 /// from, for [`validate_manager_instance`](ManagerFactory::validate_manager_instance).
-/// It dereferences to the `Arc<dyn WebSocketManager>`.
+/// It dereferences to the `DynManager`.
 ///
 /// ```
 /// use websocket_manager::{ManagerFactory, ManagerMode, StandardFactory};
 /// let factory = StandardFactory::builder().build();
 /// let built = factory.create_manager(None, ManagerMode::Unified).unwrap();
 /// assert_eq!(built.registration().map(|r| r.name), Some("unified"));
-/// let manager = built.into_manager(); // Arc<dyn WebSocketManager>
+/// let manager = built.into_manager(); // DynManager
 /// # let _ = manager;
 /// ```
 #[derive(Clone)]
 pub struct BuiltManager {
-    manager: Arc<dyn WebSocketManager>,
+    manager: DynManager,
     registration: Option<Registration>,
 }
 
 impl BuiltManager {
     /// A manager built elsewhere, to validate it without a registration
     /// (its mode and constructor are then unknown).
-    pub fn unregistered(manager: Arc<dyn WebSocketManager>) -> Self {
+    pub fn unregistered(manager: DynManager) -> Self {
         BuiltManager {
             manager,
             registration: None,
@@ -154,18 +155,18 @@ impl BuiltManager {
     }
 
     /// The manager.
-    pub fn manager(&self) -> &Arc<dyn WebSocketManager> {
+    pub fn manager(&self) -> &DynManager {
         &self.manager
     }
 
     /// The manager, without its registration.
-    pub fn into_manager(self) -> Arc<dyn WebSocketManager> {
+    pub fn into_manager(self) -> DynManager {
         self.manager
     }
 }
 
 impl std::ops::Deref for BuiltManager {
-    type Target = Arc<dyn WebSocketManager>;
+    type Target = DynManager;
 
     fn deref(&self) -> &Self::Target {
         &self.manager
@@ -240,7 +241,7 @@ pub struct StandardFactory {
     extensions: Extensions,
     require_user_context: bool,
     chosen: BTreeMap<ManagerMode, String>,
-    shared: Mutex<HashMap<&'static str, Arc<dyn WebSocketManager>>>,
+    shared: Mutex<HashMap<&'static str, DynManager>>,
     isolation: AtomicU8,
 }
 
@@ -426,11 +427,11 @@ impl StandardFactory {
                 // two "shared" instances; constructors are synchronous.
                 let mut shared = lock(&self.shared);
                 let manager = match shared.get(registration.name) {
-                    Some(existing) => Arc::clone(existing),
+                    Some(existing) => existing.clone(),
                     None => {
                         let context = BuildContext::new(&self.config, &self.extensions);
                         let manager = registration.build(&context).map_err(build_error)?;
-                        shared.insert(registration.name, Arc::clone(&manager));
+                        shared.insert(registration.name, manager.clone());
                         manager
                     }
                 };
@@ -550,7 +551,7 @@ impl ManagerFactory for StandardFactory {
         let live = Conformance::new(mode.unwrap_or(ManagerMode::Unified))
             .config(self.config.clone())
             .extensions(self.extensions.clone())
-            .run_live(built.manager.as_ref())
+            .run_live(&built.manager)
             .instrument(span)
             .await;
         errors.extend(live.failures().into_iter().cloned());

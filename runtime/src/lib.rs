@@ -51,6 +51,7 @@ pub mod conformance;
 mod connection;
 mod context;
 mod delivery;
+mod dyn_manager;
 mod error;
 mod extensions;
 mod factory;
@@ -79,6 +80,7 @@ pub use connection::{
 };
 pub use context::{ManagerMode, UnknownMode, UserContext};
 pub use delivery::{Delivery, DeliveryTarget, NotDeliveredReason};
+pub use dyn_manager::DynManager;
 pub use error::{ClusterFailure, ManagerError};
 pub use extensions::Extensions;
 pub use factory::{
@@ -157,10 +159,10 @@ pub mod prelude {
     pub use crate::{
         AGENT_COMPLETED, AGENT_STARTED, AGENT_THINKING, BuildContext, BuildError, CloseReason,
         ConnectionHealth, ConnectionId, ConnectionSummary, ConstructManager, Delivery,
-        DeliveryTarget, IsolatedWebSocketManager, ManagerConfig, ManagerError, ManagerMode,
-        NotDeliveredReason, OutboundEvent, StreamOffset, TOOL_COMPLETED, TOOL_EXECUTING, TextFrame,
-        ThreadId, UnifiedWebSocketManager, UserId, WebSocketConnection, WebSocketHandle,
-        WebSocketManager, serde_json, websocket_manager,
+        DeliveryTarget, DynManager, IsolatedWebSocketManager, ManagerConfig, ManagerError,
+        ManagerMode, NotDeliveredReason, OutboundEvent, StreamOffset, TOOL_COMPLETED,
+        TOOL_EXECUTING, TextFrame, ThreadId, UnifiedWebSocketManager, UserId, WebSocketConnection,
+        WebSocketHandle, WebSocketManager, serde_json, websocket_manager,
     };
 }
 
@@ -168,7 +170,6 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::registry::construct;
-    pub use async_trait::async_trait;
     pub use inventory;
     pub use serde_json;
 
@@ -178,7 +179,7 @@ pub mod __private {
     #[diagnostic::on_unimplemented(
         message = "annotate this impl with `#[websocket_manager]`",
         label = "this impl of `WebSocketManager` lacks `#[websocket_manager]`",
-        note = "`#[websocket_manager]` checks the methods against the contract, applies async-trait and registers `{Self}`; write it on the line above `impl WebSocketManager for {Self}`"
+        note = "`#[websocket_manager]` checks the methods against the contract and registers `{Self}`; write it on the line above `impl WebSocketManager for {Self}`"
     )]
     pub trait Annotated {}
 }

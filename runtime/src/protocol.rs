@@ -11,7 +11,6 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::__private::Annotated;
@@ -69,14 +68,17 @@ pub struct MethodSpec {
 ///
 /// Do not implement it by hand: put `#[websocket_manager]` on the impl
 /// block. The attribute checks every method against the contract at
-/// compile time, reports every problem at once, applies `async-trait`
-/// for you and registers the manager for startup validation.
+/// compile time, reports every problem at once and registers the manager
+/// for startup validation.
 ///
-/// The trait is dyn-compatible and used as `Arc<dyn WebSocketManager>`.
+/// The async methods are written `async fn` in an impl, as below; the trait
+/// declares them as returning `impl Future + Send`, so every manager's
+/// futures can move between a multi-threaded runtime's workers, and a call
+/// on a concrete manager allocates nothing. To hold any manager behind one
+/// type (as the factory and the transport do), use [`DynManager`](crate::DynManager).
 ///
 /// ```
 /// use std::collections::HashSet;
-/// use std::sync::Arc;
 /// use websocket_manager::*;
 ///
 /// struct Silent;
@@ -102,26 +104,21 @@ pub struct MethodSpec {
 ///     }
 /// }
 ///
-/// let manager: Arc<dyn WebSocketManager> = Arc::new(Silent);
+/// let manager = DynManager::new(Silent);
 /// assert!(!manager.is_connection_active(&UserId::new("alice").unwrap()));
 /// ```
 ///
 /// # Forgetting the attribute
 ///
-/// An impl without `#[websocket_manager]` does not compile, and says so:
-/// "annotate this impl with `#[websocket_manager]`" (the attribute
-/// implements a hidden supertrait that this message belongs to). rustc
-/// prints that error last, after one E0195 ("lifetime parameters or bounds on
-/// method ... do not match the trait declaration") per `async fn`: it
-/// compares an impl's methods before its bounds, and the methods have not
-/// been rewritten by async-trait. Adding the attribute cures all of them.
+/// An impl without `#[websocket_manager]` does not compile, and the error
+/// says why: "annotate this impl with `#[websocket_manager]`" (the attribute
+/// implements a hidden supertrait that this message belongs to).
 #[websocket_manager_macros::__contract]
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a WebSocket manager",
     label = "`{Self}` does not implement the `WebSocketManager` contract",
     note = "put `#[websocket_manager]` on `impl WebSocketManager for {Self} {{ ... }}` (the 11 contract methods), or on `impl {Self} {{ ... }}` if the type already has them; if the attribute is there, this error follows from the errors reported inside that impl: fix those first"
 )]
-#[async_trait]
 pub trait WebSocketManager: Annotated + Send + Sync + 'static {
     /// Registers a new connection.
     ///
@@ -129,12 +126,18 @@ pub trait WebSocketManager: Annotated + Send + Sync + 'static {
     /// is already registered, or the user is at the per-user connection cap.
     /// Critical events kept for the user while they were offline are replayed
     /// on the new connection, in order, before anything newer.
-    async fn add_connection(&self, connection: WebSocketConnection) -> Result<(), ManagerError>;
+    fn add_connection(
+        &self,
+        connection: WebSocketConnection,
+    ) -> impl Future<Output = Result<(), ManagerError>> + Send;
 
     /// Removes a connection from every index and closes its socket.
     ///
     /// Returns the removed connection, or `None` for an unknown id.
-    async fn remove_connection(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection>;
+    fn remove_connection(
+        &self,
+        connection_id: &ConnectionId,
+    ) -> impl Future<Output = Option<WebSocketConnection>> + Send;
 
     /// The connection registered under `connection_id`, if any.
     fn get_connection(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection>;
@@ -163,11 +166,11 @@ pub trait WebSocketManager: Annotated + Send + Sync + 'static {
     /// At most once: a user with no deliverable connection gets
     /// `ManagerError::NotDelivered`, never a silent success, and the message is
     /// not kept.
-    async fn send_to_user(
+    fn send_to_user(
         &self,
         user_id: &UserId,
         message: serde_json::Value,
-    ) -> Result<Delivery, ManagerError>;
+    ) -> impl Future<Output = Result<Delivery, ManagerError>> + Send;
 
     /// Sends a critical agent event (`agent_started`, `agent_thinking`,
     /// `tool_executing`, `tool_completed`, `agent_completed`...) to `user_id`.
@@ -175,22 +178,22 @@ pub trait WebSocketManager: Annotated + Send + Sync + 'static {
     /// Never lost silently: when the user has no deliverable connection the event
     /// is kept and replayed on their next connection (`Delivery::Queued`), or the
     /// caller gets an error.
-    async fn emit_critical_event(
+    fn emit_critical_event(
         &self,
         user_id: &UserId,
         event_type: &str,
         data: serde_json::Value,
-    ) -> Result<Delivery, ManagerError>;
+    ) -> impl Future<Output = Result<Delivery, ManagerError>> + Send;
 
     /// Connections, counters and pending events of `user_id`.
     fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth;
 
     /// Sends a JSON message to exactly the connections bound to `thread_id`.
-    async fn send_to_thread(
+    fn send_to_thread(
         &self,
         thread_id: &ThreadId,
         message: serde_json::Value,
-    ) -> Result<Delivery, ManagerError>;
+    ) -> impl Future<Output = Result<Delivery, ManagerError>> + Send;
 }
 
 /// Looks a contract method up by name.
@@ -244,11 +247,5 @@ mod tests {
             send.signature,
             "async fn send_to_user(&self, user_id: &UserId, message: serde_json::Value) -> Result<Delivery, ManagerError>"
         );
-    }
-
-    #[test]
-    fn trait_is_dyn_compatible() {
-        fn takes(_: Option<std::sync::Arc<dyn WebSocketManager>>) {}
-        takes(None);
     }
 }

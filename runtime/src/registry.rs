@@ -8,18 +8,18 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
 
 use serde::Serialize;
 use serde::ser::SerializeStruct;
 
 use crate::config::{ConfigError, ManagerConfig};
 use crate::context::{ManagerMode, UserContext};
+use crate::dyn_manager::DynManager;
 use crate::extensions::Extensions;
 use crate::protocol::WebSocketManager;
 
 /// How the factory builds a registered manager.
-pub type Constructor = fn(&BuildContext<'_>) -> Result<Arc<dyn WebSocketManager>, BuildError>;
+pub type Constructor = fn(&BuildContext<'_>) -> Result<DynManager, BuildError>;
 
 /// One registered manager, written by `#[websocket_manager]`.
 ///
@@ -120,10 +120,7 @@ impl Registration {
     ///
     /// [`BuildError::NotBuildable`] for a `factory = false` manager, or
     /// whatever its constructor reports.
-    pub fn build(
-        &self,
-        context: &BuildContext<'_>,
-    ) -> Result<Arc<dyn WebSocketManager>, BuildError> {
+    pub fn build(&self, context: &BuildContext<'_>) -> Result<DynManager, BuildError> {
         match self.constructor {
             Some(constructor) => constructor(context),
             None => Err(BuildError::NotBuildable { name: self.name }),
@@ -257,11 +254,11 @@ pub trait ConstructManager: WebSocketManager + Sized {
     fn construct(context: &BuildContext<'_>) -> Result<Self, BuildError>;
 }
 
-/// Builds a `T` as an `Arc<dyn WebSocketManager>`: the constructor
+/// Builds a `T` as a [`DynManager`]: the constructor
 /// `#[websocket_manager]` registers for `T`.
 ///
 /// ```
-/// use websocket_manager::{BuildContext, Extensions, ManagerConfig, UnifiedWebSocketManager, construct};
+/// use websocket_manager::{BuildContext, Extensions, ManagerConfig, UnifiedWebSocketManager, WebSocketManager, construct};
 /// let (config, extensions) = (ManagerConfig::default(), Extensions::new());
 /// let manager = construct::<UnifiedWebSocketManager>(&BuildContext::new(&config, &extensions)).unwrap();
 /// assert!(manager.get_user_connections(&websocket_manager::UserId::new("alice").unwrap()).is_empty());
@@ -272,8 +269,8 @@ pub trait ConstructManager: WebSocketManager + Sized {
 /// What `T::construct` returns.
 pub fn construct<T: ConstructManager>(
     context: &BuildContext<'_>,
-) -> Result<Arc<dyn WebSocketManager>, BuildError> {
-    T::construct(context).map(|manager| Arc::new(manager) as Arc<dyn WebSocketManager>)
+) -> Result<DynManager, BuildError> {
+    T::construct(context).map(DynManager::new)
 }
 
 /// Two or more registrations share a name.

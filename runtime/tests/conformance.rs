@@ -11,8 +11,8 @@ use support::{Bug, TestManager};
 use websocket_manager::conformance::{Check, Conformance, is_probe_id};
 use websocket_manager::{
     BuildContext, BuildError, ConnectionHealth, ConnectionId, ConstructManager, Delivery,
-    ManagerError, ManagerMode, QueueLimits, ThreadId, UserId, WebSocketConnection, WebSocketHandle,
-    WebSocketManager,
+    DynManager, ManagerError, ManagerMode, QueueLimits, ThreadId, UserId, WebSocketConnection,
+    WebSocketHandle, WebSocketManager,
 };
 
 async fn run(
@@ -258,7 +258,7 @@ async fn a_failing_constructor_fails_every_check_naming_the_constructor() {
 #[tokio::test]
 async fn probes_leave_nothing_behind_and_never_touch_a_real_users_socket() {
     // A live unified manager with a real user on it.
-    let manager = TestManager::new(None, None);
+    let manager = DynManager::new(TestManager::new(None, None));
     let alice = UserId::new("alice").unwrap();
     let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::default());
     let connection = WebSocketConnection::new(alice.clone(), socket);
@@ -296,7 +296,7 @@ async fn probes_leave_nothing_behind_and_never_touch_a_real_users_socket() {
 
 #[tokio::test]
 async fn live_runs_only_the_safe_checks_and_says_which_it_skipped() {
-    let manager = TestManager::new(Some(UserId::new("alice").unwrap()), None);
+    let manager = DynManager::new(TestManager::new(Some(UserId::new("alice").unwrap()), None));
     let report = Conformance::new(ManagerMode::Isolated)
         .run_live(&manager)
         .await;
@@ -307,10 +307,10 @@ async fn live_runs_only_the_safe_checks_and_says_which_it_skipped() {
     assert!(report.skipped.iter().all(|s| !s.check.is_live_safe()));
 
     // The live isolation probe still catches a manager that accepts anyone.
-    let broken = TestManager::new(
+    let broken = DynManager::new(TestManager::new(
         Some(UserId::new("alice").unwrap()),
         Some(Bug::AcceptsOtherUsers),
-    );
+    ));
     let report = Conformance::new(ManagerMode::Isolated)
         .run_live(&broken)
         .await;

@@ -6,6 +6,7 @@
 mod support;
 
 use std::sync::{Arc, Mutex};
+use websocket_manager::DynManager;
 
 use support::{Bug, registration};
 use websocket_manager::conformance::Check;
@@ -19,8 +20,8 @@ fn user(name: &str) -> UserContext {
     UserContext::new(UserId::new(name).unwrap())
 }
 
-fn same(a: &Arc<dyn WebSocketManager>, b: &Arc<dyn WebSocketManager>) -> bool {
-    Arc::ptr_eq(a, b)
+fn same(a: &DynManager, b: &DynManager) -> bool {
+    a.ptr_eq(b)
 }
 
 fn factory_of(
@@ -42,19 +43,15 @@ fn good_pair() -> StandardFactory {
     ])
 }
 
-fn isolated_accepting_everyone(
-    context: &BuildContext<'_>,
-) -> Result<Arc<dyn WebSocketManager>, BuildError> {
+fn isolated_accepting_everyone(context: &BuildContext<'_>) -> Result<DynManager, BuildError> {
     support::build(ManagerMode::Isolated, context, Some(Bug::AcceptsOtherUsers))
 }
 
-fn unified_inventing_connections(
-    _: &BuildContext<'_>,
-) -> Result<Arc<dyn WebSocketManager>, BuildError> {
+fn unified_inventing_connections(_: &BuildContext<'_>) -> Result<DynManager, BuildError> {
     Ok(support::unified(Some(Bug::UpdateUnknownTrue)))
 }
 
-fn failing_constructor(_: &BuildContext<'_>) -> Result<Arc<dyn WebSocketManager>, BuildError> {
+fn failing_constructor(_: &BuildContext<'_>) -> Result<DynManager, BuildError> {
     Err(BuildError::Failed("database unreachable".into()))
 }
 
@@ -62,7 +59,7 @@ fn failing_constructor(_: &BuildContext<'_>) -> Result<Arc<dyn WebSocketManager>
 #[derive(Default)]
 struct Seen(Mutex<Vec<(usize, Option<String>)>>);
 
-fn needs_resources(context: &BuildContext<'_>) -> Result<Arc<dyn WebSocketManager>, BuildError> {
+fn needs_resources(context: &BuildContext<'_>) -> Result<DynManager, BuildError> {
     let seen = context.require_extension::<Arc<Seen>>()?;
     seen.0.lock().unwrap().push((
         context.config.queue_capacity(),

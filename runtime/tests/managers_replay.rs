@@ -71,10 +71,10 @@ fn a_history_full_of_pending_events_is_an_error_and_keeps_the_oldest() {
         .build()
         .unwrap();
     let manager = UnifiedWebSocketManager::new(config.clone());
-    for (name, manager) in both(config).into_iter().chain([(
-        "unified-stats",
-        Arc::new(manager) as Arc<dyn WebSocketManager>,
-    )]) {
+    for (name, manager) in both(config)
+        .into_iter()
+        .chain([("unified-stats", DynManager::new(manager))])
+    {
         now(manager.emit_critical_event(&alice(), AGENT_STARTED, json!(1))).unwrap();
         now(manager.emit_critical_event(&alice(), AGENT_STARTED, json!(2))).unwrap();
         match now(manager.emit_critical_event(&alice(), AGENT_COMPLETED, json!(3))) {

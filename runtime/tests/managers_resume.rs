@@ -14,7 +14,7 @@ use websocket_manager::{
     TOOL_EXECUTING, UnifiedWebSocketManager,
 };
 
-fn emit(manager: &dyn WebSocketManager, event: &str, step: u64) -> Delivery {
+fn emit(manager: &impl WebSocketManager, event: &str, step: u64) -> Delivery {
     now(manager.emit_critical_event(&alice(), event, json!({"step": step}))).unwrap()
 }
 
@@ -39,17 +39,17 @@ fn a_client_whose_socket_died_unnoticed_resumes_without_a_gap_or_a_repeat() {
     for (name, manager) in both(ManagerConfig::default()) {
         let (c1, mut r1) = connection("c1", &alice(), None);
         now(manager.add_connection(c1)).unwrap();
-        emit(manager.as_ref(), AGENT_STARTED, 1);
-        emit(manager.as_ref(), AGENT_THINKING, 2);
+        emit(&manager, AGENT_STARTED, 1);
+        emit(&manager, AGENT_THINKING, 2);
         let seen: Vec<_> = drain_json(&mut r1).iter().map(envelope).collect();
         let last_seen = StreamOffset::new(seen[1].stream, seen[1].sequence);
         // Network gone: these are "delivered" into the dead socket's queue.
         for (step, event) in [(3, TOOL_EXECUTING), (4, TOOL_COMPLETED)] {
-            assert!(!emit(manager.as_ref(), event, step).is_queued(), "{name}");
+            assert!(!emit(&manager, event, step).is_queued(), "{name}");
         }
         drop(r1); // the reset: the queued frames are gone with the socket
         now(manager.remove_connection(&conn_id("c1"))).unwrap();
-        let completed = emit(manager.as_ref(), AGENT_COMPLETED, 5);
+        let completed = emit(&manager, AGENT_COMPLETED, 5);
         assert!(completed.is_queued(), "{name}");
         assert_eq!(
             completed.offset(),
@@ -58,7 +58,7 @@ fn a_client_whose_socket_died_unnoticed_resumes_without_a_gap_or_a_repeat() {
 
         let (c2, mut r2) = connection("c2", &alice(), None);
         now(manager.add_connection(c2.with_resume(last_seen))).unwrap();
-        emit(manager.as_ref(), AGENT_STARTED, 6);
+        emit(&manager, AGENT_STARTED, 6);
         let frames = drain_json(&mut r2);
         assert_eq!(steps(&frames), [3, 4, 5, 6], "{name}: {frames:?}");
         assert!(frames.iter().all(|f| f["type"] != "resync"), "{name}");
@@ -72,9 +72,9 @@ fn without_an_offset_only_events_no_connection_took_are_replayed() {
     for (name, manager) in both(ManagerConfig::default()) {
         let (c1, _r1) = connection("c1", &alice(), None);
         now(manager.add_connection(c1)).unwrap();
-        emit(manager.as_ref(), AGENT_STARTED, 1);
+        emit(&manager, AGENT_STARTED, 1);
         now(manager.remove_connection(&conn_id("c1"))).unwrap();
-        emit(manager.as_ref(), AGENT_COMPLETED, 2);
+        emit(&manager, AGENT_COMPLETED, 2);
         let (c2, mut r2) = connection("c2", &alice(), None);
         now(manager.add_connection(c2)).unwrap();
         assert_eq!(steps(&drain_json(&mut r2)), [2], "{name}");
@@ -94,9 +94,9 @@ fn evicted_history_is_announced_with_what_was_lost_then_the_rest_follows() {
     for (name, manager) in both(config.clone()) {
         let (c1, _r1) = connection("c1", &alice(), None);
         now(manager.add_connection(c1)).unwrap();
-        let first = emit(manager.as_ref(), AGENT_STARTED, 1).offset().unwrap();
+        let first = emit(&manager, AGENT_STARTED, 1).offset().unwrap();
         for step in 2..=5 {
-            emit(manager.as_ref(), AGENT_THINKING, step);
+            emit(&manager, AGENT_THINKING, step);
         }
         let (c2, mut r2) = connection("c2", &alice(), None);
         now(manager.add_connection(c2.with_resume(first))).unwrap();
@@ -136,10 +136,10 @@ fn an_event_that_expired_offline_is_announced_with_and_without_an_offset() {
         for (name, manager) in both(config.clone()) {
             let (c1, mut r1) = connection("c1", &alice(), None);
             now(manager.add_connection(c1)).unwrap();
-            emit(manager.as_ref(), AGENT_STARTED, 1);
+            emit(&manager, AGENT_STARTED, 1);
             let seen = envelope(&drain_json(&mut r1)[0]);
             now(manager.remove_connection(&conn_id("c1"))).unwrap();
-            let queued = emit(manager.as_ref(), AGENT_COMPLETED, 2);
+            let queued = emit(&manager, AGENT_COMPLETED, 2);
             assert!(queued.is_queued(), "{name}");
             std::thread::sleep(Duration::from_millis(120));
             let health = manager.get_connection_health(&alice());
@@ -153,7 +153,7 @@ fn an_event_that_expired_offline_is_announced_with_and_without_an_offset() {
                 c2
             };
             now(manager.add_connection(c2)).unwrap();
-            emit(manager.as_ref(), AGENT_STARTED, 3);
+            emit(&manager, AGENT_STARTED, 3);
             let frames = drain_json(&mut r2);
             let resync = notice(&frames[0]);
             assert_eq!(resync.reason, ResyncReason::Trimmed, "{name} {with_offset}");
@@ -193,7 +193,7 @@ fn after_a_prune_the_user_is_kept_until_the_loss_was_announced() {
 #[test]
 fn an_unknown_stream_or_a_restarted_manager_is_announced() {
     for (name, manager) in both(ManagerConfig::default()) {
-        emit(manager.as_ref(), AGENT_STARTED, 1);
+        emit(&manager, AGENT_STARTED, 1);
         let stale = StreamOffset::new(42, 17); // e.g. from before a restart
         let (c, mut r) = connection("c1", &alice(), None);
         now(manager.add_connection(c.with_resume(stale))).unwrap();
@@ -278,7 +278,7 @@ fn a_replay_that_does_not_fit_refuses_the_connection_and_keeps_the_history() {
 #[test]
 fn an_isolated_manager_refuses_another_users_resume() {
     let (_, manager) = both(ManagerConfig::default()).pop().unwrap();
-    emit(manager.as_ref(), AGENT_STARTED, 1);
+    emit(&manager, AGENT_STARTED, 1);
     let (c, mut r) = connection("m1", &user("mallory"), None);
     assert!(matches!(
         now(manager.add_connection(c.with_resume(StreamOffset::new(1, 0)))),
@@ -291,8 +291,8 @@ fn an_isolated_manager_refuses_another_users_resume() {
 fn health_reports_the_retained_history() {
     for (name, manager) in both(ManagerConfig::default()) {
         assert_eq!(manager.get_connection_health(&alice()).latest_offset, None);
-        let first = emit(manager.as_ref(), AGENT_STARTED, 1).offset().unwrap();
-        let second = emit(manager.as_ref(), AGENT_COMPLETED, 2).offset().unwrap();
+        let first = emit(&manager, AGENT_STARTED, 1).offset().unwrap();
+        let second = emit(&manager, AGENT_COMPLETED, 2).offset().unwrap();
         let health = manager.get_connection_health(&alice());
         assert_eq!(health.latest_offset, Some(second), "{name}");
         assert_eq!(health.oldest_retained, Some(first), "{name}");

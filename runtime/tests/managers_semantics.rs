@@ -633,15 +633,11 @@ fn shutdown_closes_everything_and_every_method_answers_consistently() {
         UserContext::new(alice()),
         config(),
     ));
-    type ShutdownCase = (
-        &'static str,
-        std::sync::Arc<dyn WebSocketManager>,
-        Box<dyn Fn()>,
-    );
+    type ShutdownCase = (&'static str, DynManager, Box<dyn Fn()>);
     let cases: Vec<ShutdownCase> = vec![
         (
             "unified",
-            unified.clone(),
+            DynManager::from(unified.clone()),
             Box::new({
                 let m = unified.clone();
                 move || m.shutdown()
@@ -649,7 +645,7 @@ fn shutdown_closes_everything_and_every_method_answers_consistently() {
         ),
         (
             "isolated",
-            isolated.clone(),
+            DynManager::from(isolated.clone()),
             Box::new({
                 let m = isolated.clone();
                 move || m.shutdown()

@@ -30,7 +30,7 @@ struct Fixture {
     stalled_socket: WebSocketHandle,
 }
 
-fn fixture(manager: &dyn WebSocketManager, limits: QueueLimits) -> Fixture {
+fn fixture(manager: &impl WebSocketManager, limits: QueueLimits) -> Fixture {
     let mut fast = Vec::new();
     for id in ["fast-1", "fast-2", "fast-3"] {
         let (handle, receiver) = WebSocketHandle::channel(limits);
@@ -56,7 +56,7 @@ fn fixture(manager: &dyn WebSocketManager, limits: QueueLimits) -> Fixture {
 fn disconnect_policy_closes_the_stalled_connection_and_the_others_get_everything() {
     let config = config(SlowConsumerPolicy::Disconnect);
     for (name, manager) in both(config.clone()) {
-        let mut f = fixture(manager.as_ref(), config.queue_limits());
+        let mut f = fixture(&manager, config.queue_limits());
         let mut received = [0usize; 3];
         for i in 0..MESSAGES {
             let delivery = now(manager.send_to_user(&alice(), json!({"i": i}))).unwrap();
@@ -106,7 +106,7 @@ fn disconnect_policy_closes_the_stalled_connection_and_the_others_get_everything
 fn drop_policy_keeps_the_stalled_connection_drops_and_counts_its_frames() {
     let config = config(SlowConsumerPolicy::DropMessage);
     for (name, manager) in both(config.clone()) {
-        let mut f = fixture(manager.as_ref(), config.queue_limits());
+        let mut f = fixture(&manager, config.queue_limits());
         for i in 0..MESSAGES {
             let delivery = now(manager.send_to_user(&alice(), json!({"i": i}))).unwrap();
             let skipped = usize::from(i >= CAPACITY);

@@ -5,13 +5,13 @@
 
 mod support;
 
-use std::sync::Arc;
+use websocket_manager::DynManager;
 
 use support::{Bug, registration};
 use websocket_manager::conformance::Check;
 use websocket_manager::{
     BuildContext, BuildError, ManagerMode, Registration, Registry, StartupOptions, StartupReport,
-    Verdict, ViolationKind, WebSocketManager, validate_on_startup,
+    Verdict, ViolationKind, validate_on_startup,
 };
 
 fn good() -> [Registration; 2] {
@@ -35,7 +35,7 @@ async fn report(entries: impl IntoIterator<Item = Registration>) -> StartupRepor
 
 macro_rules! broken {
     ($name:ident, $mode:expr, $bug:expr) => {
-        fn $name(context: &BuildContext<'_>) -> Result<Arc<dyn WebSocketManager>, BuildError> {
+        fn $name(context: &BuildContext<'_>) -> Result<DynManager, BuildError> {
             support::build($mode, context, Some($bug))
         }
     };
@@ -62,7 +62,7 @@ broken!(
     Bug::SendsToOtherUsers
 );
 
-fn failing_constructor(_: &BuildContext<'_>) -> Result<Arc<dyn WebSocketManager>, BuildError> {
+fn failing_constructor(_: &BuildContext<'_>) -> Result<DynManager, BuildError> {
     Err(BuildError::Failed("redis unreachable".into()))
 }
 
@@ -417,7 +417,7 @@ async fn the_reference_managers_pass_strict_startup_validation() {
 /// A resource only the application can provide.
 struct RedisUrl(#[allow(dead_code)] &'static str);
 
-fn needs_redis(context: &BuildContext<'_>) -> Result<Arc<dyn WebSocketManager>, BuildError> {
+fn needs_redis(context: &BuildContext<'_>) -> Result<DynManager, BuildError> {
     context.require_extension::<RedisUrl>()?;
     support::good_unified(context)
 }

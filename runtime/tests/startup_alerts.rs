@@ -9,18 +9,19 @@
 mod support;
 
 use std::sync::{Arc, Mutex};
+use websocket_manager::DynManager;
 
 use support::{Bug, registration};
 use websocket_manager::{
     BuildContext, BuildError, ManagerMode, Registry, StartupOptions, ViolationKind,
-    WebSocketManager, validate_on_startup,
+    validate_on_startup,
 };
 
-fn lookup_none(context: &BuildContext<'_>) -> Result<Arc<dyn WebSocketManager>, BuildError> {
+fn lookup_none(context: &BuildContext<'_>) -> Result<DynManager, BuildError> {
     support::build(ManagerMode::Unified, context, Some(Bug::LookupBySocketNone))
 }
 
-fn failing_constructor(_: &BuildContext<'_>) -> Result<Arc<dyn WebSocketManager>, BuildError> {
+fn failing_constructor(_: &BuildContext<'_>) -> Result<DynManager, BuildError> {
     Err(BuildError::Failed("redis unreachable".into()))
 }
 

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use websocket_manager::DynManager;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -66,14 +67,12 @@ pub fn authenticator() -> JwtAuthenticator {
 impl TestServer {
     pub async fn start(options: ServerOptions) -> TestServer {
         let manager = Arc::new(UnifiedWebSocketManager::new(options.manager));
-        let service = WebSocketService::builder(
-            Arc::clone(&manager) as Arc<dyn WebSocketManager>,
-            authenticator(),
-        )
-        .origins(OriginPolicy::allow([ALLOWED_ORIGIN]))
-        .config(options.transport)
-        .shared_handler(options.handler)
-        .build();
+        let service =
+            WebSocketService::builder(DynManager::from(Arc::clone(&manager)), authenticator())
+                .origins(OriginPolicy::allow([ALLOWED_ORIGIN]))
+                .config(options.transport)
+                .shared_handler(options.handler)
+                .build();
         let app = axum::Router::new()
             .route(
                 "/ws",

@@ -10,6 +10,7 @@ use crate::error::ManagerError;
 use crate::ids::ConnectionId;
 use crate::managers::CriticalEnvelope;
 use crate::offset::StreamOffset;
+use crate::protocol::WebSocketManager;
 
 pub(super) async fn add_then_lookup_by_socket(p: &mut Probe<'_>) -> Step {
     let owner = p.scope.owner().clone();

@@ -19,9 +19,8 @@
 //! isolation refusal), and lists the others as skipped.
 //!
 //! ```
-//! use std::sync::Arc;
 //! use websocket_manager::conformance::Conformance;
-//! use websocket_manager::{BuildContext, BuildError, ManagerMode, WebSocketManager};
+//! use websocket_manager::{BuildContext, BuildError, DynManager, ManagerMode};
 //!
 //! # struct Quiet;
 //! # #[websocket_manager::websocket_manager(factory = false)]
@@ -38,8 +37,8 @@
 //! #     fn get_connection_health(&self, u: &websocket_manager::UserId) -> websocket_manager::ConnectionHealth { websocket_manager::ConnectionHealth::empty(u.clone()) }
 //! #     async fn send_to_thread(&self, _t: &websocket_manager::ThreadId, _m: serde_json::Value) -> Result<websocket_manager::Delivery, websocket_manager::ManagerError> { Ok(websocket_manager::Delivery::delivered(1, 0)) }
 //! # }
-//! fn build(_: &BuildContext<'_>) -> Result<Arc<dyn WebSocketManager>, BuildError> {
-//!     Ok(Arc::new(Quiet)) // a manager that forgets everything it is told
+//! fn build(_: &BuildContext<'_>) -> Result<DynManager, BuildError> {
+//!     Ok(DynManager::new(Quiet)) // a manager that forgets everything it is told
 //! }
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -56,7 +55,6 @@ mod probe;
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -64,9 +62,9 @@ use serde::Serialize;
 
 use crate::config::ManagerConfig;
 use crate::context::{ManagerMode, UserContext};
+use crate::dyn_manager::DynManager;
 use crate::extensions::Extensions;
 use crate::ids::{ConnectionId, ThreadId, UserId};
-use crate::protocol::WebSocketManager;
 use crate::registry::{BuildContext, BuildError};
 use probe::Probe;
 
@@ -578,7 +576,7 @@ impl Conformance {
     /// when unified, as the factory does).
     pub async fn run<F>(&self, constructor: F) -> ConformanceReport
     where
-        F: Fn(&BuildContext<'_>) -> Result<Arc<dyn WebSocketManager>, BuildError>,
+        F: Fn(&BuildContext<'_>) -> Result<DynManager, BuildError>,
     {
         let mut outcomes = Vec::with_capacity(self.checks.len());
         for &check in &self.checks {
@@ -590,7 +588,7 @@ impl Conformance {
                 build = build.with_user_context(&context);
             }
             let failure = match constructor(&build) {
-                Ok(manager) => self.run_check(check, manager.as_ref(), &scope).await,
+                Ok(manager) => self.run_check(check, &manager, &scope).await,
                 Err(error) => Some(CheckFailure::new(
                     check.name(),
                     "constructor",
@@ -629,7 +627,7 @@ impl Conformance {
 
     /// Runs only the live-safe checks ([`Check::is_live_safe`]) on a manager
     /// that may be serving real users, and lists the others as skipped.
-    pub async fn run_live(&self, manager: &dyn WebSocketManager) -> ConformanceReport {
+    pub async fn run_live(&self, manager: &DynManager) -> ConformanceReport {
         let mut outcomes = Vec::new();
         let mut skipped = Vec::new();
         for &check in &self.checks {
@@ -660,7 +658,7 @@ impl Conformance {
     pub async fn run_check(
         &self,
         check: Check,
-        manager: &dyn WebSocketManager,
+        manager: &DynManager,
         scope: &ProbeScope,
     ) -> Option<CheckFailure> {
         let mut probe = Probe::new(manager, scope, self.mode, self.options.delivery_wait);

@@ -12,6 +12,7 @@ use crate::connection::{
 };
 use crate::context::ManagerMode;
 use crate::delivery::Delivery;
+use crate::dyn_manager::DynManager;
 use crate::error::ManagerError;
 use crate::ids::{ConnectionId, ThreadId, UserId};
 use crate::offset::StreamOffset;
@@ -29,7 +30,7 @@ pub(super) struct ProbeSocket {
 /// The state of one check: the manager, the identities, and the sockets the
 /// check created (all removed and closed by [`Probe::cleanup`]).
 pub(super) struct Probe<'a> {
-    pub(super) manager: &'a dyn WebSocketManager,
+    pub(super) manager: &'a DynManager,
     pub(super) scope: &'a ProbeScope,
     pub(super) mode: ManagerMode,
     pub(super) wait: Duration,
@@ -57,7 +58,7 @@ pub(super) fn delivery_text(result: &Result<Delivery, ManagerError>) -> String {
 
 impl<'a> Probe<'a> {
     pub(super) fn new(
-        manager: &'a dyn WebSocketManager,
+        manager: &'a DynManager,
         scope: &'a ProbeScope,
         mode: ManagerMode,
         wait: Duration,

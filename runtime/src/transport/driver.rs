@@ -21,6 +21,7 @@ use super::config::TransportConfig;
 use super::handler::{InboundContext, InboundError, InboundMessage, MessageHandler};
 use super::wire::{WireError, WireMessage, WireSocket};
 use crate::connection::{CloseReason, OutboundEvent, OutboundReceiver, WebSocketHandle};
+use crate::protocol::WebSocketManager;
 
 /// How often a stalled write looks whether the manager closed the socket
 /// meanwhile (the close must win over a write that cannot progress).

@@ -2,14 +2,13 @@
 
 use std::borrow::Cow;
 use std::future::Future;
-use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::connection::TextFrame;
 use crate::connection::WebSocketHandle;
+use crate::dyn_manager::DynManager;
 use crate::ids::{ConnectionId, ThreadId, UserId};
-use crate::protocol::WebSocketManager;
 
 /// The error a handler may return. It is logged with the connection's ids and
 /// the connection stays open. When it is an [`InboundError`], the client is
@@ -132,7 +131,7 @@ pub struct InboundContext {
     /// The connection's own socket, to answer only this tab.
     pub socket: WebSocketHandle,
     /// The manager, to answer the user, a thread, or emit critical events.
-    pub manager: Arc<dyn WebSocketManager>,
+    pub manager: DynManager,
 }
 
 impl std::fmt::Debug for InboundContext {
@@ -153,6 +152,7 @@ impl std::fmt::Debug for InboundContext {
 /// connection stays open. A closure works too, through [`handler_fn`].
 ///
 /// ```
+/// use websocket_manager::WebSocketManager;
 /// use websocket_manager::transport::{InboundContext, InboundMessage, HandlerError, MessageHandler};
 /// struct Echo;
 /// #[websocket_manager::transport::async_trait]

@@ -15,6 +15,7 @@ use super::handler::{IgnoreMessages, InboundContext, MessageHandler};
 use super::shutdown::{ConnectionTracker, LiveConnection, ShutdownReport};
 use super::wire::{WireMessage, WireSocket};
 use crate::connection::{CloseReason, WebSocketConnection, WebSocketHandle};
+use crate::dyn_manager::DynManager;
 use crate::ids::{ConnectionId, ThreadId, UserId};
 use crate::offset::StreamOffset;
 use crate::protocol::WebSocketManager;
@@ -55,7 +56,7 @@ impl std::fmt::Display for ConnectionOutcome {
 }
 
 struct ServiceInner {
-    manager: Arc<dyn WebSocketManager>,
+    manager: DynManager,
     authenticator: Arc<dyn Authenticator>,
     handler: Arc<dyn MessageHandler>,
     origins: OriginPolicy,
@@ -86,7 +87,7 @@ struct ServiceInner {
 /// #         Err(AuthError::Unauthorized("demo".into()))
 /// #     }
 /// # }
-/// # fn build(manager: Arc<dyn websocket_manager::WebSocketManager>) -> Result<(), Box<dyn std::error::Error>> {
+/// # fn build(manager: websocket_manager::DynManager) -> Result<(), Box<dyn std::error::Error>> {
 /// let service = WebSocketService::builder(manager, MyAuth)
 ///     .origins(OriginPolicy::allow(["https://app.example"]))
 ///     .config(TransportConfig::builder().build()?)
@@ -111,7 +112,7 @@ impl std::fmt::Debug for WebSocketService {
 
 /// Builds a [`WebSocketService`].
 pub struct WebSocketServiceBuilder {
-    manager: Arc<dyn WebSocketManager>,
+    manager: DynManager,
     authenticator: Arc<dyn Authenticator>,
     handler: Arc<dyn MessageHandler>,
     origins: OriginPolicy,
@@ -169,10 +170,10 @@ impl WebSocketServiceBuilder {
 }
 
 impl WebSocketService {
-    /// A builder for a service over `manager`, authenticating with
-    /// `authenticator`.
+    /// A builder for a service over `manager` (a [`DynManager`], or an
+    /// `Arc` of any manager), authenticating with `authenticator`.
     pub fn builder(
-        manager: Arc<dyn WebSocketManager>,
+        manager: impl Into<DynManager>,
         authenticator: impl Authenticator,
     ) -> WebSocketServiceBuilder {
         Self::builder_shared(manager, Arc::new(authenticator))
@@ -180,11 +181,11 @@ impl WebSocketService {
 
     /// The same with an authenticator that is already shared.
     pub fn builder_shared(
-        manager: Arc<dyn WebSocketManager>,
+        manager: impl Into<DynManager>,
         authenticator: Arc<dyn Authenticator>,
     ) -> WebSocketServiceBuilder {
         WebSocketServiceBuilder {
-            manager,
+            manager: manager.into(),
             authenticator,
             handler: Arc::new(IgnoreMessages),
             origins: OriginPolicy::default(),
@@ -193,7 +194,7 @@ impl WebSocketService {
     }
 
     /// The manager connections are registered with.
-    pub fn manager(&self) -> &Arc<dyn WebSocketManager> {
+    pub fn manager(&self) -> &DynManager {
         &self.inner.manager
     }
 
@@ -327,7 +328,7 @@ impl WebSocketService {
             user_id: user_id.clone(),
             thread_id: None,
             socket: handle.clone(),
-            manager: Arc::clone(&inner.manager),
+            manager: inner.manager.clone(),
         };
         let end = driver::drive(
             socket,

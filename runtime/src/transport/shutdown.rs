@@ -3,13 +3,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::connection::{CloseReason, SocketId, WebSocketHandle};
+use crate::dyn_manager::DynManager;
 use crate::ids::{ConnectionId, UserId};
 use crate::protocol::WebSocketManager;
 
@@ -69,11 +70,7 @@ impl ConnectionTracker {
     /// Stops accepting, closes every connection with 1001, waits up to
     /// `drain` for their drivers to finish, removes whatever is left from the
     /// manager and says what happened.
-    pub async fn shutdown(
-        &self,
-        manager: &Arc<dyn WebSocketManager>,
-        drain: Duration,
-    ) -> ShutdownReport {
+    pub async fn shutdown(&self, manager: &DynManager, drain: Duration) -> ShutdownReport {
         let started = Instant::now();
         let snapshot: Vec<LiveConnection> = {
             let mut state = self.state();

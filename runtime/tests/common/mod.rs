@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use websocket_manager::*;
@@ -27,15 +26,15 @@ pub fn alice() -> UserId {
 }
 
 /// Both reference managers, the isolated one owned by `alice`.
-pub fn both(config: ManagerConfig) -> Vec<(&'static str, Arc<dyn WebSocketManager>)> {
+pub fn both(config: ManagerConfig) -> Vec<(&'static str, DynManager)> {
     vec![
         (
             "unified",
-            Arc::new(UnifiedWebSocketManager::new(config.clone())) as Arc<dyn WebSocketManager>,
+            DynManager::new(UnifiedWebSocketManager::new(config.clone())),
         ),
         (
             "isolated",
-            Arc::new(IsolatedWebSocketManager::new(
+            DynManager::new(IsolatedWebSocketManager::new(
                 UserContext::new(alice()),
                 config,
             )),

@@ -4,7 +4,8 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+use websocket_manager::DynManager;
 
 use websocket_manager::CriticalEventLog;
 use websocket_manager::{
@@ -386,17 +387,14 @@ impl WebSocketManager for TestManager {
 }
 
 /// Builds a unified test manager with `bug`.
-pub fn unified(bug: Option<Bug>) -> Arc<dyn WebSocketManager> {
-    Arc::new(TestManager::new(None, bug))
+pub fn unified(bug: Option<Bug>) -> DynManager {
+    DynManager::new(TestManager::new(None, bug))
 }
 
 /// Builds an isolated test manager for the context's user, with `bug`.
-pub fn isolated(
-    context: &BuildContext<'_>,
-    bug: Option<Bug>,
-) -> Result<Arc<dyn WebSocketManager>, BuildError> {
+pub fn isolated(context: &BuildContext<'_>, bug: Option<Bug>) -> Result<DynManager, BuildError> {
     let owner = context.require_user_context()?.user_id.clone();
-    Ok(Arc::new(TestManager::new(Some(owner), bug)))
+    Ok(DynManager::new(TestManager::new(Some(owner), bug)))
 }
 
 /// A constructor for a registration: the manager of `mode` with `bug`.
@@ -404,18 +402,18 @@ pub fn build(
     mode: ManagerMode,
     context: &BuildContext<'_>,
     bug: Option<Bug>,
-) -> Result<Arc<dyn WebSocketManager>, BuildError> {
+) -> Result<DynManager, BuildError> {
     match mode {
         ManagerMode::Unified => Ok(unified(bug)),
         ManagerMode::Isolated => isolated(context, bug),
     }
 }
 
-pub fn good_unified(context: &BuildContext<'_>) -> Result<Arc<dyn WebSocketManager>, BuildError> {
+pub fn good_unified(context: &BuildContext<'_>) -> Result<DynManager, BuildError> {
     build(ManagerMode::Unified, context, None)
 }
 
-pub fn good_isolated(context: &BuildContext<'_>) -> Result<Arc<dyn WebSocketManager>, BuildError> {
+pub fn good_isolated(context: &BuildContext<'_>) -> Result<DynManager, BuildError> {
     build(ManagerMode::Isolated, context, None)
 }
 

@@ -1,11 +1,12 @@
-// `#[async_trait]` is applied by the attribute itself.
+// `#[async_trait]` is not needed: the contract's async methods are plain
+// `async fn`. Left over from older code, it is reported once, on itself.
 use std::collections::HashSet;
 use websocket_manager::*;
 
 struct MyManager;
 
 #[websocket_manager(factory = false)]
-#[websocket_manager::__private::async_trait]
+#[async_trait::async_trait]
 impl WebSocketManager for MyManager {
     async fn add_connection(&self, _connection: WebSocketConnection) -> Result<(), ManagerError> { Ok(()) }
     async fn remove_connection(&self, _connection_id: &ConnectionId) -> Option<WebSocketConnection> { None }

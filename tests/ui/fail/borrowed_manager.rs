@@ -1,4 +1,4 @@
-// A manager cannot borrow: it is shared as `Arc<dyn WebSocketManager>`.
+// A manager cannot borrow: it is shared between tasks.
 use std::collections::HashSet;
 use websocket_manager::*;
 

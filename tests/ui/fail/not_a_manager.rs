@@ -1,11 +1,10 @@
 // Passing a type that is not a manager says so in plain words.
-use std::sync::Arc;
-use websocket_manager::WebSocketManager;
+use websocket_manager::DynManager;
 
 struct NotAManager;
 
-fn serve(_manager: Arc<dyn WebSocketManager>) {}
+fn serve(_manager: DynManager) {}
 
 fn main() {
-    serve(Arc::new(NotAManager));
+    serve(DynManager::new(NotAManager));
 }

@@ -2,7 +2,6 @@
 // attribute checks them and generates the trait impl that delegates to them.
 // Other inherent methods are allowed.
 use std::collections::HashSet;
-use std::sync::Arc;
 use websocket_manager::*;
 
 struct MyManager;
@@ -31,7 +30,7 @@ impl MyManager {
 fn main() {
     let manager = MyManager::new();
     assert_eq!(manager.helper(), 7);
-    let shared: Arc<dyn WebSocketManager> = Arc::new(manager);
+    let shared = DynManager::new(manager);
     let user = UserId::new("bob").unwrap();
     assert_eq!(shared.get_connection_health(&user).user_id, user);
     let registry = Registry::global();

@@ -1,5 +1,5 @@
 // The main form, with fully qualified types, `'_`, `self: &Self`, a name and a
-// mode: accepted, registered, and usable as `Arc<dyn WebSocketManager>`.
+// mode: accepted, registered, and usable as `DynManager`.
 use std::collections::HashSet;
 use std::sync::Arc;
 use websocket_manager::*;
@@ -36,6 +36,6 @@ fn main() {
     assert!(registration.location().ends_with(".rs:16"), "{}", registration.location());
     let config = ManagerConfig::default();
     let extensions = Extensions::new();
-    let manager: Arc<dyn WebSocketManager> = registration.build(&BuildContext::new(&config, &extensions)).unwrap();
+    let manager: DynManager = registration.build(&BuildContext::new(&config, &extensions)).unwrap();
     assert!(!manager.is_connection_active(&UserId::new("alice").unwrap()));
 }
