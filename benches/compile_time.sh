@@ -4,7 +4,9 @@
 # dependencies are built once and only the crate under test is timed):
 #   plain        the same 50 impls of the same trait without the attribute
 #                (the marker impl it adds written by hand): the attribute's
-#                own cost (expansion, registration);
+#                whole cost (expansion, registration);
+#   by-hand      plain plus, written by hand, the registration the
+#                attribute generates: the cost of the expansion alone;
 #   async-trait  the same 50 impls written the way such a contract was
 #                written before native async traits: a local copy of the
 #                trait under #[async_trait], and #[async_trait] on each impl.
@@ -39,6 +41,21 @@ method_bodies() {
     async fn emit_critical_event(&self, _user_id: &UserId, _event_type: &str, _data: serde_json::Value) -> Result<Delivery, ManagerError> { Ok(Delivery::queued(0)) }
     fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth { ConnectionHealth::empty(user_id.clone()) }
     async fn send_to_thread(&self, _thread_id: &ThreadId, _message: serde_json::Value) -> Result<Delivery, ManagerError> { Ok(Delivery::queued(0)) }
+RS
+}
+
+registration() { # index: what the attribute generates for Manager<index>
+  cat <<RS
+const _: () = {
+    ::core::assert!(::websocket_manager::PROTOCOL_FINGERPRINT == ::websocket_manager::PROTOCOL_FINGERPRINT, "same contract");
+    fn __assert_manager<T: ::websocket_manager::WebSocketManager>() {}
+    let _ = __assert_manager::<Manager$1>;
+    ::websocket_manager::__private::inventory::submit! {
+        ::websocket_manager::Registration::new("manager-$1", "Manager$1", ::websocket_manager::ManagerMode::Unified, ::core::option::Option::None)
+            .at(::core::module_path!(), ::core::file!(), ::core::line!())
+            .with_fingerprint(::websocket_manager::PROTOCOL_FINGERPRINT)
+    }
+};
 RS
 }
 
@@ -78,6 +95,10 @@ TOML
         plain)
           echo "impl websocket_manager::__private::Annotated for Manager$i {}"
           echo "impl WebSocketManager for Manager$i {" ;;
+        by-hand)
+          registration "$i"
+          echo "impl websocket_manager::__private::Annotated for Manager$i {}"
+          echo "impl WebSocketManager for Manager$i {" ;;
         async-trait)
           echo "#[async_trait::async_trait]"
           echo "impl Contract for Manager$i {" ;;
@@ -95,7 +116,7 @@ seconds() { # command...: wall seconds, or with CLOCK=cpu user+system CPU
   { time "$@" >/dev/null 2>&1; } 2>&1 | awk '{print $1 + ($2 ? $2 : 0)}'
 }
 
-kinds="annotated plain async-trait"
+kinds="annotated plain by-hand async-trait"
 for kind in $kinds; do generate "$kind"; done
 # warm the shared dependencies once
 for kind in $kinds; do
@@ -104,7 +125,7 @@ done
 
 declare -A full incremental
 for pair in $(seq 1 "$pairs"); do
-  if (( pair % 2 )); then order="annotated plain async-trait"; else order="async-trait plain annotated"; fi
+  if (( pair % 2 )); then order="annotated plain by-hand async-trait"; else order="async-trait by-hand plain annotated"; fi
   for kind in $order; do
     manifest=$work/$kind/Cargo.toml
     cargo clean --quiet --manifest-path "$manifest" -p "compile-time-$kind"
@@ -119,7 +140,7 @@ for measure in full incremental; do
   declare -n times=$measure
   a=$(echo "${times[annotated]}" | median)
   printf '%-12s annotated   %6.2fs [%s]\n' "$measure" "$a" "${times[annotated]% }"
-  for base in plain async-trait; do
+  for base in plain by-hand async-trait; do
     b=$(echo "${times[$base]}" | median)
     printf '%-12s %-11s %6.2fs [%s]  annotated/%s %.2fx\n' \
       "" "$base" "$b" "${times[$base]% }" "$base" "$(echo "$a / $b" | bc -l)"

@@ -10,7 +10,7 @@ use proc_macro2::{Literal, Span, TokenStream};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
-use syn::{FnArg, ImplItem, ImplItemFn, Item, ItemImpl, Pat, Path, Type};
+use syn::{FnArg, Generics, ImplItem, ImplItemFn, Item, ItemImpl, Pat, Path, Type};
 
 use crate::args::{self, Args, Mode};
 use crate::contract::{Contract, ContractMethod, Facts};
@@ -29,6 +29,23 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         Ok(facts) => facts,
         Err(error) => return with_errors(vec![error], item),
     };
+    let args_valid = errors.is_empty();
+    if args_valid
+        && args.register.is_none()
+        && let Some(exact) = crate::exact::exact_impl(&item, &facts.keys)
+    {
+        // the common case, recognised on tokens: nothing to report, so no
+        // syn parse at all
+        let self_ty = Type::Verbatim(exact.self_ty.to_token_stream());
+        let mut generated = checked_impl(&item, &Generics::default(), &self_ty, &args.krate);
+        generated.extend(registration_of(
+            &self_ty,
+            exact.impl_span,
+            facts.fingerprint,
+            &args,
+        ));
+        return generated;
+    }
     let (hollowed, original) = crate::hollow::hollow(item);
     let parsed: Item = match syn::parse2(hollowed) {
         Ok(parsed) => parsed,
@@ -44,12 +61,16 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
             return with_errors(errors, original.tokens);
         }
     };
-    let args_valid = errors.is_empty();
     let krate = &args.krate;
     if args_valid && validate::matches_exactly(&item_impl, form, &args, &facts.keys) {
-        // the common case: nothing to report, so no need for the contract's
-        // syn form (parsing it would be most of this expansion's time)
-        let mut generated = checked_impl(&original.tokens, &item_impl, krate);
+        // nothing to report, so no need for the contract's syn form
+        // (parsing it would be most of this expansion's time)
+        let mut generated = checked_impl(
+            &original.tokens,
+            &item_impl.generics,
+            &item_impl.self_ty,
+            krate,
+        );
         generated.extend(registration(&item_impl, facts.fingerprint, &args));
         return generated;
     }
@@ -147,7 +168,9 @@ fn generate(
         };
     }
     match form {
-        Form::TraitImpl if !has_errors => checked_impl(&original.tokens, item, krate),
+        Form::TraitImpl if !has_errors => {
+            checked_impl(&original.tokens, &item.generics, &item.self_ty, krate)
+        }
         Form::TraitImpl => {
             // keep what is valid, stub the rest: a complete impl, no cascade
             let mut fallback = item.clone();
@@ -167,7 +190,7 @@ fn generate(
                 .collect();
             // the kept methods were parsed without their bodies
             original.restore(&mut fallback);
-            let annotated = annotated(item, &item.self_ty, krate);
+            let annotated = annotated(&item.generics, &item.self_ty, krate);
             quote! {
                 // keeps "the following other types implement" lists of
                 // unrelated managers out of users' trait errors
@@ -187,7 +210,7 @@ fn generate(
                     Some(_) => delegation(method, self_ty, krate),
                     None => stub(method, krate),
                 });
-            let annotated = annotated(item, self_ty, krate);
+            let annotated = annotated(&item.generics, self_ty, krate);
             let original_tokens = &original.tokens;
             quote! {
                 #original_tokens
@@ -206,8 +229,13 @@ fn generate(
 /// A trait impl that passed the checks: the user's own tokens (not `item`
 /// printed back: printing a parsed impl costs as much as parsing it), and
 /// the marker.
-fn checked_impl(original: &TokenStream, item: &ItemImpl, krate: &Path) -> TokenStream {
-    let annotated = annotated(item, &item.self_ty, krate);
+fn checked_impl(
+    original: &TokenStream,
+    generics: &Generics,
+    self_ty: &Type,
+    krate: &Path,
+) -> TokenStream {
+    let annotated = annotated(generics, self_ty, krate);
     quote! {
         // keeps "the following other types implement" lists of
         // unrelated managers out of users' trait errors
@@ -219,8 +247,8 @@ fn checked_impl(original: &TokenStream, item: &ItemImpl, krate: &Path) -> TokenS
 
 /// The marker only this attribute implements: an impl of the trait without
 /// the attribute lacks it, and rustc says to add the attribute.
-fn annotated(item: &ItemImpl, self_ty: &Type, krate: &Path) -> TokenStream {
-    let (impl_generics, _, where_clause) = item.generics.split_for_impl();
+fn annotated(generics: &Generics, self_ty: &Type, krate: &Path) -> TokenStream {
+    let (impl_generics, _, where_clause) = generics.split_for_impl();
     quote! {
         #[diagnostic::do_not_recommend]
         impl #impl_generics #krate::__private::Annotated for #self_ty #where_clause {}
@@ -272,7 +300,6 @@ fn delegation(method: &ContractMethod, self_ty: &Type, krate: &Path) -> TokenStr
 }
 
 fn registration(item: &ItemImpl, fingerprint: u64, args: &Args) -> TokenStream {
-    let krate = &args.krate;
     let is_generic = item
         .generics
         .params
@@ -286,6 +313,18 @@ fn registration(item: &ItemImpl, fingerprint: u64, args: &Args) -> TokenStream {
         // `register` on a concrete impl, or a borrowed manager
         _ => return TokenStream::new(),
     };
+    // spanned on the impl, so the registry points at `impl`, not the attribute
+    registration_of(registered, item.impl_token.span, fingerprint, args)
+}
+
+/// The registration of `registered`, located at `impl_span`.
+fn registration_of(
+    registered: &Type,
+    impl_span: Span,
+    fingerprint: u64,
+    args: &Args,
+) -> TokenStream {
+    let krate = &args.krate;
     let type_name = render_type(registered);
     let name = args
         .name
@@ -304,8 +343,6 @@ fn registration(item: &ItemImpl, fingerprint: u64, args: &Args) -> TokenStream {
         quote!(::core::option::Option::None)
     };
     let registered_tokens = registered.to_token_stream();
-    // spanned on the impl, so the registry points at `impl`, not the attribute
-    let impl_span = item.impl_token.span;
     let line = quote_spanned!(impl_span=> ::core::line!());
     let file = quote_spanned!(impl_span=> ::core::file!());
     quote! {
@@ -367,6 +404,19 @@ pub(crate) mod tests {
         assert!(out.contains("\"good\""));
         assert!(out.contains("ManagerMode :: Isolated"));
         assert!(out.contains("construct :: < Good >"));
+    }
+
+    /// The token-level shortcut (`exact`) and the syn path generate the same
+    /// code; a doc comment on the impl sends the same impl down the syn path.
+    #[test]
+    fn the_token_shortcut_generates_what_the_syn_path_does() {
+        let attr = "name = \"good\", mode = \"isolated\"";
+        let fast = expand_str(attr, VALID_IMPL);
+        let documented = format!("/// docs\n{VALID_IMPL}");
+        let slow = expand_str(attr, &documented);
+        let marker = "# [doc = \" docs\"] ";
+        assert!(slow.contains(marker), "{slow}");
+        assert_eq!(fast, slow.replacen(marker, "", 1));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 mod args;
 mod contract;
 mod emit_contract;
+mod exact;
 mod expand;
 mod hollow;
 #[cfg(test)]
