@@ -81,6 +81,14 @@ macro_rules! define_id {
                 Ok(Self(Arc::from(value)))
             }
 
+            /// An id the crate itself spells out (a constant, known valid):
+            /// no validation to fail, so no error path that cannot happen.
+            #[allow(dead_code, reason = "not every kind of id has constants")]
+            pub(crate) fn from_constant(value: &'static str) -> Self {
+                debug_assert!(validate($kind, value).is_ok(), "{value}");
+                Self(Arc::from(value))
+            }
+
             #[doc = concat!("The ", $kind, " as a string slice.")]
             pub fn as_str(&self) -> &str {
                 &self.0

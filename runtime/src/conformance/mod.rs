@@ -406,22 +406,11 @@ fn synthetic_user(id: &str) -> UserId {
 }
 
 fn fallback_user() -> UserId {
-    match UserId::new("__wsm_probe_user") {
-        Ok(user) => user,
-        Err(_) => unreachable_id(),
-    }
+    UserId::from_constant("__wsm_probe_user")
 }
 
 fn fallback_thread() -> ThreadId {
-    match ThreadId::new("__wsm_probe_thread") {
-        Ok(thread) => thread,
-        Err(_) => unreachable_id(),
-    }
-}
-
-fn unreachable_id() -> ! {
-    // Constant, valid ids: this cannot happen; nothing a caller passes leads here.
-    panic!("a constant probe id was refused by the id validator")
+    ThreadId::from_constant("__wsm_probe_thread")
 }
 
 /// How long one check may take by default before it fails as hung.
@@ -703,5 +692,18 @@ impl Conformance {
             check: check.name().to_owned(),
             ..failure
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fallback_probe_ids_are_valid_probe_ids() {
+        for id in [fallback_user().as_str(), fallback_thread().as_str()] {
+            assert!(UserId::new(id).is_ok() && ThreadId::new(id).is_ok(), "{id}");
+            assert!(is_probe_id(id), "{id}");
+        }
     }
 }
