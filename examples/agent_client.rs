@@ -94,6 +94,13 @@ async fn print_until(
                 );
                 continue;
             }
+            if event["type"] == "busy" {
+                return Err(format!(
+                    "the server refused the run: its {} limit on concurrent runs is reached",
+                    event["limit"].as_str().unwrap_or("?")
+                )
+                .into());
+            }
             if event["critical"] == true {
                 *last = Some(format!("{}:{}", event["stream"], event["sequence"]));
             }

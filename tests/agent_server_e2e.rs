@@ -356,7 +356,12 @@ impl Browser {
             eprintln!("SKIPPED: the demo page test needs Chromium (apt-get install chromium)");
             return None;
         };
-        let profile = std::env::temp_dir().join(format!("wsm-chromium-{}", std::process::id()));
+        // one profile per browser: tests run in parallel, and Chromium
+        // refuses a profile another instance holds
+        static LAUNCHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let launch = LAUNCHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let profile =
+            std::env::temp_dir().join(format!("wsm-chromium-{}-{launch}", std::process::id()));
         let mut child = Command::new(binary)
             .args([
                 "--headless",
@@ -554,6 +559,40 @@ async fn the_demo_page_resumes_after_a_drop_in_headless_chromium() {
     assert_eq!(first_event.0, "resync notice", "{rows:?}");
     assert!(first_event.2.contains("unknown_stream"), "{rows:?}");
     assert_eq!(state["done"], true, "{rows:?}");
+}
+
+/// The page shows a refused run (`busy`) instead of dropping it: with one
+/// run per user, a second run asked for while the first is going is refused,
+/// and the page says which limit refused it.
+#[tokio::test]
+async fn the_demo_page_shows_a_refused_run_in_headless_chromium() {
+    let Some(mut browser) = Browser::launch().await else {
+        return;
+    };
+    let server = Server::start(&["--max-runs-per-user", "1"]);
+    let page = format!("http://{}/?auto=run&user=erin", server.addr);
+    let tab = browser.open(&page).await;
+    // once the first run has started, click "Run agent" once more
+    const SECOND_RUN: &str = r#"(() => {
+  const rows = [...document.querySelectorAll('#log tr')].map(r => [...r.cells].map(c => c.textContent));
+  if (rows.some(r => r[1] === 'agent_started') && !window.secondRunAsked) {
+    window.secondRunAsked = true;
+    document.getElementById('run').click();
+  }
+  return {rows, done: rows.some(r => r[1] === 'busy')};
+})()"#;
+    let state = browser
+        .wait_for(&tab, SECOND_RUN, Duration::from_secs(30))
+        .await;
+    let rows = page_rows(&state);
+    assert_eq!(state["done"], true, "no busy row shown: {rows:?}");
+    let busy = rows.iter().find(|(kind, _, _)| kind == "busy").unwrap();
+    assert!(busy.2.contains("user limit"), "{busy:?}");
+    // the first run is unaffected
+    let state = browser
+        .wait_for(&tab, PAGE_STATE, Duration::from_secs(30))
+        .await;
+    assert_eq!(state["done"], true, "{:?}", page_rows(&state));
 }
 
 /// The critical events a tab receives up to and including the run's final
