@@ -1,4 +1,4 @@
-//! The conformance kit: behavioural checks any [`WebSocketManager`] can be
+//! The conformance kit: behavioural checks any [`WebSocketManager`](crate::WebSocketManager) can be
 //! run through, each able to fail.
 //!
 //! The compiler and `#[websocket_manager]` prove a manager has the 11 methods
