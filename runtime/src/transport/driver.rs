@@ -26,14 +26,14 @@ use crate::connection::{CloseReason, OutboundEvent, OutboundReceiver, WebSocketH
 /// meanwhile (the close must win over a write that cannot progress).
 const CLOSE_POLL: Duration = Duration::from_millis(20);
 
-/// Events taken from the queue per lock: also the most the writer's event
-/// buffer ever holds (8 x 32 bytes), so it reaches its size at the first
-/// batch of more than 4 events and is never reallocated again. (It took
-/// 32 and shrink back to 4 after each batch: two reallocations of a block
-/// too large for the allocator's thread cache at every wake-up of a socket
-/// that had fallen behind, contending on the allocator's lock with every
-/// other thread; a lock per 8 frames instead of per 32 costs nothing
-/// measurable.)
+/// Events taken from the queue per lock, and the most the writer's event
+/// buffer ever holds: it reaches that size at the first batch of more than
+/// 4 events and is never reallocated again. (It used to take 32 and shrink
+/// back to 4 after each batch: at every wake-up of a socket that had fallen
+/// behind, three growths and a shrink of a block too large for the
+/// allocator's per-thread cache, each taking the allocator's lock against
+/// every other thread. A lock of the queue per 8 frames instead of per 32
+/// costs nothing measurable.)
 const MAX_BATCH: usize = 8;
 
 /// Frames fed to the socket per flush at most. The writer keeps taking what
