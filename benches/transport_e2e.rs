@@ -29,7 +29,15 @@
 //!
 //! ```text
 //! cargo bench --bench transport_e2e
+//! TRANSPORT_E2E_ONLY=axum TRANSPORT_E2E_ROUNDS=20 perf record -g target/release/deps/transport_e2e-<hash>
 //! ```
+//!
+//! `cpu us/msg` is the CPU time of the whole process (servers, sender and
+//! clients, all threads) per message received, from `/proc/self/task/*/schedstat`.
+//! `TRANSPORT_E2E_ONLY=axum|tung|bare` runs the broadcast on that server
+//! alone (for a profiler, which cannot tell the servers apart in one run);
+//! `TRANSPORT_E2E_CLIENT_READ_BUFFER=<bytes>` sets the clients' tungstenite
+//! read buffer (default tungstenite's 128 KiB).
 //!
 //! 6,000+ sockets live in this one process (clients and three servers), so
 //! the soft `RLIMIT_NOFILE` is raised to the hard limit at start.
@@ -54,6 +62,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use websocket_manager::UnifiedWebSocketManager;
 use websocket_manager::transport::{JwtAuthenticator, WebSocketService};
@@ -71,6 +80,24 @@ const BROADCASTS: usize = 20;
 const ROUND_TIMEOUT: Duration = Duration::from_secs(60);
 
 type Client = WebSocketStream<TcpStream>;
+
+/// The clients' tungstenite read buffer: `TRANSPORT_E2E_CLIENT_READ_BUFFER`
+/// bytes, or tungstenite's default (128 KiB). tungstenite zero-fills the
+/// free part of it before every read, about a fifth of this process's CPU
+/// time with the default; both servers pay it alike (the ratios barely move
+/// with 4 KiB), but it dilutes them.
+fn client_read_buffer() -> usize {
+    env_number("TRANSPORT_E2E_CLIENT_READ_BUFFER").unwrap_or(128 << 10)
+}
+
+fn env_number(name: &str) -> Option<usize> {
+    let value = std::env::var(name).ok()?;
+    Some(
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value}: not a number")),
+    )
+}
 
 /// Nanoseconds since the first call, on a monotonic clock shared by the
 /// servers' senders and the clients (same process).
@@ -218,7 +245,8 @@ impl Server {
         };
         let stream = TcpStream::connect(addr).await.unwrap();
         stream.set_nodelay(true).unwrap();
-        tokio_tungstenite::client_async(request, stream)
+        let config = WebSocketConfig::default().read_buffer_size(client_read_buffer());
+        tokio_tungstenite::client_async_with_config(request, stream, Some(config))
             .await
             .unwrap()
             .0
@@ -362,6 +390,8 @@ struct Tally {
     latencies_ns: Vec<u64>,
     /// Per round: (msg/s, p99 ms), for ratios paired round by round.
     rounds: Vec<(f64, f64)>,
+    /// CPU time of the whole process (servers, senders and clients) over the rounds.
+    cpu: Duration,
 }
 
 impl Tally {
@@ -372,12 +402,30 @@ impl Tally {
     fn percentile_ms(&mut self, q: f64) -> f64 {
         percentile_ms(&mut self.latencies_ns, q)
     }
+
+    /// CPU time of the whole process (servers, sender and clients) per message.
+    fn cpu_us_per_message(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.messages as f64
+    }
 }
 
 fn percentile_ms(latencies_ns: &mut [u64], q: f64) -> f64 {
     latencies_ns.sort_unstable();
     let at = ((latencies_ns.len() - 1) as f64 * q).round() as usize;
     latencies_ns[at] as f64 / 1e6
+}
+
+/// CPU time of every thread of this process so far (`/proc/self/task/*/schedstat`,
+/// nanoseconds on a CPU); zero where that is not available.
+fn process_cpu() -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    let ns: u64 = tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
 }
 
 /// Median of `library[i] / bare[i]` over rounds.
@@ -403,6 +451,7 @@ where
         .into_iter()
         .map(|client| tokio::spawn(receive(client, per_client)))
         .collect();
+    let cpu_start = process_cpu();
     let start = Instant::now();
     let finished = tokio::time::timeout(ROUND_TIMEOUT, async {
         send().await;
@@ -415,7 +464,9 @@ where
     .await
     .expect("a round did not finish in time");
     let last = finished.iter().map(|r| r.last_receipt).max().unwrap();
+    let cpu = process_cpu().saturating_sub(cpu_start);
     if let Some(tally) = tally {
+        tally.cpu += cpu;
         let messages = finished.len() * per_client;
         let mut latencies: Vec<u64> = finished
             .iter()
@@ -471,11 +522,12 @@ fn report(name: &str, servers: &[Server], tallies: &mut [Tally]) {
             tally.percentile_ms(1.0),
         );
         println!(
-            "{name:<16} {server:<8} {:>12.0} {:>9.2} {:>9.2} {:>9.2}",
+            "{name:<16} {server:<8} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>10.2}",
             tally.messages_per_second(),
             p50,
             p99,
-            max
+            max,
+            tally.cpu_us_per_message(),
         );
     }
     let (libraries, bare) = tallies.split_at_mut(servers.len() - 1);
@@ -489,18 +541,59 @@ fn report(name: &str, servers: &[Server], tallies: &mut [Tally]) {
     };
     for (server, library) in servers.iter().zip(libraries) {
         println!(
-            "{name:<16} {:<13} {:>6.2}x {:>8.2}x {:>8.2}x   paired: {:.2}x msg/s, {:.2}x p99",
+            "{name:<16} {:<13} {:>6.2}x {:>8.2}x {:>8.2}x {:>8.2}x {:>9.2}x   paired: {:.2}x msg/s, {:.2}x p99",
             format!("{}/bare", server.name()),
             library.messages_per_second() / bare.messages_per_second(),
             library.percentile_ms(0.5) / bare.percentile_ms(0.5),
             library.percentile_ms(0.99) / bare.percentile_ms(0.99),
+            library.percentile_ms(1.0) / bare.percentile_ms(1.0),
+            library.cpu_us_per_message() / bare.cpu_us_per_message(),
             median_ratio(&column(library, 0), &column(bare, 0)),
             median_ratio(&column(library, 1), &column(bare, 1)),
         );
     }
 }
 
+/// `TRANSPORT_E2E_ONLY=axum|tung|bare`: the broadcast on one server alone,
+/// for a profiler (`perf record`, `valgrind --tool=callgrind`), which
+/// cannot tell the servers apart when they share the worker threads.
+/// `TRANSPORT_E2E_ROUNDS` rounds (default 100) after a warm-up.
+async fn one_server(name: &str) {
+    let server = match name {
+        "axum" => Server::library(Adapter::Axum).await,
+        "tung" => Server::library(Adapter::Tungstenite).await,
+        "bare" => Server::bare().await,
+        other => panic!("TRANSPORT_E2E_ONLY={other}: expected axum, tung or bare"),
+    };
+    let rounds = env_number("TRANSPORT_E2E_ROUNDS").unwrap_or(100);
+    let users: Vec<UserId> = (0..BROADCAST_USERS)
+        .map(|i| UserId::new(format!("b{i}")).unwrap())
+        .collect();
+    let mut clients = vec![Vec::new()];
+    for user in &users {
+        clients[0].extend(
+            server
+                .open_tabs(user.as_str(), TABS_PER_BROADCAST_USER)
+                .await,
+        );
+    }
+    let servers = [server];
+    let mut tally = scenario(&servers, &mut clients, &users, BROADCASTS, rounds).await;
+    let tally = &mut tally[0];
+    println!(
+        "broadcast {} on {} alone, {rounds} rounds: {:.0} msg/s, p99 {:.2} ms, CPU {:.2} us per message",
+        BROADCAST_USERS * TABS_PER_BROADCAST_USER,
+        servers[0].name(),
+        tally.messages_per_second(),
+        tally.percentile_ms(0.99),
+        tally.cpu_us_per_message(),
+    );
+}
+
 async fn bench() {
+    if let Ok(only) = std::env::var("TRANSPORT_E2E_ONLY") {
+        return one_server(&only).await;
+    }
     // The bare server last: `report` compares the others to it.
     let servers = [
         Server::library(Adapter::Axum).await,
@@ -534,8 +627,8 @@ async fn bench() {
         scenario(&servers, &mut clients, &users, BROADCASTS, BROADCAST_ROUNDS).await;
 
     println!(
-        "\n{:<16} {:<8} {:>12} {:>9} {:>9} {:>9}",
-        "scenario", "server", "msg/s", "p50 ms", "p99 ms", "max ms"
+        "\n{:<16} {:<8} {:>12} {:>9} {:>9} {:>9} {:>10}",
+        "scenario", "server", "msg/s", "p50 ms", "p99 ms", "max ms", "cpu us/msg"
     );
     report(&format!("{TABS} tabs x {BURST}"), &servers, &mut tabs);
     report(

@@ -37,7 +37,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::Message;
-use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use super::auth::{AuthError, UpgradeRequest};
@@ -337,11 +338,15 @@ fn to_wire(message: Message) -> Option<Result<WireMessage, WireError>> {
 
 fn from_wire(message: WireMessage) -> Result<Message, WireError> {
     Ok(match message {
-        WireMessage::Text(text) => Message::Text(
-            text.into_bytes()
-                .try_into()
-                .map_err(|e| WireError::Other(Box::new(e)))?,
-        ),
+        // A `TextFrame` is UTF-8 by construction; `Message::Text` would need
+        // a `Utf8Bytes`, whose only safe constructor from shared bytes checks
+        // them again, once per recipient socket. A data frame with the text
+        // opcode is what tungstenite writes for `Message::Text` anyway.
+        WireMessage::Text(text) => Message::Frame(Frame::message(
+            text.into_bytes(),
+            OpCode::Data(Data::Text),
+            true,
+        )),
         WireMessage::Binary(bytes) => Message::Binary(bytes),
         WireMessage::Ping(bytes) => Message::Ping(bytes),
         WireMessage::Pong(bytes) => Message::Pong(bytes),
