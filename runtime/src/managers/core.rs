@@ -562,30 +562,37 @@ impl ManagerCore {
             return Err(ManagerError::ShutDown);
         }
         let target = || DeliveryTarget::User(user.clone());
-        // The published snapshot, without the user's mutex (module docs).
-        let recipients = self
-            .read_recipients(user, Arc::clone)
-            .unwrap_or_else(no_recipients);
-        // Every recipient of a user shares the user's counters.
-        let Some(counters) = recipients.first().map(|r| &r.counters) else {
+        let policy = self.config.slow_consumer_policy();
+        // The published snapshot, without the user's mutex (module docs),
+        // fanned out while the map's read guard is held: cloning the
+        // snapshot's `Arc` instead was a locked write to a cold cache line
+        // on every send, most of this function's time. Nothing in the
+        // closure touches the maps; evictions happen after it.
+        let sent = self
+            .read_recipients(user, |recipients| {
+                // Every recipient of a user shares the user's counters.
+                let counters = &recipients.first()?.counters;
+                Some(TextFrame::from_json(message).map(|frame| {
+                    let fan = fan_out(recipients, &frame, policy, &self.totals);
+                    counters.touch();
+                    let result = fan.result(target);
+                    if result.is_err() {
+                        bump(&counters.failed, 1);
+                        bump(&self.totals.failed, 1);
+                    }
+                    (result, fan.evict)
+                }))
+            })
+            .flatten();
+        let Some(sent) = sent else {
             // A user without connections may still have a slot (history).
             let slot = self.slot(user);
             let counters: Vec<&UserCounters> = slot.iter().map(|s| &*s.counters).collect();
             return Err(self.fail(&counters, target(), NotDeliveredReason::NoConnections));
         };
-        let frame = TextFrame::from_json(message)?;
-        let fan = fan_out(
-            &recipients,
-            &frame,
-            self.config.slow_consumer_policy(),
-            &self.totals,
-        );
-        self.evict(&fan.evict);
-        counters.touch();
-        fan.result(target).inspect_err(|_| {
-            bump(&counters.failed, 1);
-            bump(&self.totals.failed, 1);
-        })
+        let (result, evict) = sent?;
+        self.evict(&evict);
+        result
     }
 
     pub fn send_to_thread(
