@@ -618,7 +618,7 @@ mod tests {
                 "unsafe fn get_connection(&self,",
             ),
             (
-                "fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth { todo!() }",
+                "fn is_connection_active(&self, user_id: &UserId) -> bool { false }",
                 "",
             ),
             ("{ Ok(()) }", "{ Ok(()) } fn helper(&self) {}"),
