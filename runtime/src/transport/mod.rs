@@ -67,10 +67,14 @@ mod auth;
 mod config;
 mod driver;
 mod handler;
+#[cfg(any(feature = "axum", feature = "tungstenite"))]
+mod handshake;
 #[cfg(feature = "jwt")]
 mod jwt;
 mod service;
 mod shutdown;
+#[cfg(any(feature = "axum", feature = "tungstenite"))]
+mod tungstenite_socket;
 mod wire;
 
 /// `async_trait`, re-exported to implement [`Authenticator`] and

@@ -27,25 +27,17 @@
 //! # }
 //! ```
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{Sink, Stream};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
-use tungstenite::Message;
-use tungstenite::protocol::frame::Frame;
-use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tungstenite::protocol::Role;
 
 use super::auth::{AuthError, UpgradeRequest};
+use super::handshake::{accept_headers, check_upgrade, websocket_config};
 use super::service::{ConnectionOutcome, WebSocketService};
-use super::wire::{WireError, WireMessage, close_reason_text, from_tungstenite_error};
-use crate::connection::CloseReason;
-use crate::connection::TextFrame;
+pub use super::tungstenite_socket::TungsteniteSocket;
 
 /// The longest HTTP request head [`accept`] reads.
 pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
@@ -134,27 +126,10 @@ where
             return Err(AcceptError::Refused(error));
         }
     };
-    let key = headers
-        .get(http::header::SEC_WEBSOCKET_KEY)
-        .map(HeaderValue::as_bytes)
-        .unwrap_or_default();
-    let mut extra = vec![(
-        http::header::SEC_WEBSOCKET_ACCEPT,
-        tungstenite::handshake::derive_accept_key(key),
-    )];
-    if let Some(protocol) = &admission.identity.subprotocol {
-        // Echo only a protocol the client offered.
-        if request
-            .offered_protocols()
-            .any(|offered| offered == protocol)
-        {
-            extra.push((http::header::SEC_WEBSOCKET_PROTOCOL, protocol.clone()));
-        }
-    }
     let mut response = String::from(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
     );
-    for (name, value) in &extra {
+    for (name, value) in accept_headers(&request, &admission) {
         response.push_str(&format!("{name}: {value}\r\n"));
     }
     response.push_str("\r\n");
@@ -162,19 +137,13 @@ where
     stream.flush().await?;
     // The request is done with: free it rather than keep it (the token
     // among its headers) for the connection's whole life.
-    drop((head, uri, headers, extra, response));
+    drop((head, uri, headers, response));
 
-    let config = service.config();
-    let websocket_config = WebSocketConfig::default()
-        .read_buffer_size(config.read_buffer_size())
-        .write_buffer_size(config.write_buffer_size())
-        .max_message_size(Some(config.max_message_size()))
-        .max_frame_size(Some(config.max_frame_size()));
     let socket = WebSocketStream::from_partially_read(
         stream,
         leftover,
         Role::Server,
-        Some(websocket_config),
+        Some(websocket_config(service.config())),
     )
     .await;
     Ok(service
@@ -248,9 +217,8 @@ fn parse_upgrade(head: &[u8]) -> Result<(Uri, HeaderMap), &'static str> {
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err("malformed HTTP request"),
     }
-    if request.method != Some("GET") {
-        return Err("the method must be GET");
-    }
+    let method = Method::from_bytes(request.method.unwrap_or_default().as_bytes())
+        .map_err(|_| "invalid method")?;
     let uri: Uri = request
         .path
         .ok_or("missing request target")?
@@ -263,31 +231,11 @@ fn parse_upgrade(head: &[u8]) -> Result<(Uri, HeaderMap), &'static str> {
         let value = HeaderValue::from_bytes(header.value).map_err(|_| "invalid header value")?;
         headers.append(name, value);
     }
-    let has_token = |name: HeaderName, token: &str| {
-        headers.get_all(name).iter().any(|value| {
-            value
-                .to_str()
-                .unwrap_or_default()
-                .split(',')
-                .any(|part| part.trim().eq_ignore_ascii_case(token))
-        })
+    let version = match request.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
     };
-    if !has_token(http::header::UPGRADE, "websocket") {
-        return Err("missing `Upgrade: websocket`");
-    }
-    if !has_token(http::header::CONNECTION, "upgrade") {
-        return Err("missing `Connection: upgrade`");
-    }
-    if headers
-        .get(http::header::SEC_WEBSOCKET_VERSION)
-        .map(HeaderValue::as_bytes)
-        != Some(b"13")
-    {
-        return Err("`Sec-WebSocket-Version` must be 13");
-    }
-    if headers.get(http::header::SEC_WEBSOCKET_KEY).is_none() {
-        return Err("missing `Sec-WebSocket-Key`");
-    }
+    check_upgrade(version, &method, &headers)?;
     Ok((uri, headers))
 }
 
@@ -304,111 +252,6 @@ async fn respond<S: AsyncWrite + Unpin>(stream: &mut S, status: StatusCode, body
         let _ = stream.shutdown().await;
     })
     .await;
-}
-
-/// A `tokio_tungstenite::WebSocketStream` as a [`WireSocket`](super::WireSocket).
-#[derive(Debug)]
-pub struct TungsteniteSocket<S>(WebSocketStream<S>);
-
-impl<S> TungsteniteSocket<S> {
-    /// Wraps an upgraded stream. Configure its size limits
-    /// (`max_message_size`, `max_frame_size`) as in the service's
-    /// [`TransportConfig`](super::TransportConfig).
-    pub fn new(socket: WebSocketStream<S>) -> Self {
-        TungsteniteSocket(socket)
-    }
-}
-
-fn to_wire(message: Message) -> Option<Result<WireMessage, WireError>> {
-    Some(Ok(match message {
-        Message::Text(text) => match TextFrame::try_from(Bytes::from(text)) {
-            Ok(text) => WireMessage::Text(text),
-            Err(error) => return Some(Err(WireError::Other(Box::new(error)))),
-        },
-        Message::Binary(bytes) => WireMessage::Binary(bytes),
-        Message::Ping(bytes) => WireMessage::Ping(bytes),
-        Message::Pong(bytes) => WireMessage::Pong(bytes),
-        Message::Close(frame) => WireMessage::Close(
-            frame.map(|f| CloseReason::new(u16::from(f.code), f.reason.as_str().to_owned())),
-        ),
-        // Never produced when reading.
-        Message::Frame(_) => return None,
-    }))
-}
-
-fn from_wire(message: WireMessage) -> Result<Message, WireError> {
-    Ok(match message {
-        // A `TextFrame` is UTF-8 by construction; `Message::Text` would need
-        // a `Utf8Bytes`, whose only safe constructor from shared bytes checks
-        // them again, once per recipient socket. A data frame with the text
-        // opcode is what tungstenite writes for `Message::Text` anyway.
-        WireMessage::Text(text) => Message::Frame(Frame::message(
-            text.into_bytes(),
-            OpCode::Data(Data::Text),
-            true,
-        )),
-        WireMessage::Binary(bytes) => Message::Binary(bytes),
-        WireMessage::Ping(bytes) => Message::Ping(bytes),
-        WireMessage::Pong(bytes) => Message::Pong(bytes),
-        WireMessage::Close(reason) => Message::Close(reason.map(|r| CloseFrame {
-            code: CloseCode::from(r.code),
-            reason: close_reason_text(&r.reason).into(),
-        })),
-    })
-}
-
-impl<S> Stream for TungsteniteSocket<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    type Item = Result<WireMessage, WireError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        loop {
-            return match Pin::new(&mut self.0).poll_next(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Ready(Some(Err(error))) => {
-                    Poll::Ready(Some(Err(from_tungstenite_error(error))))
-                }
-                Poll::Ready(Some(Ok(message))) => match to_wire(message) {
-                    Some(item) => Poll::Ready(Some(item)),
-                    None => continue,
-                },
-            };
-        }
-    }
-}
-
-impl<S> Sink<WireMessage> for TungsteniteSocket<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    type Error = WireError;
-
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WireError>> {
-        Pin::new(&mut self.0)
-            .poll_ready(cx)
-            .map_err(from_tungstenite_error)
-    }
-
-    fn start_send(mut self: Pin<&mut Self>, item: WireMessage) -> Result<(), WireError> {
-        Pin::new(&mut self.0)
-            .start_send(from_wire(item)?)
-            .map_err(from_tungstenite_error)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WireError>> {
-        Pin::new(&mut self.0)
-            .poll_flush(cx)
-            .map_err(from_tungstenite_error)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WireError>> {
-        Pin::new(&mut self.0)
-            .poll_close(cx)
-            .map_err(from_tungstenite_error)
-    }
 }
 
 #[cfg(test)]
