@@ -128,6 +128,94 @@ fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// Sends `request` on a fresh connection; returns the response's status
+/// line and body (`Content-Length` bytes).
+async fn raw_response(addr: SocketAddr, request: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert!(head.len() < 4096, "no end of the response head");
+        tokio::time::timeout(STEP, stream.read_exact(&mut byte))
+            .await
+            .expect("the response head did not arrive")
+            .unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .expect("a refusal has a Content-Length");
+    let mut body = vec![0u8; length];
+    tokio::time::timeout(STEP, stream.read_exact(&mut body))
+        .await
+        .expect("the body did not arrive")
+        .unwrap();
+    let status = head.lines().next().unwrap().to_owned();
+    (status, String::from_utf8(body).unwrap())
+}
+
+#[tokio::test]
+async fn requests_that_are_not_upgrades_get_400_naming_what_is_missing() {
+    bounded(async {
+        let server = TestServer::start(ServerOptions::default()).await;
+        let bearer = format!("Authorization: Bearer {}\r\n", token("uma", 600));
+        let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\n";
+        let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+        let cases = [
+            (
+                format!("GET /ws HTTP/1.1\r\nHost: x\r\n{bearer}\r\n"),
+                "missing `Upgrade: websocket`",
+            ),
+            (
+                format!("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n{bearer}\r\n"),
+                "missing `Connection: upgrade`",
+            ),
+            (
+                format!(
+                    "GET /ws HTTP/1.1\r\nHost: x\r\n{upgrade}Sec-WebSocket-Version: 8\r\n{key}{bearer}\r\n"
+                ),
+                "`Sec-WebSocket-Version` must be 13",
+            ),
+            (
+                format!(
+                    "GET /ws HTTP/1.1\r\nHost: x\r\n{upgrade}Sec-WebSocket-Version: 13\r\n{bearer}\r\n"
+                ),
+                "missing `Sec-WebSocket-Key`",
+            ),
+            (
+                format!(
+                    "GET /ws HTTP/1.0\r\nHost: x\r\n{upgrade}Sec-WebSocket-Version: 13\r\n{key}{bearer}\r\n"
+                ),
+                "websocket upgrades need HTTP/1.1",
+            ),
+        ];
+        for addr in both_adapters(&server).await {
+            for (request, problem) in &cases {
+                let (status, body) = raw_response(addr, request).await;
+                assert!(
+                    status.starts_with("HTTP/1.1 400") || status.starts_with("HTTP/1.0 400"),
+                    "{addr}: {status} for {request:?}"
+                );
+                assert_eq!(body, format!("Bad Request: {problem}"), "{addr}");
+            }
+            // A real client is still served.
+            let mut client = raw_upgrade(addr, "uma").await;
+            server.wait_connections("uma", 1).await;
+            client.shutdown().await.unwrap();
+            server.wait_connections("uma", 0).await;
+        }
+        assert!(server.manager.index_sizes().holds_no_connection());
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn invalid_utf8_closes_with_1007_not_1011() {
     bounded(async {

@@ -1,6 +1,6 @@
 //! The axum adapter (feature `axum`, axum 0.8): [`upgrade`], a ready handler
-//! for `GET /ws`, [`accept`] to call from your own handler, and
-//! [`AxumSocket`], `axum::extract::ws::WebSocket` as a [`WireSocket`](super::WireSocket).
+//! for `GET /ws`, and [`accept`] with its extractor [`WebSocketUpgrade`] to
+//! call from your own handler.
 //!
 //! ```
 //! use axum::{Router, routing::get};
@@ -25,6 +25,13 @@
 //! websocket_manager::transport::axum::serve(listener, app).await
 //! # }
 //! ```
+//!
+//! The socket is tokio-tungstenite's, run on hyper's upgraded connection,
+//! as axum's own `WebSocket` is, but without axum's message type in between:
+//! axum's text message can only be built from shared bytes by checking
+//! them for UTF-8 again, once per recipient socket, and a frame the manager
+//! serialized is UTF-8 already. Both adapters serve sockets through the same
+//! code.
 
 use std::future::Future;
 use std::io;
@@ -32,22 +39,24 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::http::{HeaderMap, Uri};
+use axum::body::Body;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use futures_util::{Sink, Stream};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
+use tokio_tungstenite::WebSocketStream;
+use tungstenite::protocol::Role;
 
 use super::auth::UpgradeRequest;
 use super::config::DEFAULT_HEADER_READ_TIMEOUT;
+use super::handshake::{accept_headers, check_upgrade, websocket_config};
 use super::service::WebSocketService;
-use super::wire::{WireError, WireMessage, close_reason_text};
-use crate::connection::CloseReason;
-use crate::connection::TextFrame;
+use super::tungstenite_socket::TungsteniteSocket;
 
 /// The ready `GET /ws` handler: authenticates the upgrade request with the
 /// service's authenticator and Origin policy (401 / 403 / 400 / 503, no
@@ -55,39 +64,155 @@ use crate::connection::TextFrame;
 /// socket. The thread comes from the `thread` query parameter.
 pub async fn upgrade(
     State(service): State<WebSocketService>,
-    websocket: WebSocketUpgrade,
-    uri: Uri,
-    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
 ) -> Response {
-    accept(&service, websocket, &uri, &headers).await
+    accept(&service, upgrade).await
 }
 
-/// What [`upgrade`] does, for a handler of your own.
-pub async fn accept(
-    service: &WebSocketService,
-    websocket: WebSocketUpgrade,
-    uri: &Uri,
-    headers: &HeaderMap,
-) -> Response {
-    let request = UpgradeRequest::new(uri, headers);
+/// What [`upgrade`] does, for a handler of your own: admits the request
+/// through the service, answers `101 Switching Protocols` and serves the
+/// socket on its own task once the connection is upgraded.
+///
+/// ```
+/// use axum::extract::State;
+/// use axum::response::Response;
+/// use websocket_manager::transport::WebSocketService;
+/// use websocket_manager::transport::axum::{WebSocketUpgrade, accept};
+///
+/// async fn agent_socket(State(service): State<WebSocketService>, upgrade: WebSocketUpgrade) -> Response {
+///     tracing::debug!(path = upgrade.uri().path(), "websocket upgrade");
+///     accept(&service, upgrade).await
+/// }
+/// # let _ = axum::Router::<WebSocketService>::new().route("/ws", axum::routing::get(agent_socket));
+/// ```
+pub async fn accept(service: &WebSocketService, upgrade: WebSocketUpgrade) -> Response {
+    let WebSocketUpgrade {
+        uri,
+        headers,
+        on_upgrade,
+    } = upgrade;
+    let request = UpgradeRequest::new(&uri, &headers);
     let admission = match service.admit(&request).await {
         Ok(admission) => admission,
         Err(error) => return (error.status(), error.public_message().into_owned()).into_response(),
     };
-    let config = service.config();
-    let mut websocket = websocket
-        .read_buffer_size(config.read_buffer_size())
-        .write_buffer_size(config.write_buffer_size())
-        .max_message_size(config.max_message_size())
-        .max_frame_size(config.max_frame_size());
-    if let Some(protocol) = admission.identity.subprotocol.clone() {
-        // Selected only if the client offered it.
-        websocket = websocket.protocols([protocol]);
+    let mut response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "upgrade");
+    for (name, value) in accept_headers(&request, &admission) {
+        response = response.header(name, value);
     }
+    let response = match response.body(Body::empty()) {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::warn!(%error, "could not build the 101 response");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
+    // The request (its token among the headers) is not kept for the
+    // connection's whole life.
+    drop((uri, headers));
+    let config = websocket_config(service.config());
     let service = service.clone();
-    websocket.on_upgrade(move |socket| async move {
-        service.serve(AxumSocket::new(socket), admission).await;
-    })
+    tokio::spawn(async move {
+        // Resolves once hyper has written the `101`.
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::debug!(%error, user = %admission.identity.user_id,
+                    "the connection was not upgraded");
+                return;
+            }
+        };
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        service
+            .serve(TungsteniteSocket::new(socket), admission)
+            .await;
+    });
+    response
+}
+
+/// A WebSocket upgrade request (HTTP/1.1, RFC 6455), as an axum extractor
+/// (`FromRequestParts`, so it goes with any state): the checked request and
+/// hyper's handle on the connection, which [`accept`] answers and serves.
+///
+/// A request that is not an upgrade is refused with an [`UpgradeRejection`]
+/// saying what is missing, before any authentication.
+#[derive(Debug)]
+pub struct WebSocketUpgrade {
+    uri: Uri,
+    headers: HeaderMap,
+    on_upgrade: OnUpgrade,
+}
+
+impl WebSocketUpgrade {
+    /// The request target (path and query).
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    /// The request headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
+    type Rejection = UpgradeRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        check_upgrade(parts.version, &parts.method, &parts.headers)
+            .map_err(UpgradeRejection::NotWebSocket)?;
+        let on_upgrade = parts
+            .extensions
+            .remove::<OnUpgrade>()
+            .ok_or(UpgradeRejection::NotUpgradable)?;
+        Ok(WebSocketUpgrade {
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+            on_upgrade,
+        })
+    }
+}
+
+/// Why a request is not a WebSocket upgrade [`accept`] can serve; as a
+/// response, its status and a plain-text body saying why.
+///
+/// ```
+/// use axum::response::IntoResponse;
+/// use websocket_manager::transport::axum::UpgradeRejection;
+/// let response = UpgradeRejection::NotWebSocket("missing `Upgrade: websocket`").into_response();
+/// assert_eq!(response.status(), 400);
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpgradeRejection {
+    /// Not a WebSocket upgrade request over HTTP/1.1 (400): the problem.
+    #[error("Bad Request: {0}")]
+    NotWebSocket(&'static str),
+    /// The request carries no upgrade handle (426): the router is not
+    /// served by hyper (`axum::serve`, [`serve`]), or something took it.
+    #[error("this connection cannot be upgraded")]
+    NotUpgradable,
+}
+
+impl UpgradeRejection {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            UpgradeRejection::NotWebSocket(_) => StatusCode::BAD_REQUEST,
+            UpgradeRejection::NotUpgradable => StatusCode::UPGRADE_REQUIRED,
+        }
+    }
+}
+
+impl IntoResponse for UpgradeRejection {
+    fn into_response(self) -> Response {
+        (self.status(), self.to_string()).into_response()
+    }
 }
 
 /// `axum::serve` over a [`WebSocketListener`] with the default
@@ -247,87 +372,5 @@ impl AsyncWrite for HeadDeadlineStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
-/// `axum::extract::ws::WebSocket` as a [`WireSocket`](super::WireSocket).
-#[derive(Debug)]
-pub struct AxumSocket(WebSocket);
-
-impl AxumSocket {
-    /// Wraps an upgraded socket.
-    pub fn new(socket: WebSocket) -> Self {
-        AxumSocket(socket)
-    }
-}
-
-fn wire_error(error: axum::Error) -> WireError {
-    let inner = error.into_inner();
-    match inner.downcast::<tungstenite::Error>() {
-        Ok(error) => super::wire::from_tungstenite_error(*error),
-        Err(other) => WireError::Other(other),
-    }
-}
-
-fn to_wire(message: Message) -> Result<WireMessage, WireError> {
-    Ok(match message {
-        Message::Text(text) => WireMessage::Text(
-            TextFrame::try_from(Bytes::from(text)).map_err(|e| WireError::Other(Box::new(e)))?,
-        ),
-        Message::Binary(bytes) => WireMessage::Binary(bytes),
-        Message::Ping(bytes) => WireMessage::Ping(bytes),
-        Message::Pong(bytes) => WireMessage::Pong(bytes),
-        Message::Close(frame) => WireMessage::Close(
-            frame.map(|f| CloseReason::new(f.code, f.reason.as_str().to_owned())),
-        ),
-    })
-}
-
-fn from_wire(message: WireMessage) -> Result<Message, WireError> {
-    Ok(match message {
-        WireMessage::Text(text) => Message::Text(
-            text.into_bytes()
-                .try_into()
-                .map_err(|e| WireError::Other(Box::new(e)))?,
-        ),
-        WireMessage::Binary(bytes) => Message::Binary(bytes),
-        WireMessage::Ping(bytes) => Message::Ping(bytes),
-        WireMessage::Pong(bytes) => Message::Pong(bytes),
-        WireMessage::Close(reason) => Message::Close(reason.map(|r| CloseFrame {
-            code: r.code,
-            reason: close_reason_text(&r.reason).into(),
-        })),
-    })
-}
-
-impl Stream for AxumSocket {
-    type Item = Result<WireMessage, WireError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.0)
-            .poll_next(cx)
-            .map(|item| item.map(|result| result.map_err(wire_error).and_then(to_wire)))
-    }
-}
-
-impl Sink<WireMessage> for AxumSocket {
-    type Error = WireError;
-
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WireError>> {
-        Pin::new(&mut self.0).poll_ready(cx).map_err(wire_error)
-    }
-
-    fn start_send(mut self: Pin<&mut Self>, item: WireMessage) -> Result<(), WireError> {
-        Pin::new(&mut self.0)
-            .start_send(from_wire(item)?)
-            .map_err(wire_error)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WireError>> {
-        Pin::new(&mut self.0).poll_flush(cx).map_err(wire_error)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WireError>> {
-        Pin::new(&mut self.0).poll_close(cx).map_err(wire_error)
     }
 }
