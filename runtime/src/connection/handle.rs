@@ -190,6 +190,12 @@ impl WebSocketHandle {
         self.queue.close_reason()
     }
 
+    /// Slots of the queue's buffer (tests of its memory).
+    #[cfg(test)]
+    pub(crate) fn queue_capacity(&self) -> usize {
+        self.queue.capacity()
+    }
+
     /// Frames waiting in the queue.
     pub fn queue_depth(&self) -> usize {
         self.queue.depth()
@@ -353,6 +359,34 @@ impl OutboundReceiver {
             Poll::Ready(n) => n,
             Poll::Pending => 0,
         }
+    }
+
+    /// Gives back the buffer a burst left behind, when nothing is queued.
+    ///
+    /// A drained queue frees a burst's buffer at once, unless it drained
+    /// another burst less than a second before: a socket receiving bursts
+    /// back to back keeps its buffer rather than allocate it again for each
+    /// (on the sender's thread, to be freed on the writer's). A writer of
+    /// your own calls this when its socket has been quiet for a while, as
+    /// the transport's writer does at every ping, so an idle socket costs
+    /// its idle size again.
+    ///
+    /// ```
+    /// use websocket_manager::{QueueLimits, TextFrame, WebSocketHandle};
+    /// let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::default());
+    /// let mut batch = Vec::new();
+    /// for _burst in 0..2 {
+    ///     for _ in 0..20 {
+    ///         socket.try_send(TextFrame::from_string("tick".into())).unwrap();
+    ///     }
+    ///     while receiver.try_recv_many(&mut batch, 32) > 0 {}
+    /// }
+    /// // Later, at the writer's next heartbeat:
+    /// receiver.release_idle_buffer();
+    /// assert_eq!(socket.queue_depth(), 0);
+    /// ```
+    pub fn release_idle_buffer(&self) {
+        self.queue.release_idle_buffer();
     }
 
     fn poll_take(

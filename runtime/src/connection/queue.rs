@@ -28,6 +28,20 @@ use super::handle::{CloseReason, OutboundEvent, QueueLimits, SendError};
 /// frames at a time never reallocates.
 const IDLE_CAPACITY: usize = 4;
 
+/// A burst's buffer is kept, not freed, when the queue drains again within
+/// this long of its previous drain: the socket gets bursts back to back, and
+/// the next one would allocate the same buffer again.
+///
+/// Why: the sender allocates the buffer on its thread and the writer frees
+/// it on another, and such a `free` takes the lock of the sender's
+/// allocator arena, against the sender's own allocations. In the broadcast
+/// of `benches/transport_e2e.rs` (every socket one burst per round) that
+/// was a sixth of the process's futex calls. An isolated burst is still
+/// freed at its drain, and a buffer kept this way is given back by the
+/// writer at its next ping ([`OutboundQueue::release_idle_buffer`]) if the
+/// socket has gone quiet meanwhile.
+const KEEP_BURST_BUFFER: coarsetime::Duration = coarsetime::Duration::from_millis(1000);
+
 /// A queue that outgrows its idle slots grows straight to this many (1 KiB,
 /// or the queue's bound if lower), then doubles as usual.
 ///
@@ -52,6 +66,8 @@ struct State {
     senders: usize,
     /// The writer waiting for the next event, if any.
     waker: Option<Waker>,
+    /// When a burst's buffer was last drained (coarse clock).
+    burst_drained_at: Option<coarsetime::Instant>,
 }
 
 #[derive(Debug)]
@@ -72,6 +88,7 @@ impl OutboundQueue {
                 receiver_closed: false,
                 senders: 1,
                 waker: None,
+                burst_drained_at: None,
             }),
         }
     }
@@ -154,6 +171,7 @@ impl OutboundQueue {
             receiver_closed,
             senders,
             waker,
+            burst_drained_at,
         } = &mut *state;
         if let Some(reason) = close {
             take(OutboundEvent::Close(reason.clone()));
@@ -166,11 +184,17 @@ impl OutboundQueue {
                 take(OutboundEvent::Frame(frame));
             }
             if frames.is_empty() && frames.capacity() > IDLE_CAPACITY {
-                // Freed whole rather than shrunk in place: a shrinking
-                // `realloc` always takes the allocator's arena lock, a
-                // `free` of a small block usually only the thread's cache.
-                // The next push allocates `IDLE_CAPACITY` slots again.
-                *frames = VecDeque::new();
+                let now = coarsetime::Instant::now_without_cache_update();
+                let back_to_back =
+                    burst_drained_at.is_some_and(|at| now.duration_since(at) < KEEP_BURST_BUFFER);
+                *burst_drained_at = Some(now);
+                if !back_to_back {
+                    // Freed whole rather than shrunk in place: a shrinking
+                    // `realloc` always takes the allocator's arena lock, a
+                    // `free` of a small block usually only the thread's
+                    // cache. The next push allocates `IDLE_CAPACITY` slots.
+                    *frames = VecDeque::new();
+                }
             }
             return Poll::Ready(n);
         }
@@ -184,6 +208,28 @@ impl OutboundQueue {
             }
         }
         Poll::Pending
+    }
+
+    /// Gives back a burst's buffer kept by a drained queue (see
+    /// [`KEEP_BURST_BUFFER`]): the writer calls it at every ping, so a
+    /// socket that has gone quiet costs its idle size again within one ping
+    /// interval. Nothing happens while frames are queued.
+    pub(super) fn release_idle_buffer(&self) {
+        let released = {
+            let mut state = self.state.lock();
+            if !state.frames.is_empty() || state.frames.capacity() <= IDLE_CAPACITY {
+                return;
+            }
+            state.burst_drained_at = None;
+            mem::take(&mut state.frames)
+        };
+        drop(released);
+    }
+
+    /// Slots the queue's buffer holds (for tests of its memory).
+    #[cfg(test)]
+    pub(super) fn capacity(&self) -> usize {
+        self.state.lock().frames.capacity()
     }
 
     /// The receiving side stops accepting frames; those already queued can
@@ -259,6 +305,45 @@ mod tests {
         while let Poll::Ready(1..) = queue.poll_take(Some(&mut cx), 7, drop) {}
         assert!(queue.state.lock().frames.capacity() <= IDLE_CAPACITY);
         assert_eq!(queue.bytes(), 0);
+    }
+
+    #[test]
+    fn back_to_back_bursts_keep_their_buffer_until_the_writer_releases_it() {
+        let queue = OutboundQueue::new(QueueLimits::new(1024, 1 << 20));
+        let burst = |queue: &OutboundQueue| {
+            for _ in 0..10 {
+                queue.push(TextFrame::from_string("x".into())).unwrap();
+            }
+            let mut cx = Context::from_waker(Waker::noop());
+            while let Poll::Ready(1..) = queue.poll_take(Some(&mut cx), 7, drop) {}
+        };
+        burst(&queue);
+        assert!(
+            queue.capacity() <= IDLE_CAPACITY,
+            "an isolated burst's buffer is freed at its drain"
+        );
+        burst(&queue);
+        assert_eq!(
+            queue.capacity(),
+            BURST_CAPACITY,
+            "a burst right after another keeps the buffer for the next"
+        );
+        queue.push(TextFrame::from_string("x".into())).unwrap();
+        queue.release_idle_buffer();
+        assert_eq!(
+            queue.capacity(),
+            BURST_CAPACITY,
+            "nothing is released while frames wait"
+        );
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(queue.poll_take(Some(&mut cx), 7, drop), Poll::Ready(1));
+        queue.release_idle_buffer();
+        assert!(queue.capacity() <= IDLE_CAPACITY);
+        burst(&queue);
+        assert!(
+            queue.capacity() <= IDLE_CAPACITY,
+            "after a release, the next burst counts as isolated again"
+        );
     }
 
     #[test]

@@ -450,7 +450,12 @@ where
                     events.push(OutboundEvent::Close(CloseReason::normal()));
                 }
             },
-            _ = ping.tick() => ping_due = true,
+            _ = ping.tick() => {
+                ping_due = true;
+                // Quiet or not, a burst's buffer kept for the next burst
+                // is given back once per ping interval.
+                outbound.release_idle_buffer();
+            }
         }
         let batch = Batch {
             events: &mut events,
@@ -647,6 +652,40 @@ mod tests {
             WireMessage::Text(frame(MAX_FLUSH - 1))
         );
         assert_eq!(socket.queue_depth(), 1500 - MAX_FLUSH);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_writer_gives_back_a_kept_burst_buffer_at_its_next_ping() {
+        let config = TransportConfig::builder()
+            .ping_interval(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let (socket, outbound) = WebSocketHandle::channel(QueueLimits::default());
+        let writer = tokio::spawn(write_loop(
+            Recording::default(),
+            outbound,
+            socket.clone(),
+            config,
+        ));
+        for burst in 0..2 {
+            for n in 0..20 {
+                socket.try_send(frame(burst * 20 + n)).unwrap();
+            }
+            while socket.queue_depth() > 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert!(
+            socket.queue_capacity() > 4,
+            "back-to-back bursts keep their buffer"
+        );
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert!(
+            socket.queue_capacity() <= 4,
+            "released at the ping: {} slots",
+            socket.queue_capacity()
+        );
+        writer.abort();
     }
 
     #[tokio::test]
