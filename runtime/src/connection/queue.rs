@@ -28,9 +28,11 @@ use super::handle::{CloseReason, OutboundEvent, QueueLimits, SendError};
 /// frames at a time never reallocates.
 const IDLE_CAPACITY: usize = 4;
 
-/// A burst's buffer is kept, not freed, when the queue drains again within
-/// this long of its previous drain: the socket gets bursts back to back, and
-/// the next one would allocate the same buffer again.
+/// A burst's buffer (of at most [`BURST_CAPACITY`] slots, 1 KiB) is kept,
+/// not freed, when the queue drains again within this long of its previous
+/// drain: the socket gets bursts back to back, and the next one would
+/// allocate the same buffer again. A larger buffer is always freed, so what
+/// a socket keeps this way stays bounded.
 ///
 /// Why: the sender allocates the buffer on its thread and the writer frees
 /// it on another, and such a `free` takes the lock of the sender's
@@ -188,7 +190,7 @@ impl OutboundQueue {
                 let back_to_back =
                     burst_drained_at.is_some_and(|at| now.duration_since(at) < KEEP_BURST_BUFFER);
                 *burst_drained_at = Some(now);
-                if !back_to_back {
+                if !back_to_back || frames.capacity() > BURST_CAPACITY {
                     // Freed whole rather than shrunk in place: a shrinking
                     // `realloc` always takes the allocator's arena lock, a
                     // `free` of a small block usually only the thread's
@@ -344,6 +346,16 @@ mod tests {
             queue.capacity() <= IDLE_CAPACITY,
             "after a release, the next burst counts as isolated again"
         );
+
+        // A buffer larger than a burst's is never kept.
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..2 {
+            for _ in 0..100 {
+                queue.push(TextFrame::from_string("x".into())).unwrap();
+            }
+            while let Poll::Ready(1..) = queue.poll_take(Some(&mut cx), 7, drop) {}
+            assert!(queue.capacity() <= IDLE_CAPACITY);
+        }
     }
 
     #[test]
