@@ -65,6 +65,15 @@ impl TextFrame {
     }
 }
 
+impl TextFrame {
+    /// Wraps text tungstenite has already checked for UTF-8 (no copy, no
+    /// second check).
+    #[cfg(any(feature = "axum", feature = "tungstenite"))]
+    pub(crate) fn from_utf8_bytes(text: tungstenite::Utf8Bytes) -> Self {
+        TextFrame(Bytes::from(text))
+    }
+}
+
 impl TryFrom<Bytes> for TextFrame {
     type Error = std::str::Utf8Error;
 

@@ -6,7 +6,6 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
@@ -31,12 +30,12 @@ impl<S> TungsteniteSocket<S> {
     }
 }
 
-fn to_wire(message: Message) -> Option<Result<WireMessage, WireError>> {
-    Some(Ok(match message {
-        Message::Text(text) => match TextFrame::try_from(Bytes::from(text)) {
-            Ok(text) => WireMessage::Text(text),
-            Err(error) => return Some(Err(WireError::Other(Box::new(error)))),
-        },
+/// `None` for what reading never yields.
+fn to_wire(message: Message) -> Option<WireMessage> {
+    Some(match message {
+        // tungstenite checked it (an invalid one is `Error::Utf8`, closed
+        // with 1007): not checked a second time.
+        Message::Text(text) => WireMessage::Text(TextFrame::from_utf8_bytes(text)),
         Message::Binary(bytes) => WireMessage::Binary(bytes),
         Message::Ping(bytes) => WireMessage::Ping(bytes),
         Message::Pong(bytes) => WireMessage::Pong(bytes),
@@ -45,7 +44,7 @@ fn to_wire(message: Message) -> Option<Result<WireMessage, WireError>> {
         ),
         // Never produced when reading.
         Message::Frame(_) => return None,
-    }))
+    })
 }
 
 fn from_wire(message: WireMessage) -> Result<Message, WireError> {
@@ -84,7 +83,7 @@ where
                     Poll::Ready(Some(Err(from_tungstenite_error(error))))
                 }
                 Poll::Ready(Some(Ok(message))) => match to_wire(message) {
-                    Some(item) => Poll::Ready(Some(item)),
+                    Some(item) => Poll::Ready(Some(Ok(item))),
                     None => continue,
                 },
             };
