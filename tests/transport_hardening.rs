@@ -65,16 +65,8 @@ fn echo_options(transport: TransportConfig) -> ServerOptions {
     }
 }
 
-/// Upgrades a raw TCP stream by hand and returns it right after the `101`.
-async fn raw_upgrade(addr: SocketAddr, user: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Authorization: Bearer {}\r\n\r\n",
-        token(user, 600)
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
+/// Reads an HTTP response head, byte by byte so nothing after it is taken.
+async fn read_response_head(stream: &mut TcpStream) -> String {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -85,11 +77,21 @@ async fn raw_upgrade(addr: SocketAddr, user: &str) -> TcpStream {
             .unwrap();
         head.push(byte[0]);
     }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "upgrade refused: {}",
-        String::from_utf8_lossy(&head)
+    String::from_utf8(head).unwrap()
+}
+
+/// Upgrades a raw TCP stream by hand and returns it right after the `101`.
+async fn raw_upgrade(addr: SocketAddr, user: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        token(user, 600)
     );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let head = read_response_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
     stream
 }
 
@@ -133,17 +135,7 @@ fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 async fn raw_response(addr: SocketAddr, request: &str) -> (String, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert!(head.len() < 4096, "no end of the response head");
-        tokio::time::timeout(STEP, stream.read_exact(&mut byte))
-            .await
-            .expect("the response head did not arrive")
-            .unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
+    let head = read_response_head(&mut stream).await;
     let length: usize = head
         .lines()
         .find_map(|line| {
