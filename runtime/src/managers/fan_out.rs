@@ -87,10 +87,73 @@ pub(crate) fn no_recipients() -> Recipients {
     Arc::from(Vec::new())
 }
 
+/// How many cache lines [`StripedCounter`] spreads over: more than the
+/// threads that usually send at once, so that they seldom share one.
+const STRIPES: usize = 8;
+
+/// One stripe on a cache-line pair of its own (x86 prefetches lines in
+/// pairs, hence 128 bytes).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Stripe(AtomicU64);
+
+/// A counter bumped on every send by every thread: each thread adds to its
+/// own stripe and [`load`](Self::load) sums them.
+///
+/// Why: one `AtomicU64` written by two threads on every send moves its cache
+/// line between their cores each time (`benches/contention.rs`, 2 threads);
+/// it also sat beside the indexes' read-mostly fields, so every send
+/// evicted those from the other core too.
+#[derive(Debug, Default)]
+pub(crate) struct StripedCounter {
+    stripes: [Stripe; STRIPES],
+}
+
+impl StripedCounter {
+    /// Adds `n` (skipped for 0) to the calling thread's stripe.
+    #[inline]
+    pub(crate) fn add(&self, n: u64) {
+        if n > 0 {
+            self.stripes[thread_stripe()]
+                .0
+                .fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// The sum of every stripe. Not a snapshot across stripes: a concurrent
+    /// `add` may or may not be in it, as with a single atomic.
+    pub(crate) fn load(&self) -> u64 {
+        self.stripes
+            .iter()
+            .fold(0, |sum, s| sum.wrapping_add(s.0.load(Ordering::Relaxed)))
+    }
+}
+
+/// The calling thread's stripe: threads take stripes in turn as they first
+/// send, so threads that start together get different ones.
+#[inline]
+fn thread_stripe() -> usize {
+    use std::cell::Cell;
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    STRIPE.with(|stripe| {
+        let mut index = stripe.get();
+        if index == usize::MAX {
+            index = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+            stripe.set(index);
+        }
+        index
+    })
+}
+
 /// Manager-wide counters behind [`ManagerStats`](super::ManagerStats).
 #[derive(Debug, Default)]
 pub(crate) struct Totals {
-    pub(crate) sent: AtomicU64,
+    /// Bumped on every send: striped.
+    pub(crate) sent: StripedCounter,
     pub(crate) failed: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) slow_disconnects: AtomicU64,
@@ -176,6 +239,56 @@ fn push(socket: &WebSocketHandle, frame: &TextFrame, policy: SlowConsumerPolicy)
     }
 }
 
+/// Records what one push did in `fan` and in the counters: the manager's
+/// `totals` and, for a refusal, the user's (`counters`, only looked at then,
+/// so that a send that went through touches no more cache lines). `true`
+/// when the socket took the frame; the caller counts those itself.
+#[inline(always)]
+fn settle<'a>(
+    fan: &mut FanOut,
+    pushed: Pushed,
+    connection_id: &ConnectionId,
+    counters: impl FnOnce() -> &'a UserCounters,
+    policy: SlowConsumerPolicy,
+    totals: &Totals,
+) -> bool {
+    match pushed {
+        Pushed::Taken => {
+            fan.delivered += 1;
+            return true;
+        }
+        Pushed::Full { closed_now } => {
+            fan.full += 1;
+            match policy {
+                SlowConsumerPolicy::Disconnect => {
+                    if closed_now {
+                        tracing::warn!(%connection_id,
+                            "slow consumer: outbound queue full, disconnecting");
+                        bump(&counters().slow_disconnects, 1);
+                        bump(&totals.slow_disconnects, 1);
+                    }
+                    fan.evict.push(connection_id.clone());
+                }
+                SlowConsumerPolicy::DropMessage => {
+                    tracing::debug!(%connection_id,
+                        "slow consumer: outbound queue full, message dropped");
+                    bump(&counters().dropped, 1);
+                    bump(&totals.dropped, 1);
+                }
+            }
+        }
+        Pushed::Closed => fan.evict.push(connection_id.clone()),
+        Pushed::TooLarge { len, max } => {
+            tracing::warn!(%connection_id, len, max,
+                "message larger than the connection's queue bound, dropped");
+            fan.too_large += 1;
+            bump(&counters().dropped, 1);
+            bump(&totals.dropped, 1);
+        }
+    }
+    false
+}
+
 /// Pushes `frame` into every recipient's queue without waiting and
 /// applies the slow-consumer policy. Counters are updated here; evicted
 /// connections are left to the caller (it may hold the user's lock).
@@ -194,52 +307,55 @@ pub(crate) fn fan_out(
     // connections): add to them once per run, not once per frame.
     let mut run: Option<(&Arc<UserCounters>, u64)> = None;
     for recipient in recipients {
-        match push(&recipient.socket, frame, policy) {
-            Pushed::Taken => {
-                fan.delivered += 1;
-                match &mut run {
-                    Some((counters, n)) if Arc::ptr_eq(counters, &recipient.counters) => *n += 1,
-                    _ => {
-                        if let Some((counters, n)) = run.replace((&recipient.counters, 1)) {
-                            bump(&counters.sent, n);
-                        }
+        let pushed = push(&recipient.socket, frame, policy);
+        let counters = || &*recipient.counters;
+        if settle(
+            &mut fan,
+            pushed,
+            &recipient.connection_id,
+            counters,
+            policy,
+            totals,
+        ) {
+            match &mut run {
+                Some((counters, n)) if Arc::ptr_eq(counters, &recipient.counters) => *n += 1,
+                _ => {
+                    if let Some((counters, n)) = run.replace((&recipient.counters, 1)) {
+                        bump(&counters.sent, n);
                     }
                 }
-            }
-            Pushed::Full { closed_now } => {
-                fan.full += 1;
-                match policy {
-                    SlowConsumerPolicy::Disconnect => {
-                        if closed_now {
-                            tracing::warn!(connection_id = %recipient.connection_id,
-                                "slow consumer: outbound queue full, disconnecting");
-                            bump(&recipient.counters.slow_disconnects, 1);
-                            bump(&totals.slow_disconnects, 1);
-                        }
-                        fan.evict.push(recipient.connection_id.clone());
-                    }
-                    SlowConsumerPolicy::DropMessage => {
-                        tracing::debug!(connection_id = %recipient.connection_id,
-                            "slow consumer: outbound queue full, message dropped");
-                        bump(&recipient.counters.dropped, 1);
-                        bump(&totals.dropped, 1);
-                    }
-                }
-            }
-            Pushed::Closed => fan.evict.push(recipient.connection_id.clone()),
-            Pushed::TooLarge { len, max } => {
-                tracing::warn!(connection_id = %recipient.connection_id, len, max,
-                    "message larger than the connection's queue bound, dropped");
-                fan.too_large += 1;
-                bump(&recipient.counters.dropped, 1);
-                bump(&totals.dropped, 1);
             }
         }
     }
     if let Some((counters, n)) = run {
         bump(&counters.sent, n);
     }
-    bump(&totals.sent, fan.delivered as u64);
+    totals.sent.add(fan.delivered as u64);
+    fan
+}
+
+/// [`fan_out`] for one user's published connections: `sockets[i]` is the
+/// socket of `connection_ids[i]`. Counts what was taken only in `totals`:
+/// the caller adds it to the user's send counters; `counters` (the user's
+/// slot counters) is looked at only for a refused push.
+#[inline]
+pub(crate) fn fan_out_to_user<'a>(
+    sockets: &[WebSocketHandle],
+    connection_ids: &[ConnectionId],
+    counters: impl Fn() -> &'a UserCounters,
+    frame: &TextFrame,
+    policy: SlowConsumerPolicy,
+    totals: &Totals,
+) -> FanOut {
+    let mut fan = FanOut {
+        targeted: sockets.len(),
+        ..FanOut::default()
+    };
+    for (socket, connection_id) in sockets.iter().zip(connection_ids) {
+        let pushed = push(socket, frame, policy);
+        settle(&mut fan, pushed, connection_id, &counters, policy, totals);
+    }
+    totals.sent.add(fan.delivered as u64);
     fan
 }
 
