@@ -534,14 +534,28 @@ impl ManagerCore {
     }
 
     pub fn get_connection(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection> {
-        self.connections
-            .get(connection_id)
-            .map(|c| c.value().clone())
+        self.connections.get(connection_id).map(|c| {
+            // The clone is a locked increment per shared field, each waiting
+            // for the loads before it: touch them all first, so their cache
+            // misses overlap (the stored connection id was just read, to
+            // compare keys).
+            c.user_id.prefetch();
+            c.websocket.prefetch();
+            if let Some(thread) = &c.thread_id {
+                thread.prefetch();
+            }
+            c.value().clone()
+        })
     }
 
     pub fn get_user_connections(&self, user: &UserId) -> HashSet<ConnectionId> {
-        self.read_published(user, |entry| entry.connection_ids.iter().cloned().collect())
-            .unwrap_or_default()
+        self.read_published(user, |entry| {
+            // Each clone is a locked increment, which waits for the loads
+            // before it: touch every id first, so their misses overlap.
+            entry.connection_ids.iter().for_each(ConnectionId::prefetch);
+            entry.connection_ids.iter().cloned().collect()
+        })
+        .unwrap_or_default()
     }
 
     pub fn is_connection_active(&self, user: &UserId) -> bool {
@@ -635,7 +649,7 @@ impl ManagerCore {
             let frame = TextFrame::from_json(message)?;
             let fan = fan_out_to_user(
                 &entry.sockets,
-                &entry.connection_ids,
+                || &entry.connection_ids,
                 counters,
                 &frame,
                 policy,

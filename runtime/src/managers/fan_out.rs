@@ -240,14 +240,15 @@ fn push(socket: &WebSocketHandle, frame: &TextFrame, policy: SlowConsumerPolicy)
 }
 
 /// Records what one push did in `fan` and in the counters: the manager's
-/// `totals` and, for a refusal, the user's (`counters`, only looked at then,
-/// so that a send that went through touches no more cache lines). `true`
-/// when the socket took the frame; the caller counts those itself.
+/// `totals` and, for a refusal, the user's. The connection's id and the
+/// user's counters are only looked at for a refusal (`connection_id`,
+/// `counters`), so that a push that went through reads no more cache lines.
+/// `true` when the socket took the frame; the caller counts those itself.
 #[inline(always)]
 fn settle<'a>(
     fan: &mut FanOut,
     pushed: Pushed,
-    connection_id: &ConnectionId,
+    connection_id: impl FnOnce() -> &'a ConnectionId,
     counters: impl FnOnce() -> &'a UserCounters,
     policy: SlowConsumerPolicy,
     totals: &Totals,
@@ -259,6 +260,7 @@ fn settle<'a>(
         }
         Pushed::Full { closed_now } => {
             fan.full += 1;
+            let connection_id = connection_id();
             match policy {
                 SlowConsumerPolicy::Disconnect => {
                     if closed_now {
@@ -277,8 +279,9 @@ fn settle<'a>(
                 }
             }
         }
-        Pushed::Closed => fan.evict.push(connection_id.clone()),
+        Pushed::Closed => fan.evict.push(connection_id().clone()),
         Pushed::TooLarge { len, max } => {
+            let connection_id = connection_id();
             tracing::warn!(%connection_id, len, max,
                 "message larger than the connection's queue bound, dropped");
             fan.too_large += 1;
@@ -306,13 +309,14 @@ pub(crate) fn fan_out(
     // Consecutive recipients usually share counters (a user's
     // connections): add to them once per run, not once per frame.
     let mut run: Option<(&Arc<UserCounters>, u64)> = None;
+    recipients.iter().for_each(|r| r.socket.prefetch());
     for recipient in recipients {
         let pushed = push(&recipient.socket, frame, policy);
         let counters = || &*recipient.counters;
         if settle(
             &mut fan,
             pushed,
-            &recipient.connection_id,
+            || &recipient.connection_id,
             counters,
             policy,
             totals,
@@ -335,13 +339,13 @@ pub(crate) fn fan_out(
 }
 
 /// [`fan_out`] for one user's published connections: `sockets[i]` is the
-/// socket of `connection_ids[i]`. Counts what was taken only in `totals`:
-/// the caller adds it to the user's send counters; `counters` (the user's
-/// slot counters) is looked at only for a refused push.
+/// socket of `connection_ids()[i]`. Counts what was taken only in `totals`:
+/// the caller adds it to the user's send counters. The ids and the user's
+/// slot counters are looked at only for a refused push.
 #[inline]
 pub(crate) fn fan_out_to_user<'a>(
     sockets: &[WebSocketHandle],
-    connection_ids: &[ConnectionId],
+    connection_ids: impl Fn() -> &'a [ConnectionId],
     counters: impl Fn() -> &'a UserCounters,
     frame: &TextFrame,
     policy: SlowConsumerPolicy,
@@ -351,9 +355,12 @@ pub(crate) fn fan_out_to_user<'a>(
         targeted: sockets.len(),
         ..FanOut::default()
     };
-    for (socket, connection_id) in sockets.iter().zip(connection_ids) {
+    sockets.iter().for_each(WebSocketHandle::prefetch);
+    for (i, socket) in sockets.iter().enumerate() {
         let pushed = push(socket, frame, policy);
-        settle(&mut fan, pushed, connection_id, &counters, policy, totals);
+        // `sockets` and the ids are published together, with equal lengths.
+        let id = || &connection_ids()[i];
+        settle(&mut fan, pushed, id, &counters, policy, totals);
     }
     totals.sent.add(fan.delivered as u64);
     fan
