@@ -803,8 +803,10 @@ fn health_adds_user_and_thread_sends_and_shows_the_latest_send() {
     }
 }
 
-/// The manager-wide count of sent frames is spread over per-thread
-/// stripes; what `stats()` sums must be every frame from every thread.
+/// Sends from many threads at once, user and thread sends mixed: the
+/// manager-wide count and the user's (kept in two places, see
+/// `health_adds_user_and_thread_sends_and_shows_the_latest_send`) must
+/// each hold every frame.
 #[test]
 fn sends_from_many_threads_are_all_counted() {
     const THREADS: usize = 4;

@@ -459,7 +459,7 @@ impl ManagerCore {
         }
         let events = replayed.events as u64;
         bump(&counters.sent, events);
-        self.totals.sent.add(events);
+        bump(&self.totals.sent, events);
         bump(&self.totals.replayed, events);
         Ok(())
     }
@@ -972,7 +972,7 @@ impl ManagerCore {
         let t = &self.totals;
         ManagerStats {
             indexes: self.index_sizes(),
-            messages_sent: t.sent.load(),
+            messages_sent: t.sent.load(Ordering::Relaxed),
             messages_failed: t.failed.load(Ordering::Relaxed),
             messages_dropped: t.dropped.load(Ordering::Relaxed),
             slow_consumer_disconnects: t.slow_disconnects.load(Ordering::Relaxed),

@@ -87,73 +87,10 @@ pub(crate) fn no_recipients() -> Recipients {
     Arc::from(Vec::new())
 }
 
-/// How many cache lines [`StripedCounter`] spreads over: more than the
-/// threads that usually send at once, so that they seldom share one.
-const STRIPES: usize = 8;
-
-/// One stripe on a cache-line pair of its own (x86 prefetches lines in
-/// pairs, hence 128 bytes).
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct Stripe(AtomicU64);
-
-/// A counter bumped on every send by every thread: each thread adds to its
-/// own stripe and [`load`](Self::load) sums them.
-///
-/// Why: one `AtomicU64` written by two threads on every send moves its cache
-/// line between their cores each time (`benches/contention.rs`, 2 threads);
-/// it also sat beside the indexes' read-mostly fields, so every send
-/// evicted those from the other core too.
-#[derive(Debug, Default)]
-pub(crate) struct StripedCounter {
-    stripes: [Stripe; STRIPES],
-}
-
-impl StripedCounter {
-    /// Adds `n` (skipped for 0) to the calling thread's stripe.
-    #[inline]
-    pub(crate) fn add(&self, n: u64) {
-        if n > 0 {
-            self.stripes[thread_stripe()]
-                .0
-                .fetch_add(n, Ordering::Relaxed);
-        }
-    }
-
-    /// The sum of every stripe. Not a snapshot across stripes: a concurrent
-    /// `add` may or may not be in it, as with a single atomic.
-    pub(crate) fn load(&self) -> u64 {
-        self.stripes
-            .iter()
-            .fold(0, |sum, s| sum.wrapping_add(s.0.load(Ordering::Relaxed)))
-    }
-}
-
-/// The calling thread's stripe: threads take stripes in turn as they first
-/// send, so threads that start together get different ones.
-#[inline]
-fn thread_stripe() -> usize {
-    use std::cell::Cell;
-    use std::sync::atomic::AtomicUsize;
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    STRIPE.with(|stripe| {
-        let mut index = stripe.get();
-        if index == usize::MAX {
-            index = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
-            stripe.set(index);
-        }
-        index
-    })
-}
-
 /// Manager-wide counters behind [`ManagerStats`](super::ManagerStats).
 #[derive(Debug, Default)]
 pub(crate) struct Totals {
-    /// Bumped on every send: striped.
-    pub(crate) sent: StripedCounter,
+    pub(crate) sent: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) slow_disconnects: AtomicU64,
@@ -334,7 +271,7 @@ pub(crate) fn fan_out(
     if let Some((counters, n)) = run {
         bump(&counters.sent, n);
     }
-    totals.sent.add(fan.delivered as u64);
+    bump(&totals.sent, fan.delivered as u64);
     fan
 }
 
@@ -362,7 +299,7 @@ pub(crate) fn fan_out_to_user<'a>(
         let id = || &connection_ids()[i];
         settle(&mut fan, pushed, id, &counters, policy, totals);
     }
-    totals.sent.add(fan.delivered as u64);
+    bump(&totals.sent, fan.delivered as u64);
     fan
 }
 

@@ -693,7 +693,7 @@ impl LocalIndex {
                 threads: self.threads.len(),
                 history_users: 0,
             },
-            messages_sent: t.sent.load(),
+            messages_sent: load(&t.sent),
             messages_failed: load(&t.failed),
             messages_dropped: load(&t.dropped),
             slow_consumer_disconnects: load(&t.slow_disconnects),
