@@ -54,8 +54,8 @@
 //!   write to a cold cache line per send, and following pointers from the
 //!   entry (to a snapshot, to the user's counters) one cache miss each
 //!   (`contention` bench); the guard only delays writers to that shard for
-//!   the pushes. `get_user_connections` and `is_connection_active` read the
-//!   entry in place too.
+//!   the serialization and the pushes. `get_user_connections` and
+//!   `is_connection_active` read the entry in place too.
 //!
 //! # Replay ordering
 //!
