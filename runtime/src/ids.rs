@@ -93,6 +93,15 @@ macro_rules! define_id {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// Loads the id's first byte, so that its cache line (which
+            /// also holds the reference count) is on its way before a clone
+            /// needs it; see [`WebSocketHandle::prefetch`](crate::WebSocketHandle::prefetch).
+            #[allow(dead_code, reason = "not every kind of id is cloned in bulk")]
+            #[inline]
+            pub(crate) fn prefetch(&self) {
+                std::hint::black_box(self.0.as_bytes().first().copied());
+            }
         }
 
         impl fmt::Display for $name {

@@ -767,3 +767,74 @@ fn tracing_errors(f: impl FnOnce()) -> usize {
     tracing::subscriber::with_default(CountErrors(count.clone()), f);
     count.load(Ordering::SeqCst)
 }
+
+/// A user's own sends count where a send finds them (the user's index
+/// entry), thread sends in the user's slot: a health report shows both, and
+/// the later activity.
+#[test]
+fn health_adds_user_and_thread_sends_and_shows_the_latest_send() {
+    for (name, manager) in both(config()) {
+        let (c1, _r1) = connection("c1", &alice(), Some("t1"));
+        let (c2, _r2) = connection("c2", &alice(), None);
+        now(manager.add_connection(c1)).unwrap();
+        now(manager.add_connection(c2)).unwrap();
+        now(manager.send_to_user(&alice(), json!(1))).unwrap();
+        now(manager.send_to_thread(&thread("t1"), json!(2))).unwrap();
+        assert_eq!(
+            manager.get_connection_health(&alice()).messages_sent,
+            3,
+            "{name}: 2 from the user send, 1 from the thread send"
+        );
+        // Well past the clock's tick (at most 10 ms), so the user send's
+        // time is distinguishable from the thread send's.
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        now(manager.send_to_user(&alice(), json!(3))).unwrap();
+        let health = manager.get_connection_health(&alice());
+        assert_eq!(health.messages_sent, 5, "{name}");
+        let last = health.last_activity_ms.expect(name);
+        assert!(
+            last + 20 >= before,
+            "{name}: last activity {last} is older than the send at {before}"
+        );
+    }
+}
+
+/// Sends from many threads at once, user and thread sends mixed: the
+/// manager-wide count and the user's (kept in two places, see
+/// `health_adds_user_and_thread_sends_and_shows_the_latest_send`) must
+/// each hold every frame.
+#[test]
+fn sends_from_many_threads_are_all_counted() {
+    const THREADS: usize = 4;
+    const SENDS: usize = 250;
+    let manager = UnifiedWebSocketManager::new(config());
+    let (c1, _r1) = connection("c1", &alice(), Some("t1"));
+    let (c2, _r2) = connection("c2", &alice(), None);
+    now(manager.add_connection(c1)).unwrap();
+    now(manager.add_connection(c2)).unwrap();
+    std::thread::scope(|scope| {
+        for t in 0..THREADS {
+            let manager = &manager;
+            scope.spawn(move || {
+                for i in 0..SENDS {
+                    if t % 2 == 0 {
+                        now(manager.send_to_user(&alice(), json!(i))).unwrap();
+                    } else {
+                        now(manager.send_to_thread(&thread("t1"), json!(i))).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    // Threads 0 and 2 reach both connections, 1 and 3 only the thread's.
+    let expected = (2 * SENDS * 2 + 2 * SENDS) as u64;
+    assert_eq!(manager.stats().messages_sent, expected);
+    assert_eq!(
+        manager.get_connection_health(&alice()).messages_sent,
+        expected
+    );
+}

@@ -173,6 +173,18 @@ impl WebSocketHandle {
         self.queue.push(frame)
     }
 
+    /// Starts fetching the queue's lock into the cache, without taking it.
+    ///
+    /// Why: a fan-out pushes into many sockets' queues, each on a cache line
+    /// of its own that is rarely in cache, and a push takes the queue's lock
+    /// with a locked instruction, which waits for every earlier load: pushed
+    /// one after the other, the misses follow one another. Touching every
+    /// queue first (a plain load each) lets the CPU fetch them all at once.
+    #[inline]
+    pub(crate) fn prefetch(&self) {
+        self.queue.prefetch();
+    }
+
     /// Closes the socket: the writer stops, sends a close frame with `reason`
     /// and drops whatever was still queued. Returns `true` if this call
     /// closed it, `false` if it was already closed.

@@ -272,6 +272,14 @@ impl OutboundQueue {
     }
 
     /// Closed by [`close`](Self::close), or the receiving side is gone.
+    /// Reads the lock word without taking it, so that its cache line is
+    /// on its way before [`push`](Self::push) needs it (see
+    /// [`WebSocketHandle::prefetch`](super::WebSocketHandle::prefetch)).
+    #[inline]
+    pub(super) fn prefetch(&self) {
+        std::hint::black_box(self.state.is_locked());
+    }
+
     pub(super) fn is_closed(&self) -> bool {
         let state = self.state.lock();
         state.close.is_some() || state.receiver_closed

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `connections` | `ConnectionId` -> `WebSocketConnection` | `get_connection`, removal |
 //! | `sockets` | `SocketId` -> `ConnectionId` | `get_connection_id_by_websocket` |
-//! | `users` | `UserId` -> `UserEntry` (the `UserSlot`: event log, counters; and the published recipients) | user sends, critical events, health |
+//! | `users` | `UserId` -> `UserEntry` (the `UserSlot`: event log, counters; and, inline, the published connections and the user's send counters) | user sends, critical events, health |
 //! | `threads` | `ThreadId` -> `Arc<[Recipient]>` | `send_to_thread` |
 //!
 //! All four are [`DashMap`]s: sharded `RwLock`ed hash maps, so every lookup is
@@ -43,15 +43,19 @@
 //!   user's mutex reads it there. When a change under the mutex is complete
 //!   (after any replay), `with_user` *publishes* the new snapshot into the
 //!   user's `users` entry, still under the mutex, so publications happen in
-//!   the order of the changes. Sends and queries read the published snapshot
-//!   under the entry's shard read guard, without the user's mutex, in place:
-//!   a send fans out under that read guard (bounded work: one non-blocking
-//!   push per connection, each taking only that socket's queue lock, which
-//!   follows the map shards in the lock order) and evicts only after
-//!   releasing it. Cloning the snapshot's `Arc` to fan out without the guard
-//!   cost a locked write to a cold cache line per send (`contention` bench);
-//!   the guard only delays writers to that shard for the pushes.
-//!   `get_user_connections` and `is_connection_active` read it in place too.
+//!   the order of the changes: its sockets and connection ids are copied
+//!   into the entry itself (inline for up to four connections). Sends and
+//!   queries read them under the entry's shard read guard, without the
+//!   user's mutex, in place: a send fans out under that read guard (bounded
+//!   work: one non-blocking push per connection, each taking only that
+//!   socket's queue lock, which follows the map shards in the lock order),
+//!   counts in the entry's atomics, and evicts only after releasing it.
+//!   Cloning a snapshot's `Arc` to fan out without the guard cost a locked
+//!   write to a cold cache line per send, and following pointers from the
+//!   entry (to a snapshot, to the user's counters) one cache miss each
+//!   (`contention` bench); the guard only delays writers to that shard for
+//!   the serialization and the pushes. `get_user_connections` and
+//!   `is_connection_active` read the entry in place too.
 //!
 //! # Replay ordering
 //!
@@ -85,6 +89,7 @@ use std::time::{Instant, SystemTime};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 
 use crate::config::{ManagerConfig, SlowConsumerPolicy};
 use crate::connection::{CloseReason, SocketId, TextFrame, WebSocketConnection, WebSocketHandle};
@@ -94,7 +99,8 @@ use crate::health::{ConnectionHealth, ConnectionSummary, unix_millis};
 use crate::ids::{ConnectionId, ThreadId, UserId};
 use crate::managers::events::{CriticalEnvelope, validate_event_type};
 use crate::managers::fan_out::{
-    Recipient, Recipients, Totals, UserCounters, bump, fan_out, no_recipients,
+    Recipient, Recipients, Totals, UserCounters, bump, coarse_unix_millis, fan_out,
+    fan_out_to_user, no_recipients,
 };
 use crate::managers::history::{
     AppendRefused, EventLog, HistoryLedger, HistoryLimits, refusal_error, replay_into,
@@ -124,12 +130,63 @@ struct UserSlot {
     counters: Arc<UserCounters>,
 }
 
-/// A `users` entry: the slot, and the recipients sends read without its
-/// mutex (a copy of the slot's, published by `with_user`).
+/// Connections a user's `users` entry holds inline; a user with more has
+/// them in one allocation, as before.
+const INLINE_CONNECTIONS: usize = 4;
+
+/// A `users` entry: the slot, and what sends and queries read without its
+/// mutex, under the entry's shard read guard: the user's connections (a
+/// copy of the slot's recipients, published by `with_user`) and the user's
+/// send counters.
+///
+/// Why inline and not an `Arc<[Recipient]>` with the counters behind
+/// another `Arc`: a send has to read this entry anyway (its key), and each
+/// pointer it followed from there was one more cache line to fetch per send,
+/// with 10,000 connections rarely in cache. Here the counters, the sockets
+/// and the ids lie on the entry's own lines (`repr(C)`: in that order, what
+/// a send writes and reads first; the ids only matter for an eviction and
+/// for `get_user_connections`).
 #[derive(Debug)]
+#[repr(C)]
 struct UserEntry {
+    /// Frames the user's sends (`send_to_user`) put into queues; thread
+    /// sends, replays and critical events count in the slot's
+    /// [`UserCounters`], and a health report adds both.
+    sent: AtomicU64,
+    /// Last `send_to_user`, in ms since the epoch (0: never); a health
+    /// report takes the later of this and the slot's.
+    last_activity_ms: AtomicU64,
+    /// `sockets[i]` belongs to `connection_ids[i]`.
+    sockets: SmallVec<[WebSocketHandle; INLINE_CONNECTIONS]>,
+    connection_ids: SmallVec<[ConnectionId; INLINE_CONNECTIONS]>,
     slot: Arc<UserSlot>,
-    recipients: Recipients,
+}
+
+impl UserEntry {
+    fn new(slot: Arc<UserSlot>) -> Self {
+        UserEntry {
+            sent: AtomicU64::new(0),
+            last_activity_ms: AtomicU64::new(0),
+            sockets: SmallVec::new(),
+            connection_ids: SmallVec::new(),
+            slot,
+        }
+    }
+
+    /// Replaces the published connections with `recipients`.
+    fn publish(&mut self, recipients: &[Recipient]) {
+        self.sockets = recipients.iter().map(|r| r.socket.clone()).collect();
+        self.connection_ids = recipients.iter().map(|r| r.connection_id.clone()).collect();
+    }
+
+    /// Adds the send counters to a health report filled from the slot's.
+    fn report_into(&self, health: &mut ConnectionHealth) {
+        health.messages_sent += self.sent.load(Ordering::Relaxed);
+        let last = self.last_activity_ms.load(Ordering::Relaxed);
+        if last > 0 {
+            health.last_activity_ms = Some(health.last_activity_ms.map_or(last, |ms| ms.max(last)));
+        }
+    }
 }
 
 impl UserSlot {
@@ -222,10 +279,10 @@ impl ManagerCore {
     ) -> Option<R> {
         loop {
             let slot = if create {
-                let entry = self.users.entry(user.clone()).or_insert_with(|| UserEntry {
-                    slot: Arc::new(UserSlot::new()),
-                    recipients: no_recipients(),
-                });
+                let entry = self
+                    .users
+                    .entry(user.clone())
+                    .or_insert_with(|| UserEntry::new(Arc::new(UserSlot::new())));
                 Arc::clone(&entry.slot)
             } else {
                 self.slot(user)?
@@ -247,19 +304,19 @@ impl ManagerCore {
                 if let Some(mut entry) = self.users.get_mut(user)
                     && Arc::ptr_eq(&entry.slot, &slot)
                 {
-                    entry.recipients = Arc::clone(&state.recipients);
+                    entry.publish(&state.recipients);
                 }
             }
             return Some(result);
         }
     }
 
-    /// Runs `f` on `user`'s published recipients, under the entry's shard
-    /// read guard and without the user's mutex. `f` may read the sockets'
-    /// state (their queue locks come after map shards in the lock order) but
-    /// must not push into a queue, take a user mutex or another map guard.
-    fn read_recipients<R>(&self, user: &UserId, f: impl FnOnce(&Recipients) -> R) -> Option<R> {
-        self.users.get(user).map(|entry| f(&entry.recipients))
+    /// Runs `f` on `user`'s entry (its published connections), under the
+    /// entry's shard read guard and without the user's mutex. `f` may push
+    /// into the sockets' queues (their locks come after map shards in the
+    /// lock order) but must not take a user mutex or another map guard.
+    fn read_published<R>(&self, user: &UserId, f: impl FnOnce(&UserEntry) -> R) -> Option<R> {
+        self.users.get(user).map(|entry| f(&entry))
     }
 
     // ----- thread index -----------------------------------------------------
@@ -477,23 +534,33 @@ impl ManagerCore {
     }
 
     pub fn get_connection(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection> {
-        self.connections
-            .get(connection_id)
-            .map(|c| c.value().clone())
+        self.connections.get(connection_id).map(|c| {
+            // The clone is a locked increment per shared field, each waiting
+            // for the loads before it: touch them all first, so their cache
+            // misses overlap (the stored connection id was just read, to
+            // compare keys).
+            c.user_id.prefetch();
+            c.websocket.prefetch();
+            if let Some(thread) = &c.thread_id {
+                thread.prefetch();
+            }
+            c.value().clone()
+        })
     }
 
     pub fn get_user_connections(&self, user: &UserId) -> HashSet<ConnectionId> {
-        self.read_recipients(user, |recipients| {
-            recipients.iter().map(|r| r.connection_id.clone()).collect()
+        self.read_published(user, |entry| {
+            // Each clone is a locked increment, which waits for the loads
+            // before it: touch every id first, so their misses overlap.
+            entry.connection_ids.iter().for_each(ConnectionId::prefetch);
+            entry.connection_ids.iter().cloned().collect()
         })
         .unwrap_or_default()
     }
 
     pub fn is_connection_active(&self, user: &UserId) -> bool {
-        self.read_recipients(user, |recipients| {
-            recipients.iter().any(|r| !r.socket.is_closed())
-        })
-        .unwrap_or(false)
+        self.read_published(user, |entry| entry.sockets.iter().any(|s| !s.is_closed()))
+            .unwrap_or(false)
     }
 
     pub fn get_connection_id_by_websocket(
@@ -567,32 +634,40 @@ impl ManagerCore {
         }
         let target = || DeliveryTarget::User(user.clone());
         let policy = self.config.slow_consumer_policy();
-        // The published snapshot, without the user's mutex (module docs),
-        // fanned out while the map's read guard is held: cloning the
+        // The published connections, without the user's mutex (module
+        // docs), fanned out while the map's read guard is held: cloning a
         // snapshot's `Arc` instead was a locked write to a cold cache line
-        // on every send, most of this function's time. Nothing in the
-        // closure touches the maps; evictions happen after it.
-        let sent = self
-            .read_recipients(user, |recipients| {
-                // Every recipient of a user shares the user's counters.
-                let counters = &recipients.first()?.counters;
-                Some(TextFrame::from_json(message).map(|frame| {
-                    let fan = fan_out(recipients, &frame, policy, &self.totals);
-                    counters.touch();
-                    let result = fan.result(target);
-                    if result.is_err() {
-                        bump(&counters.failed, 1);
-                        bump(&self.totals.failed, 1);
-                    }
-                    (result, fan.evict)
-                }))
-            })
-            .flatten();
+        // on every send. Nothing in the closure touches the maps; evictions
+        // happen after it.
+        let sent = self.read_published(user, |entry| {
+            // The slot's counters, only for what went wrong.
+            let counters = || &*entry.slot.counters;
+            if entry.sockets.is_empty() {
+                // A user without connections may still have a slot (history).
+                return Err(self.fail(&[counters()], target(), NotDeliveredReason::NoConnections));
+            }
+            let frame = TextFrame::from_json(message)?;
+            let fan = fan_out_to_user(
+                &entry.sockets,
+                || &entry.connection_ids,
+                counters,
+                &frame,
+                policy,
+                &self.totals,
+            );
+            bump(&entry.sent, fan.delivered as u64);
+            entry
+                .last_activity_ms
+                .store(coarse_unix_millis(), Ordering::Relaxed);
+            let result = fan.result(target);
+            if result.is_err() {
+                bump(&counters().failed, 1);
+                bump(&self.totals.failed, 1);
+            }
+            Ok((result, fan.evict))
+        });
         let Some(sent) = sent else {
-            // A user without connections may still have a slot (history).
-            let slot = self.slot(user);
-            let counters: Vec<&UserCounters> = slot.iter().map(|s| &*s.counters).collect();
-            return Err(self.fail(&counters, target(), NotDeliveredReason::NoConnections));
+            return Err(self.fail(&[], target(), NotDeliveredReason::NoConnections));
         };
         let (result, evict) = sent?;
         self.evict(&evict);
@@ -792,6 +867,12 @@ impl ManagerCore {
             health.history_evicted = state.log.evicted;
             health.history_expired = state.log.expired;
             counters.report_into(&mut health);
+            // The user's own sends count in the entry (`UserEntry`).
+            if let Some(entry) = self.users.get(user)
+                && Arc::ptr_eq(&entry.slot.counters, counters)
+            {
+                entry.report_into(&mut health);
+            }
             health.connections = state
                 .recipients
                 .iter()

@@ -176,6 +176,59 @@ fn push(socket: &WebSocketHandle, frame: &TextFrame, policy: SlowConsumerPolicy)
     }
 }
 
+/// Records what one push did in `fan` and in the counters: the manager's
+/// `totals` and, for a refusal, the user's. The connection's id and the
+/// user's counters are only looked at for a refusal (`connection_id`,
+/// `counters`), so that a push that went through reads no more cache lines.
+/// `true` when the socket took the frame; the caller counts those itself.
+#[inline(always)]
+fn settle<'a>(
+    fan: &mut FanOut,
+    pushed: Pushed,
+    connection_id: impl FnOnce() -> &'a ConnectionId,
+    counters: impl FnOnce() -> &'a UserCounters,
+    policy: SlowConsumerPolicy,
+    totals: &Totals,
+) -> bool {
+    match pushed {
+        Pushed::Taken => {
+            fan.delivered += 1;
+            return true;
+        }
+        Pushed::Full { closed_now } => {
+            fan.full += 1;
+            let connection_id = connection_id();
+            match policy {
+                SlowConsumerPolicy::Disconnect => {
+                    if closed_now {
+                        tracing::warn!(%connection_id,
+                            "slow consumer: outbound queue full, disconnecting");
+                        bump(&counters().slow_disconnects, 1);
+                        bump(&totals.slow_disconnects, 1);
+                    }
+                    fan.evict.push(connection_id.clone());
+                }
+                SlowConsumerPolicy::DropMessage => {
+                    tracing::debug!(%connection_id,
+                        "slow consumer: outbound queue full, message dropped");
+                    bump(&counters().dropped, 1);
+                    bump(&totals.dropped, 1);
+                }
+            }
+        }
+        Pushed::Closed => fan.evict.push(connection_id().clone()),
+        Pushed::TooLarge { len, max } => {
+            let connection_id = connection_id();
+            tracing::warn!(%connection_id, len, max,
+                "message larger than the connection's queue bound, dropped");
+            fan.too_large += 1;
+            bump(&counters().dropped, 1);
+            bump(&totals.dropped, 1);
+        }
+    }
+    false
+}
+
 /// Pushes `frame` into every recipient's queue without waiting and
 /// applies the slow-consumer policy. Counters are updated here; evicted
 /// connections are left to the caller (it may hold the user's lock).
@@ -193,51 +246,58 @@ pub(crate) fn fan_out(
     // Consecutive recipients usually share counters (a user's
     // connections): add to them once per run, not once per frame.
     let mut run: Option<(&Arc<UserCounters>, u64)> = None;
+    recipients.iter().for_each(|r| r.socket.prefetch());
     for recipient in recipients {
-        match push(&recipient.socket, frame, policy) {
-            Pushed::Taken => {
-                fan.delivered += 1;
-                match &mut run {
-                    Some((counters, n)) if Arc::ptr_eq(counters, &recipient.counters) => *n += 1,
-                    _ => {
-                        if let Some((counters, n)) = run.replace((&recipient.counters, 1)) {
-                            bump(&counters.sent, n);
-                        }
+        let pushed = push(&recipient.socket, frame, policy);
+        let counters = || &*recipient.counters;
+        if settle(
+            &mut fan,
+            pushed,
+            || &recipient.connection_id,
+            counters,
+            policy,
+            totals,
+        ) {
+            match &mut run {
+                Some((counters, n)) if Arc::ptr_eq(counters, &recipient.counters) => *n += 1,
+                _ => {
+                    if let Some((counters, n)) = run.replace((&recipient.counters, 1)) {
+                        bump(&counters.sent, n);
                     }
                 }
-            }
-            Pushed::Full { closed_now } => {
-                fan.full += 1;
-                match policy {
-                    SlowConsumerPolicy::Disconnect => {
-                        if closed_now {
-                            tracing::warn!(connection_id = %recipient.connection_id,
-                                "slow consumer: outbound queue full, disconnecting");
-                            bump(&recipient.counters.slow_disconnects, 1);
-                            bump(&totals.slow_disconnects, 1);
-                        }
-                        fan.evict.push(recipient.connection_id.clone());
-                    }
-                    SlowConsumerPolicy::DropMessage => {
-                        tracing::debug!(connection_id = %recipient.connection_id,
-                            "slow consumer: outbound queue full, message dropped");
-                        bump(&recipient.counters.dropped, 1);
-                        bump(&totals.dropped, 1);
-                    }
-                }
-            }
-            Pushed::Closed => fan.evict.push(recipient.connection_id.clone()),
-            Pushed::TooLarge { len, max } => {
-                tracing::warn!(connection_id = %recipient.connection_id, len, max,
-                    "message larger than the connection's queue bound, dropped");
-                fan.too_large += 1;
-                bump(&recipient.counters.dropped, 1);
-                bump(&totals.dropped, 1);
             }
         }
     }
     if let Some((counters, n)) = run {
         bump(&counters.sent, n);
+    }
+    bump(&totals.sent, fan.delivered as u64);
+    fan
+}
+
+/// [`fan_out`] for one user's published connections: `sockets[i]` is the
+/// socket of `connection_ids()[i]`. Counts what was taken only in `totals`:
+/// the caller adds it to the user's send counters. The ids and the user's
+/// slot counters are looked at only for a refused push.
+#[inline]
+pub(crate) fn fan_out_to_user<'a>(
+    sockets: &[WebSocketHandle],
+    connection_ids: impl Fn() -> &'a [ConnectionId],
+    counters: impl Fn() -> &'a UserCounters,
+    frame: &TextFrame,
+    policy: SlowConsumerPolicy,
+    totals: &Totals,
+) -> FanOut {
+    let mut fan = FanOut {
+        targeted: sockets.len(),
+        ..FanOut::default()
+    };
+    sockets.iter().for_each(WebSocketHandle::prefetch);
+    for (i, socket) in sockets.iter().enumerate() {
+        let pushed = push(socket, frame, policy);
+        // `sockets` and the ids are published together, with equal lengths.
+        let id = || &connection_ids()[i];
+        settle(&mut fan, pushed, id, &counters, policy, totals);
     }
     bump(&totals.sent, fan.delivered as u64);
     fan
