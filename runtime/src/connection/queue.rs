@@ -271,7 +271,6 @@ impl OutboundQueue {
         }
     }
 
-    /// Closed by [`close`](Self::close), or the receiving side is gone.
     /// Reads the lock word without taking it, so that its cache line is
     /// on its way before [`push`](Self::push) needs it (see
     /// [`WebSocketHandle::prefetch`](super::WebSocketHandle::prefetch)).
@@ -280,6 +279,7 @@ impl OutboundQueue {
         std::hint::black_box(self.state.is_locked());
     }
 
+    /// Closed by [`close`](Self::close), or the receiving side is gone.
     pub(super) fn is_closed(&self) -> bool {
         let state = self.state.lock();
         state.close.is_some() || state.receiver_closed
