@@ -148,6 +148,7 @@ impl WebSocketHandle {
                 id,
                 queue,
                 finished: false,
+                burst_drained_at: 0,
             },
         )
     }
@@ -287,6 +288,10 @@ pub struct OutboundReceiver {
     id: SocketId,
     queue: Arc<OutboundQueue>,
     finished: bool,
+    /// When this receiver last drained a burst's buffer (coarse clock
+    /// ticks, 0 for never or since the last release): see
+    /// [`release_idle_buffer`](Self::release_idle_buffer).
+    burst_drained_at: u64,
 }
 
 impl OutboundReceiver {
@@ -397,8 +402,11 @@ impl OutboundReceiver {
     /// receiver.release_idle_buffer();
     /// assert_eq!(socket.queue_depth(), 0);
     /// ```
-    pub fn release_idle_buffer(&self) {
-        self.queue.release_idle_buffer();
+    pub fn release_idle_buffer(&mut self) {
+        if self.queue.release_idle_buffer() {
+            // The next burst counts as an isolated one again.
+            self.burst_drained_at = 0;
+        }
     }
 
     fn poll_take(
@@ -411,10 +419,15 @@ impl OutboundReceiver {
             return Poll::Ready(0);
         }
         let mut ended = false;
-        let n = std::task::ready!(self.queue.poll_take(cx, limit, |event| {
-            ended = matches!(event, OutboundEvent::Close(_));
-            take(event);
-        }));
+        let n = std::task::ready!(self.queue.poll_take(
+            cx,
+            limit,
+            &mut self.burst_drained_at,
+            |event| {
+                ended = matches!(event, OutboundEvent::Close(_));
+                take(event);
+            }
+        ));
         if n == 0 || ended {
             self.finished = true;
             self.queue.close_receiver();

@@ -68,8 +68,6 @@ struct State {
     senders: usize,
     /// The writer waiting for the next event, if any.
     waker: Option<Waker>,
-    /// When a burst's buffer was last drained (coarse clock).
-    burst_drained_at: Option<coarsetime::Instant>,
 }
 
 #[derive(Debug)]
@@ -90,7 +88,6 @@ impl OutboundQueue {
                 receiver_closed: false,
                 senders: 1,
                 waker: None,
-                burst_drained_at: None,
             }),
         }
     }
@@ -159,10 +156,15 @@ impl OutboundQueue {
     /// Registers `cx`'s waker when there is nothing yet (without `cx`, a
     /// non-blocking try: the waker registered before stays). Cancel-safe: a
     /// `Pending` poll changes nothing but the waker.
+    ///
+    /// `burst_drained_at` is the receiver's record of when it last drained a
+    /// burst's buffer (coarse clock ticks, 0 for never): kept by the receiver
+    /// rather than in the shared state, whose size every push pays for.
     pub(super) fn poll_take(
         &self,
         cx: Option<&mut Context<'_>>,
         limit: usize,
+        burst_drained_at: &mut u64,
         mut take: impl FnMut(OutboundEvent),
     ) -> Poll<usize> {
         let mut state = self.state.lock();
@@ -173,7 +175,6 @@ impl OutboundQueue {
             receiver_closed,
             senders,
             waker,
-            burst_drained_at,
         } = &mut *state;
         if let Some(reason) = close {
             take(OutboundEvent::Close(reason.clone()));
@@ -186,10 +187,11 @@ impl OutboundQueue {
                 take(OutboundEvent::Frame(frame));
             }
             if frames.is_empty() && frames.capacity() > IDLE_CAPACITY {
-                let now = coarsetime::Instant::now_without_cache_update();
-                let back_to_back =
-                    burst_drained_at.is_some_and(|at| now.duration_since(at) < KEEP_BURST_BUFFER);
-                *burst_drained_at = Some(now);
+                let now = coarsetime::Instant::now_without_cache_update().as_ticks();
+                let back_to_back = *burst_drained_at != 0
+                    && coarsetime::Duration::from_ticks(now.saturating_sub(*burst_drained_at))
+                        < KEEP_BURST_BUFFER;
+                *burst_drained_at = now;
                 if !back_to_back || frames.capacity() > BURST_CAPACITY {
                     // Freed whole rather than shrunk in place: a shrinking
                     // `realloc` always takes the allocator's arena lock, a
@@ -216,16 +218,16 @@ impl OutboundQueue {
     /// [`KEEP_BURST_BUFFER`]): the writer calls it at every ping, so a
     /// socket that has gone quiet costs its idle size again within one ping
     /// interval. Nothing happens while frames are queued.
-    pub(super) fn release_idle_buffer(&self) {
+    pub(super) fn release_idle_buffer(&self) -> bool {
         let released = {
             let mut state = self.state.lock();
             if !state.frames.is_empty() || state.frames.capacity() <= IDLE_CAPACITY {
-                return;
+                return false;
             }
-            state.burst_drained_at = None;
             mem::take(&mut state.frames)
         };
         drop(released);
+        true
     }
 
     /// Slots the queue's buffer holds (for tests of its memory).
@@ -304,64 +306,64 @@ impl OutboundQueue {
 mod tests {
     use super::*;
 
+    /// Pushes `n` frames, then drains them as a receiver does, with its
+    /// record of when it last drained a burst.
+    fn burst(queue: &OutboundQueue, n: usize, drained: &mut u64) {
+        for _ in 0..n {
+            queue.push(TextFrame::from_string("x".into())).unwrap();
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        while let Poll::Ready(1..) = queue.poll_take(Some(&mut cx), 7, drained, drop) {}
+        assert_eq!(queue.bytes(), 0);
+    }
+
     #[test]
     fn a_drained_queue_gives_back_a_bursts_buffer() {
         let queue = OutboundQueue::new(QueueLimits::new(1024, 1 << 20));
         for _ in 0..1000 {
             queue.push(TextFrame::from_string("x".into())).unwrap();
         }
-        assert!(queue.state.lock().frames.capacity() >= 1000);
+        assert!(queue.capacity() >= 1000);
         let mut cx = Context::from_waker(Waker::noop());
-        while let Poll::Ready(1..) = queue.poll_take(Some(&mut cx), 7, drop) {}
-        assert!(queue.state.lock().frames.capacity() <= IDLE_CAPACITY);
+        let mut drained = 0;
+        while let Poll::Ready(1..) = queue.poll_take(Some(&mut cx), 7, &mut drained, drop) {}
+        assert!(queue.capacity() <= IDLE_CAPACITY);
         assert_eq!(queue.bytes(), 0);
     }
 
     #[test]
     fn back_to_back_bursts_keep_their_buffer_until_the_writer_releases_it() {
         let queue = OutboundQueue::new(QueueLimits::new(1024, 1 << 20));
-        let burst = |queue: &OutboundQueue| {
-            for _ in 0..10 {
-                queue.push(TextFrame::from_string("x".into())).unwrap();
-            }
-            let mut cx = Context::from_waker(Waker::noop());
-            while let Poll::Ready(1..) = queue.poll_take(Some(&mut cx), 7, drop) {}
-        };
-        burst(&queue);
+        let mut drained = 0;
+        burst(&queue, 10, &mut drained);
         assert!(
             queue.capacity() <= IDLE_CAPACITY,
             "an isolated burst's buffer is freed at its drain"
         );
-        burst(&queue);
+        burst(&queue, 10, &mut drained);
         assert_eq!(
             queue.capacity(),
             BURST_CAPACITY,
             "a burst right after another keeps the buffer for the next"
         );
         queue.push(TextFrame::from_string("x".into())).unwrap();
-        queue.release_idle_buffer();
+        assert!(!queue.release_idle_buffer());
         assert_eq!(
             queue.capacity(),
             BURST_CAPACITY,
             "nothing is released while frames wait"
         );
         let mut cx = Context::from_waker(Waker::noop());
-        assert_eq!(queue.poll_take(Some(&mut cx), 7, drop), Poll::Ready(1));
-        queue.release_idle_buffer();
-        assert!(queue.capacity() <= IDLE_CAPACITY);
-        burst(&queue);
-        assert!(
-            queue.capacity() <= IDLE_CAPACITY,
-            "after a release, the next burst counts as isolated again"
+        assert_eq!(
+            queue.poll_take(Some(&mut cx), 7, &mut drained, drop),
+            Poll::Ready(1)
         );
+        assert!(queue.release_idle_buffer());
+        assert!(queue.capacity() <= IDLE_CAPACITY);
 
         // A buffer larger than a burst's is never kept.
-        let mut cx = Context::from_waker(Waker::noop());
         for _ in 0..2 {
-            for _ in 0..100 {
-                queue.push(TextFrame::from_string("x".into())).unwrap();
-            }
-            while let Poll::Ready(1..) = queue.poll_take(Some(&mut cx), 7, drop) {}
+            burst(&queue, 100, &mut drained);
             assert!(queue.capacity() <= IDLE_CAPACITY);
         }
     }
