@@ -156,9 +156,13 @@ struct UserEntry {
     /// Last `send_to_user`, in ms since the epoch (0: never); a health
     /// report takes the later of this and the slot's.
     last_activity_ms: AtomicU64,
-    /// `sockets[i]` belongs to `connection_ids[i]`.
+    /// `sockets[i]` belongs to `connection_ids[i]`. The sockets, which
+    /// every send reads, are inline; the ids, which only a refused push and
+    /// `get_user_connections` read, are in an allocation of their own: the
+    /// entry is stored in the map's table, whose slack (up to 8/7 of the
+    /// users, rounded up to a power of two) multiplies every inline byte.
     sockets: SmallVec<[WebSocketHandle; INLINE_CONNECTIONS]>,
-    connection_ids: SmallVec<[ConnectionId; INLINE_CONNECTIONS]>,
+    connection_ids: Box<[ConnectionId]>,
     slot: Arc<UserSlot>,
 }
 
@@ -168,7 +172,7 @@ impl UserEntry {
             sent: AtomicU64::new(0),
             last_activity_ms: AtomicU64::new(0),
             sockets: SmallVec::new(),
-            connection_ids: SmallVec::new(),
+            connection_ids: Box::default(),
             slot,
         }
     }
