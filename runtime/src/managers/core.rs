@@ -43,8 +43,10 @@
 //!   user's mutex reads it there. When a change under the mutex is complete
 //!   (after any replay), `with_user` *publishes* the new snapshot into the
 //!   user's `users` entry, still under the mutex, so publications happen in
-//!   the order of the changes: its sockets and connection ids are copied
-//!   into the entry itself (inline for up to four connections). Sends and
+//!   the order of the changes: its sockets are copied into the entry
+//!   itself (inline for up to four connections), its connection ids into
+//!   one allocation the entry points to (read only by an eviction and
+//!   `get_user_connections`). Sends and
 //!   queries read them under the entry's shard read guard, without the
 //!   user's mutex, in place: a send fans out under that read guard (bounded
 //!   work: one non-blocking push per connection, each taking only that
@@ -142,10 +144,11 @@ const INLINE_CONNECTIONS: usize = 4;
 /// Why inline and not an `Arc<[Recipient]>` with the counters behind
 /// another `Arc`: a send has to read this entry anyway (its key), and each
 /// pointer it followed from there was one more cache line to fetch per send,
-/// with 10,000 connections rarely in cache. Here the counters, the sockets
-/// and the ids lie on the entry's own lines (`repr(C)`: in that order, what
-/// a send writes and reads first; the ids only matter for an eviction and
-/// for `get_user_connections`).
+/// with 10,000 connections rarely in cache. Here the counters and the
+/// sockets lie on the entry's own lines (`repr(C)`: in that order, what a
+/// send writes and reads first); the ids, which only an eviction and
+/// `get_user_connections` read, are behind one pointer, to keep the entry
+/// (and the map's table, slack included) small.
 #[derive(Debug)]
 #[repr(C)]
 struct UserEntry {
