@@ -35,6 +35,9 @@ pub(super) struct Probe<'a> {
     pub(super) mode: ManagerMode,
     pub(super) wait: Duration,
     pub(super) sockets: Vec<ProbeSocket>,
+    /// The async contract method being awaited, if any: a check that times
+    /// out names it.
+    pub(super) in_flight: Option<&'static str>,
 }
 
 pub(super) type Step = Result<(), CheckFailure>;
@@ -69,7 +72,81 @@ impl<'a> Probe<'a> {
             mode,
             wait,
             sockets: Vec::new(),
+            in_flight: None,
         }
+    }
+
+    /// Awaits `call`, a call of the async contract method `method`,
+    /// remembering which method it is while it runs.
+    pub(super) async fn call<T>(
+        &mut self,
+        method: &'static str,
+        call: impl Future<Output = T>,
+    ) -> T {
+        self.in_flight = Some(method);
+        let output = call.await;
+        self.in_flight = None;
+        output
+    }
+
+    /// `add_connection`, remembered while it runs.
+    pub(super) async fn add(
+        &mut self,
+        connection: WebSocketConnection,
+    ) -> Result<(), ManagerError> {
+        let manager = self.manager;
+        self.call("add_connection", manager.add_connection(connection))
+            .await
+    }
+
+    /// `remove_connection`, remembered while it runs.
+    pub(super) async fn remove(
+        &mut self,
+        connection_id: &ConnectionId,
+    ) -> Option<WebSocketConnection> {
+        let manager = self.manager;
+        self.call(
+            "remove_connection",
+            manager.remove_connection(connection_id),
+        )
+        .await
+    }
+
+    /// `send_to_user`, remembered while it runs.
+    pub(super) async fn send_to_user(
+        &mut self,
+        user_id: &UserId,
+        message: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        let manager = self.manager;
+        self.call("send_to_user", manager.send_to_user(user_id, message))
+            .await
+    }
+
+    /// `send_to_thread`, remembered while it runs.
+    pub(super) async fn send_to_thread(
+        &mut self,
+        thread_id: &ThreadId,
+        message: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        let manager = self.manager;
+        self.call("send_to_thread", manager.send_to_thread(thread_id, message))
+            .await
+    }
+
+    /// `emit_critical_event`, remembered while it runs.
+    pub(super) async fn emit(
+        &mut self,
+        user_id: &UserId,
+        event_type: &str,
+        data: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        let manager = self.manager;
+        self.call(
+            "emit_critical_event",
+            manager.emit_critical_event(user_id, event_type, data),
+        )
+        .await
     }
 
     /// A new socket for `user_id`, not yet added.
@@ -114,10 +191,22 @@ impl<'a> Probe<'a> {
         label: &str,
         resume: Option<StreamOffset>,
     ) -> Result<usize, CheckFailure> {
+        self.connect_with(user_id, label, |connection| connection.resume = resume)
+            .await
+    }
+
+    /// Like [`connect`](Self::connect), with `adjust` applied to the
+    /// connection before it is added (a thread, a resume offset).
+    pub(super) async fn connect_with(
+        &mut self,
+        user_id: &UserId,
+        label: &str,
+        adjust: impl FnOnce(&mut WebSocketConnection),
+    ) -> Result<usize, CheckFailure> {
         let index = self.socket(user_id, label);
         let mut connection = self.connection(index);
-        connection.resume = resume;
-        match self.manager.add_connection(connection).await {
+        adjust(&mut connection);
+        match self.add(connection).await {
             Ok(()) => Ok(index),
             Err(error) => Err(fail(
                 "add_connection",
@@ -199,7 +288,7 @@ impl<'a> Probe<'a> {
     /// answers `None`.
     pub(super) async fn disconnect(&mut self, index: usize) -> Step {
         let id = self.id(index).clone();
-        match self.manager.remove_connection(&id).await {
+        match self.remove(&id).await {
             Some(_) => Ok(()),
             None => Err(fail(
                 "remove_connection",
@@ -262,6 +351,26 @@ impl<'a> Probe<'a> {
             }
         }
         Ok(got)
+    }
+
+    /// Whether socket `index` was closed, waiting up to the delivery wait
+    /// for a close the manager makes on another task. Frames queued before
+    /// the close are consumed.
+    pub(super) async fn closed(&mut self, index: usize) -> bool {
+        let wait = self.wait;
+        let socket = &mut self.sockets[index];
+        if socket.handle.is_closed() {
+            return true;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match next_event(&mut socket.receiver, left).await {
+                Some(OutboundEvent::Close(_)) => return true,
+                Some(OutboundEvent::Frame(_)) => {}
+                None => return socket.handle.is_closed(),
+            }
+        }
     }
 
     pub(super) async fn cleanup(&mut self) {

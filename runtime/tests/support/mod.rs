@@ -9,10 +9,10 @@ use websocket_manager::DynManager;
 
 use websocket_manager::CriticalEventLog;
 use websocket_manager::{
-    BuildContext, BuildError, ConnectionHealth, ConnectionId, ConnectionSummary, Delivery,
-    DeliveryTarget, ManagerConfig, ManagerError, ManagerMode, NotDeliveredReason, Registration,
-    SocketId, TextFrame, ThreadId, UserId, WebSocketConnection, WebSocketHandle, WebSocketManager,
-    websocket_manager,
+    BuildContext, BuildError, CloseReason, ConnectionHealth, ConnectionId, ConnectionSummary,
+    Delivery, DeliveryTarget, ManagerConfig, ManagerError, ManagerMode, NotDeliveredReason,
+    Registration, SocketId, TextFrame, ThreadId, UserId, WebSocketConnection, WebSocketHandle,
+    WebSocketManager, websocket_manager,
 };
 
 /// One deliberate defect.
@@ -49,6 +49,21 @@ pub enum Bug {
     EnvelopeWithoutOffsets,
     /// `add_connection` ignores the connection's resume offset.
     IgnoresResume,
+    /// `add_connection` overwrites a connection registered under the same
+    /// id instead of refusing it.
+    AcceptsDuplicateId,
+    /// `add_connection` registers a socket that is already registered under
+    /// another connection id.
+    AcceptsDuplicateSocket,
+    /// `add_connection` has no per-user connection cap.
+    IgnoresConnectionCap,
+    /// `add_connection` stores a connection's thread but does not index it.
+    AddForgetsThreadIndex,
+    /// `remove_connection` leaves the socket open.
+    RemoveLeavesSocketOpen,
+    /// `add_connection` does not replay what the user is owed (the events
+    /// are kept, and counted as pending, but never delivered).
+    AddSkipsReplay,
 }
 
 #[derive(Default)]
@@ -78,15 +93,21 @@ pub struct TestManager {
     bug: Option<Bug>,
     state: Mutex<State>,
     critical: CriticalEventLog,
+    cap: usize,
 }
 
 impl TestManager {
     pub fn new(owner: Option<UserId>, bug: Option<Bug>) -> Self {
+        Self::with_config(owner, bug, &ManagerConfig::default())
+    }
+
+    pub fn with_config(owner: Option<UserId>, bug: Option<Bug>, config: &ManagerConfig) -> Self {
         TestManager {
             owner,
             bug,
             state: Mutex::new(State::default()),
-            critical: CriticalEventLog::new(&ManagerConfig::default()),
+            critical: CriticalEventLog::new(config),
+            cap: config.max_connections_per_user(),
         }
     }
 
@@ -158,13 +179,27 @@ impl WebSocketManager for TestManager {
     async fn add_connection(&self, connection: WebSocketConnection) -> Result<(), ManagerError> {
         self.guard(&connection.user_id, false)?;
         let mut state = self.state.lock().unwrap();
-        if state.connections.contains_key(&connection.connection_id) {
+        if state.connections.contains_key(&connection.connection_id)
+            && !self.has(Bug::AcceptsDuplicateId)
+        {
             return Err(ManagerError::DuplicateConnection(connection.connection_id));
         }
-        if let Some(existing) = state.by_socket.get(&connection.websocket.id()) {
+        if let Some(existing) = state.by_socket.get(&connection.websocket.id())
+            && !self.has(Bug::AcceptsDuplicateSocket)
+        {
             return Err(ManagerError::SocketAlreadyRegistered {
                 socket: connection.websocket.id(),
                 existing: existing.clone(),
+            });
+        }
+        let held = state
+            .by_user
+            .get(&connection.user_id)
+            .map_or(0, HashSet::len);
+        if held >= self.cap && !self.has(Bug::IgnoresConnectionCap) {
+            return Err(ManagerError::ConnectionLimit {
+                user_id: connection.user_id.clone(),
+                limit: self.cap,
             });
         }
         // Replayed under the state lock: no event can slip in between.
@@ -172,7 +207,9 @@ impl WebSocketManager for TestManager {
         if self.has(Bug::IgnoresResume) {
             replayed.resume = None;
         }
-        self.critical.attach(&replayed)?;
+        if !self.has(Bug::AddSkipsReplay) {
+            self.critical.attach(&replayed)?;
+        }
         let id = connection.connection_id.clone();
         state
             .by_user
@@ -182,7 +219,9 @@ impl WebSocketManager for TestManager {
         state
             .by_socket
             .insert(connection.websocket.id(), id.clone());
-        if let Some(thread) = &connection.thread_id {
+        if let Some(thread) = &connection.thread_id
+            && !self.has(Bug::AddForgetsThreadIndex)
+        {
             state
                 .by_thread
                 .entry(thread.clone())
@@ -210,6 +249,9 @@ impl WebSocketManager for TestManager {
             && let Some(ids) = state.by_thread.get_mut(thread)
         {
             ids.remove(connection_id);
+        }
+        if !self.has(Bug::RemoveLeavesSocketOpen) {
+            connection.websocket.close(CloseReason::normal());
         }
         Some(connection)
     }
@@ -341,6 +383,7 @@ impl WebSocketManager for TestManager {
                 .count();
         }
         health.messages_sent = state.sent.get(user_id).copied().unwrap_or(0);
+        health.pending_critical_events = self.critical.pending(user_id);
         health.connections = connections
             .iter()
             .map(|c| ConnectionSummary::of(c))
@@ -394,7 +437,11 @@ pub fn unified(bug: Option<Bug>) -> DynManager {
 /// Builds an isolated test manager for the context's user, with `bug`.
 pub fn isolated(context: &BuildContext<'_>, bug: Option<Bug>) -> Result<DynManager, BuildError> {
     let owner = context.require_user_context()?.user_id.clone();
-    Ok(DynManager::new(TestManager::new(Some(owner), bug)))
+    Ok(DynManager::new(TestManager::with_config(
+        Some(owner),
+        bug,
+        context.config,
+    )))
 }
 
 /// A constructor for a registration: the manager of `mode` with `bug`.
@@ -404,7 +451,11 @@ pub fn build(
     bug: Option<Bug>,
 ) -> Result<DynManager, BuildError> {
     match mode {
-        ManagerMode::Unified => Ok(unified(bug)),
+        ManagerMode::Unified => Ok(DynManager::new(TestManager::with_config(
+            None,
+            bug,
+            context.config,
+        ))),
         ManagerMode::Isolated => isolated(context, bug),
     }
 }
