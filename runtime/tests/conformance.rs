@@ -39,13 +39,13 @@ async fn a_correct_manager_passes_every_check_in_both_modes() {
     assert!(unified.passed(), "{unified}");
     assert_eq!(
         unified.checks_run(),
-        15,
+        17,
         "isolation checks do not apply to unified"
     );
     let isolated = run(ManagerMode::Isolated, None).await;
     assert!(isolated.passed(), "{isolated}");
-    assert_eq!(isolated.checks_run(), 17);
-    assert_eq!(Check::ALL.len(), 17);
+    assert_eq!(isolated.checks_run(), 19);
+    assert_eq!(Check::ALL.len(), 19);
 }
 
 /// Runs the kit on a manager with `bug` and asserts exactly `expected` fail,
@@ -165,12 +165,14 @@ async fn an_offline_critical_event_kept_but_not_replayed_is_blamed_on_add_connec
 
 #[tokio::test]
 async fn critical_events_without_offsets_are_caught() {
-    // The old envelope: wrong shape, and nothing to resume from.
+    // The old envelope: wrong shape, nothing to resume from, and (sent as
+    // a plain frame) skipped on a full socket that stays open.
     assert_caught(
         ManagerMode::Unified,
         Bug::EnvelopeWithoutOffsets,
         &[
             Check::CriticalEnvelope,
+            Check::FullSocketNeverLosesACriticalEvent,
             Check::OfflineCriticalEventIsReplayed,
             Check::ResumeFromOffset,
         ],
@@ -377,7 +379,8 @@ async fn overcounted_recipients_are_caught() {
     assert_caught(
         ManagerMode::Unified,
         Bug::OvercountsRecipients,
-        &[Check::DeliveryCounts],
+        // also with one socket full: 1 took it, 2 reported
+        &[Check::DeliveryCounts, Check::FullSocketDoesNotBlockSends],
         "send_to_user",
     )
     .await;
@@ -480,7 +483,7 @@ async fn live_runs_only_the_safe_checks_and_says_which_it_skipped() {
     let ran: Vec<Check> = report.outcomes.iter().map(|o| o.check).collect();
     assert_eq!(ran, [Check::UnknownIds, Check::IsolationRefusesConnections]);
     assert!(report.passed(), "{report}");
-    assert_eq!(report.skipped.len(), 15);
+    assert_eq!(report.skipped.len(), 17);
     assert!(report.skipped.iter().all(|s| !s.check.is_live_safe()));
 
     // The live isolation probe still catches a manager that accepts anyone.
@@ -527,8 +530,8 @@ async fn both_reference_managers_pass_the_kit() {
         .run_type::<IsolatedWebSocketManager>()
         .await;
     assert!(isolated.passed(), "{isolated}");
-    assert_eq!(isolated.checks_run(), 17);
-    assert_eq!(unified.checks_run(), 15);
+    assert_eq!(isolated.checks_run(), 19);
+    assert_eq!(unified.checks_run(), 17);
 }
 
 /// A manager that forgets everything it is told, built by its own
@@ -615,7 +618,12 @@ async fn a_hung_async_method_fails_its_checks_instead_of_hanging() {
         .await;
     assert_eq!(
         failing(&report),
-        [Check::RemovalClearsLookups, Check::DeliveryCounts].into(),
+        [
+            Check::RemovalClearsLookups,
+            Check::DeliveryCounts,
+            Check::FullSocketDoesNotBlockSends
+        ]
+        .into(),
         "{report}"
     );
     let failure = report
@@ -778,9 +786,40 @@ async fn the_naive_map_manager_fails_exactly_the_lines_it_forgets() {
         ],
         "{report}"
     );
-    assert_eq!((report.checks_passed(), report.checks_run()), (11, 15));
+    assert_eq!((report.checks_passed(), report.checks_run()), (13, 17));
     assert!(
-        report.to_string().contains("11/15 checks passed"),
+        report.to_string().contains("13/17 checks passed"),
         "{report}"
     );
+}
+
+#[tokio::test]
+async fn a_send_that_waits_for_a_full_socket_is_caught_and_named() {
+    for mode in [ManagerMode::Unified, ManagerMode::Isolated] {
+        let report = Conformance::new(mode)
+            .check_timeout(Some(std::time::Duration::from_millis(300)))
+            .run(|context| support::build(mode, context, Some(Bug::SendWaitsForRoom)))
+            .await;
+        assert_eq!(
+            failing(&report),
+            [Check::FullSocketDoesNotBlockSends].into(),
+            "{report}"
+        );
+        let failure = report.failures()[0];
+        assert_eq!(failure.method, "send_to_user", "{failure}");
+        assert_eq!(failure.got, "send_to_user never returned");
+    }
+}
+
+#[tokio::test]
+async fn a_critical_event_skipped_on_a_full_socket_is_caught() {
+    for mode in [ManagerMode::Unified, ManagerMode::Isolated] {
+        assert_caught(
+            mode,
+            Bug::CriticalSkipsFullSocket,
+            &[Check::FullSocketNeverLosesACriticalEvent],
+            "emit_critical_event",
+        )
+        .await;
+    }
 }

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use super::probe::{Probe, Step, delivery_text, fail};
+use crate::connection::QueueLimits;
 use crate::context::ManagerMode;
 use crate::delivery::Delivery;
 use crate::error::ManagerError;
@@ -572,6 +573,69 @@ pub(super) async fn delivery_counts(p: &mut Probe<'_>) -> Step {
         }
     }
     Ok(())
+}
+
+/// Queue limits of a socket whose client stopped reading: one frame fills it.
+fn stalled_limits() -> QueueLimits {
+    QueueLimits::new(1, 1 << 20)
+}
+
+pub(super) async fn full_socket_does_not_block_sends(p: &mut Probe<'_>) -> Step {
+    let owner = p.scope.owner().clone();
+    let stalled = p.socket_with_limits(&owner, "stalled: its queue is full", stalled_limits());
+    p.add_or_fail(stalled, &owner).await?;
+    let reading = p.connect(&owner, "reading").await?;
+    p.fill(stalled);
+    // A manager that waits for room never returns here: the check's time
+    // limit then fails it, naming send_to_user.
+    let (nonce, message) = p.message();
+    let result = p.send_to_user(&owner, message).await;
+    let got = p
+        .expect_delivery("send_to_user", &nonce, &[reading], &[])
+        .await?;
+    match result {
+        Ok(Delivery::Delivered { recipients, .. }) if recipients == got => Ok(()),
+        other => Err(fail(
+            "send_to_user",
+            format!(
+                "Ok(Delivered {{ recipients: {got} }}): the reading socket took the frame, the full one could not"
+            ),
+            delivery_text(&other),
+            "try_send into each socket without waiting; count only the sockets that took the frame, and apply the slow-consumer policy to a full one (websocket_manager::deliver_frame)",
+        )),
+    }
+}
+
+pub(super) async fn full_socket_never_loses_a_critical_event(p: &mut Probe<'_>) -> Step {
+    let owner = p.scope.owner().clone();
+    let stalled = p.socket_with_limits(&owner, "stalled: its queue is full", stalled_limits());
+    p.add_or_fail(stalled, &owner).await?;
+    p.fill(stalled);
+    let (nonce, data) = p.message();
+    let result = p.emit(&owner, "agent_thinking", data).await;
+    if let Err(error) = &result {
+        return Err(fail(
+            "emit_critical_event",
+            format!(
+                "Ok for user `{owner}`, who has a connection: the event is retained whatever its socket can take"
+            ),
+            format!("Err({error})"),
+            "retain the event (websocket_manager::CriticalEventLog::emit), then push it",
+        ));
+    }
+    let took_it = p.received(stalled, &nonce, false).await > 0;
+    if took_it || p.closed(stalled).await {
+        return Ok(());
+    }
+    Err(fail(
+        "emit_critical_event",
+        "the socket whose queue was full closed (its client reconnects and resumes from its offset), since it could not take the event",
+        format!(
+            "the socket is still open and never got the event ({}): its client has a silent gap",
+            delivery_text(&result)
+        ),
+        "when a socket cannot take a critical event, close it as a slow consumer instead of skipping it (websocket_manager::CriticalEventLog::emit does)",
+    ))
 }
 
 pub(super) async fn health_counts(p: &mut Probe<'_>) -> Step {

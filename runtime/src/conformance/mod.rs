@@ -3,13 +3,22 @@
 //!
 //! The compiler and `#[websocket_manager]` prove a manager has the 11 methods
 //! with the right signatures. These checks prove the methods *do* what the
-//! contract says: a connection added is found by its socket, a thread send
-//! reaches exactly the sockets bound to that thread, removal clears every
-//! lookup, a send reports how many sockets really got the frame and never
-//! "succeeds" without one, health counts what is there, queries about one
-//! user never reveal another's connections, critical events arrive in their
-//! envelope with offsets, are kept for an offline user and resume from an
-//! offset, and an isolated manager refuses every other user.
+//! contract says: a connection added is found by its socket, by its id and
+//! by its thread; a duplicate id or socket and a connection beyond the
+//! per-user cap are refused; a thread send reaches exactly the sockets bound
+//! to that thread; removal clears every lookup and closes the socket; a send
+//! reports how many sockets really got the frame, never "succeeds" without
+//! one and never waits for a full socket; health counts what is there;
+//! queries about one user never reveal another's connections; critical
+//! events arrive in their envelope with offsets, close a socket that cannot
+//! take them rather than skip it, are kept for an offline user and resume
+//! from an offset; and an isolated manager refuses every other user.
+//!
+//! A failure names the method at fault, not the one where the symptom
+//! showed: an offline critical event that never arrives is blamed on
+//! `emit_critical_event` when `get_connection_health` counts nothing
+//! pending, on `add_connection` when it does; a check that times out names
+//! the async call it was awaiting.
 //!
 //! Every probe uses synthetic identities under the reserved
 //! [`PROBE_PREFIX`] with a unique suffix, and sockets created for the probe;
@@ -118,6 +127,13 @@ pub enum Check {
     /// `Delivered { recipients }` equals the sockets that got the frame; a
     /// send to a user with no connection is an error.
     DeliveryCounts,
+    /// `send_to_user` does not wait for a socket whose queue is full (a
+    /// client that stopped reading): it returns, the user's other socket gets
+    /// the frame, and only that one is counted.
+    FullSocketDoesNotBlockSends,
+    /// A critical event a full socket cannot take is not skipped silently:
+    /// that socket is closed, so its client reconnects and resumes.
+    FullSocketNeverLosesACriticalEvent,
     /// `get_connection_health` counts the connections that are there.
     HealthCounts,
     /// An isolated manager refuses another user's connection.
@@ -146,7 +162,7 @@ pub enum Check {
 
 impl Check {
     /// Every check, in the order they run.
-    pub const ALL: [Check; 17] = [
+    pub const ALL: [Check; 19] = [
         Check::AddThenLookupBySocket,
         Check::DuplicateConnectionIdRefused,
         Check::DuplicateSocketRefused,
@@ -157,6 +173,8 @@ impl Check {
         Check::RemovalClearsLookups,
         Check::RemovalClosesTheSocket,
         Check::DeliveryCounts,
+        Check::FullSocketDoesNotBlockSends,
+        Check::FullSocketNeverLosesACriticalEvent,
         Check::HealthCounts,
         Check::IsolationRefusesConnections,
         Check::IsolationRefusesSends,
@@ -179,6 +197,8 @@ impl Check {
             Check::RemovalClearsLookups => "removal_clears_lookups",
             Check::RemovalClosesTheSocket => "removal_closes_the_socket",
             Check::DeliveryCounts => "delivery_counts",
+            Check::FullSocketDoesNotBlockSends => "full_socket_does_not_block_sends",
+            Check::FullSocketNeverLosesACriticalEvent => "full_socket_never_loses_a_critical_event",
             Check::HealthCounts => "health_counts",
             Check::IsolationRefusesConnections => "isolation_refuses_connections",
             Check::IsolationRefusesSends => "isolation_refuses_sends",
@@ -742,6 +762,12 @@ impl Conformance {
                     checks::removal_closes_the_socket(&mut probe).await
                 }
                 Check::DeliveryCounts => checks::delivery_counts(&mut probe).await,
+                Check::FullSocketDoesNotBlockSends => {
+                    checks::full_socket_does_not_block_sends(&mut probe).await
+                }
+                Check::FullSocketNeverLosesACriticalEvent => {
+                    checks::full_socket_never_loses_a_critical_event(&mut probe).await
+                }
                 Check::HealthCounts => checks::health_counts(&mut probe).await,
                 Check::IsolationRefusesConnections => {
                     checks::isolation_refuses_connections(&mut probe).await

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use super::{CheckFailure, ProbeScope};
 use crate::connection::{
-    CloseReason, OutboundEvent, OutboundReceiver, QueueLimits, WebSocketConnection, WebSocketHandle,
+    CloseReason, OutboundEvent, OutboundReceiver, QueueLimits, SendError, TextFrame,
+    WebSocketConnection, WebSocketHandle,
 };
 use crate::context::ManagerMode;
 use crate::delivery::Delivery;
@@ -50,6 +51,16 @@ pub(super) fn fail(
 ) -> CheckFailure {
     // The check name is filled in by `run_check`.
     CheckFailure::new("", method, expected, got, fix)
+}
+
+/// The failure of an `add_connection` that refused a fresh connection.
+fn refused(user_id: &UserId, error: &ManagerError) -> CheckFailure {
+    fail(
+        "add_connection",
+        format!("Ok(()) for a new connection of user `{user_id}` with a fresh id and socket"),
+        format!("Err({error})"),
+        "accept any connection whose id and socket are not registered yet",
+    )
 }
 
 pub(super) fn delivery_text(result: &Result<Delivery, ManagerError>) -> String {
@@ -151,7 +162,17 @@ impl<'a> Probe<'a> {
 
     /// A new socket for `user_id`, not yet added.
     pub(super) fn socket(&mut self, user_id: &UserId, label: &str) -> usize {
-        let (handle, receiver) = WebSocketHandle::channel(QueueLimits::new(64, 1 << 20));
+        self.socket_with_limits(user_id, label, QueueLimits::new(64, 1 << 20))
+    }
+
+    /// A new socket for `user_id` whose queue has `limits`, not yet added.
+    pub(super) fn socket_with_limits(
+        &mut self,
+        user_id: &UserId,
+        label: &str,
+        limits: QueueLimits,
+    ) -> usize {
+        let (handle, receiver) = WebSocketHandle::channel(limits);
         self.sockets.push(ProbeSocket {
             connection_id: self.scope.connection_id(),
             user_id: user_id.clone(),
@@ -208,14 +229,15 @@ impl<'a> Probe<'a> {
         adjust(&mut connection);
         match self.add(connection).await {
             Ok(()) => Ok(index),
-            Err(error) => Err(fail(
-                "add_connection",
-                format!(
-                    "Ok(()) for a new connection of user `{user_id}` with a fresh id and socket"
-                ),
-                format!("Err({error})"),
-                "accept any connection whose id and socket are not registered yet",
-            )),
+            Err(error) => Err(refused(user_id, &error)),
+        }
+    }
+
+    /// Adds the connection of socket `index`; a refusal is a failure.
+    pub(super) async fn add_or_fail(&mut self, index: usize, user_id: &UserId) -> Step {
+        match self.add(self.connection(index)).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(refused(user_id, &error)),
         }
     }
 
@@ -233,6 +255,19 @@ impl<'a> Probe<'a> {
                 "look the connection up by id and move it into the thread's set",
             ))
         }
+    }
+
+    /// Fills socket `index`'s queue, as a client that stopped reading would:
+    /// every later frame finds it full. Returns whether it is full.
+    pub(super) fn fill(&mut self, index: usize) -> bool {
+        let handle = &self.sockets[index].handle;
+        let filler = TextFrame::from_string(r#"{"type":"__wsm_probe_filler"}"#.to_owned());
+        for _ in 0..=handle.limits().max_messages {
+            if let Err(error) = handle.try_send(filler.clone()) {
+                return error == SendError::Full;
+            }
+        }
+        false
     }
 
     pub(super) fn message(&self) -> (String, serde_json::Value) {

@@ -64,6 +64,12 @@ pub enum Bug {
     /// `add_connection` does not replay what the user is owed (the events
     /// are kept, and counted as pending, but never delivered).
     AddSkipsReplay,
+    /// `send_to_user` waits for room in a full socket's queue (as
+    /// `send().await` on a bounded channel would).
+    SendWaitsForRoom,
+    /// `emit_critical_event` skips a socket whose queue is full, leaving it
+    /// open without the event.
+    CriticalSkipsFullSocket,
 }
 
 #[derive(Default)]
@@ -322,6 +328,13 @@ impl WebSocketManager for TestManager {
         }
         let frame = TextFrame::from_json(&message)?;
         let sockets = self.user_sockets(user_id);
+        if self.has(Bug::SendWaitsForRoom) {
+            for socket in &sockets {
+                while socket.queue_depth() >= socket.limits().max_messages && !socket.is_closed() {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+        }
         self.deliver(
             sockets,
             Some(user_id),
@@ -355,7 +368,10 @@ impl WebSocketManager for TestManager {
         }
         // The state lock keeps emits and connection changes in one order.
         let state = self.state.lock().unwrap();
-        let sockets = state.sockets_of(user_id);
+        let mut sockets = state.sockets_of(user_id);
+        if self.has(Bug::CriticalSkipsFullSocket) {
+            sockets.retain(|s| s.queue_depth() < s.limits().max_messages);
+        }
         if sockets.is_empty() && self.has(Bug::DropsOfflineCriticalEvents) {
             return Ok(Delivery::queued(1));
         }
