@@ -483,7 +483,7 @@ fn timed_out(limit: Duration, in_flight: Option<&'static str>) -> CheckFailure {
             Some(method) => format!("{method} never returned"),
             None => "an async method never returned".to_owned(),
         },
-        "never hold a lock across `.await` and bound every wait (a send must not wait for a removal that needs the same lock)",
+        "never hold a lock across `.await`, and never wait inside a contract method: a send must `try_send` and apply the slow-consumer policy to a full socket, not wait for room or for a lock another call holds",
     )
 }
 
@@ -563,7 +563,9 @@ impl Conformance {
         }
     }
 
-    /// The configuration handed to the constructor.
+    /// The configuration handed to the constructor (for
+    /// [`Check::ConnectionCapEnforced`], with the per-user cap lowered to
+    /// [`PROBED_CONNECTION_CAP`] when it is larger).
     pub fn config(mut self, config: ManagerConfig) -> Self {
         self.options.config = config;
         self
