@@ -823,3 +823,36 @@ async fn a_critical_event_skipped_on_a_full_socket_is_caught() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn a_thread_recorded_but_not_indexed_by_the_update_is_blamed_on_the_update() {
+    for mode in [ManagerMode::Unified, ManagerMode::Isolated] {
+        assert_caught(
+            mode,
+            Bug::UpdateForgetsThreadIndex,
+            &[Check::ThreadRouting],
+            "update_connection_thread",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_thread_send_that_reaches_nobody_is_blamed_on_send_to_thread_not_on_the_indexes() {
+    for mode in [ManagerMode::Unified, ManagerMode::Isolated] {
+        let report = run(mode, Some(Bug::ThreadSendReachesNobody)).await;
+        let blamed: Vec<(Check, &str)> = report
+            .outcomes
+            .iter()
+            .filter_map(|o| o.failure.as_ref().map(|f| (o.check, f.method.as_str())))
+            .collect();
+        assert_eq!(
+            blamed,
+            [
+                (Check::ThreadRouting, "send_to_thread"),
+                (Check::AddIndexesTheThread, "send_to_thread"),
+            ],
+            "{report}"
+        );
+    }
+}

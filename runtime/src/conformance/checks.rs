@@ -216,6 +216,41 @@ pub(super) async fn connection_cap_enforced(p: &mut Probe<'_>, cap: usize) -> St
     Ok(())
 }
 
+/// How a control connection gets its thread.
+#[derive(Clone, Copy)]
+enum ThreadPath {
+    /// `thread_id` set on the connection given to `add_connection`.
+    Add,
+    /// `update_connection_thread` after the add.
+    Update,
+}
+
+/// Whether `send_to_thread` reaches a fresh connection of the owner given a
+/// fresh thread by `path`: tells a thread index that one method forgot from
+/// a `send_to_thread` that finds nothing.
+async fn thread_path_works(p: &mut Probe<'_>, path: ThreadPath) -> bool {
+    let owner = p.scope.owner().clone();
+    let thread = p.scope.thread_id();
+    let control = match path {
+        ThreadPath::Add => {
+            p.connect_with(&owner, "control: thread given on add", |c| {
+                c.thread_id = Some(thread.clone());
+            })
+            .await
+        }
+        ThreadPath::Update => p.connect(&owner, "control: thread set by update").await,
+    };
+    let Ok(control) = control else {
+        return false;
+    };
+    if matches!(path, ThreadPath::Update) && p.bind(control, &thread).await.is_err() {
+        return false;
+    }
+    let (nonce, message) = p.message();
+    let _ = p.send_to_thread(&thread, message).await;
+    p.received(control, &nonce, true).await > 0
+}
+
 pub(super) async fn thread_routing(p: &mut Probe<'_>) -> Step {
     let owner = p.scope.owner().clone();
     let thread = p.scope.thread_id();
@@ -243,8 +278,42 @@ pub(super) async fn thread_routing(p: &mut Probe<'_>) -> Step {
     }
     let (nonce, message) = p.message();
     let result = p.send_to_thread(&thread, message).await;
-    let delivered = p
-        .expect_delivery("send_to_thread", &nonce, &[bound], &others)
+    let on_bound = p.received(bound, &nonce, true).await;
+    if on_bound == 0 {
+        // Nothing reached the bound socket: either update_connection_thread
+        // recorded the thread without indexing it, or send_to_thread finds
+        // nothing. A control connection given the thread on add tells.
+        let (method, fix) = if result.is_err() && thread_path_works(p, ThreadPath::Add).await {
+            (
+                "update_connection_thread",
+                "move the connection into the new thread's index, not only its record: send_to_thread finds a connection given the thread on add, but not this one",
+            )
+        } else {
+            (
+                "send_to_thread",
+                "push into the sockets bound to the thread (`websocket.try_send`); never report success without a recipient",
+            )
+        };
+        return Err(fail(
+            method,
+            format!("the frame on probe socket `bound to the thread` (`{thread}`)"),
+            format!(
+                "nothing arrived on it; send_to_thread answered {}",
+                delivery_text(&result)
+            ),
+            fix,
+        ));
+    }
+    if on_bound > 1 {
+        return Err(fail(
+            "send_to_thread",
+            "the frame once on probe socket `bound to the thread`",
+            format!("it arrived {on_bound} times"),
+            "send each frame once per connection",
+        ));
+    }
+    let delivered = 1 + p
+        .expect_delivery("send_to_thread", &nonce, &[], &others)
         .await?;
     match result {
         Ok(Delivery::Delivered { recipients, .. }) if recipients == delivered => {}
@@ -302,15 +371,17 @@ pub(super) async fn add_indexes_the_thread(p: &mut Probe<'_>) -> Step {
         .manager
         .get_connection(p.id(bound))
         .and_then(|c| c.thread_id);
-    let (method, fix) = if result.is_ok() {
-        (
-            "send_to_thread",
-            "return ManagerError::NotDelivered { reason: NoThreadConnections } when no connection took the message; never report success without a recipient",
-        )
-    } else {
+    // A control connection bound by update_connection_thread tells whether
+    // send_to_thread works at all.
+    let (method, fix) = if result.is_err() && thread_path_works(p, ThreadPath::Update).await {
         (
             "add_connection",
             "index `connection.thread_id` in add_connection, as update_connection_thread does",
+        )
+    } else {
+        (
+            "send_to_thread",
+            "push into the sockets bound to the thread (`websocket.try_send`); never report success without a recipient",
         )
     };
     Err(fail(

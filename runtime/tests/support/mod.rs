@@ -70,6 +70,11 @@ pub enum Bug {
     /// `emit_critical_event` skips a socket whose queue is full, leaving it
     /// open without the event.
     CriticalSkipsFullSocket,
+    /// `update_connection_thread` records the thread on the connection but
+    /// does not move it into the thread index.
+    UpdateForgetsThreadIndex,
+    /// `send_to_thread` reaches no connection.
+    ThreadSendReachesNobody,
 }
 
 #[derive(Default)]
@@ -304,6 +309,9 @@ impl WebSocketManager for TestManager {
             return self.has(Bug::UpdateUnknownTrue);
         };
         let old = connection.thread_id.replace(thread_id.clone());
+        if self.has(Bug::UpdateForgetsThreadIndex) {
+            return true;
+        }
         if let Some(old) = old
             && let Some(ids) = state.by_thread.get_mut(&old)
         {
@@ -427,6 +435,8 @@ impl WebSocketManager for TestManager {
                     .filter_map(|id| state.connections.get(id))
                     .map(|c| c.websocket.clone())
                     .collect()
+            } else if self.has(Bug::ThreadSendReachesNobody) {
+                Vec::new()
             } else {
                 bound
                     .filter_map(|id| state.connections.get(id))
