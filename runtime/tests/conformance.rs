@@ -856,3 +856,26 @@ async fn a_thread_send_that_reaches_nobody_is_blamed_on_send_to_thread_not_on_th
         );
     }
 }
+
+#[tokio::test]
+async fn a_removal_that_keeps_the_user_index_is_blamed_on_remove_connection_everywhere() {
+    // Seen by three checks (the lookups, a place under the cap that the
+    // removal did not free, the health count taken from the user index);
+    // each names remove_connection, not the method that showed the stale
+    // entry.
+    let report = run(ManagerMode::Unified, Some(Bug::RemoveForgetsUserIndex)).await;
+    let blamed: Vec<(Check, &str)> = report
+        .outcomes
+        .iter()
+        .filter_map(|o| o.failure.as_ref().map(|f| (o.check, f.method.as_str())))
+        .collect();
+    assert_eq!(
+        blamed,
+        [
+            (Check::ConnectionCapEnforced, "remove_connection"),
+            (Check::RemovalClearsLookups, "remove_connection"),
+            (Check::HealthCounts, "remove_connection"),
+        ],
+        "{report}"
+    );
+}

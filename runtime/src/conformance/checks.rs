@@ -202,6 +202,17 @@ pub(super) async fn connection_cap_enforced(p: &mut Probe<'_>, cap: usize) -> St
     // The cap counts the connections held now, not every one ever added.
     if let Some(&first) = tabs.first() {
         p.disconnect(first).await?;
+        let removed = p.id(first).clone();
+        if p.manager.get_user_connections(&owner).contains(&removed) {
+            return Err(fail(
+                "remove_connection",
+                format!(
+                    "`{removed}` gone from the user's connections, freeing a place under the cap"
+                ),
+                "get_user_connections still lists it",
+                "remove the connection from every index in remove_connection",
+            ));
+        }
     }
     let again = p.socket(&owner, "after a removal");
     let result = p.add(p.connection(again)).await;
@@ -755,7 +766,7 @@ pub(super) async fn health_counts(p: &mut Probe<'_>) -> Step {
     // Message counters are not probed: the contract fixes what connections a
     // user has, while counters are each manager's own bookkeeping.
     let removed = p.id(a).clone();
-    let _ = p.remove(&removed).await;
+    p.disconnect(a).await?;
     let health = p.manager.get_connection_health(&owner);
     if health.total_connections != 1
         || health
@@ -763,6 +774,16 @@ pub(super) async fn health_counts(p: &mut Probe<'_>) -> Step {
             .iter()
             .any(|c| c.connection_id == removed)
     {
+        if p.manager.get_user_connections(&owner).contains(&removed) {
+            // Health answered from the user index, which the removal left as
+            // it was (removal_clears_lookups says so too).
+            return Err(fail(
+                "remove_connection",
+                format!("`{removed}` gone from the user's connections after its removal"),
+                "get_user_connections and get_connection_health still list it",
+                "remove the connection from every index in remove_connection",
+            ));
+        }
         return Err(fail(
             "get_connection_health",
             format!("total_connections = 1 and no summary of `{removed}` after removing it"),
@@ -800,11 +821,16 @@ pub(super) async fn isolation_refuses_connections(p: &mut Probe<'_>) -> Step {
     }
     let users = p.manager.get_user_connections(&stranger);
     if !users.is_empty() || p.manager.is_connection_active(&stranger) {
+        // The refusal itself was right; what remains of the connection was
+        // written by add_connection before it refused.
         return Err(fail(
-            "get_user_connections",
-            format!("nothing about user `{stranger}` after refusing them"),
-            format!("{users:?}"),
-            "keep no trace of a refused connection",
+            "add_connection",
+            format!("nothing about user `{stranger}` after refusing their connection"),
+            format!(
+                "get_user_connections = {users:?}, is_connection_active = {}",
+                p.manager.is_connection_active(&stranger)
+            ),
+            "check the user before writing to any index: keep no trace of a refused connection",
         ));
     }
     Ok(())

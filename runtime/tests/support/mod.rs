@@ -75,6 +75,8 @@ pub enum Bug {
     UpdateForgetsThreadIndex,
     /// `send_to_thread` reaches no connection.
     ThreadSendReachesNobody,
+    /// `remove_connection` forgets to clear the user index.
+    RemoveForgetsUserIndex,
 }
 
 #[derive(Default)]
@@ -247,7 +249,9 @@ impl WebSocketManager for TestManager {
         let mut state = self.state.lock().unwrap();
         let connection = state.connections.remove(connection_id)?;
         self.critical.detach(&connection.user_id);
-        if let Some(ids) = state.by_user.get_mut(&connection.user_id) {
+        if let Some(ids) = state.by_user.get_mut(&connection.user_id)
+            && !self.has(Bug::RemoveForgetsUserIndex)
+        {
             ids.remove(connection_id);
             if ids.is_empty() {
                 state.by_user.remove(&connection.user_id);
@@ -400,7 +404,9 @@ impl WebSocketManager for TestManager {
             .filter_map(|id| state.connections.get(id))
             .collect();
         if !self.has(Bug::HealthCountsZero) {
-            health.total_connections = connections.len();
+            // Counted from the user index, as many managers do: a removal
+            // that forgets that index shows here too.
+            health.total_connections = state.by_user.get(user_id).map_or(0, HashSet::len);
             health.active_connections = connections
                 .iter()
                 .filter(|c| !c.websocket.is_closed())
