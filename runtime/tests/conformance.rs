@@ -879,3 +879,26 @@ async fn a_removal_that_keeps_the_user_index_is_blamed_on_remove_connection_ever
         "{report}"
     );
 }
+
+#[tokio::test]
+async fn a_duplicate_id_refused_after_indexing_its_socket_is_caught() {
+    assert_caught(
+        ManagerMode::Unified,
+        Bug::DuplicateIdLeavesSocketIndexed,
+        &[Check::DuplicateConnectionIdRefused],
+        "add_connection",
+    )
+    .await;
+    let report = run(
+        ManagerMode::Unified,
+        Some(Bug::DuplicateIdLeavesSocketIndexed),
+    )
+    .await;
+    let failure = report.failures()[0];
+    assert!(
+        failure
+            .got
+            .contains("get_connection_id_by_websocket(refused socket) = Some"),
+        "{failure}"
+    );
+}

@@ -77,6 +77,9 @@ pub enum Bug {
     ThreadSendReachesNobody,
     /// `remove_connection` forgets to clear the user index.
     RemoveForgetsUserIndex,
+    /// `add_connection` refuses a duplicate id, but only after indexing the
+    /// refused socket.
+    DuplicateIdLeavesSocketIndexed,
 }
 
 #[derive(Default)]
@@ -195,6 +198,11 @@ impl WebSocketManager for TestManager {
         if state.connections.contains_key(&connection.connection_id)
             && !self.has(Bug::AcceptsDuplicateId)
         {
+            if self.has(Bug::DuplicateIdLeavesSocketIndexed) {
+                state
+                    .by_socket
+                    .insert(connection.websocket.id(), connection.connection_id.clone());
+            }
             return Err(ManagerError::DuplicateConnection(connection.connection_id));
         }
         if let Some(existing) = state.by_socket.get(&connection.websocket.id())
