@@ -39,7 +39,9 @@
 //! use websocket_manager::UnifiedWebSocketManager;
 //!
 //! let manager = Arc::new(UnifiedWebSocketManager::default());
-//! let service = WebSocketService::builder(manager, JwtAuthenticator::hs256(b"32+ bytes of secret, from a vault"))
+//! let authenticator = JwtAuthenticator::hs256(b"32+ bytes of secret, from a vault")?
+//!     .audience(["app.example"]);
+//! let service = WebSocketService::builder(manager, authenticator)
 //!     .origins(OriginPolicy::allow(["https://app.example"]))
 //!     .build();
 //! let app = Router::new()
@@ -94,8 +96,8 @@ pub use handler::{
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub use jwt::{
-    DEFAULT_SUBPROTOCOL, JwtAuthenticator, JwtError, MAX_TOKEN_LEN, TOKEN_PROTOCOL_PREFIX,
-    TokenPart, VerifiedToken, encode_hs256,
+    DEFAULT_SUBPROTOCOL, JwtAuthenticator, JwtConfigError, JwtError, MAX_TOKEN_LEN,
+    MIN_HS256_SECRET_LEN, TOKEN_PROTOCOL_PREFIX, TokenPart, VerifiedToken, encode_hs256,
 };
 pub use service::{Admission, ConnectionOutcome, WebSocketService, WebSocketServiceBuilder};
 pub use shutdown::{LeftConnection, ShutdownReport};
