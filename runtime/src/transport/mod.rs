@@ -83,7 +83,8 @@ mod wire;
 /// [`MessageHandler`] without another dependency.
 pub use async_trait::async_trait;
 pub use auth::{
-    AuthError, Authenticator, Identity, OriginPolicy, UpgradeRequest, UserScopedThreads,
+    AuthError, Authenticated, Authenticator, Identity, OriginPolicy, UpgradeRequest,
+    UserScopedThreads, bearer_token,
 };
 pub use config::{
     DEFAULT_HEADER_READ_TIMEOUT, TransportConfig, TransportConfigBuilder, TransportConfigError,
