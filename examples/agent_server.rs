@@ -421,11 +421,8 @@ async fn require_operator(State(state): State<AppState>, request: Request, next:
         )
             .into_response();
     };
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
+    // The scheme is case-insensitive: `bearer` and `BEARER` too (RFC 7235, 2.1).
+    let presented = websocket_manager::transport::bearer_token(request.headers());
     match presented {
         Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
             next.run(request).await
