@@ -26,6 +26,9 @@ pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// shorter secret (an empty one, a password) can be guessed offline from
 /// any one token.
 pub const MIN_HS256_SECRET_LEN: usize = 32;
+/// The smallest RSA modulus `JwtAuthenticator::rs256_pem` (feature
+/// `jwt-rsa`) accepts, in bits: RFC 7518 (3.3) requires 2048 or more.
+pub const MIN_RSA_KEY_BITS: usize = 2048;
 
 /// Why a [`JwtAuthenticator`] could not be built: the key is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,6 +48,15 @@ pub enum JwtConfigError {
     /// feature `jwt-rsa`).
     #[error("invalid RS256 public key: {0}")]
     Key(String),
+    /// The RSA key's modulus is smaller than [`MIN_RSA_KEY_BITS`]
+    /// (`JwtAuthenticator::rs256_pem`, feature `jwt-rsa`).
+    #[error("the RSA key has {bits} bits; at least {min} are required (RFC 7518, 3.3)")]
+    RsaKeyTooSmall {
+        /// The modulus size, in bits.
+        bits: usize,
+        /// The minimum, [`MIN_RSA_KEY_BITS`].
+        min: usize,
+    },
 }
 
 /// Which of a token's three dot-separated segments.
@@ -316,12 +328,21 @@ impl JwtAuthenticator {
     ///
     /// # Errors
     ///
-    /// [`JwtConfigError::Key`] when the PEM is not an RSA public key.
+    /// [`JwtConfigError::Key`] when the PEM is not an RSA public key,
+    /// [`JwtConfigError::RsaKeyTooSmall`] when its modulus has fewer than
+    /// [`MIN_RSA_KEY_BITS`] bits.
     #[cfg(feature = "jwt-rsa")]
     #[cfg_attr(docsrs, doc(cfg(feature = "jwt-rsa")))]
     pub fn rs256_pem(public_key_pem: &[u8]) -> Result<Self, JwtConfigError> {
         let key = jsonwebtoken::DecodingKey::from_rsa_pem(public_key_pem)
             .map_err(|error| JwtConfigError::Key(error.to_string()))?;
+        let bits = rsa_modulus_bits(&key)?;
+        if bits < MIN_RSA_KEY_BITS {
+            return Err(JwtConfigError::RsaKeyTooSmall {
+                bits,
+                min: MIN_RSA_KEY_BITS,
+            });
+        }
         Ok(Self::with_key(VerifyingKey::Rs256(Box::new(key))))
     }
 
@@ -507,6 +528,27 @@ impl JwtAuthenticator {
             claims,
         })
     }
+}
+
+/// The size of an RSA public key's modulus, in bits. The key is parsed as
+/// `jsonwebtoken` will parse it to verify (PKCS#1 DER), so a PEM whose
+/// content is not an RSA key is refused here, not at the first token.
+#[cfg(feature = "jwt-rsa")]
+fn rsa_modulus_bits(key: &jsonwebtoken::DecodingKey) -> Result<usize, JwtConfigError> {
+    use rsa::pkcs1::DecodeRsaPublicKey;
+    use rsa::traits::PublicKeyParts;
+    let public = match key.kind() {
+        jsonwebtoken::DecodingKeyKind::SecretOrDer(der) => {
+            rsa::RsaPublicKey::from_pkcs1_der(der)
+                .map_err(|error| JwtConfigError::Key(error.to_string()))?
+        }
+        jsonwebtoken::DecodingKeyKind::RsaModulusExponent { n, e } => rsa::RsaPublicKey::new(
+            rsa::BigUint::from_bytes_be(n),
+            rsa::BigUint::from_bytes_be(e),
+        )
+        .map_err(|error| JwtConfigError::Key(error.to_string()))?,
+    };
+    Ok(public.n().bits())
 }
 
 /// `aud` (a string or a list of strings) names one of `accepted`.
@@ -1207,6 +1249,19 @@ mod tests {
                 JwtAuthenticator::rs256_pem(b"not a pem"),
                 Err(JwtConfigError::Key(_))
             ));
+        }
+
+        #[test]
+        fn an_rsa_key_under_2048_bits_is_refused() {
+            const SMALL: &[u8] = include_bytes!("../../tests/fixtures/jwt_rs256_1024_public.pem");
+            assert_eq!(
+                JwtAuthenticator::rs256_pem(SMALL).unwrap_err(),
+                JwtConfigError::RsaKeyTooSmall {
+                    bits: 1024,
+                    min: 2048
+                }
+            );
+            assert!(JwtAuthenticator::rs256_pem(RSA_PUBLIC).is_ok());
         }
 
         #[test]

@@ -98,7 +98,8 @@ pub use handler::{
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub use jwt::{
     DEFAULT_SUBPROTOCOL, JwtAuthenticator, JwtConfigError, JwtError, MAX_TOKEN_LEN,
-    MIN_HS256_SECRET_LEN, TOKEN_PROTOCOL_PREFIX, TokenPart, VerifiedToken, encode_hs256,
+    MIN_HS256_SECRET_LEN, MIN_RSA_KEY_BITS, TOKEN_PROTOCOL_PREFIX, TokenPart, VerifiedToken,
+    encode_hs256,
 };
 pub use service::{Admission, ConnectionOutcome, WebSocketService, WebSocketServiceBuilder};
 pub use shutdown::{LeftConnection, ShutdownReport};
