@@ -1,10 +1,9 @@
 //! The axum adapter (feature `axum`, axum 0.8): [`upgrade`], a ready handler
 //! for `GET /ws`, and [`accept`] with its extractor [`WebSocketUpgrade`] to
 //! call from your own handler. The application's ordinary routes take
-//! [`Authenticated`](super::Authenticated) as an extractor: the same
-//! identity and thread policy as `/ws`, and an [`AuthError`] as the
-//! rejection (it is a response: its status, its public message, and
-//! `WWW-Authenticate: Bearer` on a 401).
+//! [`Authenticated`] as an extractor: the same identity and thread policy
+//! as `/ws`, and an [`AuthError`] as the rejection (it is a response: its
+//! status, its public message, and `WWW-Authenticate: Bearer` on a 401).
 //!
 //! ```
 //! use axum::{Router, routing::get};
