@@ -80,7 +80,7 @@ impl std::fmt::Display for TokenPart {
     }
 }
 
-/// Why a token (or a key) was refused.
+/// Why a token was refused (a key: [`JwtConfigError`]).
 ///
 /// [`JwtAuthenticator::verify`] logs none of this to the client: the
 /// upgrade answers a bare `401`, and the detail goes to the server's log.
