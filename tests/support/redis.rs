@@ -25,13 +25,29 @@ impl RedisServer {
     ///
     /// When the binary cannot be started or does not answer within 5 s.
     pub fn start() -> RedisServer {
+        let mut server = RedisServer::not_started();
+        server.restart();
+        server
+    }
+
+    /// A server on a free loopback port that is not started yet (nothing
+    /// listens there until [`restart`](Self::restart)): Redis unreachable
+    /// when a node starts.
+    ///
+    /// # Panics
+    ///
+    /// When no free port can be found.
+    pub fn not_started() -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free loopback port");
-        let mut server = RedisServer { port, child: None };
-        server.restart();
-        server
+        RedisServer { port, child: None }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 
     /// `redis://127.0.0.1:PORT`.
