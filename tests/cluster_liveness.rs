@@ -114,7 +114,10 @@ impl Client {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "no node took the client back within {limit:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no node took the client back within {limit:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -212,13 +215,23 @@ async fn black_hole_run(name: &str, direction: Direction) {
         emit(&a, &client.user, n).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let took = eventually(FAST_BOUND, "b serves again through a fresh connection", || {
-        let stats = b.cluster_stats();
-        stats.reconnects >= 1 && stats.link == LinkState::Serving
-    })
+    let took = eventually(
+        FAST_BOUND,
+        "b serves again through a fresh connection",
+        || {
+            let stats = b.cluster_stats();
+            stats.reconnects >= 1 && stats.link == LinkState::Serving
+        },
+    )
     .await;
-    eprintln!("{name}: b serves again {took:?} after the link went silent: {}", b.cluster_stats());
-    assert!(proxy.accepted() > connections, "a fresh TCP connection was made");
+    eprintln!(
+        "{name}: b serves again {took:?} after the link went silent: {}",
+        b.cluster_stats()
+    );
+    assert!(
+        proxy.accepted() > connections,
+        "a fresh TCP connection was made"
+    );
     assert!(silent.elapsed() < FAST_BOUND + Duration::from_millis(500));
     // Once B serves again the tab is not left silent: it has the missed
     // events, or it was closed so its client resumes.
@@ -294,14 +307,25 @@ async fn with_the_defaults_a_silent_link_is_replaced_within_ten_seconds() {
     assert!(!client.read(Duration::from_millis(300)).await);
     proxy.black_hole(Direction::Both);
     emit(&a, &client.user, 2).await;
-    let took = eventually(Duration::from_secs(10), "b serves again within 10 s", || {
-        let stats = b.cluster_stats();
-        stats.reconnects >= 1 && stats.link == LinkState::Serving
-    })
+    let took = eventually(
+        Duration::from_secs(10),
+        "b serves again within 10 s",
+        || {
+            let stats = b.cluster_stats();
+            stats.reconnects >= 1 && stats.link == LinkState::Serving
+        },
+    )
     .await;
-    eprintln!("defaults: b serves again {took:?} after the link went silent: {}", b.cluster_stats());
+    eprintln!(
+        "defaults: b serves again {took:?} after the link went silent: {}",
+        b.cluster_stats()
+    );
     let closed = client.read(Duration::from_millis(500)).await;
-    assert!(closed || client.last() == 2, "silent tab: {:?}", client.seen);
+    assert!(
+        closed || client.last() == 2,
+        "silent tab: {:?}",
+        client.seen
+    );
     if closed {
         client.reconnect(&[&b], Duration::from_secs(3)).await;
     }
@@ -345,7 +369,11 @@ async fn a_node_cut_off_past_the_fence_bound_closes_its_tabs_then_serves_again()
     assert!(closed, "the tab was left open {after:?} into the outage");
     assert_eq!(client.closes, [RESUME_CLOSE_CODE]);
     eprintln!("fenced {after:?} after Redis froze (fence_after {fence:?})");
-    assert!(matches!(b.link_state(), LinkState::Fenced { .. }), "{}", b.link_state());
+    assert!(
+        matches!(b.link_state(), LinkState::Fenced { .. }),
+        "{}",
+        b.link_state()
+    );
     let refused = client.connect(&b).await.unwrap_err();
     assert!(
         matches!(
@@ -365,7 +393,10 @@ async fn a_node_cut_off_past_the_fence_bound_closes_its_tabs_then_serves_again()
         b.link_state() == LinkState::Serving
     })
     .await;
-    eprintln!("serving again {took:?} after Redis thawed: {}", b.cluster_stats());
+    eprintln!(
+        "serving again {took:?} after Redis thawed: {}",
+        b.cluster_stats()
+    );
     assert_eq!(b.cluster_stats().fenced, 1);
     client.reconnect(&[&b], Duration::from_secs(2)).await;
     emit(&a, &client.user, 2).await;
@@ -384,8 +415,9 @@ async fn a_node_started_without_redis_joins_when_redis_comes() {
     }
     let mut server = RedisServer::not_started();
     let prefix = unique_prefix("liveness_start");
-    let b = ClusterWebSocketManager::new(ManagerConfig::default(), fast(&server.url(), &prefix, "b"))
-        .unwrap();
+    let b =
+        ClusterWebSocketManager::new(ManagerConfig::default(), fast(&server.url(), &prefix, "b"))
+            .unwrap();
     assert_eq!(b.link_state(), LinkState::Joining);
     let mut client = Client::new("alice");
     let refused = client.connect(&b).await.unwrap_err();
@@ -414,10 +446,10 @@ async fn a_node_started_without_redis_joins_when_redis_comes() {
     b.shutdown().await;
 }
 
-/// The flapping link: B's connections black-holed or cut every 1.5 s for
-/// 15 s while A emits a run; the tab reconnects (to B, or A when B refuses)
-/// whenever it is closed. No duplicate, no gap, a bounded number of fresh
-/// connections.
+/// The flapping link: every 1.5 s for 15 s, B's connections are
+/// black-holed (two faults in three) or cut, while A emits a run; the tab
+/// reconnects (to B, or to A when B refuses) whenever it is closed. No
+/// duplicate, no gap, one fresh connection per black hole at most.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flapping_link_loses_nothing_duplicates_nothing_and_reconnects_boundedly() {
     let Some(redis) = redis_for("liveness_flap") else {
@@ -441,10 +473,10 @@ async fn a_flapping_link_loses_nothing_duplicates_nothing_and_reconnects_bounded
         tokio::spawn(async move {
             for flap in 0..FLAPS {
                 tokio::time::sleep(Duration::from_millis(1500)).await;
-                if flap % 2 == 0 {
-                    proxy.black_hole(Direction::Both);
-                } else {
+                if flap % 3 == 2 {
                     proxy.cut();
+                } else {
+                    proxy.black_hole(Direction::Both);
                 }
             }
         })
@@ -481,13 +513,23 @@ async fn a_flapping_link_loses_nothing_duplicates_nothing_and_reconnects_bounded
         proxy.accepted(),
         client.closes.len()
     );
-    // Each fault costs at most one fresh connection of ours (redis-rs
+    // Each black hole costs one fresh connection of ours (redis-rs
     // reconnects by itself after a cut), and never a reconnect loop.
-    assert!(stats.reconnects <= FLAPS as u64, "{stats}");
-    assert!(proxy.accepted() <= 3 * FLAPS + 2, "{} connections", proxy.accepted());
-    eventually(Duration::from_secs(3), "b serves after the flapping", || {
-        b.link_state() == LinkState::Serving
-    })
+    let black_holes = (0..FLAPS).filter(|flap| flap % 3 != 2).count() as u64;
+    assert!(stats.reconnects <= black_holes + 1, "{stats}");
+    // Every fault was repaired well within the fence bound: B kept serving
+    // (its tabs were at most closed for a resume, never fenced away).
+    assert_eq!(stats.fenced, 0, "{stats}");
+    assert!(
+        proxy.accepted() <= 3 * FLAPS + 2,
+        "{} connections",
+        proxy.accepted()
+    );
+    eventually(
+        Duration::from_secs(3),
+        "b serves after the flapping",
+        || b.link_state() == LinkState::Serving,
+    )
     .await;
     a.shutdown().await;
     b.shutdown().await;

@@ -17,8 +17,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -84,10 +84,18 @@ impl FaultProxy {
                 });
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
-                let to_server = tokio::spawn(pump(client_read, server_write, Arc::clone(&link), true));
-                let to_client = tokio::spawn(pump(server_read, client_write, Arc::clone(&link), false));
-                link.pumps.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend([to_server, to_client]);
-                registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(link);
+                let to_server =
+                    tokio::spawn(pump(client_read, server_write, Arc::clone(&link), true));
+                let to_client =
+                    tokio::spawn(pump(server_read, client_write, Arc::clone(&link), false));
+                link.pumps
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .extend([to_server, to_client]);
+                registry
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(link);
             }
         });
         FaultProxy {
@@ -112,7 +120,10 @@ impl FaultProxy {
     /// connection open now. Their sockets stay open; new connections pass.
     /// Returns how many connections were affected.
     pub fn black_hole(&self, direction: Direction) -> usize {
-        let links = self.links.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let links = self
+            .links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for link in links.iter() {
             if matches!(direction, Direction::ClientToServer | Direction::Both) {
                 link.drop_to_server.store(true, Ordering::SeqCst);
@@ -127,9 +138,19 @@ impl FaultProxy {
     /// Closes every connection open now (both sides see it closed); new
     /// connections pass. Returns how many were closed.
     pub fn cut(&self) -> usize {
-        let links: Vec<Arc<Link>> = std::mem::take(&mut *self.links.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let links: Vec<Arc<Link>> = std::mem::take(
+            &mut *self
+                .links
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         for link in &links {
-            for pump in link.pumps.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..) {
+            for pump in link
+                .pumps
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .drain(..)
+            {
                 pump.abort();
             }
         }

@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ConnectionInfo, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script, Value};
+use redis::{
+    ConnectionInfo, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script, Value,
+};
 
 use crate::error::ClusterFailure;
 use crate::ids::{ConnectionId, UserId};
@@ -271,6 +273,45 @@ fn protocol(what: &str) -> ClusterFailure {
     ClusterFailure::Protocol(what.to_owned())
 }
 
+/// Runs one call on connection `generation` within `timeout`, and tells
+/// the clock how it went.
+async fn bounded<T>(
+    clock: &LinkClock,
+    timeout: Duration,
+    generation: u64,
+    call: impl Future<Output = Result<T, redis::RedisError>>,
+) -> Result<T, ClusterFailure> {
+    let expired = ClusterFailure::Timeout {
+        timeout_ms: millis(timeout),
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(value)) => {
+            clock.answered(generation);
+            Ok(value)
+        }
+        // redis-rs's own response timeout: the command was sent.
+        Ok(Err(error)) if error.is_timeout() => {
+            clock.timed_out(generation);
+            Err(expired)
+        }
+        Ok(Err(error)) => {
+            // An answer from Redis (a script error...) is still an answer;
+            // a failed connection is not.
+            if !(error.is_io_error()
+                || error.is_connection_dropped()
+                || error.is_connection_refusal())
+            {
+                clock.answered(generation);
+            }
+            Err(engine(&error))
+        }
+        Err(_) => {
+            clock.timed_out(generation);
+            Err(expired)
+        }
+    }
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -352,7 +393,7 @@ impl Backplane {
     }
 
     /// When the current connection was last heard from.
-    pub fn clock(&self) -> &LinkClock {
+    pub fn clock(&self) -> &Arc<LinkClock> {
         &self.clock
     }
 
@@ -396,35 +437,7 @@ impl Backplane {
         generation: u64,
         call: impl Future<Output = Result<T, redis::RedisError>>,
     ) -> Result<T, ClusterFailure> {
-        let timeout = ClusterFailure::Timeout {
-            timeout_ms: millis(self.timeout),
-        };
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(value)) => {
-                self.clock.answered(generation);
-                Ok(value)
-            }
-            // redis-rs's own response timeout: the command was sent.
-            Ok(Err(error)) if error.is_timeout() => {
-                self.clock.timed_out(generation);
-                Err(timeout)
-            }
-            Ok(Err(error)) => {
-                // An answer from Redis (a script error...) is still an
-                // answer; a failed connection is not.
-                if !(error.is_io_error()
-                    || error.is_connection_dropped()
-                    || error.is_connection_refusal())
-                {
-                    self.clock.answered(generation);
-                }
-                Err(engine(&error))
-            }
-            Err(_) => {
-                self.clock.timed_out(generation);
-                Err(timeout)
-            }
-        }
+        bounded(&self.clock, self.timeout, generation, call).await
     }
 
     async fn query<T: redis::FromRedisValue>(
@@ -456,24 +469,38 @@ impl Backplane {
         if self.clock.generation() != generation {
             return Err(ClusterFailure::NotReady);
         }
-        self.clock.subscribed.store(generation + 1, Ordering::SeqCst);
+        self.clock
+            .subscribed
+            .store(generation + 1, Ordering::SeqCst);
         Ok(())
     }
 
     /// Probes the link: publishes this node's probe on its own channel when
     /// subscribed (the watchdog then waits for it to come back as a push),
-    /// a PING otherwise (it waits for the answer).
-    pub async fn probe(&self) -> Result<(), ClusterFailure> {
-        if self.clock.subscribed() {
-            self.query::<Value>(
-                redis::cmd("PUBLISH")
-                    .arg(self.keys.node_channel(&self.node))
-                    .arg(self.probe.as_slice()),
+    /// a PING otherwise (it waits for the answer). The future holds the
+    /// connection and the clock, not the backplane, so a probe in flight
+    /// never keeps a dropped manager alive.
+    pub fn probe(&self) -> impl Future<Output = Result<(), ClusterFailure>> + Send + 'static {
+        let command = if self.clock.subscribed() {
+            let mut publish = redis::cmd("PUBLISH");
+            publish
+                .arg(self.keys.node_channel(&self.node))
+                .arg(self.probe.as_slice());
+            publish
+        } else {
+            redis::cmd("PING")
+        };
+        let (generation, mut connection) = self.current();
+        let (clock, timeout) = (Arc::clone(&self.clock), self.timeout);
+        async move {
+            bounded(
+                &clock,
+                timeout,
+                generation,
+                command.query_async::<Value>(&mut connection),
             )
             .await
             .map(drop)
-        } else {
-            self.query::<Value>(&redis::cmd("PING")).await.map(drop)
         }
     }
 
@@ -584,9 +611,12 @@ impl Backplane {
             .key(self.keys.stream_meta(user))
             .arg(head.stream.to_string())
             .arg(head.sequence.to_string());
-        self.bounded(generation, invocation.invoke_async::<Value>(&mut connection))
-            .await
-            .map(drop)
+        self.bounded(
+            generation,
+            invocation.invoke_async::<Value>(&mut connection),
+        )
+        .await
+        .map(drop)
     }
 
     /// Publishes `message` once on `channel`.

@@ -21,8 +21,8 @@
 //! on a healthy node, and refuses new ones until Redis answers again: no
 //! tab stays open and silent on a node the others have forgotten.
 
-use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
 use crate::health::unix_millis;
@@ -125,12 +125,10 @@ impl Shared {
     /// The link is down: not ready, since now (unless already).
     pub(super) fn link_lost(&self) {
         self.ready.send_replace(false);
-        let _ = self.link.lost_at_ms.compare_exchange(
-            0,
-            now_ms(),
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        );
+        let _ =
+            self.link
+                .lost_at_ms
+                .compare_exchange(0, now_ms(), Ordering::SeqCst, Ordering::SeqCst);
     }
 
     /// Joined (again): ready, and no longer fenced.
@@ -151,10 +149,7 @@ impl Shared {
     /// Renews the heartbeat, remembering when an acknowledged one was sent.
     pub(super) async fn renew_heartbeat(&self) -> Result<bool, crate::ClusterFailure> {
         let sent = self.backplane.clock().now();
-        let registered = self
-            .backplane
-            .heartbeat(self.cluster.node_ttl())
-            .await?;
+        let registered = self.backplane.heartbeat(self.cluster.node_ttl()).await?;
         self.link.heartbeat_sent.fetch_max(sent, Ordering::SeqCst);
         Ok(registered)
     }
@@ -262,8 +257,12 @@ pub(super) async fn watch(shared: Weak<Shared>) {
     let (period, interval, timeout) = match shared.upgrade() {
         Some(shared) => (
             watchdog_period(&shared.cluster),
-            u128::from(u64::try_from(shared.cluster.probe_interval().as_millis()).unwrap_or(u64::MAX)),
-            u128::from(u64::try_from(shared.cluster.probe_timeout().as_millis()).unwrap_or(u64::MAX)),
+            u128::from(
+                u64::try_from(shared.cluster.probe_interval().as_millis()).unwrap_or(u64::MAX),
+            ),
+            u128::from(
+                u64::try_from(shared.cluster.probe_timeout().as_millis()).unwrap_or(u64::MAX),
+            ),
         ),
         None => return,
     };
@@ -273,58 +272,64 @@ pub(super) async fn watch(shared: Weak<Shared>) {
     // reconnect in a loop.
     let mut replaced_at = 0u64;
     loop {
-        let Some(strong) = shared.upgrade() else {
-            return;
-        };
-        if strong.shut_down.load(Ordering::SeqCst) {
-            return;
-        }
-        strong.check_fence();
-        let clock = strong.backplane.clock();
-        let now = clock.now();
-        let since = |at: u64| u128::from(now.saturating_sub(at));
-        match pending {
-            Some(probe) => {
-                let heard = if probe.published {
-                    clock.pushed_at()
-                } else {
-                    clock.answered_at()
-                };
-                if heard >= probe.sent {
-                    pending = None;
-                } else if since(probe.sent) >= timeout {
-                    strong.link.probe_timeouts.fetch_add(1, Ordering::Relaxed);
-                    strong.replace_connection(if probe.published {
-                        "the probe published to this node's own channel did not come back"
+        // The manager is held only while looking, never while asleep: the
+        // maintenance task's drop of the last reference must free it.
+        let clock = {
+            let Some(strong) = shared.upgrade() else {
+                return;
+            };
+            if strong.shut_down.load(Ordering::SeqCst) {
+                return;
+            }
+            strong.check_fence();
+            let clock = Arc::clone(strong.backplane.clock());
+            let now = clock.now();
+            let since = |at: u64| u128::from(now.saturating_sub(at));
+            match pending {
+                Some(probe) => {
+                    let heard = if probe.published {
+                        clock.pushed_at()
                     } else {
-                        "no answer to PING"
-                    });
-                    pending = None;
-                    replaced_at = clock.now();
+                        clock.answered_at()
+                    };
+                    if heard >= probe.sent {
+                        pending = None;
+                    } else if since(probe.sent) >= timeout {
+                        strong.link.probe_timeouts.fetch_add(1, Ordering::Relaxed);
+                        strong.replace_connection(if probe.published {
+                            "the probe published to this node's own channel did not come back"
+                        } else {
+                            "no answer to PING"
+                        });
+                        pending = None;
+                        replaced_at = clock.now();
+                    }
+                }
+                None => {
+                    let published = clock.subscribed();
+                    let last = if published {
+                        clock.pushed_at()
+                    } else {
+                        clock.answered_at()
+                    };
+                    if since(last) >= interval
+                        || (clock.timeouts() > 0 && since(replaced_at) >= interval)
+                    {
+                        pending = Some(Probe {
+                            sent: now,
+                            published,
+                        });
+                        let probe = strong.backplane.probe();
+                        tokio::spawn(async move {
+                            if let Err(error) = probe.await {
+                                tracing::debug!(%error, "link probe failed");
+                            }
+                        });
+                    }
                 }
             }
-            None => {
-                let published = clock.subscribed();
-                let last = if published {
-                    clock.pushed_at()
-                } else {
-                    clock.answered_at()
-                };
-                if since(last) >= interval
-                    || (clock.timeouts() > 0 && since(replaced_at) >= interval)
-                {
-                    pending = Some(Probe { sent: now, published });
-                    let prober = std::sync::Arc::clone(&strong);
-                    tokio::spawn(async move {
-                        if let Err(error) = prober.backplane.probe().await {
-                            tracing::debug!(%error, "link probe failed");
-                        }
-                    });
-                }
-            }
-        }
-        // Holding the manager while asleep delays its drop by one period
-        // (a shutdown is seen at the next one).
+            clock
+        };
         tokio::select! {
             () = tokio::time::sleep(period) => {}
             () = clock.timed_out.notified() => {}

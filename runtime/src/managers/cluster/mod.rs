@@ -81,8 +81,8 @@ use crate::websocket_manager;
 
 use backplane::{AppendError, Backplane, History, PushHandler, StoredEvent};
 pub use config::{ClusterConfig, ClusterConfigBuilder};
-pub use link::LinkState;
 use link::Link;
+pub use link::LinkState;
 pub use local::RESUME_CLOSE_CODE;
 use local::{LocalIndex, PresenceChange, Replay};
 use presence::Replica;
