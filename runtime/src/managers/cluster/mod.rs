@@ -179,6 +179,26 @@ pub struct ClusterStats {
     pub fenced: u64,
 }
 
+impl ClusterStats {
+    /// Every counter at zero (the metrics' descriptions are read from it).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn zero() -> Self {
+        ClusterStats {
+            node_id: String::new(),
+            ready: false,
+            local_connections: 0,
+            remote_connections: 0,
+            remote_nodes: 0,
+            inbound_dropped: 0,
+            audits: 0,
+            link: LinkState::Joining,
+            reconnects: 0,
+            probe_timeouts: 0,
+            fenced: 0,
+        }
+    }
+}
+
 impl std::fmt::Display for ClusterStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
