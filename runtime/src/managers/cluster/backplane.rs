@@ -334,7 +334,10 @@ fn open(
         if clock.generation() != generation {
             return Ok(());
         }
-        clock.pushed_at.store(clock.now(), Ordering::SeqCst);
+        // A disconnection is news about the link, not a sign of life.
+        if info.kind != PushKind::Disconnection {
+            clock.pushed_at.store(clock.now(), Ordering::SeqCst);
+        }
         let is_probe = info.kind == PushKind::Message
             && matches!(info.data.get(1), Some(Value::BulkString(bytes)) if bytes.as_slice() == probe.as_slice());
         if !is_probe {

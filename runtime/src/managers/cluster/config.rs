@@ -21,6 +21,10 @@ use crate::config::{ConfigError, ManagerConfig};
 /// assert_eq!(config.node_id(), "web-1");
 /// // A dead node disappears from every replica within this bound.
 /// assert_eq!(config.presence_bound(), Duration::from_secs(12) + Duration::from_millis(500));
+/// // A node cut off from Redis closes its connections before that: before
+/// // any other node can forget it.
+/// assert_eq!(config.fence_after(), Duration::from_secs(8));
+/// assert!(config.fence_after() < config.node_ttl());
 /// # Ok::<(), websocket_manager::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
