@@ -12,13 +12,15 @@ use websocket_manager::{ClusterConfig, ClusterWebSocketManager, RESUME_CLOSE_COD
 use websocket_manager_suite::redis::{count_keys, own_redis_for, redis_for, unique_prefix};
 
 fn cluster(url: &str, prefix: &str, node: &str) -> ClusterConfig {
-    cluster_with_ttl(url, prefix, node, Duration::from_millis(600))
+    cluster_with_ttl(url, prefix, node, Duration::from_secs(2))
 }
 
-/// A node TTL of 600 ms makes a node fence itself after 533 ms without a
-/// heartbeat; the tests of Redis outages use a longer one, so what they
-/// check (typed errors, local sends, recovery) happens before the fence
-/// (tested in `cluster_liveness.rs`).
+/// A node TTL of 2 s makes a node fence itself after 1.78 s without an
+/// acknowledged heartbeat: long enough that a heartbeat delayed by a loaded
+/// CI machine does not fence a healthy node mid-test (at 600 ms it did);
+/// the tests of Redis outages use a longer one still, so what they check
+/// (typed errors, local sends, recovery) happens before the fence (tested
+/// in `cluster_liveness.rs`).
 fn cluster_with_ttl(url: &str, prefix: &str, node: &str, node_ttl: Duration) -> ClusterConfig {
     ClusterConfig::builder(url)
         .key_prefix(prefix)
@@ -175,13 +177,25 @@ async fn sends_cross_nodes_once_and_never_reach_another_user() {
         },
     )
     .await;
-    eventually(Duration::from_secs(2), "a learns the binding", || {
+    let a_knows_the_binding = || {
         a.get_connection_health(&alice)
             .connections
             .iter()
             .any(|c| c.thread_id.as_ref() == Some(&thread))
-    })
+    };
+    eventually(
+        Duration::from_secs(2),
+        "a learns the binding",
+        a_knows_the_binding,
+    )
     .await;
+    // a re-reads b's presence from Redis every heartbeat (200 ms): the
+    // binding must be in the presence hash, not only in the bus message.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        a_knows_the_binding(),
+        "a forgot the binding when it re-read b's presence"
+    );
     let delivery = a
         .send_to_thread(&thread, json!({"type": "to-thread"}))
         .await

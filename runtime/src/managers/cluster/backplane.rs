@@ -659,11 +659,20 @@ impl Backplane {
                         connection: connection.clone(),
                     }
                 }
-                PresenceChange::Moved(connection, thread) => BusMessage::Moved {
-                    origin: origin.clone(),
-                    connection: connection.clone(),
-                    thread: thread.clone(),
-                },
+                PresenceChange::Moved(connection, entry) => {
+                    // Into the hash too: a node that re-reads this node's
+                    // presence must not lose the binding the bus announced.
+                    pipe.hset(&hash, connection.as_str(), entry_json(entry)?)
+                        .ignore();
+                    let Some(thread) = entry.thread.clone() else {
+                        continue;
+                    };
+                    BusMessage::Moved {
+                        origin: origin.clone(),
+                        connection: connection.clone(),
+                        thread,
+                    }
+                }
                 PresenceChange::Bind(node, connection, thread) => {
                     let message = BusMessage::Bind {
                         origin: origin.clone(),

@@ -124,7 +124,10 @@ pub(crate) struct CriticalOutcome {
 pub(crate) enum PresenceChange {
     Join(ConnectionId, PresenceEntry),
     Leave(ConnectionId),
-    Moved(ConnectionId, ThreadId),
+    /// A connection bound to a thread: its whole entry, thread included,
+    /// so the presence hash (which other nodes re-read every heartbeat)
+    /// holds the binding, not only the bus message.
+    Moved(ConnectionId, PresenceEntry),
     /// Ask node `.0`, which holds connection `.1`, to bind it to `.2`.
     Bind(String, ConnectionId, ThreadId),
 }
@@ -574,7 +577,10 @@ impl LocalIndex {
                     .entry(thread.clone())
                     .or_default()
                     .push(recipient);
-                (self.sink)(PresenceChange::Moved(connection_id.clone(), thread));
+                (self.sink)(PresenceChange::Moved(
+                    connection_id.clone(),
+                    presence_of(&entry.connection),
+                ));
             }
             Some(presence_of(&entry.connection))
         })?

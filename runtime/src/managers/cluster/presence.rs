@@ -109,6 +109,11 @@ impl Replica {
         if let Some((holder, mut entry)) = state.remove(connection) {
             if holder == node {
                 entry.thread = Some(thread);
+                // A re-read of the holder's presence that began before
+                // this message must not undo the binding.
+                state
+                    .recent
+                    .insert(connection.clone(), (Instant::now(), true));
             }
             state.insert(&holder, connection.clone(), entry);
         }
