@@ -7,17 +7,22 @@
 
 mod e2e_support;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use e2e_support::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+use websocket_manager::prelude::*;
 use websocket_manager::transport::{
-    HandlerError, InboundContext, InboundError, InboundMessage, TransportConfig, handler_fn,
+    HandlerError, InboundContext, InboundError, InboundMessage, OriginPolicy, TransportConfig,
+    WebSocketService, handler_fn,
 };
-use websocket_manager::{AGENT_EVENTS, ManagerConfig, StreamOffset, UserId, WebSocketManager};
+use websocket_manager::{AGENT_EVENTS, ClusterConfig, ClusterWebSocketManager};
+use websocket_manager_suite::redis::{redis_for, unique_prefix};
 
 fn alice() -> UserId {
     UserId::new("alice").unwrap()
@@ -45,6 +50,94 @@ impl Servers {
             ("axum", self.server.addr),
             ("tungstenite", self.tungstenite),
         ]
+    }
+}
+
+/// A service over any manager, reachable through both adapters.
+struct Served {
+    adapters: [(&'static str, SocketAddr); 2],
+    axum: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.axum.abort();
+    }
+}
+
+async fn serve(manager: DynManager) -> Served {
+    let service = WebSocketService::builder(manager, authenticator())
+        .origins(OriginPolicy::allow([ALLOWED_ORIGIN]))
+        .build();
+    let (axum, server) = axum_server(service.clone()).await;
+    let tungstenite = tungstenite_server(service).await;
+    Served {
+        adapters: [("axum", axum), ("tungstenite", tungstenite)],
+        axum: server,
+    }
+}
+
+/// The unified manager behind a registration that takes 30 ms, as one
+/// through a remote registry does. A hello written before the registration
+/// would reach the client well before the manager could route to it.
+struct SlowRegistration(UnifiedWebSocketManager);
+
+impl ConstructManager for SlowRegistration {
+    fn construct(context: &BuildContext<'_>) -> Result<Self, BuildError> {
+        Ok(SlowRegistration(UnifiedWebSocketManager::new(
+            context.config.clone(),
+        )))
+    }
+}
+
+#[websocket_manager(name = "slow_registration", mode = "unified")]
+impl WebSocketManager for SlowRegistration {
+    async fn add_connection(&self, connection: WebSocketConnection) -> Result<(), ManagerError> {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        self.0.add_connection(connection).await
+    }
+    async fn remove_connection(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection> {
+        self.0.remove_connection(connection_id).await
+    }
+    fn get_connection(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection> {
+        self.0.get_connection(connection_id)
+    }
+    fn get_user_connections(&self, user_id: &UserId) -> HashSet<ConnectionId> {
+        self.0.get_user_connections(user_id)
+    }
+    fn is_connection_active(&self, user_id: &UserId) -> bool {
+        self.0.is_connection_active(user_id)
+    }
+    fn get_connection_id_by_websocket(&self, websocket: &WebSocketHandle) -> Option<ConnectionId> {
+        self.0.get_connection_id_by_websocket(websocket)
+    }
+    fn update_connection_thread(&self, connection_id: &ConnectionId, thread_id: ThreadId) -> bool {
+        self.0.update_connection_thread(connection_id, thread_id)
+    }
+    async fn send_to_user(
+        &self,
+        user_id: &UserId,
+        message: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        self.0.send_to_user(user_id, message).await
+    }
+    async fn emit_critical_event(
+        &self,
+        user_id: &UserId,
+        event_type: &str,
+        data: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        self.0.emit_critical_event(user_id, event_type, data).await
+    }
+    fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth {
+        self.0.get_connection_health(user_id)
+    }
+    async fn send_to_thread(
+        &self,
+        thread_id: &ThreadId,
+        message: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        self.0.send_to_thread(thread_id, message).await
     }
 }
 
@@ -153,16 +246,39 @@ async fn hello_comes_first_and_says_who_where_and_until_when() {
 /// so a run emitted at that instant reaches it whole. (Before the hello,
 /// the 101 came before the registration, and a test that emitted as soon as
 /// the handshake returned lost the first event about once in fifteen.)
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_emitted_as_soon_as_hello_arrives_is_received_whole() {
     bounded(async {
         let servers = Servers::start(ServerOptions::default()).await;
-        let manager = servers.server.manager.clone();
+        run_after_hello(
+            DynManager::from(Arc::clone(&servers.server.manager)),
+            servers.adapters(),
+            40,
+        )
+        .await;
+        servers.server.assert_indexes_empty().await;
+        let slow = DynManager::new(SlowRegistration(UnifiedWebSocketManager::default()));
+        let served = serve(slow.clone()).await;
+        run_after_hello(slow.clone(), served.adapters, 10).await;
+        assert!(slow.get_user_connections(&alice()).is_empty());
+    })
+    .await;
+}
+
+/// `rounds` times: a new tab of alice reads its hello, and at once a note
+/// and a run are sent to alice; the tab must receive them all, in order.
+async fn run_after_hello(
+    manager: DynManager,
+    adapters: [(&'static str, SocketAddr); 2],
+    rounds: usize,
+) {
+    {
         // Another tab of the user takes every event, so none is pending
         // for the new tab: it gets only what is emitted after it registered.
-        let mut other_tab = connect(servers.server.addr, "alice", None).await;
-        for round in 0..40 {
-            let (adapter, addr) = servers.adapters()[round % 2];
+        let mut other_tab = open(adapters[0].1, "/ws", token("alice", 600)).await;
+        read_hello(&mut other_tab).await;
+        for round in 0..rounds {
+            let (adapter, addr) = adapters[round % 2];
             let mut tab = open(addr, "/ws", token("alice", 600)).await;
             read_hello(&mut tab).await;
             manager
@@ -193,9 +309,12 @@ async fn a_run_emitted_as_soon_as_hello_arrives_is_received_whole() {
             }
         }
         close(other_tab).await;
-        servers.server.assert_indexes_empty().await;
-    })
-    .await;
+        let deadline = tokio::time::Instant::now() + STEP;
+        while !manager.get_user_connections(&alice()).is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "alice's tabs stay registered");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 #[tokio::test]
@@ -508,6 +627,94 @@ async fn client_protocol_frames_never_reach_the_application() {
             close(tab).await;
         }
         servers.server.assert_indexes_empty().await;
+    })
+    .await;
+}
+
+/// Pre-emits three events to alice, connects her through both adapters of
+/// a service over `manager` and checks the hello's offsets and retention
+/// (`max_events`, `max_age_ms`) against what the manager holds.
+async fn hello_reports_the_managers_own_position(
+    manager: DynManager,
+    max_events: u64,
+    max_age_ms: u64,
+) {
+    let served = serve(manager.clone()).await;
+    let mut stream = None;
+    for event in &AGENT_EVENTS[..3] {
+        let delivery = manager
+            .emit_critical_event(&alice(), event, json!({}))
+            .await
+            .unwrap();
+        stream = delivery.offset().map(|o| o.stream);
+    }
+    let stream = stream.unwrap();
+    for (round, (adapter, addr)) in served.adapters.into_iter().enumerate() {
+        let mut tab = open(addr, "/ws", token("alice", 600)).await;
+        let hello = read_hello(&mut tab).await;
+        let name = manager.type_name();
+        assert_eq!(
+            hello["latest"],
+            json!({"stream": stream, "sequence": 3}),
+            "{name} {adapter}"
+        );
+        assert_eq!(
+            hello["retention"],
+            json!({"max_events": max_events, "max_age_ms": max_age_ms, "oldest": {"stream": stream, "sequence": 1}}),
+            "{name} {adapter}"
+        );
+        if round == 0 {
+            // Nobody had taken them: replayed right after the hello.
+            for sequence in 1..=3 {
+                let event = frame(&mut tab).await;
+                assert_eq!(event["sequence"], sequence, "{name} {adapter}: {event}");
+            }
+        }
+        close(tab).await;
+        let deadline = tokio::time::Instant::now() + STEP;
+        while !manager.get_user_connections(&alice()).is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "{name}: alice stays registered");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn hello_reports_a_custom_managers_position_through_its_critical_event_log() {
+    bounded(async {
+        hello_reports_the_managers_own_position(
+            DynManager::new(example_managers::MinimalManager::default()),
+            256,
+            300_000,
+        )
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_reports_the_cluster_managers_position_from_redis() {
+    let Some(redis) = redis_for("protocol_hello") else {
+        return;
+    };
+    bounded(async {
+        let config = ManagerConfig::builder()
+            .history_capacity(40)
+            .history_max_age(Duration::from_secs(120))
+            .build()
+            .unwrap();
+        let cluster = ClusterConfig::builder(redis.url())
+            .key_prefix(unique_prefix("protocol_hello"))
+            .node_id("a")
+            .build()
+            .unwrap();
+        let manager = ClusterWebSocketManager::new(config, cluster).unwrap();
+        manager.ready().await.unwrap();
+        let manager = DynManager::new(manager);
+        hello_reports_the_managers_own_position(manager.clone(), 40, 120_000).await;
+        // The ordering promise holds with a registration that goes to Redis.
+        let served = serve(manager.clone()).await;
+        run_after_hello(manager, served.adapters, 10).await;
     })
     .await;
 }

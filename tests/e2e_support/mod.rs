@@ -73,20 +73,7 @@ impl TestServer {
                 .config(options.transport)
                 .shared_handler(options.handler)
                 .build();
-        let app = axum::Router::new()
-            .route(
-                "/ws",
-                axum::routing::get(websocket_manager::transport::axum::upgrade),
-            )
-            .with_state(service.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        // The documented way: TCP_NODELAY and the configured header-read timeout.
-        let listener = websocket_manager::transport::axum::WebSocketListener::new(listener)
-            .header_read_timeout(service.config().header_read_timeout());
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let (addr, server) = axum_server(service.clone()).await;
         TestServer {
             addr,
             service,
@@ -311,6 +298,25 @@ pub async fn close(mut client: Client) {
         .await;
     // Read the server's close reply so the handshake completes.
     let _ = tokio::time::timeout(STEP, async { while client.next().await.is_some() {} }).await;
+}
+
+/// The axum adapter at `/ws` on its own listener, over `service`.
+pub async fn axum_server(service: WebSocketService) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let app = axum::Router::new()
+        .route(
+            "/ws",
+            axum::routing::get(websocket_manager::transport::axum::upgrade),
+        )
+        .with_state(service.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The documented way: TCP_NODELAY and the configured header-read timeout.
+    let listener = websocket_manager::transport::axum::WebSocketListener::new(listener)
+        .header_read_timeout(service.config().header_read_timeout());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (addr, server)
 }
 
 /// The tungstenite adapter on its own listener, over `service`.

@@ -497,12 +497,25 @@ impl WebSocketManager for ClusterWebSocketManager {
         let now = unix_millis(SystemTime::now());
         let (notice, events) = plan(&history, resume, shared.config.history_max_age(), now);
         let head = StreamOffset::new(history.stream, history.head);
-        // For the transport's `hello`: what Redis holds, as replayed.
+        // For the transport's `hello`: what Redis holds. The read returned
+        // the entries from `read_from` on, filtered by age; when it started
+        // at the stream's first entry, the first one left is the oldest a
+        // client can still get, else the stream's first entry is.
+        let read_from = match resume {
+            Some(offset) if offset.stream == history.stream => offset.sequence + 1,
+            Some(_) => 1,
+            None => history.taken + 1,
+        };
+        let oldest = if history.oldest == 0 {
+            None
+        } else if read_from <= history.oldest {
+            events.first().map(|e| e.sequence)
+        } else {
+            Some(history.oldest)
+        };
         socket.record_stream_position(StreamPosition::new(
             Some(head),
-            events
-                .first()
-                .map(|e| StreamOffset::new(history.stream, e.sequence)),
+            oldest.map(|sequence| StreamOffset::new(history.stream, sequence)),
             shared.config.history_capacity(),
             shared.config.history_max_age(),
         ));
