@@ -13,9 +13,14 @@
 //! | a WebSocket protocol violation (unmasked client frame, reserved bits, bad opcode...) | 1002 |
 //! | inbound message or frame over the limit | 1009 |
 //! | the registration failed, or reading failed, for an internal reason | 1011 |
+//! | the manager could not fit the replay into the new socket's queue | 1013 `replay did not fit; reconnect` |
+//! | cluster manager: the connection missed events this node cannot fill in order, or the node was cut off | 1012 (`RESUME_CLOSE_CODE`, feature `redis`) |
 //! | the token the connection was authenticated with expired ([`Identity::expires_at`](super::Identity::expires_at)) | 4401 `token expired` |
 //! | no frame (not even a pong) within `idle_timeout` | 4408 |
 //! | one write stalled longer than `write_timeout` | 4409 (rarely seen: the client is not reading) |
+//!
+//! What a client does on each code (reconnect at once, with backoff, after a
+//! new token, or never) is in `docs/protocol.md`, section 7.
 
 use crate::connection::CloseReason;
 use crate::error::ManagerError;
