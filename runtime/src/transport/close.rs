@@ -42,6 +42,9 @@ pub const INVALID_PAYLOAD: u16 = 1007;
 /// 1008: a policy was violated (slow consumer, connection cap, too many
 /// invalid messages).
 pub const POLICY_VIOLATION: u16 = 1008;
+/// 1013: try again later; the manager could not replay what the new
+/// connection is owed into its queue.
+pub const TRY_AGAIN_LATER: u16 = 1013;
 /// 4401: the token the connection was authenticated with expired; the
 /// client should reconnect with a fresh one. The reason is `token expired`.
 pub const TOKEN_EXPIRED: u16 = 4401;
@@ -96,6 +99,11 @@ pub(crate) fn registration_refused(error: &ManagerError) -> CloseReason {
             CloseReason::policy("connection refused: isolation violation")
         }
         ManagerError::ShutDown => CloseReason::going_away(),
+        // Nothing is wrong with the client: a fresh attempt, with its
+        // offset, fits once the user's backlog is smaller.
+        ManagerError::ReplayFailed { .. } => {
+            CloseReason::new(TRY_AGAIN_LATER, "replay did not fit; reconnect")
+        }
         _ => CloseReason::new(INTERNAL_ERROR, "registration failed"),
     }
 }
@@ -122,5 +130,11 @@ mod tests {
         assert_eq!(registration_refused(&ManagerError::ShutDown).code, 1001);
         let duplicate = ManagerError::DuplicateConnection(crate::ConnectionId::generate());
         assert_eq!(registration_refused(&duplicate).code, 1011);
+        let replay = ManagerError::ReplayFailed {
+            connection_id: crate::ConnectionId::generate(),
+            replayed: 3,
+            total: 9,
+        };
+        assert_eq!(registration_refused(&replay).code, 1013);
     }
 }
