@@ -31,7 +31,6 @@
 
 #[path = "support/auth.rs"]
 mod auth;
-use auth::SECRET;
 use websocket_manager::DynManager;
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -47,7 +46,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use websocket_manager::UnifiedWebSocketManager;
-use websocket_manager::transport::{JwtAuthenticator, TransportConfig, WebSocketService};
+use websocket_manager::transport::{TransportConfig, WebSocketService};
 use websocket_manager::{
     ManagerConfig, OutboundEvent, UserId, WebSocketConnection, WebSocketHandle, WebSocketManager,
 };
@@ -481,7 +480,7 @@ fn start_library(server: Server, listener: TcpListener) -> ChildState {
     let manager = Arc::new(UnifiedWebSocketManager::default());
     let service = WebSocketService::builder(
         DynManager::from(Arc::clone(&manager)),
-        JwtAuthenticator::hs256(SECRET),
+        auth::authenticator(),
     )
     .config(TransportConfig::default())
     .build();

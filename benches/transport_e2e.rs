@@ -45,7 +45,6 @@
 
 #[path = "support/auth.rs"]
 mod auth;
-use auth::SECRET;
 use websocket_manager::DynManager;
 
 use std::collections::HashMap;
@@ -65,7 +64,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use websocket_manager::UnifiedWebSocketManager;
-use websocket_manager::transport::{JwtAuthenticator, WebSocketService};
+use websocket_manager::transport::WebSocketService;
 use websocket_manager::{ManagerConfig, UserId, WebSocketManager};
 
 /// Rounds per server and scenario, after one warm-up round each. A round
@@ -169,7 +168,7 @@ impl Server {
         let manager = Arc::new(UnifiedWebSocketManager::new(ManagerConfig::default()));
         let service = WebSocketService::builder(
             DynManager::from(Arc::clone(&manager)),
-            JwtAuthenticator::hs256(SECRET),
+            auth::authenticator(),
         )
         .build();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -8,7 +8,6 @@
 
 #[path = "support/auth.rs"]
 mod auth;
-use auth::SECRET;
 use websocket_manager::DynManager;
 
 use std::sync::Arc;
@@ -21,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use websocket_manager::UnifiedWebSocketManager;
-use websocket_manager::transport::{JwtAuthenticator, WebSocketService};
+use websocket_manager::transport::WebSocketService;
 use websocket_manager::{UserId, WebSocketManager};
 
 type Client = WebSocketStream<TcpStream>;
@@ -30,7 +29,7 @@ async fn server() -> (std::net::SocketAddr, Arc<UnifiedWebSocketManager>) {
     let manager = Arc::new(UnifiedWebSocketManager::default());
     let service = WebSocketService::builder(
         DynManager::from(Arc::clone(&manager)),
-        JwtAuthenticator::hs256(SECRET),
+        auth::authenticator(),
     )
     .build();
     let app = axum::Router::new()

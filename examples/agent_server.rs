@@ -306,14 +306,18 @@ async fn main() -> ExitCode {
     // 3. Authentication: a JWT secret from the environment, or a fresh
     //    random one in demo mode (which then signs the demo tokens).
     let secret = match (std::env::var("AGENT_SERVER_JWT_SECRET"), args.demo) {
-        (Ok(secret), _) if secret.len() >= 32 => secret.into_bytes(),
-        (Ok(_), _) => {
-            eprintln!("AGENT_SERVER_JWT_SECRET must be at least 32 bytes");
-            return ExitCode::from(2);
-        }
+        (Ok(secret), _) => secret.into_bytes(),
         (Err(_), true) => demo_secret(),
         (Err(_), false) => {
             eprintln!("set AGENT_SERVER_JWT_SECRET (32+ bytes), or run with --demo");
+            return ExitCode::from(2);
+        }
+    };
+    // The library refuses a secret shorter than 32 bytes.
+    let authenticator = match JwtAuthenticator::hs256(&secret) {
+        Ok(authenticator) => authenticator.audience([AUDIENCE]),
+        Err(error) => {
+            eprintln!("AGENT_SERVER_JWT_SECRET: {error}");
             return ExitCode::from(2);
         }
     };
@@ -341,7 +345,7 @@ async fn main() -> ExitCode {
     let service = WebSocketService::builder(
         manager.clone(),
         // A user may follow only their own threads, `<user>:<name>`.
-        UserScopedThreads(JwtAuthenticator::hs256(&secret).audience([AUDIENCE])),
+        UserScopedThreads(authenticator),
     )
     .origins(OriginPolicy::allow([
         format!("http://127.0.0.1:{}", addr.port()),
@@ -424,11 +428,8 @@ async fn require_operator(State(state): State<AppState>, request: Request, next:
         )
             .into_response();
     };
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
+    // The scheme is case-insensitive: `bearer` and `BEARER` too (RFC 7235, 2.1).
+    let presented = websocket_manager::transport::bearer_token(request.headers());
     match presented {
         Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
             next.run(request).await

@@ -30,6 +30,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use example_managers as _; // linked on purpose: its managers are validated too
+use websocket_manager::conformance::is_probe_id;
 use websocket_manager::{
     BuildContext, BuildError, ConnectionHealth, ConnectionId, ConstructManager, Delivery,
     ManagerError, StartupOptions, StartupReport, ThreadId, UnifiedWebSocketManager, UserId,
@@ -37,10 +38,13 @@ use websocket_manager::{
     websocket_manager,
 };
 
-/// The reference unified manager, plus a count of every message it delivered.
+/// The reference unified manager, plus a count of every message it delivered
+/// to real users: startup validation's probe users are not counted.
 struct AuditedManager {
     inner: UnifiedWebSocketManager,
     delivered: AtomicU64,
+    /// `false` on an instance built only for the probes.
+    audits: bool,
 }
 
 impl ConstructManager for AuditedManager {
@@ -48,12 +52,18 @@ impl ConstructManager for AuditedManager {
         Ok(AuditedManager {
             inner: UnifiedWebSocketManager::construct(context)?,
             delivered: AtomicU64::new(0),
+            audits: !context.for_probe,
         })
     }
 }
 
 impl AuditedManager {
-    fn audit(&self, result: &Result<Delivery, ManagerError>) {
+    /// Counts what reached `target` (a user or thread id), unless a probe
+    /// sent it: probe ids also reach live instances (`run_live`).
+    fn audit(&self, target: &str, result: &Result<Delivery, ManagerError>) {
+        if !self.audits || is_probe_id(target) {
+            return;
+        }
         if let Ok(delivery) = result {
             let recipients = u64::try_from(delivery.recipients()).unwrap_or(u64::MAX);
             self.delivered.fetch_add(recipients, Ordering::Relaxed);
@@ -91,7 +101,7 @@ impl WebSocketManager for AuditedManager {
         message: serde_json::Value,
     ) -> Result<Delivery, ManagerError> {
         let result = self.inner.send_to_user(user_id, message).await;
-        self.audit(&result);
+        self.audit(user_id.as_str(), &result);
         result
     }
     async fn emit_critical_event(
@@ -104,7 +114,7 @@ impl WebSocketManager for AuditedManager {
             .inner
             .emit_critical_event(user_id, event_type, data)
             .await;
-        self.audit(&result);
+        self.audit(user_id.as_str(), &result);
         result
     }
     fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth {
@@ -116,7 +126,7 @@ impl WebSocketManager for AuditedManager {
         message: serde_json::Value,
     ) -> Result<Delivery, ManagerError> {
         let result = self.inner.send_to_thread(thread_id, message).await;
-        self.audit(&result);
+        self.audit(thread_id.as_str(), &result);
         result
     }
 }

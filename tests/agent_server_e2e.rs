@@ -88,12 +88,25 @@ impl Server {
         Server { child, addr }
     }
 
-    /// One HTTP/1.1 request; returns the status and the body.
+    /// One HTTP/1.1 request, with `Authorization: Bearer <bearer>` when
+    /// given; returns the status and the body.
     fn http(&self, method: &str, path: &str, bearer: Option<&str>, body: &str) -> (u16, String) {
+        let authorization = bearer.map(|token| format!("Bearer {token}"));
+        self.http_authorized(method, path, authorization.as_deref(), body)
+    }
+
+    /// One HTTP/1.1 request with this `Authorization` header value, if any.
+    fn http_authorized(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: Option<&str>,
+        body: &str,
+    ) -> (u16, String) {
         let mut stream = TcpStream::connect(self.addr).unwrap();
         stream.set_read_timeout(Some(STEP)).unwrap();
-        let auth = bearer
-            .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        let auth = authorization
+            .map(|value| format!("Authorization: {value}\r\n"))
             .unwrap_or_default();
         write!(
             stream,
@@ -263,6 +276,15 @@ async fn operator_routes_need_the_operator_token_and_metrics_follow_traffic() {
             assert_eq!(status, 401, "GET {path} with {bearer:?}: {body}");
         }
     }
+    // The scheme is case-insensitive (RFC 7235, 2.1); the token is not.
+    for scheme in ["bearer", "BEARER", "bEaReR"] {
+        let authorization = format!("{scheme} {OPERATOR_TOKEN}");
+        let (status, body) = server.http_authorized("GET", "/managers", Some(&authorization), "");
+        assert_eq!(status, 200, "{authorization}: {body}");
+    }
+    let shouted = format!("Bearer {}", OPERATOR_TOKEN.to_uppercase());
+    let (status, _) = server.http_authorized("GET", "/managers", Some(&shouted), "");
+    assert_eq!(status, 401);
     // A user's own token is not an operator token.
     let (_, body) = server.http("POST", "/demo-token", None, r#"{"user":"alice"}"#);
     let user_token: Value = serde_json::from_str(&body).unwrap();

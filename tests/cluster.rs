@@ -12,19 +12,35 @@ use websocket_manager::{ClusterConfig, ClusterWebSocketManager, RESUME_CLOSE_COD
 use websocket_manager_suite::redis::{count_keys, own_redis_for, redis_for, unique_prefix};
 
 fn cluster(url: &str, prefix: &str, node: &str) -> ClusterConfig {
+    cluster_with_ttl(url, prefix, node, Duration::from_millis(600))
+}
+
+/// A node TTL of 600 ms makes a node fence itself after 533 ms without a
+/// heartbeat; the tests of Redis outages use a longer one, so what they
+/// check (typed errors, local sends, recovery) happens before the fence
+/// (tested in `cluster_liveness.rs`).
+fn cluster_with_ttl(url: &str, prefix: &str, node: &str, node_ttl: Duration) -> ClusterConfig {
     ClusterConfig::builder(url)
         .key_prefix(prefix)
         .node_id(node)
         .command_timeout(Duration::from_millis(400))
         .heartbeat_interval(Duration::from_millis(200))
-        .node_ttl(Duration::from_millis(600))
+        .node_ttl(node_ttl)
         .build()
         .unwrap()
 }
 
 async fn node(url: &str, prefix: &str, name: &str) -> ClusterWebSocketManager {
-    let manager =
-        ClusterWebSocketManager::new(ManagerConfig::default(), cluster(url, prefix, name)).unwrap();
+    start(cluster(url, prefix, name)).await
+}
+
+/// A node that tolerates an outage of a few seconds before fencing itself.
+async fn patient_node(url: &str, prefix: &str, name: &str) -> ClusterWebSocketManager {
+    start(cluster_with_ttl(url, prefix, name, Duration::from_secs(5))).await
+}
+
+async fn start(config: ClusterConfig) -> ClusterWebSocketManager {
+    let manager = ClusterWebSocketManager::new(ManagerConfig::default(), config).unwrap();
     manager.ready().await.unwrap();
     manager
 }
@@ -295,8 +311,8 @@ async fn redis_restart_gives_typed_errors_then_recovers_and_announces_the_loss()
     let url = server.url();
     let prefix = unique_prefix("restart");
     let (a, b) = (
-        node(&url, &prefix, "a").await,
-        node(&url, &prefix, "b").await,
+        patient_node(&url, &prefix, "a").await,
+        patient_node(&url, &prefix, "b").await,
     );
     let (alice, dave) = (user("alice"), user("dave"));
     let mut tab = connect(&a, &alice, None).await;
@@ -588,8 +604,8 @@ async fn a_hung_redis_gives_bounded_typed_errors_and_nothing_is_lost_after() {
     let url = server.url();
     let prefix = unique_prefix("hung");
     let (a, b) = (
-        node(&url, &prefix, "a").await,
-        node(&url, &prefix, "b").await,
+        patient_node(&url, &prefix, "a").await,
+        patient_node(&url, &prefix, "b").await,
     );
     let alice = user("alice");
     let mut tab = connect(&b, &alice, None).await;

@@ -1,5 +1,5 @@
-//! What the transport benches share: the secret their servers verify and
-//! the token and upgrade request their clients send.
+//! What the transport benches share: the authenticator their servers
+//! verify with, and the token and upgrade request their clients send.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -7,10 +7,15 @@ use std::net::SocketAddr;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
-use websocket_manager::transport::encode_hs256;
+use websocket_manager::transport::{JwtAuthenticator, encode_hs256};
 
 /// The HS256 secret of every bench server.
 pub const SECRET: &[u8] = b"benchmark secret, at least 32 bytes";
+
+/// The authenticator of every bench server: HS256 with [`SECRET`].
+pub fn authenticator() -> JwtAuthenticator {
+    JwtAuthenticator::hs256(SECRET).expect("the bench secret is 32 bytes or more")
+}
 
 /// A token for `user`, valid for an hour.
 pub fn token(user: &str) -> String {

@@ -31,14 +31,13 @@ use websocket_manager::{CriticalEventLog, deliver_frame};
 pub struct MinimalManager {
     state: Mutex<State>,
     critical: CriticalEventLog,
+    /// Connections one user may hold (`ManagerConfig::max_connections_per_user`).
+    cap: usize,
 }
 
 impl Default for MinimalManager {
     fn default() -> Self {
-        MinimalManager {
-            state: Mutex::default(),
-            critical: CriticalEventLog::new(&ManagerConfig::default()),
-        }
+        MinimalManager::with_config(&ManagerConfig::default())
     }
 }
 
@@ -50,14 +49,19 @@ struct State {
 
 impl ConstructManager for MinimalManager {
     fn construct(context: &BuildContext<'_>) -> Result<Self, BuildError> {
-        Ok(MinimalManager {
-            state: Mutex::default(),
-            critical: CriticalEventLog::new(context.config),
-        })
+        Ok(MinimalManager::with_config(context.config))
     }
 }
 
 impl MinimalManager {
+    fn with_config(config: &ManagerConfig) -> Self {
+        MinimalManager {
+            state: Mutex::default(),
+            critical: CriticalEventLog::new(config),
+            cap: config.max_connections_per_user(),
+        }
+    }
+
     /// Runs `f` on the connections. A poisoned lock only means another
     /// thread panicked mid-update of plain maps; the data is still usable.
     fn with<R>(&self, f: impl FnOnce(&mut HashMap<ConnectionId, WebSocketConnection>) -> R) -> R {
@@ -94,6 +98,17 @@ impl MinimalManager {
                 return Err(ManagerError::SocketAlreadyRegistered {
                     socket: connection.websocket.id(),
                     existing: existing.clone(),
+                });
+            }
+            let held = state
+                .connections
+                .values()
+                .filter(|c| c.user_id == connection.user_id)
+                .count();
+            if held >= self.cap {
+                return Err(ManagerError::ConnectionLimit {
+                    user_id: connection.user_id.clone(),
+                    limit: self.cap,
                 });
             }
             // Replayed under the lock, before anything can see the

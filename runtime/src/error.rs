@@ -30,6 +30,17 @@ pub enum ClusterFailure {
     /// channels, so it could not take part without missing messages.
     #[error("this node is not connected to the cluster yet")]
     NotReady,
+    /// This node has been cut off from the engine for longer than its
+    /// `fence_after` bound: it closed its connections (so their clients
+    /// resume on a healthy node) and refuses new ones until the engine
+    /// answers again. Nothing was sent.
+    #[error(
+        "this node is fenced: cut off from the engine for {cut_off_ms} ms; connect to another node"
+    )]
+    Fenced {
+        /// How long since this node last renewed its heartbeat.
+        cut_off_ms: u64,
+    },
     /// The engine answered something this version does not understand.
     #[error("unexpected answer from the engine: {0}")]
     Protocol(String),
@@ -46,12 +57,15 @@ impl ClusterFailure {
     /// use websocket_manager::ClusterFailure;
     /// assert!(ClusterFailure::Timeout { timeout_ms: 1000 }.may_have_taken_effect());
     /// assert!(!ClusterFailure::NotReady.may_have_taken_effect());
+    /// assert!(!ClusterFailure::Fenced { cut_off_ms: 9000 }.may_have_taken_effect());
     /// assert!(!ClusterFailure::Unreachable("connection refused".into()).may_have_taken_effect());
     /// ```
     pub fn may_have_taken_effect(&self) -> bool {
         !matches!(
             self,
-            ClusterFailure::Unreachable(_) | ClusterFailure::NotReady
+            ClusterFailure::Unreachable(_)
+                | ClusterFailure::NotReady
+                | ClusterFailure::Fenced { .. }
         )
     }
 }

@@ -3,7 +3,10 @@
 //! Each is a distinct type, so a thread id can never be passed where a user id
 //! is expected (the original `send_to_thread` did exactly that). All three are
 //! cheap to clone (an `Arc<str>` inside) and are validated on construction:
-//! non-empty, at most [`MAX_ID_LEN`] bytes, no control characters.
+//! non-empty, at most [`MAX_ID_LEN`] bytes, no control characters, no
+//! Unicode format characters (zero-width and direction-changing ones, which
+//! make `"alice\u{200B}"` or `"\u{202E}ecila"` look like `alice` in a log
+//! or a dashboard) and no whitespace at either end.
 
 use std::fmt;
 use std::str::FromStr;
@@ -43,6 +46,78 @@ pub enum IdError {
         /// Byte offset of the first control character.
         index: usize,
     },
+    /// The string contained a Unicode format character (general category
+    /// `Cf`: zero-width spaces and joiners, bidirectional marks, embeddings
+    /// and overrides, the byte order mark, the soft hyphen, tags...). They
+    /// are invisible or reorder the text around them, so an id holding one
+    /// looks like another user's.
+    #[error(
+        "{kind} contains U+{code:04X} (a Unicode format character, invisible or direction-changing) at byte {index}",
+        code = u32::from(*.character)
+    )]
+    FormatCharacter {
+        /// Which identifier was being built.
+        kind: &'static str,
+        /// The first format character found.
+        character: char,
+        /// Its byte offset.
+        index: usize,
+    },
+    /// The string started or ended with whitespace (`char::is_whitespace`:
+    /// a space, a no-break space, an ideographic space...), which makes
+    /// `"alice "` look like `"alice"`.
+    #[error(
+        "{kind} {} with whitespace (U+{code:04X}); trim it first",
+        if *.leading { "starts" } else { "ends" },
+        code = u32::from(*.character)
+    )]
+    SurroundingWhitespace {
+        /// Which identifier was being built.
+        kind: &'static str,
+        /// The whitespace character at that end.
+        character: char,
+        /// `true` at the start, `false` at the end.
+        leading: bool,
+    },
+}
+
+/// Unicode general category `Cf` (Format), as inclusive ranges: from
+/// `DerivedGeneralCategory.txt` of the Unicode Character Database 15.1
+/// (<https://www.unicode.org/Public/15.1.0/ucd/extracted/DerivedGeneralCategory.txt>,
+/// 170 code points). A small explicit table rather than a Unicode crate;
+/// a `Cf` character added by a later Unicode version is not refused until
+/// it is listed here.
+const FORMAT_CHARACTERS: &[(char, char)] = &[
+    ('\u{00AD}', '\u{00AD}'),   // soft hyphen
+    ('\u{0600}', '\u{0605}'),   // Arabic number signs
+    ('\u{061C}', '\u{061C}'),   // Arabic letter mark
+    ('\u{06DD}', '\u{06DD}'),   // Arabic end of ayah
+    ('\u{070F}', '\u{070F}'),   // Syriac abbreviation mark
+    ('\u{0890}', '\u{0891}'),   // Arabic pound and piastre marks above
+    ('\u{08E2}', '\u{08E2}'),   // Arabic disputed end of ayah
+    ('\u{180E}', '\u{180E}'),   // Mongolian vowel separator
+    ('\u{200B}', '\u{200F}'),   // zero-width space, (non-)joiner, LRM, RLM
+    ('\u{202A}', '\u{202E}'),   // bidirectional embeddings and overrides
+    ('\u{2060}', '\u{2064}'),   // word joiner, invisible operators
+    ('\u{2066}', '\u{206F}'),   // bidirectional isolates, deprecated format characters
+    ('\u{FEFF}', '\u{FEFF}'),   // zero-width no-break space (byte order mark)
+    ('\u{FFF9}', '\u{FFFB}'),   // interlinear annotation
+    ('\u{110BD}', '\u{110BD}'), // Kaithi number sign
+    ('\u{110CD}', '\u{110CD}'), // Kaithi number sign above
+    ('\u{13430}', '\u{1343F}'), // Egyptian hieroglyph format controls
+    ('\u{1BCA0}', '\u{1BCA3}'), // shorthand format controls
+    ('\u{1D173}', '\u{1D17A}'), // musical symbol beam and phrase controls
+    ('\u{E0001}', '\u{E0001}'), // language tag
+    ('\u{E0020}', '\u{E007F}'), // tag characters
+];
+
+/// Whether `c` is in Unicode general category `Cf` (see [`FORMAT_CHARACTERS`]).
+fn is_format_character(c: char) -> bool {
+    // ASCII is never `Cf`: the common case costs one comparison
+    !c.is_ascii()
+        && FORMAT_CHARACTERS
+            .iter()
+            .any(|&(first, last)| (first..=last).contains(&c))
 }
 
 fn validate(kind: &'static str, value: &str) -> Result<(), IdError> {
@@ -59,6 +134,25 @@ fn validate(kind: &'static str, value: &str) -> Result<(), IdError> {
     if let Some((index, _)) = value.char_indices().find(|(_, c)| c.is_control()) {
         return Err(IdError::ControlCharacter { kind, index });
     }
+    if let Some((index, character)) = value.char_indices().find(|&(_, c)| is_format_character(c)) {
+        return Err(IdError::FormatCharacter {
+            kind,
+            character,
+            index,
+        });
+    }
+    for (character, leading) in [
+        (value.chars().next(), true),
+        (value.chars().next_back(), false),
+    ] {
+        if let Some(character) = character.filter(|c| c.is_whitespace()) {
+            return Err(IdError::SurroundingWhitespace {
+                kind,
+                character,
+                leading,
+            });
+        }
+    }
     Ok(())
 }
 
@@ -74,7 +168,8 @@ macro_rules! define_id {
             /// # Errors
             ///
             /// [`IdError`] when the value is empty, longer than [`MAX_ID_LEN`]
-            /// bytes, or contains a control character.
+            /// bytes, contains a control or a Unicode format character, or
+            /// starts or ends with whitespace.
             pub fn new(value: impl AsRef<str>) -> Result<Self, IdError> {
                 let value = value.as_ref();
                 validate($kind, value)?;
@@ -165,7 +260,15 @@ define_id!(
     /// use websocket_manager::UserId;
     /// let user: UserId = "alice".parse()?;
     /// assert_eq!(user.as_str(), "alice");
+    /// assert_eq!(UserId::new("josé")?.as_str(), "josé");
     /// assert!(UserId::new("").is_err());
+    /// // lookalikes of `alice`: a zero-width space, a right-to-left override, a space
+    /// assert_eq!(
+    ///     UserId::new("alice\u{200B}").unwrap_err().to_string(),
+    ///     "user id contains U+200B (a Unicode format character, invisible or direction-changing) at byte 5"
+    /// );
+    /// assert!(UserId::new("\u{202E}ecila").is_err());
+    /// assert!(UserId::new("alice ").is_err());
     /// # Ok::<(), websocket_manager::IdError>(())
     /// ```
     UserId,
@@ -256,6 +359,90 @@ mod tests {
                 index: 2
             })
         );
+    }
+
+    #[test]
+    fn lookalike_ids_are_refused_naming_the_code_point() {
+        for (value, character, index) in [
+            ("alice\u{200B}", '\u{200B}', 5),
+            ("\u{202E}ecila", '\u{202E}', 0),
+            ("al\u{200D}ice", '\u{200D}', 2),
+            ("ali\u{00AD}ce", '\u{00AD}', 3),
+            ("\u{FEFF}alice", '\u{FEFF}', 0),
+            ("alice\u{2066}", '\u{2066}', 5),
+            ("alice\u{E0041}", '\u{E0041}', 5),
+        ] {
+            let error = UserId::new(value).unwrap_err();
+            assert_eq!(
+                error,
+                IdError::FormatCharacter {
+                    kind: "user id",
+                    character,
+                    index
+                },
+                "{value:?}"
+            );
+            let code = format!("U+{:04X}", u32::from(character));
+            assert!(error.to_string().contains(&code), "{error}");
+        }
+        for (value, character, leading) in [
+            (" alice", ' ', true),
+            ("alice ", ' ', false),
+            ("alice\u{00A0}", '\u{00A0}', false),
+            ("\u{3000}alice", '\u{3000}', true),
+        ] {
+            assert_eq!(
+                UserId::new(value),
+                Err(IdError::SurroundingWhitespace {
+                    kind: "user id",
+                    character,
+                    leading
+                }),
+                "{value:?}"
+            );
+        }
+        assert_eq!(
+            UserId::new("alice ").unwrap_err().to_string(),
+            "user id ends with whitespace (U+0020); trim it first"
+        );
+        // the same rule for every kind of id
+        assert!(ThreadId::new("alice:run\u{202E}1").is_err());
+        assert!(ConnectionId::new(" conn-1").is_err());
+    }
+
+    #[test]
+    fn plain_ids_in_any_script_are_accepted() {
+        for value in ["alice", "josé", "用户", "Ωmega", "a b", "alice:run-1", "ñ"] {
+            assert_eq!(UserId::new(value).unwrap().as_str(), value);
+        }
+        // the table's edges: just outside each end of a range is not `Cf`
+        for value in [
+            "a\u{00AC}b",
+            "a\u{00AE}b",
+            "a\u{200A}b",
+            "a\u{2010}b",
+            "a\u{202F}b",
+            "a\u{2065}b",
+            "a\u{FEFE}b",
+        ] {
+            assert!(UserId::new(value).is_ok(), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn the_format_table_is_sorted_and_disjoint() {
+        let mut previous: Option<char> = None;
+        for &(first, last) in FORMAT_CHARACTERS {
+            assert!(first <= last, "{first:?}..={last:?}");
+            assert!(previous.is_none_or(|p| p < first), "{first:?}");
+            previous = Some(last);
+        }
+        let count: u32 = FORMAT_CHARACTERS
+            .iter()
+            .map(|&(first, last)| u32::from(last) - u32::from(first) + 1)
+            .sum();
+        // Unicode 15.1 has 170 code points in `Cf`
+        assert_eq!(count, 170);
     }
 
     #[test]

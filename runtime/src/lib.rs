@@ -97,7 +97,8 @@ pub use managers::{
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use managers::{
-    ClusterConfig, ClusterConfigBuilder, ClusterStats, ClusterWebSocketManager, RESUME_CLOSE_CODE,
+    ClusterConfig, ClusterConfigBuilder, ClusterStats, ClusterWebSocketManager, LinkState,
+    RESUME_CLOSE_CODE,
 };
 pub use offset::{OffsetParseError, StreamOffset, StreamPosition};
 pub use protocol::{

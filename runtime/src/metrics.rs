@@ -107,10 +107,64 @@ pub fn series(stats: &ManagerStats) -> Vec<Series> {
     ]
 }
 
+/// Every published series of a cluster node's
+/// [`ClusterStats`](crate::ClusterStats) (feature `redis`): its link to
+/// Redis (reconnects, probe timeouts, fences), audits and inbound drops.
+/// Publish them with [`publish_cluster`] next to the node's
+/// [`ManagerStats`].
+///
+/// ```no_run
+/// use websocket_manager::metrics::{cluster_series, publish, publish_cluster, Label};
+/// use websocket_manager::{ClusterConfig, ClusterWebSocketManager, ManagerConfig};
+/// # fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let node = ClusterWebSocketManager::new(
+///     ManagerConfig::default(),
+///     ClusterConfig::builder("redis://127.0.0.1:6379").build()?,
+/// )?;
+/// let labels = [Label::new("node", node.node_id().to_owned())];
+/// publish(&node.stats(), &labels);
+/// publish_cluster(&node.cluster_stats(), &labels);
+/// let names: Vec<_> = cluster_series(&node.cluster_stats()).iter().map(|s| s.name).collect();
+/// assert!(names.contains(&"websocket_manager_cluster_probe_timeouts_total"));
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+#[rustfmt::skip]
+pub fn cluster_series(stats: &crate::ClusterStats) -> Vec<Series> {
+    let s = stats;
+    vec![
+        gauge("websocket_manager_cluster_ready", "1 while the node is subscribed and registered with Redis, else 0.", usize::from(s.ready)),
+        gauge("websocket_manager_cluster_fenced", "1 while the node is fenced (cut off from Redis past fence_after: connections closed, new ones refused), else 0.", usize::from(matches!(s.link, crate::LinkState::Fenced { .. }))),
+        gauge("websocket_manager_cluster_remote_connections", "Other nodes' connections in this node's replica.", s.remote_connections),
+        gauge("websocket_manager_cluster_remote_nodes", "Other nodes in this node's replica.", s.remote_nodes),
+        counter("websocket_manager_cluster_inbound_dropped_total", "Messages from Redis dropped on a full inbound buffer (each one triggered an audit).", s.inbound_dropped),
+        counter("websocket_manager_cluster_audits_total", "Audits of every local user after a possible message loss.", s.audits),
+        counter("websocket_manager_cluster_reconnects_total", "Fresh connections to Redis made after the link went silent.", s.reconnects),
+        counter("websocket_manager_cluster_probe_timeouts_total", "Probes of the link to Redis unanswered within probe_timeout.", s.probe_timeouts),
+        counter("websocket_manager_cluster_fenced_total", "Times the node fenced itself (cut off from Redis past fence_after).", s.fenced),
+    ]
+}
+
+/// Copies one cluster snapshot into the installed recorder, as
+/// [`publish`] does for [`ManagerStats`].
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub fn publish_cluster(stats: &crate::ClusterStats, labels: &[Label]) {
+    record(cluster_series(stats), labels);
+}
+
 /// Gives every series its description in the installed recorder (once, at
 /// startup, after installing the recorder; exporters show it as `# HELP`).
 pub fn describe() {
-    for series in series(&ManagerStats::default()) {
+    let all = series(&ManagerStats::default());
+    #[cfg(feature = "redis")]
+    let all = {
+        let mut all = all;
+        all.extend(cluster_series(&crate::managers::ClusterStats::zero()));
+        all
+    };
+    for series in all {
         match series.kind {
             SeriesKind::Counter => ::metrics::describe_counter!(series.name, series.help),
             SeriesKind::Gauge => ::metrics::describe_gauge!(series.name, series.help),
@@ -125,7 +179,11 @@ pub fn describe() {
 /// Counters are published with `absolute`: recorders keep the largest value
 /// they saw, so publishing an older snapshot never moves a counter back.
 pub fn publish(stats: &ManagerStats, labels: &[Label]) {
-    for series in series(stats) {
+    record(series(stats), labels);
+}
+
+fn record(all: Vec<Series>, labels: &[Label]) {
+    for series in all {
         match series.kind {
             SeriesKind::Counter => {
                 ::metrics::counter!(series.name, labels.iter()).absolute(series.value)
@@ -278,6 +336,43 @@ mod tests {
         assert_eq!(
             values["websocket_manager_connections"],
             DebugValue::Gauge(0.0.into())
+        );
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn the_cluster_link_counters_are_published() {
+        let mut stats = crate::managers::ClusterStats::zero();
+        stats.reconnects = 3;
+        stats.probe_timeouts = 4;
+        stats.fenced = 5;
+        stats.link = crate::LinkState::Fenced { since_ms: 1 };
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        ::metrics::with_local_recorder(&recorder, || publish_cluster(&stats, &[]));
+        let values: std::collections::HashMap<String, DebugValue> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, _, _, value)| (key.key().name().to_owned(), value))
+            .collect();
+        assert_eq!(values.len(), cluster_series(&stats).len());
+        let counter = |name: &str| &values[name];
+        assert_eq!(
+            counter("websocket_manager_cluster_reconnects_total"),
+            &DebugValue::Counter(3)
+        );
+        assert_eq!(
+            counter("websocket_manager_cluster_probe_timeouts_total"),
+            &DebugValue::Counter(4)
+        );
+        assert_eq!(
+            counter("websocket_manager_cluster_fenced_total"),
+            &DebugValue::Counter(5)
+        );
+        assert_eq!(
+            counter("websocket_manager_cluster_fenced"),
+            &DebugValue::Gauge(1.0.into())
         );
     }
 

@@ -39,12 +39,13 @@ async fn a_correct_manager_passes_every_check_in_both_modes() {
     assert!(unified.passed(), "{unified}");
     assert_eq!(
         unified.checks_run(),
-        10,
+        17,
         "isolation checks do not apply to unified"
     );
     let isolated = run(ManagerMode::Isolated, None).await;
     assert!(isolated.passed(), "{isolated}");
-    assert_eq!(isolated.checks_run(), 12);
+    assert_eq!(isolated.checks_run(), 19);
+    assert_eq!(Check::ALL.len(), 19);
 }
 
 /// Runs the kit on a manager with `bug` and asserts exactly `expected` fail,
@@ -116,30 +117,62 @@ async fn queries_answering_for_every_user_are_caught() {
 }
 
 #[tokio::test]
-async fn an_offline_critical_event_answered_ok_but_dropped_is_caught() {
+async fn an_offline_critical_event_answered_ok_but_dropped_is_blamed_on_the_emitter() {
     for mode in [ManagerMode::Unified, ManagerMode::Isolated] {
+        // the resume check emits to an offline user too
+        let caught = [
+            Check::OfflineCriticalEventIsReplayed,
+            Check::ResumeFromOffset,
+        ];
         assert_caught(
             mode,
             Bug::DropsOfflineCriticalEvents,
-            // the resume check emits to an offline user too
-            &[
-                Check::OfflineCriticalEventIsReplayed,
-                Check::ResumeFromOffset,
-            ],
-            "add_connection",
+            &caught,
+            "emit_critical_event",
         )
         .await;
+        let report = run(mode, Some(Bug::DropsOfflineCriticalEvents)).await;
+        for check in caught {
+            let failure = report.outcome(check).unwrap().failure.as_ref().unwrap();
+            assert_eq!(failure.method, "emit_critical_event", "{failure}");
+            assert!(failure.got.contains("0 pending"), "{failure}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_offline_critical_event_kept_but_not_replayed_is_blamed_on_add_connection() {
+    for mode in [ManagerMode::Unified, ManagerMode::Isolated] {
+        let caught = [
+            Check::OfflineCriticalEventIsReplayed,
+            Check::ResumeFromOffset,
+        ];
+        assert_caught(mode, Bug::AddSkipsReplay, &caught, "add_connection").await;
+        let report = run(mode, Some(Bug::AddSkipsReplay)).await;
+        for check in caught {
+            let failure = report.outcome(check).unwrap().failure.as_ref().unwrap();
+            assert_eq!(failure.method, "add_connection", "{failure}");
+        }
+        let offline = report
+            .outcome(Check::OfflineCriticalEventIsReplayed)
+            .unwrap()
+            .failure
+            .as_ref()
+            .unwrap();
+        assert!(offline.got.contains("1 pending"), "{offline}");
     }
 }
 
 #[tokio::test]
 async fn critical_events_without_offsets_are_caught() {
-    // The old envelope: wrong shape, and nothing to resume from.
+    // The old envelope: wrong shape, nothing to resume from, and (sent as
+    // a plain frame) skipped on a full socket that stays open.
     assert_caught(
         ManagerMode::Unified,
         Bug::EnvelopeWithoutOffsets,
         &[
             Check::CriticalEnvelope,
+            Check::FullSocketNeverLosesACriticalEvent,
             Check::OfflineCriticalEventIsReplayed,
             Check::ResumeFromOffset,
         ],
@@ -178,9 +211,155 @@ async fn removal_that_forgets_an_index_is_caught() {
         ManagerMode::Unified,
         Bug::RemoveForgetsSocketIndex,
         &[Check::RemovalClearsLookups],
-        "get_connection_id_by_websocket",
+        "remove_connection",
     )
     .await;
+    let report = run(ManagerMode::Unified, Some(Bug::RemoveForgetsSocketIndex)).await;
+    let failure = report.failures()[0];
+    assert!(
+        failure.expected.contains("get_connection_id_by_websocket"),
+        "{failure}"
+    );
+    assert!(failure.got.contains("socket index"), "{failure}");
+}
+
+#[tokio::test]
+async fn a_duplicate_connection_id_accepted_is_caught() {
+    for mode in [ManagerMode::Unified, ManagerMode::Isolated] {
+        assert_caught(
+            mode,
+            Bug::AcceptsDuplicateId,
+            &[Check::DuplicateConnectionIdRefused],
+            "add_connection",
+        )
+        .await;
+    }
+    let report = run(ManagerMode::Unified, Some(Bug::AcceptsDuplicateId)).await;
+    let failure = report.failures()[0];
+    assert!(
+        failure.expected.contains("DuplicateConnection"),
+        "{failure}"
+    );
+    assert!(failure.got.starts_with("Ok(())"), "{failure}");
+}
+
+#[tokio::test]
+async fn a_duplicate_socket_accepted_is_caught() {
+    for mode in [ManagerMode::Unified, ManagerMode::Isolated] {
+        assert_caught(
+            mode,
+            Bug::AcceptsDuplicateSocket,
+            &[Check::DuplicateSocketRefused],
+            "add_connection",
+        )
+        .await;
+    }
+    let report = run(ManagerMode::Unified, Some(Bug::AcceptsDuplicateSocket)).await;
+    assert!(
+        report.failures()[0]
+            .expected
+            .contains("SocketAlreadyRegistered"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn a_manager_without_the_connection_cap_is_caught() {
+    for mode in [ManagerMode::Unified, ManagerMode::Isolated] {
+        assert_caught(
+            mode,
+            Bug::IgnoresConnectionCap,
+            &[Check::ConnectionCapEnforced],
+            "add_connection",
+        )
+        .await;
+    }
+    let report = run(ManagerMode::Unified, Some(Bug::IgnoresConnectionCap)).await;
+    let failure = report.failures()[0];
+    // The default configuration's cap of 32, named in the message.
+    assert!(failure.expected.contains("limit: 32"), "{failure}");
+    assert!(failure.expected.contains("connection 33"), "{failure}");
+}
+
+#[tokio::test]
+async fn the_cap_probed_is_the_configured_one_and_a_large_one_is_lowered() {
+    use websocket_manager::ManagerConfig;
+    use websocket_manager::conformance::PROBED_CONNECTION_CAP;
+    // A correct manager built with cap 3 passes; a kit that assumed the
+    // default (32) would see the 4th connection refused and fail it.
+    let small = ManagerConfig::builder()
+        .max_connections_per_user(3)
+        .build()
+        .unwrap();
+    let report = Conformance::new(ManagerMode::Unified)
+        .config(small.clone())
+        .only([Check::ConnectionCapEnforced])
+        .run(|context| support::build(ManagerMode::Unified, context, None))
+        .await;
+    assert!(report.passed(), "{report}");
+    let broken = Conformance::new(ManagerMode::Unified)
+        .config(small)
+        .only([Check::ConnectionCapEnforced])
+        .run(|context| {
+            support::build(
+                ManagerMode::Unified,
+                context,
+                Some(Bug::IgnoresConnectionCap),
+            )
+        })
+        .await;
+    let failure = broken.failures()[0];
+    assert!(failure.expected.contains("limit: 3 "), "{failure}");
+
+    // A cap of 10 000 is probed at PROBED_CONNECTION_CAP: the manager is
+    // built with the lowered cap and holds that many.
+    let large = ManagerConfig::builder()
+        .max_connections_per_user(10_000)
+        .build()
+        .unwrap();
+    let caps = std::sync::Mutex::new(Vec::new());
+    let report = Conformance::new(ManagerMode::Unified)
+        .config(large)
+        .only([Check::ConnectionCapEnforced, Check::UnknownIds])
+        .run(|context| {
+            caps.lock()
+                .unwrap()
+                .push(context.config.max_connections_per_user());
+            support::build(ManagerMode::Unified, context, None)
+        })
+        .await;
+    assert!(report.passed(), "{report}");
+    assert_eq!(
+        *caps.lock().unwrap(),
+        [PROBED_CONNECTION_CAP, 10_000],
+        "only the cap probe's instance gets the lowered cap"
+    );
+}
+
+#[tokio::test]
+async fn a_removal_that_leaves_the_socket_open_is_caught() {
+    for mode in [ManagerMode::Unified, ManagerMode::Isolated] {
+        assert_caught(
+            mode,
+            Bug::RemoveLeavesSocketOpen,
+            &[Check::RemovalClosesTheSocket],
+            "remove_connection",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_thread_given_on_add_but_not_indexed_is_caught() {
+    for mode in [ManagerMode::Unified, ManagerMode::Isolated] {
+        assert_caught(
+            mode,
+            Bug::AddForgetsThreadIndex,
+            &[Check::AddIndexesTheThread],
+            "add_connection",
+        )
+        .await;
+    }
 }
 
 #[tokio::test]
@@ -200,7 +379,8 @@ async fn overcounted_recipients_are_caught() {
     assert_caught(
         ManagerMode::Unified,
         Bug::OvercountsRecipients,
-        &[Check::DeliveryCounts],
+        // also with one socket full: 1 took it, 2 reported
+        &[Check::DeliveryCounts, Check::FullSocketDoesNotBlockSends],
         "send_to_user",
     )
     .await;
@@ -303,7 +483,7 @@ async fn live_runs_only_the_safe_checks_and_says_which_it_skipped() {
     let ran: Vec<Check> = report.outcomes.iter().map(|o| o.check).collect();
     assert_eq!(ran, [Check::UnknownIds, Check::IsolationRefusesConnections]);
     assert!(report.passed(), "{report}");
-    assert_eq!(report.skipped.len(), 10);
+    assert_eq!(report.skipped.len(), 17);
     assert!(report.skipped.iter().all(|s| !s.check.is_live_safe()));
 
     // The live isolation probe still catches a manager that accepts anyone.
@@ -350,7 +530,8 @@ async fn both_reference_managers_pass_the_kit() {
         .run_type::<IsolatedWebSocketManager>()
         .await;
     assert!(isolated.passed(), "{isolated}");
-    assert_eq!(isolated.checks_run(), 12);
+    assert_eq!(isolated.checks_run(), 19);
+    assert_eq!(unified.checks_run(), 17);
 }
 
 /// A manager that forgets everything it is told, built by its own
@@ -437,7 +618,12 @@ async fn a_hung_async_method_fails_its_checks_instead_of_hanging() {
         .await;
     assert_eq!(
         failing(&report),
-        [Check::RemovalClearsLookups, Check::DeliveryCounts].into(),
+        [
+            Check::RemovalClearsLookups,
+            Check::DeliveryCounts,
+            Check::FullSocketDoesNotBlockSends
+        ]
+        .into(),
         "{report}"
     );
     let failure = report
@@ -446,6 +632,273 @@ async fn a_hung_async_method_fails_its_checks_instead_of_hanging() {
         .failure
         .as_ref()
         .unwrap();
-    assert_eq!(failure.got, "an async method never returned");
+    // The hung call is named, not "an async method".
+    assert_eq!(failure.method, "send_to_user", "{failure}");
+    assert_eq!(failure.got, "send_to_user never returned");
     assert!(failure.fix.contains(".await"));
+}
+
+/// The map-based manager a new user writes from the README: one map from
+/// connection id to connection, the library's building blocks for critical
+/// events and fan-out, and nothing else. It forgets three lines of the
+/// table: it overwrites a duplicate id or socket instead of refusing it, has
+/// no per-user cap, and does not close the socket it removes. The kit passed
+/// it 10/10 before those lines were checked.
+struct NaiveMapManager {
+    connections: std::sync::Mutex<std::collections::HashMap<ConnectionId, WebSocketConnection>>,
+    critical: websocket_manager::CriticalEventLog,
+}
+
+impl ConstructManager for NaiveMapManager {
+    fn construct(context: &BuildContext<'_>) -> Result<Self, BuildError> {
+        Ok(NaiveMapManager {
+            connections: Default::default(),
+            critical: websocket_manager::CriticalEventLog::new(context.config),
+        })
+    }
+}
+
+impl NaiveMapManager {
+    fn sockets(&self, keep: impl Fn(&WebSocketConnection) -> bool) -> Vec<WebSocketHandle> {
+        let map = self.connections.lock().unwrap();
+        map.values()
+            .filter(|c| keep(c))
+            .map(|c| c.websocket.clone())
+            .collect()
+    }
+}
+
+#[websocket_manager::websocket_manager(factory = false)]
+impl WebSocketManager for NaiveMapManager {
+    async fn add_connection(&self, connection: WebSocketConnection) -> Result<(), ManagerError> {
+        let mut map = self.connections.lock().unwrap();
+        self.critical.attach(&connection)?;
+        map.insert(connection.connection_id.clone(), connection);
+        Ok(())
+    }
+    async fn remove_connection(&self, id: &ConnectionId) -> Option<WebSocketConnection> {
+        let removed = self.connections.lock().unwrap().remove(id)?;
+        self.critical.detach(&removed.user_id);
+        Some(removed)
+    }
+    fn get_connection(&self, id: &ConnectionId) -> Option<WebSocketConnection> {
+        self.connections.lock().unwrap().get(id).cloned()
+    }
+    fn get_user_connections(&self, user: &UserId) -> HashSet<ConnectionId> {
+        let map = self.connections.lock().unwrap();
+        map.values()
+            .filter(|c| &c.user_id == user)
+            .map(|c| c.connection_id.clone())
+            .collect()
+    }
+    fn is_connection_active(&self, user: &UserId) -> bool {
+        !self
+            .sockets(|c| &c.user_id == user && !c.websocket.is_closed())
+            .is_empty()
+    }
+    fn get_connection_id_by_websocket(&self, socket: &WebSocketHandle) -> Option<ConnectionId> {
+        let map = self.connections.lock().unwrap();
+        map.values()
+            .find(|c| c.websocket.id() == socket.id())
+            .map(|c| c.connection_id.clone())
+    }
+    fn update_connection_thread(&self, id: &ConnectionId, thread: ThreadId) -> bool {
+        match self.connections.lock().unwrap().get_mut(id) {
+            Some(connection) => {
+                connection.thread_id = Some(thread);
+                true
+            }
+            None => false,
+        }
+    }
+    async fn send_to_user(
+        &self,
+        user: &UserId,
+        message: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        websocket_manager::deliver_frame(
+            websocket_manager::DeliveryTarget::User(user.clone()),
+            &self.sockets(|c| &c.user_id == user),
+            &websocket_manager::TextFrame::from_json(&message)?,
+            websocket_manager::SlowConsumerPolicy::Disconnect,
+            websocket_manager::NotDeliveredReason::NoConnections,
+        )
+    }
+    async fn emit_critical_event(
+        &self,
+        user: &UserId,
+        event_type: &str,
+        data: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        let map = self.connections.lock().unwrap();
+        let sockets: Vec<WebSocketHandle> = map
+            .values()
+            .filter(|c| &c.user_id == user)
+            .map(|c| c.websocket.clone())
+            .collect();
+        self.critical.emit(user, event_type, data, &sockets)
+    }
+    fn get_connection_health(&self, user: &UserId) -> ConnectionHealth {
+        let mut health = ConnectionHealth::empty(user.clone());
+        let map = self.connections.lock().unwrap();
+        for connection in map.values().filter(|c| &c.user_id == user) {
+            health.total_connections += 1;
+            health.active_connections += usize::from(!connection.websocket.is_closed());
+            health
+                .connections
+                .push(websocket_manager::ConnectionSummary::of(connection));
+        }
+        health.pending_critical_events = self.critical.pending(user);
+        health
+    }
+    async fn send_to_thread(
+        &self,
+        thread: &ThreadId,
+        message: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        websocket_manager::deliver_frame(
+            websocket_manager::DeliveryTarget::Thread(thread.clone()),
+            &self.sockets(|c| c.thread_id.as_ref() == Some(thread)),
+            &websocket_manager::TextFrame::from_json(&message)?,
+            websocket_manager::SlowConsumerPolicy::Disconnect,
+            websocket_manager::NotDeliveredReason::NoThreadConnections,
+        )
+    }
+}
+
+#[tokio::test]
+async fn the_naive_map_manager_fails_exactly_the_lines_it_forgets() {
+    let report = Conformance::new(ManagerMode::Unified)
+        .run_type::<NaiveMapManager>()
+        .await;
+    let blamed: Vec<(Check, &str)> = report
+        .outcomes
+        .iter()
+        .filter_map(|o| o.failure.as_ref().map(|f| (o.check, f.method.as_str())))
+        .collect();
+    assert_eq!(
+        blamed,
+        [
+            (Check::DuplicateConnectionIdRefused, "add_connection"),
+            (Check::DuplicateSocketRefused, "add_connection"),
+            (Check::ConnectionCapEnforced, "add_connection"),
+            (Check::RemovalClosesTheSocket, "remove_connection"),
+        ],
+        "{report}"
+    );
+    assert_eq!((report.checks_passed(), report.checks_run()), (13, 17));
+    assert!(
+        report.to_string().contains("13/17 checks passed"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn a_send_that_waits_for_a_full_socket_is_caught_and_named() {
+    for mode in [ManagerMode::Unified, ManagerMode::Isolated] {
+        let report = Conformance::new(mode)
+            .check_timeout(Some(std::time::Duration::from_millis(300)))
+            .run(|context| support::build(mode, context, Some(Bug::SendWaitsForRoom)))
+            .await;
+        assert_eq!(
+            failing(&report),
+            [Check::FullSocketDoesNotBlockSends].into(),
+            "{report}"
+        );
+        let failure = report.failures()[0];
+        assert_eq!(failure.method, "send_to_user", "{failure}");
+        assert_eq!(failure.got, "send_to_user never returned");
+    }
+}
+
+#[tokio::test]
+async fn a_critical_event_skipped_on_a_full_socket_is_caught() {
+    for mode in [ManagerMode::Unified, ManagerMode::Isolated] {
+        assert_caught(
+            mode,
+            Bug::CriticalSkipsFullSocket,
+            &[Check::FullSocketNeverLosesACriticalEvent],
+            "emit_critical_event",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_thread_recorded_but_not_indexed_by_the_update_is_blamed_on_the_update() {
+    for mode in [ManagerMode::Unified, ManagerMode::Isolated] {
+        assert_caught(
+            mode,
+            Bug::UpdateForgetsThreadIndex,
+            &[Check::ThreadRouting],
+            "update_connection_thread",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_thread_send_that_reaches_nobody_is_blamed_on_send_to_thread_not_on_the_indexes() {
+    for mode in [ManagerMode::Unified, ManagerMode::Isolated] {
+        let report = run(mode, Some(Bug::ThreadSendReachesNobody)).await;
+        let blamed: Vec<(Check, &str)> = report
+            .outcomes
+            .iter()
+            .filter_map(|o| o.failure.as_ref().map(|f| (o.check, f.method.as_str())))
+            .collect();
+        assert_eq!(
+            blamed,
+            [
+                (Check::ThreadRouting, "send_to_thread"),
+                (Check::AddIndexesTheThread, "send_to_thread"),
+            ],
+            "{report}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_removal_that_keeps_the_user_index_is_blamed_on_remove_connection_everywhere() {
+    // Seen by three checks (the lookups, a place under the cap that the
+    // removal did not free, the health count taken from the user index);
+    // each names remove_connection, not the method that showed the stale
+    // entry.
+    let report = run(ManagerMode::Unified, Some(Bug::RemoveForgetsUserIndex)).await;
+    let blamed: Vec<(Check, &str)> = report
+        .outcomes
+        .iter()
+        .filter_map(|o| o.failure.as_ref().map(|f| (o.check, f.method.as_str())))
+        .collect();
+    assert_eq!(
+        blamed,
+        [
+            (Check::ConnectionCapEnforced, "remove_connection"),
+            (Check::RemovalClearsLookups, "remove_connection"),
+            (Check::HealthCounts, "remove_connection"),
+        ],
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn a_duplicate_id_refused_after_indexing_its_socket_is_caught() {
+    assert_caught(
+        ManagerMode::Unified,
+        Bug::DuplicateIdLeavesSocketIndexed,
+        &[Check::DuplicateConnectionIdRefused],
+        "add_connection",
+    )
+    .await;
+    let report = run(
+        ManagerMode::Unified,
+        Some(Bug::DuplicateIdLeavesSocketIndexed),
+    )
+    .await;
+    let failure = report.failures()[0];
+    assert!(
+        failure
+            .got
+            .contains("get_connection_id_by_websocket(refused socket) = Some"),
+        "{failure}"
+    );
 }

@@ -336,7 +336,7 @@ async fn validating_a_built_instance_measures_every_flag() {
     assert_eq!(result.manager_type, "TestManager");
     assert_eq!(result.registry_name.as_deref(), Some("unified"));
     assert_eq!(result.checks_run, [Check::UnknownIds]);
-    assert_eq!(result.checks_skipped.len(), 9);
+    assert_eq!(result.checks_skipped.len(), 16);
 
     let isolated = factory
         .create_manager(Some(user("alice")), ManagerMode::Isolated)

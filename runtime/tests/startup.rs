@@ -76,12 +76,12 @@ async fn an_all_good_registry_passes_strict_validation() {
     assert!(report.violations.is_empty());
     let unified = report.manager("unified").unwrap();
     assert_eq!(unified.verdict, Verdict::Compliant);
-    // unique name, fingerprint, constructor + 10 probes
-    assert_eq!((unified.checks_passed, unified.checks_run), (13, 13));
+    // unique name, fingerprint, constructor + 17 probes
+    assert_eq!((unified.checks_passed, unified.checks_run), (20, 20));
     assert_eq!(unified.compliance_percent, 100.0);
     let isolated = report.manager("isolated").unwrap();
-    assert_eq!((isolated.checks_passed, isolated.checks_run), (15, 15));
-    assert_eq!(report.checks_run, 28);
+    assert_eq!((isolated.checks_passed, isolated.checks_run), (22, 22));
+    assert_eq!(report.checks_run, 42);
     assert!(isolated.location.ends_with(".rs:0") || isolated.location.contains("support"));
 }
 
@@ -221,7 +221,7 @@ async fn each_probe_catches_its_broken_manager() {
             ManagerMode::Unified,
             remove_forgets,
             Check::RemovalClearsLookups,
-            "get_connection_id_by_websocket",
+            "remove_connection",
         ),
         (
             "silent-success",

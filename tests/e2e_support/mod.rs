@@ -61,7 +61,9 @@ impl Default for ServerOptions {
 }
 
 pub fn authenticator() -> JwtAuthenticator {
-    JwtAuthenticator::hs256(SECRET).audience([AUDIENCE])
+    JwtAuthenticator::hs256(SECRET)
+        .expect("the test secret is 32 bytes or more")
+        .audience([AUDIENCE])
 }
 
 impl TestServer {

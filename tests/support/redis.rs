@@ -25,13 +25,29 @@ impl RedisServer {
     ///
     /// When the binary cannot be started or does not answer within 5 s.
     pub fn start() -> RedisServer {
+        let mut server = RedisServer::not_started();
+        server.restart();
+        server
+    }
+
+    /// A server on a free loopback port that is not started yet (nothing
+    /// listens there until [`restart`](Self::restart)): Redis unreachable
+    /// when a node starts.
+    ///
+    /// # Panics
+    ///
+    /// When no free port can be found.
+    pub fn not_started() -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free loopback port");
-        let mut server = RedisServer { port, child: None };
-        server.restart();
-        server
+        RedisServer { port, child: None }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -197,14 +213,14 @@ pub fn unique_prefix(name: &str) -> String {
     format!("test:{name}:{}:{nanos}", std::process::id())
 }
 
-/// How many keys match `pattern` on the server at `url` (`KEYS`, over a
-/// plain RESP exchange: tests only, on small test servers).
+/// Sends one command to the server at `url` over a plain RESP exchange
+/// (tests only) and returns the stream, positioned at the reply.
 ///
 /// # Panics
 ///
 /// When the URL is not `redis://host:port[/...]` or the server does not
 /// answer.
-pub fn count_keys(url: &str, pattern: &str) -> usize {
+fn send_command(url: &str, parts: &[&str]) -> TcpStream {
     let address = url
         .strip_prefix("redis://")
         .and_then(|rest| rest.split('/').next())
@@ -213,18 +229,57 @@ pub fn count_keys(url: &str, pattern: &str) -> usize {
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("a read timeout");
-    let command = format!("*2\r\n$4\r\nKEYS\r\n${}\r\n{pattern}\r\n", pattern.len());
-    stream.write_all(command.as_bytes()).expect("KEYS sent");
-    // The reply starts `*N\r\n`: N is all we need.
-    let mut header = Vec::new();
-    let mut byte = [0u8; 1];
-    while !header.ends_with(b"\r\n") {
-        stream.read_exact(&mut byte).expect("a reply");
-        header.push(byte[0]);
+    let mut command = format!("*{}\r\n", parts.len());
+    for part in parts {
+        command.push_str(&format!("${}\r\n{part}\r\n", part.len()));
     }
-    let text = String::from_utf8_lossy(&header);
-    text.trim_start_matches('*')
-        .trim_end()
+    stream.write_all(command.as_bytes()).expect("command sent");
+    stream
+}
+
+/// Reads one `\r\n`-terminated line.
+fn read_line(stream: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        stream.read_exact(&mut byte).expect("a reply");
+        line.push(byte[0]);
+    }
+    String::from_utf8_lossy(&line).trim_end().to_owned()
+}
+
+/// How many keys match `pattern` on the server at `url` (`KEYS`: tests
+/// only, on small test servers).
+///
+/// # Panics
+///
+/// As [`send_command`], or when the reply is not an array.
+pub fn count_keys(url: &str, pattern: &str) -> usize {
+    let mut stream = send_command(url, &["KEYS", pattern]);
+    // The reply starts `*N\r\n`: N is all we need.
+    read_line(&mut stream)
+        .trim_start_matches('*')
         .parse()
         .expect("an array reply")
+}
+
+/// How many client connections the server at `url` holds, this one
+/// included (`INFO clients`).
+///
+/// # Panics
+///
+/// As [`send_command`], or when the reply has no `connected_clients`.
+pub fn connected_clients(url: &str) -> usize {
+    let mut stream = send_command(url, &["INFO", "clients"]);
+    let length: usize = read_line(&mut stream)
+        .trim_start_matches('$')
+        .parse()
+        .expect("a bulk reply");
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).expect("the INFO text");
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|line| line.strip_prefix("connected_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("connected_clients in INFO")
 }

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use super::probe::{Probe, Step, delivery_text, fail};
+use crate::connection::QueueLimits;
 use crate::context::ManagerMode;
 use crate::delivery::Delivery;
 use crate::error::ManagerError;
@@ -65,6 +66,202 @@ pub(super) async fn add_then_lookup_by_socket(p: &mut Probe<'_>) -> Step {
     Ok(())
 }
 
+/// What a refused `add_connection` answered, for a failure message.
+fn add_text(result: &Result<(), ManagerError>) -> String {
+    match result {
+        Ok(()) => "Ok(()): the connection was accepted".to_owned(),
+        Err(error) => format!("Err({error})"),
+    }
+}
+
+pub(super) async fn duplicate_connection_id_refused(p: &mut Probe<'_>) -> Step {
+    let owner = p.scope.owner().clone();
+    let first = p.connect(&owner, "first").await?;
+    let id = p.id(first).clone();
+    // A second socket under the same connection id.
+    let second = p.socket(&owner, "second socket, same connection id");
+    p.sockets[second].connection_id = id.clone();
+    let second_socket = p.sockets[second].handle.clone();
+    let result = p.add(p.connection(second)).await;
+    if !matches!(&result, Err(ManagerError::DuplicateConnection(refused)) if *refused == id) {
+        return Err(fail(
+            "add_connection",
+            format!(
+                "Err(DuplicateConnection(`{id}`)) for a second connection under id `{id}`, which is registered"
+            ),
+            add_text(&result),
+            "look the id up before inserting and return ManagerError::DuplicateConnection when it is there; never overwrite a registered connection",
+        ));
+    }
+    // The refused socket must not have taken the id over.
+    let kept = p.manager.get_connection(&id).map(|c| c.websocket.id());
+    let taken_over = kept == Some(second_socket.id())
+        || p.manager
+            .get_connection_id_by_websocket(&second_socket)
+            .is_some();
+    if taken_over {
+        return Err(fail(
+            "add_connection",
+            format!("connection `{id}` still on its first socket, and the refused socket unknown"),
+            format!(
+                "get_connection shows {kept:?}, get_connection_id_by_websocket(refused socket) = {:?}",
+                p.manager.get_connection_id_by_websocket(&second_socket)
+            ),
+            "check for duplicates before writing to any index, so a refused add leaves nothing behind",
+        ));
+    }
+    Ok(())
+}
+
+pub(super) async fn duplicate_socket_refused(p: &mut Probe<'_>) -> Step {
+    let owner = p.scope.owner().clone();
+    let first = p.connect(&owner, "first").await?;
+    let first_id = p.id(first).clone();
+    let socket = p.sockets[first].handle.clone();
+    // A new connection id on the socket that is already registered.
+    let second = p.socket(&owner, "same socket, new connection id");
+    p.sockets[second].handle = socket.clone();
+    let second_id = p.id(second).clone();
+    let result = p.add(p.connection(second)).await;
+    if !matches!(&result, Err(ManagerError::SocketAlreadyRegistered { socket: s, existing }) if *s == socket.id() && *existing == first_id)
+    {
+        return Err(fail(
+            "add_connection",
+            format!(
+                "Err(SocketAlreadyRegistered {{ socket: {}, existing: `{first_id}` }}) for connection `{second_id}` on a socket already registered as `{first_id}`",
+                socket.id()
+            ),
+            add_text(&result),
+            "look `websocket.id()` up in the socket index before inserting and return ManagerError::SocketAlreadyRegistered when it is there (one socket, one connection)",
+        ));
+    }
+    let by_socket = p.manager.get_connection_id_by_websocket(&socket);
+    let registered = p.manager.get_connection(&second_id).is_some()
+        || p.manager.get_user_connections(&owner).contains(&second_id)
+        || by_socket.as_ref() == Some(&second_id);
+    if registered {
+        return Err(fail(
+            "add_connection",
+            format!(
+                "no trace of refused connection `{second_id}`; the socket still maps to `{first_id}`"
+            ),
+            format!(
+                "get_connection(`{second_id}`) = {:?}, get_connection_id_by_websocket = {by_socket:?}",
+                p.manager
+                    .get_connection(&second_id)
+                    .map(|c| c.connection_id)
+            ),
+            "check for duplicates before writing to any index, so a refused add leaves nothing behind",
+        ));
+    }
+    Ok(())
+}
+
+pub(super) async fn connection_cap_enforced(p: &mut Probe<'_>, cap: usize) -> Step {
+    let owner = p.scope.owner().clone();
+    let mut tabs = Vec::with_capacity(cap);
+    for n in 1..=cap {
+        let index = p.socket(&owner, &format!("tab {n} of {cap}"));
+        let result = p.add(p.connection(index)).await;
+        if let Err(error) = result {
+            return Err(fail(
+                "add_connection",
+                format!(
+                    "Ok(()) for connection {n} of user `{owner}`, within the cap of {cap} (ManagerConfig::max_connections_per_user)"
+                ),
+                format!("Err({error})"),
+                "refuse only when the user already has max_connections_per_user open connections",
+            ));
+        }
+        tabs.push(index);
+    }
+    let over = p.socket(&owner, "one over the cap");
+    let over_id = p.id(over).clone();
+    let result = p.add(p.connection(over)).await;
+    if !matches!(&result, Err(ManagerError::ConnectionLimit { user_id, limit }) if *user_id == owner && *limit == cap)
+    {
+        return Err(fail(
+            "add_connection",
+            format!(
+                "Err(ConnectionLimit {{ limit: {cap} }}) for connection {} of user `{owner}`: the cap is {cap} (ManagerConfig::max_connections_per_user)",
+                cap + 1
+            ),
+            add_text(&result),
+            "count the user's open connections in add_connection and refuse with ManagerError::ConnectionLimit at context.config.max_connections_per_user()",
+        ));
+    }
+    let held = p.manager.get_user_connections(&owner).len();
+    if p.manager.get_connection(&over_id).is_some() || held != cap {
+        return Err(fail(
+            "add_connection",
+            format!("no trace of refused connection `{over_id}`: the user holds {cap} connections"),
+            format!("the user holds {held}"),
+            "check the cap before writing to any index, so a refused add leaves nothing behind",
+        ));
+    }
+    // The cap counts the connections held now, not every one ever added.
+    if let Some(&first) = tabs.first() {
+        p.disconnect(first).await?;
+        let removed = p.id(first).clone();
+        if p.manager.get_user_connections(&owner).contains(&removed) {
+            return Err(fail(
+                "remove_connection",
+                format!(
+                    "`{removed}` gone from the user's connections, freeing a place under the cap"
+                ),
+                "get_user_connections still lists it",
+                "remove the connection from every index in remove_connection",
+            ));
+        }
+    }
+    let again = p.socket(&owner, "after a removal");
+    let result = p.add(p.connection(again)).await;
+    if let Err(error) = result {
+        return Err(fail(
+            "add_connection",
+            format!("Ok(()) after one of the user's {cap} connections was removed"),
+            format!("Err({error})"),
+            "count the connections the user holds now (remove_connection must free a place)",
+        ));
+    }
+    Ok(())
+}
+
+/// How a control connection gets its thread.
+#[derive(Clone, Copy)]
+enum ThreadPath {
+    /// `thread_id` set on the connection given to `add_connection`.
+    Add,
+    /// `update_connection_thread` after the add.
+    Update,
+}
+
+/// Whether `send_to_thread` reaches a fresh connection of the owner given a
+/// fresh thread by `path`: tells a thread index that one method forgot from
+/// a `send_to_thread` that finds nothing.
+async fn thread_path_works(p: &mut Probe<'_>, path: ThreadPath) -> bool {
+    let owner = p.scope.owner().clone();
+    let thread = p.scope.thread_id();
+    let control = match path {
+        ThreadPath::Add => {
+            p.connect_with(&owner, "control: thread given on add", |c| {
+                c.thread_id = Some(thread.clone());
+            })
+            .await
+        }
+        ThreadPath::Update => p.connect(&owner, "control: thread set by update").await,
+    };
+    let Ok(control) = control else {
+        return false;
+    };
+    if matches!(path, ThreadPath::Update) && p.bind(control, &thread).await.is_err() {
+        return false;
+    }
+    let (nonce, message) = p.message();
+    let _ = p.send_to_thread(&thread, message).await;
+    p.received(control, &nonce, true).await > 0
+}
+
 pub(super) async fn thread_routing(p: &mut Probe<'_>) -> Step {
     let owner = p.scope.owner().clone();
     let thread = p.scope.thread_id();
@@ -91,9 +288,43 @@ pub(super) async fn thread_routing(p: &mut Probe<'_>) -> Step {
         ));
     }
     let (nonce, message) = p.message();
-    let result = p.manager.send_to_thread(&thread, message).await;
-    let delivered = p
-        .expect_delivery("send_to_thread", &nonce, &[bound], &others)
+    let result = p.send_to_thread(&thread, message).await;
+    let on_bound = p.received(bound, &nonce, true).await;
+    if on_bound == 0 {
+        // Nothing reached the bound socket: either update_connection_thread
+        // recorded the thread without indexing it, or send_to_thread finds
+        // nothing. A control connection given the thread on add tells.
+        let (method, fix) = if result.is_err() && thread_path_works(p, ThreadPath::Add).await {
+            (
+                "update_connection_thread",
+                "move the connection into the new thread's index, not only its record: send_to_thread finds a connection given the thread on add, but not this one",
+            )
+        } else {
+            (
+                "send_to_thread",
+                "push into the sockets bound to the thread (`websocket.try_send`); never report success without a recipient",
+            )
+        };
+        return Err(fail(
+            method,
+            format!("the frame on probe socket `bound to the thread` (`{thread}`)"),
+            format!(
+                "nothing arrived on it; send_to_thread answered {}",
+                delivery_text(&result)
+            ),
+            fix,
+        ));
+    }
+    if on_bound > 1 {
+        return Err(fail(
+            "send_to_thread",
+            "the frame once on probe socket `bound to the thread`",
+            format!("it arrived {on_bound} times"),
+            "send each frame once per connection",
+        ));
+    }
+    let delivered = 1 + p
+        .expect_delivery("send_to_thread", &nonce, &[], &others)
         .await?;
     match result {
         Ok(Delivery::Delivered { recipients, .. }) if recipients == delivered => {}
@@ -111,7 +342,7 @@ pub(super) async fn thread_routing(p: &mut Probe<'_>) -> Step {
     // Moving away must take the connection out of the old thread's set.
     p.bind(bound, &elsewhere).await?;
     let (nonce, message) = p.message();
-    let result = p.manager.send_to_thread(&thread, message).await;
+    let result = p.send_to_thread(&thread, message).await;
     if p.received(bound, &nonce, false).await > 0 {
         return Err(fail(
             "update_connection_thread",
@@ -129,6 +360,50 @@ pub(super) async fn thread_routing(p: &mut Probe<'_>) -> Step {
         ));
     }
     Ok(())
+}
+
+pub(super) async fn add_indexes_the_thread(p: &mut Probe<'_>) -> Step {
+    let owner = p.scope.owner().clone();
+    let thread = p.scope.thread_id();
+    let bound = p
+        .connect_with(&owner, "added with the thread", |c| {
+            c.thread_id = Some(thread.clone());
+        })
+        .await?;
+    let (nonce, message) = p.message();
+    let result = p.send_to_thread(&thread, message).await;
+    // Only the way the thread was set differs from the thread routing
+    // check, which judges send_to_thread itself (exact targets, counts):
+    // this one asks whether add_connection indexed the thread at all.
+    if p.received(bound, &nonce, true).await > 0 {
+        return Ok(());
+    }
+    let recorded = p
+        .manager
+        .get_connection(p.id(bound))
+        .and_then(|c| c.thread_id);
+    // A control connection bound by update_connection_thread tells whether
+    // send_to_thread works at all.
+    let (method, fix) = if result.is_err() && thread_path_works(p, ThreadPath::Update).await {
+        (
+            "add_connection",
+            "index `connection.thread_id` in add_connection, as update_connection_thread does",
+        )
+    } else {
+        (
+            "send_to_thread",
+            "push into the sockets bound to the thread (`websocket.try_send`); never report success without a recipient",
+        )
+    };
+    Err(fail(
+        method,
+        format!("the frame on the connection added with thread `{thread}`"),
+        format!(
+            "nothing arrived; send_to_thread answered {}; get_connection shows thread {recorded:?}",
+            delivery_text(&result)
+        ),
+        fix,
+    ))
 }
 
 pub(super) async fn unknown_ids(p: &mut Probe<'_>) -> Step {
@@ -179,7 +454,7 @@ pub(super) async fn unknown_ids(p: &mut Probe<'_>) -> Step {
             "return false when the connection is not registered",
         ));
     }
-    if let Some(removed) = p.manager.remove_connection(&connection).await {
+    if let Some(removed) = p.remove(&connection).await {
         return Err(fail(
             "remove_connection",
             format!("None for unknown connection `{connection}`"),
@@ -210,7 +485,7 @@ pub(super) async fn removal_clears_lookups(p: &mut Probe<'_>) -> Step {
     p.bind(a, &thread).await?;
     let id = p.id(a).clone();
     let socket = p.sockets[a].handle.clone();
-    match p.manager.remove_connection(&id).await {
+    match p.remove(&id).await {
         Some(removed) if removed.connection_id == id => {}
         other => {
             return Err(fail(
@@ -221,63 +496,85 @@ pub(super) async fn removal_clears_lookups(p: &mut Probe<'_>) -> Step {
             ));
         }
     }
+    // A lookup that still finds the connection answers from an index
+    // remove_connection left behind: the fault is the removal's (the lookups
+    // themselves are proven on fresh and unknown ids by other checks).
     let fix = "remove the connection from every index (by id, by user, by socket, by thread) in remove_connection";
     if let Some(found) = p.manager.get_connection(&id) {
         return Err(fail(
-            "get_connection",
-            "None after remove_connection",
-            format!("Some(connection `{}`)", found.connection_id),
+            "remove_connection",
+            format!("get_connection(`{id}`) to answer None after the removal"),
+            format!(
+                "Some(connection `{}`): the id index still holds it",
+                found.connection_id
+            ),
             fix,
         ));
     }
     if let Some(found) = p.manager.get_connection_id_by_websocket(&socket) {
         return Err(fail(
-            "get_connection_id_by_websocket",
-            "None for the removed connection's socket",
-            format!("Some({found})"),
+            "remove_connection",
+            "get_connection_id_by_websocket to answer None for the removed connection's socket",
+            format!("Some({found}): the socket index still holds it"),
             fix,
         ));
     }
     let users = p.manager.get_user_connections(&owner);
     if users.contains(&id) {
         return Err(fail(
-            "get_user_connections",
-            format!("a set without removed `{id}`"),
-            format!("{users:?}"),
+            "remove_connection",
+            format!("get_user_connections to answer a set without removed `{id}`"),
+            format!("{users:?}: the user index still holds it"),
             fix,
         ));
     }
     if p.manager.is_connection_active(&owner) {
+        // The user index is clear (checked just above): this answer does not
+        // come from it.
         return Err(fail(
             "is_connection_active",
             "false after the user's only connection was removed",
-            "true",
-            fix,
+            "true, while get_user_connections answers an empty set",
+            "answer from the user index: true only while the user has an open connection there",
         ));
     }
     let (nonce, message) = p.message();
-    let result = p.manager.send_to_thread(&thread, message).await;
-    let arrived = p.received(a, &nonce, false).await > 0;
-    if result.is_ok() || arrived {
+    let result = p.send_to_thread(&thread, message).await;
+    if p.received(a, &nonce, false).await > 0 {
+        return Err(fail(
+            "remove_connection",
+            format!("no frame for thread `{thread}` on the removed connection's socket"),
+            format!("send_to_thread reached it ({})", delivery_text(&result)),
+            fix,
+        ));
+    }
+    if result.is_ok() {
         return Err(fail(
             "send_to_thread",
             format!("an error: thread `{thread}` lost its only connection"),
-            format!("{}, frame arrived: {arrived}", delivery_text(&result)),
-            fix,
+            format!("{}, though no socket got the frame", delivery_text(&result)),
+            "return ManagerError::NotDelivered { reason: NoThreadConnections } when no connection took the message; never report success without a recipient",
         ));
     }
     let (nonce, message) = p.message();
-    let result = p.manager.send_to_user(&owner, message).await;
-    let arrived = p.received(a, &nonce, false).await > 0;
-    if result.is_ok() || arrived {
+    let result = p.send_to_user(&owner, message).await;
+    if p.received(a, &nonce, false).await > 0 {
         return Err(fail(
-            "send_to_user",
-            "an error: the user has no connection left",
-            format!("{}, frame arrived: {arrived}", delivery_text(&result)),
+            "remove_connection",
+            "no frame for the user on the removed connection's socket",
+            format!("send_to_user reached it ({})", delivery_text(&result)),
             fix,
         ));
     }
-    if let Some(again) = p.manager.remove_connection(&id).await {
+    if result.is_ok() {
+        return Err(fail(
+            "send_to_user",
+            "an error: the user has no connection left",
+            format!("{}, though no socket got the frame", delivery_text(&result)),
+            "return ManagerError::NotDelivered { reason: NoConnections } when no connection took the message; never report success without a recipient",
+        ));
+    }
+    if let Some(again) = p.remove(&id).await {
         return Err(fail(
             "remove_connection",
             "None when removing the same connection twice",
@@ -288,10 +585,28 @@ pub(super) async fn removal_clears_lookups(p: &mut Probe<'_>) -> Step {
     Ok(())
 }
 
+pub(super) async fn removal_closes_the_socket(p: &mut Probe<'_>) -> Step {
+    let owner = p.scope.owner().clone();
+    let a = p.connect(&owner, "removed").await?;
+    p.disconnect(a).await?;
+    if !p.closed(a).await {
+        let id = p.id(a).clone();
+        return Err(fail(
+            "remove_connection",
+            format!(
+                "the socket of removed connection `{id}` closed (the writer sends a close frame)"
+            ),
+            "the socket is still open: the client would stay connected to a server that forgot it",
+            "call `connection.websocket.close(CloseReason::normal())` on the connection you removed",
+        ));
+    }
+    Ok(())
+}
+
 pub(super) async fn delivery_counts(p: &mut Probe<'_>) -> Step {
     let owner = p.scope.owner().clone();
     let (_, message) = p.message();
-    let result = p.manager.send_to_user(&owner, message).await;
+    let result = p.send_to_user(&owner, message).await;
     if !matches!(result, Err(ManagerError::NotDelivered { .. })) {
         return Err(fail(
             "send_to_user",
@@ -308,7 +623,7 @@ pub(super) async fn delivery_counts(p: &mut Probe<'_>) -> Step {
         others.push(p.connect(&stranger, "another user").await?);
     }
     let (nonce, message) = p.message();
-    let result = p.manager.send_to_user(&owner, message).await;
+    let result = p.send_to_user(&owner, message).await;
     let got = p
         .expect_delivery("send_to_user", &nonce, &[first, second], &others)
         .await?;
@@ -324,10 +639,7 @@ pub(super) async fn delivery_counts(p: &mut Probe<'_>) -> Step {
         }
     }
     let (nonce, data) = p.message();
-    let result = p
-        .manager
-        .emit_critical_event(&owner, "agent_started", data)
-        .await;
+    let result = p.emit(&owner, "agent_started", data).await;
     let got = p
         .expect_delivery("emit_critical_event", &nonce, &[first, second], &others)
         .await?;
@@ -343,6 +655,69 @@ pub(super) async fn delivery_counts(p: &mut Probe<'_>) -> Step {
         }
     }
     Ok(())
+}
+
+/// Queue limits of a socket whose client stopped reading: one frame fills it.
+fn stalled_limits() -> QueueLimits {
+    QueueLimits::new(1, 1 << 20)
+}
+
+pub(super) async fn full_socket_does_not_block_sends(p: &mut Probe<'_>) -> Step {
+    let owner = p.scope.owner().clone();
+    let stalled = p.socket_with_limits(&owner, "stalled: its queue is full", stalled_limits());
+    p.add_or_fail(stalled, &owner).await?;
+    let reading = p.connect(&owner, "reading").await?;
+    p.fill(stalled);
+    // A manager that waits for room never returns here: the check's time
+    // limit then fails it, naming send_to_user.
+    let (nonce, message) = p.message();
+    let result = p.send_to_user(&owner, message).await;
+    let got = p
+        .expect_delivery("send_to_user", &nonce, &[reading], &[])
+        .await?;
+    match result {
+        Ok(Delivery::Delivered { recipients, .. }) if recipients == got => Ok(()),
+        other => Err(fail(
+            "send_to_user",
+            format!(
+                "Ok(Delivered {{ recipients: {got} }}): the reading socket took the frame, the full one could not"
+            ),
+            delivery_text(&other),
+            "try_send into each socket without waiting; count only the sockets that took the frame, and apply the slow-consumer policy to a full one (websocket_manager::deliver_frame)",
+        )),
+    }
+}
+
+pub(super) async fn full_socket_never_loses_a_critical_event(p: &mut Probe<'_>) -> Step {
+    let owner = p.scope.owner().clone();
+    let stalled = p.socket_with_limits(&owner, "stalled: its queue is full", stalled_limits());
+    p.add_or_fail(stalled, &owner).await?;
+    p.fill(stalled);
+    let (nonce, data) = p.message();
+    let result = p.emit(&owner, "agent_thinking", data).await;
+    if let Err(error) = &result {
+        return Err(fail(
+            "emit_critical_event",
+            format!(
+                "Ok for user `{owner}`, who has a connection: the event is retained whatever its socket can take"
+            ),
+            format!("Err({error})"),
+            "retain the event (websocket_manager::CriticalEventLog::emit), then push it",
+        ));
+    }
+    let took_it = p.received(stalled, &nonce, false).await > 0;
+    if took_it || p.closed(stalled).await {
+        return Ok(());
+    }
+    Err(fail(
+        "emit_critical_event",
+        "the socket whose queue was full closed (its client reconnects and resumes from its offset), since it could not take the event",
+        format!(
+            "the socket is still open and never got the event ({}): its client has a silent gap",
+            delivery_text(&result)
+        ),
+        "when a socket cannot take a critical event, close it as a slow consumer instead of skipping it (websocket_manager::CriticalEventLog::emit does)",
+    ))
 }
 
 pub(super) async fn health_counts(p: &mut Probe<'_>) -> Step {
@@ -391,7 +766,7 @@ pub(super) async fn health_counts(p: &mut Probe<'_>) -> Step {
     // Message counters are not probed: the contract fixes what connections a
     // user has, while counters are each manager's own bookkeeping.
     let removed = p.id(a).clone();
-    let _ = p.manager.remove_connection(&removed).await;
+    p.disconnect(a).await?;
     let health = p.manager.get_connection_health(&owner);
     if health.total_connections != 1
         || health
@@ -399,6 +774,16 @@ pub(super) async fn health_counts(p: &mut Probe<'_>) -> Step {
             .iter()
             .any(|c| c.connection_id == removed)
     {
+        if p.manager.get_user_connections(&owner).contains(&removed) {
+            // Health answered from the user index, which the removal left as
+            // it was (removal_clears_lookups says so too).
+            return Err(fail(
+                "remove_connection",
+                format!("`{removed}` gone from the user's connections after its removal"),
+                "get_user_connections and get_connection_health still list it",
+                "remove the connection from every index in remove_connection",
+            ));
+        }
         return Err(fail(
             "get_connection_health",
             format!("total_connections = 1 and no summary of `{removed}` after removing it"),
@@ -420,7 +805,7 @@ fn refused_for_isolation(result: &Result<Delivery, ManagerError>) -> bool {
 pub(super) async fn isolation_refuses_connections(p: &mut Probe<'_>) -> Step {
     let stranger = p.scope.other().clone();
     let index = p.socket(&stranger, "another user");
-    let result = p.manager.add_connection(p.connection(index)).await;
+    let result = p.add(p.connection(index)).await;
     if !matches!(result, Err(ManagerError::IsolationViolation { .. })) {
         return Err(fail(
             "add_connection",
@@ -436,11 +821,16 @@ pub(super) async fn isolation_refuses_connections(p: &mut Probe<'_>) -> Step {
     }
     let users = p.manager.get_user_connections(&stranger);
     if !users.is_empty() || p.manager.is_connection_active(&stranger) {
+        // The refusal itself was right; what remains of the connection was
+        // written by add_connection before it refused.
         return Err(fail(
-            "get_user_connections",
-            format!("nothing about user `{stranger}` after refusing them"),
-            format!("{users:?}"),
-            "keep no trace of a refused connection",
+            "add_connection",
+            format!("nothing about user `{stranger}` after refusing their connection"),
+            format!(
+                "get_user_connections = {users:?}, is_connection_active = {}",
+                p.manager.is_connection_active(&stranger)
+            ),
+            "check the user before writing to any index: keep no trace of a refused connection",
         ));
     }
     Ok(())
@@ -451,7 +841,7 @@ pub(super) async fn isolation_refuses_sends(p: &mut Probe<'_>) -> Step {
     let stranger = p.scope.other().clone();
     let own = p.connect(&owner, "the manager's user").await?;
     let (nonce, message) = p.message();
-    let result = p.manager.send_to_user(&stranger, message).await;
+    let result = p.send_to_user(&stranger, message).await;
     if !refused_for_isolation(&result) {
         return Err(fail(
             "send_to_user",
@@ -463,10 +853,7 @@ pub(super) async fn isolation_refuses_sends(p: &mut Probe<'_>) -> Step {
         ));
     }
     let (critical_nonce, data) = p.message();
-    let result = p
-        .manager
-        .emit_critical_event(&stranger, "agent_started", data)
-        .await;
+    let result = p.emit(&stranger, "agent_started", data).await;
     if !refused_for_isolation(&result) {
         return Err(fail(
             "emit_critical_event",
@@ -477,15 +864,19 @@ pub(super) async fn isolation_refuses_sends(p: &mut Probe<'_>) -> Step {
             "check the target user against the manager's UserContext before delivering or queueing",
         ));
     }
-    let leaked =
-        p.received(own, &nonce, false).await + p.received(own, &critical_nonce, false).await;
-    if leaked > 0 {
-        return Err(fail(
-            "send_to_user",
-            "no frame on the manager's own user's socket for a message addressed to another user",
-            format!("{leaked} frame(s) arrived"),
-            "never deliver a message addressed to another user",
-        ));
+    for (method, nonce) in [
+        ("send_to_user", &nonce),
+        ("emit_critical_event", &critical_nonce),
+    ] {
+        let leaked = p.received(own, nonce, false).await;
+        if leaked > 0 {
+            return Err(fail(
+                method,
+                "no frame on the manager's own user's socket for a message addressed to another user",
+                format!("{leaked} frame(s) arrived"),
+                "never deliver a message addressed to another user",
+            ));
+        }
     }
     Ok(())
 }
@@ -540,10 +931,7 @@ pub(super) async fn queries_are_scoped_to_the_user(p: &mut Probe<'_>) -> Step {
 pub(super) async fn offline_critical_event_is_replayed(p: &mut Probe<'_>) -> Step {
     let owner = p.scope.owner().clone();
     let (nonce, data) = p.message();
-    let result = p
-        .manager
-        .emit_critical_event(&owner, "agent_completed", data)
-        .await;
+    let result = p.emit(&owner, "agent_completed", data).await;
     if result.is_err() {
         return Err(fail(
             "emit_critical_event",
@@ -552,20 +940,37 @@ pub(super) async fn offline_critical_event_is_replayed(p: &mut Probe<'_>) -> Ste
             "retain critical events for a user with no connection (see websocket_manager::CriticalEventLog) and answer Ok(Delivery::queued(..))",
         ));
     }
+    // What the manager says it kept, read before a connection can take it.
+    let kept = p.manager.get_connection_health(&owner);
     let tab = p.connect(&owner, "the user's next connection").await?;
     let arrived = p.received(tab, &nonce, true).await;
-    if arrived != 1 {
+    if arrived == 1 {
+        return Ok(());
+    }
+    if arrived == 0 && kept.pending_critical_events == 0 && kept.retained_critical_events == 0 {
         return Err(fail(
-            "add_connection",
-            "the critical event emitted while the user was offline, once, on the user's next connection",
+            "emit_critical_event",
             format!(
-                "it arrived {arrived} times, after emit_critical_event answered {}",
+                "the event kept for user `{owner}`, who had no connection: counted in get_connection_health's pending_critical_events, and replayed on the next connection"
+            ),
+            format!(
+                "it answered {} but kept nothing: health showed 0 pending and 0 retained events, and the next connection got nothing",
                 delivery_text(&result)
             ),
-            "replay the retained events no connection took into the new socket in add_connection, before publishing it; never answer Ok for an event you dropped",
+            "retain the event before answering Ok(Queued) (websocket_manager::CriticalEventLog::emit does), or answer Err; and count what you keep in pending_critical_events",
         ));
     }
-    Ok(())
+    Err(fail(
+        "add_connection",
+        "the critical event emitted while the user was offline, once, on the user's next connection",
+        format!(
+            "it arrived {arrived} times; emit_critical_event answered {} and health showed {} pending, {} retained event(s) before the connection",
+            delivery_text(&result),
+            kept.pending_critical_events,
+            kept.retained_critical_events
+        ),
+        "replay the retained events no connection took into the new socket in add_connection, once each, before publishing it (websocket_manager::CriticalEventLog::attach)",
+    ))
 }
 
 /// The critical event carrying `nonce` among `frames`, parsed.
@@ -582,10 +987,7 @@ pub(super) async fn critical_envelope(p: &mut Probe<'_>) -> Step {
     let mut seen: Vec<(CriticalEnvelope, Option<StreamOffset>)> = Vec::new();
     for event_type in ["agent_started", "agent_completed"] {
         let (nonce, data) = p.message();
-        let result = p
-            .manager
-            .emit_critical_event(&owner, event_type, data.clone())
-            .await;
+        let result = p.emit(&owner, event_type, data.clone()).await;
         let frames = p.frames(tab, true).await;
         let Some(envelope) = find_envelope(&frames, &nonce) else {
             return Err(fail(
@@ -642,11 +1044,7 @@ pub(super) async fn resume_from_offset(p: &mut Probe<'_>) -> Step {
     let mut nonces = Vec::new();
     for _ in 0..2 {
         let (nonce, data) = p.message();
-        if let Err(error) = p
-            .manager
-            .emit_critical_event(&owner, "agent_thinking", data)
-            .await
-        {
+        if let Err(error) = p.emit(&owner, "agent_thinking", data).await {
             return Err(fail(
                 "emit_critical_event",
                 "Ok for a connected user",
@@ -667,10 +1065,8 @@ pub(super) async fn resume_from_offset(p: &mut Probe<'_>) -> Step {
     };
     p.disconnect(first_tab).await?;
     let (missed_nonce, data) = p.message();
-    let _ = p
-        .manager
-        .emit_critical_event(&owner, "agent_completed", data)
-        .await;
+    let missed = p.emit(&owner, "agent_completed", data).await;
+    let kept = p.manager.get_connection_health(&owner);
     let offset = StreamOffset::new(first.stream, first.sequence);
     let resumed = p
         .connect_resuming(&owner, "resumed after the first event", Some(offset))
@@ -685,6 +1081,21 @@ pub(super) async fn resume_from_offset(p: &mut Probe<'_>) -> Step {
                 .count()
         })
         .collect();
+    if carried[2] == 0 && kept.pending_critical_events == 0 {
+        // Like the offline check: an event nothing counts as pending was
+        // never kept, whatever emit_critical_event answered.
+        return Err(fail(
+            "emit_critical_event",
+            format!(
+                "the event emitted while user `{owner}` had no connection kept (counted in pending_critical_events) and replayed on resume"
+            ),
+            format!(
+                "it answered {} but health showed 0 pending events, and the resumed connection did not get it",
+                delivery_text(&missed)
+            ),
+            "retain the event before answering Ok(Queued) (websocket_manager::CriticalEventLog::emit does), or answer Err",
+        ));
+    }
     if carried != [0, 1, 1] || frames.iter().any(|f| f["type"] == "resync") {
         return Err(fail(
             "add_connection",

@@ -3,13 +3,22 @@
 //!
 //! The compiler and `#[websocket_manager]` prove a manager has the 11 methods
 //! with the right signatures. These checks prove the methods *do* what the
-//! contract says: a connection added is found by its socket, a thread send
-//! reaches exactly the sockets bound to that thread, removal clears every
-//! lookup, a send reports how many sockets really got the frame and never
-//! "succeeds" without one, health counts what is there, queries about one
-//! user never reveal another's connections, critical events arrive in their
-//! envelope with offsets, are kept for an offline user and resume from an
-//! offset, and an isolated manager refuses every other user.
+//! contract says: a connection added is found by its socket, by its id and
+//! by its thread; a duplicate id or socket and a connection beyond the
+//! per-user cap are refused; a thread send reaches exactly the sockets bound
+//! to that thread; removal clears every lookup and closes the socket; a send
+//! reports how many sockets really got the frame, never "succeeds" without
+//! one and never waits for a full socket; health counts what is there;
+//! queries about one user never reveal another's connections; critical
+//! events arrive in their envelope with offsets, close a socket that cannot
+//! take them rather than skip it, are kept for an offline user and resume
+//! from an offset; and an isolated manager refuses every other user.
+//!
+//! A failure names the method at fault, not the one where the symptom
+//! showed: an offline critical event that never arrives is blamed on
+//! `emit_critical_event` when `get_connection_health` counts nothing
+//! pending, on `add_connection` when it does; a check that times out names
+//! the async call it was awaiting.
 //!
 //! Every probe uses synthetic identities under the reserved
 //! [`PROBE_PREFIX`] with a unique suffix, and sockets created for the probe;
@@ -83,22 +92,48 @@ pub fn is_probe_id(id: &str) -> bool {
 }
 
 /// One behavioural check of the kit.
+///
+/// Each check names one line of the contract; the README's table of what
+/// each method must do lists which check covers which line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Check {
     /// A connection just added is found by id, by socket and by user.
     AddThenLookupBySocket,
+    /// `add_connection` refuses a connection id that is already registered
+    /// (`DuplicateConnection`) and keeps the first connection as it was.
+    DuplicateConnectionIdRefused,
+    /// `add_connection` refuses a socket that is already registered under
+    /// another connection id (`SocketAlreadyRegistered`) and registers
+    /// nothing.
+    DuplicateSocketRefused,
+    /// `add_connection` refuses a user's connection beyond
+    /// [`ManagerConfig::max_connections_per_user`] (`ConnectionLimit`),
+    /// registers nothing, and accepts one again after a removal.
+    ConnectionCapEnforced,
     /// A connection moved to a thread receives `send_to_thread`, and no other
     /// socket does; moving it away stops that.
     ThreadRouting,
+    /// A connection added with a thread already set receives
+    /// `send_to_thread` for it: `add_connection` indexes the thread.
+    AddIndexesTheThread,
     /// Unknown ids give `None`, `false` or empty answers, never an invented
     /// one.
     UnknownIds,
     /// After `remove_connection`, no lookup and no send finds the connection.
     RemovalClearsLookups,
+    /// `remove_connection` closes the removed connection's socket.
+    RemovalClosesTheSocket,
     /// `Delivered { recipients }` equals the sockets that got the frame; a
     /// send to a user with no connection is an error.
     DeliveryCounts,
+    /// `send_to_user` does not wait for a socket whose queue is full (a
+    /// client that stopped reading): it returns, the user's other socket gets
+    /// the frame, and only that one is counted.
+    FullSocketDoesNotBlockSends,
+    /// A critical event a full socket cannot take is not skipped silently:
+    /// that socket is closed, so its client reconnects and resumes.
+    FullSocketNeverLosesACriticalEvent,
     /// `get_connection_health` counts the connections that are there.
     HealthCounts,
     /// An isolated manager refuses another user's connection.
@@ -109,7 +144,11 @@ pub enum Check {
     /// user is connected: no answer leaks another user's connections.
     QueriesAreScopedToTheUser,
     /// A critical event for a user with no connection is kept (`Ok`) and
-    /// reaches the user's next connection.
+    /// reaches the user's next connection. When it does not arrive,
+    /// `get_connection_health` tells which method lost it: an event counted
+    /// as pending was kept (so `add_connection` did not replay it), one that
+    /// is not was never kept (so `emit_critical_event` answered `Ok` for an
+    /// event it dropped).
     OfflineCriticalEventIsReplayed,
     /// Critical events arrive as the documented envelope (`type`, `data`,
     /// `timestamp`, `critical`, `stream`, `sequence`), numbered 1, 2... within
@@ -123,12 +162,19 @@ pub enum Check {
 
 impl Check {
     /// Every check, in the order they run.
-    pub const ALL: [Check; 12] = [
+    pub const ALL: [Check; 19] = [
         Check::AddThenLookupBySocket,
+        Check::DuplicateConnectionIdRefused,
+        Check::DuplicateSocketRefused,
+        Check::ConnectionCapEnforced,
         Check::ThreadRouting,
+        Check::AddIndexesTheThread,
         Check::UnknownIds,
         Check::RemovalClearsLookups,
+        Check::RemovalClosesTheSocket,
         Check::DeliveryCounts,
+        Check::FullSocketDoesNotBlockSends,
+        Check::FullSocketNeverLosesACriticalEvent,
         Check::HealthCounts,
         Check::IsolationRefusesConnections,
         Check::IsolationRefusesSends,
@@ -142,10 +188,17 @@ impl Check {
     pub fn name(self) -> &'static str {
         match self {
             Check::AddThenLookupBySocket => "add_then_lookup_by_socket",
+            Check::DuplicateConnectionIdRefused => "duplicate_connection_id_refused",
+            Check::DuplicateSocketRefused => "duplicate_socket_refused",
+            Check::ConnectionCapEnforced => "connection_cap_enforced",
             Check::ThreadRouting => "thread_routing",
+            Check::AddIndexesTheThread => "add_indexes_the_thread",
             Check::UnknownIds => "unknown_ids",
             Check::RemovalClearsLookups => "removal_clears_lookups",
+            Check::RemovalClosesTheSocket => "removal_closes_the_socket",
             Check::DeliveryCounts => "delivery_counts",
+            Check::FullSocketDoesNotBlockSends => "full_socket_does_not_block_sends",
+            Check::FullSocketNeverLosesACriticalEvent => "full_socket_never_loses_a_critical_event",
             Check::HealthCounts => "health_counts",
             Check::IsolationRefusesConnections => "isolation_refuses_connections",
             Check::IsolationRefusesSends => "isolation_refuses_sends",
@@ -416,13 +469,21 @@ fn fallback_thread() -> ThreadId {
 /// How long one check may take by default before it fails as hung.
 pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn timed_out(limit: Duration) -> CheckFailure {
+/// The largest per-user connection cap the kit probes as configured: a
+/// larger one is lowered to this for the instance [`Conformance::run`]
+/// builds for [`Check::ConnectionCapEnforced`], so the probe stays small.
+pub const PROBED_CONNECTION_CAP: usize = 64;
+
+fn timed_out(limit: Duration, in_flight: Option<&'static str>) -> CheckFailure {
     CheckFailure::new(
         "",
-        "(an async method)",
+        in_flight.unwrap_or("(an async method)"),
         format!("the check to finish within {limit:?}"),
-        "an async method never returned",
-        "never hold a lock across `.await` and bound every wait (a send must not wait for a removal that needs the same lock)",
+        match in_flight {
+            Some(method) => format!("{method} never returned"),
+            None => "an async method never returned".to_owned(),
+        },
+        "never hold a lock across `.await`, and never wait inside a contract method: a send must `try_send` and apply the slow-consumer policy to a full socket, not wait for room or for a lock another call holds",
     )
 }
 
@@ -502,7 +563,9 @@ impl Conformance {
         }
     }
 
-    /// The configuration handed to the constructor.
+    /// The configuration handed to the constructor (for
+    /// [`Check::ConnectionCapEnforced`], with the per-user cap lowered to
+    /// [`PROBED_CONNECTION_CAP`] when it is larger).
     pub fn config(mut self, config: ManagerConfig) -> Self {
         self.options.config = config;
         self
@@ -568,16 +631,21 @@ impl Conformance {
         F: Fn(&BuildContext<'_>) -> Result<DynManager, BuildError>,
     {
         let mut outcomes = Vec::with_capacity(self.checks.len());
+        let small_cap = self.with_probed_cap();
         for &check in &self.checks {
+            let kit = match (check, &small_cap) {
+                (Check::ConnectionCapEnforced, Some(kit)) => kit,
+                _ => self,
+            };
             let scope = ProbeScope::new();
             let context = scope.context();
             let mut build =
-                BuildContext::new(&self.options.config, &self.options.extensions).for_probe();
+                BuildContext::new(&kit.options.config, &kit.options.extensions).for_probe();
             if self.mode == ManagerMode::Isolated {
                 build = build.with_user_context(&context);
             }
             let failure = match constructor(&build) {
-                Ok(manager) => self.run_check(check, &manager, &scope).await,
+                Ok(manager) => kit.run_check(check, &manager, &scope).await,
                 Err(error) => Some(CheckFailure::new(
                     check.name(),
                     "constructor",
@@ -593,6 +661,32 @@ impl Conformance {
             outcomes,
             skipped: Vec::new(),
         }
+    }
+
+    /// This kit with the per-user connection cap lowered to
+    /// [`PROBED_CONNECTION_CAP`], when the configured one is larger: the cap
+    /// probe fills a user up to the cap, and a cap of thousands would make it
+    /// slow without proving more. `None` when the configured cap is small.
+    fn with_probed_cap(&self) -> Option<Conformance> {
+        let config = &self.options.config;
+        if config.max_connections_per_user() <= PROBED_CONNECTION_CAP {
+            return None;
+        }
+        // Every setting copied, only the cap lowered; a copy that does not
+        // validate (it cannot: a lower cap is always valid) keeps the
+        // configured cap.
+        let lowered = ManagerConfig::builder()
+            .queue_capacity(config.queue_capacity())
+            .queue_max_bytes(config.queue_max_bytes())
+            .max_connections_per_user(PROBED_CONNECTION_CAP)
+            .slow_consumer_policy(config.slow_consumer_policy())
+            .history_capacity(config.history_capacity())
+            .history_max_bytes(config.history_max_bytes())
+            .history_max_age(config.history_max_age())
+            .max_history_users(config.max_history_users())
+            .build()
+            .ok()?;
+        Some(self.clone().config(lowered))
     }
 
     /// Runs every selected check on fresh instances of `T`, each built by
@@ -654,10 +748,28 @@ impl Conformance {
         let body = async {
             match check {
                 Check::AddThenLookupBySocket => checks::add_then_lookup_by_socket(&mut probe).await,
+                Check::DuplicateConnectionIdRefused => {
+                    checks::duplicate_connection_id_refused(&mut probe).await
+                }
+                Check::DuplicateSocketRefused => checks::duplicate_socket_refused(&mut probe).await,
+                Check::ConnectionCapEnforced => {
+                    let cap = self.options.config.max_connections_per_user();
+                    checks::connection_cap_enforced(&mut probe, cap).await
+                }
                 Check::ThreadRouting => checks::thread_routing(&mut probe).await,
+                Check::AddIndexesTheThread => checks::add_indexes_the_thread(&mut probe).await,
                 Check::UnknownIds => checks::unknown_ids(&mut probe).await,
                 Check::RemovalClearsLookups => checks::removal_clears_lookups(&mut probe).await,
+                Check::RemovalClosesTheSocket => {
+                    checks::removal_closes_the_socket(&mut probe).await
+                }
                 Check::DeliveryCounts => checks::delivery_counts(&mut probe).await,
+                Check::FullSocketDoesNotBlockSends => {
+                    checks::full_socket_does_not_block_sends(&mut probe).await
+                }
+                Check::FullSocketNeverLosesACriticalEvent => {
+                    checks::full_socket_never_loses_a_critical_event(&mut probe).await
+                }
                 Check::HealthCounts => checks::health_counts(&mut probe).await,
                 Check::IsolationRefusesConnections => {
                     checks::isolation_refuses_connections(&mut probe).await
@@ -676,9 +788,10 @@ impl Conformance {
         let result = match self.options.check_timeout {
             // A hung async method (a lock held across `.await`, the original
             // system's deadlock) must fail the check, not hang startup.
-            Some(limit) => tokio::time::timeout(limit, body)
-                .await
-                .unwrap_or_else(|_| Err(timed_out(limit))),
+            Some(limit) => match tokio::time::timeout(limit, body).await {
+                Ok(result) => result,
+                Err(_) => Err(timed_out(limit, probe.in_flight)),
+            },
             None => body.await,
         };
         match self.options.check_timeout {

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use super::{CheckFailure, ProbeScope};
 use crate::connection::{
-    CloseReason, OutboundEvent, OutboundReceiver, QueueLimits, WebSocketConnection, WebSocketHandle,
+    CloseReason, OutboundEvent, OutboundReceiver, QueueLimits, SendError, TextFrame,
+    WebSocketConnection, WebSocketHandle,
 };
 use crate::context::ManagerMode;
 use crate::delivery::Delivery;
@@ -35,6 +36,9 @@ pub(super) struct Probe<'a> {
     pub(super) mode: ManagerMode,
     pub(super) wait: Duration,
     pub(super) sockets: Vec<ProbeSocket>,
+    /// The async contract method being awaited, if any: a check that times
+    /// out names it.
+    pub(super) in_flight: Option<&'static str>,
 }
 
 pub(super) type Step = Result<(), CheckFailure>;
@@ -47,6 +51,16 @@ pub(super) fn fail(
 ) -> CheckFailure {
     // The check name is filled in by `run_check`.
     CheckFailure::new("", method, expected, got, fix)
+}
+
+/// The failure of an `add_connection` that refused a fresh connection.
+fn refused(user_id: &UserId, error: &ManagerError) -> CheckFailure {
+    fail(
+        "add_connection",
+        format!("Ok(()) for a new connection of user `{user_id}` with a fresh id and socket"),
+        format!("Err({error})"),
+        "accept any connection whose id and socket are not registered yet",
+    )
 }
 
 pub(super) fn delivery_text(result: &Result<Delivery, ManagerError>) -> String {
@@ -69,12 +83,96 @@ impl<'a> Probe<'a> {
             mode,
             wait,
             sockets: Vec::new(),
+            in_flight: None,
         }
+    }
+
+    /// Awaits `call`, a call of the async contract method `method`,
+    /// remembering which method it is while it runs.
+    pub(super) async fn call<T>(
+        &mut self,
+        method: &'static str,
+        call: impl Future<Output = T>,
+    ) -> T {
+        self.in_flight = Some(method);
+        let output = call.await;
+        self.in_flight = None;
+        output
+    }
+
+    /// `add_connection`, remembered while it runs.
+    pub(super) async fn add(
+        &mut self,
+        connection: WebSocketConnection,
+    ) -> Result<(), ManagerError> {
+        let manager = self.manager;
+        self.call("add_connection", manager.add_connection(connection))
+            .await
+    }
+
+    /// `remove_connection`, remembered while it runs.
+    pub(super) async fn remove(
+        &mut self,
+        connection_id: &ConnectionId,
+    ) -> Option<WebSocketConnection> {
+        let manager = self.manager;
+        self.call(
+            "remove_connection",
+            manager.remove_connection(connection_id),
+        )
+        .await
+    }
+
+    /// `send_to_user`, remembered while it runs.
+    pub(super) async fn send_to_user(
+        &mut self,
+        user_id: &UserId,
+        message: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        let manager = self.manager;
+        self.call("send_to_user", manager.send_to_user(user_id, message))
+            .await
+    }
+
+    /// `send_to_thread`, remembered while it runs.
+    pub(super) async fn send_to_thread(
+        &mut self,
+        thread_id: &ThreadId,
+        message: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        let manager = self.manager;
+        self.call("send_to_thread", manager.send_to_thread(thread_id, message))
+            .await
+    }
+
+    /// `emit_critical_event`, remembered while it runs.
+    pub(super) async fn emit(
+        &mut self,
+        user_id: &UserId,
+        event_type: &str,
+        data: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        let manager = self.manager;
+        self.call(
+            "emit_critical_event",
+            manager.emit_critical_event(user_id, event_type, data),
+        )
+        .await
     }
 
     /// A new socket for `user_id`, not yet added.
     pub(super) fn socket(&mut self, user_id: &UserId, label: &str) -> usize {
-        let (handle, receiver) = WebSocketHandle::channel(QueueLimits::new(64, 1 << 20));
+        self.socket_with_limits(user_id, label, QueueLimits::new(64, 1 << 20))
+    }
+
+    /// A new socket for `user_id` whose queue has `limits`, not yet added.
+    pub(super) fn socket_with_limits(
+        &mut self,
+        user_id: &UserId,
+        label: &str,
+        limits: QueueLimits,
+    ) -> usize {
+        let (handle, receiver) = WebSocketHandle::channel(limits);
         self.sockets.push(ProbeSocket {
             connection_id: self.scope.connection_id(),
             user_id: user_id.clone(),
@@ -114,19 +212,32 @@ impl<'a> Probe<'a> {
         label: &str,
         resume: Option<StreamOffset>,
     ) -> Result<usize, CheckFailure> {
+        self.connect_with(user_id, label, |connection| connection.resume = resume)
+            .await
+    }
+
+    /// Like [`connect`](Self::connect), with `adjust` applied to the
+    /// connection before it is added (a thread, a resume offset).
+    pub(super) async fn connect_with(
+        &mut self,
+        user_id: &UserId,
+        label: &str,
+        adjust: impl FnOnce(&mut WebSocketConnection),
+    ) -> Result<usize, CheckFailure> {
         let index = self.socket(user_id, label);
         let mut connection = self.connection(index);
-        connection.resume = resume;
-        match self.manager.add_connection(connection).await {
+        adjust(&mut connection);
+        match self.add(connection).await {
             Ok(()) => Ok(index),
-            Err(error) => Err(fail(
-                "add_connection",
-                format!(
-                    "Ok(()) for a new connection of user `{user_id}` with a fresh id and socket"
-                ),
-                format!("Err({error})"),
-                "accept any connection whose id and socket are not registered yet",
-            )),
+            Err(error) => Err(refused(user_id, &error)),
+        }
+    }
+
+    /// Adds the connection of socket `index`; a refusal is a failure.
+    pub(super) async fn add_or_fail(&mut self, index: usize, user_id: &UserId) -> Step {
+        match self.add(self.connection(index)).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(refused(user_id, &error)),
         }
     }
 
@@ -144,6 +255,19 @@ impl<'a> Probe<'a> {
                 "look the connection up by id and move it into the thread's set",
             ))
         }
+    }
+
+    /// Fills socket `index`'s queue, as a client that stopped reading would:
+    /// every later frame finds it full. Returns whether it is full.
+    pub(super) fn fill(&mut self, index: usize) -> bool {
+        let handle = &self.sockets[index].handle;
+        let filler = TextFrame::from_string(r#"{"type":"__wsm_probe_filler"}"#.to_owned());
+        for _ in 0..=handle.limits().max_messages {
+            if let Err(error) = handle.try_send(filler.clone()) {
+                return error == SendError::Full;
+            }
+        }
+        false
     }
 
     pub(super) fn message(&self) -> (String, serde_json::Value) {
@@ -199,7 +323,7 @@ impl<'a> Probe<'a> {
     /// answers `None`.
     pub(super) async fn disconnect(&mut self, index: usize) -> Step {
         let id = self.id(index).clone();
-        match self.manager.remove_connection(&id).await {
+        match self.remove(&id).await {
             Some(_) => Ok(()),
             None => Err(fail(
                 "remove_connection",
@@ -262,6 +386,26 @@ impl<'a> Probe<'a> {
             }
         }
         Ok(got)
+    }
+
+    /// Whether socket `index` was closed, waiting up to the delivery wait
+    /// for a close the manager makes on another task. Frames queued before
+    /// the close are consumed.
+    pub(super) async fn closed(&mut self, index: usize) -> bool {
+        let wait = self.wait;
+        let socket = &mut self.sockets[index];
+        if socket.handle.is_closed() {
+            return true;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match next_event(&mut socket.receiver, left).await {
+                Some(OutboundEvent::Close(_)) => return true,
+                Some(OutboundEvent::Frame(_)) => {}
+                None => return socket.handle.is_closed(),
+            }
+        }
     }
 
     pub(super) async fn cleanup(&mut self) {

@@ -14,7 +14,8 @@ mod unified;
 
 #[cfg(feature = "redis")]
 pub use cluster::{
-    ClusterConfig, ClusterConfigBuilder, ClusterStats, ClusterWebSocketManager, RESUME_CLOSE_CODE,
+    ClusterConfig, ClusterConfigBuilder, ClusterStats, ClusterWebSocketManager, LinkState,
+    RESUME_CLOSE_CODE,
 };
 pub use critical_log::CriticalEventLog;
 pub use events::{

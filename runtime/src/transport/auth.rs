@@ -80,14 +80,10 @@ impl<'a> UpgradeRequest<'a> {
         Ok(None)
     }
 
-    /// The token of an `Authorization: Bearer <token>` header.
+    /// The token of an `Authorization: Bearer <token>` header (see
+    /// [`bearer_token`]).
     pub fn bearer_token(&self) -> Option<&'a str> {
-        let value = self.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-        let (scheme, token) = value.trim().split_once(' ')?;
-        scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim())
-            .filter(|t| !t.is_empty())
+        bearer_token(self.headers)
     }
 
     /// The subprotocols the client offered in `Sec-WebSocket-Protocol`, in order.
@@ -105,6 +101,52 @@ impl<'a> UpgradeRequest<'a> {
     pub fn origin(&self) -> Option<&'a str> {
         self.headers.get(header::ORIGIN)?.to_str().ok()
     }
+}
+
+/// A view on an HTTP request's target and headers, for
+/// [`WebSocketService::authenticate_http`](super::WebSocketService::authenticate_http)
+/// from any route.
+impl<'a> From<&'a http::request::Parts> for UpgradeRequest<'a> {
+    fn from(parts: &'a http::request::Parts) -> Self {
+        UpgradeRequest::new(&parts.uri, &parts.headers)
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header; the scheme is
+/// case-insensitive (`bearer`, `BEARER`: RFC 7235, 2.1). `None` without
+/// the header, with another scheme, or with an empty token.
+///
+/// ```
+/// use websocket_manager::transport::bearer_token;
+/// let mut headers = http::HeaderMap::new();
+/// headers.insert("authorization", "bearer abc".parse().unwrap());
+/// assert_eq!(bearer_token(&headers), Some("abc"));
+/// headers.insert("authorization", "Basic YWxpY2U6".parse().unwrap());
+/// assert_eq!(bearer_token(&headers), None);
+/// ```
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Who an ordinary HTTP request (not an upgrade) of the application was
+/// authenticated as, by
+/// [`WebSocketService::authenticate_http`](super::WebSocketService::authenticate_http):
+/// the same `Origin` policy, authenticator and thread policy as the
+/// WebSocket upgrade. With feature `axum` it is also an extractor
+/// (see [`transport::axum`](mod@super::axum)).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Authenticated {
+    /// Who the request was authenticated as.
+    pub identity: Identity,
+    /// The thread from the `thread` query parameter, already authorized
+    /// for this identity.
+    pub thread_id: Option<ThreadId>,
 }
 
 /// `application/x-www-form-urlencoded` decoding (`+` is a space, `%XX` a
@@ -523,6 +565,19 @@ mod tests {
             UpgradeRequest::new(&uri, &headers).bearer_token(),
             Some("tok")
         );
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let mut headers = HeaderMap::new();
+        for value in ["Bearer tok", "bearer tok", "BEARER tok", "bEaReR tok"] {
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            assert_eq!(bearer_token(&headers), Some("tok"), "{value}");
+        }
+        for value in ["Bearer", "Bearer ", "Bearertok", "Bearers tok", "Basic tok"] {
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            assert_eq!(bearer_token(&headers), None, "{value}");
+        }
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The axum adapter (feature `axum`, axum 0.8): [`upgrade`], a ready handler
 //! for `GET /ws`, and [`accept`] with its extractor [`WebSocketUpgrade`] to
-//! call from your own handler.
+//! call from your own handler. The application's ordinary routes take
+//! [`Authenticated`] as an extractor: the same identity and thread policy
+//! as `/ws`, and an [`AuthError`] as the rejection (it is a response: its
+//! status, its public message, and `WWW-Authenticate: Bearer` on a 401).
 //!
 //! ```
 //! use axum::{Router, routing::get};
@@ -40,7 +43,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -52,7 +55,7 @@ use tokio::time::Sleep;
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::Role;
 
-use super::auth::UpgradeRequest;
+use super::auth::{AuthError, Authenticated, UpgradeRequest};
 use super::config::DEFAULT_HEADER_READ_TIMEOUT;
 use super::handshake::{accept_headers, check_upgrade, websocket_config};
 use super::service::WebSocketService;
@@ -94,7 +97,7 @@ pub async fn accept(service: &WebSocketService, upgrade: WebSocketUpgrade) -> Re
     let request = UpgradeRequest::new(&uri, &headers);
     let admission = match service.admit(&request).await {
         Ok(admission) => admission,
-        Err(error) => return (error.status(), error.public_message().into_owned()).into_response(),
+        Err(error) => return error.into_response(),
     };
     let mut response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -212,6 +215,71 @@ impl UpgradeRejection {
 impl IntoResponse for UpgradeRejection {
     fn into_response(self) -> Response {
         (self.status(), self.to_string()).into_response()
+    }
+}
+
+/// The identity of an ordinary request of the application, checked as the
+/// WebSocket upgrade is, by
+/// [`WebSocketService::authenticate_http`] (the service is taken from the
+/// router's state, like [`upgrade`] does): a handler that takes it runs
+/// only for an authenticated user, and for a thread (the `thread` query
+/// parameter) that user may follow. Otherwise the [`AuthError`] is the
+/// response (401 with `WWW-Authenticate: Bearer`, 403, 400).
+///
+/// ```
+/// use axum::{Router, routing::post};
+/// use websocket_manager::transport::{Authenticated, AuthError, WebSocketService};
+///
+/// /// `POST /messages?thread=<user>:<name>`: a message from the user into a thread.
+/// async fn post_message(who: Authenticated, body: String) -> Result<String, AuthError> {
+///     let thread = who.thread_id.ok_or(AuthError::BadRequest("`thread` is required".into()))?;
+///     Ok(format!("{} posted {} bytes to {thread}", who.identity.user_id, body.len()))
+/// }
+/// # fn app(service: WebSocketService) -> Router {
+/// Router::new()
+///     .route("/ws", axum::routing::get(websocket_manager::transport::axum::upgrade))
+///     .route("/messages", post(post_message))
+///     .with_state(service) // or a state the service can be taken from (FromRef)
+/// # }
+/// ```
+impl<S> FromRequestParts<S> for Authenticated
+where
+    WebSocketService: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = AuthError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let service = WebSocketService::from_ref(state);
+        service
+            .authenticate_http(&UpgradeRequest::from(&*parts))
+            .await
+    }
+}
+
+/// A refusal as a response: [`AuthError::status`] and
+/// [`AuthError::public_message`] as plain text (never the verification
+/// detail, which the service logs), with `WWW-Authenticate: Bearer` on a
+/// 401 (RFC 7235, 3.1).
+///
+/// ```
+/// use axum::response::IntoResponse;
+/// use websocket_manager::transport::AuthError;
+/// let response = AuthError::Unauthorized("bad signature".into()).into_response();
+/// assert_eq!(response.status(), 401);
+/// assert_eq!(response.headers()["www-authenticate"], "Bearer");
+/// ```
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut response = (status, self.public_message().into_owned()).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }
 

@@ -21,6 +21,43 @@ pub const TOKEN_PROTOCOL_PREFIX: &str = "bearer.";
 /// The longest token looked at, in bytes: anything longer is refused before
 /// any decoding (a bearer token is a few hundred bytes).
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+/// The shortest HS256 secret [`JwtAuthenticator::hs256`] accepts, in bytes:
+/// the size of the hash, as RFC 7518 (3.2) requires of an HMAC key. A
+/// shorter secret (an empty one, a password) can be guessed offline from
+/// any one token.
+pub const MIN_HS256_SECRET_LEN: usize = 32;
+/// The smallest RSA modulus `JwtAuthenticator::rs256_pem` (feature
+/// `jwt-rsa`) accepts, in bits: RFC 7518 (3.3) requires 2048 or more.
+pub const MIN_RSA_KEY_BITS: usize = 2048;
+
+/// Why a [`JwtAuthenticator`] could not be built: the key is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JwtConfigError {
+    /// The HS256 secret is shorter than [`MIN_HS256_SECRET_LEN`] bytes.
+    #[error(
+        "the HS256 secret is {len} bytes; at least {min} are required (RFC 7518, 3.2): use {min} random bytes or more"
+    )]
+    SecretTooShort {
+        /// The length given, in bytes.
+        len: usize,
+        /// The minimum, [`MIN_HS256_SECRET_LEN`].
+        min: usize,
+    },
+    /// The public key could not be loaded (`JwtAuthenticator::rs256_pem`,
+    /// feature `jwt-rsa`).
+    #[error("invalid RS256 public key: {0}")]
+    Key(String),
+    /// The RSA key's modulus is smaller than [`MIN_RSA_KEY_BITS`]
+    /// (`JwtAuthenticator::rs256_pem`, feature `jwt-rsa`).
+    #[error("the RSA key has {bits} bits; at least {min} are required (RFC 7518, 3.3)")]
+    RsaKeyTooSmall {
+        /// The modulus size, in bits.
+        bits: usize,
+        /// The minimum, [`MIN_RSA_KEY_BITS`].
+        min: usize,
+    },
+}
 
 /// Which of a token's three dot-separated segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +80,7 @@ impl std::fmt::Display for TokenPart {
     }
 }
 
-/// Why a token (or a key) was refused.
+/// Why a token was refused (a key: [`JwtConfigError`]).
 ///
 /// [`JwtAuthenticator::verify`] logs none of this to the client: the
 /// upgrade answers a bare `401`, and the detail goes to the server's log.
@@ -106,16 +143,33 @@ pub enum JwtError {
     /// `aud` names none of the configured audiences.
     #[error("the token's audience is not one this server accepts")]
     Audience,
+    /// The token names an audience (`aud`, RFC 7519 4.1.3) and this
+    /// authenticator has none configured: it was minted for some service,
+    /// and nothing says that is this one. Configure
+    /// [`audience`](JwtAuthenticator::audience), or opt out with
+    /// [`ignore_audience`](JwtAuthenticator::ignore_audience).
+    #[error(
+        "the token names an audience (`aud`) but this server has none configured; configure one, or opt out with `ignore_audience()`"
+    )]
+    UnexpectedAudience,
     /// `iss` is not one of the configured issuers.
     #[error("the token's issuer is not one this server accepts")]
     Issuer,
-    /// `sub` is not a valid [`UserId`].
+    /// `sub` is not a valid [`UserId`] (empty, a control or an invisible
+    /// format character, surrounding whitespace...).
     #[error("bad `sub` claim: {0}")]
     Subject(IdError),
-    /// A public key could not be loaded (`JwtAuthenticator::rs256_pem`,
-    /// feature `jwt-rsa`).
-    #[error("invalid JWT key: {0}")]
-    Key(String),
+}
+
+/// What the `aud` claim must be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AudiencePolicy {
+    /// None configured: a token must not name one (RFC 7519 4.1.3).
+    Unconfigured,
+    /// `aud` must name one of these.
+    OneOf(Vec<String>),
+    /// `aud` is not looked at ([`JwtAuthenticator::ignore_audience`]).
+    Ignored,
 }
 
 /// What verifies the signature.
@@ -177,8 +231,15 @@ pub struct VerifiedToken {
 /// Verifies a JWT on the upgrade request: the header's `alg` must be the
 /// configured one (HS256, or RS256 with feature `jwt-rsa`; `none` and any
 /// other algorithm are refused), then the signature, expiry (`exp` is
-/// required; `nbf` is checked when present), audience and issuer when
-/// configured; the user is the `sub` claim.
+/// required; `nbf` is checked when present), audience and issuer; the user
+/// is the `sub` claim, a valid [`UserId`].
+///
+/// Audience: with [`audience`](Self::audience) configured, `aud` must name
+/// one of them; without, a token that names any audience is refused
+/// ([`JwtError::UnexpectedAudience`]), since it was minted for another
+/// service that may share the secret (RFC 7519 4.1.3; PyJWT and
+/// `jsonwebtoken` do the same). [`ignore_audience`](Self::ignore_audience)
+/// opts out explicitly.
 ///
 /// The token is read from `Authorization: Bearer <jwt>`, or — since browsers
 /// cannot set headers on a WebSocket — from `Sec-WebSocket-Protocol`:
@@ -190,22 +251,32 @@ pub struct VerifiedToken {
 /// use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// use websocket_manager::transport::{JwtAuthenticator, JwtError, encode_hs256};
 ///
-/// let authenticator = JwtAuthenticator::hs256(b"a long random secret")
+/// const SECRET: &[u8] = b"32 random bytes or more, from a vault";
+/// let authenticator = JwtAuthenticator::hs256(SECRET)?
 ///     .audience(["agent-api"])
 ///     .leeway(Duration::from_secs(5));
 ///
 /// let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
 /// let claims = serde_json::json!({"sub": "alice", "aud": "agent-api", "exp": now + 60});
-/// let token = encode_hs256(&claims, b"a long random secret");
+/// let token = encode_hs256(&claims, SECRET);
 /// assert_eq!(authenticator.decode(&token).unwrap().user_id.as_str(), "alice");
 ///
 /// let forged = encode_hs256(&claims, b"another secret");
 /// assert_eq!(authenticator.decode(&forged).unwrap_err(), JwtError::Signature);
+///
+/// // minted for another service that shares the secret
+/// let billing = serde_json::json!({"sub": "alice", "aud": "billing", "exp": now + 60});
+/// let billing = encode_hs256(&billing, SECRET);
+/// assert_eq!(authenticator.decode(&billing).unwrap_err(), JwtError::Audience);
+/// // without a configured audience, a token that names one is refused too
+/// let unconfigured = JwtAuthenticator::hs256(SECRET)?;
+/// assert_eq!(unconfigured.decode(&billing).unwrap_err(), JwtError::UnexpectedAudience);
+/// # Ok::<(), websocket_manager::transport::JwtConfigError>(())
 /// ```
 #[derive(Clone)]
 pub struct JwtAuthenticator {
     key: VerifyingKey,
-    audiences: Option<Vec<String>>,
+    audiences: AudiencePolicy,
     issuers: Option<Vec<String>>,
     leeway_secs: u64,
     subprotocol: String,
@@ -225,10 +296,31 @@ impl std::fmt::Debug for JwtAuthenticator {
 }
 
 impl JwtAuthenticator {
-    /// Tokens signed with HMAC-SHA256 and this shared secret (use 32 random
-    /// bytes or more).
-    pub fn hs256(secret: &[u8]) -> Self {
-        Self::with_key(VerifyingKey::Hs256(hmac_sha256(secret)))
+    /// Tokens signed with HMAC-SHA256 and this shared secret: 32 random
+    /// bytes or more ([`MIN_HS256_SECRET_LEN`]).
+    ///
+    /// ```
+    /// use websocket_manager::transport::{JwtAuthenticator, JwtConfigError};
+    /// assert!(JwtAuthenticator::hs256(&[7u8; 32]).is_ok());
+    /// assert_eq!(
+    ///     JwtAuthenticator::hs256(b"hunter2").unwrap_err(),
+    ///     JwtConfigError::SecretTooShort { len: 7, min: 32 }
+    /// );
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`JwtConfigError::SecretTooShort`] for a secret shorter than
+    /// [`MIN_HS256_SECRET_LEN`] bytes (an empty one included): anyone who
+    /// can guess it can sign tokens for any user.
+    pub fn hs256(secret: &[u8]) -> Result<Self, JwtConfigError> {
+        if secret.len() < MIN_HS256_SECRET_LEN {
+            return Err(JwtConfigError::SecretTooShort {
+                len: secret.len(),
+                min: MIN_HS256_SECRET_LEN,
+            });
+        }
+        Ok(Self::with_key(VerifyingKey::Hs256(hmac_sha256(secret))))
     }
 
     /// Tokens signed with RSA-SHA256 (PKCS#1 v1.5), verified with this PEM
@@ -236,32 +328,63 @@ impl JwtAuthenticator {
     ///
     /// # Errors
     ///
-    /// [`JwtError::Key`] when the PEM is not an RSA public key.
+    /// [`JwtConfigError::Key`] when the PEM is not an RSA public key,
+    /// [`JwtConfigError::RsaKeyTooSmall`] when its modulus has fewer than
+    /// [`MIN_RSA_KEY_BITS`] bits.
     #[cfg(feature = "jwt-rsa")]
     #[cfg_attr(docsrs, doc(cfg(feature = "jwt-rsa")))]
-    pub fn rs256_pem(public_key_pem: &[u8]) -> Result<Self, JwtError> {
+    pub fn rs256_pem(public_key_pem: &[u8]) -> Result<Self, JwtConfigError> {
         let key = jsonwebtoken::DecodingKey::from_rsa_pem(public_key_pem)
-            .map_err(|error| JwtError::Key(error.to_string()))?;
+            .map_err(|error| JwtConfigError::Key(error.to_string()))?;
+        let bits = rsa_modulus_bits(&key)?;
+        if bits < MIN_RSA_KEY_BITS {
+            return Err(JwtConfigError::RsaKeyTooSmall {
+                bits,
+                min: MIN_RSA_KEY_BITS,
+            });
+        }
         Ok(Self::with_key(VerifyingKey::Rs256(Box::new(key))))
     }
 
     fn with_key(key: VerifyingKey) -> Self {
         JwtAuthenticator {
             key,
-            audiences: None,
+            audiences: AudiencePolicy::Unconfigured,
             issuers: None,
             leeway_secs: 0,
             subprotocol: DEFAULT_SUBPROTOCOL.to_owned(),
         }
     }
 
-    /// Requires the `aud` claim to name one of these audiences.
+    /// Requires the `aud` claim to name one of these audiences (a token
+    /// without `aud` is refused). Replaces an earlier
+    /// [`ignore_audience`](Self::ignore_audience).
     pub fn audience<I, S>(mut self, audiences: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: ToString,
     {
-        self.audiences = Some(audiences.into_iter().map(|a| a.to_string()).collect());
+        self.audiences =
+            AudiencePolicy::OneOf(audiences.into_iter().map(|a| a.to_string()).collect());
+        self
+    }
+
+    /// Accepts a token whatever its `aud` claim says, or without one. By
+    /// default (no [`audience`](Self::audience)) a token that names an
+    /// audience is refused, since it was minted for some other service;
+    /// call this only when every service that holds the secret may use
+    /// every token. Replaces an earlier [`audience`](Self::audience).
+    ///
+    /// ```
+    /// use websocket_manager::transport::{JwtAuthenticator, encode_hs256};
+    /// const SECRET: &[u8] = b"32 random bytes or more, from a vault";
+    /// let token = encode_hs256(&serde_json::json!({"sub": "alice", "aud": "billing", "exp": u64::MAX / 2}), SECRET);
+    /// assert!(JwtAuthenticator::hs256(SECRET)?.decode(&token).is_err());
+    /// assert!(JwtAuthenticator::hs256(SECRET)?.ignore_audience().decode(&token).is_ok());
+    /// # Ok::<(), websocket_manager::transport::JwtConfigError>(())
+    /// ```
+    pub fn ignore_audience(mut self) -> Self {
+        self.audiences = AudiencePolicy::Ignored;
         self
     }
 
@@ -375,23 +498,15 @@ impl JwtAuthenticator {
                 leeway_secs: self.leeway_secs,
             });
         }
-        if let Some(accepted) = &self.audiences {
-            let named = match claims.get("aud") {
-                None => return Err(JwtError::MissingClaim("aud")),
-                Some(Value::String(aud)) => accepted.iter().any(|a| a == aud),
-                Some(Value::Array(auds)) => {
-                    let mut named = false;
-                    for aud in auds {
-                        let aud = aud.as_str().ok_or(JwtError::InvalidClaim("aud"))?;
-                        named |= accepted.iter().any(|a| a == aud);
-                    }
-                    named
+        match &self.audiences {
+            AudiencePolicy::Ignored => {}
+            AudiencePolicy::Unconfigured => {
+                // present at all (even `null` or `[]`): PyJWT's rule too
+                if claims.contains_key("aud") {
+                    return Err(JwtError::UnexpectedAudience);
                 }
-                Some(_) => return Err(JwtError::InvalidClaim("aud")),
-            };
-            if !named {
-                return Err(JwtError::Audience);
             }
+            AudiencePolicy::OneOf(accepted) => check_audience(&claims, accepted)?,
         }
         if let Some(accepted) = &self.issuers {
             let iss = match claims.get("iss") {
@@ -415,14 +530,61 @@ impl JwtAuthenticator {
     }
 }
 
+/// The size of an RSA public key's modulus, in bits. The key is parsed as
+/// `jsonwebtoken` will parse it to verify (PKCS#1 DER), so a PEM whose
+/// content is not an RSA key is refused here, not at the first token.
+#[cfg(feature = "jwt-rsa")]
+fn rsa_modulus_bits(key: &jsonwebtoken::DecodingKey) -> Result<usize, JwtConfigError> {
+    use rsa::pkcs1::DecodeRsaPublicKey;
+    use rsa::traits::PublicKeyParts;
+    let public = match key.kind() {
+        jsonwebtoken::DecodingKeyKind::SecretOrDer(der) => {
+            rsa::RsaPublicKey::from_pkcs1_der(der)
+                .map_err(|error| JwtConfigError::Key(error.to_string()))?
+        }
+        jsonwebtoken::DecodingKeyKind::RsaModulusExponent { n, e } => rsa::RsaPublicKey::new(
+            rsa::BigUint::from_bytes_be(n),
+            rsa::BigUint::from_bytes_be(e),
+        )
+        .map_err(|error| JwtConfigError::Key(error.to_string()))?,
+    };
+    Ok(public.n().bits())
+}
+
+/// `aud` (a string or a list of strings) names one of `accepted`.
+fn check_audience(claims: &Map<String, Value>, accepted: &[String]) -> Result<(), JwtError> {
+    let named = match claims.get("aud") {
+        None => return Err(JwtError::MissingClaim("aud")),
+        Some(Value::String(aud)) => accepted.iter().any(|a| a == aud),
+        Some(Value::Array(auds)) => {
+            let mut named = false;
+            for aud in auds {
+                let aud = aud.as_str().ok_or(JwtError::InvalidClaim("aud"))?;
+                named |= accepted.iter().any(|a| a == aud);
+            }
+            named
+        }
+        Some(_) => return Err(JwtError::InvalidClaim("aud")),
+    };
+    if named {
+        Ok(())
+    } else {
+        Err(JwtError::Audience)
+    }
+}
+
 /// Signs `claims` as an HS256 JWT with `secret`: for tests, demos and a
 /// server that issues its own tokens. `claims` should be a JSON object with
-/// at least `sub` and `exp` for [`JwtAuthenticator`] to accept it.
+/// at least `sub` and `exp` for [`JwtAuthenticator`] to accept it. It signs
+/// with any secret, but only one of [`MIN_HS256_SECRET_LEN`] bytes or more
+/// is accepted by [`JwtAuthenticator::hs256`].
 ///
 /// ```
 /// use websocket_manager::transport::{JwtAuthenticator, encode_hs256};
-/// let token = encode_hs256(&serde_json::json!({"sub": "alice", "exp": u64::MAX / 2}), b"secret");
-/// assert_eq!(JwtAuthenticator::hs256(b"secret").decode(&token).unwrap().user_id.as_str(), "alice");
+/// const SECRET: &[u8] = b"32 random bytes or more, from a vault";
+/// let token = encode_hs256(&serde_json::json!({"sub": "alice", "exp": u64::MAX / 2}), SECRET);
+/// assert_eq!(JwtAuthenticator::hs256(SECRET)?.decode(&token).unwrap().user_id.as_str(), "alice");
+/// # Ok::<(), websocket_manager::transport::JwtConfigError>(())
 /// ```
 pub fn encode_hs256(claims: &Value, secret: &[u8]) -> String {
     let header = BASE64URL_NOPAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
@@ -636,7 +798,7 @@ mod tests {
             &json!({"sub": "alice", "exp": NOW + 60, "role": "x"}),
             SECRET,
         );
-        let verified = decode(&JwtAuthenticator::hs256(SECRET), &token).unwrap();
+        let verified = decode(&JwtAuthenticator::hs256(SECRET).unwrap(), &token).unwrap();
         assert_eq!(verified.user_id.as_str(), "alice");
         assert_eq!(verified.exp, NOW + 60);
         assert_eq!(verified.claims["role"], "x");
@@ -644,7 +806,7 @@ mod tests {
 
     #[test]
     fn a_wrong_secret_or_a_tampered_payload_fails_the_signature() {
-        let authenticator = JwtAuthenticator::hs256(SECRET);
+        let authenticator = JwtAuthenticator::hs256(SECRET).unwrap();
         let forged = encode_hs256(&valid_claims(), b"another secret entirely");
         assert_eq!(
             decode(&authenticator, &forged).unwrap_err(),
@@ -677,7 +839,7 @@ mod tests {
 
     #[test]
     fn alg_none_and_every_other_algorithm_are_refused_before_the_signature() {
-        let authenticator = JwtAuthenticator::hs256(SECRET);
+        let authenticator = JwtAuthenticator::hs256(SECRET).unwrap();
         let claims = valid_claims().to_string();
         let unsigned = format!("{}.{}.", b64(br#"{"alg":"none"}"#), b64(claims.as_bytes()));
         // `none`, with and without a signature, in any case
@@ -713,8 +875,10 @@ mod tests {
 
     #[test]
     fn expiry_and_not_before_honour_the_leeway() {
-        let strict = JwtAuthenticator::hs256(SECRET);
-        let lenient = JwtAuthenticator::hs256(SECRET).leeway(Duration::from_secs(5));
+        let strict = JwtAuthenticator::hs256(SECRET).unwrap();
+        let lenient = JwtAuthenticator::hs256(SECRET)
+            .unwrap()
+            .leeway(Duration::from_secs(5));
         let expired = encode_hs256(&json!({"sub": "a", "exp": NOW - 1}), SECRET);
         let expiring_now = encode_hs256(&json!({"sub": "a", "exp": NOW}), SECRET);
         for token in [&expired, &expiring_now] {
@@ -753,7 +917,7 @@ mod tests {
 
     #[test]
     fn malformed_tokens_get_typed_errors() {
-        let authenticator = JwtAuthenticator::hs256(SECRET);
+        let authenticator = JwtAuthenticator::hs256(SECRET).unwrap();
         let good = encode_hs256(&valid_claims(), SECRET);
         let [header, payload, signature]: [&str; 3] =
             good.split('.').collect::<Vec<_>>().try_into().unwrap();
@@ -811,7 +975,7 @@ mod tests {
 
     #[test]
     fn claims_of_the_wrong_shape_are_named() {
-        let authenticator = JwtAuthenticator::hs256(SECRET);
+        let authenticator = JwtAuthenticator::hs256(SECRET).unwrap();
         let cases = [
             (json!({"sub": "a"}), JwtError::MissingClaim("exp")),
             (
@@ -850,6 +1014,7 @@ mod tests {
     #[test]
     fn audience_and_issuer_are_checked_when_configured() {
         let authenticator = JwtAuthenticator::hs256(SECRET)
+            .unwrap()
             .audience(["agent-api"])
             .issuer(["https://issuer.example"]);
         let iss = "https://issuer.example";
@@ -894,12 +1059,104 @@ mod tests {
             );
         }
         // not configured: not required
-        assert!(decode(&JwtAuthenticator::hs256(SECRET), &with(valid_claims())).is_ok());
+        assert!(
+            decode(
+                &JwtAuthenticator::hs256(SECRET).unwrap(),
+                &with(valid_claims())
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn short_secrets_are_refused_at_construction() {
+        for len in [0, 1, 16, 31] {
+            assert_eq!(
+                JwtAuthenticator::hs256(&vec![b'k'; len]).unwrap_err(),
+                JwtConfigError::SecretTooShort { len, min: 32 },
+                "{len} bytes"
+            );
+        }
+        let error = JwtAuthenticator::hs256(b"").unwrap_err().to_string();
+        assert!(error.contains("0 bytes; at least 32"), "{error}");
+        // 32 bytes is the minimum, and a token signed with it verifies
+        let secret = [b'k'; 32];
+        let authenticator = JwtAuthenticator::hs256(&secret).unwrap();
+        let token = encode_hs256(&valid_claims(), &secret);
+        assert_eq!(
+            decode(&authenticator, &token).unwrap().user_id.as_str(),
+            "alice"
+        );
+    }
+
+    #[test]
+    fn a_token_naming_an_audience_needs_one_configured_or_an_explicit_opt_out() {
+        let with = |claims: Value| encode_hs256(&claims, SECRET);
+        let unconfigured = JwtAuthenticator::hs256(SECRET).unwrap();
+        // minted for another service that shares the secret; any shape of `aud`
+        for aud in [json!("billing"), json!(["billing"]), json!([]), Value::Null] {
+            let token = with(json!({"sub": "a", "exp": NOW + 60, "aud": aud}));
+            assert_eq!(
+                decode(&unconfigured, &token).unwrap_err(),
+                JwtError::UnexpectedAudience,
+                "{aud}"
+            );
+        }
+        let billing = with(json!({"sub": "a", "exp": NOW + 60, "aud": "billing"}));
+        let error = decode(&unconfigured, &billing).unwrap_err().to_string();
+        assert!(error.contains("ignore_audience()"), "{error}");
+        // the explicit opt-out takes any audience, or none
+        let ignoring = JwtAuthenticator::hs256(SECRET).unwrap().ignore_audience();
+        assert!(decode(&ignoring, &billing).is_ok());
+        assert!(decode(&ignoring, &with(valid_claims())).is_ok());
+        // a configured audience that does not match is still refused
+        let configured = JwtAuthenticator::hs256(SECRET)
+            .unwrap()
+            .audience(["agent-api"]);
+        assert_eq!(
+            decode(&configured, &billing).unwrap_err(),
+            JwtError::Audience
+        );
+        // the last call decides
+        let reconfigured = JwtAuthenticator::hs256(SECRET)
+            .unwrap()
+            .ignore_audience()
+            .audience(["agent-api"]);
+        assert_eq!(
+            decode(&reconfigured, &billing).unwrap_err(),
+            JwtError::Audience
+        );
+        assert!(
+            decode(&configured.ignore_audience(), &billing).is_ok(),
+            "ignore_audience after audience"
+        );
+    }
+
+    #[test]
+    fn a_lookalike_subject_is_refused_naming_the_code_point() {
+        let authenticator = JwtAuthenticator::hs256(SECRET).unwrap();
+        for (sub, code) in [
+            ("alice\u{200B}", "U+200B"),
+            ("\u{202E}ecila", "U+202E"),
+            ("alice ", "U+0020"),
+        ] {
+            let token = encode_hs256(&json!({"sub": sub, "exp": NOW + 60}), SECRET);
+            let error = decode(&authenticator, &token).unwrap_err();
+            assert!(matches!(error, JwtError::Subject(_)), "{sub:?}: {error:?}");
+            assert!(error.to_string().contains(code), "{error}");
+        }
+        for sub in ["josé", "用户"] {
+            let token = encode_hs256(&json!({"sub": sub, "exp": NOW + 60}), SECRET);
+            assert_eq!(
+                decode(&authenticator, &token).unwrap().user_id.as_str(),
+                sub
+            );
+        }
     }
 
     #[tokio::test]
     async fn hs256_bearer_header_yields_the_subject() {
-        let authenticator = JwtAuthenticator::hs256(SECRET);
+        let authenticator = JwtAuthenticator::hs256(SECRET).unwrap();
         let token = encode_hs256(&json!({"sub": "alice", "exp": in_one_hour()}), SECRET);
         let identity = authenticate(
             &authenticator,
@@ -931,14 +1188,16 @@ mod tests {
         let token = encode_hs256(&json!({"sub": "alice", "exp": exp}), SECRET);
         let bearer = format!("Bearer {token}");
         let header = [("authorization", bearer.as_str())];
-        let strict = authenticate(&JwtAuthenticator::hs256(SECRET), &header)
+        let strict = authenticate(&JwtAuthenticator::hs256(SECRET).unwrap(), &header)
             .await
             .unwrap();
         assert_eq!(
             strict.expires_at,
             Some(UNIX_EPOCH + Duration::from_secs(exp))
         );
-        let lenient = JwtAuthenticator::hs256(SECRET).leeway(Duration::from_secs(30));
+        let lenient = JwtAuthenticator::hs256(SECRET)
+            .unwrap()
+            .leeway(Duration::from_secs(30));
         let lenient = authenticate(&lenient, &header).await.unwrap();
         assert_eq!(
             lenient.expires_at,
@@ -976,7 +1235,7 @@ mod tests {
 
     #[tokio::test]
     async fn token_in_subprotocol_echoes_the_app_protocol_only() {
-        let authenticator = JwtAuthenticator::hs256(SECRET);
+        let authenticator = JwtAuthenticator::hs256(SECRET).unwrap();
         let token = encode_hs256(&json!({"sub": "carol", "exp": in_one_hour()}), SECRET);
         let offered = format!("websocket-manager, bearer.{token}");
         let identity = authenticate(&authenticator, &[("sec-websocket-protocol", &offered)])
@@ -1036,8 +1295,21 @@ mod tests {
             );
             assert!(matches!(
                 JwtAuthenticator::rs256_pem(b"not a pem"),
-                Err(JwtError::Key(_))
+                Err(JwtConfigError::Key(_))
             ));
+        }
+
+        #[test]
+        fn an_rsa_key_under_2048_bits_is_refused() {
+            const SMALL: &[u8] = include_bytes!("../../tests/fixtures/jwt_rs256_1024_public.pem");
+            assert_eq!(
+                JwtAuthenticator::rs256_pem(SMALL).unwrap_err(),
+                JwtConfigError::RsaKeyTooSmall {
+                    bits: 1024,
+                    min: 2048
+                }
+            );
+            assert!(JwtAuthenticator::rs256_pem(RSA_PUBLIC).is_ok());
         }
 
         #[test]
@@ -1048,7 +1320,7 @@ mod tests {
                 &EncodingKey::from_secret(SECRET),
             )
             .unwrap();
-            let verified = decode(&JwtAuthenticator::hs256(SECRET), &theirs).unwrap();
+            let verified = decode(&JwtAuthenticator::hs256(SECRET).unwrap(), &theirs).unwrap();
             assert_eq!(verified.user_id.as_str(), "alice");
             let ours = encode_hs256(&valid_claims(), SECRET);
             let mut validation = jsonwebtoken::Validation::new(Algorithm::HS256);

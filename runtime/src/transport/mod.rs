@@ -65,7 +65,9 @@
 //! use websocket_manager::UnifiedWebSocketManager;
 //!
 //! let manager = Arc::new(UnifiedWebSocketManager::default());
-//! let service = WebSocketService::builder(manager, JwtAuthenticator::hs256(b"32+ bytes of secret, from a vault"))
+//! let authenticator = JwtAuthenticator::hs256(b"32+ bytes of secret, from a vault")?
+//!     .audience(["app.example"]);
+//! let service = WebSocketService::builder(manager, authenticator)
 //!     .origins(OriginPolicy::allow(["https://app.example"]))
 //!     .build();
 //! let app = Router::new()
@@ -108,8 +110,8 @@ mod wire;
 /// [`MessageHandler`] without another dependency.
 pub use async_trait::async_trait;
 pub use auth::{
-    AuthError, Authenticator, Identity, OriginPolicy, RefreshError, UpgradeRequest,
-    UserScopedThreads,
+    AuthError, Authenticated, Authenticator, Identity, OriginPolicy, RefreshError, UpgradeRequest,
+    UserScopedThreads, bearer_token,
 };
 pub use config::{
     DEFAULT_HEADER_READ_TIMEOUT, TransportConfig, TransportConfigBuilder, TransportConfigError,
@@ -123,8 +125,9 @@ pub use handler::{
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub use jwt::{
-    DEFAULT_SUBPROTOCOL, JwtAuthenticator, JwtError, MAX_TOKEN_LEN, TOKEN_PROTOCOL_PREFIX,
-    TokenPart, VerifiedToken, encode_hs256,
+    DEFAULT_SUBPROTOCOL, JwtAuthenticator, JwtConfigError, JwtError, MAX_TOKEN_LEN,
+    MIN_HS256_SECRET_LEN, MIN_RSA_KEY_BITS, TOKEN_PROTOCOL_PREFIX, TokenPart, VerifiedToken,
+    encode_hs256,
 };
 pub use service::{Admission, ConnectionOutcome, WebSocketService, WebSocketServiceBuilder};
 pub use shutdown::{LeftConnection, ShutdownReport};

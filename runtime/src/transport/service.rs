@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use futures_util::SinkExt;
 use serde::Serialize;
 
-use super::auth::{AuthError, Authenticator, Identity, OriginPolicy, UpgradeRequest};
+use super::auth::{
+    AuthError, Authenticated, Authenticator, Identity, OriginPolicy, UpgradeRequest,
+};
 use super::close;
 use super::config::TransportConfig;
 use super::control::Hello;
@@ -246,23 +248,125 @@ impl WebSocketService {
                 AuthError::BadRequest(format!("query parameter `resume`: {error}").into())
             })?),
         };
-        let thread_id = match request.query_param_checked("thread")? {
-            None => None,
-            Some(raw) => {
-                let thread = ThreadId::new(raw)
-                    .map_err(|error| AuthError::BadRequest(error.to_string().into()))?;
-                self.inner
-                    .authenticator
-                    .authorize_thread(&identity, &thread)
-                    .await?;
-                Some(thread)
-            }
-        };
+        let thread_id = self.thread_from_query(request, &identity).await?;
         Ok(Admission {
             identity,
             thread_id,
             resume,
         })
+    }
+
+    /// The `thread` query parameter, a valid thread id (else 400) the user
+    /// may follow (else 403); `None` when absent.
+    async fn thread_from_query(
+        &self,
+        request: &UpgradeRequest<'_>,
+        identity: &Identity,
+    ) -> Result<Option<ThreadId>, AuthError> {
+        let Some(raw) = request.query_param_checked("thread")? else {
+            return Ok(None);
+        };
+        let thread =
+            ThreadId::new(raw).map_err(|error| AuthError::BadRequest(error.to_string().into()))?;
+        self.authorize_thread(identity, &thread).await?;
+        Ok(Some(thread))
+    }
+
+    /// Authenticates an ordinary HTTP request of the application (posting
+    /// a message to a thread, say) as the WebSocket upgrade is: the
+    /// `Origin` is allowed (else 403), the authenticator accepts the
+    /// credential (else 401), and the `thread` query parameter, if any, is
+    /// a valid thread id (else 400) the user may follow (else 403). Unlike
+    /// [`admit`](Self::admit) it does not refuse once shutdown began (that
+    /// is about new sockets) and reads no `resume`.
+    ///
+    /// With feature `axum`, [`Authenticated`] is also an extractor that
+    /// calls this. Elsewhere, build the request from `http::request::Parts`
+    /// (`UpgradeRequest::from(&parts)`) or from a URI and headers.
+    ///
+    /// ```
+    /// # use websocket_manager::transport::{AuthError, Authenticator, Identity, UpgradeRequest, UserScopedThreads, WebSocketService};
+    /// # use websocket_manager::{UnifiedWebSocketManager, UserId};
+    /// # struct ApiKey;
+    /// # #[websocket_manager::transport::async_trait]
+    /// # impl Authenticator for ApiKey {
+    /// #     async fn authenticate(&self, request: &UpgradeRequest<'_>) -> Result<Identity, AuthError> {
+    /// #         match request.bearer_token() {
+    /// #             Some("key-of-alice") => Ok(Identity::new(UserId::new("alice").unwrap())),
+    /// #             _ => Err(AuthError::Unauthorized("unknown key".into())),
+    /// #         }
+    /// #     }
+    /// # }
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let manager = std::sync::Arc::new(UnifiedWebSocketManager::default());
+    /// // a user may follow only their own threads, `<user id>:...`
+    /// let service = WebSocketService::builder(manager, UserScopedThreads(ApiKey)).build();
+    /// let (parts, _body) = http::Request::post("/messages?thread=alice%3Arun-1")
+    ///     .header("authorization", "bearer key-of-alice")
+    ///     .body(())
+    ///     .unwrap()
+    ///     .into_parts();
+    /// let who = service.authenticate_http(&UpgradeRequest::from(&parts)).await?;
+    /// assert_eq!(who.identity.user_id.as_str(), "alice");
+    /// assert_eq!(who.thread_id.unwrap().as_str(), "alice:run-1");
+    ///
+    /// let (parts, _body) = http::Request::post("/messages?thread=bob%3Arun-1")
+    ///     .header("authorization", "bearer key-of-alice")
+    ///     .body(())
+    ///     .unwrap()
+    ///     .into_parts();
+    /// let refused = service.authenticate_http(&UpgradeRequest::from(&parts)).await.unwrap_err();
+    /// assert_eq!(refused.status(), 403);
+    /// # Ok::<(), AuthError>(()) }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The [`AuthError`] to answer with (logged here with its detail; the
+    /// client should see [`AuthError::public_message`]).
+    pub async fn authenticate_http(
+        &self,
+        request: &UpgradeRequest<'_>,
+    ) -> Result<Authenticated, AuthError> {
+        let result = self.authenticate_http_inner(request).await;
+        if let Err(error) = &result {
+            tracing::info!(path = request.uri.path(), status = error.status().as_u16(), %error,
+                "http request refused");
+        }
+        result
+    }
+
+    async fn authenticate_http_inner(
+        &self,
+        request: &UpgradeRequest<'_>,
+    ) -> Result<Authenticated, AuthError> {
+        self.inner.origins.check(request.origin())?;
+        let identity = self.inner.authenticator.authenticate(request).await?;
+        let thread_id = self.thread_from_query(request, &identity).await?;
+        Ok(Authenticated {
+            identity,
+            thread_id,
+        })
+    }
+
+    /// Whether `identity` may follow `thread`, by the service's
+    /// authenticator ([`Authenticator::authorize_thread`]): for a route
+    /// that names the thread elsewhere than in the `thread` query parameter
+    /// (in its path, say).
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::Forbidden`] (or whatever the authenticator answers) to
+    /// refuse.
+    pub async fn authorize_thread(
+        &self,
+        identity: &Identity,
+        thread: &ThreadId,
+    ) -> Result<(), AuthError> {
+        self.inner
+            .authenticator
+            .authorize_thread(identity, thread)
+            .await
     }
 
     /// Registers an upgraded socket with the manager, writes the protocol's

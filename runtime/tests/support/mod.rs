@@ -9,10 +9,10 @@ use websocket_manager::DynManager;
 
 use websocket_manager::CriticalEventLog;
 use websocket_manager::{
-    BuildContext, BuildError, ConnectionHealth, ConnectionId, ConnectionSummary, Delivery,
-    DeliveryTarget, ManagerConfig, ManagerError, ManagerMode, NotDeliveredReason, Registration,
-    SocketId, TextFrame, ThreadId, UserId, WebSocketConnection, WebSocketHandle, WebSocketManager,
-    websocket_manager,
+    BuildContext, BuildError, CloseReason, ConnectionHealth, ConnectionId, ConnectionSummary,
+    Delivery, DeliveryTarget, ManagerConfig, ManagerError, ManagerMode, NotDeliveredReason,
+    Registration, SocketId, TextFrame, ThreadId, UserId, WebSocketConnection, WebSocketHandle,
+    WebSocketManager, websocket_manager,
 };
 
 /// One deliberate defect.
@@ -49,6 +49,37 @@ pub enum Bug {
     EnvelopeWithoutOffsets,
     /// `add_connection` ignores the connection's resume offset.
     IgnoresResume,
+    /// `add_connection` overwrites a connection registered under the same
+    /// id instead of refusing it.
+    AcceptsDuplicateId,
+    /// `add_connection` registers a socket that is already registered under
+    /// another connection id.
+    AcceptsDuplicateSocket,
+    /// `add_connection` has no per-user connection cap.
+    IgnoresConnectionCap,
+    /// `add_connection` stores a connection's thread but does not index it.
+    AddForgetsThreadIndex,
+    /// `remove_connection` leaves the socket open.
+    RemoveLeavesSocketOpen,
+    /// `add_connection` does not replay what the user is owed (the events
+    /// are kept, and counted as pending, but never delivered).
+    AddSkipsReplay,
+    /// `send_to_user` waits for room in a full socket's queue (as
+    /// `send().await` on a bounded channel would).
+    SendWaitsForRoom,
+    /// `emit_critical_event` skips a socket whose queue is full, leaving it
+    /// open without the event.
+    CriticalSkipsFullSocket,
+    /// `update_connection_thread` records the thread on the connection but
+    /// does not move it into the thread index.
+    UpdateForgetsThreadIndex,
+    /// `send_to_thread` reaches no connection.
+    ThreadSendReachesNobody,
+    /// `remove_connection` forgets to clear the user index.
+    RemoveForgetsUserIndex,
+    /// `add_connection` refuses a duplicate id, but only after indexing the
+    /// refused socket.
+    DuplicateIdLeavesSocketIndexed,
 }
 
 #[derive(Default)]
@@ -78,15 +109,21 @@ pub struct TestManager {
     bug: Option<Bug>,
     state: Mutex<State>,
     critical: CriticalEventLog,
+    cap: usize,
 }
 
 impl TestManager {
     pub fn new(owner: Option<UserId>, bug: Option<Bug>) -> Self {
+        Self::with_config(owner, bug, &ManagerConfig::default())
+    }
+
+    pub fn with_config(owner: Option<UserId>, bug: Option<Bug>, config: &ManagerConfig) -> Self {
         TestManager {
             owner,
             bug,
             state: Mutex::new(State::default()),
-            critical: CriticalEventLog::new(&ManagerConfig::default()),
+            critical: CriticalEventLog::new(config),
+            cap: config.max_connections_per_user(),
         }
     }
 
@@ -158,13 +195,32 @@ impl WebSocketManager for TestManager {
     async fn add_connection(&self, connection: WebSocketConnection) -> Result<(), ManagerError> {
         self.guard(&connection.user_id, false)?;
         let mut state = self.state.lock().unwrap();
-        if state.connections.contains_key(&connection.connection_id) {
+        if state.connections.contains_key(&connection.connection_id)
+            && !self.has(Bug::AcceptsDuplicateId)
+        {
+            if self.has(Bug::DuplicateIdLeavesSocketIndexed) {
+                state
+                    .by_socket
+                    .insert(connection.websocket.id(), connection.connection_id.clone());
+            }
             return Err(ManagerError::DuplicateConnection(connection.connection_id));
         }
-        if let Some(existing) = state.by_socket.get(&connection.websocket.id()) {
+        if let Some(existing) = state.by_socket.get(&connection.websocket.id())
+            && !self.has(Bug::AcceptsDuplicateSocket)
+        {
             return Err(ManagerError::SocketAlreadyRegistered {
                 socket: connection.websocket.id(),
                 existing: existing.clone(),
+            });
+        }
+        let held = state
+            .by_user
+            .get(&connection.user_id)
+            .map_or(0, HashSet::len);
+        if held >= self.cap && !self.has(Bug::IgnoresConnectionCap) {
+            return Err(ManagerError::ConnectionLimit {
+                user_id: connection.user_id.clone(),
+                limit: self.cap,
             });
         }
         // Replayed under the state lock: no event can slip in between.
@@ -172,7 +228,9 @@ impl WebSocketManager for TestManager {
         if self.has(Bug::IgnoresResume) {
             replayed.resume = None;
         }
-        self.critical.attach(&replayed)?;
+        if !self.has(Bug::AddSkipsReplay) {
+            self.critical.attach(&replayed)?;
+        }
         let id = connection.connection_id.clone();
         state
             .by_user
@@ -182,7 +240,9 @@ impl WebSocketManager for TestManager {
         state
             .by_socket
             .insert(connection.websocket.id(), id.clone());
-        if let Some(thread) = &connection.thread_id {
+        if let Some(thread) = &connection.thread_id
+            && !self.has(Bug::AddForgetsThreadIndex)
+        {
             state
                 .by_thread
                 .entry(thread.clone())
@@ -197,7 +257,9 @@ impl WebSocketManager for TestManager {
         let mut state = self.state.lock().unwrap();
         let connection = state.connections.remove(connection_id)?;
         self.critical.detach(&connection.user_id);
-        if let Some(ids) = state.by_user.get_mut(&connection.user_id) {
+        if let Some(ids) = state.by_user.get_mut(&connection.user_id)
+            && !self.has(Bug::RemoveForgetsUserIndex)
+        {
             ids.remove(connection_id);
             if ids.is_empty() {
                 state.by_user.remove(&connection.user_id);
@@ -210,6 +272,9 @@ impl WebSocketManager for TestManager {
             && let Some(ids) = state.by_thread.get_mut(thread)
         {
             ids.remove(connection_id);
+        }
+        if !self.has(Bug::RemoveLeavesSocketOpen) {
+            connection.websocket.close(CloseReason::normal());
         }
         Some(connection)
     }
@@ -256,6 +321,9 @@ impl WebSocketManager for TestManager {
             return self.has(Bug::UpdateUnknownTrue);
         };
         let old = connection.thread_id.replace(thread_id.clone());
+        if self.has(Bug::UpdateForgetsThreadIndex) {
+            return true;
+        }
         if let Some(old) = old
             && let Some(ids) = state.by_thread.get_mut(&old)
         {
@@ -280,6 +348,13 @@ impl WebSocketManager for TestManager {
         }
         let frame = TextFrame::from_json(&message)?;
         let sockets = self.user_sockets(user_id);
+        if self.has(Bug::SendWaitsForRoom) {
+            for socket in &sockets {
+                while socket.queue_depth() >= socket.limits().max_messages && !socket.is_closed() {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+        }
         self.deliver(
             sockets,
             Some(user_id),
@@ -313,7 +388,10 @@ impl WebSocketManager for TestManager {
         }
         // The state lock keeps emits and connection changes in one order.
         let state = self.state.lock().unwrap();
-        let sockets = state.sockets_of(user_id);
+        let mut sockets = state.sockets_of(user_id);
+        if self.has(Bug::CriticalSkipsFullSocket) {
+            sockets.retain(|s| s.queue_depth() < s.limits().max_messages);
+        }
         if sockets.is_empty() && self.has(Bug::DropsOfflineCriticalEvents) {
             return Ok(Delivery::queued(1));
         }
@@ -334,13 +412,16 @@ impl WebSocketManager for TestManager {
             .filter_map(|id| state.connections.get(id))
             .collect();
         if !self.has(Bug::HealthCountsZero) {
-            health.total_connections = connections.len();
+            // Counted from the user index, as many managers do: a removal
+            // that forgets that index shows here too.
+            health.total_connections = state.by_user.get(user_id).map_or(0, HashSet::len);
             health.active_connections = connections
                 .iter()
                 .filter(|c| !c.websocket.is_closed())
                 .count();
         }
         health.messages_sent = state.sent.get(user_id).copied().unwrap_or(0);
+        health.pending_critical_events = self.critical.pending(user_id);
         health.connections = connections
             .iter()
             .map(|c| ConnectionSummary::of(c))
@@ -368,6 +449,8 @@ impl WebSocketManager for TestManager {
                     .filter_map(|id| state.connections.get(id))
                     .map(|c| c.websocket.clone())
                     .collect()
+            } else if self.has(Bug::ThreadSendReachesNobody) {
+                Vec::new()
             } else {
                 bound
                     .filter_map(|id| state.connections.get(id))
@@ -394,7 +477,11 @@ pub fn unified(bug: Option<Bug>) -> DynManager {
 /// Builds an isolated test manager for the context's user, with `bug`.
 pub fn isolated(context: &BuildContext<'_>, bug: Option<Bug>) -> Result<DynManager, BuildError> {
     let owner = context.require_user_context()?.user_id.clone();
-    Ok(DynManager::new(TestManager::new(Some(owner), bug)))
+    Ok(DynManager::new(TestManager::with_config(
+        Some(owner),
+        bug,
+        context.config,
+    )))
 }
 
 /// A constructor for a registration: the manager of `mode` with `bug`.
@@ -404,7 +491,11 @@ pub fn build(
     bug: Option<Bug>,
 ) -> Result<DynManager, BuildError> {
     match mode {
-        ManagerMode::Unified => Ok(unified(bug)),
+        ManagerMode::Unified => Ok(DynManager::new(TestManager::with_config(
+            None,
+            bug,
+            context.config,
+        ))),
         ManagerMode::Isolated => isolated(context, bug),
     }
 }

@@ -2,16 +2,31 @@
 //! by the command timeout and answered with a typed [`ClusterFailure`].
 //!
 //! One `redis::aio::ConnectionManager` over RESP3 carries commands and the
-//! two subscriptions (the bus and this node's channel); it reconnects by
-//! itself and resubscribes, and tells the push handler when the connection
-//! dropped (what was published meanwhile is lost to this node: see the
-//! audit in [`super`]).
+//! two subscriptions (the bus and this node's channel) on one multiplexed
+//! TCP connection; it reconnects by itself after an I/O error and
+//! resubscribes, and tells the push handler when the connection dropped
+//! (what was published meanwhile is lost to this node: see the audit in
+//! [`super`]).
+//!
+//! A connection that goes silent without an I/O error (a black-holed TCP
+//! connection: an expired NAT entry, a firewall that dropped its state, a
+//! failover that moved the address) gives redis-rs only timeouts, on which
+//! it does not reconnect. So the connection is replaceable:
+//! [`Backplane::rebuild`] makes a brand-new client and connection (a fresh
+//! TCP connection) and retires the old one; the [`LinkClock`] records when
+//! the current connection last answered a command and last delivered a
+//! push, which the link watchdog in [`super`] reads to decide.
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
+use parking_lot::RwLock;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, Script, Value};
+use redis::{
+    ConnectionInfo, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script, Value,
+};
 
 use crate::error::ClusterFailure;
 use crate::ids::{ConnectionId, UserId};
@@ -136,8 +151,99 @@ pub(crate) struct History {
     pub events: Vec<StoredEvent>,
 }
 
+/// Where the messages of the subscriptions go (never blocks).
+pub(crate) type PushHandler = Arc<dyn Fn(PushInfo) + Send + Sync>;
+
+/// When the current connection to Redis was last heard from. Times are
+/// milliseconds since the clock was made (0: never), so they fit atomics.
+#[derive(Debug)]
+pub(crate) struct LinkClock {
+    base: Instant,
+    /// Which connection is current; bumped by every rebuild. Answers and
+    /// pushes from an older one are not counted (nor passed on).
+    generation: AtomicU64,
+    /// The last answer to a command on the current connection.
+    answered_at: AtomicU64,
+    /// The last push (any message, probes included) on the current one.
+    pushed_at: AtomicU64,
+    /// `generation + 1` once the current connection is subscribed.
+    subscribed: AtomicU64,
+    /// Commands that timed out on the current connection since its last
+    /// answer.
+    timeouts: AtomicU64,
+    /// Wakes the watchdog when a command timed out.
+    pub timed_out: tokio::sync::Notify,
+}
+
+impl LinkClock {
+    fn new() -> Self {
+        LinkClock {
+            base: Instant::now(),
+            generation: AtomicU64::new(0),
+            answered_at: AtomicU64::new(0),
+            pushed_at: AtomicU64::new(0),
+            subscribed: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            timed_out: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Now, on this clock (never 0).
+    pub fn now(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn answered(&self, generation: u64) {
+        if self.generation() == generation {
+            self.answered_at.store(self.now(), Ordering::SeqCst);
+            self.timeouts.store(0, Ordering::SeqCst);
+        }
+    }
+
+    fn timed_out(&self, generation: u64) {
+        if self.generation() == generation {
+            self.timeouts.fetch_add(1, Ordering::SeqCst);
+            self.timed_out.notify_one();
+        }
+    }
+
+    /// The last answer to a command on the current connection.
+    pub fn answered_at(&self) -> u64 {
+        self.answered_at.load(Ordering::SeqCst)
+    }
+
+    /// The last push on the current connection.
+    pub fn pushed_at(&self) -> u64 {
+        self.pushed_at.load(Ordering::SeqCst)
+    }
+
+    /// Whether the current connection has subscribed.
+    pub fn subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::SeqCst) == self.generation() + 1
+    }
+
+    /// Commands timed out on the current connection since its last answer.
+    pub fn timeouts(&self) -> u64 {
+        self.timeouts.load(Ordering::SeqCst)
+    }
+}
+
 pub(crate) struct Backplane {
-    connection: ConnectionManager,
+    info: ConnectionInfo,
+    push: PushHandler,
+    /// The exact bytes of this node's probe message: recognised (and
+    /// swallowed) by the push handler, whatever the inbound buffer holds.
+    probe: Vec<u8>,
+    /// The current connection with its generation. Cloned out of the lock,
+    /// never held across an `.await`.
+    connection: RwLock<(u64, ConnectionManager)>,
+    clock: Arc<LinkClock>,
     keys: Keys,
     node: String,
     timeout: Duration,
@@ -167,35 +273,116 @@ fn protocol(what: &str) -> ClusterFailure {
     ClusterFailure::Protocol(what.to_owned())
 }
 
+/// Runs one call on connection `generation` within `timeout`, and tells
+/// the clock how it went.
+async fn bounded<T>(
+    clock: &LinkClock,
+    timeout: Duration,
+    generation: u64,
+    call: impl Future<Output = Result<T, redis::RedisError>>,
+) -> Result<T, ClusterFailure> {
+    let expired = ClusterFailure::Timeout {
+        timeout_ms: millis(timeout),
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(value)) => {
+            clock.answered(generation);
+            Ok(value)
+        }
+        // redis-rs's own response timeout: the command was sent.
+        Ok(Err(error)) if error.is_timeout() => {
+            clock.timed_out(generation);
+            Err(expired)
+        }
+        Ok(Err(error)) => {
+            // An answer from Redis (a script error...) is still an answer;
+            // a failed connection is not.
+            if !(error.is_io_error()
+                || error.is_connection_dropped()
+                || error.is_connection_refusal())
+            {
+                clock.answered(generation);
+            }
+            Err(engine(&error))
+        }
+        Err(_) => {
+            clock.timed_out(generation);
+            Err(expired)
+        }
+    }
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A lazy connection manager (connects on first use) whose pushes reach
+/// `push` only while it is generation `generation`.
+fn open(
+    info: &ConnectionInfo,
+    timeout: Duration,
+    push: &PushHandler,
+    probe: &[u8],
+    clock: &Arc<LinkClock>,
+    generation: u64,
+) -> Result<ConnectionManager, redis::RedisError> {
+    let client = redis::Client::open(info.clone())?;
+    let (push, probe, clock) = (Arc::clone(push), probe.to_vec(), Arc::clone(clock));
+    let sender = move |info: PushInfo| -> Result<(), ()> {
+        // A retired connection that comes back to life must not deliver
+        // twice what the current one delivers.
+        if clock.generation() != generation {
+            return Ok(());
+        }
+        // A disconnection is news about the link, not a sign of life.
+        if info.kind != PushKind::Disconnection {
+            clock.pushed_at.store(clock.now(), Ordering::SeqCst);
+        }
+        let is_probe = info.kind == PushKind::Message
+            && matches!(info.data.get(1), Some(Value::BulkString(bytes)) if bytes.as_slice() == probe.as_slice());
+        if !is_probe {
+            push(info);
+        }
+        Ok(())
+    };
+    let manager_config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(timeout))
+        .set_connection_timeout(Some(timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(1))
+        .set_push_sender(sender)
+        .set_automatic_resubscription();
+    ConnectionManager::new_lazy_with_config(client, manager_config)
+}
+
 impl Backplane {
-    /// A lazy connection (made on first use, remade after every failure);
+    /// A lazy connection (made on first use, remade after every I/O
+    /// failure, replaced by [`rebuild`](Self::rebuild));
     /// `push` receives the subscriptions' messages and disconnections.
-    pub fn connect(
-        config: &ClusterConfig,
-        push: impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static,
-    ) -> Result<Self, redis::RedisError> {
+    pub fn connect(config: &ClusterConfig, push: PushHandler) -> Result<Self, redis::RedisError> {
         let info = config.redis_url().into_connection_info()?;
         let settings = info
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let info = info.set_redis_settings(settings);
         let timeout = config.command_timeout();
-        let manager_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1))
-            .set_push_sender(push)
-            .set_automatic_resubscription();
-        let connection = ConnectionManager::new_lazy_with_config(client, manager_config)?;
+        let keys = Keys::new(config.key_prefix());
+        let probe = serde_json::to_vec(&BusMessage::Probe {
+            origin: config.node_id().to_owned(),
+        })
+        .map_err(|e| {
+            redis::RedisError::from((redis::ErrorKind::Client, "probe message", e.to_string()))
+        })?;
+        let clock = Arc::new(LinkClock::new());
+        let connection = open(&info, timeout, &push, &probe, &clock, 0)?;
         Ok(Backplane {
-            connection,
-            keys: Keys::new(config.key_prefix()),
+            info,
+            push,
+            probe,
+            connection: RwLock::new((0, connection)),
+            clock,
+            keys,
             node: config.node_id().to_owned(),
             timeout,
             append: Script::new(APPEND),
@@ -208,45 +395,116 @@ impl Backplane {
         &self.keys
     }
 
-    /// Runs one call within the command timeout.
+    /// When the current connection was last heard from.
+    pub fn clock(&self) -> &Arc<LinkClock> {
+        &self.clock
+    }
+
+    /// Retires the current connection and makes a brand-new one (a new
+    /// client, so a new TCP connection on first use). Nothing from the old
+    /// one counts or is passed on any more; its commands in flight end with
+    /// their timeout. Returns the new generation.
+    pub fn rebuild(&self) -> Result<u64, ClusterFailure> {
+        let mut current = self.connection.write();
+        let generation = current.0 + 1;
+        let connection = open(
+            &self.info,
+            self.timeout,
+            &self.push,
+            &self.probe,
+            &self.clock,
+            generation,
+        )
+        .map_err(|e| engine(&e))?;
+        // The generation first: from here on the old connection is mute.
+        self.clock.generation.store(generation, Ordering::SeqCst);
+        self.clock.timeouts.store(0, Ordering::SeqCst);
+        let now = self.clock.now();
+        // A fresh connection gets a full probe interval before it is judged.
+        self.clock.answered_at.store(now, Ordering::SeqCst);
+        self.clock.pushed_at.store(now, Ordering::SeqCst);
+        *current = (generation, connection);
+        Ok(generation)
+    }
+
+    /// The current connection, cloned out of the lock.
+    fn current(&self) -> (u64, ConnectionManager) {
+        let current = self.connection.read();
+        (current.0, current.1.clone())
+    }
+
+    /// Runs one call on connection `generation` within the command timeout,
+    /// and tells the clock how it went.
     async fn bounded<T>(
         &self,
+        generation: u64,
         call: impl Future<Output = Result<T, redis::RedisError>>,
     ) -> Result<T, ClusterFailure> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(value)) => Ok(value),
-            // redis-rs's own response timeout: the command was sent.
-            Ok(Err(error)) if error.is_timeout() => Err(ClusterFailure::Timeout {
-                timeout_ms: millis(self.timeout),
-            }),
-            Ok(Err(error)) => Err(engine(&error)),
-            Err(_) => Err(ClusterFailure::Timeout {
-                timeout_ms: millis(self.timeout),
-            }),
-        }
+        bounded(&self.clock, self.timeout, generation, call).await
     }
 
     async fn query<T: redis::FromRedisValue>(
         &self,
         command: &redis::Cmd,
     ) -> Result<T, ClusterFailure> {
-        let mut connection = self.connection.clone();
-        self.bounded(command.query_async(&mut connection)).await
+        let (generation, mut connection) = self.current();
+        self.bounded(generation, command.query_async(&mut connection))
+            .await
     }
 
     async fn pipeline<T: redis::FromRedisValue>(
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, ClusterFailure> {
-        let mut connection = self.connection.clone();
-        self.bounded(pipe.query_async(&mut connection)).await
+        let (generation, mut connection) = self.current();
+        self.bounded(generation, pipe.query_async(&mut connection))
+            .await
     }
 
-    /// Subscribes to the bus and this node's channel.
+    /// Subscribes the current connection to the bus and this node's
+    /// channel.
     pub async fn subscribe(&self) -> Result<(), ClusterFailure> {
-        let mut connection = self.connection.clone();
+        let (generation, mut connection) = self.current();
         let channels = [self.keys.bus(), self.keys.node_channel(&self.node)];
-        self.bounded(connection.subscribe(&channels)).await
+        self.bounded(generation, connection.subscribe(&channels))
+            .await?;
+        // A connection retired meanwhile does not count as subscribed.
+        if self.clock.generation() != generation {
+            return Err(ClusterFailure::NotReady);
+        }
+        self.clock
+            .subscribed
+            .store(generation + 1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Probes the link: publishes this node's probe on its own channel when
+    /// subscribed (the watchdog then waits for it to come back as a push),
+    /// a PING otherwise (it waits for the answer). The future holds the
+    /// connection and the clock, not the backplane, so a probe in flight
+    /// never keeps a dropped manager alive.
+    pub fn probe(&self) -> impl Future<Output = Result<(), ClusterFailure>> + Send + 'static {
+        let command = if self.clock.subscribed() {
+            let mut publish = redis::cmd("PUBLISH");
+            publish
+                .arg(self.keys.node_channel(&self.node))
+                .arg(self.probe.as_slice());
+            publish
+        } else {
+            redis::cmd("PING")
+        };
+        let (generation, mut connection) = self.current();
+        let (clock, timeout) = (Arc::clone(&self.clock), self.timeout);
+        async move {
+            bounded(
+                &clock,
+                timeout,
+                generation,
+                command.query_async::<Value>(&mut connection),
+            )
+            .await
+            .map(drop)
+        }
     }
 
     /// Appends (and publishes) a critical event.
@@ -263,7 +521,7 @@ impl Backplane {
         stream_ttl: Duration,
         meta_ttl: Duration,
     ) -> Result<Appended, AppendError> {
-        let mut connection = self.connection.clone();
+        let (generation, mut connection) = self.current();
         let mut invocation = self.append.prepare_invoke();
         invocation
             .key(self.keys.stream_meta(user))
@@ -279,7 +537,7 @@ impl Backplane {
             .arg(self.keys.bus())
             .arg(user.as_str());
         let value: Value = self
-            .bounded(invocation.invoke_async(&mut connection))
+            .bounded(generation, invocation.invoke_async(&mut connection))
             .await
             .map_err(AppendError::Failed)?;
         let items = array(value).map_err(AppendError::Failed)?;
@@ -313,7 +571,7 @@ impl Backplane {
         candidate_stream: u64,
         meta_ttl: Duration,
     ) -> Result<History, ClusterFailure> {
-        let mut connection = self.connection.clone();
+        let (generation, mut connection) = self.current();
         let mut invocation = self.read.prepare_invoke();
         invocation
             .key(self.keys.stream_meta(user))
@@ -323,7 +581,7 @@ impl Backplane {
             .arg(candidate_stream.to_string())
             .arg(millis(meta_ttl).max(1));
         let value: Value = self
-            .bounded(invocation.invoke_async(&mut connection))
+            .bounded(generation, invocation.invoke_async(&mut connection))
             .await?;
         let items = array(value)?;
         let [stream, head, taken, oldest, entries] =
@@ -350,15 +608,18 @@ impl Backplane {
         user: &UserId,
         head: StreamOffset,
     ) -> Result<(), ClusterFailure> {
-        let mut connection = self.connection.clone();
+        let (generation, mut connection) = self.current();
         let mut invocation = self.taken.prepare_invoke();
         invocation
             .key(self.keys.stream_meta(user))
             .arg(head.stream.to_string())
             .arg(head.sequence.to_string());
-        self.bounded(invocation.invoke_async::<Value>(&mut connection))
-            .await
-            .map(drop)
+        self.bounded(
+            generation,
+            invocation.invoke_async::<Value>(&mut connection),
+        )
+        .await
+        .map(drop)
     }
 
     /// Publishes `message` once on `channel`.

@@ -21,6 +21,10 @@ use crate::config::{ConfigError, ManagerConfig};
 /// assert_eq!(config.node_id(), "web-1");
 /// // A dead node disappears from every replica within this bound.
 /// assert_eq!(config.presence_bound(), Duration::from_secs(12) + Duration::from_millis(500));
+/// // A node cut off from Redis closes its connections before that: before
+/// // any other node can forget it.
+/// assert_eq!(config.fence_after(), Duration::from_secs(8));
+/// assert!(config.fence_after() < config.node_ttl());
 /// # Ok::<(), websocket_manager::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,13 +39,19 @@ pub struct ClusterConfig {
     outbound_capacity: usize,
     inbound_capacity: usize,
     stream_meta_ttl: Duration,
+    probe_interval: Duration,
+    probe_timeout: Duration,
+    fence_after: Duration,
 }
 
 impl ClusterConfig {
     /// A builder with the defaults: prefix `wsm`, a random node id, 1 s
-    /// command timeout, 3 s heartbeat, 9 s node TTL.
+    /// command timeout, 3 s heartbeat, 9 s node TTL, link probed after 2 s
+    /// of silence with a 2 s answer bound, fenced after 8 s without a
+    /// heartbeat (8/9 of the node TTL unless set).
     pub fn builder(redis_url: impl Into<String>) -> ClusterConfigBuilder {
         ClusterConfigBuilder {
+            fence_after: None,
             config: ClusterConfig {
                 redis_url: redis_url.into(),
                 key_prefix: "wsm".to_owned(),
@@ -53,6 +63,9 @@ impl ClusterConfig {
                 outbound_capacity: 4096,
                 inbound_capacity: 65_536,
                 stream_meta_ttl: Duration::from_secs(24 * 3600),
+                probe_interval: Duration::from_secs(2),
+                probe_timeout: Duration::from_secs(2),
+                fence_after: Duration::ZERO,
             },
         }
     }
@@ -110,6 +123,34 @@ impl ClusterConfig {
         self.stream_meta_ttl
     }
 
+    /// How long the link to Redis may stay silent before this node probes
+    /// it: after this long without a message on its subscription, the node
+    /// publishes a probe to itself (and at once after a command timed out).
+    pub fn probe_interval(&self) -> Duration {
+        self.probe_interval
+    }
+
+    /// How long a probe may go unanswered. Past it the node drops its
+    /// connection to Redis and opens a fresh one (new TCP connection,
+    /// resubscribed, audited, presence rewritten). A link that goes silent
+    /// is replaced within `probe_interval + probe_timeout` plus one command
+    /// timeout (5 s with the defaults).
+    pub fn probe_timeout(&self) -> Duration {
+        self.probe_timeout
+    }
+
+    /// How long this node may go without renewing its heartbeat before it
+    /// *fences* itself: it closes every local connection with
+    /// [`RESUME_CLOSE_CODE`](super::RESUME_CLOSE_CODE) (their clients
+    /// reconnect to a healthy node and resume there) and refuses new ones
+    /// with [`ClusterFailure::Fenced`](crate::ClusterFailure::Fenced) until
+    /// Redis answers again. Always below `node_ttl`, the earliest moment
+    /// another node can forget this one: a tab is never left open while the
+    /// others have forgotten it.
+    pub fn fence_after(&self) -> Duration {
+        self.fence_after
+    }
+
     /// The longest time a dead node's connections stay in a replica: its
     /// heartbeat expires after `node_ttl`, and the next refresh (at most one
     /// `heartbeat_interval` later, plus one command timeout) drops them.
@@ -132,6 +173,8 @@ impl ClusterConfig {
 #[derive(Debug, Clone)]
 pub struct ClusterConfigBuilder {
     config: ClusterConfig,
+    /// `None`: 8/9 of the node TTL, whatever TTL is set.
+    fence_after: Option<Duration>,
 }
 
 impl ClusterConfigBuilder {
@@ -202,13 +245,37 @@ impl ClusterConfigBuilder {
         self
     }
 
+    /// How long the subscription may stay silent before the node probes
+    /// the link (default 2 s). See [`ClusterConfig::probe_interval`].
+    pub fn probe_interval(mut self, interval: Duration) -> Self {
+        self.config.probe_interval = interval;
+        self
+    }
+
+    /// How long a probe may go unanswered before the connection is
+    /// replaced by a fresh one (default 2 s). See
+    /// [`ClusterConfig::probe_timeout`].
+    pub fn probe_timeout(mut self, timeout: Duration) -> Self {
+        self.config.probe_timeout = timeout;
+        self
+    }
+
+    /// How long without a renewed heartbeat before the node fences itself
+    /// (default 8/9 of `node_ttl`: 8 s; must be below `node_ttl`). See
+    /// [`ClusterConfig::fence_after`].
+    pub fn fence_after(mut self, after: Duration) -> Self {
+        self.fence_after = Some(after);
+        self
+    }
+
     /// Checks the configuration.
     ///
     /// # Errors
     ///
     /// [`ConfigError`] naming the field at fault.
     pub fn build(self) -> Result<ClusterConfig, ConfigError> {
-        let c = self.config;
+        let mut c = self.config;
+        c.fence_after = self.fence_after.unwrap_or(c.node_ttl / 9 * 8);
         let refuse = |field, problem| Err(ConfigError { field, problem });
         if c.redis_url.is_empty() {
             return refuse("redis_url", "must not be empty");
@@ -237,6 +304,18 @@ impl ClusterConfigBuilder {
                 "must be at least twice `heartbeat_interval`, or one late heartbeat kills a live node",
             );
         }
+        if c.probe_interval.is_zero() {
+            return refuse("probe_interval", "must be greater than zero");
+        }
+        if c.probe_timeout.is_zero() {
+            return refuse("probe_timeout", "must be greater than zero");
+        }
+        if c.fence_after.is_zero() || c.fence_after + fence_margin(&c) > c.node_ttl {
+            return refuse(
+                "fence_after",
+                "must be greater than zero and below `node_ttl` (by at least 1/20 of it), or the other nodes may forget this node's connections while they are still open",
+            );
+        }
         if c.outbound_capacity == 0 {
             return refuse("outbound_capacity", "must be at least 1");
         }
@@ -259,6 +338,24 @@ pub(crate) fn check_against(
         });
     }
     Ok(())
+}
+
+/// How much `fence_after` must stay below `node_ttl`: the watchdog checks
+/// the fence at most this often, so it fences before the heartbeat key the
+/// others read expires.
+fn fence_margin(config: &ClusterConfig) -> Duration {
+    config.node_ttl / 20
+}
+
+/// How often the link watchdog looks at the clock: often enough to keep
+/// every bound it enforces within a few percent.
+pub(crate) fn watchdog_period(config: &ClusterConfig) -> Duration {
+    config
+        .probe_interval
+        .min(config.probe_timeout)
+        .min(fence_margin(config))
+        .div_f64(4.0)
+        .clamp(Duration::from_millis(5), Duration::from_millis(250))
 }
 
 fn valid_name(name: &str) -> bool {
@@ -298,6 +395,14 @@ mod tests {
                 ClusterConfig::builder("redis://x").outbound_capacity(0),
                 "outbound_capacity",
             ),
+            (
+                ClusterConfig::builder("redis://x").probe_timeout(Duration::ZERO),
+                "probe_timeout",
+            ),
+            (
+                ClusterConfig::builder("redis://x").fence_after(Duration::from_secs(9)),
+                "fence_after",
+            ),
         ];
         for (builder, field) in cases {
             assert_eq!(builder.build().unwrap_err().field, field);
@@ -312,6 +417,21 @@ mod tests {
         let probe = a.for_probe();
         assert!(probe.key_prefix().starts_with("wsm:probe:"));
         assert_ne!(probe.node_id(), a.node_id());
+    }
+
+    #[test]
+    fn the_fence_defaults_below_the_node_ttl_and_follows_it() {
+        let default = ClusterConfig::builder("redis://x").build().unwrap();
+        assert_eq!(default.fence_after(), Duration::from_secs(8));
+        assert!(default.fence_after() < default.node_ttl());
+        assert!(default.fence_after() < default.presence_bound());
+        let short = ClusterConfig::builder("redis://x")
+            .heartbeat_interval(Duration::from_millis(300))
+            .node_ttl(Duration::from_millis(900))
+            .build()
+            .unwrap();
+        assert_eq!(short.fence_after(), Duration::from_millis(800));
+        assert!(watchdog_period(&short) <= Duration::from_millis(250));
     }
 
     #[test]

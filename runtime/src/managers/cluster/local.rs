@@ -58,6 +58,16 @@ fn resume_close() -> CloseReason {
     )
 }
 
+/// The close of every local connection when the node fences itself: the
+/// client reconnects (through the balancer, to a healthy node) and resumes
+/// from its offset.
+pub(crate) fn fence_close() -> CloseReason {
+    CloseReason::new(
+        RESUME_CLOSE_CODE,
+        "this node is cut off from the cluster: reconnect and resume from your offset",
+    )
+}
+
 /// Where a connection stands in its user's stream.
 #[derive(Debug)]
 enum Cursor {

@@ -38,9 +38,21 @@
 //! the node audits every local user's stream head and closes, with close
 //! code [`RESUME_CLOSE_CODE`], the connections that fell behind, so their
 //! clients resume from their offset and lose nothing.
+//!
+//! A connection to Redis that goes silent without an I/O error (a
+//! black-holed TCP connection) is found by the link watchdog (see `link`):
+//! after `probe_interval` without a message it probes the subscription,
+//! and a probe unanswered within `probe_timeout` replaces the connection
+//! with a fresh one, then the recovery above runs. A node that cannot renew
+//! its heartbeat for `fence_after` fences itself: it closes its
+//! connections with [`RESUME_CLOSE_CODE`] and refuses new ones
+//! ([`ClusterFailure::Fenced`]) until Redis answers again, so no tab stays
+//! open on a node the others have forgotten. [`LinkState`] says where the
+//! node stands.
 
 mod backplane;
 mod config;
+mod link;
 mod local;
 mod presence;
 mod wire;
@@ -67,8 +79,10 @@ use crate::protocol::WebSocketManager;
 use crate::registry::{BuildContext, BuildError, ConstructManager};
 use crate::websocket_manager;
 
-use backplane::{AppendError, Backplane, History, StoredEvent};
+use backplane::{AppendError, Backplane, History, PushHandler, StoredEvent};
 pub use config::{ClusterConfig, ClusterConfigBuilder};
+use link::Link;
+pub use link::LinkState;
 pub use local::RESUME_CLOSE_CODE;
 use local::{LocalIndex, PresenceChange, Replay};
 use presence::Replica;
@@ -125,6 +139,10 @@ struct Shared {
     probe: bool,
     /// The bounded queue the presence writer drains.
     outbound: mpsc::Sender<PresenceChange>,
+    /// The link watchdog's bookkeeping and counters.
+    link: Link,
+    /// Wakes the maintenance task to rejoin at once (a fresh connection).
+    wake: tokio::sync::Notify,
     /// Wakes the maintenance task to leave the cluster...
     stop: tokio::sync::Notify,
     /// ...which it signals here once it has.
@@ -150,20 +168,53 @@ pub struct ClusterStats {
     pub inbound_dropped: u64,
     /// Audits of every local user run after a possible message loss.
     pub audits: u64,
+    /// Where the node stands with Redis.
+    pub link: LinkState,
+    /// Fresh connections to Redis made after the link went silent.
+    pub reconnects: u64,
+    /// Probes of the link left unanswered past `probe_timeout` (each one
+    /// replaced the connection).
+    pub probe_timeouts: u64,
+    /// Times the node fenced itself (cut off longer than `fence_after`).
+    pub fenced: u64,
+}
+
+impl ClusterStats {
+    /// Every counter at zero (the metrics' descriptions are read from it).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn zero() -> Self {
+        ClusterStats {
+            node_id: String::new(),
+            ready: false,
+            local_connections: 0,
+            remote_connections: 0,
+            remote_nodes: 0,
+            inbound_dropped: 0,
+            audits: 0,
+            link: LinkState::Joining,
+            reconnects: 0,
+            probe_timeouts: 0,
+            fenced: 0,
+        }
+    }
 }
 
 impl std::fmt::Display for ClusterStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "node {} ({}): {} local connection(s), {} on {} other node(s); {} inbound message(s) dropped, {} audit(s)",
+            "node {} ({}, {}): {} local connection(s), {} on {} other node(s); {} inbound message(s) dropped, {} audit(s); {} reconnect(s), {} probe timeout(s), fenced {} time(s)",
             self.node_id,
             if self.ready { "ready" } else { "NOT READY" },
+            self.link,
             self.local_connections,
             self.remote_connections,
             self.remote_nodes,
             self.inbound_dropped,
-            self.audits
+            self.audits,
+            self.reconnects,
+            self.probe_timeouts,
+            self.fenced
         )
     }
 }
@@ -196,18 +247,18 @@ impl ClusterWebSocketManager {
         let audit_due = Arc::new(AtomicBool::new(false));
         let inbound_dropped = Arc::new(AtomicU64::new(0));
         let (overflow, dropped) = (Arc::clone(&audit_due), Arc::clone(&inbound_dropped));
-        let backplane = Backplane::connect(&cluster, move |info| {
+        let push: PushHandler = Arc::new(move |info: PushInfo| {
             // Subscription confirmations and the like carry nothing to act on.
             if !matches!(info.kind, PushKind::Message | PushKind::Disconnection) {
-                return Ok(());
+                return;
             }
             if inbound.try_send(info).is_err() {
                 dropped.fetch_add(1, Ordering::Relaxed);
                 overflow.store(true, Ordering::SeqCst);
             }
-            Ok(())
-        })
-        .map_err(|e| BuildError::Failed(Box::new(e)))?;
+        });
+        let backplane =
+            Backplane::connect(&cluster, push).map_err(|e| BuildError::Failed(Box::new(e)))?;
         let (outbound, outbound_rx) = mpsc::channel::<PresenceChange>(cluster.outbound_capacity());
         let presence_dirty = Arc::new(AtomicBool::new(false));
         let dirty = Arc::clone(&presence_dirty);
@@ -231,12 +282,15 @@ impl ClusterWebSocketManager {
             shut_down: AtomicBool::new(false),
             probe,
             outbound,
+            link: Link::default(),
+            wake: tokio::sync::Notify::new(),
             stop: tokio::sync::Notify::new(),
             stopped: tokio::sync::Notify::new(),
         });
         runtime.spawn(dispatch(Arc::downgrade(&shared), inbound_rx));
         runtime.spawn(write_presence(Arc::downgrade(&shared), outbound_rx));
         runtime.spawn(maintain(Arc::downgrade(&shared)));
+        runtime.spawn(link::watch(Arc::downgrade(&shared)));
         Ok(ClusterWebSocketManager { shared })
     }
 
@@ -260,6 +314,27 @@ impl ClusterWebSocketManager {
         &self.shared.config
     }
 
+    /// Where this node stands with the cluster's Redis: joining, serving,
+    /// reconnecting, fenced (cut off longer than
+    /// [`ClusterConfig::fence_after`]: connections closed, new ones
+    /// refused) or shut down. Cheap (atomics only): a transport may call it
+    /// before every upgrade.
+    ///
+    /// ```no_run
+    /// use websocket_manager::*;
+    /// use websocket_manager::{ClusterConfig, ClusterWebSocketManager, LinkState};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = ClusterConfig::builder("redis://127.0.0.1:6379").build()?;
+    /// let manager = ClusterWebSocketManager::new(ManagerConfig::default(), cluster)?;
+    /// if !manager.link_state().is_serving() {
+    ///     // Refuse the upgrade: 503 with Retry-After.
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn link_state(&self) -> LinkState {
+        self.shared.link_state()
+    }
+
     /// The cluster configuration.
     pub fn cluster_config(&self) -> &ClusterConfig {
         &self.shared.cluster
@@ -281,6 +356,10 @@ impl ClusterWebSocketManager {
             remote_nodes: self.shared.replica.nodes().len(),
             inbound_dropped: self.shared.inbound_dropped.load(Ordering::Relaxed),
             audits: self.shared.audits.load(Ordering::Relaxed),
+            link: self.shared.link_state(),
+            reconnects: self.shared.link.reconnects.load(Ordering::Relaxed),
+            probe_timeouts: self.shared.link.probe_timeouts.load(Ordering::Relaxed),
+            fenced: self.shared.link.fenced.load(Ordering::Relaxed),
         }
     }
 
@@ -344,6 +423,19 @@ impl Shared {
             Err(ManagerError::ShutDown)
         } else {
             Ok(())
+        }
+    }
+
+    fn refuse_if_fenced(&self) -> Result<(), ManagerError> {
+        match self.fenced_for_ms() {
+            Some(_) => Err(cluster_error(
+                "add connection",
+                ClusterFailure::Fenced {
+                    cut_off_ms: self.cut_off_ms(),
+                },
+                0,
+            )),
+            None => Ok(()),
         }
     }
 
@@ -472,6 +564,7 @@ impl WebSocketManager for ClusterWebSocketManager {
     async fn add_connection(&self, connection: WebSocketConnection) -> Result<(), ManagerError> {
         let shared = &self.shared;
         shared.refuse_if_shut_down()?;
+        shared.refuse_if_fenced()?;
         shared.wait_ready("add connection").await?;
         let user = connection.user_id.clone();
         let id = connection.connection_id.clone();
@@ -538,7 +631,13 @@ impl WebSocketManager for ClusterWebSocketManager {
             head: (history.head > 0).then_some(head),
         };
         let replayed_any = !replay.events.is_empty() || notice.is_some();
-        if shared.local.finish(&user, &id, replay)? {
+        let live = shared.local.finish(&user, &id, replay)?;
+        // Fenced meanwhile: the fence closed the others; this one too.
+        if let Err(error) = shared.refuse_if_fenced() {
+            shared.local.remove(&id, local::fence_close());
+            return Err(error);
+        }
+        if live {
             if notice.is_some() {
                 bump(&shared.local.totals.resync_notices, 1);
             }
@@ -764,7 +863,7 @@ async fn dispatch(shared: Weak<Shared>, mut inbound: mpsc::Receiver<PushInfo>) {
                     node = shared.cluster.node_id(),
                     "connection to Redis lost: messages published meanwhile are lost to this node; auditing after reconnect"
                 );
-                shared.ready.send_replace(false);
+                shared.link_lost();
                 shared.audit_due.store(true, Ordering::SeqCst);
             }
             _ => {}
@@ -891,7 +990,7 @@ async fn maintain(shared: Weak<Shared>) {
                 if ready {
                     tracing::warn!(%error, node = shared.cluster.node_id(), "cluster maintenance failed; retrying");
                 }
-                shared.ready.send_replace(false);
+                shared.link_lost();
             }
         }
         next += interval;
@@ -912,6 +1011,7 @@ async fn maintain(shared: Weak<Shared>) {
         // interval; a shutdown wakes the task at once.
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
+            () = strong.wake.notified() => {}
             () = strong.stop.notified() => {}
         }
     }
@@ -943,17 +1043,14 @@ async fn connect(shared: &Shared) -> Result<(), ClusterFailure> {
         shared.audit_due.store(true, Ordering::SeqCst);
         return Err(error);
     }
-    shared
-        .backplane
-        .heartbeat(shared.cluster.node_ttl())
-        .await?;
+    shared.renew_heartbeat().await?;
     shared.presence_dirty.store(false, Ordering::SeqCst);
     shared
         .backplane
         .rewrite_presence(&shared.local.presence())
         .await?;
     refresh(shared).await?;
-    shared.ready.send_replace(true);
+    shared.link_joined();
     tracing::info!(node = shared.cluster.node_id(), "joined the cluster");
     Ok(())
 }
@@ -963,10 +1060,7 @@ async fn tick(shared: &Shared) -> Result<(), ClusterFailure> {
         // A full inbound buffer: messages were dropped while connected.
         return connect(shared).await;
     }
-    let registered = shared
-        .backplane
-        .heartbeat(shared.cluster.node_ttl())
-        .await?;
+    let registered = shared.renew_heartbeat().await?;
     if !registered || shared.presence_dirty.swap(false, Ordering::SeqCst) {
         if !registered {
             tracing::warn!(

@@ -153,6 +153,12 @@ pub(crate) enum BusMessage {
         #[serde(rename = "o")]
         origin: String,
     },
+    /// Node `o` probing its own subscription: published on its own
+    /// channel, it proves the link works both ways when it comes back.
+    Probe {
+        #[serde(rename = "o")]
+        origin: String,
+    },
 }
 
 /// The frame of a critical event, byte for byte what

@@ -1,0 +1,338 @@
+//! The link to Redis fails loudly: [`LinkState`], and the watchdog that
+//! replaces a silent connection and fences a node cut off for too long.
+//!
+//! # Why a watchdog
+//!
+//! redis-rs reconnects after an I/O error, not after a timeout, and a
+//! black-holed TCP connection (an expired NAT entry, a firewall that
+//! dropped its state, a failover that moved the address) gives no I/O
+//! error for many minutes: commands time out, pushes stop, and the node
+//! would wait forever on a dead socket. As Centrifuge does for its
+//! subscriber connections (centrifuge PR 594), the watchdog probes a
+//! connection that has been silent for `probe_interval` and replaces it
+//! with a fresh one when the probe is not answered within `probe_timeout`.
+//!
+//! # Why a fence
+//!
+//! The other nodes forget this one `node_ttl` after its last heartbeat.
+//! A node that cannot renew its heartbeat for `fence_after` (below
+//! `node_ttl`) closes its connections with
+//! [`RESUME_CLOSE_CODE`](super::RESUME_CLOSE_CODE) so their clients resume
+//! on a healthy node, and refuses new ones until Redis answers again: no
+//! tab stays open and silent on a node the others have forgotten.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::SystemTime;
+
+use crate::health::unix_millis;
+
+use super::Shared;
+use super::config::watchdog_period;
+
+/// Where this node stands with the cluster's Redis, from
+/// [`ClusterWebSocketManager::link_state`](super::ClusterWebSocketManager::link_state).
+///
+/// A transport can refuse upgrades before they happen (503 with
+/// `Retry-After`) unless the state is [`Serving`](Self::Serving).
+///
+/// ```
+/// use websocket_manager::LinkState;
+/// let state = LinkState::Fenced { since_ms: 1_700_000_000_000 };
+/// assert_eq!(state.to_string(), "fenced (cut off from Redis) since 1700000000000 ms after the epoch");
+/// assert!(!state.is_serving());
+/// assert_eq!(serde_json::to_value(LinkState::Serving).unwrap()["state"], "serving");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LinkState {
+    /// Not yet subscribed and registered since the node started.
+    Joining,
+    /// Subscribed and registered: the node serves.
+    Serving,
+    /// The link was lost and the node is getting it back; connections are
+    /// still open (they get what this node can give, and are closed with
+    /// `RESUME_CLOSE_CODE` if they missed anything); new ones wait for the
+    /// link, up to `ready_timeout`.
+    Reconnecting {
+        /// When the link was lost, in Unix milliseconds.
+        since_ms: u64,
+    },
+    /// Cut off longer than `fence_after`: every local connection was
+    /// closed with `RESUME_CLOSE_CODE` and new ones are refused until
+    /// Redis answers again.
+    Fenced {
+        /// When the node fenced itself, in Unix milliseconds.
+        since_ms: u64,
+    },
+    /// [`shutdown`](super::ClusterWebSocketManager::shutdown) was called.
+    ShutDown,
+}
+
+impl LinkState {
+    /// Whether the node serves (accepts connections without waiting).
+    pub fn is_serving(&self) -> bool {
+        matches!(self, LinkState::Serving)
+    }
+}
+
+impl std::fmt::Display for LinkState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkState::Joining => f.write_str("joining the cluster"),
+            LinkState::Serving => f.write_str("serving"),
+            LinkState::Reconnecting { since_ms } => {
+                write!(
+                    f,
+                    "reconnecting to Redis since {since_ms} ms after the epoch"
+                )
+            }
+            LinkState::Fenced { since_ms } => write!(
+                f,
+                "fenced (cut off from Redis) since {since_ms} ms after the epoch"
+            ),
+            LinkState::ShutDown => f.write_str("shut down"),
+        }
+    }
+}
+
+/// The link's bookkeeping, in [`Shared`].
+#[derive(Debug, Default)]
+pub(super) struct Link {
+    /// Set at the first join.
+    joined: AtomicBool,
+    /// When the link was lost (Unix ms; 0 while serving).
+    lost_at_ms: AtomicU64,
+    /// When the node fenced itself (Unix ms; 0: not fenced).
+    fenced_at_ms: AtomicU64,
+    /// When the last heartbeat that Redis acknowledged was sent, on the
+    /// backplane's clock (0: never).
+    heartbeat_sent: AtomicU64,
+    /// Fresh connections made after a silent link.
+    pub reconnects: AtomicU64,
+    /// Probes unanswered within `probe_timeout`.
+    pub probe_timeouts: AtomicU64,
+    /// Times the node fenced itself.
+    pub fenced: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    unix_millis(SystemTime::now())
+}
+
+impl Shared {
+    /// The link is down: not ready, since now (unless already).
+    pub(super) fn link_lost(&self) {
+        self.ready.send_replace(false);
+        let _ =
+            self.link
+                .lost_at_ms
+                .compare_exchange(0, now_ms(), Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Joined (again): ready, and no longer fenced.
+    pub(super) fn link_joined(&self) {
+        self.link.joined.store(true, Ordering::SeqCst);
+        self.link.lost_at_ms.store(0, Ordering::SeqCst);
+        let fenced_at = self.link.fenced_at_ms.swap(0, Ordering::SeqCst);
+        self.ready.send_replace(true);
+        if fenced_at > 0 {
+            tracing::info!(
+                node = self.cluster.node_id(),
+                fenced_ms = now_ms().saturating_sub(fenced_at),
+                "Redis answers again: no longer fenced, serving"
+            );
+        }
+    }
+
+    /// Renews the heartbeat, remembering when an acknowledged one was sent.
+    pub(super) async fn renew_heartbeat(&self) -> Result<bool, crate::ClusterFailure> {
+        let sent = self.backplane.clock().now();
+        let registered = self.backplane.heartbeat(self.cluster.node_ttl()).await?;
+        self.link.heartbeat_sent.fetch_max(sent, Ordering::SeqCst);
+        Ok(registered)
+    }
+
+    /// How long this node has been fenced, if it is.
+    pub(super) fn fenced_for_ms(&self) -> Option<u64> {
+        match self.link.fenced_at_ms.load(Ordering::SeqCst) {
+            0 => None,
+            at => Some(now_ms().saturating_sub(at)),
+        }
+    }
+
+    /// How long since the last acknowledged heartbeat was sent.
+    pub(super) fn cut_off_ms(&self) -> u64 {
+        let clock = self.backplane.clock();
+        clock
+            .now()
+            .saturating_sub(self.link.heartbeat_sent.load(Ordering::SeqCst))
+    }
+
+    pub(super) fn link_state(&self) -> LinkState {
+        if self.shut_down.load(Ordering::SeqCst) {
+            return LinkState::ShutDown;
+        }
+        let fenced_at = self.link.fenced_at_ms.load(Ordering::SeqCst);
+        if fenced_at > 0 {
+            return LinkState::Fenced {
+                since_ms: fenced_at,
+            };
+        }
+        if *self.ready.borrow() {
+            return LinkState::Serving;
+        }
+        if !self.link.joined.load(Ordering::SeqCst) {
+            return LinkState::Joining;
+        }
+        LinkState::Reconnecting {
+            since_ms: self.link.lost_at_ms.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Fences the node when its last acknowledged heartbeat is older than
+    /// `fence_after`.
+    fn check_fence(&self) {
+        let sent = self.link.heartbeat_sent.load(Ordering::SeqCst);
+        if !self.link.joined.load(Ordering::SeqCst)
+            || sent == 0
+            || self.link.fenced_at_ms.load(Ordering::SeqCst) > 0
+        {
+            return;
+        }
+        let silent = self.backplane.clock().now().saturating_sub(sent);
+        if u128::from(silent) <= self.cluster.fence_after().as_millis() {
+            return;
+        }
+        self.link.fenced_at_ms.store(now_ms(), Ordering::SeqCst);
+        self.link.fenced.fetch_add(1, Ordering::Relaxed);
+        self.link_lost();
+        let closed = self.local.close_all(&super::local::fence_close());
+        tracing::warn!(
+            node = self.cluster.node_id(),
+            silent_ms = silent,
+            closed,
+            "cut off from Redis for longer than fence_after: closed every local connection (clients resume on another node) and refusing new ones until Redis answers"
+        );
+    }
+
+    /// Drops the current connection to Redis and makes a fresh one; the
+    /// maintenance task then resubscribes, audits, rewrites presence and
+    /// re-reads the others.
+    fn replace_connection(&self, why: &str) {
+        match self.backplane.rebuild() {
+            Ok(generation) => {
+                self.link.reconnects.fetch_add(1, Ordering::Relaxed);
+                self.audit_due.store(true, Ordering::SeqCst);
+                self.link_lost();
+                tracing::warn!(
+                    node = self.cluster.node_id(),
+                    generation,
+                    why,
+                    "the link to Redis went silent: replaced it with a fresh connection"
+                );
+                self.wake.notify_one();
+            }
+            Err(error) => {
+                tracing::warn!(node = self.cluster.node_id(), %error, "could not make a fresh connection to Redis");
+            }
+        }
+    }
+}
+
+/// A probe in flight.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    /// When it was sent, on the backplane's clock.
+    sent: u64,
+    /// Whether it was a publish to this node's own channel (answered by a
+    /// push) rather than a PING (answered by a reply).
+    published: bool,
+}
+
+/// Probes a silent link, replaces a connection whose probe goes
+/// unanswered, and fences the node when it is cut off too long.
+pub(super) async fn watch(shared: Weak<Shared>) {
+    let (period, interval, timeout) = match shared.upgrade() {
+        Some(shared) => (
+            watchdog_period(&shared.cluster),
+            u128::from(
+                u64::try_from(shared.cluster.probe_interval().as_millis()).unwrap_or(u64::MAX),
+            ),
+            u128::from(
+                u64::try_from(shared.cluster.probe_timeout().as_millis()).unwrap_or(u64::MAX),
+            ),
+        ),
+        None => return,
+    };
+    let mut pending: Option<Probe> = None;
+    // At most one fresh connection per `probe_interval + probe_timeout`,
+    // however many commands time out: a flapping link cannot make the node
+    // reconnect in a loop.
+    let mut replaced_at = 0u64;
+    loop {
+        // The manager is held only while looking, never while asleep: the
+        // maintenance task's drop of the last reference must free it.
+        let clock = {
+            let Some(strong) = shared.upgrade() else {
+                return;
+            };
+            if strong.shut_down.load(Ordering::SeqCst) {
+                return;
+            }
+            strong.check_fence();
+            let clock = Arc::clone(strong.backplane.clock());
+            let now = clock.now();
+            let since = |at: u64| u128::from(now.saturating_sub(at));
+            match pending {
+                Some(probe) => {
+                    let heard = if probe.published {
+                        clock.pushed_at()
+                    } else {
+                        clock.answered_at()
+                    };
+                    if heard >= probe.sent {
+                        pending = None;
+                    } else if since(probe.sent) >= timeout {
+                        strong.link.probe_timeouts.fetch_add(1, Ordering::Relaxed);
+                        strong.replace_connection(if probe.published {
+                            "the probe published to this node's own channel did not come back"
+                        } else {
+                            "no answer to PING"
+                        });
+                        pending = None;
+                        replaced_at = clock.now();
+                    }
+                }
+                None => {
+                    let published = clock.subscribed();
+                    let last = if published {
+                        clock.pushed_at()
+                    } else {
+                        clock.answered_at()
+                    };
+                    if since(last) >= interval
+                        || (clock.timeouts() > 0 && since(replaced_at) >= interval)
+                    {
+                        pending = Some(Probe {
+                            sent: now,
+                            published,
+                        });
+                        let probe = strong.backplane.probe();
+                        tokio::spawn(async move {
+                            if let Err(error) = probe.await {
+                                tracing::debug!(%error, "link probe failed");
+                            }
+                        });
+                    }
+                }
+            }
+            clock
+        };
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            () = clock.timed_out.notified() => {}
+        }
+    }
+}
