@@ -1207,7 +1207,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_refresh_needs_a_valid_unexpired_token_of_the_same_user() {
-        let authenticator = JwtAuthenticator::hs256(SECRET).leeway(Duration::from_secs(5));
+        let authenticator = JwtAuthenticator::hs256(SECRET)
+            .unwrap()
+            .leeway(Duration::from_secs(5));
         let exp = in_one_hour();
         let mut current = Identity::new(UserId::new("alice").unwrap());
         current.subprotocol = Some(DEFAULT_SUBPROTOCOL.to_owned());
