@@ -371,6 +371,11 @@ async fn receive(mut client: Client, count: usize) -> Received {
             Some(Ok(Message::Text(text))) => {
                 let now = now_ns();
                 let message: Value = serde_json::from_str(&text).unwrap();
+                // The library's protocol frames (`hello` first, `heartbeat`
+                // when idle) carry no send time.
+                if message["type"] == "hello" || message["type"] == "heartbeat" {
+                    continue;
+                }
                 let sent = message["sent_ns"].as_u64().unwrap();
                 latencies_ns.push(now.saturating_sub(sent));
             }

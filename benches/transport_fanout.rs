@@ -52,10 +52,13 @@ async fn server() -> (std::net::SocketAddr, Arc<UnifiedWebSocketManager>) {
 async fn tab(addr: std::net::SocketAddr, user: &str) -> Client {
     let request = auth::upgrade_request(addr, user);
     let stream = TcpStream::connect(addr).await.unwrap();
-    tokio_tungstenite::client_async(request, stream)
+    let mut client = tokio_tungstenite::client_async(request, stream)
         .await
         .unwrap()
-        .0
+        .0;
+    // The `hello` frame comes first: the tab is registered once it is read.
+    read_one(&mut client).await;
+    client
 }
 
 async fn read_one(client: &mut Client) {

@@ -7,13 +7,11 @@
 
 mod e2e_support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use e2e_support::*;
 use serde_json::json;
 use tokio_tungstenite::tungstenite;
-use websocket_manager::transport::WebSocketService;
 use websocket_manager::{
     AGENT_COMPLETED, AGENT_STARTED, AGENT_THINKING, TOOL_COMPLETED, TOOL_EXECUTING,
 };
@@ -28,21 +26,6 @@ fn offset_of(event: &serde_json::Value) -> StreamOffset {
         event["stream"].as_u64().unwrap(),
         event["sequence"].as_u64().unwrap(),
     )
-}
-
-/// The tungstenite adapter on its own listener, over `service`.
-async fn tungstenite_server(service: WebSocketService) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service = service.clone();
-            tokio::spawn(async move {
-                let _ = websocket_manager::transport::tungstenite::accept(&service, stream).await;
-            });
-        }
-    });
-    addr
 }
 
 #[tokio::test]

@@ -99,7 +99,7 @@ pub use managers::{
 pub use managers::{
     ClusterConfig, ClusterConfigBuilder, ClusterStats, ClusterWebSocketManager, RESUME_CLOSE_CODE,
 };
-pub use offset::{OffsetParseError, StreamOffset};
+pub use offset::{OffsetParseError, StreamOffset, StreamPosition};
 pub use protocol::{
     CONTRACT_METHODS, MethodGroup, MethodSpec, PROTOCOL_FINGERPRINT, WebSocketManager,
     contract_method,

@@ -10,6 +10,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +83,63 @@ impl FromStr for StreamOffset {
             sequence: number(sequence, "the sequence is not a decimal number")?,
         })
     }
+}
+
+/// Where a new connection stands in its user's stream of critical events
+/// when the manager registered it, and how much the manager retains: what
+/// the transport's `hello` frame tells the client (see `docs/protocol.md`),
+/// so it can choose between resuming and reloading before it has to.
+///
+/// A manager records it on the connection's socket during
+/// [`add_connection`](crate::WebSocketManager::add_connection), at the
+/// replay, with [`WebSocketHandle::record_stream_position`](crate::WebSocketHandle::record_stream_position);
+/// the reference managers and [`CriticalEventLog`](crate::CriticalEventLog) do.
+///
+/// ```
+/// use std::time::Duration;
+/// use websocket_manager::{StreamOffset, StreamPosition};
+/// let position = StreamPosition::new(
+///     Some(StreamOffset::new(9, 7)),
+///     Some(StreamOffset::new(9, 5)),
+///     256,
+///     Duration::from_secs(300),
+/// );
+/// assert_eq!(position.latest, Some(StreamOffset::new(9, 7)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct StreamPosition {
+    /// The offset of the last critical event emitted to the user (sequence
+    /// 0: the user's current stream has none yet); `None` when unknown.
+    pub latest: Option<StreamOffset>,
+    /// The oldest critical event still retained for replay, if any.
+    pub oldest_retained: Option<StreamOffset>,
+    /// At most this many critical events are retained per user.
+    pub max_events: usize,
+    /// Each critical event is retained at most this long.
+    #[serde(serialize_with = "millis")]
+    pub max_age: Duration,
+}
+
+impl StreamPosition {
+    /// A position (see the fields).
+    pub fn new(
+        latest: Option<StreamOffset>,
+        oldest_retained: Option<StreamOffset>,
+        max_events: usize,
+        max_age: Duration,
+    ) -> Self {
+        StreamPosition {
+            latest,
+            oldest_retained,
+            max_events,
+            max_age,
+        }
+    }
+}
+
+fn millis<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

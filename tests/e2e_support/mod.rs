@@ -73,20 +73,7 @@ impl TestServer {
                 .config(options.transport)
                 .shared_handler(options.handler)
                 .build();
-        let app = axum::Router::new()
-            .route(
-                "/ws",
-                axum::routing::get(websocket_manager::transport::axum::upgrade),
-            )
-            .with_state(service.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        // The documented way: TCP_NODELAY and the configured header-read timeout.
-        let listener = websocket_manager::transport::axum::WebSocketListener::new(listener)
-            .header_read_timeout(service.config().header_read_timeout());
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let (addr, server) = axum_server(service.clone()).await;
         TestServer {
             addr,
             service,
@@ -142,11 +129,19 @@ pub fn token(user: &str, ttl_secs: i64) -> String {
 }
 
 pub fn token_signed(user: &str, ttl_secs: i64, secret: &[u8]) -> String {
-    let now = std::time::SystemTime::now()
+    token_expiring(user, unix_secs().saturating_add_signed(ttl_secs), secret)
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_secs();
-    let exp = now.saturating_add_signed(ttl_secs);
+        .as_secs()
+}
+
+/// A token for `user` whose `exp` is `exp` (seconds since the epoch).
+pub fn token_expiring(user: &str, exp: u64, secret: &[u8]) -> String {
     websocket_manager::transport::encode_hs256(
         &serde_json::json!({"sub": user, "exp": exp, "aud": AUDIENCE}),
         secret,
@@ -208,18 +203,26 @@ pub async fn try_connect(
         .expect("handshake timed out")
 }
 
+/// Connects as `user` and reads the `hello` frame: from then on the
+/// connection is registered, and every event emitted reaches it.
 pub async fn connect(addr: SocketAddr, user: &str, thread: Option<&str>) -> Client {
     let path = match thread {
         Some(thread) => format!("/ws?thread={thread}"),
         None => "/ws".to_owned(),
     };
-    try_connect(addr, Connect::new(&path, Some(token(user, 600))))
+    let mut client = try_connect(addr, Connect::new(&path, Some(token(user, 600))))
         .await
         .unwrap()
-        .0
+        .0;
+    let hello = next_frame(&mut client).await;
+    assert!(
+        matches!(&hello, Seen::Json(value) if value["type"] == "hello"),
+        "the first frame is not a hello: {hello:?}"
+    );
+    client
 }
 
-/// What a client saw next, pings and pongs skipped.
+/// What a client saw.
 #[derive(Debug, PartialEq)]
 pub enum Seen {
     Json(serde_json::Value),
@@ -228,7 +231,23 @@ pub enum Seen {
     Gone,
 }
 
+/// What a client saw next, pings and pongs skipped, and the protocol's own
+/// `hello` and `heartbeat` frames too (the tests of those frames read with
+/// [`next_frame`]).
 pub async fn next_seen(client: &mut Client) -> Seen {
+    loop {
+        let seen = next_frame(client).await;
+        if let Seen::Json(value) = &seen
+            && (value["type"] == "hello" || value["type"] == "heartbeat")
+        {
+            continue;
+        }
+        return seen;
+    }
+}
+
+/// What a client saw next, only pings and pongs skipped.
+pub async fn next_frame(client: &mut Client) -> Seen {
     loop {
         let message = tokio::time::timeout(STEP, client.next())
             .await
@@ -279,6 +298,40 @@ pub async fn close(mut client: Client) {
         .await;
     // Read the server's close reply so the handshake completes.
     let _ = tokio::time::timeout(STEP, async { while client.next().await.is_some() {} }).await;
+}
+
+/// The axum adapter at `/ws` on its own listener, over `service`.
+pub async fn axum_server(service: WebSocketService) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let app = axum::Router::new()
+        .route(
+            "/ws",
+            axum::routing::get(websocket_manager::transport::axum::upgrade),
+        )
+        .with_state(service.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The documented way: TCP_NODELAY and the configured header-read timeout.
+    let listener = websocket_manager::transport::axum::WebSocketListener::new(listener)
+        .header_read_timeout(service.config().header_read_timeout());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (addr, server)
+}
+
+/// The tungstenite adapter on its own listener, over `service`.
+pub async fn tungstenite_server(service: WebSocketService) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let _ = websocket_manager::transport::tungstenite::accept(&service, stream).await;
+            });
+        }
+    });
+    addr
 }
 
 pub async fn send_text(client: &mut Client, text: String) {

@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::SocketId;
 use super::frame::TextFrame;
 use super::queue::OutboundQueue;
+use crate::offset::StreamPosition;
 
 /// Why a socket is being closed: a WebSocket close code and a short reason.
 ///
@@ -207,6 +208,31 @@ impl WebSocketHandle {
     #[cfg(test)]
     pub(crate) fn queue_capacity(&self) -> usize {
         self.queue.capacity()
+    }
+
+    /// Records where this socket's connection stands in its user's stream
+    /// of critical events, and the manager's retention: a manager calls it
+    /// in `add_connection`, when it replays (see [`StreamPosition`]); the
+    /// transport reads it for the `hello` frame. The first record is kept;
+    /// returns `false` for a later one.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use websocket_manager::{QueueLimits, StreamPosition, WebSocketHandle};
+    /// let (socket, _outbound) = WebSocketHandle::channel(QueueLimits::default());
+    /// assert_eq!(socket.stream_position(), None);
+    /// let position = StreamPosition::new(None, None, 256, Duration::from_secs(300));
+    /// assert!(socket.record_stream_position(position));
+    /// assert_eq!(socket.stream_position(), Some(position));
+    /// ```
+    pub fn record_stream_position(&self, position: StreamPosition) -> bool {
+        self.queue.record_position(position)
+    }
+
+    /// What the manager recorded with
+    /// [`record_stream_position`](Self::record_stream_position), if anything.
+    pub fn stream_position(&self) -> Option<StreamPosition> {
+        self.queue.position()
     }
 
     /// Frames waiting in the queue.

@@ -19,6 +19,8 @@ use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 
+use crate::offset::StreamPosition;
+
 use super::frame::TextFrame;
 use super::handle::{CloseReason, OutboundEvent, QueueLimits, SendError};
 
@@ -74,6 +76,10 @@ struct State {
 pub(super) struct OutboundQueue {
     limits: QueueLimits,
     state: Mutex<State>,
+    /// Recorded once by the manager at registration, read once by the
+    /// transport for its `hello` frame; boxed so that an idle queue pays
+    /// one pointer for it.
+    position: std::sync::OnceLock<Box<StreamPosition>>,
 }
 
 impl OutboundQueue {
@@ -89,7 +95,17 @@ impl OutboundQueue {
                 senders: 1,
                 waker: None,
             }),
+            position: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Keeps the first position recorded; `false` if one was already.
+    pub(super) fn record_position(&self, position: StreamPosition) -> bool {
+        self.position.set(Box::new(position)).is_ok()
+    }
+
+    pub(super) fn position(&self) -> Option<StreamPosition> {
+        self.position.get().map(|position| **position)
     }
 
     pub(super) fn limits(&self) -> QueueLimits {

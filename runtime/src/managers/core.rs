@@ -447,11 +447,22 @@ impl ManagerCore {
         resume: Option<StreamOffset>,
     ) -> Result<(), ManagerError> {
         self.expire_locked(state, user);
-        let replayed = replay_into(&mut state.log, socket, connection_id, resume, &self.ledger)
-            .inspect_err(|error| {
-                tracing::warn!(user_id = %user, %connection_id, %error,
+        let retention = (
+            self.config.history_capacity(),
+            self.config.history_max_age(),
+        );
+        let replayed = replay_into(
+            &mut state.log,
+            socket,
+            connection_id,
+            resume,
+            &self.ledger,
+            retention,
+        )
+        .inspect_err(|error| {
+            tracing::warn!(user_id = %user, %connection_id, %error,
                     "replay did not fit the new socket's queue; connection refused");
-            })?;
+        })?;
         if let Some(notice) = &replayed.notice {
             // Routine after a restart or a long absence; a loss of events no
             // connection took was already warned about when it happened.

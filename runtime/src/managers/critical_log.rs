@@ -107,6 +107,7 @@ impl CriticalEventLog {
             &connection.connection_id,
             connection.resume,
             &self.ledger,
+            (self.limits.capacity, self.max_age),
         );
         if result.is_ok() {
             entry.connections += 1;

@@ -31,7 +31,7 @@ use crate::error::ManagerError;
 use crate::health::unix_millis;
 use crate::ids::{ConnectionId, UserId};
 use crate::managers::events::{ResyncNotice, ResyncReason};
-use crate::offset::StreamOffset;
+use crate::offset::{StreamOffset, StreamPosition};
 
 /// One retained critical event.
 #[derive(Debug, Clone)]
@@ -393,13 +393,16 @@ pub(crate) struct Replayed {
 /// Pushes into `socket` what a connection resuming from `resume` is owed: a
 /// resync notice when some of it is gone, then the retained events, oldest
 /// first. All or nothing: on a full queue the log is left as it was and the
-/// error says how far it got.
+/// error says how far it got. On success the socket records where it stands
+/// and the `retention` bounds (`history_capacity`, `history_max_age`), for
+/// the transport's `hello` frame.
 pub(crate) fn replay_into(
     log: &mut EventLog,
     socket: &WebSocketHandle,
     connection_id: &ConnectionId,
     resume: Option<StreamOffset>,
     ledger: &HistoryLedger,
+    retention: (usize, Duration),
 ) -> Result<Replayed, ManagerError> {
     let plan = log.plan_replay(resume, unix_millis(SystemTime::now()));
     let notice = match &plan.notice {
@@ -422,6 +425,13 @@ pub(crate) fn replay_into(
         replayed += 1;
     }
     log.replayed(ledger);
+    let (max_events, max_age) = retention;
+    socket.record_stream_position(StreamPosition::new(
+        Some(log.latest()),
+        log.oldest_retained(),
+        max_events,
+        max_age,
+    ));
     Ok(Replayed {
         events: replayed - usize::from(plan.notice.is_some()),
         notice: plan.notice,

@@ -218,6 +218,46 @@ impl AuthError {
     }
 }
 
+/// Why an in-band token refresh was refused (see
+/// [`Authenticator::refresh`]). The connection keeps its old deadline; the
+/// client is told [`reason`](Self::reason) in a `token_refresh_refused`
+/// error frame, and the detail is logged.
+///
+/// ```
+/// use websocket_manager::transport::RefreshError;
+/// assert_eq!(RefreshError::Invalid("bad signature".into()).reason(), "invalid token");
+/// assert_eq!(RefreshError::OtherUser.reason(), "other user");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RefreshError {
+    /// The token failed verification (signature, audience, format...).
+    #[error("invalid token: {0}")]
+    Invalid(Cow<'static, str>),
+    /// The token is valid but has already expired.
+    #[error("the new token has already expired")]
+    Expired,
+    /// The token belongs to another user than the connection's.
+    #[error("the new token belongs to another user")]
+    OtherUser,
+    /// The authenticator cannot refresh a live connection.
+    #[error("this authenticator does not support in-band token refresh")]
+    Unsupported,
+}
+
+impl RefreshError {
+    /// The short reason sent to the client (no verification detail):
+    /// `invalid token`, `expired`, `other user` or `not supported`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RefreshError::Invalid(_) => "invalid token",
+            RefreshError::Expired => "expired",
+            RefreshError::OtherUser => "other user",
+            RefreshError::Unsupported => "not supported",
+        }
+    }
+}
+
 /// Verifies the credential on an upgrade request.
 ///
 /// Runs before any registration; an `Err` becomes the HTTP status of
@@ -262,6 +302,23 @@ pub trait Authenticator: Send + Sync + 'static {
     ) -> Result<(), AuthError> {
         let _ = (identity, thread);
         Ok(())
+    }
+
+    /// Verifies a new token sent in-band by the client of a live connection
+    /// authenticated as `current` (`{"type":"refresh_token","token":...}`),
+    /// and returns the identity it proves, whose
+    /// [`expires_at`](Identity::expires_at) becomes the connection's
+    /// deadline. The transport refuses an identity of another user anyway.
+    /// The default refuses with [`RefreshError::Unsupported`];
+    /// [`JwtAuthenticator`](super::JwtAuthenticator) verifies the token as
+    /// at the upgrade.
+    ///
+    /// # Errors
+    ///
+    /// [`RefreshError`]: the connection then keeps its old deadline.
+    async fn refresh(&self, current: &Identity, token: &str) -> Result<Identity, RefreshError> {
+        let _ = (current, token);
+        Err(RefreshError::Unsupported)
     }
 }
 
@@ -328,6 +385,10 @@ impl<A: Authenticator> Authenticator for UserScopedThreads<A> {
             ));
         }
         self.0.authorize_thread(identity, thread).await
+    }
+
+    async fn refresh(&self, current: &Identity, token: &str) -> Result<Identity, RefreshError> {
+        self.0.refresh(current, token).await
     }
 }
 

@@ -34,6 +34,7 @@ pub struct TransportConfigError {
 /// | `header_read_timeout` | 10 s | an upgrade request whose head (or answer) takes longer is dropped, so stalled upgrades cannot pile up |
 /// | `binary_messages` | refused | an inbound binary message closes the socket with 1003, unless allowed |
 /// | `error_frames` | 10 per 10 s | invalid inbound messages answered with an error frame; more within the window close the socket with 1008 |
+/// | `heartbeat_frames` | on | a `{"type":"heartbeat","ts":...}` text frame on the ping timer when nothing else was written, so a browser (which cannot see pings) receives a frame at least every `ping_interval` |
 ///
 /// The heartbeat follows socket.io's habit: a client that answers pings (every
 /// browser and WebSocket library does so by itself) is never idle; a client
@@ -76,6 +77,7 @@ pub struct TransportConfig {
     error_frame_limit: u32,
     #[serde(serialize_with = "millis")]
     error_frame_window: Duration,
+    heartbeat_frames: bool,
 }
 
 /// Default of [`TransportConfig::header_read_timeout`].
@@ -101,6 +103,7 @@ impl Default for TransportConfig {
             binary_messages: false,
             error_frame_limit: 10,
             error_frame_window: Duration::from_secs(10),
+            heartbeat_frames: true,
         }
     }
 }
@@ -186,6 +189,15 @@ impl TransportConfig {
     pub fn error_frame_window(&self) -> Duration {
         self.error_frame_window
     }
+
+    /// Whether the server sends application-level heartbeat frames
+    /// (`{"type":"heartbeat","ts":<unix ms>}`) on an idle connection: at
+    /// least one frame reaches the client every
+    /// [`ping_interval`](Self::ping_interval), which a browser can watch
+    /// (it cannot see WebSocket pings). See `docs/protocol.md`.
+    pub fn heartbeat_frames(&self) -> bool {
+        self.heartbeat_frames
+    }
 }
 
 /// Builds a validated [`TransportConfig`]; see its table of defaults.
@@ -269,6 +281,13 @@ impl TransportConfigBuilder {
     pub fn error_frames(mut self, count: u32, window: Duration) -> Self {
         self.config.error_frame_limit = count;
         self.config.error_frame_window = window;
+        self
+    }
+
+    /// Sends heartbeat frames on idle connections (default `true`; see
+    /// [`TransportConfig::heartbeat_frames`]).
+    pub fn heartbeat_frames(mut self, send: bool) -> Self {
+        self.config.heartbeat_frames = send;
         self
     }
 

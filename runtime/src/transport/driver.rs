@@ -16,8 +16,10 @@ use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use serde::Serialize;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use super::auth::{Authenticator, Identity, RefreshError};
 use super::close;
 use super::config::TransportConfig;
+use super::control::{self, ClientControl};
 use super::handler::{InboundContext, InboundError, InboundMessage, MessageHandler};
 use super::wire::{WireError, WireMessage, WireSocket};
 use crate::connection::{CloseReason, OutboundEvent, OutboundReceiver, WebSocketHandle};
@@ -162,6 +164,14 @@ enum ReadEnd {
     Writer(Option<WriterExit>),
 }
 
+/// Who a connection was authenticated as, and how to verify the tokens its
+/// client sends to refresh it.
+pub(crate) struct Session {
+    pub authenticator: Arc<dyn Authenticator>,
+    /// The identity now in force; its `expires_at` is the deadline.
+    pub identity: Identity,
+}
+
 /// Runs one registered connection to its end: spawns the writer, reads until
 /// something ends the connection, and makes sure the writer is gone.
 pub(crate) async fn drive<S: WireSocket>(
@@ -170,7 +180,7 @@ pub(crate) async fn drive<S: WireSocket>(
     context: InboundContext,
     config: &TransportConfig,
     handler: Arc<dyn MessageHandler>,
-    expires_at: Option<SystemTime>,
+    session: Session,
 ) -> EndReason {
     let (sink, mut stream) = socket.split();
     let mut writer = tokio::spawn(write_loop(
@@ -179,11 +189,11 @@ pub(crate) async fn drive<S: WireSocket>(
         context.socket.clone(),
         config.clone(),
     ));
-    let reader = Reader {
+    let mut reader = Reader {
         context: &context,
         config,
         handler: &handler,
-        expires_at,
+        session,
     };
     let read_end = reader.run(&mut stream, &mut writer).await;
 
@@ -283,7 +293,7 @@ struct Reader<'a> {
     context: &'a InboundContext,
     config: &'a TransportConfig,
     handler: &'a Arc<dyn MessageHandler>,
-    expires_at: Option<SystemTime>,
+    session: Session,
 }
 
 /// Counts the error frames sent in the current window.
@@ -294,7 +304,7 @@ struct ErrorBudget {
 
 impl Reader<'_> {
     async fn run<St>(
-        &self,
+        &mut self,
         stream: &mut St,
         writer: &mut tokio::task::JoinHandle<WriterExit>,
     ) -> ReadEnd
@@ -304,11 +314,7 @@ impl Reader<'_> {
         let config = self.config;
         let idle = tokio::time::sleep(config.idle_timeout());
         tokio::pin!(idle);
-        let expiry = self.expires_at.map_or(NO_EXPIRY, |at| {
-            at.duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO)
-        });
-        let expiry = tokio::time::sleep(expiry);
+        let expiry = tokio::time::sleep(until(self.session.identity.expires_at));
         tokio::pin!(expiry);
         let mut budget = ErrorBudget {
             window_start: Instant::now(),
@@ -318,11 +324,48 @@ impl Reader<'_> {
             tokio::select! {
                 biased;
                 exit = &mut *writer => return ReadEnd::Writer(exit.ok()),
-                () = &mut expiry, if self.expires_at.is_some() => return ReadEnd::TokenExpired,
+                () = &mut expiry, if self.session.identity.expires_at.is_some() => {
+                    return ReadEnd::TokenExpired;
+                }
                 item = stream.next() => {
                     idle.as_mut().reset(Instant::now() + config.idle_timeout());
                     let message = match item {
-                        Some(Ok(WireMessage::Text(text))) => InboundMessage::Text(text),
+                        Some(Ok(WireMessage::Text(text))) => match control::client_control(text.as_str()) {
+                            None => InboundMessage::Text(text),
+                            Some(ClientControl::Heartbeat) => continue,
+                            Some(ClientControl::RefreshToken(token)) => {
+                                let bounded = self.session.identity.expires_at.is_some();
+                                let refused = tokio::select! {
+                                    biased;
+                                    // The old deadline wins over a refresh in flight.
+                                    () = &mut expiry, if bounded => {
+                                        return ReadEnd::TokenExpired;
+                                    }
+                                    refused = self.refresh(&token) => refused,
+                                };
+                                match refused {
+                                    None => expiry
+                                        .as_mut()
+                                        .reset(Instant::now() + until(self.session.identity.expires_at)),
+                                    Some(refusal) => {
+                                        if !self.answer(&mut budget, &refusal) {
+                                            return ReadEnd::TooManyInvalid;
+                                        }
+                                    }
+                                }
+                                continue;
+                            }
+                            Some(ClientControl::MalformedRefresh) => {
+                                let refusal = InboundError::new(
+                                    InboundError::INVALID_MESSAGE,
+                                    "`refresh_token` needs a string member `token`",
+                                );
+                                if !self.answer(&mut budget, &refusal) {
+                                    return ReadEnd::TooManyInvalid;
+                                }
+                                continue;
+                            }
+                        },
                         Some(Ok(WireMessage::Binary(bytes))) => {
                             if !config.binary_messages() {
                                 return ReadEnd::Binary;
@@ -354,6 +397,59 @@ impl Reader<'_> {
         }
     }
 
+    /// Verifies a token the client sent to extend the connection; on
+    /// success the session takes the new identity (and deadline) and the
+    /// client is told `token_refreshed`. Returns the error frame to send
+    /// for a refusal.
+    async fn refresh(&mut self, token: &str) -> Option<InboundError> {
+        let current = &self.session.identity;
+        let verified = AssertUnwindSafe(self.session.authenticator.refresh(current, token))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                tracing::error!(connection = %self.context.connection_id,
+                    "authenticator panicked on a token refresh");
+                Err(RefreshError::Invalid("the authenticator panicked".into()))
+            })
+            .and_then(|identity| {
+                // Whatever the authenticator says, a connection never
+                // changes user, and a deadline in the past is no refresh.
+                if identity.user_id != current.user_id {
+                    Err(RefreshError::OtherUser)
+                } else if identity
+                    .expires_at
+                    .is_some_and(|at| at <= SystemTime::now())
+                {
+                    Err(RefreshError::Expired)
+                } else {
+                    Ok(identity)
+                }
+            });
+        match verified {
+            Ok(identity) => {
+                tracing::debug!(connection = %self.context.connection_id,
+                    user = %self.context.user_id, expires_at = ?identity.expires_at,
+                    "token refreshed in-band");
+                let frame = control::token_refreshed_frame(identity.expires_at);
+                self.session.identity = identity;
+                if let Err(error) = self.context.socket.try_send(frame) {
+                    tracing::debug!(connection = %self.context.connection_id, %error,
+                        "token_refreshed frame not queued");
+                }
+                None
+            }
+            Err(error) => {
+                tracing::info!(connection = %self.context.connection_id,
+                    user = %self.context.user_id, %error,
+                    "in-band token refresh refused; the old deadline stays");
+                Some(InboundError::new(
+                    InboundError::TOKEN_REFRESH_REFUSED,
+                    error.reason(),
+                ))
+            }
+        }
+    }
+
     /// Sends the error frame for a rejected message; `false` once the
     /// window's budget is spent (the connection is then closed).
     fn answer(&self, budget: &mut ErrorBudget, rejection: &InboundError) -> bool {
@@ -379,6 +475,14 @@ impl Reader<'_> {
 
 /// The deadline of a connection without an expiry (its branch is disabled).
 const NO_EXPIRY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// How long until `deadline` (zero if it passed; [`NO_EXPIRY`] without one).
+fn until(deadline: Option<SystemTime>) -> Duration {
+    deadline.map_or(NO_EXPIRY, |at| {
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    })
+}
 
 /// Hands one message to the application. An error or a panic is logged;
 /// the connection goes on. Returns the handler's [`InboundError`], which
@@ -436,12 +540,26 @@ async fn write_loop<K>(
 where
     K: Sink<WireMessage, Error = WireError> + Unpin,
 {
-    let period = config.ping_interval();
-    let mut ping = tokio::time::interval_at(Instant::now() + period, period);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // With heartbeat frames the timer ticks twice per ping interval: a ping
+    // at every second tick, and a heartbeat at any tick when no frame was
+    // written since the tick before. A frame written just after a tick is
+    // then followed by another (a heartbeat at the latest) within two ticks,
+    // one ping interval: the bound `docs/protocol.md` promises. (One tick
+    // per interval would leave gaps of up to two intervals.)
+    let heartbeats = config.heartbeat_frames();
+    let period = if heartbeats {
+        config.ping_interval() / 2
+    } else {
+        config.ping_interval()
+    };
+    let mut timer = tokio::time::interval_at(Instant::now() + period, period);
+    timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut ticks = 0u64;
+    let mut wrote_since_tick = false;
     let mut events = Vec::new();
     loop {
         let mut ping_due = false;
+        let mut heartbeat_due = false;
         tokio::select! {
             biased;
             n = outbound.recv_many(&mut events, MAX_BATCH) => {
@@ -450,17 +568,25 @@ where
                     events.push(OutboundEvent::Close(CloseReason::normal()));
                 }
             },
-            _ = ping.tick() => {
-                ping_due = true;
-                // Quiet or not, a burst's buffer kept for the next burst
-                // is given back once per ping interval.
-                outbound.release_idle_buffer();
+            _ = timer.tick() => {
+                ticks += 1;
+                ping_due = !heartbeats || ticks.is_multiple_of(2);
+                if ping_due {
+                    // Quiet or not, a burst's buffer kept for the next burst
+                    // is given back once per ping interval.
+                    outbound.release_idle_buffer();
+                }
+                // The heartbeat sent now counts as the next interval's frame.
+                heartbeat_due = heartbeats && !wrote_since_tick;
+                wrote_since_tick = heartbeat_due;
             }
         }
         let batch = Batch {
             events: &mut events,
             outbound: &mut outbound,
             ping: ping_due,
+            heartbeat: heartbeat_due,
+            wrote: &mut wrote_since_tick,
         };
         let written = write_bounded(&mut sink, batch, &socket, config.write_timeout()).await;
         events.clear();
@@ -491,11 +617,14 @@ where
 }
 
 /// What the writer has to write: the events it took, more from the queue
-/// as they come, and a ping when one is due.
+/// as they come, and a ping and a heartbeat frame when they are due.
 struct Batch<'a> {
     events: &'a mut Vec<OutboundEvent>,
     outbound: &'a mut OutboundReceiver,
     ping: bool,
+    heartbeat: bool,
+    /// Set when a frame of the queue was fed.
+    wrote: &'a mut bool,
 }
 
 /// Writes a batch and flushes once, giving up after `limit`, or as soon as
@@ -551,15 +680,24 @@ where
         events,
         outbound,
         ping,
+        heartbeat,
+        wrote,
     } = batch;
     if ping {
         sink.feed(WireMessage::Ping(Bytes::new())).await?;
+    }
+    if heartbeat {
+        sink.feed(WireMessage::Text(control::heartbeat_frame()))
+            .await?;
     }
     let mut fed = 0;
     loop {
         for event in events.drain(..) {
             match event {
-                OutboundEvent::Frame(frame) => sink.feed(WireMessage::Text(frame)).await?,
+                OutboundEvent::Frame(frame) => {
+                    *wrote = true;
+                    sink.feed(WireMessage::Text(frame)).await?;
+                }
                 // A close comes alone and ends the queue.
                 OutboundEvent::Close(reason) => return Ok(Some(reason)),
             }
@@ -642,6 +780,8 @@ mod tests {
             events: &mut events,
             outbound: &mut outbound,
             ping: false,
+            heartbeat: false,
+            wrote: &mut false,
         };
         assert_eq!(write_batch(&mut sink, batch).await.unwrap(), None);
         // Everything queued went out with one flush, up to MAX_FLUSH frames.
@@ -701,6 +841,8 @@ mod tests {
             events: &mut events,
             outbound: &mut outbound,
             ping: true,
+            heartbeat: false,
+            wrote: &mut false,
         };
         let close = write_batch(&mut sink, batch).await.unwrap();
         assert_eq!(close, Some(CloseReason::going_away()));

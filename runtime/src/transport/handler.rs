@@ -24,7 +24,8 @@ pub type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// ```
 ///
 /// Codes used by the library: [`MALFORMED_JSON`](Self::MALFORMED_JSON),
-/// [`UNKNOWN_TYPE`](Self::UNKNOWN_TYPE), [`INVALID_MESSAGE`](Self::INVALID_MESSAGE);
+/// [`UNKNOWN_TYPE`](Self::UNKNOWN_TYPE), [`INVALID_MESSAGE`](Self::INVALID_MESSAGE),
+/// [`TOKEN_REFRESH_REFUSED`](Self::TOKEN_REFRESH_REFUSED);
 /// an application may use its own. Error frames are bounded per connection
 /// ([`TransportConfig::error_frame_limit`](super::TransportConfig::error_frame_limit)
 /// per window); one more invalid message within the window closes the socket
@@ -57,6 +58,10 @@ impl InboundError {
     pub const UNKNOWN_TYPE: &'static str = "unknown_type";
     /// JSON of a known shape with wrong or missing fields, or a binary message.
     pub const INVALID_MESSAGE: &'static str = "invalid_message";
+    /// A `refresh_token` the transport refused (its detail: `invalid token`,
+    /// `other user`, `expired` or `not supported`); the connection keeps its
+    /// old deadline.
+    pub const TOKEN_REFRESH_REFUSED: &'static str = "token_refresh_refused";
 
     /// An error with an application code.
     pub fn new(code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {

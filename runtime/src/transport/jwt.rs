@@ -11,7 +11,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::auth::{AuthError, Authenticator, Identity, UpgradeRequest};
+use super::auth::{AuthError, Authenticator, Identity, RefreshError, UpgradeRequest};
 use crate::ids::{IdError, UserId};
 
 /// The default subprotocol a browser offers alongside its token.
@@ -475,6 +475,15 @@ fn unix_now() -> u64 {
         .map_or(0, |since| since.as_secs())
 }
 
+impl JwtAuthenticator {
+    /// When a connection authenticated with a token of this `exp` must end.
+    fn expiry_of(&self, exp: u64) -> Option<SystemTime> {
+        // the live connection is closed when the token stops being valid;
+        // an `exp` beyond what the clock can represent never comes
+        UNIX_EPOCH.checked_add(Duration::from_secs(exp.saturating_add(self.leeway_secs)))
+    }
+}
+
 fn unauthorized(error: JwtError) -> AuthError {
     AuthError::Unauthorized(format!("invalid token: {error}").into())
 }
@@ -506,17 +515,28 @@ impl Authenticator for JwtAuthenticator {
         };
         let verified = self.decode(token).map_err(unauthorized)?;
         let mut identity = Identity::new(verified.user_id);
-        // the live connection is closed when the token stops being valid;
-        // an `exp` beyond what the clock can represent never comes
-        identity.expires_at = UNIX_EPOCH.checked_add(Duration::from_secs(
-            verified.exp.saturating_add(self.leeway_secs),
-        ));
+        identity.expires_at = self.expiry_of(verified.exp);
         if offered_app_protocol {
             identity.subprotocol = Some(self.subprotocol.clone());
         }
         identity
             .metadata
             .insert("auth".to_owned(), serde_json::Value::from("jwt"));
+        Ok(identity)
+    }
+
+    /// Verifies the new token exactly as at the upgrade; it must name the
+    /// same user.
+    async fn refresh(&self, current: &Identity, token: &str) -> Result<Identity, RefreshError> {
+        let verified = self.decode(token).map_err(|error| match error {
+            JwtError::Expired { .. } => RefreshError::Expired,
+            other => RefreshError::Invalid(other.to_string().into()),
+        })?;
+        if verified.user_id != current.user_id {
+            return Err(RefreshError::OtherUser);
+        }
+        let mut identity = current.clone();
+        identity.expires_at = self.expiry_of(verified.exp);
         Ok(identity)
     }
 }
@@ -924,6 +944,34 @@ mod tests {
             lenient.expires_at,
             Some(UNIX_EPOCH + Duration::from_secs(exp + 30))
         );
+    }
+
+    #[tokio::test]
+    async fn a_refresh_needs_a_valid_unexpired_token_of_the_same_user() {
+        let authenticator = JwtAuthenticator::hs256(SECRET).leeway(Duration::from_secs(5));
+        let exp = in_one_hour();
+        let mut current = Identity::new(UserId::new("alice").unwrap());
+        current.subprotocol = Some(DEFAULT_SUBPROTOCOL.to_owned());
+        let fresh = encode_hs256(&json!({"sub": "alice", "exp": exp}), SECRET);
+        let refreshed = authenticator.refresh(&current, &fresh).await.unwrap();
+        assert_eq!(refreshed.user_id, current.user_id);
+        assert_eq!(refreshed.subprotocol, current.subprotocol);
+        assert_eq!(
+            refreshed.expires_at,
+            Some(UNIX_EPOCH + Duration::from_secs(exp + 5))
+        );
+        let other = encode_hs256(&json!({"sub": "mallory", "exp": exp}), SECRET);
+        let forged = encode_hs256(&json!({"sub": "alice", "exp": exp}), b"not the secret");
+        let expired = encode_hs256(&json!({"sub": "alice", "exp": unix_now() - 60}), SECRET);
+        for (token, reason) in [
+            (other.as_str(), "other user"),
+            (forged.as_str(), "invalid token"),
+            ("garbage", "invalid token"),
+            (expired.as_str(), "expired"),
+        ] {
+            let refused = authenticator.refresh(&current, token).await.unwrap_err();
+            assert_eq!(refused.reason(), reason, "{refused}");
+        }
     }
 
     #[tokio::test]

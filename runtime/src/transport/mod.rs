@@ -65,6 +65,7 @@ pub mod tungstenite;
 
 mod auth;
 mod config;
+mod control;
 mod driver;
 mod handler;
 #[cfg(any(feature = "axum", feature = "tungstenite"))]
@@ -81,11 +82,13 @@ mod wire;
 /// [`MessageHandler`] without another dependency.
 pub use async_trait::async_trait;
 pub use auth::{
-    AuthError, Authenticator, Identity, OriginPolicy, UpgradeRequest, UserScopedThreads,
+    AuthError, Authenticator, Identity, OriginPolicy, RefreshError, UpgradeRequest,
+    UserScopedThreads,
 };
 pub use config::{
     DEFAULT_HEADER_READ_TIMEOUT, TransportConfig, TransportConfigBuilder, TransportConfigError,
 };
+pub use control::{Hello, PROTOCOL_VERSION, Retention};
 pub use driver::EndReason;
 pub use handler::{
     HandlerError, HandlerFn, IgnoreMessages, InboundContext, InboundError, InboundMessage,

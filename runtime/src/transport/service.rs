@@ -10,11 +10,12 @@ use serde::Serialize;
 use super::auth::{AuthError, Authenticator, Identity, OriginPolicy, UpgradeRequest};
 use super::close;
 use super::config::TransportConfig;
-use super::driver::{self, EndReason};
+use super::control::Hello;
+use super::driver::{self, EndReason, Session};
 use super::handler::{IgnoreMessages, InboundContext, MessageHandler};
 use super::shutdown::{ConnectionTracker, LiveConnection, ShutdownReport};
 use super::wire::{WireMessage, WireSocket};
-use crate::connection::{CloseReason, WebSocketConnection, WebSocketHandle};
+use crate::connection::{CloseReason, TextFrame, WebSocketConnection, WebSocketHandle};
 use crate::dyn_manager::DynManager;
 use crate::ids::{ConnectionId, ThreadId, UserId};
 use crate::offset::StreamOffset;
@@ -282,13 +283,12 @@ impl WebSocketService {
             thread_id,
             resume,
         } = admission;
-        let expires_at = identity.expires_at;
         let mut connection = WebSocketConnection::new(identity.user_id.clone(), handle.clone());
         connection.thread_id = thread_id;
         connection.resume = resume;
-        connection.metadata = identity.metadata;
+        connection.metadata = identity.metadata.clone();
         let connection_id = connection.connection_id.clone();
-        let user_id = identity.user_id;
+        let user_id = identity.user_id.clone();
         let outcome = |end: EndReason| ConnectionOutcome {
             connection_id: connection_id.clone(),
             user_id: user_id.clone(),
@@ -323,22 +323,46 @@ impl WebSocketService {
             socket: handle.clone(),
         };
 
-        let context = InboundContext {
-            connection_id: connection_id.clone(),
-            user_id: user_id.clone(),
-            thread_id: None,
-            socket: handle.clone(),
-            manager: inner.manager.clone(),
-        };
-        let end = driver::drive(
-            socket,
-            outbound,
-            context,
+        // The hello goes straight to the socket, ahead of what the manager
+        // queued while registering (the resync notice, the replay) and of
+        // every live frame: the writer only starts draining the queue in
+        // `drive`. Since the connection is registered, every event emitted
+        // after the client read the hello reaches it.
+        let hello = Hello::new(
+            &user_id,
+            &connection_id,
+            identity.expires_at,
+            handle.stream_position(),
             &inner.config,
-            Arc::clone(&inner.handler),
-            expires_at,
-        )
-        .await;
+        );
+        let end = match send_hello(&mut socket, &hello, &inner.config).await {
+            Err(end) => {
+                handle.close(close::transport_error());
+                end
+            }
+            Ok(()) => {
+                let context = InboundContext {
+                    connection_id: connection_id.clone(),
+                    user_id: user_id.clone(),
+                    thread_id: None,
+                    socket: handle.clone(),
+                    manager: inner.manager.clone(),
+                };
+                let session = Session {
+                    authenticator: Arc::clone(&inner.authenticator),
+                    identity,
+                };
+                driver::drive(
+                    socket,
+                    outbound,
+                    context,
+                    &inner.config,
+                    Arc::clone(&inner.handler),
+                    session,
+                )
+                .await
+            }
+        };
 
         // Remove from the manager before the tracker, so that a finished
         // shutdown implies clean manager indexes.
@@ -399,6 +423,30 @@ fn refused(reason: CloseReason) -> EndReason {
     EndReason::Refused {
         code: reason.code,
         reason: reason.reason.into_owned(),
+    }
+}
+
+/// Writes the hello frame, within the write timeout; how the connection
+/// ended if it could not.
+async fn send_hello<S: WireSocket>(
+    socket: &mut S,
+    hello: &Hello,
+    config: &TransportConfig,
+) -> Result<(), EndReason> {
+    let frame = TextFrame::from_json(hello).map_err(|error| EndReason::TransportError {
+        error: format!("hello frame: {error}"),
+    })?;
+    match tokio::time::timeout(
+        config.write_timeout(),
+        socket.send(WireMessage::Text(frame)),
+    )
+    .await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(EndReason::TransportError {
+            error: error.to_string(),
+        }),
+        Err(_) => Err(EndReason::WriteStalled),
     }
 }
 

@@ -62,7 +62,7 @@ use crate::ids::{ConnectionId, ThreadId, UserId};
 use crate::managers::core::next_stream;
 use crate::managers::events::{ResyncNotice, ResyncReason, validate_event_type};
 use crate::managers::fan_out::{FanOut, bump};
-use crate::offset::StreamOffset;
+use crate::offset::{StreamOffset, StreamPosition};
 use crate::protocol::WebSocketManager;
 use crate::registry::{BuildContext, BuildError, ConstructManager};
 use crate::websocket_manager;
@@ -476,6 +476,7 @@ impl WebSocketManager for ClusterWebSocketManager {
         let user = connection.user_id.clone();
         let id = connection.connection_id.clone();
         let resume = connection.resume;
+        let socket = connection.websocket.clone();
         shared.local.begin(connection)?;
         let history = match shared
             .backplane
@@ -496,6 +497,29 @@ impl WebSocketManager for ClusterWebSocketManager {
         let now = unix_millis(SystemTime::now());
         let (notice, events) = plan(&history, resume, shared.config.history_max_age(), now);
         let head = StreamOffset::new(history.stream, history.head);
+        // For the transport's `hello`: what Redis holds. The read returned
+        // the entries from `read_from` on, filtered by age; when it started
+        // at the stream's first entry, the first one left is the oldest a
+        // client can still get, else the stream's first entry is.
+        let read_from = match resume {
+            Some(offset) if offset.stream == history.stream => offset.sequence + 1,
+            Some(_) => 1,
+            None => history.taken + 1,
+        };
+        let oldest = if history.oldest == 0 {
+            None
+        } else if read_from <= history.oldest {
+            events.first().map(|e| e.sequence)
+        } else {
+            Some(history.oldest)
+        };
+        socket.record_stream_position(StreamPosition::new(
+            Some(head),
+            oldest.map(|sequence| StreamOffset::new(history.stream, sequence)),
+            shared.config.history_capacity(),
+            shared.config.history_max_age(),
+        ));
+        drop(socket);
         let replay = Replay {
             notice: match &notice {
                 Some(notice) => Some(TextFrame::from_json(notice)?),
