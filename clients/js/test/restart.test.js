@@ -1,0 +1,55 @@
+// A server killed with SIGKILL mid-run and restarted on the same port: the
+// client reconnects by itself, resumes with its offset, and (the in-memory
+// manager forgot everything) shows the `unknown_stream` resync before any
+// event of the new stream; never a silent fresh start.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { Client } from "../src/index.js";
+import { AgentServer, RUN, contiguous, freePort, record, until } from "./support.js";
+
+test("SIGKILL mid-run and a restart on the same port: the client resumes and announces the unknown_stream resync", { timeout: 90_000 }, async () => {
+  const port = await freePort();
+  let server = await AgentServer.start({ port });
+  const client = new Client({
+    urls: server.wsUrl,
+    getToken: () => server.token("alice"), // the restarted server has a new demo secret
+    thread: "alice:restart",
+    backoffBaseMs: 50,
+    backoffMaxMs: 500,
+  });
+  const log = record(client);
+  try {
+    client.connect();
+    await until(() => client.state === "open", "the first hello");
+    client.send({ type: "run", prompt: "before the crash" });
+    await until(() => log.critical.length >= 2, "two events of the first run");
+    await server.kill();
+    const before = log.critical.length;
+    const oldStream = log.critical[0].stream;
+    assert.ok(contiguous(log.critical) && log.critical[0].sequence === 1, JSON.stringify(log.critical));
+
+    server = await AgentServer.start({ port });
+    await until(() => log.resyncs.length === 1, "the resync notice after the restart");
+    const { notice, afterCritical } = log.resyncs[0];
+    assert.equal(notice.reason, "unknown_stream", JSON.stringify(notice));
+    assert.deepEqual(notice.requested, { stream: oldStream, sequence: log.critical[afterCritical - 1].sequence });
+    assert.notEqual(notice.latest.stream, oldStream);
+    assert.equal(afterCritical, log.critical.length, "the notice comes before any event of the new stream");
+    assert.equal(client.offset?.stream, notice.latest.stream, "the client goes on on the new stream");
+    assert.ok(log.disconnects.length >= 1 && log.disconnects.every((d) => d.action === "backoff"), JSON.stringify(log.disconnects));
+
+    // The client goes on: a new run arrives whole, on the new stream.
+    await until(() => client.state === "open", "open again");
+    client.send({ type: "run", prompt: "after the restart" });
+    await until(() => log.critical.some((e) => e.stream !== oldStream && e.type === "final_answer"), "the new run's answer");
+    const after = log.critical.slice(before);
+    assert.deepEqual(after.map((e) => e.type), RUN, JSON.stringify(after));
+    assert.ok(contiguous(after) && after[0].sequence === 1, JSON.stringify(after));
+    assert.ok(after.every((e) => e.stream === notice.latest.stream));
+    assert.equal(client.stats.hellos, 2);
+  } finally {
+    client.close();
+    await server.kill();
+  }
+});
