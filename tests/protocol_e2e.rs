@@ -311,7 +311,10 @@ async fn run_after_hello(
         close(other_tab).await;
         let deadline = tokio::time::Instant::now() + STEP;
         while !manager.get_user_connections(&alice()).is_empty() {
-            assert!(tokio::time::Instant::now() < deadline, "alice's tabs stay registered");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "alice's tabs stay registered"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -673,7 +676,10 @@ async fn hello_reports_the_managers_own_position(
         close(tab).await;
         let deadline = tokio::time::Instant::now() + STEP;
         while !manager.get_user_connections(&alice()).is_empty() {
-            assert!(tokio::time::Instant::now() < deadline, "{name}: alice stays registered");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name}: alice stays registered"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }

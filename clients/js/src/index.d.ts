@@ -248,6 +248,8 @@ export declare class Client {
   readonly state: ClientState;
   /** The offset of the last critical event processed, or `null`. */
   readonly offset: Offset | null;
+  /** The offset the current (or last) connection resumed from (`resume`), or `null`. */
+  readonly resumedFrom: Offset | null;
   /** The current connection's `hello`, or `null`. */
   readonly hello: HelloFrame | null;
   /** The URL of the current (or next) attempt. */

@@ -243,6 +243,7 @@ export class Client {
     /** @private @type {WebSocket | null} */ this.socket = null;
     /** @private @type {any} */ this.helloFrame = null;
     /** @private @type {string | null} */ this.user = options.user ?? null;
+    /** @private @type {import("./index.js").Offset | null} */ this.resumeSent = null;
     /** @private @type {import("./index.js").Offset | null} */
     this.lastOffset = this.user ? parseOffset(this.store.get(offsetKey(this.user))) : null;
     /** @private @type {ReturnType<typeof setTimeout> | undefined} */ this.reconnectTimer = undefined;
@@ -265,6 +266,11 @@ export class Client {
   /** The offset of the last critical event processed, or `null`. */
   get offset() {
     return this.lastOffset ? { ...this.lastOffset } : null;
+  }
+
+  /** The offset the current (or last) connection resumed from, or `null` (none was sent). */
+  get resumedFrom() {
+    return this.resumeSent ? { ...this.resumeSent } : null;
   }
 
   /** The last `hello` frame of the current connection, or `null`. */
@@ -447,7 +453,8 @@ export class Client {
     }
     if (generation !== this.generation) return;
     if (this.thread !== null) url.searchParams.set("thread", this.thread);
-    if (this.lastOffset) url.searchParams.set("resume", formatOffset(this.lastOffset));
+    this.resumeSent = this.lastOffset ? { ...this.lastOffset } : null;
+    if (this.resumeSent) url.searchParams.set("resume", formatOffset(this.resumeSent));
     else url.searchParams.delete("resume");
     let socket;
     try {
