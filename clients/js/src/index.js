@@ -192,6 +192,9 @@ export function offsetKey(user) {
   return `websocket-manager.offset.${user}`;
 }
 
+/** A token closer than this to its deadline is replaced before a connection attempt. */
+const TOKEN_MIN_VALIDITY_MS = 30_000;
+
 /** Frame types of the protocol itself, never passed on as `message`. */
 const CONTROL = new Set(["hello", "heartbeat", "token_refreshed"]);
 
@@ -251,6 +254,7 @@ export class Client {
     /** @private @type {ReturnType<typeof setTimeout> | undefined} */ this.refreshTimer = undefined;
     /** @private @type {{resolve: Function, reject: Function} | null} */ this.pendingRefresh = null;
     /** @private @type {number | null} the token's deadline, server clock (ms) */ this.tokenExpiresAt = null;
+    /** @private @type {number | null} the same deadline on this machine's clock */ this.tokenDeadline = null;
     /** @private @type {Array<() => Promise<void> | void>} */ this.queue = [];
     /** @private */ this.draining = false;
     /** @private */ this.generation = 0;
@@ -438,10 +442,14 @@ export class Client {
     const url = new URL(this.url);
     let token;
     try {
-      if (this.tokenStale || this.token === null) {
+      // A token that expires within 30 s would be refused, or would need a
+      // refresh at once (docs/protocol.md, 1.3): get a new one first.
+      const expiring = this.tokenDeadline !== null && this.tokenDeadline - Date.now() < TOKEN_MIN_VALIDITY_MS;
+      if (this.tokenStale || this.token === null || expiring) {
         token = await this.getToken();
         this.token = token;
         this.tokenStale = false;
+        this.tokenDeadline = null; // known again from the next hello
       } else {
         token = this.token;
       }
@@ -580,10 +588,10 @@ export class Client {
     this.attempt = 0;
     this.failuresBeforeOpen = 0;
     if (typeof hello.user === "string" && hello.user !== this.user) {
-      // Another user (or the first hello): their offset is theirs alone.
+      // The first hello, or a token of another user: from now on the
+      // offset is this user's (none when nothing is kept for them).
       this.user = hello.user;
-      const kept = parseOffset(this.store.get(offsetKey(hello.user)));
-      if (kept) this.lastOffset = kept;
+      this.lastOffset = parseOffset(this.store.get(offsetKey(hello.user)));
     }
     this.resetDeadTimer(connection);
     this.scheduleRefresh(hello.token_expires_at, hello.ts);
@@ -651,14 +659,28 @@ export class Client {
     if (this.user !== null) this.store.set(offsetKey(this.user), formatOffset(offset));
   }
 
-  /** @private @param {number | null | undefined} expiresAt @param {number | undefined} serverNow */
+  /**
+   * Schedules the next refresh from the connection's deadline.
+   * @private @param {number | null | undefined} expiresAt the deadline, server clock
+   * @param {number | undefined} serverNow the server's clock when it said so
+   */
   scheduleRefresh(expiresAt, serverNow) {
+    this.tokenExpiresAt = typeof expiresAt === "number" ? expiresAt : null;
+    if (typeof expiresAt !== "number") {
+      this.tokenDeadline = null;
+      this.armRefresh(null);
+      return;
+    }
+    const remaining = expiresAt - (typeof serverNow === "number" ? serverNow : Date.now());
+    this.tokenDeadline = Date.now() + remaining;
+    this.armRefresh(Math.max(0, remaining * this.options.refreshRatio));
+  }
+
+  /** @private @param {number | null} delay ms, or `null` for no refresh */
+  armRefresh(delay) {
     clearTimeout(this.refreshTimer);
     this.refreshTimer = undefined;
-    this.tokenExpiresAt = typeof expiresAt === "number" ? expiresAt : null;
-    if (typeof expiresAt !== "number") return;
-    const remaining = expiresAt - (typeof serverNow === "number" ? serverNow : Date.now());
-    const delay = Math.max(0, remaining * this.options.refreshRatio);
+    if (delay === null) return;
     const generation = this.generation;
     this.refreshTimer = setTimeout(() => {
       if (generation !== this.generation || this.currentState !== "open") return;
@@ -675,10 +697,9 @@ export class Client {
     // deadline stays: if none comes, the server closes with 4401 and the
     // client reconnects with a new token.
     if (detail !== "invalid token" && detail !== "expired") return;
-    const expiresAt = this.tokenExpiresAt;
-    if (expiresAt === null) return;
-    // half of what is left, against the same (server) clock
-    this.scheduleRefresh(expiresAt, expiresAt - (expiresAt - Date.now()) * (0.5 / this.options.refreshRatio));
+    if (this.tokenDeadline === null) return;
+    // once more, when half of what is left has passed
+    this.armRefresh(Math.max(0, (this.tokenDeadline - Date.now()) / 2));
   }
 
   /** @private @param {boolean} ok @param {unknown} value */

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { Client } from "../src/index.js";
-import { AgentServer, RUN, contiguous, record, until } from "./support.js";
+import { AgentServer, RUN, contiguous, record, sleep, until } from "./support.js";
 
 const runs = (n) => Array.from({ length: n }, () => RUN).flat();
 
@@ -88,6 +88,34 @@ test("a token left to expire: closed with 4401, back with a new token and the of
     assert.deepEqual(log.critical.map((e) => e.type), RUN);
     assert.ok(contiguous(log.critical));
     assert.equal(log.resyncs.length, 0);
+  } finally {
+    client.close();
+    await server.kill();
+  }
+});
+
+test("a token close to its deadline is replaced before a connection attempt, not sent to be refused", { timeout: 30_000 }, async () => {
+  const server = await AgentServer.start();
+  let tokens = 0;
+  const client = new Client({
+    urls: server.wsUrl,
+    getToken: () => {
+      tokens += 1;
+      return server.token("alice", 2);
+    },
+    refreshRatio: 10, // no in-band refresh: the connection is closed first
+  });
+  const log = record(client);
+  try {
+    client.connect();
+    await until(() => client.state === "open", "open");
+    client.close();
+    await sleep(2500); // the token has expired
+    client.connect();
+    await until(() => client.state === "open", "open again");
+    assert.equal(tokens, 2);
+    assert.equal(client.stats.connects, 2, "no attempt with the expired token");
+    assert.deepEqual(log.disconnects, []);
   } finally {
     client.close();
     await server.kill();
