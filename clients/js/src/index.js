@@ -220,6 +220,17 @@ export class Client {
     }
     const urls = typeof options.urls === "string" ? [options.urls] : [...(options.urls ?? [])];
     if (urls.length === 0) throw new TypeError("Client: options.urls needs at least one URL");
+    for (const url of urls) {
+      let protocol;
+      try {
+        protocol = new URL(url).protocol;
+      } catch {
+        throw new TypeError(`Client: ${JSON.stringify(url)} is not a URL`);
+      }
+      if (protocol !== "ws:" && protocol !== "wss:") {
+        throw new TypeError(`Client: ${JSON.stringify(url)} is not a ws: or wss: URL`);
+      }
+    }
     /** @private */ this.urls = urls;
     /** @private */ this.getToken = options.getToken;
     /** @private */ this.thread = options.thread ?? null;
@@ -506,7 +517,8 @@ export class Client {
     if (this.socket !== connection.socket) return;
     detach(connection.socket);
     try {
-      connection.socket.close(4000, reason.slice(0, 120));
+      // a close reason is at most 123 bytes of UTF-8
+      connection.socket.close(4000, reason.slice(0, 40));
     } catch {
       // already closing
     }

@@ -53,3 +53,34 @@ test("SIGKILL mid-run and a restart on the same port: the client resumes and ann
     await server.kill();
   }
 });
+
+test("a server shut down cleanly closes with 1001: the client backs off, reconnects when it is back, and skips a dead URL", { timeout: 60_000 }, async () => {
+  const port = await freePort();
+  const nobody = await freePort(); // nothing listens there
+  let server = await AgentServer.start({ port });
+  const client = new Client({
+    urls: [`ws://127.0.0.1:${nobody}/ws`, server.wsUrl],
+    getToken: () => server.token("alice"),
+    backoffBaseMs: 50,
+    backoffMaxMs: 500,
+  });
+  const log = record(client);
+  try {
+    client.connect();
+    await until(() => client.state === "open", "open through the second URL");
+    assert.equal(client.url, server.wsUrl);
+    assert.equal(log.disconnects[0]?.beforeHello, true, JSON.stringify(log.disconnects));
+    const before = log.disconnects.length;
+    server.child.kill("SIGINT"); // the example's graceful shutdown: 1001 to every socket
+    await until(() => log.disconnects.length > before, "the shutdown's close");
+    const shutdown = log.disconnects[before];
+    assert.equal(shutdown.code, 1001, JSON.stringify(shutdown));
+    assert.equal(shutdown.action, "backoff");
+    await until(() => server.child.exitCode !== null, "the server to exit");
+    server = await AgentServer.start({ port });
+    await until(() => client.state === "open" && client.stats.hellos === 2, "open again", 30_000);
+  } finally {
+    client.close();
+    await server.kill();
+  }
+});

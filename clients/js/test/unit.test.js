@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
+  Client,
   CLOSE_CODES,
   DEFAULTS,
   MemoryOffsetStore,
@@ -103,4 +104,18 @@ test("offset stores: memory by default in Node, Web Storage when given, and a br
   }));
   assert.equal(broken.get("k"), null);
   broken.set("k", "1:1");
+});
+
+test("the client refuses what it could never connect to, at construction", () => {
+  const getToken = () => "token";
+  assert.throws(() => new Client({ urls: [], getToken }), /at least one URL/);
+  assert.throws(() => new Client({ urls: "not a url", getToken }), /is not a URL/);
+  assert.throws(() => new Client({ urls: "http://127.0.0.1/ws", getToken }), /not a ws: or wss: URL/);
+  assert.throws(() => new Client(/** @type {any} */ ({ urls: "ws://127.0.0.1/ws" })), /getToken/);
+  const client = new Client({ urls: ["ws://127.0.0.1:1/ws", "wss://example.test/ws"], getToken });
+  assert.equal(client.state, "idle");
+  assert.equal(client.offset, null);
+  assert.equal(client.send({ type: "run" }), false, "nothing is sent, or queued, before a connection");
+  client.close();
+  assert.equal(client.state, "closed");
 });
