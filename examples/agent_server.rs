@@ -18,6 +18,13 @@
 //!   -> 401, foreign `Origin` or another user's thread -> 403, malformed
 //!   `resume` -> 400. With `resume` (the offset of the last critical event
 //!   the client saw) the connection first gets every critical event after it.
+//!   The socket speaks the library's wire protocol (`docs/protocol.md`): the
+//!   first frame is `hello` (sent once the connection is registered: the
+//!   user, the token's expiry, the latest offset, the retention window),
+//!   then any `resync` notice and the replay; a `heartbeat` frame fills each
+//!   idle ping interval; `{"type":"refresh_token","token":"..."}` with a
+//!   fresh token of the same user moves the connection's deadline (4401
+//!   `token expired`) without a reconnect.
 //!   Send `{"type":"run","prompt":"..."}` to start an agent run.
 //!   A user may run `--max-runs-per-user` agents at once (default 4), the
 //!   server `--max-runs` (default 64); past either limit the answer is

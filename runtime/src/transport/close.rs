@@ -13,9 +13,14 @@
 //! | a WebSocket protocol violation (unmasked client frame, reserved bits, bad opcode...) | 1002 |
 //! | inbound message or frame over the limit | 1009 |
 //! | the registration failed, or reading failed, for an internal reason | 1011 |
+//! | the manager could not fit the replay into the new socket's queue | 1013 `replay did not fit; reconnect` |
+//! | cluster manager: the connection missed events this node cannot fill in order, or the node was cut off | 1012 (`RESUME_CLOSE_CODE`, feature `redis`) |
 //! | the token the connection was authenticated with expired ([`Identity::expires_at`](super::Identity::expires_at)) | 4401 `token expired` |
 //! | no frame (not even a pong) within `idle_timeout` | 4408 |
 //! | one write stalled longer than `write_timeout` | 4409 (rarely seen: the client is not reading) |
+//!
+//! What a client does on each code (reconnect at once, with backoff, after a
+//! new token, or never) is in `docs/protocol.md`, section 7.
 
 use crate::connection::CloseReason;
 use crate::error::ManagerError;
@@ -37,6 +42,9 @@ pub const INVALID_PAYLOAD: u16 = 1007;
 /// 1008: a policy was violated (slow consumer, connection cap, too many
 /// invalid messages).
 pub const POLICY_VIOLATION: u16 = 1008;
+/// 1013: try again later; the manager could not replay what the new
+/// connection is owed into its queue.
+pub const TRY_AGAIN_LATER: u16 = 1013;
 /// 4401: the token the connection was authenticated with expired; the
 /// client should reconnect with a fresh one. The reason is `token expired`.
 pub const TOKEN_EXPIRED: u16 = 4401;
@@ -91,6 +99,11 @@ pub(crate) fn registration_refused(error: &ManagerError) -> CloseReason {
             CloseReason::policy("connection refused: isolation violation")
         }
         ManagerError::ShutDown => CloseReason::going_away(),
+        // Nothing is wrong with the client: a fresh attempt, with its
+        // offset, fits once the user's backlog is smaller.
+        ManagerError::ReplayFailed { .. } => {
+            CloseReason::new(TRY_AGAIN_LATER, "replay did not fit; reconnect")
+        }
         _ => CloseReason::new(INTERNAL_ERROR, "registration failed"),
     }
 }
@@ -117,5 +130,11 @@ mod tests {
         assert_eq!(registration_refused(&ManagerError::ShutDown).code, 1001);
         let duplicate = ManagerError::DuplicateConnection(crate::ConnectionId::generate());
         assert_eq!(registration_refused(&duplicate).code, 1011);
+        let replay = ManagerError::ReplayFailed {
+            connection_id: crate::ConnectionId::generate(),
+            replayed: 3,
+            total: 9,
+        };
+        assert_eq!(registration_refused(&replay).code, 1013);
     }
 }

@@ -15,6 +15,32 @@
 //!   [`tungstenite`](mod@self::tungstenite) (feature `tungstenite`). Any
 //!   other library plugs in through [`WireSocket`].
 //!
+//! # The wire protocol
+//!
+//! What travels on the socket is specified, normatively, in
+//! `docs/protocol.md` at the root of the repository (the upgrade and its
+//! refusals, every frame in both directions, and the client's action on
+//! each close code). The transport's own part of it:
+//!
+//! * **`hello` first.** Once the manager has registered the connection,
+//!   the service writes a [`Hello`] straight to the socket, before the
+//!   writer drains what the manager queued while registering (a `resync`
+//!   notice, the replay) and before any live frame. So every event emitted
+//!   after the client read the hello reaches it. The hello carries the
+//!   user, the connection id, the token's expiry, the stream's latest offset
+//!   and the retention window, which the manager records on the socket
+//!   ([`WebSocketHandle::record_stream_position`](crate::WebSocketHandle::record_stream_position)).
+//! * **Heartbeat frames.** On the ping timer, a `{"type":"heartbeat","ts":...}`
+//!   frame when nothing else was written, so a browser (which cannot see
+//!   pings) receives a frame at least every `ping_interval`
+//!   ([`TransportConfig::heartbeat_frames`]).
+//! * **In-band token refresh.** `{"type":"refresh_token","token":...}` from the
+//!   client is verified by [`Authenticator::refresh`] (same user), moves the
+//!   connection's deadline and is answered `token_refreshed`; a refusal is an
+//!   `error` frame with code `token_refresh_refused`, and the old deadline
+//!   (4401) stays. `refresh_token` and `heartbeat` frames never reach the
+//!   [`MessageHandler`].
+//!
 //! Serve with [`axum::serve`](fn@self::axum::serve) or
 //! [`tungstenite::serve`](fn@self::tungstenite::serve): both set
 //! `TCP_NODELAY` on every accepted socket (with Nagle's algorithm on, a

@@ -265,8 +265,11 @@ impl WebSocketService {
         })
     }
 
-    /// Registers an upgraded socket with the manager and drives it until it
-    /// ends, then removes it from the manager. Returns how it ended.
+    /// Registers an upgraded socket with the manager, writes the protocol's
+    /// `hello` frame (only now: from then on every event reaches the
+    /// connection, and the hello precedes any notice, replay or live frame),
+    /// drives the connection until it ends, then removes it from the
+    /// manager. Returns how it ended.
     ///
     /// A refused registration (per-user cap, isolation, shutdown) closes the
     /// socket at once with the matching close code and reason.
