@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { Client } from "../src/index.js";
-import { AgentServer, RUN, contiguous, freePort, record, until } from "./support.js";
+import { AgentServer, RUN, contiguous, freePort, record, sleep, until } from "./support.js";
 
 test("SIGKILL mid-run and a restart on the same port: the client resumes and announces the unknown_stream resync", { timeout: 90_000 }, async () => {
   const port = await freePort();
@@ -19,6 +19,18 @@ test("SIGKILL mid-run and a restart on the same port: the client resumes and ann
     backoffMaxMs: 500,
   });
   const log = record(client);
+  // The application reloads its state on the notice, and the events that
+  // follow wait for it ("reload your state, then go on").
+  let reloading = false;
+  const deliveredDuringReload = [];
+  client.on("resync", async () => {
+    reloading = true;
+    await sleep(800);
+    reloading = false;
+  });
+  client.on("critical", (event) => {
+    if (reloading) deliveredDuringReload.push(event);
+  });
   try {
     client.connect();
     await until(() => client.state === "open", "the first hello");
@@ -29,24 +41,30 @@ test("SIGKILL mid-run and a restart on the same port: the client resumes and ann
     const oldStream = log.critical[0].stream;
     assert.ok(contiguous(log.critical) && log.critical[0].sequence === 1, JSON.stringify(log.critical));
 
+    // start the next run as soon as the client is back: its events arrive
+    // while the application still reloads
+    const off = client.on("hello", () => {
+      off();
+      client.send({ type: "run", prompt: "after the restart" });
+    });
     server = await AgentServer.start({ port });
     await until(() => log.resyncs.length === 1, "the resync notice after the restart");
     const { notice, afterCritical } = log.resyncs[0];
     assert.equal(notice.reason, "unknown_stream", JSON.stringify(notice));
     assert.deepEqual(notice.requested, { stream: oldStream, sequence: log.critical[afterCritical - 1].sequence });
     assert.notEqual(notice.latest.stream, oldStream);
-    assert.equal(afterCritical, log.critical.length, "the notice comes before any event of the new stream");
-    assert.equal(client.offset?.stream, notice.latest.stream, "the client goes on on the new stream");
+    assert.equal(afterCritical, before, "the notice comes before any event of the new stream");
     assert.ok(log.disconnects.length >= 1 && log.disconnects.every((d) => d.action === "backoff"), JSON.stringify(log.disconnects));
 
-    // The client goes on: a new run arrives whole, on the new stream.
-    await until(() => client.state === "open", "open again");
-    client.send({ type: "run", prompt: "after the restart" });
+    // The client goes on: the new run arrives whole, on the new stream,
+    // after the reload.
     await until(() => log.critical.some((e) => e.stream !== oldStream && e.type === "final_answer"), "the new run's answer");
     const after = log.critical.slice(before);
     assert.deepEqual(after.map((e) => e.type), RUN, JSON.stringify(after));
     assert.ok(contiguous(after) && after[0].sequence === 1, JSON.stringify(after));
     assert.ok(after.every((e) => e.stream === notice.latest.stream));
+    assert.equal(client.offset?.stream, notice.latest.stream, "the client went on on the new stream");
+    assert.deepEqual(deliveredDuringReload, [], "nothing delivered while the application reloaded");
     assert.equal(client.stats.hellos, 2);
   } finally {
     client.close();
