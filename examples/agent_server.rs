@@ -36,8 +36,14 @@
 //!   * `GET /health/{user}`: that user's connections and counters (JSON).
 //!   * `GET /managers`: the startup validation report (JSON).
 //!   * `GET /metrics`: the manager's counters and gauges, Prometheus text.
-//! * `POST /demo-token` (`--demo` only): `{"user":"alice"}` -> a 15-minute token.
-//! * `GET /`: the demo page.
+//! * `POST /demo-token` (`--demo` only): `{"user":"alice"}` -> a 15-minute
+//!   token; `{"user":"alice","ttl_seconds":5}` -> a shorter one (1 to 900 s),
+//!   to watch the client refresh it in-band.
+//! * `GET /`: the demo page, built on the official JavaScript client
+//!   (`clients/js`), which it loads from `GET /client.js`.
+//!
+//! `--ping-interval-ms N` sets how often the server pings (and, when the
+//! connection is idle, sends its `heartbeat` frame); 25 s by default.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -86,6 +92,9 @@ const DRAIN: Duration = Duration::from_secs(5);
 
 /// The demo page, served at `/`.
 const PAGE: &str = include_str!("agent_server_page.html");
+/// The official JavaScript client (an ES module), served at `/client.js`
+/// for the demo page: the page has no protocol code of its own.
+const CLIENT_JS: &str = include_str!("../clients/js/src/index.js");
 
 #[derive(Clone)]
 struct AppState {
@@ -146,9 +155,11 @@ struct Args {
     max_runs: usize,
     max_runs_per_user: usize,
     operator_token: Option<String>,
+    /// `--ping-interval-ms N`: the transport's ping (and heartbeat) interval.
+    ping_interval: Option<Duration>,
 }
 
-const USAGE: &str = "usage: agent_server [--demo] [--port N] [--redis URL] [--max-runs N] [--max-runs-per-user N] [--operator-token TOKEN]";
+const USAGE: &str = "usage: agent_server [--demo] [--port N] [--redis URL] [--max-runs N] [--max-runs-per-user N] [--operator-token TOKEN] [--ping-interval-ms N]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -158,6 +169,7 @@ fn parse_args() -> Result<Args, String> {
         max_runs: MAX_RUNS,
         max_runs_per_user: MAX_RUNS_PER_USER,
         operator_token: std::env::var("AGENT_SERVER_OPERATOR_TOKEN").ok(),
+        ping_interval: None,
     };
     let mut rest = std::env::args().skip(1);
     while let Some(arg) = rest.next() {
@@ -174,6 +186,10 @@ fn parse_args() -> Result<Args, String> {
             "--max-runs-per-user" => args.max_runs_per_user = positive(&arg, &value()?)?,
             "--operator-token" => args.operator_token = Some(value()?),
             "--redis" => args.redis = Some(value()?),
+            "--ping-interval-ms" => {
+                let ms = positive(&arg, &value()?)?;
+                args.ping_interval = Some(Duration::from_millis(ms as u64));
+            }
             other => return Err(format!("unknown argument `{other}`; {USAGE}")),
         }
     }
@@ -332,10 +348,11 @@ async fn main() -> ExitCode {
     let addr = listener
         .local_addr()
         .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, args.port)));
-    let transport = match TransportConfig::builder()
-        .manager_config(&manager_config)
-        .build()
-    {
+    let mut transport = TransportConfig::builder().manager_config(&manager_config);
+    if let Some(interval) = args.ping_interval {
+        transport = transport.ping_interval(interval);
+    }
+    let transport = match transport.build() {
         Ok(config) => config,
         Err(error) => {
             eprintln!("{error}");
@@ -374,6 +391,7 @@ async fn main() -> ExitCode {
         ));
     let app = axum::Router::new()
         .route("/", get(page))
+        .route("/client.js", get(client_js))
         .route("/ws", get(websocket_manager::transport::axum::upgrade))
         .route("/demo-token", post(demo_token))
         .merge(operator)
@@ -415,6 +433,13 @@ async fn main() -> ExitCode {
 
 async fn page() -> Html<&'static str> {
     Html(PAGE)
+}
+
+async fn client_js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        CLIENT_JS,
+    )
 }
 
 /// Lets a request through to an operator route only with the operator
@@ -494,13 +519,24 @@ async fn demo_token(State(state): State<AppState>, body: Option<Json<Value>>) ->
         Ok(user) => user,
         Err(error) => return (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
     };
+    // A shorter lifetime on request, to watch a client refresh its token.
+    let ttl = match body.as_ref().and_then(|Json(body)| body.get("ttl_seconds")) {
+        None => DEMO_TOKEN_TTL,
+        Some(ttl) => match ttl.as_u64() {
+            Some(ttl @ 1..=DEMO_TOKEN_TTL) => ttl,
+            _ => {
+                let message = format!("ttl_seconds must be 1 to {DEMO_TOKEN_TTL}, not {ttl}");
+                return (StatusCode::BAD_REQUEST, message).into_response();
+            }
+        },
+    };
     let claims = json!({
         "sub": user.as_str(),
         "aud": AUDIENCE,
-        "exp": unix_now() + DEMO_TOKEN_TTL,
+        "exp": unix_now() + ttl,
     });
     let token = encode_hs256(&claims, &secret);
-    Json(json!({"token": token, "user": user, "expires_in": DEMO_TOKEN_TTL})).into_response()
+    Json(json!({"token": token, "user": user, "expires_in": ttl})).into_response()
 }
 
 fn unix_now() -> u64 {

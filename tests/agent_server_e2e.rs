@@ -583,6 +583,136 @@ async fn the_demo_page_resumes_after_a_drop_in_headless_chromium() {
     assert_eq!(state["done"], true, "{rows:?}");
 }
 
+/// The page's rows, status and counters; `done` once `finals` final
+/// answers are shown.
+fn page_state(finals: usize) -> String {
+    format!(
+        r#"(() => {{
+  const rows = [...document.querySelectorAll('#log tr')].map(r => [...r.cells].map(c => c.textContent));
+  const text = (id) => document.getElementById(id).textContent;
+  return {{rows, offset: text('offset'), status: text('status'), refreshes: text('refreshes'),
+          done: rows.filter(r => r[1].startsWith('final_answer')).length >= {finals}}};
+}})()"#
+    )
+}
+
+/// The `stream:seq` cells of the critical events shown, as numbers.
+fn shown_offsets(rows: &[(String, String, String)]) -> Vec<(u64, u64)> {
+    rows.iter()
+        .filter(|(kind, offset, _)| !offset.is_empty() && kind != "resync notice")
+        .map(|(_, offset, _)| {
+            let (stream, seq) = offset.split_once(':').unwrap();
+            (stream.parse().unwrap(), seq.parse().unwrap())
+        })
+        .collect()
+}
+
+/// The page (on the JavaScript client) through a server killed with SIGKILL
+/// and restarted on its port: it reconnects by itself, shows the
+/// `unknown_stream` resync notice (the in-memory manager forgot the user),
+/// and the next run arrives whole on the new stream.
+#[tokio::test]
+async fn the_demo_page_reconnects_by_itself_through_a_server_restart_in_headless_chromium() {
+    let Some(mut browser) = Browser::launch().await else {
+        return;
+    };
+    let server = Server::start(&[]);
+    let addr = server.addr;
+    let tab = browser
+        .open(&format!("http://{addr}/?auto=run&user=frank"))
+        .await;
+    let state = browser
+        .wait_for(&tab, &page_state(1), Duration::from_secs(30))
+        .await;
+    assert_eq!(state["done"], true, "{:?}", page_rows(&state));
+    drop(server); // SIGKILL
+    let _server = Server::start(&["--port", &addr.port().to_string()]);
+    const BACK: &str = r#"(() => {
+  const rows = [...document.querySelectorAll('#log tr')].map(r => [...r.cells].map(c => c.textContent));
+  return {rows, done: document.getElementById('status').textContent === 'open'
+                      && rows.some(r => r[1] === 'resync notice')};
+})()"#;
+    let state = browser.wait_for(&tab, BACK, Duration::from_secs(30)).await;
+    assert_eq!(
+        state["done"],
+        true,
+        "no reconnect with a notice: {:?}",
+        page_rows(&state)
+    );
+    browser
+        .call(
+            Some(&tab),
+            "Runtime.evaluate",
+            json!({"expression": "document.getElementById('run').click()"}),
+        )
+        .await;
+    let state = browser
+        .wait_for(&tab, &page_state(2), Duration::from_secs(30))
+        .await;
+    let rows = page_rows(&state);
+    assert_eq!(state["done"], true, "no second answer: {rows:?}");
+    let offsets = shown_offsets(&rows);
+    assert_eq!(offsets.len(), 12, "{rows:?}");
+    let (old, new) = offsets.split_at(6);
+    assert!(old.iter().all(|(s, _)| *s == old[0].0), "{rows:?}");
+    assert!(new.iter().all(|(s, _)| *s == new[0].0), "{rows:?}");
+    assert_ne!(old[0].0, new[0].0, "a new stream after the restart");
+    let sequences = |events: &[(u64, u64)]| events.iter().map(|(_, q)| *q).collect::<Vec<_>>();
+    assert_eq!(sequences(old), [1, 2, 3, 4, 5, 6], "{rows:?}");
+    assert_eq!(sequences(new), [1, 2, 3, 4, 5, 6], "{rows:?}");
+    // the notice sits between the two runs, and names the reason
+    let notice = rows
+        .iter()
+        .position(|(kind, _, _)| kind == "resync notice")
+        .unwrap();
+    let first_new = rows
+        .iter()
+        .position(|(_, offset, _)| offset == &format!("{}:1", new[0].0))
+        .unwrap();
+    let last_old = rows
+        .iter()
+        .position(|(_, offset, _)| offset == &format!("{}:6", old[0].0))
+        .unwrap();
+    assert!(last_old < notice && notice < first_new, "{rows:?}");
+    assert!(rows[notice].2.contains("unknown_stream"), "{rows:?}");
+    assert!(
+        rows.iter()
+            .any(|(kind, _, details)| kind == "close" && details.contains("reconnecting in")),
+        "the page says it reconnects: {rows:?}"
+    );
+    assert_eq!(state["offset"], format!("{}:6", new[0].0));
+}
+
+/// The page through token refreshes: with 2-second tokens a run outlives
+/// several of them; the client refreshes in-band, so there is one
+/// connection, no close, and every event once.
+#[tokio::test]
+async fn the_demo_page_refreshes_its_token_in_band_in_headless_chromium() {
+    let Some(mut browser) = Browser::launch().await else {
+        return;
+    };
+    let server = Server::start(&[]);
+    let tab = browser
+        .open(&format!("http://{}/?auto=run&user=gina&ttl=2", server.addr))
+        .await;
+    let state = browser
+        .wait_for(&tab, &page_state(1), Duration::from_secs(30))
+        .await;
+    let rows = page_rows(&state);
+    assert_eq!(state["done"], true, "no final answer: {rows:?}");
+    let refreshed = rows
+        .iter()
+        .filter(|(kind, _, _)| kind == "token refreshed")
+        .count();
+    assert!(refreshed >= 1, "no refresh shown: {rows:?}");
+    assert_eq!(state["refreshes"], refreshed.to_string(), "{rows:?}");
+    let opens = rows.iter().filter(|(kind, _, _)| kind == "open").count();
+    assert_eq!(opens, 1, "one connection all along: {rows:?}");
+    assert!(!rows.iter().any(|(kind, _, _)| kind == "close"), "{rows:?}");
+    let sequences: Vec<u64> = shown_offsets(&rows).iter().map(|(_, q)| *q).collect();
+    assert_eq!(sequences, [1, 2, 3, 4, 5, 6], "{rows:?}");
+}
+
 /// The page shows a refused run (`busy`) instead of dropping it: with one
 /// run per user, a second run asked for while the first is going is refused,
 /// and the page says which limit refused it.
