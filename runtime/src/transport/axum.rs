@@ -42,7 +42,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -59,8 +59,9 @@ use super::service::WebSocketService;
 use super::tungstenite_socket::TungsteniteSocket;
 
 /// The ready `GET /ws` handler: authenticates the upgrade request with the
-/// service's authenticator and Origin policy (401 / 403 / 400 / 503, no
-/// socket), then upgrades with the service's size limits and serves the
+/// service's authenticator and Origin policy (401 / 403 / 400, or 503 with
+/// `Retry-After` when the service is not [ready](WebSocketService::readiness);
+/// no socket), then upgrades with the service's size limits and serves the
 /// socket. The thread comes from the `thread` query parameter.
 pub async fn upgrade(
     State(service): State<WebSocketService>,
@@ -94,7 +95,7 @@ pub async fn accept(service: &WebSocketService, upgrade: WebSocketUpgrade) -> Re
     let request = UpgradeRequest::new(&uri, &headers);
     let admission = match service.admit(&request).await {
         Ok(admission) => admission,
-        Err(error) => return (error.status(), error.public_message().into_owned()).into_response(),
+        Err(error) => return refusal(&error),
     };
     let mut response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -132,6 +133,18 @@ pub async fn accept(service: &WebSocketService, upgrade: WebSocketUpgrade) -> Re
             .serve(TungsteniteSocket::new(socket), admission)
             .await;
     });
+    response
+}
+
+/// The answer to a refused upgrade: its status, its public message, and
+/// `Retry-After` when the service is unavailable.
+fn refusal(error: &super::auth::AuthError) -> Response {
+    let mut response = (error.status(), error.public_message().into_owned()).into_response();
+    if let Some(secs) = error.retry_after_header() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     response
 }
 

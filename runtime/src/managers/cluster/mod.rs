@@ -121,6 +121,9 @@ struct Shared {
     /// heartbeat rewrites this node's whole presence.
     presence_dirty: Arc<AtomicBool>,
     shut_down: AtomicBool,
+    /// Set the first time the node joined: not ready before is "starting",
+    /// after is "reconnecting".
+    joined_once: AtomicBool,
     /// Delete the key namespace on drop (the probes' instances).
     probe: bool,
     /// The bounded queue the presence writer drains.
@@ -229,6 +232,7 @@ impl ClusterWebSocketManager {
             audits: AtomicU64::new(0),
             presence_dirty,
             shut_down: AtomicBool::new(false),
+            joined_once: AtomicBool::new(false),
             probe,
             outbound,
             stop: tokio::sync::Notify::new(),
@@ -281,6 +285,40 @@ impl ClusterWebSocketManager {
             remote_nodes: self.shared.replica.nodes().len(),
             inbound_dropped: self.shared.inbound_dropped.load(Ordering::Relaxed),
             audits: self.shared.audits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether this node admits new connections: only while it is joined
+    /// to the cluster (subscribed, presence registered). Before the first
+    /// join it is [`Starting`](crate::NotReadyReason::Starting), after a
+    /// lost link [`Reconnecting`](crate::NotReadyReason::Reconnecting),
+    /// after [`shutdown`](Self::shutdown)
+    /// [`ShutDown`](crate::NotReadyReason::ShutDown). A connection
+    /// accepted meanwhile would wait up to `ready_timeout` in
+    /// `add_connection` and then be closed; refusing it at the upgrade
+    /// sends the client to another node at once.
+    pub fn readiness(&self) -> crate::Readiness {
+        let shared = &self.shared;
+        if shared.shut_down.load(Ordering::SeqCst) {
+            return crate::readiness::unless_shut_down(true);
+        }
+        if *shared.ready.borrow() {
+            return crate::Readiness::Ready;
+        }
+        // A node joins within a heartbeat interval of Redis coming back.
+        let retry_after = shared.cluster.heartbeat_interval();
+        if shared.joined_once.load(Ordering::SeqCst) {
+            crate::Readiness::not_ready(
+                crate::NotReadyReason::Reconnecting,
+                "the link to the cluster's Redis is down; joining again",
+                retry_after,
+            )
+        } else {
+            crate::Readiness::not_ready(
+                crate::NotReadyReason::Starting,
+                "not joined to the cluster yet (is its Redis reachable?)",
+                retry_after,
+            )
         }
     }
 
@@ -467,7 +505,7 @@ fn plan(
     }
 }
 
-#[websocket_manager(name = "cluster", mode = "unified")]
+#[websocket_manager(name = "cluster", mode = "unified", readiness = Self::readiness)]
 impl WebSocketManager for ClusterWebSocketManager {
     async fn add_connection(&self, connection: WebSocketConnection) -> Result<(), ManagerError> {
         let shared = &self.shared;
@@ -930,6 +968,7 @@ async fn connect(shared: &Shared) -> Result<(), ClusterFailure> {
         .await?;
     refresh(shared).await?;
     shared.ready.send_replace(true);
+    shared.joined_once.store(true, Ordering::SeqCst);
     tracing::info!(node = shared.cluster.node_id(), "joined the cluster");
     Ok(())
 }
