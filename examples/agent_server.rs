@@ -36,6 +36,10 @@
 //!   * `GET /health/{user}`: that user's connections and counters (JSON).
 //!   * `GET /managers`: the startup validation report (JSON).
 //!   * `GET /metrics`: the manager's counters and gauges, Prometheus text.
+//! * `GET /ready`: `200 ready` while upgrades are admitted; `503` with
+//!   `Retry-After` and the reason (`starting`, `reconnecting`, `draining`...)
+//!   otherwise. `GET /live`: `200 live` while the event loop runs. Neither
+//!   needs the operator token; neither says anything about users.
 //! * `POST /demo-token` (`--demo` only): `{"user":"alice"}` -> a 15-minute
 //!   token; `{"user":"alice","ttl_seconds":5}` -> a shorter one (1 to 900 s),
 //!   to watch the client refresh it in-band.
@@ -394,6 +398,8 @@ async fn main() -> ExitCode {
         .route("/client.js", get(client_js))
         .route("/ws", get(websocket_manager::transport::axum::upgrade))
         .route("/demo-token", post(demo_token))
+        .route("/ready", get(ready))
+        .route("/live", get(live))
         .merge(operator)
         .with_state(state);
 
@@ -407,10 +413,10 @@ async fn main() -> ExitCode {
     let shutdown = {
         let service = service.clone();
         async move {
-            if let Err(error) = tokio::signal::ctrl_c().await {
-                tracing::error!(%error, "cannot listen for Ctrl-C; shutting down");
-            }
-            // Stop upgrades, close every socket with 1001, drain, report.
+            termination().await;
+            // `/ready` says 503 first, so a balancer stops sending clients
+            // here; then close every socket with 1001, drain, report.
+            service.stop_admitting();
             let report = service.shutdown(DRAIN).await;
             print!("{report}");
             // A cluster node also leaves the cluster at once.
@@ -429,6 +435,48 @@ async fn main() -> ExitCode {
     }
     println!("bye");
     ExitCode::SUCCESS
+}
+
+/// Ctrl-C or SIGTERM (what an orchestrator sends).
+async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                return;
+            }
+            Err(error) => tracing::error!(%error, "cannot listen for SIGTERM"),
+        }
+    }
+    if let Err(error) = tokio::signal::ctrl_c().await {
+        tracing::error!(%error, "cannot listen for Ctrl-C; shutting down");
+    }
+}
+
+/// For a load balancer or a readiness probe: whether upgrades are admitted.
+async fn ready(State(state): State<AppState>) -> Response {
+    match state.service.readiness() {
+        websocket_manager::Readiness::Ready => (StatusCode::OK, "ready").into_response(),
+        websocket_manager::Readiness::NotReady(not_ready) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(
+                header::RETRY_AFTER,
+                not_ready.jittered_retry_after_secs().to_string(),
+            )],
+            format!("not ready: {}", not_ready.reason),
+        )
+            .into_response(),
+    }
+}
+
+/// For a liveness probe: answered as long as the event loop runs.
+async fn live() -> &'static str {
+    "live"
 }
 
 async fn page() -> Html<&'static str> {

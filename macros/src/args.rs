@@ -1,10 +1,11 @@
-//! The attribute's arguments: `name`, `mode`, `crate`, `factory`, `register`.
+//! The attribute's arguments: `name`, `mode`, `crate`, `factory`, `register`,
+//! `readiness`.
 
 use proc_macro2::{Span, TokenStream};
 use syn::parse::Parser;
 use syn::{LitBool, LitStr, Path, Type};
 
-const VALID: &str = "`name = \"...\"`, `mode = \"unified\" | \"isolated\"`, `crate = path`, `factory = false`, `register = ConcreteType`";
+const VALID: &str = "`name = \"...\"`, `mode = \"unified\" | \"isolated\"`, `crate = path`, `factory = false`, `register = ConcreteType`, `readiness = Self::method`";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Mode {
@@ -20,6 +21,9 @@ pub(crate) struct Args {
     pub factory: bool,
     /// `register = Type` and the span of the argument, for a generic impl.
     pub register: Option<(Type, Span)>,
+    /// `readiness = path`: a `fn(&Self) -> Readiness` the manager reports
+    /// its readiness with.
+    pub readiness: Option<Path>,
 }
 
 impl Default for Args {
@@ -30,6 +34,7 @@ impl Default for Args {
             krate: syn::parse_quote!(::websocket_manager),
             factory: true,
             register: None,
+            readiness: None,
         }
     }
 }
@@ -108,6 +113,15 @@ pub(crate) fn parse(attr: TokenStream) -> (Args, Option<syn::Error>) {
                 let span = meta.path.span_of_ident();
                 let ty: Type = meta.value()?.parse()?;
                 args.register = Some((ty, span));
+            }
+            "readiness" => {
+                let path: Path = meta.value()?.parse().map_err(|e| {
+                    syn::Error::new(
+                        e.span(),
+                        "`readiness` takes the path of a method `fn(&self) -> Readiness`: `readiness = Self::readiness`",
+                    )
+                })?;
+                args.readiness = Some(path);
             }
             _ => {
                 return Err(meta.error(format!(

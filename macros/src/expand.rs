@@ -37,7 +37,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         // the common case, recognised on tokens: nothing to report, so no
         // syn parse at all
         let self_ty = Type::Verbatim(exact.self_ty.to_token_stream());
-        let mut generated = checked_impl(&item, &Generics::default(), &self_ty, &args.krate);
+        let mut generated = checked_impl(&item, &Generics::default(), &self_ty, &args);
         generated.extend(registration_of(
             &self_ty,
             exact.impl_span,
@@ -61,7 +61,6 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
             return with_errors(errors, original.tokens);
         }
     };
-    let krate = &args.krate;
     if args_valid && validate::matches_exactly(&item_impl, form, &args, &facts.keys) {
         // nothing to report, so no need for the contract's syn form
         // (parsing it would be most of this expansion's time)
@@ -69,7 +68,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
             &original.tokens,
             &item_impl.generics,
             &item_impl.self_ty,
-            krate,
+            &args,
         );
         generated.extend(registration(&item_impl, facts.fingerprint, &args));
         return generated;
@@ -169,7 +168,7 @@ fn generate(
     }
     match form {
         Form::TraitImpl if !has_errors => {
-            checked_impl(&original.tokens, &item.generics, &item.self_ty, krate)
+            checked_impl(&original.tokens, &item.generics, &item.self_ty, args)
         }
         Form::TraitImpl => {
             // keep what is valid, stub the rest: a complete impl, no cascade
@@ -190,7 +189,7 @@ fn generate(
                 .collect();
             // the kept methods were parsed without their bodies
             original.restore(&mut fallback);
-            let annotated = annotated(&item.generics, &item.self_ty, krate);
+            let annotated = annotated(&item.generics, &item.self_ty, args);
             quote! {
                 // keeps "the following other types implement" lists of
                 // unrelated managers out of users' trait errors
@@ -210,7 +209,7 @@ fn generate(
                     Some(_) => delegation(method, self_ty, krate),
                     None => stub(method, krate),
                 });
-            let annotated = annotated(&item.generics, self_ty, krate);
+            let annotated = annotated(&item.generics, self_ty, args);
             let original_tokens = &original.tokens;
             quote! {
                 #original_tokens
@@ -233,9 +232,9 @@ fn checked_impl(
     original: &TokenStream,
     generics: &Generics,
     self_ty: &Type,
-    krate: &Path,
+    args: &Args,
 ) -> TokenStream {
-    let annotated = annotated(generics, self_ty, krate);
+    let annotated = annotated(generics, self_ty, args);
     quote! {
         // keeps "the following other types implement" lists of
         // unrelated managers out of users' trait errors
@@ -246,12 +245,25 @@ fn checked_impl(
 }
 
 /// The marker only this attribute implements: an impl of the trait without
-/// the attribute lacks it, and rustc says to add the attribute.
-fn annotated(generics: &Generics, self_ty: &Type, krate: &Path) -> TokenStream {
+/// the attribute lacks it, and rustc says to add the attribute. With
+/// `readiness = path`, it also reports the manager's readiness through
+/// `path`.
+fn annotated(generics: &Generics, self_ty: &Type, args: &Args) -> TokenStream {
+    let krate = &args.krate;
     let (impl_generics, _, where_clause) = generics.split_for_impl();
+    let readiness = args.readiness.as_ref().map(|path| {
+        quote! {
+            #[inline]
+            fn reported_readiness(&self) -> #krate::Readiness {
+                #path(self)
+            }
+        }
+    });
     quote! {
         #[diagnostic::do_not_recommend]
-        impl #impl_generics #krate::__private::Annotated for #self_ty #where_clause {}
+        impl #impl_generics #krate::__private::Annotated for #self_ty #where_clause {
+            #readiness
+        }
     }
 }
 
@@ -389,6 +401,23 @@ pub(crate) mod tests {
             async fn send_to_thread(&self, thread_id: &ThreadId, message: serde_json::Value) -> Result<Delivery, ManagerError> { todo!() }
         }
     "#;
+
+    #[test]
+    fn readiness_is_forwarded_through_the_marker_only_when_asked() {
+        let plain = expand_str("name = \"good\"", VALID_IMPL);
+        assert!(!plain.contains("reported_readiness"), "{plain}");
+        let out = expand_str("name = \"good\", readiness = Self::admits", VALID_IMPL);
+        assert!(!out.contains("compile_error"), "{out}");
+        assert!(
+            out.contains("fn reported_readiness (& self) -> :: websocket_manager :: Readiness { Self :: admits (self) }"),
+            "{out}"
+        );
+        let wrong = expand_str("readiness = \"admits\"", VALID_IMPL);
+        assert!(
+            wrong.contains("`readiness` takes the path of a method"),
+            "{wrong}"
+        );
+    }
 
     #[test]
     fn valid_trait_impl_is_kept_as_written_plus_marker_and_registration() {

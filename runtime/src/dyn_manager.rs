@@ -14,6 +14,7 @@ use crate::error::ManagerError;
 use crate::health::ConnectionHealth;
 use crate::ids::{ConnectionId, ThreadId, UserId};
 use crate::protocol::WebSocketManager;
+use crate::readiness::Readiness;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -51,6 +52,7 @@ trait ErasedManager: Send + Sync + 'static {
         thread_id: &'a ThreadId,
         message: serde_json::Value,
     ) -> BoxFuture<'a, Result<Delivery, ManagerError>>;
+    fn readiness(&self) -> Readiness;
     fn as_any(&self) -> &dyn Any;
     fn type_name(&self) -> &'static str;
 }
@@ -121,6 +123,10 @@ impl<T: WebSocketManager> ErasedManager for T {
         Box::pin(WebSocketManager::send_to_thread(self, thread_id, message))
     }
 
+    fn readiness(&self) -> Readiness {
+        crate::__private::Annotated::reported_readiness(self)
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -183,6 +189,20 @@ impl DynManager {
         std::ptr::addr_eq(Arc::as_ptr(&self.inner), Arc::as_ptr(&other.inner))
     }
 
+    /// Whether the manager admits new connections now (see [`Readiness`]):
+    /// what its `#[websocket_manager(readiness = ...)]` method says, or
+    /// [`Readiness::Ready`] for a manager without the notion. Works the
+    /// same for a manager the factory or the registry built.
+    ///
+    /// ```
+    /// use websocket_manager::{DynManager, ManagerConfig, UnifiedWebSocketManager};
+    /// let manager = DynManager::new(UnifiedWebSocketManager::new(ManagerConfig::default()));
+    /// assert!(manager.readiness().is_ready());
+    /// ```
+    pub fn readiness(&self) -> Readiness {
+        self.inner.readiness()
+    }
+
     /// The concrete manager's Rust type name (for logs).
     pub fn type_name(&self) -> &'static str {
         self.inner.type_name()
@@ -206,7 +226,11 @@ impl fmt::Debug for DynManager {
 // keeps `DynManager` out of the "annotate this impl" and "not a manager"
 // errors users get about their own types
 #[diagnostic::do_not_recommend]
-impl crate::__private::Annotated for DynManager {}
+impl crate::__private::Annotated for DynManager {
+    fn reported_readiness(&self) -> Readiness {
+        self.inner.readiness()
+    }
+}
 
 #[diagnostic::do_not_recommend]
 impl WebSocketManager for DynManager {
@@ -288,5 +312,24 @@ mod tests {
         assert!(manager.downcast_ref::<DynManager>().is_none());
         assert!(manager.type_name().ends_with("UnifiedWebSocketManager"));
         assert!(format!("{manager:?}").contains("UnifiedWebSocketManager"));
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn a_factory_built_manager_reports_its_readiness() {
+        let factory = crate::StandardFactory::builder().build();
+        let manager = factory
+            .create_named("unified", None)
+            .unwrap()
+            .into_manager();
+        assert!(manager.readiness().is_ready());
+        manager
+            .downcast_ref::<UnifiedWebSocketManager>()
+            .unwrap()
+            .shutdown();
+        assert_eq!(
+            manager.readiness().reason(),
+            Some(crate::NotReadyReason::ShutDown)
+        );
     }
 }

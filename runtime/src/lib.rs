@@ -63,6 +63,7 @@ mod managers;
 pub mod metrics;
 mod offset;
 mod protocol;
+mod readiness;
 mod registry;
 mod report;
 mod table;
@@ -105,6 +106,7 @@ pub use protocol::{
     CONTRACT_METHODS, MethodGroup, MethodSpec, PROTOCOL_FINGERPRINT, WebSocketManager,
     contract_method,
 };
+pub use readiness::{NotReady, NotReadyReason, Readiness};
 pub use registry::{
     BuildContext, BuildError, ConstructManager, Constructor, DuplicateName, Registration, Registry,
     RegistryError, construct,
@@ -182,5 +184,13 @@ pub mod __private {
         label = "this impl of `WebSocketManager` lacks `#[websocket_manager]`",
         note = "`#[websocket_manager]` checks the methods against the contract and registers `{Self}`; write it on the line above `impl WebSocketManager for {Self}`"
     )]
-    pub trait Annotated {}
+    pub trait Annotated {
+        /// The manager's [`Readiness`](crate::Readiness): `Ready` unless the
+        /// attribute was given `readiness = path`, which this then calls.
+        /// Named apart from any `readiness` method of the type itself, so
+        /// that `readiness = Self::readiness` never calls itself.
+        fn reported_readiness(&self) -> crate::Readiness {
+            crate::Readiness::Ready
+        }
+    }
 }

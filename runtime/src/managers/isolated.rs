@@ -105,6 +105,15 @@ impl IsolatedWebSocketManager {
         self.core.is_shut_down()
     }
 
+    /// [`Readiness::Ready`](crate::Readiness::Ready) until
+    /// [`shutdown`](Self::shutdown), then
+    /// [`NotReadyReason::ShutDown`](crate::NotReadyReason::ShutDown): a
+    /// transport refuses upgrades before the `101` instead of accepting
+    /// sockets the manager would refuse.
+    pub fn readiness(&self) -> crate::Readiness {
+        crate::readiness::unless_shut_down(self.is_shut_down())
+    }
+
     fn is_owner(&self, user_id: &UserId) -> bool {
         *user_id == self.context.user_id
     }
@@ -158,7 +167,7 @@ impl ConstructManager for IsolatedWebSocketManager {
     }
 }
 
-#[websocket_manager(name = "isolated", mode = "isolated")]
+#[websocket_manager(name = "isolated", mode = "isolated", readiness = Self::readiness)]
 impl WebSocketManager for IsolatedWebSocketManager {
     async fn add_connection(&self, connection: WebSocketConnection) -> Result<(), ManagerError> {
         self.check_command("add_connection", &connection.user_id)?;

@@ -160,6 +160,15 @@ impl UnifiedWebSocketManager {
     pub fn is_shut_down(&self) -> bool {
         self.core.is_shut_down()
     }
+
+    /// [`Readiness::Ready`](crate::Readiness::Ready) until
+    /// [`shutdown`](Self::shutdown), then
+    /// [`NotReadyReason::ShutDown`](crate::NotReadyReason::ShutDown): a
+    /// transport refuses upgrades before the `101` instead of accepting
+    /// sockets the manager would refuse.
+    pub fn readiness(&self) -> crate::Readiness {
+        crate::readiness::unless_shut_down(self.is_shut_down())
+    }
 }
 
 impl Default for UnifiedWebSocketManager {
@@ -176,7 +185,7 @@ impl ConstructManager for UnifiedWebSocketManager {
     }
 }
 
-#[websocket_manager(name = "unified", mode = "unified")]
+#[websocket_manager(name = "unified", mode = "unified", readiness = Self::readiness)]
 impl WebSocketManager for UnifiedWebSocketManager {
     async fn add_connection(&self, connection: WebSocketConnection) -> Result<(), ManagerError> {
         self.core.add_connection(connection)

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use http::{HeaderMap, StatusCode, Uri, header};
 
 use crate::ids::{ThreadId, UserId};
+use crate::readiness::NotReady;
 
 /// The parts of the HTTP upgrade request an authenticator may look at.
 ///
@@ -222,9 +223,13 @@ pub enum AuthError {
     /// so never put verification detail in it.
     #[error("bad request: {0}")]
     BadRequest(Cow<'static, str>),
-    /// The server is shutting down and accepts no new connection: `503`.
-    #[error("the server is shutting down")]
-    ShuttingDown,
+    /// The service or its manager admits no connection now (starting,
+    /// cut off from its cluster, draining, at capacity): `503` with a
+    /// `Retry-After` header ([`retry_after_header`](Self::retry_after_header)),
+    /// answered before any `101`, so that a load balancer or the client
+    /// tries another server.
+    #[error("unavailable: {0}")]
+    Unavailable(NotReady),
 }
 
 impl AuthError {
@@ -234,14 +239,37 @@ impl AuthError {
             AuthError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
             AuthError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AuthError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The value of the `Retry-After` header (seconds) to send with this
+    /// refusal, for [`Unavailable`](Self::Unavailable) only: the refusal's
+    /// delay with a little random extra
+    /// ([`NotReady::jittered_retry_after_secs`]), so that clients refused
+    /// together do not come back together.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use websocket_manager::transport::AuthError;
+    /// use websocket_manager::{NotReady, NotReadyReason};
+    /// let refusal = AuthError::Unavailable(NotReady::new(NotReadyReason::Starting, "redis down", Duration::from_secs(3)));
+    /// assert!(matches!(refusal.retry_after_header(), Some(3 | 4)));
+    /// assert_eq!(refusal.public_message(), "Service Unavailable: starting");
+    /// assert_eq!(AuthError::Forbidden("origin".into()).retry_after_header(), None);
+    /// ```
+    pub fn retry_after_header(&self) -> Option<u64> {
+        match self {
+            AuthError::Unavailable(not_ready) => Some(not_ready.jittered_retry_after_secs()),
+            _ => None,
         }
     }
 
     /// The text for the response body: the status's name, so that no
     /// verification detail leaks to the client (the detail is logged);
     /// for [`BadRequest`](Self::BadRequest) also what is wrong with the
-    /// client's input, so it can fix it.
+    /// client's input, so it can fix it; for [`Unavailable`](Self::Unavailable)
+    /// the reason's one word (`starting`, `draining`...), never its detail.
     ///
     /// ```
     /// use websocket_manager::transport::AuthError;
@@ -255,6 +283,7 @@ impl AuthError {
         let status = self.status().canonical_reason().unwrap_or("refused");
         match self {
             AuthError::BadRequest(detail) => format!("{status}: {detail}").into(),
+            AuthError::Unavailable(not_ready) => format!("{status}: {}", not_ready.reason).into(),
             _ => status.into(),
         }
     }
@@ -590,10 +619,13 @@ mod tests {
             AuthError::Forbidden("x".into()).status(),
             StatusCode::FORBIDDEN
         );
-        assert_eq!(
-            AuthError::ShuttingDown.status(),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
+        let unavailable = AuthError::Unavailable(NotReady::new(
+            crate::NotReadyReason::Fenced,
+            "secret detail",
+            std::time::Duration::from_secs(2),
+        ));
+        assert_eq!(unavailable.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(unavailable.public_message(), "Service Unavailable: fenced");
         assert_eq!(
             AuthError::Unauthorized("secret detail".into()).public_message(),
             "Unauthorized"

@@ -45,7 +45,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -62,8 +62,9 @@ use super::service::WebSocketService;
 use super::tungstenite_socket::TungsteniteSocket;
 
 /// The ready `GET /ws` handler: authenticates the upgrade request with the
-/// service's authenticator and Origin policy (401 / 403 / 400 / 503, no
-/// socket), then upgrades with the service's size limits and serves the
+/// service's authenticator and Origin policy (401 / 403 / 400, or 503 with
+/// `Retry-After` when the service is not [ready](WebSocketService::readiness);
+/// no socket), then upgrades with the service's size limits and serves the
 /// socket. The thread comes from the `thread` query parameter.
 pub async fn upgrade(
     State(service): State<WebSocketService>,
@@ -278,6 +279,12 @@ impl IntoResponse for AuthError {
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
             );
+        }
+        // 503 (not ready, draining): when to come back, jittered per client.
+        if let Some(secs) = self.retry_after_header() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

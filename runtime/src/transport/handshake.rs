@@ -162,6 +162,7 @@ mod tests {
             identity: crate::transport::Identity::new(crate::UserId::new("alice").unwrap()),
             thread_id: None,
             resume: None,
+            ticket: Default::default(),
         };
         admission.identity.subprotocol = Some("agent.v1".into());
         let accepted = accept_headers(&request, &admission);

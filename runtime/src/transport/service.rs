@@ -1,7 +1,7 @@
 //! [`WebSocketService`]: admits upgrade requests, registers sockets with a
 //! manager, drives them, and shuts them all down gracefully.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
@@ -15,15 +15,27 @@ use super::config::TransportConfig;
 use super::control::Hello;
 use super::driver::{self, EndReason, Session};
 use super::handler::{IgnoreMessages, InboundContext, MessageHandler};
-use super::shutdown::{ConnectionTracker, LiveConnection, ShutdownReport};
+use super::shutdown::{
+    ConnectionTracker, LiveConnection, ShutdownReport, UpgradeRefused, UpgradeTicket,
+};
 use super::wire::{WireMessage, WireSocket};
 use crate::connection::{CloseReason, TextFrame, WebSocketConnection, WebSocketHandle};
 use crate::dyn_manager::DynManager;
 use crate::ids::{ConnectionId, ThreadId, UserId};
 use crate::offset::StreamOffset;
 use crate::protocol::WebSocketManager;
+use crate::readiness::{NotReady, NotReadyReason, Readiness};
 
-/// An upgrade request that passed the `Origin` check and authentication.
+/// The `Retry-After` of a draining service: it is going away, so the
+/// client had better try another server (the balancer sends it there).
+const DRAINING_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// The `Retry-After` of a service at its connection limit.
+const AT_CAPACITY_RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// An upgrade request that passed the readiness check, the `Origin` check
+/// and authentication. Made by [`WebSocketService::admit`] only: from then
+/// on the service counts it (a shutdown that begins before it is served
+/// closes it with 1001 and reports it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Admission {
     /// Who the request was authenticated as.
@@ -33,6 +45,8 @@ pub struct Admission {
     /// The offset from the `resume` query parameter (`<stream>:<sequence>`):
     /// the connection replays the user's critical events after it.
     pub resume: Option<StreamOffset>,
+    /// Counts the upgrade in the service until it is registered.
+    pub(crate) ticket: UpgradeTicket,
 }
 
 /// How one connection ended, returned by [`WebSocketService::serve`].
@@ -64,7 +78,10 @@ struct ServiceInner {
     handler: Arc<dyn MessageHandler>,
     origins: OriginPolicy,
     config: TransportConfig,
-    tracker: ConnectionTracker,
+    tracker: Arc<ConnectionTracker>,
+    max_connections: Option<usize>,
+    /// Set by the application ([`WebSocketService::hold`]).
+    hold: Mutex<Option<NotReady>>,
 }
 
 /// Connects real sockets to a [`WebSocketManager`].
@@ -120,6 +137,7 @@ pub struct WebSocketServiceBuilder {
     handler: Arc<dyn MessageHandler>,
     origins: OriginPolicy,
     config: TransportConfig,
+    max_connections: Option<usize>,
 }
 
 impl std::fmt::Debug for WebSocketServiceBuilder {
@@ -157,6 +175,15 @@ impl WebSocketServiceBuilder {
         self
     }
 
+    /// The most connections (live, or admitted and upgrading) this service
+    /// takes; past it, upgrades get `503` with `Retry-After` and
+    /// [`readiness`](WebSocketService::readiness) says
+    /// [`AtCapacity`](NotReadyReason::AtCapacity). Default: no limit.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = Some(max);
+        self
+    }
+
     /// The service.
     pub fn build(self) -> WebSocketService {
         WebSocketService {
@@ -166,7 +193,9 @@ impl WebSocketServiceBuilder {
                 handler: self.handler,
                 origins: self.origins,
                 config: self.config,
-                tracker: ConnectionTracker::default(),
+                tracker: Arc::new(ConnectionTracker::default()),
+                max_connections: self.max_connections,
+                hold: Mutex::new(None),
             }),
         }
     }
@@ -193,6 +222,7 @@ impl WebSocketService {
             handler: Arc::new(IgnoreMessages),
             origins: OriginPolicy::default(),
             config: TransportConfig::default(),
+            max_connections: None,
         }
     }
 
@@ -211,13 +241,95 @@ impl WebSocketService {
         self.inner.tracker.len()
     }
 
-    /// Whether new connections are accepted (`false` once shutdown began).
+    /// Whether new connections are accepted (`false` once
+    /// [`stop_admitting`](Self::stop_admitting) or shutdown began).
     pub fn is_accepting(&self) -> bool {
         self.inner.tracker.is_accepting()
     }
 
-    /// Decides an upgrade request, before any socket exists: the server is
-    /// accepting, the `Origin` is allowed (else 403), the authenticator
+    /// Whether an upgrade arriving now would be admitted (credentials
+    /// aside), and if not why: the service is draining
+    /// ([`stop_admitting`](Self::stop_admitting), [`shutdown`](Self::shutdown)),
+    /// the application [holds](Self::hold) it, its manager is not ready
+    /// ([`DynManager::readiness`]: a cluster node not joined), or it is at
+    /// its [connection limit](WebSocketServiceBuilder::max_connections).
+    /// What a readiness route for a load balancer should answer.
+    ///
+    /// ```
+    /// # use websocket_manager::transport::{AuthError, Authenticator, Identity, UpgradeRequest, WebSocketService};
+    /// # struct Nobody;
+    /// # #[websocket_manager::transport::async_trait]
+    /// # impl Authenticator for Nobody {
+    /// #     async fn authenticate(&self, _: &UpgradeRequest<'_>) -> Result<Identity, AuthError> {
+    /// #         Err(AuthError::Unauthorized("demo".into()))
+    /// #     }
+    /// # }
+    /// use websocket_manager::{NotReadyReason, UnifiedWebSocketManager};
+    /// let service = WebSocketService::builder(std::sync::Arc::new(UnifiedWebSocketManager::default()), Nobody).build();
+    /// assert!(service.readiness().is_ready());
+    /// service.stop_admitting();
+    /// assert_eq!(service.readiness().reason(), Some(NotReadyReason::Draining));
+    /// ```
+    pub fn readiness(&self) -> Readiness {
+        let inner = &self.inner;
+        if !inner.tracker.is_accepting() {
+            return Readiness::NotReady(draining());
+        }
+        let held = inner
+            .hold
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(held) = held {
+            return Readiness::NotReady(held);
+        }
+        let manager = inner.manager.readiness();
+        if !manager.is_ready() {
+            return manager;
+        }
+        if inner
+            .max_connections
+            .is_some_and(|max| inner.tracker.load() >= max)
+        {
+            return Readiness::NotReady(at_capacity());
+        }
+        Readiness::Ready
+    }
+
+    /// Refuses upgrades with `not_ready` (503, `Retry-After`) until
+    /// [`release`](Self::release): for what the application itself waits
+    /// on before serving (a startup check, a warm-up). Connections already
+    /// open are untouched.
+    pub fn hold(&self, not_ready: NotReady) {
+        *self
+            .inner
+            .hold
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(not_ready);
+    }
+
+    /// Ends a [`hold`](Self::hold).
+    pub fn release(&self) {
+        *self
+            .inner
+            .hold
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// The first step of a graceful shutdown: from now on every upgrade is
+    /// refused (503, `Retry-After`) and [`readiness`](Self::readiness) says
+    /// [`Draining`](NotReadyReason::Draining), while the open connections
+    /// keep running, so that a load balancer stops sending clients here
+    /// before [`shutdown`](Self::shutdown) closes them. Cannot be undone.
+    pub fn stop_admitting(&self) {
+        self.inner.tracker.stop_admitting();
+        tracing::info!("websocket service draining: new upgrades are refused");
+    }
+
+    /// Decides an upgrade request, before any socket exists: the service
+    /// and its manager are [ready](Self::readiness) (else 503 with
+    /// `Retry-After`, before any authentication work), the `Origin` is allowed (else 403), the authenticator
     /// accepts the credential (else 401), the `thread` query parameter is a
     /// valid thread id (else 400) the user may follow (else 403), and the
     /// `resume` query parameter, if any, is a valid
@@ -237,9 +349,21 @@ impl WebSocketService {
     }
 
     async fn admit_inner(&self, request: &UpgradeRequest<'_>) -> Result<Admission, AuthError> {
-        if !self.is_accepting() {
-            return Err(AuthError::ShuttingDown);
+        if let Readiness::NotReady(not_ready) = self.readiness() {
+            return Err(AuthError::Unavailable(not_ready));
         }
+        // Counted from here: a shutdown that begins while this request is
+        // authenticated, or after its `101`, still closes and reports it.
+        let pending = self
+            .inner
+            .tracker
+            .begin_upgrade(self.inner.max_connections)
+            .map_err(|refused| {
+                AuthError::Unavailable(match refused {
+                    UpgradeRefused::Draining => draining(),
+                    UpgradeRefused::AtCapacity => at_capacity(),
+                })
+            })?;
         self.inner.origins.check(request.origin())?;
         let identity = self.inner.authenticator.authenticate(request).await?;
         let resume = match request.query_param_checked("resume")? {
@@ -253,6 +377,7 @@ impl WebSocketService {
             identity,
             thread_id,
             resume,
+            ticket: UpgradeTicket(Some(Arc::new(pending))),
         })
     }
 
@@ -389,6 +514,7 @@ impl WebSocketService {
             identity,
             thread_id,
             resume,
+            ticket,
         } = admission;
         let mut connection = WebSocketConnection::new(identity.user_id.clone(), handle.clone());
         connection.thread_id = thread_id;
@@ -408,11 +534,15 @@ impl WebSocketService {
             user_id: user_id.clone(),
             socket: handle.clone(),
         };
-        if !inner.tracker.register(live) {
+        if !inner.tracker.register(live, &ticket) {
+            // Admitted before shutdown began (its `101` is out): closed
+            // with 1001 like the others, then the ticket tells shutdown.
             let reason = CloseReason::going_away();
             close_unregistered(&mut socket, reason.clone(), &inner.config).await;
+            drop(ticket);
             return outcome(refused(reason));
         }
+        drop(ticket);
         if let Err(error) = inner.manager.add_connection(connection).await {
             inner.tracker.unregister(handle.id());
             let reason = close::registration_refused(&error);
@@ -524,6 +654,22 @@ impl Drop for RegisteredGuard {
             Err(_) => inner.tracker.unregister(socket),
         }
     }
+}
+
+fn draining() -> NotReady {
+    NotReady::new(
+        NotReadyReason::Draining,
+        "the service is shutting down",
+        DRAINING_RETRY_AFTER,
+    )
+}
+
+fn at_capacity() -> NotReady {
+    NotReady::new(
+        NotReadyReason::AtCapacity,
+        "the service is at its connection limit",
+        AT_CAPACITY_RETRY_AFTER,
+    )
 }
 
 fn refused(reason: CloseReason) -> EndReason {

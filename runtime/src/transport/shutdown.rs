@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -24,8 +25,71 @@ pub(crate) struct LiveConnection {
 
 #[derive(Debug, Default)]
 struct TrackerState {
+    /// Shutdown began: nothing registers any more.
     closed: bool,
+    /// No new upgrade is admitted (set before `closed`, so a readiness
+    /// route can say so while connections still run).
+    draining: bool,
     live: HashMap<SocketId, LiveConnection>,
+    /// Upgrades admitted (their `101` sent or about to be) and not yet
+    /// registered: counted by shutdown, which waits for them too.
+    pending: usize,
+    /// Admitted upgrades that reached registration after shutdown began,
+    /// and were closed with 1001 at once.
+    closed_late: usize,
+}
+
+/// Why [`ConnectionTracker::begin_upgrade`] admits no new upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpgradeRefused {
+    Draining,
+    AtCapacity,
+}
+
+/// An admitted upgrade that is not registered yet. Shutdown counts it and
+/// waits for it; it is settled when the connection registers (or is
+/// closed because shutdown began), or when dropped (the upgrade never
+/// completed).
+#[derive(Debug)]
+pub(crate) struct PendingUpgrade {
+    tracker: Arc<ConnectionTracker>,
+    settled: AtomicBool,
+}
+
+impl PendingUpgrade {
+    /// Settles this upgrade under the tracker's lock; `false` if it was
+    /// already.
+    fn settle(&self, state: &mut TrackerState) -> bool {
+        let first = !self.settled.swap(true, Ordering::SeqCst);
+        if first {
+            state.pending = state.pending.saturating_sub(1);
+        }
+        first
+    }
+}
+
+impl Drop for PendingUpgrade {
+    fn drop(&mut self) {
+        let settled = {
+            let mut state = self.tracker.state();
+            self.settle(&mut state)
+        };
+        if settled {
+            self.tracker.changed.notify_waiters();
+        }
+    }
+}
+
+/// The [`PendingUpgrade`] an [`Admission`](super::Admission) carries, if
+/// it came from [`admit`](super::WebSocketService::admit). Equal to any
+/// other ticket: it is bookkeeping, not part of what was admitted.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct UpgradeTicket(pub(crate) Option<Arc<PendingUpgrade>>);
+
+impl PartialEq for UpgradeTicket {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// Every connection a service drives, so that shutdown can close them all.
@@ -42,14 +106,53 @@ impl ConnectionTracker {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds a connection; `false` once shutdown has begun.
-    pub fn register(&self, connection: LiveConnection) -> bool {
+    /// Admits one upgrade: counted (and waited for by shutdown) from now
+    /// until it registers or is dropped. Refused while draining, or when
+    /// `max_connections` connections are live or upgrading.
+    pub fn begin_upgrade(
+        self: &Arc<Self>,
+        max_connections: Option<usize>,
+    ) -> Result<PendingUpgrade, UpgradeRefused> {
+        let mut state = self.state();
+        if state.closed || state.draining {
+            return Err(UpgradeRefused::Draining);
+        }
+        if max_connections.is_some_and(|max| state.live.len() + state.pending >= max) {
+            return Err(UpgradeRefused::AtCapacity);
+        }
+        state.pending += 1;
+        Ok(PendingUpgrade {
+            tracker: Arc::clone(self),
+            settled: AtomicBool::new(false),
+        })
+    }
+
+    /// Adds a connection, settling its upgrade in the same step (so that
+    /// shutdown never counts it twice nor misses it); `false` once shutdown
+    /// has begun: the caller closes it with 1001 and then drops the ticket,
+    /// and the report counts it as closed.
+    pub fn register(&self, connection: LiveConnection, ticket: &UpgradeTicket) -> bool {
         let mut state = self.state();
         if state.closed {
+            state.closed_late += 1;
             return false;
         }
         state.live.insert(connection.socket.id(), connection);
+        if let Some(pending) = &ticket.0 {
+            pending.settle(&mut state);
+        }
         true
+    }
+
+    /// Admits no new upgrade from now on; connections keep running.
+    pub fn stop_admitting(&self) {
+        self.state().draining = true;
+    }
+
+    /// Connections live or upgrading.
+    pub fn load(&self) -> usize {
+        let state = self.state();
+        state.live.len() + state.pending
     }
 
     pub fn unregister(&self, socket: SocketId) {
@@ -60,7 +163,8 @@ impl ConnectionTracker {
     }
 
     pub fn is_accepting(&self) -> bool {
-        !self.state().closed
+        let state = self.state();
+        !state.closed && !state.draining
     }
 
     pub fn len(&self) -> usize {
@@ -72,13 +176,16 @@ impl ConnectionTracker {
     /// manager and says what happened.
     pub async fn shutdown(&self, manager: &DynManager, drain: Duration) -> ShutdownReport {
         let started = Instant::now();
-        let snapshot: Vec<LiveConnection> = {
+        let (snapshot, upgrading): (Vec<LiveConnection>, usize) = {
             let mut state = self.state();
             state.closed = true;
-            state.live.values().cloned().collect()
+            state.draining = true;
+            state.closed_late = 0;
+            (state.live.values().cloned().collect(), state.pending)
         };
         tracing::info!(
             connections = snapshot.len(),
+            upgrading,
             ?drain,
             "shutdown: closing every connection with 1001"
         );
@@ -91,14 +198,21 @@ impl ConnectionTracker {
             tokio::pin!(notified);
             // Register interest before looking, so no removal is missed.
             notified.as_mut().enable();
-            if self.len() == 0 {
+            let idle = {
+                let state = self.state();
+                state.live.is_empty() && state.pending == 0
+            };
+            if idle {
                 break;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 break;
             }
         }
-        let left: Vec<LiveConnection> = self.state().live.values().cloned().collect();
+        let (left, closed_late): (Vec<LiveConnection>, usize) = {
+            let state = self.state();
+            (state.live.values().cloned().collect(), state.closed_late)
+        };
         for connection in &left {
             tracing::warn!(connection = %connection.connection_id, user = %connection.user_id,
                 "shutdown: connection did not finish within the drain time; removing it");
@@ -113,8 +227,9 @@ impl ConnectionTracker {
             .collect();
         left.sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
         ShutdownReport {
-            connections_at_start: snapshot.len(),
-            closed_within_drain: snapshot.len().saturating_sub(left.len()),
+            connections_at_start: snapshot.len() + upgrading,
+            closed_within_drain: snapshot.len().saturating_sub(left.len()) + closed_late,
+            upgrades_not_served: upgrading.saturating_sub(closed_late),
             left,
             drain_limit_ms: millis(drain),
             elapsed_ms: millis(started.elapsed()),
@@ -142,6 +257,7 @@ pub struct LeftConnection {
 /// let report = ShutdownReport {
 ///     connections_at_start: 2,
 ///     closed_within_drain: 2,
+///     upgrades_not_served: 0,
 ///     left: vec![],
 ///     drain_limit_ms: 5000,
 ///     elapsed_ms: 12,
@@ -152,10 +268,18 @@ pub struct LeftConnection {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ShutdownReport {
-    /// Connections open when shutdown began.
+    /// Connections open when shutdown began: registered ones, and those
+    /// admitted at the upgrade (`101` sent or about to be) but not yet
+    /// registered.
     pub connections_at_start: usize,
-    /// Of those, how many finished their close within the drain time.
+    /// Of those, how many finished their close within the drain time
+    /// (an admitted upgrade that registers after shutdown began is closed
+    /// with 1001 at once, and counted here).
     pub closed_within_drain: usize,
+    /// Upgrades admitted before shutdown that never became a connection
+    /// within the drain time (the client went away during the handshake,
+    /// or it had not completed yet).
+    pub upgrades_not_served: usize,
     /// Those that did not (they were removed from the manager anyway).
     pub left: Vec<LeftConnection>,
     /// The drain time allowed.
@@ -184,6 +308,13 @@ impl fmt::Display for ShutdownReport {
         )?;
         for left in &self.left {
             writeln!(f, "  left: {} (user {})", left.connection_id, left.user_id)?;
+        }
+        if self.upgrades_not_served > 0 {
+            writeln!(
+                f,
+                "  {} admitted upgrade(s) never became a connection",
+                self.upgrades_not_served
+            )?;
         }
         Ok(())
     }

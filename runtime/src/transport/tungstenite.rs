@@ -77,7 +77,8 @@ pub enum AcceptError {
 /// # Errors
 ///
 /// An [`AcceptError`] when no socket was served; the client has already
-/// been answered (400, 401, 403, 431 or 503) where it still listens.
+/// been answered (400, 401, 403, 431, or 503 with `Retry-After`) where it
+/// still listens.
 pub async fn accept<S>(
     service: &WebSocketService,
     mut stream: S,
@@ -122,7 +123,17 @@ where
     let admission = match service.admit(&request).await {
         Ok(admission) => admission,
         Err(error) => {
-            respond(&mut stream, error.status(), &error.public_message()).await;
+            let retry_after = error
+                .retry_after_header()
+                .map(|secs| format!("Retry-After: {secs}\r\n"))
+                .unwrap_or_default();
+            respond_with(
+                &mut stream,
+                error.status(),
+                &retry_after,
+                &error.public_message(),
+            )
+            .await;
             return Err(AcceptError::Refused(error));
         }
     };
@@ -241,9 +252,19 @@ fn parse_upgrade(head: &[u8]) -> Result<(Uri, HeaderMap), &'static str> {
 
 /// Answers a refused upgrade with its status and `body`, and closes.
 async fn respond<S: AsyncWrite + Unpin>(stream: &mut S, status: StatusCode, body: &str) {
+    respond_with(stream, status, "", body).await;
+}
+
+/// [`respond`] with `extra_headers`, each line ending in CRLF.
+async fn respond_with<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: StatusCode,
+    extra_headers: &str,
+    body: &str,
+) {
     let reason = status.canonical_reason().unwrap_or("Refused");
     let response = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra_headers}Connection: close\r\n\r\n{body}",
         status.as_u16(),
         body.len()
     );

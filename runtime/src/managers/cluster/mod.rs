@@ -135,6 +135,8 @@ struct Shared {
     /// heartbeat rewrites this node's whole presence.
     presence_dirty: Arc<AtomicBool>,
     shut_down: AtomicBool,
+    /// Set the first time the node joined: not ready before is "starting",
+    /// after is "reconnecting".
     /// Delete the key namespace on drop (the probes' instances).
     probe: bool,
     /// The bounded queue the presence writer drains.
@@ -363,6 +365,41 @@ impl ClusterWebSocketManager {
         }
     }
 
+    /// Whether this node admits new connections: only while it is joined
+    /// to the cluster (subscribed, presence registered). Before the first
+    /// join it is [`Starting`](crate::NotReadyReason::Starting), after a
+    /// lost link [`Reconnecting`](crate::NotReadyReason::Reconnecting),
+    /// once cut off past [`ClusterConfig::fence_after`]
+    /// [`Fenced`](crate::NotReadyReason::Fenced), after [`shutdown`](Self::shutdown)
+    /// [`ShutDown`](crate::NotReadyReason::ShutDown). A connection
+    /// accepted meanwhile would wait up to `ready_timeout` in
+    /// `add_connection` and then be closed; refusing it at the upgrade
+    /// sends the client to another node at once.
+    pub fn readiness(&self) -> crate::Readiness {
+        use crate::{NotReadyReason, Readiness};
+        // A node joins within a heartbeat interval of Redis answering again.
+        let retry_after = self.shared.cluster.heartbeat_interval();
+        match self.link_state() {
+            LinkState::Serving => Readiness::Ready,
+            LinkState::ShutDown => crate::readiness::unless_shut_down(true),
+            LinkState::Joining => Readiness::not_ready(
+                NotReadyReason::Starting,
+                "not joined to the cluster yet (is its Redis reachable?)",
+                retry_after,
+            ),
+            LinkState::Reconnecting { .. } => Readiness::not_ready(
+                NotReadyReason::Reconnecting,
+                "the link to the cluster's Redis is down; joining again",
+                retry_after,
+            ),
+            LinkState::Fenced { .. } => Readiness::not_ready(
+                NotReadyReason::Fenced,
+                "cut off from the cluster's Redis past the fence bound; its tabs were closed to resume elsewhere",
+                retry_after,
+            ),
+        }
+    }
+
     /// Leaves the cluster cleanly: closes every local socket with
     /// [`CloseReason::going_away`], removes this node's presence (the other
     /// nodes forget it at once) and refuses further work.
@@ -559,7 +596,7 @@ fn plan(
     }
 }
 
-#[websocket_manager(name = "cluster", mode = "unified")]
+#[websocket_manager(name = "cluster", mode = "unified", readiness = Self::readiness)]
 impl WebSocketManager for ClusterWebSocketManager {
     async fn add_connection(&self, connection: WebSocketConnection) -> Result<(), ManagerError> {
         let shared = &self.shared;

@@ -1,0 +1,287 @@
+//! Refusing before the upgrade (issue 20): a service that cannot take a
+//! connection (its manager not ready, draining, at its connection limit)
+//! answers the upgrade with `503` and `Retry-After`, never `101` and a
+//! close; and a connection admitted just before shutdown is closed with
+//! 1001 and counted in the shutdown report. Every test runs over real
+//! loopback sockets, on both adapters (axum and tokio-tungstenite).
+#![allow(clippy::unwrap_used)]
+
+mod e2e_support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use e2e_support::*;
+use tokio_tungstenite::tungstenite;
+use websocket_manager::transport::{OriginPolicy, UpgradeRequest, WebSocketService};
+use websocket_manager::{
+    DynManager, ManagerConfig, NotReady, NotReadyReason, UnifiedWebSocketManager,
+};
+
+/// Serves `service` on both adapters; their addresses (axum first).
+async fn serve_both(service: &WebSocketService) -> [SocketAddr; 2] {
+    let app = axum::Router::new()
+        .route(
+            "/ws",
+            axum::routing::get(websocket_manager::transport::axum::upgrade),
+        )
+        .with_state(service.clone());
+    let axum_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let axum_addr = axum_listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        websocket_manager::transport::axum::serve(axum_listener, app)
+            .await
+            .unwrap();
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tungstenite_addr = listener.local_addr().unwrap();
+    tokio::spawn(websocket_manager::transport::tungstenite::serve(
+        listener,
+        service.clone(),
+    ));
+    [axum_addr, tungstenite_addr]
+}
+
+fn service_over(manager: &Arc<UnifiedWebSocketManager>) -> WebSocketService {
+    WebSocketService::builder(DynManager::from(Arc::clone(manager)), authenticator())
+        .origins(OriginPolicy::allow([ALLOWED_ORIGIN]))
+        .build()
+}
+
+/// An upgrade that must be refused with 503: its `Retry-After` (seconds)
+/// and body. Panics on a `101`.
+async fn expect_503(addr: SocketAddr, user: &str) -> (u64, String) {
+    match try_connect(addr, Connect::new("/ws", Some(token(user, 600)))).await {
+        Ok(_) => panic!("{addr}: upgraded (101) although the service is not ready"),
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503, "{addr}: {response:?}");
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .unwrap_or_else(|| panic!("{addr}: 503 without Retry-After: {response:?}"))
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let body = String::from_utf8(response.body().clone().unwrap_or_default()).unwrap();
+            (retry_after, body)
+        }
+        Err(other) => panic!("{addr}: unexpected handshake error {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_manager_that_is_not_ready_is_refused_before_the_upgrade_on_both_adapters() {
+    bounded(async {
+        let manager = Arc::new(UnifiedWebSocketManager::new(ManagerConfig::default()));
+        let service = service_over(&manager);
+        let addrs = serve_both(&service).await;
+        for addr in addrs {
+            let client = connect(addr, "ready-user", None).await;
+            close(client).await;
+        }
+        // The manager takes no connection any more: accepting the socket
+        // and then closing it (the issue's 101-then-1011 loop) is what the
+        // 503 replaces.
+        manager.shutdown();
+        assert_eq!(service.readiness().reason(), Some(NotReadyReason::ShutDown));
+        for addr in addrs {
+            let (retry_after, body) = expect_503(addr, "late-user").await;
+            // 5 s for a shut-down manager, plus up to a quarter of jitter.
+            assert!((5..=6).contains(&retry_after), "{addr}: {retry_after}");
+            assert_eq!(body, "Service Unavailable: shut_down", "{addr}");
+        }
+        assert_eq!(service.live_connections(), 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_held_service_refuses_with_its_reason_and_admits_again_once_released() {
+    bounded(async {
+        let manager = Arc::new(UnifiedWebSocketManager::new(ManagerConfig::default()));
+        let service = service_over(&manager);
+        let addrs = serve_both(&service).await;
+        service.hold(NotReady::new(
+            NotReadyReason::Starting,
+            "startup checks still running",
+            Duration::from_secs(2),
+        ));
+        for addr in addrs {
+            let (retry_after, body) = expect_503(addr, "early-user").await;
+            assert!((2..=3).contains(&retry_after), "{addr}: {retry_after}");
+            // The reason, never the operator's detail.
+            assert_eq!(body, "Service Unavailable: starting", "{addr}");
+        }
+        service.release();
+        for addr in addrs {
+            let client = connect(addr, "early-user", None).await;
+            close(client).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_draining_service_refuses_upgrades_while_its_connections_run() {
+    bounded(async {
+        let manager = Arc::new(UnifiedWebSocketManager::new(ManagerConfig::default()));
+        let service = service_over(&manager);
+        let addrs = serve_both(&service).await;
+        let mut open = Vec::new();
+        for addr in addrs {
+            open.push(connect(addr, "draining-user", None).await);
+        }
+        let wait = async {
+            while service.live_connections() < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(STEP, wait).await.unwrap();
+
+        service.stop_admitting();
+        for addr in addrs {
+            let (retry_after, body) = expect_503(addr, "newcomer").await;
+            assert!((5..=6).contains(&retry_after), "{addr}: {retry_after}");
+            assert_eq!(body, "Service Unavailable: draining", "{addr}");
+        }
+        // Draining refuses newcomers only: both connections still run.
+        assert_eq!(service.live_connections(), 2);
+
+        let report = service.shutdown(STEP).await;
+        for mut client in open {
+            assert_eq!(
+                expect_close(&mut client).await.map(|(code, _)| code),
+                Some(1001)
+            );
+        }
+        assert_eq!(report.connections_at_start, 2, "{report}");
+        assert_eq!(report.closed_within_drain, 2, "{report}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn past_the_connection_limit_upgrades_get_503_at_capacity() {
+    bounded(async {
+        let manager = Arc::new(UnifiedWebSocketManager::new(ManagerConfig::default()));
+        let service =
+            WebSocketService::builder(DynManager::from(Arc::clone(&manager)), authenticator())
+                .max_connections(1)
+                .build();
+        let addrs = serve_both(&service).await;
+        for addr in addrs {
+            let first = connect(addr, "capacity-user", None).await;
+            let (retry_after, body) = expect_503(addr, "capacity-user").await;
+            assert!((2..=3).contains(&retry_after), "{addr}: {retry_after}");
+            assert_eq!(body, "Service Unavailable: at_capacity", "{addr}");
+            close(first).await;
+            let wait = async {
+                while !service.readiness().is_ready() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            tokio::time::timeout(STEP, wait).await.unwrap();
+        }
+    })
+    .await;
+}
+
+/// The issue's last case: a socket answered `101` just before the signal,
+/// not yet registered when shutdown looks at its connections. Driven
+/// through the service's own steps so that the order is exact: admitted,
+/// then shutdown begins, then the socket reaches `serve`.
+#[tokio::test]
+async fn a_socket_admitted_just_before_shutdown_is_closed_with_1001_and_reported() {
+    bounded(async {
+        let manager = Arc::new(UnifiedWebSocketManager::new(ManagerConfig::default()));
+        let service = service_over(&manager);
+
+        let uri: axum::http::Uri = "/ws".parse().unwrap();
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            "authorization",
+            format!("Bearer {}", token("last-minute", 600))
+                .parse()
+                .unwrap(),
+        );
+        let admission = service
+            .admit(&UpgradeRequest::new(&uri, &headers))
+            .await
+            .unwrap();
+
+        // A real socket pair over loopback, handshake done by tungstenite.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tokio_tungstenite::client_async(format!("ws://{addr}/"), stream).await
+        });
+        let (stream, _) = listener.accept().await.unwrap();
+        let server_side = tokio_tungstenite::accept_async(stream).await.unwrap();
+        let (mut client, _) = client.await.unwrap().unwrap();
+
+        let shutdown = tokio::spawn({
+            let service = service.clone();
+            async move { service.shutdown(STEP).await }
+        });
+        let began = async {
+            while service.is_accepting() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(STEP, began).await.unwrap();
+
+        let outcome = service
+            .serve(
+                websocket_manager::transport::tungstenite::TungsteniteSocket::new(server_side),
+                admission,
+            )
+            .await;
+        assert_eq!(
+            expect_close(&mut client).await.map(|(code, _)| code),
+            Some(1001),
+            "{outcome}"
+        );
+        let report = shutdown.await.unwrap();
+        assert_eq!(report.connections_at_start, 1, "{report}");
+        assert_eq!(report.closed_within_drain, 1, "{report}");
+        assert_eq!(report.upgrades_not_served, 0, "{report}");
+        assert!(report.is_clean(), "{report}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_admitted_upgrade_that_never_arrives_is_reported_not_waited_for_forever() {
+    bounded(async {
+        let manager = Arc::new(UnifiedWebSocketManager::new(ManagerConfig::default()));
+        let service = service_over(&manager);
+        let uri: axum::http::Uri = "/ws".parse().unwrap();
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            "authorization",
+            format!("Bearer {}", token("vanished", 600))
+                .parse()
+                .unwrap(),
+        );
+        let admission = service
+            .admit(&UpgradeRequest::new(&uri, &headers))
+            .await
+            .unwrap();
+        // Still upgrading when the drain time runs out.
+        let report = service.shutdown(Duration::from_millis(100)).await;
+        assert_eq!(report.connections_at_start, 1, "{report}");
+        assert_eq!(report.closed_within_drain, 0, "{report}");
+        assert_eq!(report.upgrades_not_served, 1, "{report}");
+        assert!(
+            report
+                .to_string()
+                .contains("1 admitted upgrade(s) never became a connection"),
+            "{report}"
+        );
+        drop(admission);
+    })
+    .await;
+}
