@@ -52,7 +52,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 use websocket_manager::DynManager;
 
@@ -74,7 +74,8 @@ use websocket_manager::{
     TOOL_COMPLETED, TOOL_EXECUTING, UserId, WebSocketManager, validate_on_startup,
 };
 use websocket_manager::{
-    ClusterConfig, ClusterWebSocketManager, ManagerStats, UnifiedWebSocketManager,
+    ClusterConfig, ClusterWebSocketManager, ManagerStats, NotReady, NotReadyReason,
+    UnifiedWebSocketManager,
 };
 
 /// The event that carries a run's answer, on the user's critical stream.
@@ -103,7 +104,9 @@ const CLIENT_JS: &str = include_str!("../clients/js/src/index.js");
 #[derive(Clone)]
 struct AppState {
     service: WebSocketService,
-    report: Arc<StartupReport>,
+    /// The startup validation report; empty until it ran (a cluster node
+    /// validates once it has joined, see `main`).
+    report: Arc<OnceLock<StartupReport>>,
     /// The signing secret, only when `--demo` hands out tokens.
     demo_secret: Option<Arc<Vec<u8>>>,
     /// The typed manager (the service holds it as a `DynManager`),
@@ -271,41 +274,38 @@ async fn main() -> ExitCode {
     }
 
     // 1. Strict startup validation: refuse to serve with a broken manager.
-    let report = match validate_on_startup(&options).await {
-        Ok(report) => report,
-        Err(error) => {
-            eprint!("{}", error.report());
-            eprintln!("startup validation failed; not serving");
-            return ExitCode::FAILURE;
-        }
-    };
-    print!("{report}");
-
-    // 2. The unified manager the startup validation just checked. Built
-    //    here by its type, not through `StandardFactory::create_named`
-    //    (which returns `DynManager`), so that `/metrics` can
-    //    read its typed `stats()`.
-    let manager_config = ManagerConfig::default();
-    let typed = match cluster {
-        Some(cluster) => {
-            let node = cluster.node_id().to_owned();
-            let manager = match ClusterWebSocketManager::new(manager_config.clone(), cluster) {
-                Ok(manager) => Arc::new(manager),
-                Err(error) => {
-                    eprintln!("cannot build the cluster manager: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            if let Err(error) = manager.ready().await {
-                eprintln!("cannot join the cluster: {error}");
+    //    Without a cluster nothing outside this process is needed, so it
+    //    runs before anything listens. A cluster node validates against
+    //    the real Redis, which may not be up yet: it listens at once,
+    //    answers `/ready` and upgrades with 503 `starting`, and validates
+    //    once it has joined (see `join_then_validate`).
+    let report = Arc::new(OnceLock::new());
+    if cluster.is_none() {
+        match validate_on_startup(&options).await {
+            Ok(validated) => {
+                print!("{validated}");
+                let _ = report.set(validated);
+            }
+            Err(error) => {
+                eprint!("{}", error.report());
+                eprintln!("startup validation failed; not serving");
                 return ExitCode::FAILURE;
             }
-            println!(
-                "cluster node {node} joined through {}",
-                args.redis.as_deref().unwrap_or_default()
-            );
-            TypedManager::Cluster(manager)
         }
+    }
+
+    // 2. The manager. Built here by its type, not through
+    //    `StandardFactory::create_named` (which returns `DynManager`), so
+    //    that `/metrics` can read its typed `stats()`.
+    let manager_config = ManagerConfig::default();
+    let typed = match cluster {
+        Some(cluster) => match ClusterWebSocketManager::new(manager_config.clone(), cluster) {
+            Ok(manager) => TypedManager::Cluster(Arc::new(manager)),
+            Err(error) => {
+                eprintln!("cannot build the cluster manager: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
         None => TypedManager::Unified(Arc::new(UnifiedWebSocketManager::new(
             manager_config.clone(),
         ))),
@@ -379,7 +379,7 @@ async fn main() -> ExitCode {
     let operator_routes = args.operator_token.is_some();
     let state = AppState {
         service: service.clone(),
-        report: Arc::new(report),
+        report: Arc::clone(&report),
         demo_secret: args.demo.then(|| Arc::new(secret)),
         manager: typed.clone(),
         prometheus,
@@ -410,10 +410,36 @@ async fn main() -> ExitCode {
         args.max_runs_per_user,
         args.max_runs,
     );
+    // A cluster node: refuse until joined and validated; a node whose
+    // validation fails stops (`startup_failed`), as one without a cluster
+    // never starts.
+    let (startup_failed, startup_failure) = tokio::sync::oneshot::channel::<()>();
+    if let TypedManager::Cluster(manager) = &typed {
+        service.hold(NotReady::new(
+            NotReadyReason::Starting,
+            "waiting for the cluster's Redis, then startup validation",
+            Duration::from_secs(1),
+        ));
+        tokio::spawn(join_then_validate(
+            Arc::clone(manager),
+            options,
+            service.clone(),
+            Arc::clone(&report),
+            args.redis.clone().unwrap_or_default(),
+            startup_failed,
+        ));
+    }
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let shutdown = {
         let service = service.clone();
+        let failed = Arc::clone(&failed);
         async move {
-            termination().await;
+            tokio::select! {
+                () = termination() => {}
+                Ok(()) = startup_failure => {
+                    failed.store(true, Ordering::SeqCst);
+                }
+            }
             // `/ready` says 503 first, so a balancer stops sending clients
             // here; then close every socket with 1001, drain, report.
             service.stop_admitting();
@@ -433,8 +459,50 @@ async fn main() -> ExitCode {
         eprintln!("server error: {error}");
         return ExitCode::FAILURE;
     }
+    if failed.load(Ordering::SeqCst) {
+        eprintln!("startup validation failed; stopped serving");
+        return ExitCode::FAILURE;
+    }
     println!("bye");
     ExitCode::SUCCESS
+}
+
+/// A cluster node's start: waits (for as long as it takes) until the node
+/// has joined through Redis, runs the strict startup validation against
+/// it, then admits connections. A validation that fails while the node is
+/// serving means a broken manager: the server stops. One that fails while
+/// the link is down again is retried.
+async fn join_then_validate(
+    manager: Arc<ClusterWebSocketManager>,
+    options: StartupOptions,
+    service: WebSocketService,
+    report: Arc<OnceLock<StartupReport>>,
+    redis: String,
+    failed: tokio::sync::oneshot::Sender<()>,
+) {
+    loop {
+        while let Err(error) = manager.ready().await {
+            tracing::warn!(%error, redis, "not joined to the cluster yet; /ready answers 503 starting");
+        }
+        match validate_on_startup(&options).await {
+            Ok(validated) => {
+                print!("{validated}");
+                let _ = report.set(validated);
+                break;
+            }
+            Err(error) if manager.link_state().is_serving() => {
+                eprint!("{}", error.report());
+                let _ = failed.send(());
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "startup validation could not reach Redis; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    println!("cluster node {} joined through {redis}", manager.node_id());
+    service.release();
 }
 
 /// Ctrl-C or SIGTERM (what an orchestrator sends).
@@ -546,8 +614,15 @@ async fn health(State(state): State<AppState>, Path(user): Path<String>) -> Resp
     }
 }
 
-async fn managers(State(state): State<AppState>) -> Json<StartupReport> {
-    Json(StartupReport::clone(&state.report))
+async fn managers(State(state): State<AppState>) -> Response {
+    match state.report.get() {
+        Some(report) => Json(report.clone()).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "startup validation has not run yet (the node is waiting for the cluster's Redis)",
+        )
+            .into_response(),
+    }
 }
 
 async fn demo_token(State(state): State<AppState>, body: Option<Json<Value>>) -> Response {

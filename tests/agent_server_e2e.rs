@@ -57,6 +57,27 @@ impl Server {
     }
 
     fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let server = Server::spawn(args, env);
+        // A cluster node listens before it has joined (503 `starting`
+        // until then): wait for /ready, as a load balancer would.
+        server.wait_ready(Duration::from_secs(60));
+        server
+    }
+
+    /// Polls `GET /ready` until it answers 200, at most `limit`.
+    fn wait_ready(&self, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while self.http("GET", "/ready", None, "").0 != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not ready within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Started and listening, not necessarily ready.
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(example_binary())
             .args(["--demo", "--port", "0"])
             .args(args)
@@ -86,6 +107,59 @@ impl Server {
             .parse()
             .unwrap();
         Server { child, addr }
+    }
+
+    /// One raw HTTP/1.1 exchange: the whole response (head and body).
+    fn exchange(&self, request: &str) -> String {
+        let mut stream = TcpStream::connect(self.addr).unwrap();
+        stream.set_read_timeout(Some(STEP)).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = Vec::new();
+        // An upgrade answered 101 keeps the connection open: read what came.
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            response.extend_from_slice(&chunk[..n]);
+            if response.windows(4).any(|w| w == b"\r\n\r\n")
+                && response.starts_with(b"HTTP/1.1 101")
+            {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&response).into_owned()
+    }
+
+    /// `GET /ready`: the status, the `Retry-After` header if any, the body.
+    fn readiness(&self) -> (u16, Option<u64>, String) {
+        let response = self.exchange(&format!(
+            "GET /ready HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        ));
+        parse_refusal(&response)
+    }
+
+    /// A WebSocket upgrade of `user` as raw HTTP: status, `Retry-After`, body.
+    fn raw_upgrade(&self, user: &str) -> (u16, Option<u64>, String) {
+        let token = self.demo_token(user);
+        let response = self.exchange(&format!(
+            "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n",
+            self.addr
+        ));
+        parse_refusal(&response)
+    }
+
+    fn demo_token(&self, user: &str) -> String {
+        let (status, body) = self.http(
+            "POST",
+            "/demo-token",
+            None,
+            &json!({"user": user}).to_string(),
+        );
+        assert_eq!(status, 200, "demo token: {body}");
+        let token: Value = serde_json::from_str(&body).unwrap();
+        token["token"].as_str().unwrap().to_owned()
     }
 
     /// One HTTP/1.1 request, with `Authorization: Bearer <bearer>` when
@@ -140,19 +214,12 @@ impl Server {
     }
 
     async fn connect_to(&self, user: &str, path: &str) -> Tab {
-        let (status, body) = self.http(
-            "POST",
-            "/demo-token",
-            None,
-            &json!({"user": user}).to_string(),
-        );
-        assert_eq!(status, 200, "demo token: {body}");
-        let token: Value = serde_json::from_str(&body).unwrap();
+        let token = self.demo_token(user);
         let mut request = format!("ws://{}{path}", self.addr)
             .into_client_request()
             .unwrap();
         let headers = request.headers_mut();
-        let bearer = format!("Bearer {}", token["token"].as_str().unwrap());
+        let bearer = format!("Bearer {token}");
         headers.insert("authorization", bearer.parse().unwrap());
         let origin = format!("http://127.0.0.1:{}", self.addr.port());
         headers.insert("origin", origin.parse().unwrap());
@@ -164,6 +231,22 @@ impl Server {
                 .unwrap();
         Tab { socket }
     }
+}
+
+/// Status, `Retry-After` (seconds) and body of a raw HTTP response.
+fn parse_refusal(response: &str) -> (u16, Option<u64>, String) {
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response, ""));
+    let retry_after = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("retry-after")
+            .then(|| value.trim().parse().ok())?
+    });
+    (status, retry_after, body.to_owned())
 }
 
 impl Drop for Server {
@@ -835,4 +918,100 @@ async fn two_servers_on_one_redis_behave_as_one() {
     })
     .await
     .expect("the test did not finish within 60 s");
+}
+
+/// A cluster node started while its Redis is down listens at once, says
+/// `starting` on `/ready` and refuses upgrades with 503 + `Retry-After`
+/// (never 101 then a close), then joins by itself when Redis comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_without_redis_refuses_until_it_joins_by_itself() {
+    let Some(mut redis) = websocket_manager_suite::redis::own_redis_for("agent_server_start")
+    else {
+        return;
+    };
+    // Down before the node starts (restarted on the same port below).
+    redis.kill();
+    let url = redis.url();
+    let node = Server::spawn(&["--redis", url.as_str()], &[]);
+    let (status, retry_after, body) = node.readiness();
+    assert_eq!((status, body.as_str()), (503, "not ready: starting"));
+    assert!(retry_after.is_some_and(|s| s >= 1), "no Retry-After");
+    let (status, retry_after, _) = node.raw_upgrade("alice");
+    assert_eq!(status, 503, "an upgrade before the join");
+    assert!(retry_after.is_some_and(|s| s >= 1), "no Retry-After");
+    // Still waiting, still alive, a few seconds later.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(node.readiness().0, 503);
+    assert_eq!(node.http("GET", "/live", None, "").0, 200);
+
+    redis.restart();
+    node.wait_ready(Duration::from_secs(20));
+    let mut tab = node.connect("alice").await;
+    tab.run("joined").await;
+    assert_eq!(
+        tab.next_of(&["agent_started"]).await["type"],
+        "agent_started"
+    );
+}
+
+/// Two nodes on one Redis, Redis frozen (SIGSTOP) past the fence bound:
+/// `/ready` turns 503 on both within the bound, an upgrade is refused with
+/// 503 + `Retry-After`, and an open tab is closed with 1012 (to resume
+/// elsewhere), not left open and silent; once Redis answers, both serve
+/// again by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_redis_says_so_refuses_upgrades_and_serves_again() {
+    let Some(redis) = websocket_manager_suite::redis::own_redis_for("agent_server_fence") else {
+        return;
+    };
+    let url = redis.url();
+    let secret = (
+        "AGENT_SERVER_JWT_SECRET",
+        "a shared secret of the two nodes, 32+ bytes long",
+    );
+    let args = ["--redis", url.as_str()];
+    let a = Server::start_with(&args, &[secret]);
+    let b = Server::start_with(&args, &[secret]);
+    let mut tab = b.connect("alice").await;
+    assert_eq!(a.readiness().0, 200);
+
+    redis.pause();
+    let cut_at = std::time::Instant::now();
+    // The default fence bound is 8 s (8/9 of the 9 s node TTL): /ready
+    // says `fenced` by then, a few seconds of slack for a loaded machine.
+    let bound = Duration::from_secs(8) + Duration::from_secs(4);
+    let closed = tokio::time::timeout(bound, async {
+        loop {
+            match tab.socket.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("the tab on the cut-off node stayed open and silent past the fence bound");
+    assert_eq!(closed, Some(1012), "closed to resume elsewhere");
+    loop {
+        let (status, _, body) = b.readiness();
+        if status == 503 && body == "not ready: fenced" {
+            break;
+        }
+        assert!(cut_at.elapsed() < bound, "/ready said {status} {body:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, retry_after, _) = b.raw_upgrade("bob");
+    assert_eq!(status, 503, "an upgrade on a fenced node");
+    assert!(retry_after.is_some_and(|s| s >= 1), "no Retry-After");
+    assert_eq!(a.readiness().0, 503, "a is cut off too");
+
+    redis.unpause();
+    a.wait_ready(Duration::from_secs(15));
+    b.wait_ready(Duration::from_secs(15));
+    let mut again = b.connect("alice").await;
+    again.run("back").await;
+    assert_eq!(
+        again.next_of(&["agent_started"]).await["type"],
+        "agent_started"
+    );
 }

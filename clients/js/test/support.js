@@ -78,6 +78,15 @@ export class AgentServer {
         }
       });
     });
+    // A cluster node listens before it has joined (503 `starting` until
+    // then): wait for /ready, as a load balancer would.
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      const status = await fetch(`http://${addr}/ready`).then((r) => r.status, () => 0);
+      if (status === 200) break;
+      if (Date.now() > deadline) throw new Error(`agent_server never became ready: ${stderr}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
     return new AgentServer(child, addr);
   }
 
