@@ -46,6 +46,10 @@
 //! * `GET /`: the demo page, built on the official JavaScript client
 //!   (`clients/js`), which it loads from `GET /client.js`.
 //!
+//! `--drain-delay-ms N` (default 0): on SIGTERM `/ready` turns 503 at
+//! once and the sockets are closed with 1001 N ms later, so a balancer
+//! that polls `/ready` stops sending clients first.
+//!
 //! `--ping-interval-ms N` sets how often the server pings (and, when the
 //! connection is idle, sends its `heartbeat` frame); 25 s by default.
 
@@ -164,9 +168,12 @@ struct Args {
     operator_token: Option<String>,
     /// `--ping-interval-ms N`: the transport's ping (and heartbeat) interval.
     ping_interval: Option<Duration>,
+    /// `--drain-delay-ms N`: after SIGTERM, how long `/ready` says 503
+    /// before the sockets are closed (time for a balancer to notice).
+    drain_delay: Duration,
 }
 
-const USAGE: &str = "usage: agent_server [--demo] [--port N] [--redis URL] [--max-runs N] [--max-runs-per-user N] [--operator-token TOKEN] [--ping-interval-ms N]";
+const USAGE: &str = "usage: agent_server [--demo] [--port N] [--redis URL] [--max-runs N] [--max-runs-per-user N] [--operator-token TOKEN] [--ping-interval-ms N] [--drain-delay-ms N]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -177,6 +184,7 @@ fn parse_args() -> Result<Args, String> {
         max_runs_per_user: MAX_RUNS_PER_USER,
         operator_token: std::env::var("AGENT_SERVER_OPERATOR_TOKEN").ok(),
         ping_interval: None,
+        drain_delay: Duration::ZERO,
     };
     let mut rest = std::env::args().skip(1);
     while let Some(arg) = rest.next() {
@@ -196,6 +204,13 @@ fn parse_args() -> Result<Args, String> {
             "--ping-interval-ms" => {
                 let ms = positive(&arg, &value()?)?;
                 args.ping_interval = Some(Duration::from_millis(ms as u64));
+            }
+            "--drain-delay-ms" => {
+                let value = value()?;
+                let ms: u64 = value
+                    .parse()
+                    .map_err(|_| format!("--drain-delay-ms: `{value}` is not a number"))?;
+                args.drain_delay = Duration::from_millis(ms);
             }
             other => return Err(format!("unknown argument `{other}`; {USAGE}")),
         }
@@ -430,6 +445,7 @@ async fn main() -> ExitCode {
         ));
     }
     let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let drain_delay = args.drain_delay;
     let shutdown = {
         let service = service.clone();
         let failed = Arc::clone(&failed);
@@ -443,6 +459,8 @@ async fn main() -> ExitCode {
             // `/ready` says 503 first, so a balancer stops sending clients
             // here; then close every socket with 1001, drain, report.
             service.stop_admitting();
+            // Connections already open keep being served meanwhile.
+            tokio::time::sleep(drain_delay).await;
             let report = service.shutdown(DRAIN).await;
             print!("{report}");
             // A cluster node also leaves the cluster at once.

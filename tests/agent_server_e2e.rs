@@ -1015,3 +1015,55 @@ async fn a_node_cut_off_from_redis_says_so_refuses_upgrades_and_serves_again() {
         "agent_started"
     );
 }
+
+/// SIGTERM: `/ready` turns 503 (`draining`) first, while the open tab is
+/// still served; only after the drain delay is the tab closed with 1001,
+/// and the process exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_flips_ready_to_503_before_draining_with_1001() {
+    let mut server = Server::start(&["--drain-delay-ms", "1500"]);
+    let mut tab = server.connect("alice").await;
+    assert_eq!(server.readiness().0, 200);
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let signalled = std::time::Instant::now();
+    let (status, retry_after, body) = loop {
+        let answer = server.readiness();
+        if answer.0 == 503 {
+            break answer;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(1),
+            "/ready still says {answer:?} after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!((status, body.as_str()), (503, "not ready: draining"));
+    assert!(retry_after.is_some_and(|s| s >= 1), "no Retry-After");
+    let flipped = signalled.elapsed();
+    let close = tokio::time::timeout(STEP, async {
+        loop {
+            match tab.socket.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("the tab was never closed");
+    let closed = signalled.elapsed();
+    assert_eq!(close, Some(1001));
+    assert!(
+        closed >= Duration::from_millis(1500) && flipped < closed,
+        "/ready flipped after {flipped:?}, the tab closed after {closed:?}"
+    );
+    let exit = tokio::task::spawn_blocking(move || server.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit}");
+}

@@ -5,7 +5,11 @@
 //! * [`WebSocketService`]: the one object an application builds.
 //! * [`Authenticator`] (the application's, or [`JwtAuthenticator`] with
 //!   feature `jwt`) and [`OriginPolicy`]: run on the HTTP upgrade request,
-//!   before any registration. Refusals are 401 / 403, with no socket.
+//!   before any registration. Refusals are 401 / 403, with no socket; a
+//!   service whose manager is not ready (a cluster node not joined or
+//!   fenced), that is draining or at its connection limit answers 503 with
+//!   `Retry-After` before any check of the credential
+//!   ([`WebSocketService::readiness`], [`Readiness`](crate::Readiness)).
 //! * The driver: per socket, a writer task draining the connection's bounded
 //!   queue (close events become close frames) and a reader loop that feeds
 //!   your [`MessageHandler`], enforces the size limit (1009) and the
