@@ -210,20 +210,32 @@ impl WebSocketHandle {
         self.queue.capacity()
     }
 
+    /// Asks the manager that registers this socket to record its
+    /// [`StreamPosition`] (the transport does, before `add_connection`, for
+    /// its `hello` frame). Without the request a record is not kept, so a
+    /// socket nobody asks about costs nothing.
+    pub fn request_stream_position(&self) {
+        self.queue.request_position();
+    }
+
     /// Records where this socket's connection stands in its user's stream
     /// of critical events, and the manager's retention: a manager calls it
     /// in `add_connection`, when it replays (see [`StreamPosition`]); the
-    /// transport reads it for the `hello` frame. The first record is kept;
-    /// returns `false` for a later one.
+    /// transport takes it for the `hello` frame. Kept only when
+    /// [requested](Self::request_stream_position) and only the first time;
+    /// returns whether it was kept.
     ///
     /// ```
     /// use std::time::Duration;
     /// use websocket_manager::{QueueLimits, StreamPosition, WebSocketHandle};
     /// let (socket, _outbound) = WebSocketHandle::channel(QueueLimits::default());
-    /// assert_eq!(socket.stream_position(), None);
     /// let position = StreamPosition::new(None, None, 256, Duration::from_secs(300));
+    /// assert!(!socket.record_stream_position(position)); // nobody asked
+    /// socket.request_stream_position();
     /// assert!(socket.record_stream_position(position));
     /// assert_eq!(socket.stream_position(), Some(position));
+    /// assert_eq!(socket.take_stream_position(), Some(position));
+    /// assert_eq!(socket.stream_position(), None); // freed
     /// ```
     pub fn record_stream_position(&self, position: StreamPosition) -> bool {
         self.queue.record_position(position)
@@ -233,6 +245,12 @@ impl WebSocketHandle {
     /// [`record_stream_position`](Self::record_stream_position), if anything.
     pub fn stream_position(&self) -> Option<StreamPosition> {
         self.queue.position()
+    }
+
+    /// The recorded position, removed (its memory freed): the transport
+    /// reads it once, for the `hello` frame.
+    pub fn take_stream_position(&self) -> Option<StreamPosition> {
+        self.queue.take_position()
     }
 
     /// Frames waiting in the queue.

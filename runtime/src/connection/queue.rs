@@ -76,10 +76,11 @@ struct State {
 pub(super) struct OutboundQueue {
     limits: QueueLimits,
     state: Mutex<State>,
-    /// Recorded once by the manager at registration, read once by the
-    /// transport for its `hello` frame; boxed so that an idle queue pays
-    /// one pointer for it.
-    position: std::sync::OnceLock<Box<StreamPosition>>,
+    /// Recorded by the manager at registration only when the transport
+    /// asked for it (`.0`), taken by the transport for its `hello` frame:
+    /// an idle connection keeps no position, and one the transport never
+    /// asks about (a bare handle) never allocates one. 16 bytes inline.
+    position: Mutex<(bool, Option<Box<StreamPosition>>)>,
 }
 
 impl OutboundQueue {
@@ -95,17 +96,34 @@ impl OutboundQueue {
                 senders: 1,
                 waker: None,
             }),
-            position: std::sync::OnceLock::new(),
+            position: Mutex::new((false, None)),
         }
     }
 
-    /// Keeps the first position recorded; `false` if one was already.
+    pub(super) fn request_position(&self) {
+        self.position.lock().0 = true;
+    }
+
+    /// Keeps the first position recorded, if one was requested; `false`
+    /// when none was, or one is already kept.
     pub(super) fn record_position(&self, position: StreamPosition) -> bool {
-        self.position.set(Box::new(position)).is_ok()
+        let mut slot = self.position.lock();
+        if !slot.0 || slot.1.is_some() {
+            return false;
+        }
+        slot.1 = Some(Box::new(position));
+        true
     }
 
     pub(super) fn position(&self) -> Option<StreamPosition> {
-        self.position.get().map(|position| **position)
+        self.position.lock().1.as_deref().copied()
+    }
+
+    /// The recorded position, freed; later records are not kept.
+    pub(super) fn take_position(&self) -> Option<StreamPosition> {
+        let mut slot = self.position.lock();
+        slot.0 = false;
+        slot.1.take().map(|position| *position)
     }
 
     pub(super) fn limits(&self) -> QueueLimits {

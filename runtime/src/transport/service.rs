@@ -543,6 +543,9 @@ impl WebSocketService {
             return outcome(refused(reason));
         }
         drop(ticket);
+        // For the hello frame: the manager records where the connection
+        // stands while it registers it.
+        handle.request_stream_position();
         if let Err(error) = inner.manager.add_connection(connection).await {
             inner.tracker.unregister(handle.id());
             let reason = close::registration_refused(&error);
@@ -569,7 +572,7 @@ impl WebSocketService {
             &user_id,
             &connection_id,
             identity.expires_at,
-            handle.stream_position(),
+            handle.take_stream_position(),
             &inner.config,
         );
         let end = match send_hello(&mut socket, &hello, &inner.config).await {
