@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The JavaScript client's CI: install the dev dependency (typescript, for the
 # declarations' type check), type-check, build the agent_server example the
-# tests run against, and run `node --test` (about 90 s, 45 of them the
+# tests run against, and run `node --test` (about 110 s, 60 of them the
 # random-cut test; CUT_TEST_MS shortens it). Needs Node 20+ and
 # redis-server (the two-node test starts its own on a free port).
 set -euo pipefail
