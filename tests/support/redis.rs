@@ -253,7 +253,7 @@ fn read_line(stream: &mut TcpStream) -> String {
 ///
 /// # Panics
 ///
-/// As [`send_command`], or when the reply is not an array.
+/// As `send_command` (private), or when the reply is not an array.
 pub fn count_keys(url: &str, pattern: &str) -> usize {
     let mut stream = send_command(url, &["KEYS", pattern]);
     // The reply starts `*N\r\n`: N is all we need.
@@ -268,7 +268,7 @@ pub fn count_keys(url: &str, pattern: &str) -> usize {
 ///
 /// # Panics
 ///
-/// As [`send_command`], or when the reply has no `connected_clients`.
+/// As `send_command` (private), or when the reply has no `connected_clients`.
 pub fn connected_clients(url: &str) -> usize {
     let mut stream = send_command(url, &["INFO", "clients"]);
     let length: usize = read_line(&mut stream)
