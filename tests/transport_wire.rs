@@ -141,10 +141,10 @@ async fn a_client_that_sends_n_messages_then_closes_gets_n_replies_before_the_cl
 
 #[tokio::test]
 async fn frames_queued_before_a_protocol_error_are_written_before_the_1002_close() {
-    // 24 frames of 64 KiB queued by the server to a client that is not
+    // 100 frames of 64 KiB (more than the kernel buffers hold) queued by the server to a client that is not
     // reading yet: the writer is stalled on TCP when the client's bad frame
     // arrives. The 1002 close waits for them (within the close timeout).
-    const FRAMES: usize = 24;
+    const FRAMES: usize = 100;
     bounded(async {
         let (server, addrs) = both_adapters(Arc::new(IgnoreMessages), binary_allowed()).await;
         for (adapter, addr) in addrs {

@@ -673,6 +673,43 @@ mod tests {
     }
 
     #[test]
+    fn a_close_after_queued_frames_waits_for_them_until_an_abrupt_close_drops_and_counts_them() {
+        let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::new(8, 64));
+        socket.try_send(frame("a")).unwrap();
+        socket.send_binary(Bytes::from_static(b"bc")).unwrap();
+        socket.try_send(frame("d")).unwrap();
+        assert!(socket.close_after_queued(CloseReason::normal()));
+        assert!(!socket.close_after_queued(CloseReason::going_away()));
+        assert_eq!(socket.try_send(frame("late")), Err(SendError::Closed));
+        assert_eq!(socket.abrupt_close_reason(), None, "still waiting");
+        assert_eq!(
+            try_recv(&mut receiver),
+            Some(Some(OutboundEvent::Frame(frame("a"))))
+        );
+        assert_eq!(socket.accepted_frames(), 3);
+        // The wait runs out: the rest is dropped and counted, the first
+        // reason stays.
+        assert!(!socket.close(CloseReason::policy("late")));
+        assert_eq!(socket.abrupt_close_reason(), Some(CloseReason::normal()));
+        assert_eq!(socket.discarded_at_close(), 2);
+        assert_eq!((socket.queue_depth(), socket.queued_bytes()), (0, 0));
+        assert_eq!(
+            try_recv(&mut receiver),
+            Some(Some(OutboundEvent::Close(CloseReason::normal())))
+        );
+        assert_eq!(try_recv(&mut receiver), Some(None));
+    }
+
+    #[test]
+    fn an_abrupt_close_counts_what_it_drops() {
+        let (socket, _receiver) = WebSocketHandle::channel(QueueLimits::new(8, 64));
+        socket.try_send(frame("a")).unwrap();
+        socket.send_binary(Bytes::from_static(b"b")).unwrap();
+        assert!(socket.close(CloseReason::slow_consumer()));
+        assert_eq!(socket.discarded_at_close(), 2);
+    }
+
+    #[test]
     fn a_closed_receiver_refuses_new_frames_but_yields_the_queued_ones() {
         let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::default());
         socket.try_send(frame("queued")).unwrap();
