@@ -253,6 +253,7 @@ impl WebSocketHandle {
 
     /// The close reason, unless the close still waits for queued frames:
     /// what a stalled write gives up for.
+    #[cfg_attr(not(feature = "transport"), allow(dead_code))]
     pub(crate) fn abrupt_close_reason(&self) -> Option<CloseReason> {
         self.queue.abrupt_close_reason()
     }
@@ -260,6 +261,7 @@ impl WebSocketHandle {
     /// Frames accepted so far and not dropped (taken by the writer, or
     /// waiting): the writer has written them all once it has written this
     /// many.
+    #[cfg_attr(not(feature = "transport"), allow(dead_code))]
     pub(crate) fn accepted_frames(&self) -> u64 {
         self.queue.accepted()
     }

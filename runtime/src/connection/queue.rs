@@ -258,8 +258,9 @@ impl OutboundQueue {
             waker,
             ..
         } = &mut *state;
+        // A close goes first, unless it waits for the queued frames.
         if let Some(reason) = close
-            && !(*close_when_drained && !frames.is_empty())
+            && (!*close_when_drained || frames.is_empty())
         {
             take(OutboundEvent::Close(reason.clone()));
             return Poll::Ready(1);
@@ -377,6 +378,7 @@ impl OutboundQueue {
     }
 
     /// The close reason, unless the close still waits for queued frames.
+    #[cfg_attr(not(feature = "transport"), allow(dead_code))]
     pub(super) fn abrupt_close_reason(&self) -> Option<CloseReason> {
         let state = self.state.lock();
         if state.close_when_drained {
@@ -387,6 +389,7 @@ impl OutboundQueue {
 
     /// Frames accepted by a push and not dropped since: taken by the
     /// writer so far, plus those waiting. Grows by one per push.
+    #[cfg_attr(not(feature = "transport"), allow(dead_code))]
     pub(super) fn accepted(&self) -> u64 {
         let state = self.state.lock();
         state.taken + state.frames.len() as u64
