@@ -16,6 +16,12 @@
 //! | the token the connection was authenticated with expired ([`Identity::expires_at`](super::Identity::expires_at)) | 4401 `token expired` |
 //! | no frame (not even a pong) within `idle_timeout` | 4408 |
 //! | one write stalled longer than `write_timeout` | 4409 (rarely seen: the client is not reading) |
+//!
+//! The closes the reader decides on a client's data (1002, 1003, 1007, 1008
+//! for too many invalid messages, 1009) follow what the queue had already
+//! accepted, written within `close_timeout`; the others drop it (the client
+//! is gone, idle, not reading, or its token expired). Frames dropped this
+//! way are counted ([`WebSocketHandle::discarded_at_close`](crate::WebSocketHandle::discarded_at_close)).
 
 use crate::connection::CloseReason;
 use crate::error::ManagerError;
