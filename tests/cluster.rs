@@ -81,6 +81,7 @@ async fn frames(tab: &mut Tab, wait: Duration) -> (Vec<serde_json::Value>, Optio
                 frames.push(serde_json::from_str(frame.as_str()).unwrap())
             }
             Ok(Some(OutboundEvent::Close(reason))) => return (frames, Some(reason)),
+            Ok(Some(OutboundEvent::Binary(bytes))) => panic!("a manager sent binary: {bytes:?}"),
             Ok(None) | Err(_) => return (frames, None),
         }
     }

@@ -291,6 +291,8 @@ impl<'a> Probe<'a> {
                         count += 1;
                     }
                 }
+                // A manager sends no binary message: nothing to count.
+                Some(OutboundEvent::Binary(_)) => {}
                 Some(OutboundEvent::Close(_)) | None => return count,
             }
         }
@@ -314,6 +316,7 @@ impl<'a> Probe<'a> {
                     serde_json::from_str(frame.as_str())
                         .unwrap_or_else(|_| serde_json::Value::String(frame.as_str().to_owned())),
                 ),
+                Some(OutboundEvent::Binary(_)) => {}
                 Some(OutboundEvent::Close(_)) | None => return frames,
             }
         }
@@ -402,7 +405,7 @@ impl<'a> Probe<'a> {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match next_event(&mut socket.receiver, left).await {
                 Some(OutboundEvent::Close(_)) => return true,
-                Some(OutboundEvent::Frame(_)) => {}
+                Some(OutboundEvent::Frame(_) | OutboundEvent::Binary(_)) => {}
                 None => return socket.handle.is_closed(),
             }
         }

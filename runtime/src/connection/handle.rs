@@ -7,6 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use serde::Serialize;
 
 use super::SocketId;
@@ -175,6 +176,30 @@ impl WebSocketHandle {
         self.queue.push(frame)
     }
 
+    /// Queues a binary message without waiting (audio, images...), in
+    /// order with the text frames and within the same message and byte
+    /// bounds. The writer sends it as a WebSocket binary message.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use websocket_manager::{OutboundEvent, QueueLimits, TextFrame, WebSocketHandle};
+    /// let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::new(8, 1024));
+    /// socket.try_send(TextFrame::from_string("header".into()))?;
+    /// socket.send_binary(Bytes::from_static(&[0, 1, 2]))?;
+    /// assert_eq!(socket.queued_bytes(), 9);
+    /// let mut batch = Vec::new();
+    /// receiver.try_recv_many(&mut batch, 8);
+    /// assert_eq!(batch[1], OutboundEvent::Binary(Bytes::from_static(&[0, 1, 2])));
+    /// # Ok::<(), websocket_manager::SendError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`try_send`](Self::try_send).
+    pub fn send_binary(&self, bytes: Bytes) -> Result<(), SendError> {
+        self.queue.push_binary(bytes)
+    }
+
     /// Starts fetching the queue's lock into the cache, without taking it.
     ///
     /// Why: a fan-out pushes into many sockets' queues, each on a cache line
@@ -188,10 +213,58 @@ impl WebSocketHandle {
     }
 
     /// Closes the socket: the writer stops, sends a close frame with `reason`
-    /// and drops whatever was still queued. Returns `true` if this call
-    /// closed it, `false` if it was already closed.
+    /// and drops whatever was still queued (counted by
+    /// [`discarded_at_close`](Self::discarded_at_close)). Returns `true` if
+    /// this call closed it, `false` if it was already closed. A close that
+    /// was waiting for its queued frames ([`close_after_queued`](Self::close_after_queued))
+    /// stops waiting: they are dropped, and the first reason is kept.
     pub fn close(&self, reason: CloseReason) -> bool {
         self.queue.close(reason)
+    }
+
+    /// Closes the socket after what it has already accepted: new frames are
+    /// refused ([`SendError::Closed`]), the writer writes those queued,
+    /// then the close frame with `reason` (RFC 6455 lets data precede a
+    /// close). Returns `true` if this call closed it, `false` if it was
+    /// already closed.
+    ///
+    /// ```
+    /// use websocket_manager::{CloseReason, OutboundEvent, QueueLimits, TextFrame, WebSocketHandle};
+    /// let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::default());
+    /// socket.try_send(TextFrame::from_string("last words".into()))?;
+    /// assert!(socket.close_after_queued(CloseReason::normal()));
+    /// let mut batch = Vec::new();
+    /// while receiver.try_recv_many(&mut batch, 8) > 0 {}
+    /// assert_eq!(batch, [
+    ///     OutboundEvent::Frame(TextFrame::from_string("last words".into())),
+    ///     OutboundEvent::Close(CloseReason::normal()),
+    /// ]);
+    /// assert_eq!(socket.discarded_at_close(), 0);
+    /// # Ok::<(), websocket_manager::SendError>(())
+    /// ```
+    pub fn close_after_queued(&self, reason: CloseReason) -> bool {
+        self.queue.close_after_queued(reason)
+    }
+
+    /// Frames this socket accepted (`Ok` from a send) that a close then
+    /// dropped unwritten.
+    pub fn discarded_at_close(&self) -> usize {
+        self.queue.discarded_at_close()
+    }
+
+    /// The close reason, unless the close still waits for queued frames:
+    /// what a stalled write gives up for.
+    #[cfg_attr(not(feature = "transport"), allow(dead_code))]
+    pub(crate) fn abrupt_close_reason(&self) -> Option<CloseReason> {
+        self.queue.abrupt_close_reason()
+    }
+
+    /// Frames accepted so far and not dropped (taken by the writer, or
+    /// waiting): the writer has written them all once it has written this
+    /// many.
+    #[cfg_attr(not(feature = "transport"), allow(dead_code))]
+    pub(crate) fn accepted_frames(&self) -> u64 {
+        self.queue.accepted()
     }
 
     /// Whether the socket was closed, or its writer has gone away.
@@ -307,10 +380,13 @@ impl fmt::Debug for WebSocketHandle {
 /// What the writer gets from [`OutboundReceiver::recv`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutboundEvent {
-    /// A frame to write to the socket.
+    /// A text frame to write to the socket.
     Frame(TextFrame),
-    /// The manager closed the socket: send a close frame with this reason and
-    /// stop. Frames still queued are dropped.
+    /// A binary message to write to the socket ([`WebSocketHandle::send_binary`]).
+    Binary(Bytes),
+    /// The socket was closed: send a close frame with this reason and
+    /// stop. Frames still queued were dropped, unless the close was asked
+    /// for after them ([`WebSocketHandle::close_after_queued`]): they came first.
     Close(CloseReason),
 }
 
@@ -376,8 +452,8 @@ impl OutboundReceiver {
     /// `0` means the queue has ended, like `recv` returning `None`.
     ///
     /// A writer that flushes once per batch takes the whole batch with one
-    /// lock of the queue. A close always comes alone: it drops the frames
-    /// that were still queued.
+    /// lock of the queue. A close always comes alone, after the frames it
+    /// waits for (see [`OutboundEvent::Close`]).
     ///
     /// Cancel-safe, like [`recv`](Self::recv).
     ///
@@ -640,6 +716,43 @@ mod tests {
             Some(Some(OutboundEvent::Close(CloseReason::normal())))
         );
         assert_eq!(try_recv(&mut receiver), Some(None));
+    }
+
+    #[test]
+    fn a_close_after_queued_frames_waits_for_them_until_an_abrupt_close_drops_and_counts_them() {
+        let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::new(8, 64));
+        socket.try_send(frame("a")).unwrap();
+        socket.send_binary(Bytes::from_static(b"bc")).unwrap();
+        socket.try_send(frame("d")).unwrap();
+        assert!(socket.close_after_queued(CloseReason::normal()));
+        assert!(!socket.close_after_queued(CloseReason::going_away()));
+        assert_eq!(socket.try_send(frame("late")), Err(SendError::Closed));
+        assert_eq!(socket.abrupt_close_reason(), None, "still waiting");
+        assert_eq!(
+            try_recv(&mut receiver),
+            Some(Some(OutboundEvent::Frame(frame("a"))))
+        );
+        assert_eq!(socket.accepted_frames(), 3);
+        // The wait runs out: the rest is dropped and counted, the first
+        // reason stays.
+        assert!(!socket.close(CloseReason::policy("late")));
+        assert_eq!(socket.abrupt_close_reason(), Some(CloseReason::normal()));
+        assert_eq!(socket.discarded_at_close(), 2);
+        assert_eq!((socket.queue_depth(), socket.queued_bytes()), (0, 0));
+        assert_eq!(
+            try_recv(&mut receiver),
+            Some(Some(OutboundEvent::Close(CloseReason::normal())))
+        );
+        assert_eq!(try_recv(&mut receiver), Some(None));
+    }
+
+    #[test]
+    fn an_abrupt_close_counts_what_it_drops() {
+        let (socket, _receiver) = WebSocketHandle::channel(QueueLimits::new(8, 64));
+        socket.try_send(frame("a")).unwrap();
+        socket.send_binary(Bytes::from_static(b"b")).unwrap();
+        assert!(socket.close(CloseReason::slow_consumer()));
+        assert_eq!(socket.discarded_at_close(), 2);
     }
 
     #[test]

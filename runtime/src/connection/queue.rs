@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use std::mem;
 use std::task::{Context, Poll, Waker};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::offset::StreamPosition;
@@ -24,13 +25,13 @@ use crate::offset::StreamPosition;
 use super::frame::TextFrame;
 use super::handle::{CloseReason, OutboundEvent, QueueLimits, SendError};
 
-/// A queue drained to empty keeps at most this many slots (128 bytes); a
+/// A queue drained to empty keeps at most this many slots (160 bytes); a
 /// burst's larger buffer is given back so that an idle socket costs the
 /// manager well under 1 KiB, also after a burst. Steady traffic of a few
 /// frames at a time never reallocates.
 const IDLE_CAPACITY: usize = 4;
 
-/// A burst's buffer (of at most [`BURST_CAPACITY`] slots, 1 KiB) is kept,
+/// A burst's buffer (of at most [`BURST_CAPACITY`] slots, 1.25 KiB) is kept,
 /// not freed, when the queue drains again within this long of its previous
 /// drain: the socket gets bursts back to back, and the next one would
 /// allocate the same buffer again. A larger buffer is always freed, so what
@@ -46,7 +47,7 @@ const IDLE_CAPACITY: usize = 4;
 /// socket has gone quiet meanwhile.
 const KEEP_BURST_BUFFER: coarsetime::Duration = coarsetime::Duration::from_millis(1000);
 
-/// A queue that outgrows its idle slots grows straight to this many (1 KiB,
+/// A queue that outgrows its idle slots grows straight to this many (1.25 KiB,
 /// or the queue's bound if lower), then doubles as usual.
 ///
 /// Why: a burst's buffer is allocated by the sending thread and given back
@@ -57,13 +58,50 @@ const KEEP_BURST_BUFFER: coarsetime::Duration = coarsetime::Duration::from_milli
 /// to 20 frames behind) they were a quarter of the send's time.
 const BURST_CAPACITY: usize = 32;
 
+/// One queued frame. Text is what a manager fans out; binary is what a
+/// handler streams (audio...). Both count in the same bounds. (A slot is
+/// 40 bytes where a bare `TextFrame` took 32: the push does the same work.)
+#[derive(Debug)]
+enum Queued {
+    Text(TextFrame),
+    Binary(Bytes),
+}
+
+impl Queued {
+    #[inline]
+    fn len(&self) -> usize {
+        match self {
+            Queued::Text(frame) => frame.len(),
+            Queued::Binary(bytes) => bytes.len(),
+        }
+    }
+
+    #[inline]
+    fn into_event(self) -> OutboundEvent {
+        match self {
+            Queued::Text(frame) => OutboundEvent::Frame(frame),
+            Queued::Binary(bytes) => OutboundEvent::Binary(bytes),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct State {
-    frames: VecDeque<TextFrame>,
+    frames: VecDeque<Queued>,
     /// Total length of `frames`.
     bytes: usize,
-    /// Set once by [`OutboundQueue::close`]; the writer reports it first.
+    /// Set once by [`OutboundQueue::close`] or
+    /// [`OutboundQueue::close_after_queued`]; the writer reports it first,
+    /// unless `close_when_drained`.
     close: Option<CloseReason>,
+    /// The close waits for the frames queued before it
+    /// ([`OutboundQueue::close_after_queued`]); cleared by an abrupt
+    /// [`OutboundQueue::close`], which drops them.
+    close_when_drained: bool,
+    /// Frames accepted by `push` but dropped by a close, never written.
+    discarded_at_close: usize,
+    /// Frames the writer has taken so far (see [`OutboundQueue::accepted`]).
+    taken: u64,
     /// The receiving side was closed or dropped: pushes fail.
     receiver_closed: bool,
     /// Live handles. At zero the receiver ends once the queue is drained.
@@ -92,6 +130,9 @@ impl OutboundQueue {
                 frames: VecDeque::new(),
                 bytes: 0,
                 close: None,
+                close_when_drained: false,
+                discarded_at_close: 0,
+                taken: 0,
                 receiver_closed: false,
                 senders: 1,
                 waker: None,
@@ -130,7 +171,17 @@ impl OutboundQueue {
         self.limits
     }
 
+    #[inline]
     pub(super) fn push(&self, frame: TextFrame) -> Result<(), SendError> {
+        self.push_queued(Queued::Text(frame))
+    }
+
+    pub(super) fn push_binary(&self, bytes: Bytes) -> Result<(), SendError> {
+        self.push_queued(Queued::Binary(bytes))
+    }
+
+    #[inline]
+    fn push_queued(&self, frame: Queued) -> Result<(), SendError> {
         let len = frame.len();
         let max = self.limits.max_bytes;
         let waker = {
@@ -164,19 +215,46 @@ impl OutboundQueue {
         Ok(())
     }
 
-    /// Records the close reason, drops the queued frames and wakes the
-    /// writer. `false` if the queue was already closed.
+    /// Records the close reason, drops the queued frames (counted in
+    /// `discarded_at_close`) and wakes the writer. `false` if the queue was
+    /// already closed; a close still waiting for its queued frames
+    /// ([`close_after_queued`](Self::close_after_queued)) becomes abrupt all
+    /// the same, with its own reason.
     pub(super) fn close(&self, reason: CloseReason) -> bool {
-        let (dropped, waker) = {
+        let (closed_now, dropped, waker) = {
+            let mut state = self.state.lock();
+            let closed_now = state.close.is_none();
+            if !closed_now && !state.close_when_drained {
+                return false;
+            }
+            if closed_now {
+                state.close = Some(reason);
+            }
+            state.close_when_drained = false;
+            state.bytes = 0;
+            state.discarded_at_close += state.frames.len();
+            (closed_now, mem::take(&mut state.frames), state.waker.take())
+        };
+        drop(dropped);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        closed_now
+    }
+
+    /// Records the close reason to be reported once the frames already
+    /// queued are taken; refuses new frames from now on, and wakes the
+    /// writer. `false` if the queue was already closed.
+    pub(super) fn close_after_queued(&self, reason: CloseReason) -> bool {
+        let waker = {
             let mut state = self.state.lock();
             if state.close.is_some() {
                 return false;
             }
             state.close = Some(reason);
-            state.bytes = 0;
-            (mem::take(&mut state.frames), state.waker.take())
+            state.close_when_drained = !state.frames.is_empty();
+            state.waker.take()
         };
-        drop(dropped);
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -185,7 +263,8 @@ impl OutboundQueue {
 
     /// Takes up to `limit` (at least 1) events for the writer, in order,
     /// handing each to `take`, and returns how many: the close reason alone
-    /// (it goes before any queued frame), or queued frames, or 0 once the
+    /// (it goes before any queued frame, unless the close was asked for
+    /// after them), or queued frames, or 0 once the
     /// queue is drained and every handle or the receiving side is gone.
     /// Registers `cx`'s waker when there is nothing yet (without `cx`, a
     /// non-blocking try: the waker registered before stays). Cancel-safe: a
@@ -206,19 +285,26 @@ impl OutboundQueue {
             frames,
             bytes,
             close,
+            close_when_drained,
+            taken,
             receiver_closed,
             senders,
             waker,
+            ..
         } = &mut *state;
-        if let Some(reason) = close {
+        // A close goes first, unless it waits for the queued frames.
+        if let Some(reason) = close
+            && (!*close_when_drained || frames.is_empty())
+        {
             take(OutboundEvent::Close(reason.clone()));
             return Poll::Ready(1);
         }
         if !frames.is_empty() {
             let n = limit.clamp(1, frames.len());
+            *taken += n as u64;
             for frame in frames.drain(..n) {
                 *bytes -= frame.len();
-                take(OutboundEvent::Frame(frame));
+                take(frame.into_event());
             }
             if frames.is_empty() && frames.capacity() > IDLE_CAPACITY {
                 let now = coarsetime::Instant::now_without_cache_update().as_ticks();
@@ -323,6 +409,29 @@ impl OutboundQueue {
 
     pub(super) fn close_reason(&self) -> Option<CloseReason> {
         self.state.lock().close.clone()
+    }
+
+    /// The close reason, unless the close still waits for queued frames.
+    #[cfg_attr(not(feature = "transport"), allow(dead_code))]
+    pub(super) fn abrupt_close_reason(&self) -> Option<CloseReason> {
+        let state = self.state.lock();
+        if state.close_when_drained {
+            return None;
+        }
+        state.close.clone()
+    }
+
+    /// Frames accepted by a push and not dropped since: taken by the
+    /// writer so far, plus those waiting. Grows by one per push.
+    #[cfg_attr(not(feature = "transport"), allow(dead_code))]
+    pub(super) fn accepted(&self) -> u64 {
+        let state = self.state.lock();
+        state.taken + state.frames.len() as u64
+    }
+
+    /// Frames a close dropped without their being written.
+    pub(super) fn discarded_at_close(&self) -> usize {
+        self.state.lock().discarded_at_close
     }
 
     /// Frames waiting.

@@ -21,6 +21,12 @@
 //!
 //! What a client does on each code (reconnect at once, with backoff, after a
 //! new token, or never) is in `docs/protocol.md`, section 7.
+//!
+//! The closes the reader decides on a client's data (1002, 1003, 1007, 1008
+//! for too many invalid messages, 1009) follow what the queue had already
+//! accepted, written within `close_timeout`; the others drop it (the client
+//! is gone, idle, not reading, or its token expired). Frames dropped this
+//! way are counted ([`WebSocketHandle::discarded_at_close`](crate::WebSocketHandle::discarded_at_close)).
 
 use crate::connection::CloseReason;
 use crate::error::ManagerError;

@@ -24,7 +24,7 @@ pub struct TransportConfigError {
 /// |---|---|---|
 /// | `ping_interval` | 25 s | the server sends a ping this often |
 /// | `idle_timeout` | 60 s | a connection from which nothing (no message, no pong) arrived for this long is closed (code 4408) and removed |
-/// | `max_message_size` | 64 KiB | a larger inbound message closes the socket with 1009 |
+/// | `max_message_size` | 64 KiB | a larger inbound message closes the socket with 1009; at most `queue_limits`' byte bound |
 /// | `max_frame_size` | 64 KiB | a larger inbound frame closes the socket with 1009 |
 /// | `write_timeout` | 10 s | one write may stall this long before the socket is dropped |
 /// | `close_timeout` | 2 s | how long to wait for the peer's side of the close handshake |
@@ -301,7 +301,22 @@ impl TransportConfigBuilder {
     ///
     /// # Errors
     ///
-    /// [`TransportConfigError`] naming the first bad field.
+    /// [`TransportConfigError`] naming the first bad field: a zero where
+    /// a positive value is needed, an `idle_timeout` not longer than
+    /// `ping_interval`, or a `max_message_size` larger than the outbound
+    /// queue's byte bound (`queue_limits`), so that an echo of what the
+    /// reader accepts can always be queued.
+    ///
+    /// ```
+    /// use websocket_manager::QueueLimits;
+    /// use websocket_manager::transport::TransportConfig;
+    /// let error = TransportConfig::builder()
+    ///     .max_message_size(1 << 20)
+    ///     .queue_limits(QueueLimits::new(64, 64 * 1024))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(error.field, "max_message_size");
+    /// ```
     pub fn build(self) -> Result<TransportConfig, TransportConfigError> {
         let c = &self.config;
         let zero = [
@@ -326,6 +341,12 @@ impl TransportConfigBuilder {
             return Err(TransportConfigError {
                 field: "idle_timeout",
                 problem: "must be longer than ping_interval, or every healthy client would time out",
+            });
+        }
+        if c.max_message_size > c.queue_limits.max_bytes {
+            return Err(TransportConfigError {
+                field: "max_message_size",
+                problem: "must not exceed queue_limits' max_bytes, or a message the reader accepts could never be queued back (SendError::TooLarge)",
             });
         }
         Ok(self.config)
@@ -388,6 +409,24 @@ mod tests {
     }
 
     #[test]
+    fn a_message_larger_than_the_queue_byte_bound_is_refused() {
+        let refused = TransportConfig::builder()
+            .max_message_size(64 * 1024 + 1)
+            .queue_limits(QueueLimits::new(16, 64 * 1024))
+            .build()
+            .unwrap_err();
+        assert_eq!(refused.field, "max_message_size");
+        assert!(refused.to_string().contains("max_bytes"), "{refused}");
+        // Equal is fine: the largest message fits in an empty queue.
+        let config = TransportConfig::builder()
+            .max_message_size(64 * 1024)
+            .queue_limits(QueueLimits::new(16, 64 * 1024))
+            .build()
+            .unwrap();
+        assert_eq!(config.max_message_size(), config.queue_limits().max_bytes);
+    }
+
+    #[test]
     fn queue_limits_follow_the_manager_config() {
         let manager = ManagerConfig::builder()
             .queue_capacity(7)
@@ -398,6 +437,7 @@ mod tests {
             .unwrap();
         let config = TransportConfig::builder()
             .manager_config(&manager)
+            .max_message_size(7000)
             .build()
             .unwrap();
         assert_eq!(config.queue_limits(), QueueLimits::new(7, 7000));

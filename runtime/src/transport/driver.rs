@@ -8,6 +8,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
@@ -139,6 +140,49 @@ impl std::fmt::Display for EndReason {
     }
 }
 
+/// How far the writer got: frames written (fed and flushed) so far, and
+/// the reader waiting for a count, if it is. The reader waits for its
+/// handler's replies to be written before it reads on, so that a close
+/// read right after a message cannot overtake the reply (tungstenite sends
+/// nothing but the close reply once it has read the peer's close).
+#[derive(Default)]
+struct Written {
+    frames: AtomicU64,
+    reader_waits: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Written {
+    /// Called by the writer after each flush: one add and one load.
+    fn add(&self, frames: u64) {
+        self.frames.fetch_add(frames, Ordering::SeqCst);
+        if self.reader_waits.load(Ordering::SeqCst) {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Waits until `target` frames are written, at most `limit`.
+    async fn wait_for(&self, target: u64, limit: Duration) {
+        if self.frames.load(Ordering::SeqCst) >= target {
+            return;
+        }
+        let _ = tokio::time::timeout(limit, async {
+            self.reader_waits.store(true, Ordering::SeqCst);
+            loop {
+                let notified = self.notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.frames.load(Ordering::SeqCst) >= target {
+                    break;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        self.reader_waits.store(false, Ordering::SeqCst);
+    }
+}
+
 /// How the writer task ended.
 enum WriterExit {
     /// It sent (or tried to send) a close frame with this reason.
@@ -183,59 +227,80 @@ pub(crate) async fn drive<S: WireSocket>(
     session: Session,
 ) -> EndReason {
     let (sink, mut stream) = socket.split();
+    let written = Arc::new(Written::default());
     let mut writer = tokio::spawn(write_loop(
         sink,
         outbound,
         context.socket.clone(),
         config.clone(),
+        Arc::clone(&written),
     ));
     let mut reader = Reader {
         context: &context,
         config,
         handler: &handler,
         session,
+        written: &written,
     };
     let read_end = reader.run(&mut stream, &mut writer).await;
 
-    let mut stop =
-        async |reason: CloseReason| stop_writer(&context.socket, reason, config, &mut writer).await;
+    // `After::Queued`: what the queue accepted is written before the close
+    // frame (RFC 6455 lets data precede a close), within the close timeout.
+    // `After::Nothing`: the client's close was read (tungstenite then sends
+    // only its close reply), the connection is gone or idle, or the token
+    // expired (nothing more is owed to it).
+    let mut stop = async |reason: CloseReason, after: After| {
+        stop_writer(&context.socket, reason, after, config, &mut writer).await
+    };
     let (end, writer_exit) = match read_end {
         ReadEnd::Writer(exit) => (writer_end(exit.as_ref()), exit),
         ReadEnd::Client(code) => (
             EndReason::ClientClosed { code },
-            stop(close::client_gone()).await,
+            stop(close::client_gone(), After::Nothing).await,
         ),
-        ReadEnd::Eof => (EndReason::Disconnected, stop(close::client_gone()).await),
+        ReadEnd::Eof => (
+            EndReason::Disconnected,
+            stop(close::client_gone(), After::Nothing).await,
+        ),
         ReadEnd::TooLarge { size, max } => (
             EndReason::MessageTooLarge { size, max },
-            stop(close::message_too_big()).await,
+            stop(close::message_too_big(), After::Queued).await,
         ),
         ReadEnd::Idle => (
             EndReason::HeartbeatTimeout,
-            stop(close::heartbeat_timeout()).await,
+            stop(close::heartbeat_timeout(), After::Nothing).await,
         ),
         ReadEnd::InvalidPayload(error) => (
             EndReason::InvalidPayload { error },
-            stop(close::invalid_payload()).await,
+            stop(close::invalid_payload(), After::Queued).await,
         ),
         ReadEnd::Protocol(error) => (
             EndReason::ProtocolViolation { error },
-            stop(close::protocol_error()).await,
+            stop(close::protocol_error(), After::Queued).await,
         ),
         ReadEnd::Binary => (
             EndReason::BinaryRefused,
-            stop(close::binary_refused()).await,
+            stop(close::binary_refused(), After::Queued).await,
         ),
         ReadEnd::TooManyInvalid => (
             EndReason::TooManyInvalidMessages,
-            stop(close::too_many_invalid_messages()).await,
+            stop(close::too_many_invalid_messages(), After::Queued).await,
         ),
-        ReadEnd::TokenExpired => (EndReason::TokenExpired, stop(close::token_expired()).await),
+        ReadEnd::TokenExpired => (
+            EndReason::TokenExpired,
+            stop(close::token_expired(), After::Nothing).await,
+        ),
         ReadEnd::Error(error) => (
             EndReason::TransportError { error },
-            stop(close::transport_error()).await,
+            stop(close::transport_error(), After::Nothing).await,
         ),
     };
+    let discarded = context.socket.discarded_at_close();
+    if discarded > 0 {
+        tracing::info!(connection = %context.connection_id, user = %context.user_id,
+            discarded_at_close = discarded, %end,
+            "frames the queue had accepted were dropped unwritten at close");
+    }
 
     // The server closed: give the client the time of the close handshake to
     // answer, so it sees a clean close rather than a reset.
@@ -252,15 +317,34 @@ pub(crate) async fn drive<S: WireSocket>(
     end
 }
 
+/// What the close frame may follow.
+#[derive(Clone, Copy)]
+enum After {
+    /// The frames the queue has accepted.
+    Queued,
+    /// Nothing: queued frames are dropped (and counted).
+    Nothing,
+}
+
 /// Closes the socket so the writer sends the close frame (or flushes the
-/// reply to the client's own close) and stops; it may take no longer than one
-/// write and one close handshake.
+/// reply to the client's own close) and stops. With [`After::Queued`], the
+/// writer first writes what was queued, for at most the close timeout; then
+/// (or at once) the close is abrupt, and may take no longer than one write
+/// and one close handshake.
 async fn stop_writer(
     socket: &WebSocketHandle,
     reason: CloseReason,
+    after: After,
     config: &TransportConfig,
     writer: &mut tokio::task::JoinHandle<WriterExit>,
 ) -> Option<WriterExit> {
+    if let After::Queued = after
+        && socket.close_after_queued(reason.clone())
+        && let Ok(joined) = tokio::time::timeout(config.close_timeout(), &mut *writer).await
+    {
+        return joined.ok();
+    }
+    // Drops what is still queued (counted in `discarded_at_close`).
     socket.close(reason);
     let bound = config.close_timeout() + config.write_timeout();
     match tokio::time::timeout(bound, &mut *writer).await {
@@ -294,6 +378,7 @@ struct Reader<'a> {
     config: &'a TransportConfig,
     handler: &'a Arc<dyn MessageHandler>,
     session: Session,
+    written: &'a Written,
 }
 
 /// Counts the error frames sent in the current window.
@@ -386,10 +471,18 @@ impl Reader<'_> {
                         Some(Err(WireError::Closed)) | None => return ReadEnd::Eof,
                         Some(Err(error)) => return ReadEnd::Error(error.to_string()),
                     };
+                    let accepted = self.context.socket.accepted_frames();
                     if let Some(rejection) = dispatch(self.handler, self.context, message).await
                         && !self.answer(&mut budget, &rejection)
                     {
                         return ReadEnd::TooManyInvalid;
+                    }
+                    // The handler answered: its replies are written before
+                    // the next read, as a plain echo loop would (a close
+                    // read next would otherwise overtake them).
+                    let replied = self.context.socket.accepted_frames();
+                    if replied > accepted {
+                        self.written.wait_for(replied, config.close_timeout()).await;
                     }
                 }
                 () = &mut idle => return ReadEnd::Idle,
@@ -536,6 +629,7 @@ async fn write_loop<K>(
     mut outbound: OutboundReceiver,
     socket: WebSocketHandle,
     config: TransportConfig,
+    written: Arc<Written>,
 ) -> WriterExit
 where
     K: Sink<WireMessage, Error = WireError> + Unpin,
@@ -587,6 +681,7 @@ where
             ping: ping_due,
             heartbeat: heartbeat_due,
             wrote: &mut wrote_since_tick,
+            written: &written,
         };
         let written = write_bounded(&mut sink, batch, &socket, config.write_timeout()).await;
         events.clear();
@@ -603,6 +698,9 @@ where
                 return WriterExit::Closed(reason);
             }
             Err(WriteFailure::TimedOut) => {
+                // Abrupt on purpose, like the slow-consumer close: the
+                // client is not reading, so what is queued could not be
+                // written anyway; it is dropped (and counted).
                 socket.close(close::write_timeout());
                 tracing::warn!(socket = %socket.id(), timeout = ?config.write_timeout(),
                     "write stalled; dropping the socket");
@@ -625,6 +723,8 @@ struct Batch<'a> {
     heartbeat: bool,
     /// Set when a frame of the queue was fed.
     wrote: &'a mut bool,
+    /// Told how many frames each flush wrote.
+    written: &'a Written,
 }
 
 /// Writes a batch and flushes once, giving up after `limit`, or as soon as
@@ -653,7 +753,10 @@ where
     }
     let close_requested = async {
         loop {
-            if let Some(reason) = socket.close_reason() {
+            // A close waiting for the queued frames does not cut their
+            // write short; `stop_writer` makes it abrupt after the close
+            // timeout.
+            if let Some(reason) = socket.abrupt_close_reason() {
                 return reason;
             }
             tokio::time::sleep(CLOSE_POLL).await;
@@ -682,6 +785,7 @@ where
         ping,
         heartbeat,
         wrote,
+        written,
     } = batch;
     if ping {
         sink.feed(WireMessage::Ping(Bytes::new())).await?;
@@ -698,6 +802,10 @@ where
                     *wrote = true;
                     sink.feed(WireMessage::Text(frame)).await?;
                 }
+                OutboundEvent::Binary(bytes) => {
+                    *wrote = true;
+                    sink.feed(WireMessage::Binary(bytes)).await?;
+                }
                 // A close comes alone and ends the queue.
                 OutboundEvent::Close(reason) => return Ok(Some(reason)),
             }
@@ -708,6 +816,7 @@ where
         }
     }
     sink.flush().await?;
+    written.add(fed as u64);
     Ok(None)
 }
 
@@ -782,6 +891,7 @@ mod tests {
             ping: false,
             heartbeat: false,
             wrote: &mut false,
+            written: &Written::default(),
         };
         assert_eq!(write_batch(&mut sink, batch).await.unwrap(), None);
         // Everything queued went out with one flush, up to MAX_FLUSH frames.
@@ -806,6 +916,7 @@ mod tests {
             outbound,
             socket.clone(),
             config,
+            Arc::default(),
         ));
         for burst in 0..2 {
             for n in 0..20 {
@@ -843,6 +954,7 @@ mod tests {
             ping: true,
             heartbeat: false,
             wrote: &mut false,
+            written: &Written::default(),
         };
         let close = write_batch(&mut sink, batch).await.unwrap();
         assert_eq!(close, Some(CloseReason::going_away()));
