@@ -148,6 +148,9 @@ impl Client {
                     self.tab = None;
                     return true;
                 }
+                Ok(Some(OutboundEvent::Binary(bytes))) => {
+                    panic!("a manager sent binary: {bytes:?}")
+                }
                 Ok(None) => {
                     self.tab = None;
                     return true;
