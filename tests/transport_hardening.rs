@@ -21,9 +21,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use websocket_manager::transport::{
-    HandlerError, InboundContext, InboundMessage, TransportConfig, close, handler_fn,
+    HandlerError, InboundContext, InboundMessage, TransportConfig, handler_fn,
 };
-use websocket_manager::{ThreadId, WebSocketManager};
+use websocket_manager::{ThreadId, WebSocketManager, close};
 
 /// The test server (axum) and a tokio-tungstenite accept loop on the same
 /// service: the addresses of both adapters.

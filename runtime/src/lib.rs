@@ -46,6 +46,7 @@
 // managers use the same paths.
 extern crate self as websocket_manager;
 
+pub mod close;
 mod config;
 pub mod conformance;
 mod connection;
@@ -75,8 +76,9 @@ mod validation;
 pub use config::{
     ConfigError, ManagerConfig, ManagerConfigBuilder, RESYNC_NOTICE_RESERVE, SlowConsumerPolicy,
 };
+pub use close::CloseReason;
 pub use connection::{
-    CloseReason, OutboundEvent, OutboundReceiver, QueueLimits, SendError, SocketId, TextFrame,
+    OutboundEvent, OutboundReceiver, QueueLimits, SendError, SocketId, TextFrame,
     WebSocketConnection, WebSocketHandle,
 };
 pub use context::{ManagerMode, UnknownMode, UserContext};

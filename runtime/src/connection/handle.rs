@@ -2,7 +2,6 @@
 //! [`WebSocketHandle`] for the manager, [`OutboundReceiver`] for the
 //! transport's writer, and what travels between them.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -11,54 +10,10 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::SocketId;
+use crate::close::CloseReason;
 use super::frame::TextFrame;
 use super::queue::OutboundQueue;
 use crate::offset::StreamPosition;
-
-/// Why a socket is being closed: a WebSocket close code and a short reason.
-///
-/// ```
-/// use websocket_manager::CloseReason;
-/// assert_eq!(CloseReason::going_away().code, 1001);
-/// assert_eq!(CloseReason::new(4000, "bye").reason, "bye");
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CloseReason {
-    /// The close code sent in the close frame (RFC 6455, section 7.4).
-    pub code: u16,
-    /// A short human-readable reason (at most 123 bytes on the wire).
-    pub reason: Cow<'static, str>,
-}
-
-impl CloseReason {
-    /// A close reason with any code.
-    pub fn new(code: u16, reason: impl Into<Cow<'static, str>>) -> Self {
-        CloseReason {
-            code,
-            reason: reason.into(),
-        }
-    }
-
-    /// 1000: the connection was removed on purpose.
-    pub fn normal() -> Self {
-        Self::new(1000, "connection removed")
-    }
-
-    /// 1001: the server is shutting down.
-    pub fn going_away() -> Self {
-        Self::new(1001, "server shutting down")
-    }
-
-    /// 1008: the client did not read fast enough and its queue filled up.
-    pub fn slow_consumer() -> Self {
-        Self::new(1008, "slow consumer: outbound queue full")
-    }
-
-    /// 1008: the connection broke a policy (per-user cap, isolation...).
-    pub fn policy(reason: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(1008, reason)
-    }
-}
 
 /// Bounds of one connection's outbound queue.
 ///

@@ -21,9 +21,8 @@ use crate::ids::{ConnectionId, ThreadId, UserId};
 use crate::offset::StreamOffset;
 
 pub use frame::TextFrame;
-pub use handle::{
-    CloseReason, OutboundEvent, OutboundReceiver, QueueLimits, SendError, WebSocketHandle,
-};
+pub(crate) use crate::close::CloseReason;
+pub use handle::{OutboundEvent, OutboundReceiver, QueueLimits, SendError, WebSocketHandle};
 
 /// The stable identity of one socket, unique within the process.
 ///

@@ -23,7 +23,8 @@ use parking_lot::Mutex;
 use crate::offset::StreamPosition;
 
 use super::frame::TextFrame;
-use super::handle::{CloseReason, OutboundEvent, QueueLimits, SendError};
+use super::handle::{OutboundEvent, QueueLimits, SendError};
+use crate::close::CloseReason;
 
 /// A queue drained to empty keeps at most this many slots (160 bytes); a
 /// burst's larger buffer is given back so that an idle socket costs the

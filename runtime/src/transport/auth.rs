@@ -183,7 +183,7 @@ pub struct Identity {
     /// Data stored in the connection's metadata (claims, client version...).
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// When the credential stops being valid: the live connection is closed
-    /// then, with [`TOKEN_EXPIRED`](super::close::TOKEN_EXPIRED) (4401
+    /// then, with [`TOKEN_EXPIRED`](crate::close::TOKEN_EXPIRED) (4401
     /// `token expired`), and the client reconnects with a fresh token.
     /// `None`: the connection lives as long as the client keeps it.
     /// [`JwtAuthenticator`](super::JwtAuthenticator) sets it from `exp`.

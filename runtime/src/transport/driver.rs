@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::auth::{Authenticator, Identity, RefreshError};
-use super::close;
+use crate::close;
 use super::config::TransportConfig;
 use super::control::{self, ClientControl};
 use super::handler::{InboundContext, InboundError, InboundMessage, MessageHandler};

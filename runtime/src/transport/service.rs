@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::auth::{
     AuthError, Authenticated, Authenticator, Identity, OriginPolicy, UpgradeRequest,
 };
-use super::close;
+use crate::close;
 use super::config::TransportConfig;
 use super::control::Hello;
 use super::driver::{self, EndReason, Session};

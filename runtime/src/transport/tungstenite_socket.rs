@@ -14,7 +14,8 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 
-use super::wire::{WireError, WireMessage, close_reason_text, from_tungstenite_error};
+use super::wire::{WireError, WireMessage};
+use crate::close::reason_on_the_wire;
 use crate::connection::{CloseReason, TextFrame};
 
 /// A `tokio_tungstenite::WebSocketStream` as a [`WireSocket`](super::WireSocket).
@@ -27,6 +28,29 @@ impl<S> TungsteniteSocket<S> {
     /// [`TransportConfig`](super::TransportConfig).
     pub fn new(socket: WebSocketStream<S>) -> Self {
         TungsteniteSocket(socket)
+    }
+}
+
+/// Maps tungstenite's error (both adapters run on tungstenite) to the
+/// driver's: the size limit and a closed connection are told apart.
+fn from_tungstenite_error(error: tungstenite::Error) -> WireError {
+    use tungstenite::error::{CapacityError, Error};
+    match error {
+        Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+            WireError::MessageTooLarge {
+                size,
+                max: max_size,
+            }
+        }
+        Error::ConnectionClosed | Error::AlreadyClosed => WireError::Closed,
+        Error::Utf8(detail) => WireError::InvalidPayload(detail),
+        // A closing handshake the peer skipped is a disconnect, not a
+        // violation worth a close frame.
+        Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
+            WireError::Closed
+        }
+        Error::Protocol(violation) => WireError::Protocol(violation.to_string()),
+        other => WireError::Other(Box::new(other)),
     }
 }
 
@@ -63,7 +87,7 @@ fn from_wire(message: WireMessage) -> Result<Message, WireError> {
         WireMessage::Pong(bytes) => Message::Pong(bytes),
         WireMessage::Close(reason) => Message::Close(reason.map(|r| CloseFrame {
             code: CloseCode::from(r.code),
-            reason: close_reason_text(&r.reason).into(),
+            reason: reason_on_the_wire(&r.reason).into(),
         })),
     })
 }

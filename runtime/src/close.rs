@@ -1,4 +1,5 @@
-//! Which close code ends a connection for which reason, in one place.
+//! Every close code the library sends, what each means, and the
+//! [`CloseReason`] that carries one: in one place.
 //!
 //! | situation | code |
 //! |---|---|
@@ -14,8 +15,8 @@
 //! | inbound message or frame over the limit | 1009 |
 //! | the registration failed, or reading failed, for an internal reason | 1011 |
 //! | the manager could not fit the replay into the new socket's queue | 1013 `replay did not fit; reconnect` |
-//! | cluster manager: the connection missed events this node cannot fill in order, or the node was cut off | 1012 (`RESUME_CLOSE_CODE`, feature `redis`) |
-//! | the token the connection was authenticated with expired ([`Identity::expires_at`](super::Identity::expires_at)) | 4401 `token expired` |
+//! | cluster manager: the connection missed events this node cannot fill in order, or the node was cut off | 1012 ([`RESUME`]) |
+//! | the token the connection was authenticated with expired (`Identity::expires_at`, feature `transport`) | 4401 `token expired` |
 //! | no frame (not even a pong) within `idle_timeout` | 4408 |
 //! | one write stalled longer than `write_timeout` | 4409 (rarely seen: the client is not reading) |
 //!
@@ -28,8 +29,64 @@
 //! is gone, idle, not reading, or its token expired). Frames dropped this
 //! way are counted ([`WebSocketHandle::discarded_at_close`](crate::WebSocketHandle::discarded_at_close)).
 
-use crate::connection::CloseReason;
+// The closes the transport decides are unused without it.
+#![cfg_attr(not(feature = "transport"), allow(dead_code))]
+
+use std::borrow::Cow;
+
+use serde::Serialize;
+
 use crate::error::ManagerError;
+
+/// Why a socket is being closed: a WebSocket close code and a short reason.
+///
+/// ```
+/// use websocket_manager::CloseReason;
+/// assert_eq!(CloseReason::going_away().code, 1001);
+/// assert_eq!(CloseReason::new(4000, "bye").reason, "bye");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CloseReason {
+    /// The close code sent in the close frame (RFC 6455, section 7.4).
+    pub code: u16,
+    /// A short human-readable reason (at most 123 bytes on the wire).
+    pub reason: Cow<'static, str>,
+}
+
+impl CloseReason {
+    /// A close reason with any code.
+    pub fn new(code: u16, reason: impl Into<Cow<'static, str>>) -> Self {
+        CloseReason {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    /// 1000: the connection was removed on purpose.
+    pub fn normal() -> Self {
+        Self::new(NORMAL, "connection removed")
+    }
+
+    /// 1001: the server is shutting down.
+    pub fn going_away() -> Self {
+        Self::new(GOING_AWAY, "server shutting down")
+    }
+
+    /// 1008: the client did not read fast enough and its queue filled up.
+    pub fn slow_consumer() -> Self {
+        Self::new(POLICY_VIOLATION, "slow consumer: outbound queue full")
+    }
+
+    /// 1008: the connection broke a policy (per-user cap, isolation...).
+    pub fn policy(reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(POLICY_VIOLATION, reason)
+    }
+}
+
+/// 1000: the connection was removed on purpose, or the client closed.
+pub const NORMAL: u16 = 1000;
+/// 1001: the server is shutting down.
+pub const GOING_AWAY: u16 = 1001;
 
 /// 1009: an inbound message or frame exceeded the configured size.
 pub const MESSAGE_TOO_BIG: u16 = 1009;
@@ -48,6 +105,10 @@ pub const INVALID_PAYLOAD: u16 = 1007;
 /// 1008: a policy was violated (slow consumer, connection cap, too many
 /// invalid messages).
 pub const POLICY_VIOLATION: u16 = 1008;
+/// 1012 (service restart): the connection missed events this server cannot
+/// fill in order, or its node was cut off from the cluster; the client
+/// resumes at once from its offset, through any node (cluster manager).
+pub const RESUME: u16 = 1012;
 /// 1013: try again later; the manager could not replay what the new
 /// connection is owed into its queue.
 pub const TRY_AGAIN_LATER: u16 = 1013;
@@ -88,11 +149,33 @@ pub(crate) fn write_timeout() -> CloseReason {
 }
 
 pub(crate) fn client_gone() -> CloseReason {
-    CloseReason::new(1000, "closed by client")
+    CloseReason::new(NORMAL, "closed by client")
 }
 
 pub(crate) fn transport_error() -> CloseReason {
     CloseReason::new(INTERNAL_ERROR, "transport error")
+}
+
+/// 1013: the replay a new connection is owed did not fit its queue.
+pub(crate) fn replay_did_not_fit() -> CloseReason {
+    CloseReason::new(TRY_AGAIN_LATER, "replay did not fit; reconnect")
+}
+
+/// The longest close reason a close frame can carry: 125 bytes of control
+/// payload less the 2-byte code.
+pub const MAX_REASON_LEN: usize = 123;
+
+/// Truncates a close reason to the [`MAX_REASON_LEN`] bytes a close frame
+/// can carry, on a character boundary.
+pub(crate) fn reason_on_the_wire(reason: &str) -> &str {
+    if reason.len() <= MAX_REASON_LEN {
+        return reason;
+    }
+    let mut end = MAX_REASON_LEN;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
 }
 
 /// The close frame for a registration the manager refused.
@@ -107,9 +190,7 @@ pub(crate) fn registration_refused(error: &ManagerError) -> CloseReason {
         ManagerError::ShutDown => CloseReason::going_away(),
         // Nothing is wrong with the client: a fresh attempt, with its
         // offset, fits once the user's backlog is smaller.
-        ManagerError::ReplayFailed { .. } => {
-            CloseReason::new(TRY_AGAIN_LATER, "replay did not fit; reconnect")
-        }
+        ManagerError::ReplayFailed { .. } => replay_did_not_fit(),
         _ => CloseReason::new(INTERNAL_ERROR, "registration failed"),
     }
 }
@@ -118,6 +199,15 @@ pub(crate) fn registration_refused(error: &ManagerError) -> CloseReason {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn close_reason_is_cut_on_a_char_boundary() {
+        let long = "é".repeat(100); // 200 bytes
+        let cut = reason_on_the_wire(&long);
+        assert!(cut.len() <= MAX_REASON_LEN);
+        assert_eq!(cut.len(), 122);
+        assert_eq!(reason_on_the_wire("short"), "short");
+    }
     use crate::ids::UserId;
 
     #[test]
@@ -134,10 +224,10 @@ mod tests {
         };
         assert_eq!(registration_refused(&isolation).code, 1008);
         assert_eq!(registration_refused(&ManagerError::ShutDown).code, 1001);
-        let duplicate = ManagerError::DuplicateConnection(crate::ConnectionId::generate());
+        let duplicate = ManagerError::DuplicateConnection(crate::ids::ConnectionId::generate());
         assert_eq!(registration_refused(&duplicate).code, 1011);
         let replay = ManagerError::ReplayFailed {
-            connection_id: crate::ConnectionId::generate(),
+            connection_id: crate::ids::ConnectionId::generate(),
             replayed: 3,
             total: 9,
         };
