@@ -207,12 +207,6 @@ impl WebSocketHandle {
         self.queue.discarded_at_close()
     }
 
-    /// The close reason, unless the close still waits for queued frames:
-    /// what a stalled write gives up for.
-    #[cfg_attr(not(feature = "transport"), allow(dead_code))]
-    pub(crate) fn abrupt_close_reason(&self) -> Option<CloseReason> {
-        self.queue.abrupt_close_reason()
-    }
 
     /// Frames accepted so far and not dropped (taken by the writer, or
     /// waiting): the writer has written them all once it has written this
@@ -220,6 +214,13 @@ impl WebSocketHandle {
     #[cfg_attr(not(feature = "transport"), allow(dead_code))]
     pub(crate) fn accepted_frames(&self) -> u64 {
         self.queue.accepted()
+    }
+
+    /// Ready once the socket is closed abruptly; woken by that close alone
+    /// (the writer waits on it while a write cannot progress).
+    #[cfg_attr(not(feature = "transport"), allow(dead_code))]
+    pub(crate) fn poll_abrupt_close(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        self.queue.poll_abrupt_close(cx)
     }
 
     /// Whether the socket was closed, or its writer has gone away.
@@ -540,19 +541,63 @@ mod tests {
         TextFrame::from_string(text.to_owned())
     }
 
+    fn abrupt_close(socket: &WebSocketHandle) -> Option<CloseReason> {
+        match socket.poll_abrupt_close(&mut Context::from_waker(std::task::Waker::noop())) {
+            Poll::Ready(reason) => Some(reason),
+            Poll::Pending => None,
+        }
+    }
+
+    /// A waker that records whether it was woken.
+    struct Flag(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Flag {
+        fn waker() -> (Arc<Flag>, std::task::Waker) {
+            let flag = Arc::new(Flag(std::sync::atomic::AtomicBool::new(false)));
+            let waker = std::task::Waker::from(Arc::clone(&flag));
+            (flag, waker)
+        }
+
+        fn woken(&self) -> bool {
+            self.0.swap(false, std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn a_writer_stalled_in_a_write_is_woken_by_an_abrupt_close_and_not_by_pushes() {
+        let (socket, _receiver) = WebSocketHandle::channel(QueueLimits::default());
+        let (flag, waker) = Flag::waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(socket.poll_abrupt_close(&mut cx).is_pending());
+        socket.try_send(frame("a")).unwrap();
+        assert!(!flag.woken(), "a push woke a writer that waits for a close");
+        assert!(socket.close_after_queued(CloseReason::normal()));
+        assert!(!flag.woken(), "a close that waits for the queue is not abrupt");
+        assert!(socket.poll_abrupt_close(&mut cx).is_pending());
+        assert!(!socket.close(CloseReason::going_away()));
+        assert!(flag.woken(), "the abrupt close did not wake the writer");
+        assert_eq!(
+            socket.poll_abrupt_close(&mut cx),
+            Poll::Ready(CloseReason::normal())
+        );
+        // Back to waiting for events, pushes wake the writer again.
+        let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::default());
+        assert!(socket.poll_abrupt_close(&mut cx).is_pending());
+        assert!(receiver.poll_recv(&mut cx).is_pending());
+        socket.try_send(frame("b")).unwrap();
+        assert!(flag.woken(), "a push did not wake the writer waiting for events");
+    }
+
     #[test]
     fn a_try_leaves_the_waiting_writers_waker_in_place() {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        use std::task::Wake;
-        struct Flag(AtomicBool);
-        impl Wake for Flag {
-            fn wake(self: Arc<Self>) {
-                self.0.store(true, Ordering::SeqCst);
-            }
-        }
         let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::default());
-        let flag = Arc::new(Flag(AtomicBool::new(false)));
-        let waker = std::task::Waker::from(Arc::clone(&flag));
+        let (flag, waker) = Flag::waker();
         assert!(
             receiver
                 .poll_recv(&mut Context::from_waker(&waker))
@@ -561,7 +606,7 @@ mod tests {
         let mut batch = Vec::new();
         assert_eq!(receiver.try_recv_many(&mut batch, 8), 0);
         socket.try_send(frame("a")).unwrap();
-        assert!(flag.0.load(Ordering::SeqCst), "the writer was not woken");
+        assert!(flag.woken(), "the writer was not woken");
         assert_eq!(receiver.try_recv_many(&mut batch, 8), 1);
     }
 
@@ -682,7 +727,7 @@ mod tests {
         assert!(socket.close_after_queued(CloseReason::normal()));
         assert!(!socket.close_after_queued(CloseReason::going_away()));
         assert_eq!(socket.try_send(frame("late")), Err(SendError::Closed));
-        assert_eq!(socket.abrupt_close_reason(), None, "still waiting");
+        assert_eq!(abrupt_close(&socket), None, "still waiting");
         assert_eq!(
             try_recv(&mut receiver),
             Some(Some(OutboundEvent::Frame(frame("a"))))
@@ -691,7 +736,7 @@ mod tests {
         // The wait runs out: the rest is dropped and counted, the first
         // reason stays.
         assert!(!socket.close(CloseReason::policy("late")));
-        assert_eq!(socket.abrupt_close_reason(), Some(CloseReason::normal()));
+        assert_eq!(abrupt_close(&socket), Some(CloseReason::normal()));
         assert_eq!(socket.discarded_at_close(), 2);
         assert_eq!((socket.queue_depth(), socket.queued_bytes()), (0, 0));
         assert_eq!(

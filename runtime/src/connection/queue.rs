@@ -109,6 +109,22 @@ struct State {
     senders: usize,
     /// The writer waiting for the next event, if any.
     waker: Option<Waker>,
+    /// The writer is blocked in a write and waits for an abrupt close only
+    /// ([`OutboundQueue::poll_abrupt_close`]): pushes leave its waker alone.
+    watching_close: bool,
+}
+
+impl State {
+    /// The writer's waker, for an event it waits for: none while it waits
+    /// for an abrupt close only.
+    #[inline]
+    fn writer_to_wake(&mut self) -> Option<Waker> {
+        if self.watching_close {
+            None
+        } else {
+            self.waker.take()
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -137,6 +153,7 @@ impl OutboundQueue {
                 receiver_closed: false,
                 senders: 1,
                 waker: None,
+                watching_close: false,
             }),
             position: Mutex::new((false, None)),
         }
@@ -207,7 +224,7 @@ impl OutboundQueue {
             }
             state.frames.push_back(frame);
             state.bytes += len;
-            state.waker.take()
+            state.writer_to_wake()
         };
         // Wake outside the lock: the writer's first act is to take it.
         if let Some(waker) = waker {
@@ -254,7 +271,7 @@ impl OutboundQueue {
             }
             state.close = Some(reason);
             state.close_when_drained = !state.frames.is_empty();
-            state.waker.take()
+            state.writer_to_wake()
         };
         if let Some(waker) = waker {
             waker.wake();
@@ -291,8 +308,13 @@ impl OutboundQueue {
             receiver_closed,
             senders,
             waker,
+            watching_close,
             ..
         } = &mut *state;
+        if cx.is_some() {
+            // The writer is back to waiting for events.
+            *watching_close = false;
+        }
         // A close goes first, unless it waits for the queued frames.
         if let Some(reason) = close
             && (!*close_when_drained || frames.is_empty())
@@ -412,15 +434,28 @@ impl OutboundQueue {
         self.state.lock().close.clone()
     }
 
-    /// The close reason, unless the close still waits for queued frames.
+    /// Ready with the close reason once the queue is closed abruptly
+    /// ([`close`](Self::close)); until then `cx` is woken by that close only,
+    /// not by pushes: the writer waits here while a write cannot progress,
+    /// so that a close wins over it at once (it used to look every 20 ms).
     #[cfg_attr(not(feature = "transport"), allow(dead_code))]
-    pub(super) fn abrupt_close_reason(&self) -> Option<CloseReason> {
-        let state = self.state.lock();
-        if state.close_when_drained {
-            return None;
+    pub(super) fn poll_abrupt_close(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        let mut state = self.state.lock();
+        if !state.close_when_drained
+            && let Some(reason) = &state.close
+        {
+            let reason = reason.clone();
+            state.watching_close = false;
+            return Poll::Ready(reason);
         }
-        state.close.clone()
+        state.watching_close = true;
+        match &mut state.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
+
 
     /// Frames accepted by a push and not dropped since: taken by the
     /// writer so far, plus those waiting. Grows by one per push.

@@ -26,10 +26,6 @@ use super::wire::{WireError, WireMessage, WireSocket};
 use crate::connection::{CloseReason, OutboundEvent, OutboundReceiver, WebSocketHandle};
 use crate::protocol::WebSocketManager;
 
-/// How often a stalled write looks whether the manager closed the socket
-/// meanwhile (the close must win over a write that cannot progress).
-const CLOSE_POLL: Duration = Duration::from_millis(20);
-
 /// Events taken from the queue per lock, and the most the writer's event
 /// buffer ever holds: it reaches that size at the first batch of more than
 /// 4 events and is never reallocated again. (It used to take 32 and shrink
@@ -744,24 +740,16 @@ where
     };
     let mut write = std::pin::pin!(write_batch(sink, batch));
     // Most batches are written at once (the socket's send buffer has room):
-    // only a write that has to wait arms the write timeout and the close
-    // poll, which saves a clock read and a timer handle per flush.
+    // only a write that has to wait arms the write timeout and waits for a
+    // close, which saves a clock read and a timer handle per flush.
     if let Poll::Ready(result) =
         std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await
     {
         return written(result);
     }
-    let close_requested = async {
-        loop {
-            // A close waiting for the queued frames does not cut their
-            // write short; `stop_writer` makes it abrupt after the close
-            // timeout.
-            if let Some(reason) = socket.abrupt_close_reason() {
-                return reason;
-            }
-            tokio::time::sleep(CLOSE_POLL).await;
-        }
-    };
+    // A close waiting for the queued frames does not cut their write short;
+    // `stop_writer` makes it abrupt after the close timeout.
+    let close_requested = std::future::poll_fn(|cx| socket.poll_abrupt_close(cx));
     tokio::select! {
         biased;
         result = tokio::time::timeout(limit, write) => match result {
