@@ -797,7 +797,7 @@ impl MessageHandler for Agent {
         }
         let prompt = request["prompt"].as_str().unwrap_or_default();
         let prompt: String = prompt.chars().take(MAX_PROMPT).collect();
-        let slot = match self.slots.acquire(&context.user_id) {
+        let slot = match self.slots.acquire(context.user_id()) {
             Ok(slot) => slot,
             Err(limit) => {
                 let limit = match limit {
@@ -805,7 +805,7 @@ impl MessageHandler for Agent {
                     RunLimit::Server => "server",
                 };
                 context
-                    .socket
+                    .socket()
                     .try_send(websocket_manager::TextFrame::from_json(
                         &json!({"type": "busy", "limit": limit}),
                     )?)?;
@@ -819,7 +819,7 @@ impl MessageHandler for Agent {
         tokio::spawn(async move {
             let _slot = slot;
             if let Err(error) = run_agent(&context, &run_id, &prompt).await {
-                tracing::warn!(user = %context.user_id, %error, "agent run failed");
+                tracing::warn!(user = %context.user_id(), %error, "agent run failed");
             }
         });
         Ok(())
@@ -835,8 +835,8 @@ async fn run_agent(
     run_id: &str,
     prompt: &str,
 ) -> Result<(), HandlerError> {
-    let manager = &context.manager;
-    let user = &context.user_id;
+    let manager = context.manager();
+    let user = context.user_id();
     let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
     manager
         .emit_critical_event(
@@ -867,7 +867,7 @@ async fn run_agent(
         .await?;
     let answer = json!({
         "run_id": run_id,
-        "thread": context.thread_id,
+        "thread": context.thread_id(),
         "text": format!("About \"{prompt}\": it is 21 °C with a light wind and a clear sky."),
     });
     manager

@@ -63,13 +63,16 @@ fn service() -> WebSocketService {
     let echo = handler_fn(
         |context: InboundContext, message: InboundMessage| async move {
             match message {
-                InboundMessage::Text(text) => context.socket.try_send(text)?,
-                InboundMessage::Binary(bytes) => context.socket.send_binary(bytes)?,
+                InboundMessage::Text(text) => context.socket().try_send(text)?,
+                InboundMessage::Binary(bytes) => context.socket().send_binary(bytes)?,
             }
             Ok(())
         },
     );
     let config = TransportConfig::builder()
+        // The suite expects an echo and nothing else: no protocol frames.
+        .hello_frame(false)
+        .heartbeat_frames(false)
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
         .binary_messages(true)

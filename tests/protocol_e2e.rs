@@ -242,6 +242,39 @@ async fn hello_comes_first_and_says_who_where_and_until_when() {
     .await;
 }
 
+#[tokio::test]
+async fn without_the_hello_frame_the_first_frame_is_the_first_replayed_event() {
+    bounded(async {
+        let servers = Servers::start(ServerOptions {
+            manager: manager_config(),
+            transport: TransportConfig::builder()
+                .hello_frame(false)
+                .build()
+                .unwrap(),
+            ..ServerOptions::default()
+        })
+        .await;
+        let manager = &servers.server.manager;
+        for (adapter, addr) in servers.adapters() {
+            let delivery = manager
+                .emit_critical_event(&alice(), AGENT_EVENTS[0], json!({"adapter": adapter}))
+                .await
+                .unwrap();
+            let mut client = open(addr, "/ws", token("alice", 600)).await;
+            let first = frame(&mut client).await;
+            assert_eq!(first["type"], AGENT_EVENTS[0], "{adapter}: {first}");
+            assert_eq!(
+                offset(&first),
+                json!(delivery.offset().unwrap()),
+                "{adapter}"
+            );
+            close(client).await;
+            servers.server.assert_indexes_empty().await;
+        }
+    })
+    .await;
+}
+
 /// The ordering promise: once a client has the hello, it is registered,
 /// so a run emitted at that instant reaches it whole. (Before the hello,
 /// the 101 came before the registration, and a test that emitted as soon as

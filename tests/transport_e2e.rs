@@ -658,13 +658,13 @@ async fn inbound_messages_reach_the_handler_and_handler_failures_kill_nothing() 
                     _ => {}
                 }
                 context
-                    .manager
+                    .manager()
                     .send_to_user(
-                        &context.user_id,
+                        context.user_id(),
                         json!({
                             "type": "echo",
                             "text": text,
-                            "thread": context.thread_id.as_ref().map(ThreadId::as_str),
+                            "thread": context.thread_id().as_ref().map(ThreadId::as_str),
                         }),
                     )
                     .await?;

@@ -52,8 +52,8 @@ fn echo_options(transport: TransportConfig) -> ServerOptions {
         |context: InboundContext, message: InboundMessage| async move {
             let Request::Echo { text } = message.json::<Request>()?;
             context
-                .manager
-                .send_to_user(&context.user_id, json!({"type": "echo", "text": text}))
+                .manager()
+                .send_to_user(context.user_id(), json!({"type": "echo", "text": text}))
                 .await?;
             Ok::<(), HandlerError>(())
         },

@@ -47,8 +47,8 @@ fn echo() -> Arc<dyn MessageHandler> {
     Arc::new(handler_fn(
         |context: InboundContext, message: InboundMessage| async move {
             match message {
-                InboundMessage::Text(text) => context.socket.try_send(text)?,
-                InboundMessage::Binary(bytes) => context.socket.send_binary(bytes)?,
+                InboundMessage::Text(text) => context.socket().try_send(text)?,
+                InboundMessage::Binary(bytes) => context.socket().send_binary(bytes)?,
             }
             Ok(())
         },
@@ -177,13 +177,17 @@ async fn frames_queued_before_a_protocol_error_are_written_before_the_1002_close
             bad.header_mut().rsv2 = true;
             client.send(Message::Frame(bad)).await.unwrap();
             let (seen, code) = read_to_close(&mut client).await;
-            let numbers: Vec<u64> = seen
+            let frames: Vec<serde_json::Value> = seen
                 .iter()
-                .map(|m| {
-                    let value: serde_json::Value =
-                        serde_json::from_str(m.to_text().unwrap()).unwrap();
-                    value["n"].as_u64().unwrap()
-                })
+                .map(|m| serde_json::from_str(m.to_text().unwrap()).unwrap())
+                .collect();
+            assert_eq!(
+                frames[0]["type"], "hello",
+                "{adapter}: the hello comes first"
+            );
+            let numbers: Vec<u64> = frames[1..]
+                .iter()
+                .map(|value| value["n"].as_u64().unwrap())
                 .collect();
             assert_eq!(
                 numbers,

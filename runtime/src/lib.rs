@@ -73,10 +73,10 @@ mod table;
 pub mod transport;
 mod validation;
 
+pub use close::CloseReason;
 pub use config::{
     ConfigError, ManagerConfig, ManagerConfigBuilder, RESYNC_NOTICE_RESERVE, SlowConsumerPolicy,
 };
-pub use close::CloseReason;
 pub use connection::{
     OutboundEvent, OutboundReceiver, QueueLimits, SendError, SocketId, TextFrame,
     WebSocketConnection, WebSocketHandle,

@@ -10,9 +10,9 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::SocketId;
-use crate::close::CloseReason;
 use super::frame::TextFrame;
 use super::queue::OutboundQueue;
+use crate::close::CloseReason;
 use crate::offset::StreamPosition;
 
 /// Bounds of one connection's outbound queue.
@@ -206,7 +206,6 @@ impl WebSocketHandle {
     pub fn discarded_at_close(&self) -> usize {
         self.queue.discarded_at_close()
     }
-
 
     /// Frames accepted so far and not dropped (taken by the writer, or
     /// waiting): the writer has written them all once it has written this
@@ -578,7 +577,10 @@ mod tests {
         socket.try_send(frame("a")).unwrap();
         assert!(!flag.woken(), "a push woke a writer that waits for a close");
         assert!(socket.close_after_queued(CloseReason::normal()));
-        assert!(!flag.woken(), "a close that waits for the queue is not abrupt");
+        assert!(
+            !flag.woken(),
+            "a close that waits for the queue is not abrupt"
+        );
         assert!(socket.poll_abrupt_close(&mut cx).is_pending());
         assert!(!socket.close(CloseReason::going_away()));
         assert!(flag.woken(), "the abrupt close did not wake the writer");
@@ -591,7 +593,10 @@ mod tests {
         assert!(socket.poll_abrupt_close(&mut cx).is_pending());
         assert!(receiver.poll_recv(&mut cx).is_pending());
         socket.try_send(frame("b")).unwrap();
-        assert!(flag.woken(), "a push did not wake the writer waiting for events");
+        assert!(
+            flag.woken(),
+            "a push did not wake the writer waiting for events"
+        );
     }
 
     #[test]

@@ -20,8 +20,8 @@ use serde::Serialize;
 use crate::ids::{ConnectionId, ThreadId, UserId};
 use crate::offset::StreamOffset;
 
-pub use frame::TextFrame;
 pub(crate) use crate::close::CloseReason;
+pub use frame::TextFrame;
 pub use handle::{OutboundEvent, OutboundReceiver, QueueLimits, SendError, WebSocketHandle};
 
 /// The stable identity of one socket, unique within the process.

@@ -456,7 +456,6 @@ impl OutboundQueue {
         Poll::Pending
     }
 
-
     /// Frames accepted by a push and not dropped since: taken by the
     /// writer so far, plus those waiting. Grows by one per push.
     #[cfg_attr(not(feature = "transport"), allow(dead_code))]

@@ -34,6 +34,7 @@ pub struct TransportConfigError {
 /// | `header_read_timeout` | 10 s | an upgrade request whose head (or answer) takes longer is dropped, so stalled upgrades cannot pile up |
 /// | `binary_messages` | refused | an inbound binary message closes the socket with 1003, unless allowed |
 /// | `error_frames` | 10 per 10 s | invalid inbound messages answered with an error frame; more within the window close the socket with 1008 |
+/// | `hello_frame` | on | the protocol's `hello` frame, written first on every connection (user, connection id, token expiry, stream offset, retention; `docs/protocol.md`); off only for clients that do not speak the protocol (a plain echo server) |
 /// | `heartbeat_frames` | on | a `{"type":"heartbeat","ts":...}` text frame on the ping timer when nothing else was written, so a browser (which cannot see pings) receives a frame at least every `ping_interval` |
 ///
 /// The heartbeat follows socket.io's habit: a client that answers pings (every
@@ -78,6 +79,7 @@ pub struct TransportConfig {
     #[serde(serialize_with = "millis")]
     error_frame_window: Duration,
     heartbeat_frames: bool,
+    hello_frame: bool,
 }
 
 /// Default of [`TransportConfig::header_read_timeout`].
@@ -104,6 +106,7 @@ impl Default for TransportConfig {
             error_frame_limit: 10,
             error_frame_window: Duration::from_secs(10),
             heartbeat_frames: true,
+            hello_frame: true,
         }
     }
 }
@@ -198,6 +201,12 @@ impl TransportConfig {
     pub fn heartbeat_frames(&self) -> bool {
         self.heartbeat_frames
     }
+
+    /// Whether every connection starts with the protocol's `hello` frame
+    /// (see `docs/protocol.md`; the official client waits for it).
+    pub fn hello_frame(&self) -> bool {
+        self.hello_frame
+    }
 }
 
 /// Builds a validated [`TransportConfig`]; see its table of defaults.
@@ -288,6 +297,14 @@ impl TransportConfigBuilder {
     /// [`TransportConfig::heartbeat_frames`]).
     pub fn heartbeat_frames(mut self, send: bool) -> Self {
         self.config.heartbeat_frames = send;
+        self
+    }
+
+    /// Writes the `hello` frame first on every connection (default `true`;
+    /// see [`TransportConfig::hello_frame`]). Turn it off only for clients
+    /// that do not speak the protocol, such as an echo server's.
+    pub fn hello_frame(mut self, send: bool) -> Self {
+        self.config.hello_frame = send;
         self
     }
 

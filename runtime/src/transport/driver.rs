@@ -18,13 +18,12 @@ use serde::Serialize;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::auth::{Authenticator, Identity, RefreshError};
-use crate::close;
 use super::config::TransportConfig;
 use super::control::{self, ClientControl};
 use super::handler::{InboundContext, InboundError, InboundMessage, MessageHandler};
 use super::wire::{WireError, WireMessage, WireSocket};
+use crate::close;
 use crate::connection::{CloseReason, OutboundEvent, OutboundReceiver, WebSocketHandle};
-use crate::protocol::WebSocketManager;
 
 /// Events taken from the queue per lock, and the most the writer's event
 /// buffer ever holds: it reaches that size at the first batch of more than
@@ -179,29 +178,12 @@ impl Written {
     }
 }
 
-/// How the writer task ended.
-enum WriterExit {
-    /// It sent (or tried to send) a close frame with this reason.
-    Closed(CloseReason),
-    /// A write took longer than the write timeout.
-    Stalled,
-    /// A write failed.
-    Failed(String),
-}
-
-/// How the reader loop ended.
-enum ReadEnd {
-    Client(Option<u16>),
-    Eof,
-    TooLarge { size: usize, max: usize },
-    Idle,
-    InvalidPayload(String),
-    Protocol(String),
-    Binary,
-    TooManyInvalid,
-    TokenExpired,
-    Error(String),
-    Writer(Option<WriterExit>),
+/// Which side ended a connection. The reader's end still needs its close
+/// frame written ([`closing`]); the writer's was written (or could not be),
+/// `None` when the writer task did not end normally.
+enum Ended {
+    Reader(EndReason),
+    Writer(Option<EndReason>),
 }
 
 /// Who a connection was authenticated as, and how to verify the tokens its
@@ -227,7 +209,7 @@ pub(crate) async fn drive<S: WireSocket>(
     let mut writer = tokio::spawn(write_loop(
         sink,
         outbound,
-        context.socket.clone(),
+        context.socket().clone(),
         config.clone(),
         Arc::clone(&written),
     ));
@@ -238,69 +220,29 @@ pub(crate) async fn drive<S: WireSocket>(
         session,
         written: &written,
     };
-    let read_end = reader.run(&mut stream, &mut writer).await;
-
-    // `After::Queued`: what the queue accepted is written before the close
-    // frame (RFC 6455 lets data precede a close), within the close timeout.
-    // `After::Nothing`: the client's close was read (tungstenite then sends
-    // only its close reply), the connection is gone or idle, or the token
-    // expired (nothing more is owed to it).
-    let mut stop = async |reason: CloseReason, after: After| {
-        stop_writer(&context.socket, reason, after, config, &mut writer).await
+    let (end, ended_by_writer) = match reader.run(&mut stream, &mut writer).await {
+        Ended::Writer(end) => (
+            end.unwrap_or_else(|| EndReason::TransportError {
+                error: "writer task ended abnormally".to_owned(),
+            }),
+            true,
+        ),
+        Ended::Reader(end) => {
+            let (reason, after) = closing(&end);
+            stop_writer(context.socket(), reason, after, config, &mut writer).await;
+            (end, false)
+        }
     };
-    let (end, writer_exit) = match read_end {
-        ReadEnd::Writer(exit) => (writer_end(exit.as_ref()), exit),
-        ReadEnd::Client(code) => (
-            EndReason::ClientClosed { code },
-            stop(close::client_gone(), After::Nothing).await,
-        ),
-        ReadEnd::Eof => (
-            EndReason::Disconnected,
-            stop(close::client_gone(), After::Nothing).await,
-        ),
-        ReadEnd::TooLarge { size, max } => (
-            EndReason::MessageTooLarge { size, max },
-            stop(close::message_too_big(), After::Queued).await,
-        ),
-        ReadEnd::Idle => (
-            EndReason::HeartbeatTimeout,
-            stop(close::heartbeat_timeout(), After::Nothing).await,
-        ),
-        ReadEnd::InvalidPayload(error) => (
-            EndReason::InvalidPayload { error },
-            stop(close::invalid_payload(), After::Queued).await,
-        ),
-        ReadEnd::Protocol(error) => (
-            EndReason::ProtocolViolation { error },
-            stop(close::protocol_error(), After::Queued).await,
-        ),
-        ReadEnd::Binary => (
-            EndReason::BinaryRefused,
-            stop(close::binary_refused(), After::Queued).await,
-        ),
-        ReadEnd::TooManyInvalid => (
-            EndReason::TooManyInvalidMessages,
-            stop(close::too_many_invalid_messages(), After::Queued).await,
-        ),
-        ReadEnd::TokenExpired => (
-            EndReason::TokenExpired,
-            stop(close::token_expired(), After::Nothing).await,
-        ),
-        ReadEnd::Error(error) => (
-            EndReason::TransportError { error },
-            stop(close::transport_error(), After::Nothing).await,
-        ),
-    };
-    let discarded = context.socket.discarded_at_close();
+    let discarded = context.socket().discarded_at_close();
     if discarded > 0 {
-        tracing::info!(connection = %context.connection_id, user = %context.user_id,
+        tracing::info!(connection = %context.connection_id(), user = %context.user_id(),
             discarded_at_close = discarded, %end,
             "frames the queue had accepted were dropped unwritten at close");
     }
 
     // The server closed: give the client the time of the close handshake to
     // answer, so it sees a clean close rather than a reset.
-    if let (Some(WriterExit::Closed(_)), EndReason::ServerClosed { .. }) = (&writer_exit, &end) {
+    if ended_by_writer && let EndReason::ServerClosed { .. } = end {
         let _ = tokio::time::timeout(config.close_timeout(), async {
             while let Some(Ok(message)) = stream.next().await {
                 if matches!(message, WireMessage::Close(_)) {
@@ -332,39 +274,46 @@ async fn stop_writer(
     reason: CloseReason,
     after: After,
     config: &TransportConfig,
-    writer: &mut tokio::task::JoinHandle<WriterExit>,
-) -> Option<WriterExit> {
+    writer: &mut tokio::task::JoinHandle<EndReason>,
+) {
     if let After::Queued = after
         && socket.close_after_queued(reason.clone())
-        && let Ok(joined) = tokio::time::timeout(config.close_timeout(), &mut *writer).await
+        && tokio::time::timeout(config.close_timeout(), &mut *writer)
+            .await
+            .is_ok()
     {
-        return joined.ok();
+        return;
     }
     // Drops what is still queued (counted in `discarded_at_close`).
     socket.close(reason);
     let bound = config.close_timeout() + config.write_timeout();
-    match tokio::time::timeout(bound, &mut *writer).await {
-        Ok(joined) => joined.ok(),
-        Err(_) => {
-            writer.abort();
-            None
-        }
+    if tokio::time::timeout(bound, &mut *writer).await.is_err() {
+        writer.abort();
     }
 }
 
-fn writer_end(exit: Option<&WriterExit>) -> EndReason {
-    match exit {
-        Some(WriterExit::Closed(reason)) => EndReason::ServerClosed {
-            code: reason.code,
-            reason: reason.reason.to_string(),
-        },
-        Some(WriterExit::Stalled) => EndReason::WriteStalled,
-        Some(WriterExit::Failed(error)) => EndReason::TransportError {
-            error: error.clone(),
-        },
-        None => EndReason::TransportError {
-            error: "writer task ended abnormally".to_owned(),
-        },
+/// The close frame for a connection the reader ended, and what it may
+/// follow: what the queue accepted, when the client's data decided the
+/// close (RFC 6455 lets data precede a close); nothing when the client
+/// closed or is gone (tungstenite then sends only its close reply), is
+/// idle, or its token expired (nothing more is owed to it).
+fn closing(end: &EndReason) -> (CloseReason, After) {
+    match end {
+        EndReason::ClientClosed { .. } | EndReason::Disconnected => {
+            (close::client_gone(), After::Nothing)
+        }
+        EndReason::MessageTooLarge { .. } => (close::message_too_big(), After::Queued),
+        EndReason::HeartbeatTimeout => (close::heartbeat_timeout(), After::Nothing),
+        EndReason::InvalidPayload { .. } => (close::invalid_payload(), After::Queued),
+        EndReason::ProtocolViolation { .. } => (close::protocol_error(), After::Queued),
+        EndReason::BinaryRefused => (close::binary_refused(), After::Queued),
+        EndReason::TooManyInvalidMessages => (close::too_many_invalid_messages(), After::Queued),
+        EndReason::TokenExpired => (close::token_expired(), After::Nothing),
+        // Not the reader's: the writer's ends and a refused registration.
+        EndReason::TransportError { .. }
+        | EndReason::ServerClosed { .. }
+        | EndReason::WriteStalled
+        | EndReason::Refused { .. } => (close::transport_error(), After::Nothing),
     }
 }
 
@@ -387,8 +336,8 @@ impl Reader<'_> {
     async fn run<St>(
         &mut self,
         stream: &mut St,
-        writer: &mut tokio::task::JoinHandle<WriterExit>,
-    ) -> ReadEnd
+        writer: &mut tokio::task::JoinHandle<EndReason>,
+    ) -> Ended
     where
         St: Stream<Item = Result<WireMessage, WireError>> + Unpin,
     {
@@ -404,9 +353,9 @@ impl Reader<'_> {
         loop {
             tokio::select! {
                 biased;
-                exit = &mut *writer => return ReadEnd::Writer(exit.ok()),
+                exit = &mut *writer => return Ended::Writer(exit.ok()),
                 () = &mut expiry, if self.session.identity.expires_at.is_some() => {
-                    return ReadEnd::TokenExpired;
+                    return Ended::Reader(EndReason::TokenExpired);
                 }
                 item = stream.next() => {
                     idle.as_mut().reset(Instant::now() + config.idle_timeout());
@@ -420,7 +369,7 @@ impl Reader<'_> {
                                     biased;
                                     // The old deadline wins over a refresh in flight.
                                     () = &mut expiry, if bounded => {
-                                        return ReadEnd::TokenExpired;
+                                        return Ended::Reader(EndReason::TokenExpired);
                                     }
                                     refused = self.refresh(&token) => refused,
                                 };
@@ -430,7 +379,7 @@ impl Reader<'_> {
                                         .reset(Instant::now() + until(self.session.identity.expires_at)),
                                     Some(refusal) => {
                                         if !self.answer(&mut budget, &refusal) {
-                                            return ReadEnd::TooManyInvalid;
+                                            return Ended::Reader(EndReason::TooManyInvalidMessages);
                                         }
                                     }
                                 }
@@ -442,46 +391,50 @@ impl Reader<'_> {
                                     "`refresh_token` needs a string member `token`",
                                 );
                                 if !self.answer(&mut budget, &refusal) {
-                                    return ReadEnd::TooManyInvalid;
+                                    return Ended::Reader(EndReason::TooManyInvalidMessages);
                                 }
                                 continue;
                             }
                         },
                         Some(Ok(WireMessage::Binary(bytes))) => {
                             if !config.binary_messages() {
-                                return ReadEnd::Binary;
+                                return Ended::Reader(EndReason::BinaryRefused);
                             }
                             InboundMessage::Binary(bytes)
                         }
                         Some(Ok(WireMessage::Ping(_) | WireMessage::Pong(_))) => continue,
                         Some(Ok(WireMessage::Close(reason))) => {
-                            return ReadEnd::Client(reason.map(|r| r.code));
+                            return Ended::Reader(EndReason::ClientClosed { code: reason.map(|r| r.code) });
                         }
                         Some(Err(WireError::MessageTooLarge { size, max })) => {
-                            return ReadEnd::TooLarge { size, max };
+                            return Ended::Reader(EndReason::MessageTooLarge { size, max });
                         }
                         Some(Err(WireError::InvalidPayload(error))) => {
-                            return ReadEnd::InvalidPayload(error);
+                            return Ended::Reader(EndReason::InvalidPayload { error });
                         }
-                        Some(Err(WireError::Protocol(error))) => return ReadEnd::Protocol(error),
-                        Some(Err(WireError::Closed)) | None => return ReadEnd::Eof,
-                        Some(Err(error)) => return ReadEnd::Error(error.to_string()),
+                        Some(Err(WireError::Protocol(error))) => {
+                            return Ended::Reader(EndReason::ProtocolViolation { error });
+                        }
+                        Some(Err(WireError::Closed)) | None => return Ended::Reader(EndReason::Disconnected),
+                        Some(Err(error)) => {
+                            return Ended::Reader(EndReason::TransportError { error: error.to_string() });
+                        }
                     };
-                    let accepted = self.context.socket.accepted_frames();
+                    let accepted = self.context.socket().accepted_frames();
                     if let Some(rejection) = dispatch(self.handler, self.context, message).await
                         && !self.answer(&mut budget, &rejection)
                     {
-                        return ReadEnd::TooManyInvalid;
+                        return Ended::Reader(EndReason::TooManyInvalidMessages);
                     }
                     // The handler answered: its replies are written before
                     // the next read, as a plain echo loop would (a close
                     // read next would otherwise overtake them).
-                    let replied = self.context.socket.accepted_frames();
+                    let replied = self.context.socket().accepted_frames();
                     if replied > accepted {
                         self.written.wait_for(replied, config.close_timeout()).await;
                     }
                 }
-                () = &mut idle => return ReadEnd::Idle,
+                () = &mut idle => return Ended::Reader(EndReason::HeartbeatTimeout),
             }
         }
     }
@@ -496,7 +449,7 @@ impl Reader<'_> {
             .catch_unwind()
             .await
             .unwrap_or_else(|_| {
-                tracing::error!(connection = %self.context.connection_id,
+                tracing::error!(connection = %self.context.connection_id(),
                     "authenticator panicked on a token refresh");
                 Err(RefreshError::Invalid("the authenticator panicked".into()))
             })
@@ -516,20 +469,20 @@ impl Reader<'_> {
             });
         match verified {
             Ok(identity) => {
-                tracing::debug!(connection = %self.context.connection_id,
-                    user = %self.context.user_id, expires_at = ?identity.expires_at,
+                tracing::debug!(connection = %self.context.connection_id(),
+                    user = %self.context.user_id(), expires_at = ?identity.expires_at,
                     "token refreshed in-band");
                 let frame = control::token_refreshed_frame(identity.expires_at);
                 self.session.identity = identity;
-                if let Err(error) = self.context.socket.try_send(frame) {
-                    tracing::debug!(connection = %self.context.connection_id, %error,
+                if let Err(error) = self.context.socket().try_send(frame) {
+                    tracing::debug!(connection = %self.context.connection_id(), %error,
                         "token_refreshed frame not queued");
                 }
                 None
             }
             Err(error) => {
-                tracing::info!(connection = %self.context.connection_id,
-                    user = %self.context.user_id, %error,
+                tracing::info!(connection = %self.context.connection_id(),
+                    user = %self.context.user_id(), %error,
                     "in-band token refresh refused; the old deadline stays");
                 Some(InboundError::new(
                     InboundError::TOKEN_REFRESH_REFUSED,
@@ -548,14 +501,14 @@ impl Reader<'_> {
             budget.sent = 0;
         }
         if budget.sent >= self.config.error_frame_limit() {
-            tracing::info!(connection = %self.context.connection_id, user = %self.context.user_id,
+            tracing::info!(connection = %self.context.connection_id(), user = %self.context.user_id(),
                 "too many invalid messages; closing with 1008");
             return false;
         }
         budget.sent += 1;
         let frame = crate::connection::TextFrame::from_string(rejection.to_json().to_string());
-        if let Err(error) = self.context.socket.try_send(frame) {
-            tracing::debug!(connection = %self.context.connection_id, %error,
+        if let Err(error) = self.context.socket().try_send(frame) {
+            tracing::debug!(connection = %self.context.connection_id(), %error,
                 "error frame not queued");
         }
         true
@@ -581,32 +534,25 @@ async fn dispatch(
     context: &InboundContext,
     message: InboundMessage,
 ) -> Option<InboundError> {
-    let mut context = context.clone();
-    context.thread_id = context
-        .manager
-        .get_connection(&context.connection_id)
-        .and_then(|connection| connection.thread_id);
-    let connection_id = context.connection_id.clone();
-    let user_id = context.user_id.clone();
-    match AssertUnwindSafe(handler.on_message(context, message))
+    match AssertUnwindSafe(handler.on_message(context.clone(), message))
         .catch_unwind()
         .await
     {
         Ok(Ok(())) => None,
         Ok(Err(error)) => match error.downcast::<InboundError>() {
             Ok(rejection) => {
-                tracing::debug!(connection = %connection_id, user = %user_id, %rejection,
+                tracing::debug!(connection = %context.connection_id(), user = %context.user_id(), %rejection,
                     "inbound message rejected");
                 Some(*rejection)
             }
             Err(error) => {
-                tracing::warn!(connection = %connection_id, user = %user_id, %error,
+                tracing::warn!(connection = %context.connection_id(), user = %context.user_id(), %error,
                     "message handler failed; the connection stays open");
                 None
             }
         },
         Err(_) => {
-            tracing::error!(connection = %connection_id, user = %user_id,
+            tracing::error!(connection = %context.connection_id(), user = %context.user_id(),
                 "message handler panicked; the connection stays open");
             None
         }
@@ -626,7 +572,7 @@ async fn write_loop<K>(
     socket: WebSocketHandle,
     config: TransportConfig,
     written: Arc<Written>,
-) -> WriterExit
+) -> EndReason
 where
     K: Sink<WireMessage, Error = WireError> + Unpin,
 {
@@ -687,11 +633,11 @@ where
                 // The close wins over frames still queued, as documented on
                 // `OutboundEvent::Close` (frames already fed go out first).
                 send_close(&mut sink, reason.clone(), config.close_timeout()).await;
-                return WriterExit::Closed(reason);
+                return server_closed(reason);
             }
             Err(WriteFailure::ClosedWhileStalled(reason)) => {
                 send_close(&mut sink, reason.clone(), config.close_timeout()).await;
-                return WriterExit::Closed(reason);
+                return server_closed(reason);
             }
             Err(WriteFailure::TimedOut) => {
                 // Abrupt on purpose, like the slow-consumer close: the
@@ -700,13 +646,20 @@ where
                 socket.close(close::write_timeout());
                 tracing::warn!(socket = %socket.id(), timeout = ?config.write_timeout(),
                     "write stalled; dropping the socket");
-                return WriterExit::Stalled;
+                return EndReason::WriteStalled;
             }
             Err(WriteFailure::Failed(error)) => {
                 socket.close(close::transport_error());
-                return WriterExit::Failed(error);
+                return EndReason::TransportError { error };
             }
         }
+    }
+}
+
+fn server_closed(reason: CloseReason) -> EndReason {
+    EndReason::ServerClosed {
+        code: reason.code,
+        reason: reason.reason.into_owned(),
     }
 }
 

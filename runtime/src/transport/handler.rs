@@ -5,10 +5,14 @@ use std::future::Future;
 
 use bytes::Bytes;
 
+use std::sync::Arc;
+
+use super::record::ConnectionRecord;
 use crate::connection::TextFrame;
 use crate::connection::WebSocketHandle;
 use crate::dyn_manager::DynManager;
 use crate::ids::{ConnectionId, ThreadId, UserId};
+use crate::protocol::WebSocketManager;
 
 /// The error a handler may return. It is logged with the connection's ids and
 /// the connection stays open. When it is an [`InboundError`], the client is
@@ -123,28 +127,80 @@ impl InboundMessage {
     }
 }
 
-/// Who sent an inbound message, and the means to answer.
+/// Who sent an inbound message, and the means to answer: the connection's
+/// record (shared with the service, not copied per message) and the manager.
+///
+/// ```
+/// use websocket_manager::transport::{InboundContext, InboundMessage, HandlerError};
+/// async fn on_message(context: InboundContext, _message: InboundMessage) -> Result<(), HandlerError> {
+///     // Answer only this tab.
+///     let reply = websocket_manager::TextFrame::from_string(format!("hello {}", context.user_id()));
+///     context.socket().try_send(reply)?;
+///     Ok(())
+/// }
+/// ```
 #[derive(Clone)]
 pub struct InboundContext {
+    record: Arc<ConnectionRecord>,
+    manager: DynManager,
+}
+
+impl InboundContext {
+    pub(crate) fn new(record: Arc<ConnectionRecord>, manager: DynManager) -> Self {
+        InboundContext { record, manager }
+    }
+
+    /// A context for a connection served elsewhere: to call a
+    /// [`MessageHandler`] from a test, or from a transport of your own.
+    pub fn for_connection(
+        connection_id: ConnectionId,
+        user_id: UserId,
+        socket: WebSocketHandle,
+        manager: DynManager,
+    ) -> Self {
+        let record = ConnectionRecord {
+            connection_id,
+            user_id,
+            socket,
+        };
+        InboundContext::new(Arc::new(record), manager)
+    }
+
     /// The connection the message arrived on.
-    pub connection_id: ConnectionId,
+    pub fn connection_id(&self) -> &ConnectionId {
+        &self.record.connection_id
+    }
+
     /// The authenticated user of that connection.
-    pub user_id: UserId,
-    /// The thread the connection follows now (read from the manager when the
-    /// message arrived, so `update_connection_thread` is taken into account).
-    pub thread_id: Option<ThreadId>,
+    pub fn user_id(&self) -> &UserId {
+        &self.record.user_id
+    }
+
     /// The connection's own socket, to answer only this tab.
-    pub socket: WebSocketHandle,
+    pub fn socket(&self) -> &WebSocketHandle {
+        &self.record.socket
+    }
+
     /// The manager, to answer the user, a thread, or emit critical events.
-    pub manager: DynManager,
+    pub fn manager(&self) -> &DynManager {
+        &self.manager
+    }
+
+    /// The thread the connection follows now, asked of the manager when
+    /// called (so `update_connection_thread` is taken into account, whoever
+    /// called it); a handler that never needs it costs nothing.
+    pub fn thread_id(&self) -> Option<ThreadId> {
+        self.manager
+            .get_connection(&self.record.connection_id)
+            .and_then(|connection| connection.thread_id)
+    }
 }
 
 impl std::fmt::Debug for InboundContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InboundContext")
-            .field("connection_id", &self.connection_id)
-            .field("user_id", &self.user_id)
-            .field("thread_id", &self.thread_id)
+            .field("connection_id", &self.record.connection_id)
+            .field("user_id", &self.record.user_id)
             .finish_non_exhaustive()
     }
 }
@@ -164,7 +220,7 @@ impl std::fmt::Debug for InboundContext {
 /// impl MessageHandler for Echo {
 ///     async fn on_message(&self, context: InboundContext, message: InboundMessage) -> Result<(), HandlerError> {
 ///         if let Some(text) = message.as_text() {
-///             context.manager.send_to_user(&context.user_id, serde_json::json!({"echo": text})).await?;
+///             context.manager().send_to_user(context.user_id(), serde_json::json!({"echo": text})).await?;
 ///         }
 ///         Ok(())
 ///     }
@@ -193,7 +249,7 @@ pub struct HandlerFn<F>(F);
 /// ```
 /// use websocket_manager::transport::{handler_fn, InboundContext, InboundMessage, HandlerError};
 /// let handler = handler_fn(|context: InboundContext, message: InboundMessage| async move {
-///     tracing::info!(user = %context.user_id, ?message, "received");
+///     tracing::info!(user = %context.user_id(), ?message, "received");
 ///     Ok::<(), HandlerError>(())
 /// });
 /// # let _ = handler;
@@ -233,7 +289,7 @@ impl MessageHandler for IgnoreMessages {
         context: InboundContext,
         _: InboundMessage,
     ) -> Result<(), HandlerError> {
-        tracing::debug!(connection = %context.connection_id, "inbound message ignored");
+        tracing::debug!(connection = %context.connection_id(), "inbound message ignored");
         Ok(())
     }
 }

@@ -103,6 +103,7 @@ mod handler;
 mod handshake;
 #[cfg(feature = "jwt")]
 mod jwt;
+mod record;
 mod service;
 mod shutdown;
 #[cfg(any(feature = "axum", feature = "tungstenite"))]

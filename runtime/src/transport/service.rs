@@ -10,16 +10,15 @@ use serde::Serialize;
 use super::auth::{
     AuthError, Authenticated, Authenticator, Identity, OriginPolicy, UpgradeRequest,
 };
-use crate::close;
 use super::config::TransportConfig;
 use super::control::Hello;
 use super::driver::{self, EndReason, Session};
 use super::handler::{IgnoreMessages, InboundContext, MessageHandler};
-use super::shutdown::{
-    ConnectionTracker, LiveConnection, ShutdownReport, UpgradeRefused, UpgradeTicket,
-};
+use super::record::{ConnectionRecord, Registered};
+use super::shutdown::{ConnectionTracker, ShutdownReport, UpgradeRefused, UpgradeTicket};
 use super::wire::{WireMessage, WireSocket};
-use crate::connection::{CloseReason, TextFrame, WebSocketConnection, WebSocketHandle};
+use crate::close::{self, CloseReason};
+use crate::connection::{TextFrame, WebSocketConnection, WebSocketHandle};
 use crate::dyn_manager::DynManager;
 use crate::ids::{ConnectionId, ThreadId, UserId};
 use crate::offset::StreamOffset;
@@ -529,12 +528,12 @@ impl WebSocketService {
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         };
 
-        let live = LiveConnection {
+        let record = Arc::new(ConnectionRecord {
             connection_id: connection_id.clone(),
             user_id: user_id.clone(),
             socket: handle.clone(),
-        };
-        if !inner.tracker.register(live, &ticket) {
+        });
+        if !inner.tracker.register(Arc::clone(&record), &ticket) {
             // Admitted before shutdown began (its `101` is out): closed
             // with 1001 like the others, then the ticket tells shutdown.
             let reason = CloseReason::going_away();
@@ -543,11 +542,21 @@ impl WebSocketService {
             return outcome(refused(reason));
         }
         drop(ticket);
+        // From here the guard releases the connection, also when this
+        // future is dropped before the end (the task was aborted).
+        let mut registered = Registered::tracked(
+            Arc::clone(&record),
+            inner.manager.clone(),
+            Arc::clone(&inner.tracker),
+        );
         // For the hello frame: the manager records where the connection
         // stands while it registers it.
-        handle.request_stream_position();
+        if inner.config.hello_frame() {
+            handle.request_stream_position();
+        }
+        registered.offered_to_manager();
         if let Err(error) = inner.manager.add_connection(connection).await {
-            inner.tracker.unregister(handle.id());
+            registered.release().await;
             let reason = close::registration_refused(&error);
             tracing::info!(connection = %connection_id, user = %user_id, %error,
                 code = reason.code, "registration refused; closing the socket");
@@ -555,39 +564,28 @@ impl WebSocketService {
             return outcome(refused(reason));
         }
         tracing::debug!(connection = %connection_id, user = %user_id, "connection registered");
-        // If this future is dropped before the end (the task was aborted),
-        // the guard still takes the connection out of the manager.
-        let mut registered = RegisteredGuard {
-            inner: Arc::clone(inner),
-            connection_id: Some(connection_id.clone()),
-            socket: handle.clone(),
-        };
 
         // The hello goes straight to the socket, ahead of what the manager
         // queued while registering (the resync notice, the replay) and of
         // every live frame: the writer only starts draining the queue in
         // `drive`. Since the connection is registered, every event emitted
         // after the client read the hello reaches it.
-        let hello = Hello::new(
-            &user_id,
-            &connection_id,
-            identity.expires_at,
-            handle.take_stream_position(),
-            &inner.config,
-        );
-        let end = match send_hello(&mut socket, &hello, &inner.config).await {
+        let hello = inner.config.hello_frame().then(|| {
+            Hello::new(
+                &user_id,
+                &connection_id,
+                identity.expires_at,
+                handle.take_stream_position(),
+                &inner.config,
+            )
+        });
+        let end = match send_hello(&mut socket, hello.as_ref(), &inner.config).await {
             Err(end) => {
                 handle.close(close::transport_error());
                 end
             }
             Ok(()) => {
-                let context = InboundContext {
-                    connection_id: connection_id.clone(),
-                    user_id: user_id.clone(),
-                    thread_id: None,
-                    socket: handle.clone(),
-                    manager: inner.manager.clone(),
-                };
+                let context = InboundContext::new(record, inner.manager.clone());
                 let session = Session {
                     authenticator: Arc::clone(&inner.authenticator),
                     identity,
@@ -603,12 +601,7 @@ impl WebSocketService {
                 .await
             }
         };
-
-        // Remove from the manager before the tracker, so that a finished
-        // shutdown implies clean manager indexes.
-        registered.connection_id = None;
-        inner.manager.remove_connection(&connection_id).await;
-        inner.tracker.unregister(handle.id());
+        registered.release().await;
         let outcome = outcome(end);
         tracing::debug!(%outcome, "connection ended");
         outcome
@@ -625,37 +618,6 @@ impl WebSocketService {
             .await;
         tracing::info!(%report, "websocket service shut down");
         report
-    }
-}
-
-/// Removes a registered connection whose `serve` future was dropped early.
-struct RegisteredGuard {
-    inner: Arc<ServiceInner>,
-    /// `None` once `serve` removed the connection itself.
-    connection_id: Option<ConnectionId>,
-    socket: WebSocketHandle,
-}
-
-impl Drop for RegisteredGuard {
-    fn drop(&mut self) {
-        let Some(connection_id) = self.connection_id.take() else {
-            return;
-        };
-        // The writer task, if still running, stops on this close.
-        self.socket.close(CloseReason::going_away());
-        let inner = Arc::clone(&self.inner);
-        let socket = self.socket.id();
-        tracing::warn!(connection = %connection_id, "connection task dropped early; removing it");
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    inner.manager.remove_connection(&connection_id).await;
-                    inner.tracker.unregister(socket);
-                });
-            }
-            // No runtime left (process exit): nothing will read the manager.
-            Err(_) => inner.tracker.unregister(socket),
-        }
     }
 }
 
@@ -686,9 +648,12 @@ fn refused(reason: CloseReason) -> EndReason {
 /// ended if it could not.
 async fn send_hello<S: WireSocket>(
     socket: &mut S,
-    hello: &Hello,
+    hello: Option<&Hello>,
     config: &TransportConfig,
 ) -> Result<(), EndReason> {
+    let Some(hello) = hello else {
+        return Ok(());
+    };
     let frame = TextFrame::from_json(hello).map_err(|error| EndReason::TransportError {
         error: format!("hello frame: {error}"),
     })?;

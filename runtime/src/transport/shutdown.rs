@@ -10,18 +10,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::connection::{CloseReason, SocketId, WebSocketHandle};
+use super::record::ConnectionRecord;
+use crate::close::CloseReason;
+use crate::connection::SocketId;
 use crate::dyn_manager::DynManager;
 use crate::ids::{ConnectionId, UserId};
 use crate::protocol::WebSocketManager;
-
-/// One connection the service is driving.
-#[derive(Debug, Clone)]
-pub(crate) struct LiveConnection {
-    pub connection_id: ConnectionId,
-    pub user_id: UserId,
-    pub socket: WebSocketHandle,
-}
 
 #[derive(Debug, Default)]
 struct TrackerState {
@@ -30,7 +24,7 @@ struct TrackerState {
     /// No new upgrade is admitted (set before `closed`, so a readiness
     /// route can say so while connections still run).
     draining: bool,
-    live: HashMap<SocketId, LiveConnection>,
+    live: HashMap<SocketId, Arc<ConnectionRecord>>,
     /// Upgrades admitted (their `101` sent or about to be) and not yet
     /// registered: counted by shutdown, which waits for them too.
     pending: usize,
@@ -131,7 +125,7 @@ impl ConnectionTracker {
     /// shutdown never counts it twice nor misses it); `false` once shutdown
     /// has begun: the caller closes it with 1001 and then drops the ticket,
     /// and the report counts it as closed.
-    pub fn register(&self, connection: LiveConnection, ticket: &UpgradeTicket) -> bool {
+    pub fn register(&self, connection: Arc<ConnectionRecord>, ticket: &UpgradeTicket) -> bool {
         let mut state = self.state();
         if state.closed {
             state.closed_late += 1;
@@ -176,7 +170,7 @@ impl ConnectionTracker {
     /// manager and says what happened.
     pub async fn shutdown(&self, manager: &DynManager, drain: Duration) -> ShutdownReport {
         let started = Instant::now();
-        let (snapshot, upgrading): (Vec<LiveConnection>, usize) = {
+        let (snapshot, upgrading): (Vec<Arc<ConnectionRecord>>, usize) = {
             let mut state = self.state();
             state.closed = true;
             state.draining = true;
@@ -209,7 +203,7 @@ impl ConnectionTracker {
                 break;
             }
         }
-        let (left, closed_late): (Vec<LiveConnection>, usize) = {
+        let (left, closed_late): (Vec<Arc<ConnectionRecord>>, usize) = {
             let state = self.state();
             (state.live.values().cloned().collect(), state.closed_late)
         };
@@ -221,8 +215,8 @@ impl ConnectionTracker {
         let mut left: Vec<LeftConnection> = left
             .into_iter()
             .map(|c| LeftConnection {
-                connection_id: c.connection_id,
-                user_id: c.user_id,
+                connection_id: c.connection_id.clone(),
+                user_id: c.user_id.clone(),
             })
             .collect();
         left.sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
