@@ -71,7 +71,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
 use websocket_manager::transport::{
     HandlerError, InboundContext, InboundError, InboundMessage, JwtAuthenticator, MessageHandler,
-    OriginPolicy, TransportConfig, UserScopedThreads, WebSocketService, encode_hs256,
+    OriginPolicy, RateLimit, TransportConfig, UserScopedThreads, WebSocketService, encode_hs256,
 };
 use websocket_manager::{
     AGENT_COMPLETED, AGENT_STARTED, AGENT_THINKING, ManagerConfig, StartupOptions, StartupReport,
@@ -171,9 +171,15 @@ struct Args {
     /// `--drain-delay-ms N`: after SIGTERM, how long `/ready` says 503
     /// before the sockets are closed (time for a balancer to notice).
     drain_delay: Duration,
+    /// `--max-connections N`: 503 past N connections.
+    max_connections: Option<usize>,
+    /// `--connection-rate N[/BURST]`: new connections per second.
+    connection_rate: Option<RateLimit>,
+    /// `--inbound-rate N[/BURST]`: messages per second per connection.
+    inbound_rate: Option<RateLimit>,
 }
 
-const USAGE: &str = "usage: agent_server [--demo] [--port N] [--redis URL] [--max-runs N] [--max-runs-per-user N] [--operator-token TOKEN] [--ping-interval-ms N] [--drain-delay-ms N]";
+const USAGE: &str = "usage: agent_server [--demo] [--port N] [--redis URL] [--max-runs N] [--max-runs-per-user N] [--operator-token TOKEN] [--ping-interval-ms N] [--drain-delay-ms N] [--max-connections N] [--connection-rate PER_SECOND[/BURST]] [--inbound-rate PER_SECOND[/BURST]]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -185,6 +191,9 @@ fn parse_args() -> Result<Args, String> {
         operator_token: std::env::var("AGENT_SERVER_OPERATOR_TOKEN").ok(),
         ping_interval: None,
         drain_delay: Duration::ZERO,
+        max_connections: None,
+        connection_rate: None,
+        inbound_rate: None,
     };
     let mut rest = std::env::args().skip(1);
     while let Some(arg) = rest.next() {
@@ -212,6 +221,9 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|_| format!("--drain-delay-ms: `{value}` is not a number"))?;
                 args.drain_delay = Duration::from_millis(ms);
             }
+            "--max-connections" => args.max_connections = Some(positive(&arg, &value()?)?),
+            "--connection-rate" => args.connection_rate = Some(rate(&arg, &value()?)?),
+            "--inbound-rate" => args.inbound_rate = Some(rate(&arg, &value()?)?),
             other => return Err(format!("unknown argument `{other}`; {USAGE}")),
         }
     }
@@ -231,6 +243,16 @@ fn positive(flag: &str, value: &str) -> Result<usize, String> {
         Ok(n) if n > 0 => Ok(n),
         _ => Err(format!("{flag}: `{value}` is not a positive number")),
     }
+}
+
+/// `PER_SECOND[/BURST]` (the burst defaults to one second's worth).
+fn rate(flag: &str, value: &str) -> Result<RateLimit, String> {
+    let (per_second, burst) = value.split_once('/').unwrap_or((value, value));
+    let number = |text: &str| {
+        text.parse::<u32>()
+            .map_err(|_| format!("{flag}: `{value}` is not PER_SECOND[/BURST]"))
+    };
+    RateLimit::new(number(per_second)?, number(burst)?).map_err(|error| format!("{flag}: {error}"))
 }
 
 /// A random u64 from the standard library's randomly seeded hasher; good
@@ -371,6 +393,9 @@ async fn main() -> ExitCode {
     if let Some(interval) = args.ping_interval {
         transport = transport.ping_interval(interval);
     }
+    if let Some(limit) = args.inbound_rate {
+        transport = transport.inbound_rate(limit);
+    }
     let transport = match transport.build() {
         Ok(config) => config,
         Err(error) => {
@@ -388,8 +413,16 @@ async fn main() -> ExitCode {
         format!("http://localhost:{}", addr.port()),
     ]))
     .config(transport)
-    .handler(Agent::new(args.max_runs, args.max_runs_per_user))
-    .build();
+    .handler(Agent::new(args.max_runs, args.max_runs_per_user));
+    let service = match args.max_connections {
+        Some(max) => service.max_connections(max),
+        None => service,
+    };
+    let service = match args.connection_rate {
+        Some(limit) => service.connection_rate(limit),
+        None => service,
+    };
+    let service = service.build();
 
     let operator_routes = args.operator_token.is_some();
     let state = AppState {
@@ -611,13 +644,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Prometheus text: a fresh snapshot of the manager's stats, published
 /// into the recorder and rendered.
 async fn metrics(State(state): State<AppState>) -> Response {
-    websocket_manager::metrics::publish(
-        &state.manager.stats(),
-        &[websocket_manager::metrics::Label::new(
-            "manager",
-            state.manager.name(),
-        )],
-    );
+    let labels = [websocket_manager::metrics::Label::new(
+        "manager",
+        state.manager.name(),
+    )];
+    websocket_manager::metrics::publish(&state.manager.stats(), &labels);
+    websocket_manager::metrics::publish_transport(&state.service.stats(), &labels);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.prometheus.render(),

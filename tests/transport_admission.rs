@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use e2e_support::*;
 use tokio_tungstenite::tungstenite;
-use websocket_manager::transport::{OriginPolicy, UpgradeRequest, WebSocketService};
+use websocket_manager::transport::{
+    HandlerError, OriginPolicy, RateLimit, TransportConfig, UpgradeRequest, WebSocketService,
+    handler_fn,
+};
 use websocket_manager::{
     DynManager, ManagerConfig, NotReady, NotReadyReason, UnifiedWebSocketManager,
 };
@@ -282,6 +285,108 @@ async fn an_admitted_upgrade_that_never_arrives_is_reported_not_waited_for_forev
             "{report}"
         );
         drop(admission);
+    })
+    .await;
+}
+
+/// Admission control (issue 19): new connections faster than the
+/// connection rate get `503` `rate_limited` with a `Retry-After`, counted;
+/// once a token is back the next upgrade passes.
+#[tokio::test]
+async fn upgrades_over_the_connection_rate_get_503_rate_limited_and_are_counted() {
+    bounded(async {
+        let manager = Arc::new(UnifiedWebSocketManager::new(ManagerConfig::default()));
+        let service =
+            WebSocketService::builder(DynManager::from(Arc::clone(&manager)), authenticator())
+                .connection_rate(RateLimit::new(1, 2).unwrap())
+                .build();
+        let addrs = serve_both(&service).await;
+        let mut refused = 0;
+        for addr in addrs {
+            // Let the bucket fill to its burst of 2 again.
+            tokio::time::sleep(Duration::from_millis(2100)).await;
+            let first = connect(addr, "rate-user", None).await;
+            let second = connect(addr, "rate-user", None).await;
+            let (retry_after, body) = expect_503(addr, "rate-user").await;
+            refused += 1;
+            assert!((1..=2).contains(&retry_after), "{addr}: {retry_after}");
+            assert_eq!(body, "Service Unavailable: rate_limited", "{addr}");
+            // The readiness route does not turn away every client for it.
+            assert!(service.readiness().is_ready(), "{addr}");
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            let third = connect(addr, "rate-user", None).await;
+            for client in [first, second, third] {
+                close(client).await;
+            }
+        }
+        let stats = service.stats();
+        assert_eq!(stats.upgrades_refused_rate_limited, refused, "{stats}");
+        assert_eq!(stats.upgrades_admitted, 6, "{stats}");
+        assert_eq!(stats.upgrades_refused_at_capacity, 0, "{stats}");
+    })
+    .await;
+}
+
+/// A connection that sends faster than its inbound rate: each message over
+/// the rate gets an error frame `rate_limited` (not handled); past the
+/// error-frame budget the connection is closed with 1008 `message rate
+/// exceeded`, and both are counted.
+#[tokio::test]
+async fn messages_over_the_inbound_rate_get_rate_limited_frames_then_1008() {
+    bounded(async {
+        let manager = Arc::new(UnifiedWebSocketManager::new(ManagerConfig::default()));
+        let config = TransportConfig::builder()
+            .inbound_rate(RateLimit::new(1, 5).unwrap())
+            .error_frames(3, Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let handled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&handled);
+        let service =
+            WebSocketService::builder(DynManager::from(Arc::clone(&manager)), authenticator())
+                .config(config)
+                .handler(handler_fn(move |_context, _message| {
+                    let counter = Arc::clone(&counter);
+                    async move {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        Ok::<(), HandlerError>(())
+                    }
+                }))
+                .build();
+        let addrs = serve_both(&service).await;
+        for (n, addr) in addrs.into_iter().enumerate() {
+            let mut client = connect(addr, "chatty-user", None).await;
+            for i in 0..20 {
+                send_text(&mut client, format!("{{\"n\": {i}}}")).await;
+            }
+            let mut rate_limited = 0;
+            let close = loop {
+                match next_seen(&mut client).await {
+                    Seen::Json(frame) => {
+                        assert_eq!(frame["type"], "error", "{addr}: {frame}");
+                        assert_eq!(frame["code"], "rate_limited", "{addr}: {frame}");
+                        rate_limited += 1;
+                    }
+                    Seen::Close(frame) => break frame,
+                    Seen::Gone => panic!("{addr}: gone without a close frame"),
+                }
+            };
+            assert_eq!(rate_limited, 3, "{addr}: the error-frame budget");
+            assert_eq!(
+                close,
+                Some((1008, "message rate exceeded".to_owned())),
+                "{addr}"
+            );
+            // The burst was handled; what came over it was not.
+            assert_eq!(
+                handled.load(std::sync::atomic::Ordering::SeqCst),
+                5 * (n + 1),
+                "{addr}"
+            );
+        }
+        let stats = service.stats();
+        assert_eq!(stats.messages_rate_limited, 8, "{stats}");
+        assert_eq!(stats.closed_for_message_rate, 2, "{stats}");
     })
     .await;
 }

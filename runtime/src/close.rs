@@ -9,6 +9,7 @@
 //! | the client was too slow (slow-consumer policy) | 1008 |
 //! | per-user cap or isolation refused the registration | 1008 |
 //! | more invalid messages than `error_frame_limit` within `error_frame_window` | 1008 |
+//! | messages over the connection's `inbound_rate`, past the error-frame budget | 1008 `message rate exceeded` |
 //! | a binary message while `binary_messages` is off | 1003 |
 //! | a text message that is not valid UTF-8 | 1007 |
 //! | a WebSocket protocol violation (unmasked client frame, reserved bits, bad opcode...) | 1002 |
@@ -130,6 +131,10 @@ pub(crate) fn binary_refused() -> CloseReason {
 
 pub(crate) fn too_many_invalid_messages() -> CloseReason {
     CloseReason::new(POLICY_VIOLATION, "too many invalid messages")
+}
+
+pub(crate) fn message_rate_exceeded() -> CloseReason {
+    CloseReason::new(POLICY_VIOLATION, "message rate exceeded")
 }
 
 pub(crate) fn token_expired() -> CloseReason {

@@ -53,6 +53,9 @@ pub struct Series {
     pub help: &'static str,
     /// The value in the snapshot.
     pub value: u64,
+    /// The `reason` label of a series published once per reason (several
+    /// series then share a name), `None` for the others.
+    pub reason: Option<&'static str>,
 }
 
 const fn counter(name: &'static str, help: &'static str, value: u64) -> Series {
@@ -61,6 +64,15 @@ const fn counter(name: &'static str, help: &'static str, value: u64) -> Series {
         kind: SeriesKind::Counter,
         help,
         value,
+        reason: None,
+    }
+}
+
+#[cfg(feature = "transport")]
+const fn labelled(series: Series, reason: &'static str) -> Series {
+    Series {
+        reason: Some(reason),
+        ..series
     }
 }
 
@@ -70,6 +82,7 @@ const fn gauge(name: &'static str, help: &'static str, value: usize) -> Series {
         kind: SeriesKind::Gauge,
         help,
         value: value as u64,
+        reason: None,
     }
 }
 
@@ -154,10 +167,53 @@ pub fn publish_cluster(stats: &crate::ClusterStats, labels: &[Label]) {
     record(cluster_series(stats), labels);
 }
 
+/// Every published series of a service's
+/// [`TransportStats`](crate::transport::TransportStats) (feature
+/// `transport`): its connections and what its admission control refused or
+/// limited. Publish them with [`publish_transport`].
+///
+/// ```
+/// use websocket_manager::metrics::transport_series;
+/// use websocket_manager::transport::TransportStats;
+/// let names: Vec<_> = transport_series(&TransportStats::default()).iter().map(|s| s.name).collect();
+/// assert!(names.contains(&"websocket_manager_upgrades_refused_total"));
+/// ```
+#[cfg(feature = "transport")]
+#[cfg_attr(docsrs, doc(cfg(feature = "transport")))]
+#[rustfmt::skip]
+pub fn transport_series(stats: &crate::transport::TransportStats) -> Vec<Series> {
+    let s = stats;
+    vec![
+        gauge("websocket_manager_transport_connections", "Connections the transport drives.", s.connections),
+        counter("websocket_manager_upgrades_admitted_total", "Upgrades admitted (authenticated).", s.upgrades_admitted),
+        labelled(counter("websocket_manager_upgrades_refused_total", "Upgrades refused with 503 and Retry-After, by reason.", s.upgrades_refused_at_capacity), "at_capacity"),
+        labelled(counter("websocket_manager_upgrades_refused_total", "Upgrades refused with 503 and Retry-After, by reason.", s.upgrades_refused_rate_limited), "rate_limited"),
+        labelled(counter("websocket_manager_upgrades_refused_total", "Upgrades refused with 503 and Retry-After, by reason.", s.upgrades_refused_not_ready), "not_ready"),
+        counter("websocket_manager_messages_rate_limited_total", "Inbound messages over a connection's rate, answered with a rate_limited error frame.", s.messages_rate_limited),
+        counter("websocket_manager_message_rate_closes_total", "Connections closed with 1008 for their message rate.", s.closed_for_message_rate),
+    ]
+}
+
+/// [`publish`] for a service's
+/// [`TransportStats`](crate::transport::TransportStats).
+#[cfg(feature = "transport")]
+#[cfg_attr(docsrs, doc(cfg(feature = "transport")))]
+pub fn publish_transport(stats: &crate::transport::TransportStats, labels: &[Label]) {
+    record(transport_series(stats), labels);
+}
+
 /// Gives every series its description in the installed recorder (once, at
 /// startup, after installing the recorder; exporters show it as `# HELP`).
 pub fn describe() {
     let all = series(&ManagerStats::default());
+    #[cfg(feature = "transport")]
+    let all = {
+        let mut all = all;
+        all.extend(transport_series(
+            &crate::transport::TransportStats::default(),
+        ));
+        all
+    };
     #[cfg(feature = "redis")]
     let all = {
         let mut all = all;
@@ -184,6 +240,10 @@ pub fn publish(stats: &ManagerStats, labels: &[Label]) {
 
 fn record(all: Vec<Series>, labels: &[Label]) {
     for series in all {
+        let mut labels = labels.to_vec();
+        if let Some(reason) = series.reason {
+            labels.push(Label::new("reason", reason));
+        }
         match series.kind {
             SeriesKind::Counter => {
                 ::metrics::counter!(series.name, labels.iter()).absolute(series.value)

@@ -40,6 +40,9 @@ pub enum NotReadyReason {
     Draining,
     /// At its connection limit.
     AtCapacity,
+    /// New connections arrive faster than its connection rate: this one
+    /// upgrade is refused (readiness routes never say so).
+    RateLimited,
     /// Shut down for good.
     ShutDown,
 }
@@ -54,6 +57,7 @@ impl NotReadyReason {
             NotReadyReason::Fenced => "fenced",
             NotReadyReason::Draining => "draining",
             NotReadyReason::AtCapacity => "at_capacity",
+            NotReadyReason::RateLimited => "rate_limited",
             NotReadyReason::ShutDown => "shut_down",
         }
     }

@@ -37,8 +37,9 @@ export declare const CLOSE_CODES: Readonly<Record<number, CloseAction>>;
 
 /**
  * What to do after a close with `code` and `reason`. The code decides; the
- * reason only splits 1008 (`slow consumer...` is retried, the other 1008s
- * are not). Unknown codes are treated like 1011 (backoff).
+ * reason only splits 1008 (`slow consumer...` and `message rate exceeded`
+ * are retried with backoff, the other 1008s are not). Unknown codes are
+ * treated like 1011 (backoff).
  */
 export declare function closeAction(code: number, reason?: string): CloseAction;
 

@@ -72,7 +72,8 @@ export const CLOSE_CODES = Object.freeze({
 /**
  * What to do after a close with `code` and `reason` (docs/protocol.md,
  * section 7). The code decides; the reason only splits 1008, whose
- * slow-consumer close is retried (nothing is lost) while the others
+ * slow-consumer and message-rate closes are retried with backoff (nothing
+ * is lost) while the others
  * (connection limit, isolation, too many invalid messages) are not. An
  * unknown code in 1000-2999 or 4000-4999 is treated like 1011.
  * @param {number} code
@@ -80,7 +81,10 @@ export const CLOSE_CODES = Object.freeze({
  * @returns {import("./index.js").CloseAction}
  */
 export function closeAction(code, reason = "") {
-  if (code === 1008) return reason.startsWith("slow consumer") ? "backoff" : "stop";
+  if (code === 1008) {
+    const retried = reason.startsWith("slow consumer") || reason === "message rate exceeded";
+    return retried ? "backoff" : "stop";
+  }
   const known = CLOSE_CODES[code];
   if (known) return known;
   return "backoff";

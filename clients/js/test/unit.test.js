@@ -60,6 +60,7 @@ test("the close-code table of docs/protocol.md, section 7", () => {
   }
   // 1008: only the slow-consumer close is retried (nothing is lost)
   assert.equal(closeAction(1008, "slow consumer: outbound queue full"), "backoff");
+  assert.equal(closeAction(1008, "message rate exceeded"), "backoff");
   assert.equal(closeAction(1008, "per-user connection limit reached"), "stop");
   assert.equal(closeAction(1008, "connection refused: isolation violation"), "stop");
   assert.equal(closeAction(1008, "too many invalid messages"), "stop");

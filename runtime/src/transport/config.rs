@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::admission::RateLimit;
 use crate::config::ManagerConfig;
 use crate::connection::QueueLimits;
 
@@ -35,6 +36,7 @@ pub struct TransportConfigError {
 /// | `binary_messages` | refused | an inbound binary message closes the socket with 1003, unless allowed |
 /// | `error_frames` | 10 per 10 s | invalid inbound messages answered with an error frame; more within the window close the socket with 1008 |
 /// | `hello_frame` | on | the protocol's `hello` frame, written first on every connection (user, connection id, token expiry, stream offset, retention; `docs/protocol.md`); off only for clients that do not speak the protocol (a plain echo server) |
+/// | `inbound_rate` | none | each connection's messages per second (token bucket); a message over it is answered with an error frame `rate_limited` and not handled, and past the error-frame budget the connection is closed with 1008 `message rate exceeded` |
 /// | `heartbeat_frames` | on | a `{"type":"heartbeat","ts":...}` text frame on the ping timer when nothing else was written, so a browser (which cannot see pings) receives a frame at least every `ping_interval` |
 ///
 /// The heartbeat follows socket.io's habit: a client that answers pings (every
@@ -80,6 +82,7 @@ pub struct TransportConfig {
     error_frame_window: Duration,
     heartbeat_frames: bool,
     hello_frame: bool,
+    inbound_rate: Option<RateLimit>,
 }
 
 /// Default of [`TransportConfig::header_read_timeout`].
@@ -107,6 +110,7 @@ impl Default for TransportConfig {
             error_frame_window: Duration::from_secs(10),
             heartbeat_frames: true,
             hello_frame: true,
+            inbound_rate: None,
         }
     }
 }
@@ -200,6 +204,12 @@ impl TransportConfig {
     /// (it cannot see WebSocket pings). See `docs/protocol.md`.
     pub fn heartbeat_frames(&self) -> bool {
         self.heartbeat_frames
+    }
+
+    /// How many messages per second each connection may send (every text or
+    /// binary message counts, the protocol's own included; pings do not).
+    pub fn inbound_rate(&self) -> Option<RateLimit> {
+        self.inbound_rate
     }
 
     /// Whether every connection starts with the protocol's `hello` frame
@@ -297,6 +307,13 @@ impl TransportConfigBuilder {
     /// [`TransportConfig::heartbeat_frames`]).
     pub fn heartbeat_frames(mut self, send: bool) -> Self {
         self.config.heartbeat_frames = send;
+        self
+    }
+
+    /// Limits each connection's inbound messages (default: no limit; see
+    /// [`TransportConfig::inbound_rate`] and the table above).
+    pub fn inbound_rate(mut self, limit: RateLimit) -> Self {
+        self.config.inbound_rate = Some(limit);
         self
     }
 

@@ -17,6 +17,7 @@ use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use serde::Serialize;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use super::admission::{TokenBucket, TransportCounters};
 use super::auth::{Authenticator, Identity, RefreshError};
 use super::config::TransportConfig;
 use super::control::{self, ClientControl};
@@ -76,6 +77,9 @@ pub enum EndReason {
     BinaryRefused,
     /// More invalid messages than the error-frame limit allows (closed with 1008).
     TooManyInvalidMessages,
+    /// Messages over the connection's inbound rate, past the error-frame
+    /// limit (closed with 1008 `message rate exceeded`).
+    MessageRateExceeded,
     /// The token the connection was authenticated with expired (closed with 4401).
     TokenExpired,
     /// The server closed it: the manager removed it (slow consumer,
@@ -122,6 +126,7 @@ impl std::fmt::Display for EndReason {
             EndReason::ProtocolViolation { error } => write!(f, "protocol violation: {error}"),
             EndReason::BinaryRefused => f.write_str("binary message refused"),
             EndReason::TooManyInvalidMessages => f.write_str("too many invalid messages"),
+            EndReason::MessageRateExceeded => f.write_str("message rate exceeded"),
             EndReason::TokenExpired => f.write_str("token expired"),
             EndReason::ServerClosed { code, reason } => {
                 write!(f, "closed by the server ({code} {reason})")
@@ -203,6 +208,7 @@ pub(crate) async fn drive<S: WireSocket>(
     config: &TransportConfig,
     handler: Arc<dyn MessageHandler>,
     session: Session,
+    counters: &TransportCounters,
 ) -> EndReason {
     let (sink, mut stream) = socket.split();
     let written = Arc::new(Written::default());
@@ -219,6 +225,10 @@ pub(crate) async fn drive<S: WireSocket>(
         handler: &handler,
         session,
         written: &written,
+        rate: config
+            .inbound_rate()
+            .map(|limit| TokenBucket::new(limit, std::time::Instant::now())),
+        counters,
     };
     let (end, ended_by_writer) = match reader.run(&mut stream, &mut writer).await {
         Ended::Writer(end) => (
@@ -308,6 +318,7 @@ fn closing(end: &EndReason) -> (CloseReason, After) {
         EndReason::ProtocolViolation { .. } => (close::protocol_error(), After::Queued),
         EndReason::BinaryRefused => (close::binary_refused(), After::Queued),
         EndReason::TooManyInvalidMessages => (close::too_many_invalid_messages(), After::Queued),
+        EndReason::MessageRateExceeded => (close::message_rate_exceeded(), After::Queued),
         EndReason::TokenExpired => (close::token_expired(), After::Nothing),
         // Not the reader's: the writer's ends and a refused registration.
         EndReason::TransportError { .. }
@@ -324,6 +335,9 @@ struct Reader<'a> {
     handler: &'a Arc<dyn MessageHandler>,
     session: Session,
     written: &'a Written,
+    /// The connection's inbound rate, if limited.
+    rate: Option<TokenBucket>,
+    counters: &'a TransportCounters,
 }
 
 /// Counts the error frames sent in the current window.
@@ -359,6 +373,21 @@ impl Reader<'_> {
                 }
                 item = stream.next() => {
                     idle.as_mut().reset(Instant::now() + config.idle_timeout());
+                    if let Some(Ok(WireMessage::Text(_) | WireMessage::Binary(_))) = &item
+                        && let Some(rate) = &mut self.rate
+                        && !rate.try_take(std::time::Instant::now())
+                    {
+                        TransportCounters::add(&self.counters.messages_rate_limited);
+                        let refusal = InboundError::new(
+                            InboundError::RATE_LIMITED,
+                            "over the connection's message rate; slow down",
+                        );
+                        if !self.answer(&mut budget, &refusal) {
+                            TransportCounters::add(&self.counters.closed_for_message_rate);
+                            return Ended::Reader(EndReason::MessageRateExceeded);
+                        }
+                        continue;
+                    }
                     let message = match item {
                         Some(Ok(WireMessage::Text(text))) => match control::client_control(text.as_str()) {
                             None => InboundMessage::Text(text),

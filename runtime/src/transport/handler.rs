@@ -66,6 +66,11 @@ impl InboundError {
     /// `other user`, `expired` or `not supported`); the connection keeps its
     /// old deadline.
     pub const TOKEN_REFRESH_REFUSED: &'static str = "token_refresh_refused";
+    /// A message over the connection's
+    /// [`inbound_rate`](super::TransportConfig::inbound_rate): dropped, not
+    /// handled. Too many of them close the connection with 1008
+    /// `message rate exceeded`.
+    pub const RATE_LIMITED: &'static str = "rate_limited";
 
     /// An error with an application code.
     pub fn new(code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {

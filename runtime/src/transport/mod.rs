@@ -94,6 +94,7 @@ pub mod axum;
 #[cfg_attr(docsrs, doc(cfg(feature = "tungstenite")))]
 pub mod tungstenite;
 
+mod admission;
 mod auth;
 mod config;
 mod control;
@@ -110,6 +111,7 @@ mod shutdown;
 mod tungstenite_socket;
 mod wire;
 
+pub use admission::{RateLimit, RateLimitError, TransportStats};
 /// `async_trait`, re-exported to implement [`Authenticator`] and
 /// [`MessageHandler`] without another dependency.
 pub use async_trait::async_trait;

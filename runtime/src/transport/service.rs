@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use futures_util::SinkExt;
 use serde::Serialize;
 
+use super::admission::{RateLimit, TokenBucket, TransportCounters, TransportStats};
 use super::auth::{
     AuthError, Authenticated, Authenticator, Identity, OriginPolicy, UpgradeRequest,
 };
@@ -79,6 +80,9 @@ struct ServiceInner {
     config: TransportConfig,
     tracker: Arc<ConnectionTracker>,
     max_connections: Option<usize>,
+    /// New connections per second, if limited.
+    connection_rate: Option<Mutex<TokenBucket>>,
+    counters: TransportCounters,
     /// Set by the application ([`WebSocketService::hold`]).
     hold: Mutex<Option<NotReady>>,
 }
@@ -137,6 +141,7 @@ pub struct WebSocketServiceBuilder {
     origins: OriginPolicy,
     config: TransportConfig,
     max_connections: Option<usize>,
+    connection_rate: Option<RateLimit>,
 }
 
 impl std::fmt::Debug for WebSocketServiceBuilder {
@@ -183,6 +188,17 @@ impl WebSocketServiceBuilder {
         self
     }
 
+    /// How many new connections per second this service admits (a token
+    /// bucket: `burst` at once, `per_second` on average); an upgrade over
+    /// it gets `503` with a jittered `Retry-After` (reason `rate_limited`)
+    /// before any authentication work, so that a reconnect storm is spread
+    /// out instead of flattening the node. Readiness routes are unaffected.
+    /// Default: no limit.
+    pub fn connection_rate(mut self, limit: RateLimit) -> Self {
+        self.connection_rate = Some(limit);
+        self
+    }
+
     /// The service.
     pub fn build(self) -> WebSocketService {
         WebSocketService {
@@ -194,6 +210,10 @@ impl WebSocketServiceBuilder {
                 config: self.config,
                 tracker: Arc::new(ConnectionTracker::default()),
                 max_connections: self.max_connections,
+                connection_rate: self
+                    .connection_rate
+                    .map(|limit| Mutex::new(TokenBucket::new(limit, std::time::Instant::now()))),
+                counters: TransportCounters::default(),
                 hold: Mutex::new(None),
             }),
         }
@@ -222,6 +242,7 @@ impl WebSocketService {
             origins: OriginPolicy::default(),
             config: TransportConfig::default(),
             max_connections: None,
+            connection_rate: None,
         }
     }
 
@@ -238,6 +259,11 @@ impl WebSocketService {
     /// Connections being driven right now.
     pub fn live_connections(&self) -> usize {
         self.inner.tracker.len()
+    }
+
+    /// What the service refused or limited so far, and its connections now.
+    pub fn stats(&self) -> TransportStats {
+        self.inner.counters.snapshot(self.inner.tracker.len())
     }
 
     /// Whether new connections are accepted (`false` once
@@ -348,8 +374,17 @@ impl WebSocketService {
     }
 
     async fn admit_inner(&self, request: &UpgradeRequest<'_>) -> Result<Admission, AuthError> {
+        let counters = &self.inner.counters;
         if let Readiness::NotReady(not_ready) = self.readiness() {
+            TransportCounters::add(match not_ready.reason {
+                NotReadyReason::AtCapacity => &counters.upgrades_refused_at_capacity,
+                _ => &counters.upgrades_refused_not_ready,
+            });
             return Err(AuthError::Unavailable(not_ready));
+        }
+        if let Some(refusal) = self.over_connection_rate() {
+            TransportCounters::add(&counters.upgrades_refused_rate_limited);
+            return Err(AuthError::Unavailable(refusal));
         }
         // Counted from here: a shutdown that begins while this request is
         // authenticated, or after its `101`, still closes and reports it.
@@ -359,8 +394,14 @@ impl WebSocketService {
             .begin_upgrade(self.inner.max_connections)
             .map_err(|refused| {
                 AuthError::Unavailable(match refused {
-                    UpgradeRefused::Draining => draining(),
-                    UpgradeRefused::AtCapacity => at_capacity(),
+                    UpgradeRefused::Draining => {
+                        TransportCounters::add(&counters.upgrades_refused_not_ready);
+                        draining()
+                    }
+                    UpgradeRefused::AtCapacity => {
+                        TransportCounters::add(&counters.upgrades_refused_at_capacity);
+                        at_capacity()
+                    }
                 })
             })?;
         self.inner.origins.check(request.origin())?;
@@ -372,12 +413,27 @@ impl WebSocketService {
             })?),
         };
         let thread_id = self.thread_from_query(request, &identity).await?;
+        TransportCounters::add(&counters.upgrades_admitted);
         Ok(Admission {
             identity,
             thread_id,
             resume,
             ticket: UpgradeTicket(Some(Arc::new(pending))),
         })
+    }
+
+    /// The refusal for an upgrade over the connection rate, if it is.
+    fn over_connection_rate(&self) -> Option<NotReady> {
+        let bucket = self.inner.connection_rate.as_ref()?;
+        let mut bucket = bucket.lock().unwrap_or_else(PoisonError::into_inner);
+        if bucket.try_take(std::time::Instant::now()) {
+            return None;
+        }
+        Some(NotReady::new(
+            NotReadyReason::RateLimited,
+            "new connections arrive faster than the connection rate",
+            bucket.next_token_in().max(NotReady::MIN_RETRY_AFTER),
+        ))
     }
 
     /// The `thread` query parameter, a valid thread id (else 400) the user
@@ -597,6 +653,7 @@ impl WebSocketService {
                     &inner.config,
                     Arc::clone(&inner.handler),
                     session,
+                    &inner.counters,
                 )
                 .await
             }
