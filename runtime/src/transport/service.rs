@@ -15,8 +15,10 @@ use super::config::TransportConfig;
 use super::control::Hello;
 use super::driver::{self, EndReason, Session};
 use super::handler::{IgnoreMessages, InboundContext, MessageHandler};
-use super::record::{ConnectionRecord, Registered};
-use super::shutdown::{ConnectionTracker, ShutdownReport, UpgradeRefused, UpgradeTicket};
+use super::record::ConnectionRecord;
+use super::shutdown::{
+    ConnectionTracker, Registered, ShutdownReport, UpgradeRefused, UpgradeTicket,
+};
 use super::wire::{WireMessage, WireSocket};
 use crate::close::{self, CloseReason};
 use crate::connection::{TextFrame, WebSocketConnection, WebSocketHandle};

@@ -1,4 +1,6 @@
-//! The live-connection set of a service, and graceful shutdown:
+//! The live-connection set of a service, the [`Registered`] guard that
+//! releases a connection from it exactly once (on the normal path, or in
+//! `Drop` when the serving future is aborted), and graceful shutdown:
 //! [`ShutdownReport`].
 
 use std::collections::HashMap;
@@ -233,6 +235,83 @@ impl ConnectionTracker {
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Releases a connection from the service's tracker and, once
+/// [`offered`](Self::offered_to_manager), in the manager: released from
+/// both, exactly once.
+pub(crate) struct Registered {
+    record: Arc<ConnectionRecord>,
+    manager: DynManager,
+    tracker: Arc<ConnectionTracker>,
+    in_manager: bool,
+    released: bool,
+}
+
+impl Registered {
+    /// Takes charge of a record the tracker has just registered.
+    pub fn tracked(
+        record: Arc<ConnectionRecord>,
+        manager: DynManager,
+        tracker: Arc<ConnectionTracker>,
+    ) -> Self {
+        Registered {
+            record,
+            manager,
+            tracker,
+            in_manager: false,
+            released: false,
+        }
+    }
+
+    /// The connection goes to `add_connection`: releasing removes it from
+    /// the manager too (a no-op for one the manager refused), also when the
+    /// future is dropped while the manager registers it.
+    pub fn offered_to_manager(&mut self) {
+        self.in_manager = true;
+    }
+
+    /// Removes the connection from the manager (if it was added), then from
+    /// the tracker, so that a finished shutdown implies clean manager
+    /// indexes.
+    pub async fn release(mut self) {
+        self.released = true;
+        if self.in_manager {
+            self.manager
+                .remove_connection(&self.record.connection_id)
+                .await;
+        }
+        self.tracker.unregister(self.record.socket.id());
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        // The writer task, if still running, stops on this close.
+        self.record.socket.close(CloseReason::going_away());
+        let tracker = Arc::clone(&self.tracker);
+        let record = Arc::clone(&self.record);
+        if !self.in_manager {
+            tracker.unregister(record.socket.id());
+            return;
+        }
+        tracing::warn!(connection = %record.connection_id, user = %record.user_id,
+            "connection task dropped early; removing it");
+        let manager = self.manager.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    manager.remove_connection(&record.connection_id).await;
+                    tracker.unregister(record.socket.id());
+                });
+            }
+            // No runtime left (process exit): nothing will read the manager.
+            Err(_) => tracker.unregister(record.socket.id()),
+        }
+    }
 }
 
 /// A connection still running when the drain time ran out.
