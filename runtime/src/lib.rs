@@ -1,6 +1,6 @@
-//! # websocket-manager
+#![doc = include_str!("../README.md")]
 //!
-//! A contract for per-user WebSocket managers that the compiler enforces.
+//! ## The parts
 //!
 //! * [`WebSocketManager`]: the 11-method contract, written down once.
 //! * [`#[websocket_manager]`](macro@websocket_manager): put it on an impl
@@ -120,8 +120,9 @@ pub use report::{
 pub use validation::{AlertCallback, StartupError, StartupOptions, validate_on_startup};
 
 /// Checks an impl block against the [`WebSocketManager`] contract at compile
-/// time and registers the manager. See the crate README for every form,
-/// argument and diagnostic.
+/// time and registers the manager. Every form and argument is in
+/// `docs/managers.md` of the repository, every diagnostic in
+/// `docs/diagnostics.md`.
 pub use websocket_manager_macros::websocket_manager;
 
 /// `serde_json`, re-exported so a manager crate needs no other dependency.

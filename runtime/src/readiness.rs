@@ -74,7 +74,7 @@ impl fmt::Display for NotReadyReason {
 ///
 /// The detail is for logs and operator routes; what a client is shown is
 /// only the [`reason`](Self::reason) (see
-/// [`AuthError::public_message`](crate::transport::AuthError::public_message)).
+/// `transport::AuthError::public_message`, feature `transport`).
 ///
 /// ```
 /// use std::time::Duration;

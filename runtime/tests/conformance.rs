@@ -638,7 +638,7 @@ async fn a_hung_async_method_fails_its_checks_instead_of_hanging() {
     assert!(failure.fix.contains(".await"));
 }
 
-/// The map-based manager a new user writes from the README: one map from
+/// The map-based manager a new user writes from `docs/managers.md`: one map from
 /// connection id to connection, the library's building blocks for critical
 /// events and fan-out, and nothing else. It forgets three lines of the
 /// table: it overwrites a duplicate id or socket instead of refusing it, has

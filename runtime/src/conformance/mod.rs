@@ -93,8 +93,8 @@ pub fn is_probe_id(id: &str) -> bool {
 
 /// One behavioural check of the kit.
 ///
-/// Each check names one line of the contract; the README's table of what
-/// each method must do lists which check covers which line.
+/// Each check names one line of the contract; the table of what each
+/// method must do (`docs/managers.md`) lists which check covers which line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Check {

@@ -66,11 +66,10 @@ use super::tungstenite_socket::TungsteniteSocket;
 /// `Retry-After` when the service is not [ready](WebSocketService::readiness);
 /// no socket), then upgrades with the service's size limits and serves the
 /// socket. The thread comes from the `thread` query parameter.
-pub async fn upgrade(
-    State(service): State<WebSocketService>,
-    upgrade: WebSocketUpgrade,
-) -> Response {
-    accept(&service, upgrade).await
+// The state is named rather than destructured in the signature: rustdoc
+// shows a pattern argument as `__arg0`.
+pub async fn upgrade(service: State<WebSocketService>, upgrade: WebSocketUpgrade) -> Response {
+    accept(&service.0, upgrade).await
 }
 
 /// What [`upgrade`] does, for a handler of your own: admits the request

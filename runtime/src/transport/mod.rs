@@ -14,7 +14,7 @@
 //!   queue (close events become close frames) and a reader loop that feeds
 //!   your [`MessageHandler`], enforces the size limit (1009) and the
 //!   heartbeat (ping every `ping_interval`, close after `idle_timeout` of
-//!   silence). See [`TransportConfig`] and the close codes in [`close`].
+//!   silence). See [`TransportConfig`] and the close codes in [`close`](crate::close).
 //! * Adapters: [`axum`](mod@self::axum) (feature `axum`) and
 //!   [`tungstenite`](mod@self::tungstenite) (feature `tungstenite`). Any
 //!   other library plugs in through [`WireSocket`].
@@ -86,6 +86,13 @@
 //!     .await?;
 //! # Ok(()) }
 //! ```
+
+// The module docs link both adapters; a build with one of them links to
+// nothing for the other (tokio does the same for its feature-gated items).
+#![cfg_attr(
+    not(all(feature = "axum", feature = "tungstenite")),
+    allow(rustdoc::broken_intra_doc_links)
+)]
 
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]

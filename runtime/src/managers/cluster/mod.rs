@@ -23,7 +23,7 @@
 //!   a node whose heartbeat key expired, within
 //!   [`ClusterConfig::presence_bound`].
 //!
-//! See the README's "Cluster" section for what each contract method means
+//! See `docs/cluster.md` in the repository for what each contract method means
 //! across nodes and how stale each answer can be.
 //!
 //! # Failures
