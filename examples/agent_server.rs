@@ -320,11 +320,11 @@ async fn main() -> ExitCode {
     if cluster.is_none() {
         match validate_on_startup(&options).await {
             Ok(validated) => {
-                print!("{validated}");
+                println!("{validated}");
                 let _ = report.set(validated);
             }
             Err(error) => {
-                eprint!("{}", error.report());
+                eprintln!("{}", error.report());
                 eprintln!("startup validation failed; not serving");
                 return ExitCode::FAILURE;
             }
@@ -495,7 +495,7 @@ async fn main() -> ExitCode {
             // Connections already open keep being served meanwhile.
             tokio::time::sleep(drain_delay).await;
             let report = service.shutdown(DRAIN).await;
-            print!("{report}");
+            println!("{report}");
             // A cluster node also leaves the cluster at once.
             if let TypedManager::Cluster(manager) = &typed {
                 manager.shutdown().await;
@@ -537,12 +537,12 @@ async fn join_then_validate(
         }
         match validate_on_startup(&options).await {
             Ok(validated) => {
-                print!("{validated}");
+                println!("{validated}");
                 let _ = report.set(validated);
                 break;
             }
             Err(error) if manager.link_state().is_serving() => {
-                eprint!("{}", error.report());
+                eprintln!("{}", error.report());
                 let _ = failed.send(());
                 return;
             }

@@ -95,7 +95,7 @@ impl WebSocketManager for ReadOnlyManager {
 fn main() -> ExitCode {
     let registry = Registry::global();
     println!("{} registered WebSocket managers:\n", registry.len());
-    print!("{registry}");
+    println!("{registry}");
     match registry.validate_unique() {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

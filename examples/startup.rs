@@ -223,7 +223,7 @@ fn print(report: &StartupReport, json: bool) -> Result<(), serde_json::Error> {
     if json {
         println!("{}", serde_json::to_string_pretty(report)?);
     } else {
-        print!("{report}");
+        println!("{report}");
     }
     Ok(())
 }

@@ -60,6 +60,8 @@ fn table_and_json_describe_the_same_entries() {
     assert!(lines[1].starts_with("alpha  "), "{table}");
     assert!(lines[1].contains("tests/registry.rs:1"), "{table}");
     assert!(lines[1].ends_with("no (factory = false)"), "{table}");
+    // A report is printed with `println!`: it ends without a newline of its own.
+    assert!(!table.ends_with('\n'), "{table:?}");
     let json = serde_json::to_value(&registry).unwrap();
     assert_eq!(json[0]["name"], "alpha");
     assert_eq!(json[0]["protocol_matches"], true);

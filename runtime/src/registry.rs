@@ -435,7 +435,9 @@ impl fmt::Display for Registry {
                 ]
             })
             .collect();
-        crate::table::write_table(f, &["NAME", "MODE", "TYPE", "LOCATION", "BUILDABLE"], &rows)
+        crate::table::lines(f, |f| {
+            crate::table::write_table(f, &["NAME", "MODE", "TYPE", "LOCATION", "BUILDABLE"], &rows)
+        })
     }
 }
 

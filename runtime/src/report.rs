@@ -184,7 +184,7 @@ impl ComplianceReport {
         ]
     }
 
-    fn write_failures(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn write_failures(&self, f: &mut impl fmt::Write) -> fmt::Result {
         for failure in &self.failures {
             writeln!(
                 f,
@@ -213,8 +213,10 @@ const HEADERS: [&str; 8] = [
 impl fmt::Display for ComplianceReport {
     /// One table row, then each failure.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        crate::table::write_table(f, &HEADERS, &[self.row()])?;
-        self.write_failures(f)
+        crate::table::lines(f, |f| {
+            crate::table::write_table(f, &HEADERS, &[self.row()])?;
+            self.write_failures(f)
+        })
     }
 }
 
@@ -274,7 +276,7 @@ impl fmt::Display for Violation {
 ///     .await
 ///     .map_err(|error| error.report().to_string())?;
 /// assert_eq!(report.manager("unified").unwrap().verdict, Verdict::Compliant);
-/// print!("{report}"); // aligned table for the logs
+/// println!("{report}"); // aligned table for the logs
 /// let json = serde_json::to_value(&report).unwrap(); // same figures for CI
 /// assert_eq!(json["checks_run"], report.checks_run);
 /// # Ok::<(), String>(())
@@ -364,6 +366,13 @@ impl fmt::Display for StartupReport {
     /// A summary line, the table of managers, then every failure with its
     /// fix, missing and duplicated names and exclusions.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        crate::table::lines(f, |f| self.render(f))
+    }
+}
+
+impl StartupReport {
+    fn render(&self, f: &mut String) -> fmt::Result {
+        use fmt::Write;
         writeln!(f, "websocket-manager startup validation {}", self.summary())?;
         writeln!(f, "contract fingerprint {}", self.protocol_fingerprint)?;
         let rows: Vec<[String; 8]> = self.managers.iter().map(ComplianceReport::row).collect();
@@ -478,14 +487,17 @@ impl fmt::Display for FactoryValidationResult {
                     .join(", "),
             ],
         ];
-        crate::table::write_table(f, &["FIELD", "VALUE"], &rows)?;
-        for skipped in &self.checks_skipped {
-            writeln!(f, "skipped {}: {}", skipped.check, skipped.reason)?;
-        }
-        for error in &self.validation_errors {
-            writeln!(f, "error: {error}")?;
-        }
-        Ok(())
+        crate::table::lines(f, |f| {
+            use fmt::Write;
+            crate::table::write_table(f, &["FIELD", "VALUE"], &rows)?;
+            for skipped in &self.checks_skipped {
+                writeln!(f, "skipped {}: {}", skipped.check, skipped.reason)?;
+            }
+            for error in &self.validation_errors {
+                writeln!(f, "error: {error}")?;
+            }
+            Ok(())
+        })
     }
 }
 

@@ -2,9 +2,22 @@
 
 use std::fmt;
 
-/// Writes `headers` and `rows` as left-aligned columns separated by two spaces.
-pub(crate) fn write_table<const N: usize>(
+/// Renders a multi-line report with `render` and writes it without its
+/// last newline: printing a report (`println!`) adds one, as for any
+/// `Display` value.
+pub(crate) fn lines(
     f: &mut fmt::Formatter<'_>,
+    render: impl FnOnce(&mut String) -> fmt::Result,
+) -> fmt::Result {
+    let mut out = String::new();
+    render(&mut out)?;
+    f.write_str(out.strip_suffix('\n').unwrap_or(&out))
+}
+
+/// Writes `headers` and `rows` as left-aligned columns separated by two
+/// spaces, each line ended by a newline.
+pub(crate) fn write_table<const N: usize>(
+    f: &mut impl fmt::Write,
     headers: &[&str; N],
     rows: &[[String; N]],
 ) -> fmt::Result {

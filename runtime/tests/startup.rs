@@ -282,6 +282,8 @@ async fn each_probe_catches_its_broken_manager() {
         text.contains("lookup-none :: get_connection_id_by_websocket [add_then_lookup_by_socket]"),
         "{text}"
     );
+    // Printed with `println!`, a report ends without a newline of its own.
+    assert!(!text.ends_with('\n'), "{text:?}");
 }
 
 #[tokio::test]

@@ -337,6 +337,7 @@ pub struct LeftConnection {
 /// };
 /// assert!(report.is_clean());
 /// assert!(report.to_string().starts_with("shutdown: 2 of 2 connection(s) closed with 1001"));
+/// assert!(!report.to_string().ends_with('\n'));
 /// assert_eq!(serde_json::to_value(&report).unwrap()["closed_within_drain"], 2);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -370,6 +371,13 @@ impl ShutdownReport {
 
 impl fmt::Display for ShutdownReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        crate::table::lines(f, |f| self.render(f))
+    }
+}
+
+impl ShutdownReport {
+    fn render(&self, f: &mut String) -> fmt::Result {
+        use fmt::Write;
         writeln!(
             f,
             "shutdown: {} of {} connection(s) closed with 1001 in {} ms (drain limit {} ms); {} left",

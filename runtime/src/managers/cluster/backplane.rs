@@ -36,81 +36,17 @@ use super::config::ClusterConfig;
 use super::local::PresenceChange;
 use super::wire::{BusMessage, Keys, PresenceEntry};
 
-/// Appends a critical event: creates the stream id (epoch) when the user
-/// has none, numbers the event, stores it (trimmed to MAXLEN), refreshes
-/// the expiries and publishes it, all in one atomic step, so sequence,
-/// history and publication agree on every node (as Centrifuge's
-/// `broker_history_add_stream.lua` does). Refuses, storing nothing, when
-/// the user is offline and the stream already holds `maxlen` events no
-/// connection has taken: those are never trimmed away unannounced.
-///
-/// KEYS: meta, stream. ARGV: candidate epoch, maxlen, stream ttl ms, meta
-/// ttl ms, type, data, timestamp, online (0/1), bus channel, user.
-const APPEND: &str = r"
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0, 't', 0)
-end
-local seq = tonumber(redis.call('HGET', KEYS[1], 's')) + 1
-local taken = tonumber(redis.call('HGET', KEYS[1], 't'))
-if ARGV[8] == '1' then
-  taken = seq
-elseif seq - taken > tonumber(ARGV[2]) then
-  return {'full', seq - 1 - taken}
-end
-redis.call('HSET', KEYS[1], 's', seq, 't', taken)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], seq .. '-1', 'y', ARGV[5], 'd', ARGV[6], 't', ARGV[7])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PUBLISH', ARGV[9], cjson.encode({k = 'critical', u = ARGV[10], e = epoch,
-  s = tostring(seq), y = ARGV[5], t = ARGV[7], d = ARGV[6]}))
-return {'ok', epoch, seq, seq - taken}
-";
+/// Numbers, stores and publishes one critical event atomically
+/// (`append.lua` says how, and its KEYS and ARGV).
+const APPEND: &str = include_str!("append.lua");
 
-/// Reads what a connection catching up needs, in one atomic snapshot: the
-/// stream id, head and taken mark, the oldest retained sequence, and the
-/// entries from the first one the client is owed.
-///
-/// A user without a stream gets one (empty), so a client resuming from a
-/// forgotten stream learns the new stream id from its resync notice.
-///
-/// KEYS: meta, stream. ARGV: requested epoch ('' without an offset),
-/// requested sequence, candidate epoch, meta ttl ms.
-const READ: &str = r"
-local meta = redis.call('HMGET', KEYS[1], 'e', 's', 't')
-if not meta[1] then
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', ARGV[3], 's', 0, 't', 0)
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  meta = {ARGV[3], '0', '0'}
-end
-local top = tonumber(meta[2])
-local taken = tonumber(meta[3])
-local oldest = 0
-local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-if #first > 0 then oldest = tonumber(string.match(first[1][1], '^(%d+)')) end
-local from
-if ARGV[1] == '' then from = taken + 1
-elseif ARGV[1] == meta[1] then from = tonumber(ARGV[2]) + 1
-else from = 1 end
-local entries = {}
-if from <= top then entries = redis.call('XRANGE', KEYS[2], from .. '-0', '+') end
-return {meta[1], top, taken, oldest, entries}
-";
+/// Reads what a connection catching up needs, in one atomic snapshot
+/// (`read.lua` says how, and its KEYS and ARGV).
+const READ: &str = include_str!("read.lua");
 
-/// Marks the events through a sequence as taken, if the stream is still
-/// the same one.
-///
-/// KEYS: meta. ARGV: epoch, sequence.
-const TAKEN: &str = r"
-if redis.call('HGET', KEYS[1], 'e') == ARGV[1] and
-   tonumber(redis.call('HGET', KEYS[1], 't')) < tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], 't', ARGV[2])
-end
-return 1
-";
+/// Marks the events through a sequence as taken (`taken.lua` says how,
+/// and its KEYS and ARGV).
+const TAKEN: &str = include_str!("taken.lua");
 
 /// A critical event as the append script stored it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

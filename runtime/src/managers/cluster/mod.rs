@@ -51,18 +51,21 @@
 //! node stands.
 
 mod backplane;
+mod bus;
 mod config;
 mod link;
 mod local;
+mod maintenance;
 mod presence;
+mod stats;
 mod wire;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use redis::{PushInfo, PushKind, Value};
+use redis::{PushInfo, PushKind};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::ManagerConfig;
@@ -86,6 +89,7 @@ pub use link::LinkState;
 pub use local::RESUME_CLOSE_CODE;
 use local::{LocalIndex, PresenceChange, Replay};
 use presence::Replica;
+pub use stats::ClusterStats;
 use wire::{BusMessage, critical_frame, critical_frame_max_len};
 
 /// A [`WebSocketManager`] shared by every node of a cluster through Redis.
@@ -149,76 +153,6 @@ struct Shared {
     stop: tokio::sync::Notify,
     /// ...which it signals here once it has.
     stopped: tokio::sync::Notify,
-}
-
-/// Counters of the cluster side, in [`ClusterWebSocketManager::cluster_stats`].
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[non_exhaustive]
-pub struct ClusterStats {
-    /// This node's id.
-    pub node_id: String,
-    /// Whether the node is subscribed and registered.
-    pub ready: bool,
-    /// Connections held by this node.
-    pub local_connections: usize,
-    /// Other nodes' connections in this node's replica.
-    pub remote_connections: usize,
-    /// Other nodes in the replica.
-    pub remote_nodes: usize,
-    /// Messages from Redis dropped on a full inbound buffer (each one
-    /// triggered an audit).
-    pub inbound_dropped: u64,
-    /// Audits of every local user run after a possible message loss.
-    pub audits: u64,
-    /// Where the node stands with Redis.
-    pub link: LinkState,
-    /// Fresh connections to Redis made after the link went silent.
-    pub reconnects: u64,
-    /// Probes of the link left unanswered past `probe_timeout` (each one
-    /// replaced the connection).
-    pub probe_timeouts: u64,
-    /// Times the node fenced itself (cut off longer than `fence_after`).
-    pub fenced: u64,
-}
-
-impl ClusterStats {
-    /// Every counter at zero (the metrics' descriptions are read from it).
-    #[cfg(feature = "metrics")]
-    pub(crate) fn zero() -> Self {
-        ClusterStats {
-            node_id: String::new(),
-            ready: false,
-            local_connections: 0,
-            remote_connections: 0,
-            remote_nodes: 0,
-            inbound_dropped: 0,
-            audits: 0,
-            link: LinkState::Joining,
-            reconnects: 0,
-            probe_timeouts: 0,
-            fenced: 0,
-        }
-    }
-}
-
-impl std::fmt::Display for ClusterStats {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "node {} ({}, {}): {} local connection(s), {} on {} other node(s); {} inbound message(s) dropped, {} audit(s); {} reconnect(s), {} probe timeout(s), fenced {} time(s)",
-            self.node_id,
-            if self.ready { "ready" } else { "NOT READY" },
-            self.link,
-            self.local_connections,
-            self.remote_connections,
-            self.remote_nodes,
-            self.inbound_dropped,
-            self.audits,
-            self.reconnects,
-            self.probe_timeouts,
-            self.fenced
-        )
-    }
 }
 
 impl ClusterWebSocketManager {
@@ -289,9 +223,12 @@ impl ClusterWebSocketManager {
             stop: tokio::sync::Notify::new(),
             stopped: tokio::sync::Notify::new(),
         });
-        runtime.spawn(dispatch(Arc::downgrade(&shared), inbound_rx));
-        runtime.spawn(write_presence(Arc::downgrade(&shared), outbound_rx));
-        runtime.spawn(maintain(Arc::downgrade(&shared)));
+        runtime.spawn(bus::dispatch(Arc::downgrade(&shared), inbound_rx));
+        runtime.spawn(maintenance::write_presence(
+            Arc::downgrade(&shared),
+            outbound_rx,
+        ));
+        runtime.spawn(maintenance::maintain(Arc::downgrade(&shared)));
         runtime.spawn(link::watch(Arc::downgrade(&shared)));
         Ok(ClusterWebSocketManager { shared })
     }
@@ -875,281 +812,6 @@ impl WebSocketManager for ClusterWebSocketManager {
             )
             .await
     }
-}
-
-// ----- background tasks -------------------------------------------------------
-
-/// Applies what arrives from Redis, in order.
-async fn dispatch(shared: Weak<Shared>, mut inbound: mpsc::Receiver<PushInfo>) {
-    while let Some(info) = inbound.recv().await {
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        match info.kind {
-            PushKind::Message => {
-                let Some(Value::BulkString(payload)) = info.data.get(1) else {
-                    continue;
-                };
-                match serde_json::from_slice::<BusMessage>(payload) {
-                    Ok(message) => apply(&shared, message),
-                    Err(error) => tracing::warn!(%error, "unreadable cluster message ignored"),
-                }
-            }
-            PushKind::Disconnection => {
-                tracing::warn!(
-                    node = shared.cluster.node_id(),
-                    "connection to Redis lost: messages published meanwhile are lost to this node; auditing after reconnect"
-                );
-                shared.link_lost();
-                shared.audit_due.store(true, Ordering::SeqCst);
-            }
-            _ => {}
-        }
-    }
-}
-
-fn apply(shared: &Shared, message: BusMessage) {
-    let me = shared.cluster.node_id();
-    match message {
-        BusMessage::Critical {
-            user,
-            stream,
-            sequence,
-            event_type,
-            timestamp,
-            data,
-        } => {
-            let (Ok(stream), Ok(sequence), Ok(timestamp)) =
-                (stream.parse(), sequence.parse(), timestamp.parse())
-            else {
-                tracing::warn!(%user, "critical event with unreadable numbers ignored; auditing");
-                shared.audit_due.store(true, Ordering::SeqCst);
-                return;
-            };
-            // Every node hears every critical event: build the frame only
-            // for users this node holds. (A connection registered after
-            // this check reads the event from Redis: it was stored before
-            // it was published, so before that connection's read.)
-            if !shared.local.has_user(&user) {
-                return;
-            }
-            let offset = StreamOffset::new(stream, sequence);
-            let frame = critical_frame(&event_type, &data, timestamp, offset);
-            shared.local.deliver_critical(&user, offset, &frame, false);
-        }
-        BusMessage::User {
-            origin,
-            user,
-            frame,
-        } if origin != me => {
-            shared.local.send_to_user(&user, &TextFrame::from(frame));
-        }
-        BusMessage::Thread {
-            origin,
-            thread,
-            frame,
-        } if origin != me => {
-            shared
-                .local
-                .send_to_thread(&thread, &TextFrame::from(frame));
-        }
-        BusMessage::Join {
-            origin,
-            connection,
-            entry,
-        } if origin != me => {
-            shared.replica.join(&origin, connection, entry);
-        }
-        BusMessage::Leave { origin, connection } if origin != me => {
-            shared.replica.leave(&origin, &connection);
-        }
-        BusMessage::Moved {
-            origin,
-            connection,
-            thread,
-        } if origin != me => {
-            shared.replica.moved(&origin, &connection, thread);
-        }
-        BusMessage::Bind {
-            connection, thread, ..
-        } => {
-            shared.local.update_thread(&connection, thread);
-        }
-        BusMessage::Bye { origin } if origin != me => {
-            shared.replica.drop_node(&origin);
-        }
-        _ => {}
-    }
-}
-
-/// Writes presence changes in batches; a failed batch makes the next
-/// heartbeat rewrite the whole presence.
-async fn write_presence(shared: Weak<Shared>, mut outbound: mpsc::Receiver<PresenceChange>) {
-    let mut batch = Vec::with_capacity(256);
-    while outbound.recv_many(&mut batch, 256).await > 0 {
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        if let Err(error) = shared.backplane.write_presence(&batch).await {
-            tracing::warn!(%error, changes = batch.len(),
-                "presence changes not written; the next heartbeat rewrites this node's presence");
-            shared.presence_dirty.store(true, Ordering::SeqCst);
-        }
-        batch.clear();
-    }
-}
-
-/// Subscribes, then every heartbeat interval: renews the heartbeat,
-/// rewrites presence when Redis lost it, refreshes the replica, and audits
-/// after a disconnect.
-async fn maintain(shared: Weak<Shared>) {
-    let interval = match shared.upgrade() {
-        Some(shared) => shared.cluster.heartbeat_interval(),
-        None => return,
-    };
-    let mut next = Instant::now();
-    loop {
-        {
-            let Some(shared) = shared.upgrade() else {
-                return;
-            };
-            if shared.shut_down.load(Ordering::SeqCst) {
-                leave(&shared).await;
-                return;
-            }
-            let ready = *shared.ready.borrow();
-            let result = if ready {
-                tick(&shared).await
-            } else {
-                connect(&shared).await
-            };
-            if let Err(error) = result {
-                if ready {
-                    tracing::warn!(%error, node = shared.cluster.node_id(), "cluster maintenance failed; retrying");
-                }
-                shared.link_lost();
-            }
-        }
-        next += interval;
-        let now = Instant::now();
-        if next < now {
-            next = now;
-        }
-        // Not ready: retry sooner than a full interval.
-        let Some(strong) = shared.upgrade() else {
-            return;
-        };
-        let wait = if *strong.ready.borrow() {
-            next - now
-        } else {
-            Duration::from_millis(200).min(interval)
-        };
-        // Holding the manager while asleep delays its drop by at most one
-        // interval; a shutdown wakes the task at once.
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = strong.wake.notified() => {}
-            () = strong.stop.notified() => {}
-        }
-    }
-}
-
-/// Leaves the cluster for good (and deletes a probe's namespace).
-async fn leave(shared: &Shared) {
-    if let Err(error) = shared.backplane.leave_cluster().await {
-        tracing::warn!(%error, node = shared.cluster.node_id(),
-            "could not remove this node's presence; the others drop it when its heartbeat expires");
-    }
-    if shared.probe
-        && let Err(error) = shared.backplane.delete_namespace().await
-    {
-        tracing::warn!(%error, prefix = shared.cluster.key_prefix(), "probe namespace not deleted");
-    }
-    shared.stopped.notify_one();
-}
-
-/// (Re)joins: subscribes (again), audits if messages may have been lost,
-/// registers presence, reads the cluster; then the node is ready.
-async fn connect(shared: &Shared) -> Result<(), ClusterFailure> {
-    shared.backplane.subscribe().await?;
-    // Subscribed first: anything published from now on reaches us, so the
-    // audit's reads cannot miss an event.
-    if shared.audit_due.swap(false, Ordering::SeqCst)
-        && let Err(error) = audit(shared).await
-    {
-        shared.audit_due.store(true, Ordering::SeqCst);
-        return Err(error);
-    }
-    shared.renew_heartbeat().await?;
-    shared.presence_dirty.store(false, Ordering::SeqCst);
-    shared
-        .backplane
-        .rewrite_presence(&shared.local.presence())
-        .await?;
-    refresh(shared).await?;
-    shared.link_joined();
-    tracing::info!(node = shared.cluster.node_id(), "joined the cluster");
-    Ok(())
-}
-
-async fn tick(shared: &Shared) -> Result<(), ClusterFailure> {
-    if shared.audit_due.load(Ordering::SeqCst) {
-        // A full inbound buffer: messages were dropped while connected.
-        return connect(shared).await;
-    }
-    let registered = shared.renew_heartbeat().await?;
-    if !registered || shared.presence_dirty.swap(false, Ordering::SeqCst) {
-        if !registered {
-            tracing::warn!(
-                node = shared.cluster.node_id(),
-                "this node's presence is gone from Redis (restart or flush): rewriting it"
-            );
-        }
-        shared
-            .backplane
-            .rewrite_presence(&shared.local.presence())
-            .await?;
-    }
-    refresh(shared).await
-}
-
-/// Re-reads every other node's presence; forgets dead nodes.
-async fn refresh(shared: &Shared) -> Result<(), ClusterFailure> {
-    let read_at = Instant::now();
-    for (node, entries) in shared.backplane.read_cluster().await? {
-        match entries {
-            Some(entries) => shared.replica.replace_node(&node, entries, read_at),
-            None => {
-                let dropped = shared.replica.drop_node(&node);
-                tracing::info!(%node, connections = dropped, "node missed its heartbeat: forgotten");
-                shared.backplane.forget_node(&node).await?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Compares every local user's stream head with what their connections
-/// were given, and closes (for a resume) the ones behind.
-async fn audit(shared: &Shared) -> Result<(), ClusterFailure> {
-    let cursors = shared.local.cursors();
-    let users: Vec<UserId> = cursors.iter().map(|(user, _)| user.clone()).collect();
-    let mut closed = 0;
-    for chunk in users.chunks(512) {
-        let heads = shared.backplane.stream_heads(chunk).await?;
-        for (user, head) in chunk.iter().zip(heads) {
-            closed += shared
-                .local
-                .close_behind(user, head.filter(|h| h.sequence > 0));
-        }
-    }
-    shared.audits.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(
-        users = users.len(),
-        closed,
-        "audit after a possible message loss"
-    );
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,30 @@
+-- Appends a critical event: creates the stream id (epoch) when the user
+-- has none, numbers the event, stores it (trimmed to MAXLEN), refreshes
+-- the expiries and publishes it, all in one atomic step, so sequence,
+-- history and publication agree on every node (as Centrifuge's
+-- `broker_history_add_stream.lua` does). Refuses, storing nothing, when
+-- the user is offline and the stream already holds `maxlen` events no
+-- connection has taken: those are never trimmed away unannounced.
+--
+-- KEYS: meta, stream. ARGV: candidate epoch, maxlen, stream ttl ms, meta
+-- ttl ms, type, data, timestamp, online (0/1), bus channel, user.
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0, 't', 0)
+end
+local seq = tonumber(redis.call('HGET', KEYS[1], 's')) + 1
+local taken = tonumber(redis.call('HGET', KEYS[1], 't'))
+if ARGV[8] == '1' then
+  taken = seq
+elseif seq - taken > tonumber(ARGV[2]) then
+  return {'full', seq - 1 - taken}
+end
+redis.call('HSET', KEYS[1], 's', seq, 't', taken)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], seq .. '-1', 'y', ARGV[5], 'd', ARGV[6], 't', ARGV[7])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PUBLISH', ARGV[9], cjson.encode({k = 'critical', u = ARGV[10], e = epoch,
+  s = tostring(seq), y = ARGV[5], t = ARGV[7], d = ARGV[6]}))
+return {'ok', epoch, seq, seq - taken}

@@ -1,0 +1,117 @@
+//! The bus handler: applies what arrives from Redis (critical events for
+//! local users, sends relayed by other nodes, other nodes' presence) in
+//! order, and notes a lost connection so the maintenance task audits.
+
+use std::sync::Weak;
+use std::sync::atomic::Ordering;
+
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::mpsc;
+
+use super::Shared;
+use super::wire::{BusMessage, critical_frame};
+use crate::connection::TextFrame;
+use crate::offset::StreamOffset;
+
+/// Applies what arrives from Redis, in order.
+pub(super) async fn dispatch(shared: Weak<Shared>, mut inbound: mpsc::Receiver<PushInfo>) {
+    while let Some(info) = inbound.recv().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        match info.kind {
+            PushKind::Message => {
+                let Some(Value::BulkString(payload)) = info.data.get(1) else {
+                    continue;
+                };
+                match serde_json::from_slice::<BusMessage>(payload) {
+                    Ok(message) => apply(&shared, message),
+                    Err(error) => tracing::warn!(%error, "unreadable cluster message ignored"),
+                }
+            }
+            PushKind::Disconnection => {
+                tracing::warn!(
+                    node = shared.cluster.node_id(),
+                    "connection to Redis lost: messages published meanwhile are lost to this node; auditing after reconnect"
+                );
+                shared.link_lost();
+                shared.audit_due.store(true, Ordering::SeqCst);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn apply(shared: &Shared, message: BusMessage) {
+    let me = shared.cluster.node_id();
+    match message {
+        BusMessage::Critical {
+            user,
+            stream,
+            sequence,
+            event_type,
+            timestamp,
+            data,
+        } => {
+            let (Ok(stream), Ok(sequence), Ok(timestamp)) =
+                (stream.parse(), sequence.parse(), timestamp.parse())
+            else {
+                tracing::warn!(%user, "critical event with unreadable numbers ignored; auditing");
+                shared.audit_due.store(true, Ordering::SeqCst);
+                return;
+            };
+            // Every node hears every critical event: build the frame only
+            // for users this node holds. (A connection registered after
+            // this check reads the event from Redis: it was stored before
+            // it was published, so before that connection's read.)
+            if !shared.local.has_user(&user) {
+                return;
+            }
+            let offset = StreamOffset::new(stream, sequence);
+            let frame = critical_frame(&event_type, &data, timestamp, offset);
+            shared.local.deliver_critical(&user, offset, &frame, false);
+        }
+        BusMessage::User {
+            origin,
+            user,
+            frame,
+        } if origin != me => {
+            shared.local.send_to_user(&user, &TextFrame::from(frame));
+        }
+        BusMessage::Thread {
+            origin,
+            thread,
+            frame,
+        } if origin != me => {
+            shared
+                .local
+                .send_to_thread(&thread, &TextFrame::from(frame));
+        }
+        BusMessage::Join {
+            origin,
+            connection,
+            entry,
+        } if origin != me => {
+            shared.replica.join(&origin, connection, entry);
+        }
+        BusMessage::Leave { origin, connection } if origin != me => {
+            shared.replica.leave(&origin, &connection);
+        }
+        BusMessage::Moved {
+            origin,
+            connection,
+            thread,
+        } if origin != me => {
+            shared.replica.moved(&origin, &connection, thread);
+        }
+        BusMessage::Bind {
+            connection, thread, ..
+        } => {
+            shared.local.update_thread(&connection, thread);
+        }
+        BusMessage::Bye { origin } if origin != me => {
+            shared.replica.drop_node(&origin);
+        }
+        _ => {}
+    }
+}

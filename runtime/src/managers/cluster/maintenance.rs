@@ -1,0 +1,187 @@
+//! The maintenance task: writes presence changes in batches, joins the
+//! cluster and keeps the node in it (heartbeat, refresh of the others'
+//! presence, audits after a possible loss), and leaves it at shutdown.
+
+use std::sync::Weak;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::Shared;
+use super::local::PresenceChange;
+use crate::error::ClusterFailure;
+use crate::ids::UserId;
+
+/// Writes presence changes in batches; a failed batch makes the next
+/// heartbeat rewrite the whole presence.
+pub(super) async fn write_presence(
+    shared: Weak<Shared>,
+    mut outbound: mpsc::Receiver<PresenceChange>,
+) {
+    let mut batch = Vec::with_capacity(256);
+    while outbound.recv_many(&mut batch, 256).await > 0 {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if let Err(error) = shared.backplane.write_presence(&batch).await {
+            tracing::warn!(%error, changes = batch.len(),
+                "presence changes not written; the next heartbeat rewrites this node's presence");
+            shared.presence_dirty.store(true, Ordering::SeqCst);
+        }
+        batch.clear();
+    }
+}
+
+/// Subscribes, then every heartbeat interval: renews the heartbeat,
+/// rewrites presence when Redis lost it, refreshes the replica, and audits
+/// after a disconnect.
+pub(super) async fn maintain(shared: Weak<Shared>) {
+    let interval = match shared.upgrade() {
+        Some(shared) => shared.cluster.heartbeat_interval(),
+        None => return,
+    };
+    let mut next = Instant::now();
+    loop {
+        {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            if shared.shut_down.load(Ordering::SeqCst) {
+                leave(&shared).await;
+                return;
+            }
+            let ready = *shared.ready.borrow();
+            let result = if ready {
+                tick(&shared).await
+            } else {
+                connect(&shared).await
+            };
+            if let Err(error) = result {
+                if ready {
+                    tracing::warn!(%error, node = shared.cluster.node_id(), "cluster maintenance failed; retrying");
+                }
+                shared.link_lost();
+            }
+        }
+        next += interval;
+        let now = Instant::now();
+        if next < now {
+            next = now;
+        }
+        // Not ready: retry sooner than a full interval.
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        let wait = if *strong.ready.borrow() {
+            next - now
+        } else {
+            Duration::from_millis(200).min(interval)
+        };
+        // Holding the manager while asleep delays its drop by at most one
+        // interval; a shutdown wakes the task at once.
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = strong.wake.notified() => {}
+            () = strong.stop.notified() => {}
+        }
+    }
+}
+
+/// Leaves the cluster for good (and deletes a probe's namespace).
+async fn leave(shared: &Shared) {
+    if let Err(error) = shared.backplane.leave_cluster().await {
+        tracing::warn!(%error, node = shared.cluster.node_id(),
+            "could not remove this node's presence; the others drop it when its heartbeat expires");
+    }
+    if shared.probe
+        && let Err(error) = shared.backplane.delete_namespace().await
+    {
+        tracing::warn!(%error, prefix = shared.cluster.key_prefix(), "probe namespace not deleted");
+    }
+    shared.stopped.notify_one();
+}
+
+/// (Re)joins: subscribes (again), audits if messages may have been lost,
+/// registers presence, reads the cluster; then the node is ready.
+async fn connect(shared: &Shared) -> Result<(), ClusterFailure> {
+    shared.backplane.subscribe().await?;
+    // Subscribed first: anything published from now on reaches us, so the
+    // audit's reads cannot miss an event.
+    if shared.audit_due.swap(false, Ordering::SeqCst)
+        && let Err(error) = audit(shared).await
+    {
+        shared.audit_due.store(true, Ordering::SeqCst);
+        return Err(error);
+    }
+    shared.renew_heartbeat().await?;
+    shared.presence_dirty.store(false, Ordering::SeqCst);
+    shared
+        .backplane
+        .rewrite_presence(&shared.local.presence())
+        .await?;
+    refresh(shared).await?;
+    shared.link_joined();
+    tracing::info!(node = shared.cluster.node_id(), "joined the cluster");
+    Ok(())
+}
+
+async fn tick(shared: &Shared) -> Result<(), ClusterFailure> {
+    if shared.audit_due.load(Ordering::SeqCst) {
+        // A full inbound buffer: messages were dropped while connected.
+        return connect(shared).await;
+    }
+    let registered = shared.renew_heartbeat().await?;
+    if !registered || shared.presence_dirty.swap(false, Ordering::SeqCst) {
+        if !registered {
+            tracing::warn!(
+                node = shared.cluster.node_id(),
+                "this node's presence is gone from Redis (restart or flush): rewriting it"
+            );
+        }
+        shared
+            .backplane
+            .rewrite_presence(&shared.local.presence())
+            .await?;
+    }
+    refresh(shared).await
+}
+
+/// Re-reads every other node's presence; forgets dead nodes.
+async fn refresh(shared: &Shared) -> Result<(), ClusterFailure> {
+    let read_at = Instant::now();
+    for (node, entries) in shared.backplane.read_cluster().await? {
+        match entries {
+            Some(entries) => shared.replica.replace_node(&node, entries, read_at),
+            None => {
+                let dropped = shared.replica.drop_node(&node);
+                tracing::info!(%node, connections = dropped, "node missed its heartbeat: forgotten");
+                shared.backplane.forget_node(&node).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Compares every local user's stream head with what their connections
+/// were given, and closes (for a resume) the ones behind.
+async fn audit(shared: &Shared) -> Result<(), ClusterFailure> {
+    let cursors = shared.local.cursors();
+    let users: Vec<UserId> = cursors.iter().map(|(user, _)| user.clone()).collect();
+    let mut closed = 0;
+    for chunk in users.chunks(512) {
+        let heads = shared.backplane.stream_heads(chunk).await?;
+        for (user, head) in chunk.iter().zip(heads) {
+            closed += shared
+                .local
+                .close_behind(user, head.filter(|h| h.sequence > 0));
+        }
+    }
+    shared.audits.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(
+        users = users.len(),
+        closed,
+        "audit after a possible message loss"
+    );
+    Ok(())
+}
