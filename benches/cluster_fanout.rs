@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::sync::Semaphore;
-use websocket_manager::*;
-use websocket_manager::{ClusterConfig, ClusterWebSocketManager};
+use websocket_manager::managers::{ClusterConfig, ClusterWebSocketManager};
+use websocket_manager::{managers::*, socket::*, *};
 use websocket_manager_suite::redis::{redis_for, unique_prefix};
 
 const USERS: usize = 100;

@@ -45,10 +45,11 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use websocket_manager::UnifiedWebSocketManager;
+use websocket_manager::managers::UnifiedWebSocketManager;
 use websocket_manager::transport::{TransportConfig, WebSocketService};
 use websocket_manager::{
-    ManagerConfig, OutboundEvent, UserId, WebSocketConnection, WebSocketHandle, WebSocketManager,
+    UserId, WebSocketConnection, WebSocketHandle, WebSocketManager, managers::ManagerConfig,
+    socket::OutboundEvent,
 };
 
 /// Messages per user in the burst sent to the servers.
@@ -552,7 +553,7 @@ async fn bare_server(
 /// connections, before and after a drained burst.
 async fn manager_bytes(n: usize) -> (f64, f64) {
     let limits = ManagerConfig::default().queue_limits();
-    let mut sockets: Vec<(WebSocketHandle, websocket_manager::OutboundReceiver)> =
+    let mut sockets: Vec<(WebSocketHandle, websocket_manager::socket::OutboundReceiver)> =
         Vec::with_capacity(n);
     let users: Vec<UserId> = (0..n)
         .map(|i| UserId::new(format!("u{i}")).unwrap())

@@ -63,9 +63,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use websocket_manager::UnifiedWebSocketManager;
+use websocket_manager::managers::UnifiedWebSocketManager;
 use websocket_manager::transport::WebSocketService;
-use websocket_manager::{ManagerConfig, UserId, WebSocketManager};
+use websocket_manager::{UserId, WebSocketManager, managers::ManagerConfig};
 
 /// Rounds per server and scenario, after one warm-up round each. A round
 /// takes milliseconds (the bench's time goes to opening 6,000 sockets), and

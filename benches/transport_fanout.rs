@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use websocket_manager::UnifiedWebSocketManager;
+use websocket_manager::managers::UnifiedWebSocketManager;
 use websocket_manager::transport::WebSocketService;
 use websocket_manager::{UserId, WebSocketManager};
 

@@ -74,12 +74,14 @@ use websocket_manager::transport::{
     OriginPolicy, RateLimit, TransportConfig, UserScopedThreads, WebSocketService, encode_hs256,
 };
 use websocket_manager::{
-    AGENT_COMPLETED, AGENT_STARTED, AGENT_THINKING, ManagerConfig, StartupOptions, StartupReport,
-    TOOL_COMPLETED, TOOL_EXECUTING, UserId, WebSocketManager, validate_on_startup,
+    NotReady, NotReadyReason,
+    managers::{ClusterConfig, ClusterWebSocketManager, ManagerStats, UnifiedWebSocketManager},
 };
 use websocket_manager::{
-    ClusterConfig, ClusterWebSocketManager, ManagerStats, NotReady, NotReadyReason,
-    UnifiedWebSocketManager,
+    UserId, WebSocketManager,
+    events::{AGENT_COMPLETED, AGENT_STARTED, AGENT_THINKING, TOOL_COMPLETED, TOOL_EXECUTING},
+    managers::ManagerConfig,
+    startup::{StartupOptions, StartupReport, validate_on_startup},
 };
 
 /// The event that carries a run's answer, on the user's critical stream.
@@ -305,7 +307,7 @@ async fn main() -> ExitCode {
     };
     let mut options = StartupOptions::strict().expect(["unified", "isolated"]);
     if let Some(cluster) = &cluster {
-        let mut extensions = websocket_manager::Extensions::new();
+        let mut extensions = websocket_manager::startup::Extensions::new();
         extensions.insert(cluster.clone());
         options = options.expect(["cluster"]).extensions(extensions);
     }
@@ -838,7 +840,7 @@ impl MessageHandler for Agent {
                 };
                 context
                     .socket()
-                    .try_send(websocket_manager::TextFrame::from_json(
+                    .try_send(websocket_manager::socket::TextFrame::from_json(
                         &json!({"type": "busy", "limit": limit}),
                     )?)?;
                 return Ok(());

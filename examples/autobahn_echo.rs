@@ -28,7 +28,9 @@ use websocket_manager::transport::{
     AuthError, Authenticator, Identity, InboundContext, InboundMessage, OriginPolicy,
     TransportConfig, UpgradeRequest, WebSocketService, handler_fn,
 };
-use websocket_manager::{DynManager, QueueLimits, UnifiedWebSocketManager, UserId};
+use websocket_manager::{
+    DynManager, UserId, managers::UnifiedWebSocketManager, socket::QueueLimits,
+};
 
 /// The largest message and frame the suite sends (its 9.x cases go to 16 MiB).
 const MAX_MESSAGE: usize = 16 << 20;

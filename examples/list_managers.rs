@@ -10,9 +10,10 @@ use std::process::ExitCode;
 
 use example_managers as _; // linked on purpose: its managers register too
 use websocket_manager::{
-    BuildContext, BuildError, ConnectionHealth, ConnectionId, ConstructManager, Delivery,
-    DeliveryTarget, ManagerError, NotDeliveredReason, Registry, ThreadId, UserId,
-    WebSocketConnection, WebSocketHandle, WebSocketManager, serde_json, websocket_manager,
+    ConnectionHealth, ConnectionId, Delivery, DeliveryTarget, ManagerError, NotDeliveredReason,
+    ThreadId, UserId, WebSocketConnection, WebSocketHandle, WebSocketManager, serde_json,
+    startup::{BuildContext, BuildError, ConstructManager, Registry},
+    websocket_manager,
 };
 
 /// A manager of this example's own: it accepts nothing and says so, which

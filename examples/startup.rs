@@ -32,9 +32,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use example_managers as _; // linked on purpose: its managers are validated too
 use websocket_manager::conformance::is_probe_id;
 use websocket_manager::{
-    BuildContext, BuildError, ConnectionHealth, ConnectionId, ConstructManager, Delivery,
-    ManagerError, StartupOptions, StartupReport, ThreadId, UnifiedWebSocketManager, UserId,
-    WebSocketConnection, WebSocketHandle, WebSocketManager, serde_json, validate_on_startup,
+    ConnectionHealth, ConnectionId, Delivery, ManagerError, ThreadId, UserId, WebSocketConnection,
+    WebSocketHandle, WebSocketManager,
+    managers::UnifiedWebSocketManager,
+    serde_json,
+    startup::{
+        BuildContext, BuildError, ConstructManager, StartupOptions, StartupReport,
+        validate_on_startup,
+    },
     websocket_manager,
 };
 

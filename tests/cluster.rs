@@ -7,8 +7,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use websocket_manager::ClusterFailure;
 use websocket_manager::conformance::Conformance;
-use websocket_manager::*;
-use websocket_manager::{ClusterConfig, ClusterWebSocketManager, RESUME_CLOSE_CODE};
+use websocket_manager::{
+    close::RESUME,
+    managers::{ClusterConfig, ClusterWebSocketManager},
+};
+use websocket_manager::{events::*, managers::*, socket::*, startup::*, *};
 use websocket_manager_suite::redis::{count_keys, own_redis_for, redis_for, unique_prefix};
 
 fn cluster(url: &str, prefix: &str, node: &str) -> ClusterConfig {
@@ -401,7 +404,7 @@ async fn redis_restart_gives_typed_errors_then_recovers_and_announces_the_loss()
     // closed so the client resumes, and the resume is told what happened.
     for tab in [&mut tab, &mut other_tab] {
         let (rest, closed) = frames(tab, Duration::from_secs(3)).await;
-        assert_eq!(closed.map(|c| c.code), Some(RESUME_CLOSE_CODE), "{rest:?}");
+        assert_eq!(closed.map(|c| c.code), Some(RESUME), "{rest:?}");
     }
     let last = StreamOffset::new(before[0].0, before[0].1);
     let mut resumed = connect(&b, &alice, Some(last)).await;
@@ -595,7 +598,7 @@ async fn a_full_inbound_buffer_loses_nothing_silently() {
         "a gap was passed on: {seen:?}"
     );
     assert!(seen.len() < EVENTS as usize, "{stats}");
-    assert_eq!(closed.map(|c| c.code), Some(RESUME_CLOSE_CODE), "{stats}");
+    assert_eq!(closed.map(|c| c.code), Some(RESUME), "{stats}");
     let stream = seen.first().map_or(0, |s| s.0);
     let last = seen.last().map_or(0, |s| s.1);
     let mut resumed = connect(&b, &alice, Some(StreamOffset::new(stream, last))).await;

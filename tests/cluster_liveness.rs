@@ -7,7 +7,7 @@
 //! Every test checks that the affected node serves again through a fresh
 //! connection within its bound, that every critical event of the run
 //! reaches the user's tab on that node exactly once (live, or after a close
-//! with `RESUME_CLOSE_CODE` and a resume), and that no tab stays open and
+//! with `RESUME` and a resume), and that no tab stays open and
 //! silent.
 //!
 //! redis-rs multiplexes commands and both subscriptions on one TCP
@@ -19,8 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use websocket_manager::*;
-use websocket_manager::{ClusterConfig, ClusterWebSocketManager, LinkState, RESUME_CLOSE_CODE};
+use websocket_manager::{
+    close::RESUME,
+    managers::{ClusterConfig, ClusterWebSocketManager, LinkState},
+};
+use websocket_manager::{events::*, managers::*, socket::*, *};
 use websocket_manager_suite::fault_proxy::{Direction, FaultProxy};
 use websocket_manager_suite::redis::{
     RedisServer, connected_clients, own_redis_for, redis_for, unique_prefix,
@@ -177,7 +180,7 @@ impl Client {
         let streams: BTreeSet<u64> = self.seen.iter().map(|o| o.stream).collect();
         assert_eq!(streams.len(), 1, "one stream: {:?}", self.seen);
         assert!(
-            self.closes.iter().all(|c| *c == RESUME_CLOSE_CODE),
+            self.closes.iter().all(|c| *c == RESUME),
             "only resume closes: {:?}",
             self.closes
         );
@@ -374,7 +377,7 @@ async fn a_node_cut_off_past_the_fence_bound_closes_its_tabs_then_serves_again()
     let closed = client.read(fence + Duration::from_millis(500)).await;
     let after = frozen.elapsed();
     assert!(closed, "the tab was left open {after:?} into the outage");
-    assert_eq!(client.closes, [RESUME_CLOSE_CODE]);
+    assert_eq!(client.closes, [RESUME]);
     eprintln!("fenced {after:?} after Redis froze (fence_after {fence:?})");
     assert!(
         matches!(b.link_state(), LinkState::Fenced { .. }),

@@ -21,7 +21,10 @@ use websocket_manager::transport::{
     HandlerError, InboundContext, InboundError, InboundMessage, OriginPolicy, TransportConfig,
     WebSocketService, handler_fn,
 };
-use websocket_manager::{AGENT_EVENTS, ClusterConfig, ClusterWebSocketManager};
+use websocket_manager::{
+    events::AGENT_EVENTS,
+    managers::{ClusterConfig, ClusterWebSocketManager},
+};
 use websocket_manager_suite::redis::{redis_for, unique_prefix};
 
 fn alice() -> UserId {
@@ -496,7 +499,7 @@ async fn a_refused_refresh_is_answered_and_the_old_deadline_holds() {
 }
 
 fn unix_millis() -> u64 {
-    websocket_manager::unix_millis(std::time::SystemTime::now())
+    websocket_manager::events::unix_millis(std::time::SystemTime::now())
 }
 
 /// Counts what an idle client receives for `window`: (heartbeats, pings).

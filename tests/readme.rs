@@ -127,7 +127,7 @@ fn the_sample_startup_table_names_where_the_managers_are() {
     // Linked, so that its registration is in the registry.
     use example_managers as _;
     let guide = read("docs/managers.md");
-    let registry = websocket_manager::Registry::global();
+    let registry = websocket_manager::startup::Registry::global();
     let mut checked = 0;
     for row in guide.lines() {
         let mut columns = row.split_whitespace();

@@ -6,8 +6,10 @@ use websocket_manager::DynManager;
 
 use example_managers as _;
 use websocket_manager::{
-    BuildContext, Extensions, ManagerConfig, ManagerMode, QueueLimits, Registry, UserId,
-    WebSocketConnection, WebSocketHandle, WebSocketManager,
+    UserId, WebSocketConnection, WebSocketHandle, WebSocketManager,
+    managers::ManagerConfig,
+    socket::QueueLimits,
+    startup::{BuildContext, Extensions, ManagerMode, Registry},
 };
 
 #[test]

@@ -4,7 +4,7 @@
 //! `use example_managers as _;` (see `registration_cross_crate.rs`).
 #![allow(clippy::unwrap_used)]
 
-use websocket_manager::{Registry, RegistryError};
+use websocket_manager::startup::{Registry, RegistryError};
 
 #[test]
 fn unreferenced_crate_registers_nothing() {

@@ -2,7 +2,10 @@
 //! winning), unknown names listed, and its table and JSON forms.
 #![allow(clippy::unwrap_used)]
 
-use websocket_manager::{ManagerMode, PROTOCOL_FINGERPRINT, Registration, Registry, RegistryError};
+use websocket_manager::{
+    contract::PROTOCOL_FINGERPRINT,
+    startup::{ManagerMode, Registration, Registry, RegistryError},
+};
 
 fn registration(name: &'static str, type_name: &'static str, line: u32) -> Registration {
     Registration::new(name, type_name, ManagerMode::Unified, None)

@@ -12,10 +12,10 @@ use std::time::Duration;
 use e2e_support::*;
 use serde_json::json;
 use tokio_tungstenite::tungstenite;
-use websocket_manager::{
+use websocket_manager::events::{
     AGENT_COMPLETED, AGENT_STARTED, AGENT_THINKING, TOOL_COMPLETED, TOOL_EXECUTING,
 };
-use websocket_manager::{StreamOffset, UserId, WebSocketManager};
+use websocket_manager::{UserId, WebSocketManager, events::StreamOffset};
 
 fn alice() -> UserId {
     UserId::new("alice").unwrap()

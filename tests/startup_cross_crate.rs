@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use example_managers as _; // without this line the linker drops `minimal`
-use websocket_manager::{StartupOptions, Verdict, validate_on_startup};
+use websocket_manager::startup::{StartupOptions, Verdict, validate_on_startup};
 
 #[tokio::test]
 async fn a_manager_from_another_crate_is_validated_and_reported() {

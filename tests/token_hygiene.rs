@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite;
 use websocket_manager::transport::{
     AuthError, Authenticated, OriginPolicy, UserScopedThreads, WebSocketService,
 };
-use websocket_manager::{DynManager, UnifiedWebSocketManager};
+use websocket_manager::{DynManager, managers::UnifiedWebSocketManager};
 
 #[tokio::test]
 async fn a_lookalike_subject_gets_401_at_the_upgrade() {

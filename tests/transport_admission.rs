@@ -19,7 +19,8 @@ use websocket_manager::transport::{
     handler_fn,
 };
 use websocket_manager::{
-    DynManager, ManagerConfig, NotReady, NotReadyReason, UnifiedWebSocketManager,
+    DynManager, NotReady, NotReadyReason,
+    managers::{ManagerConfig, UnifiedWebSocketManager},
 };
 
 /// Serves `service` on both adapters; their addresses (axum first).

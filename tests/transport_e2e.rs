@@ -19,7 +19,9 @@ use websocket_manager::transport::{
     EndReason, HandlerError, InboundContext, InboundMessage, TransportConfig, handler_fn,
 };
 use websocket_manager::{
-    AGENT_EVENTS, Delivery, ManagerConfig, SlowConsumerPolicy, ThreadId, UserId, WebSocketManager,
+    Delivery, ThreadId, UserId, WebSocketManager,
+    events::AGENT_EVENTS,
+    managers::{ManagerConfig, SlowConsumerPolicy},
 };
 
 fn user(name: &str) -> UserId {
@@ -45,7 +47,7 @@ async fn drop_policy_server_with_stalled_client(
         transport: TransportConfig::builder()
             .write_timeout(write_timeout)
             .close_timeout(close_timeout)
-            .queue_limits(websocket_manager::QueueLimits::new(16, 64 * 1024))
+            .queue_limits(websocket_manager::socket::QueueLimits::new(16, 64 * 1024))
             .build()
             .unwrap(),
         ..ServerOptions::default()
@@ -231,7 +233,7 @@ async fn a_client_that_stops_reading_is_disconnected_while_others_keep_receiving
                 // manager's slow-consumer policy, not the transport's timeout.
                 .write_timeout(Duration::from_secs(20))
                 .close_timeout(Duration::from_millis(300))
-                .queue_limits(websocket_manager::QueueLimits::new(16, 64 * 1024))
+                .queue_limits(websocket_manager::socket::QueueLimits::new(16, 64 * 1024))
                 .build()
                 .unwrap(),
             ..ServerOptions::default()

@@ -6,20 +6,23 @@
 //!
 //! ```
 //! use example_managers as _;
-//! let registry = websocket_manager::Registry::global();
+//! let registry = websocket_manager::startup::Registry::global();
 //! assert!(registry.get("minimal").is_ok());
 //! ```
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
+use websocket_manager::managers::{CriticalEventLog, deliver_frame};
 use websocket_manager::{
-    BuildContext, BuildError, ConnectionHealth, ConnectionId, ConnectionSummary, ConstructManager,
-    Delivery, DeliveryTarget, ManagerConfig, ManagerError, NotDeliveredReason, SlowConsumerPolicy,
-    SocketId, TextFrame, ThreadId, UserId, WebSocketConnection, WebSocketHandle, serde_json,
+    ConnectionHealth, ConnectionId, ConnectionSummary, Delivery, DeliveryTarget, ManagerError,
+    NotDeliveredReason, ThreadId, UserId, WebSocketConnection, WebSocketHandle,
+    managers::{ManagerConfig, SlowConsumerPolicy},
+    serde_json,
+    socket::{SocketId, TextFrame},
+    startup::{BuildContext, BuildError, ConstructManager},
     websocket_manager,
 };
-use websocket_manager::{CriticalEventLog, deliver_frame};
 
 /// The smallest correct manager: one mutex around two plain maps, written in
 /// the "compatible interface" form (the contract methods are the type's own

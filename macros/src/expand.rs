@@ -344,8 +344,8 @@ fn registration_of(
         .map(|lit| lit.value())
         .unwrap_or_else(|| type_name.clone());
     let mode = match args.mode {
-        Mode::Unified => quote!(#krate::ManagerMode::Unified),
-        Mode::Isolated => quote!(#krate::ManagerMode::Isolated),
+        Mode::Unified => quote!(#krate::__private::ManagerMode::Unified),
+        Mode::Isolated => quote!(#krate::__private::ManagerMode::Isolated),
     };
     let fingerprint = Literal::u64_suffixed(fingerprint);
     let span = registered.span();
@@ -361,14 +361,14 @@ fn registration_of(
         const _: () = {
             // the macro and the runtime must describe the same contract
             ::core::assert!(
-                #fingerprint == #krate::PROTOCOL_FINGERPRINT,
+                #fingerprint == #krate::__private::PROTOCOL_FINGERPRINT,
                 "websocket-manager-macros and websocket-manager disagree on the contract: use the same version of both"
             );
             // the registered type must be a manager (checked here, once)
             fn __assert_manager<T: #krate::WebSocketManager>() {}
             let _ = __assert_manager::<#registered_tokens>;
             #krate::__private::inventory::submit! {
-                #krate::Registration::new(#name, #type_name, #mode, #constructor)
+                #krate::__private::Registration::new(#name, #type_name, #mode, #constructor)
                     .at(::core::module_path!(), #file, #line)
                     .with_fingerprint(#fingerprint)
             }

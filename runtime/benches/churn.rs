@@ -11,8 +11,8 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use dashmap::DashMap;
-use websocket_manager::UnifiedWebSocketManager;
-use websocket_manager::*;
+use websocket_manager::managers::UnifiedWebSocketManager;
+use websocket_manager::{managers::*, *};
 
 fn churn(c: &mut Criterion) {
     let mut group = c.benchmark_group("churn");

@@ -31,8 +31,8 @@ use std::hint::black_box;
 use std::sync::{Barrier, RwLock};
 use std::time::{Duration, Instant};
 
-use websocket_manager::UnifiedWebSocketManager;
-use websocket_manager::*;
+use websocket_manager::managers::UnifiedWebSocketManager;
+use websocket_manager::{managers::*, socket::*, *};
 
 const USERS: usize = 2_500;
 const TABS: usize = 4;

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group};
 use serde_json::json;
-use websocket_manager::*;
-use websocket_manager::{AGENT_THINKING, UnifiedWebSocketManager};
+use websocket_manager::{events::AGENT_THINKING, managers::UnifiedWebSocketManager};
+use websocket_manager::{managers::*, socket::*, *};
 
 const BATCH: u64 = 256;
 

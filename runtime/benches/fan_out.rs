@@ -19,8 +19,8 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, criterion_group};
 use serde_json::json;
 use tokio::sync::mpsc;
-use websocket_manager::UnifiedWebSocketManager;
-use websocket_manager::*;
+use websocket_manager::managers::UnifiedWebSocketManager;
+use websocket_manager::{managers::*, socket::*, *};
 
 const BATCH: u64 = 256;
 

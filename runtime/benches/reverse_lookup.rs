@@ -12,8 +12,8 @@ mod common;
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use websocket_manager::UnifiedWebSocketManager;
-use websocket_manager::*;
+use websocket_manager::managers::UnifiedWebSocketManager;
+use websocket_manager::{managers::*, *};
 
 fn reverse_lookup(c: &mut Criterion) {
     let mut group = c.benchmark_group("reverse_lookup");

@@ -23,7 +23,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use tokio::sync::mpsc;
-use websocket_manager::{OutboundEvent, QueueLimits, SendError, TextFrame, WebSocketHandle};
+use websocket_manager::{
+    WebSocketHandle,
+    socket::{OutboundEvent, QueueLimits, SendError, TextFrame},
+};
 
 const FRAMES: usize = 10_000;
 const FAN_OUT_SOCKETS: usize = 64;
@@ -46,7 +49,7 @@ trait Queue: Sized + Send + 'static {
     fn drain(self) -> impl Future<Output = usize> + Send;
 }
 
-struct Handle(websocket_manager::OutboundReceiver);
+struct Handle(websocket_manager::socket::OutboundReceiver);
 
 impl Queue for Handle {
     type Sender = WebSocketHandle;

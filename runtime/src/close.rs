@@ -161,6 +161,27 @@ pub(crate) fn transport_error() -> CloseReason {
     CloseReason::new(INTERNAL_ERROR, "transport error")
 }
 
+/// 1012: the cluster manager cannot fill in order the critical events this
+/// connection missed; its client resumes from its offset.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn missed_events() -> CloseReason {
+    CloseReason::new(
+        RESUME,
+        "missed critical events: reconnect and resume from your offset",
+    )
+}
+
+/// 1012: every local connection of a cluster node that fenced itself; the
+/// client reconnects (through the balancer, to a healthy node) and resumes
+/// from its offset.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn fenced() -> CloseReason {
+    CloseReason::new(
+        RESUME,
+        "this node is cut off from the cluster: reconnect and resume from your offset",
+    )
+}
+
 /// 1013: the replay a new connection is owed did not fit its queue.
 pub(crate) fn replay_did_not_fit() -> CloseReason {
     CloseReason::new(TRY_AGAIN_LATER, "replay did not fit; reconnect")
@@ -172,6 +193,7 @@ pub const MAX_REASON_LEN: usize = 123;
 
 /// Truncates a close reason to the [`MAX_REASON_LEN`] bytes a close frame
 /// can carry, on a character boundary.
+#[cfg_attr(not(any(feature = "axum", feature = "tungstenite")), allow(dead_code))]
 pub(crate) fn reason_on_the_wire(reason: &str) -> &str {
     if reason.len() <= MAX_REASON_LEN {
         return reason;

@@ -46,7 +46,7 @@ pub struct ConfigError {
 /// | `history_max_age` (how long a critical event is retained) | 5 minutes |
 /// | `max_history_users` (users holding retained events, per manager) | 10,000 |
 ///
-/// A replay (a [`ResyncNotice`](crate::managers::ResyncNotice) plus the whole
+/// A replay (a [`ResyncNotice`](crate::events::ResyncNotice) plus the whole
 /// history) must fit the fresh queue of the user's next connection, so
 /// `history_capacity` must be below `queue_capacity`, and
 /// `history_max_bytes` plus [`RESYNC_NOTICE_RESERVE`] at most
@@ -57,7 +57,7 @@ pub struct ConfigError {
 ///
 /// ```
 /// use std::time::Duration;
-/// use websocket_manager::{ManagerConfig, SlowConsumerPolicy};
+/// use websocket_manager::managers::{ManagerConfig, SlowConsumerPolicy};
 /// let config = ManagerConfig::builder()
 ///     .queue_capacity(128)
 ///     .history_capacity(64)
@@ -68,7 +68,7 @@ pub struct ConfigError {
 /// assert!(ManagerConfig::builder().queue_capacity(0).build().is_err());
 /// // a replay must fit a fresh queue
 /// assert!(ManagerConfig::builder().queue_capacity(16).history_capacity(16).build().is_err());
-/// # Ok::<(), websocket_manager::ConfigError>(())
+/// # Ok::<(), websocket_manager::managers::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ManagerConfig {
@@ -84,7 +84,7 @@ pub struct ManagerConfig {
 }
 
 /// Bytes of a connection's queue kept free for the
-/// [`ResyncNotice`](crate::managers::ResyncNotice) that may precede a replay.
+/// [`ResyncNotice`](crate::events::ResyncNotice) that may precede a replay.
 pub const RESYNC_NOTICE_RESERVE: usize = 1024;
 
 fn serialize_duration_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

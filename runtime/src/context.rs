@@ -10,7 +10,7 @@ use crate::ids::{ThreadId, UserId};
 /// The request-scoped identity an isolated manager is built for.
 ///
 /// ```
-/// use websocket_manager::{ThreadId, UserContext, UserId};
+/// use websocket_manager::{ThreadId, UserId, startup::UserContext};
 /// let context = UserContext::new(UserId::new("alice")?)
 ///     .with_thread(ThreadId::new("t-1")?)
 ///     .with_run_id("run-7");
@@ -63,7 +63,7 @@ impl UserContext {
 /// How a manager is shared.
 ///
 /// ```
-/// use websocket_manager::ManagerMode;
+/// use websocket_manager::startup::ManagerMode;
 /// assert_eq!("isolated".parse::<ManagerMode>(), Ok(ManagerMode::Isolated));
 /// assert_eq!(ManagerMode::Unified.to_string(), "unified");
 /// assert!("shared".parse::<ManagerMode>().is_err());

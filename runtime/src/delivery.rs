@@ -16,7 +16,7 @@ use crate::offset::StreamOffset;
 /// may gain fields and variants in minor releases.
 ///
 /// ```
-/// use websocket_manager::{Delivery, StreamOffset};
+/// use websocket_manager::{Delivery, events::StreamOffset};
 /// let delivery = Delivery::delivered(2, 1);
 /// assert_eq!(delivery.recipients(), 2);
 /// assert_eq!(delivery.skipped(), 1);
@@ -59,7 +59,7 @@ pub enum Delivery {
         #[serde(skip_serializing_if = "Option::is_none")]
         offset: Option<StreamOffset>,
     },
-    /// Sent through a cluster (`websocket_manager::ClusterWebSocketManager`): this
+    /// Sent through a cluster (`websocket_manager::managers::ClusterWebSocketManager`): this
     /// node's `local` connections took it now (an exact count), and it was
     /// published once to `remote_nodes` other nodes, whose delivery is not
     /// awaited. A critical event also reaches this node's sockets that were

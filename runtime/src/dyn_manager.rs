@@ -195,7 +195,7 @@ impl DynManager {
     /// same for a manager the factory or the registry built.
     ///
     /// ```
-    /// use websocket_manager::{DynManager, ManagerConfig, UnifiedWebSocketManager};
+    /// use websocket_manager::{DynManager, managers::{ManagerConfig, UnifiedWebSocketManager}};
     /// let manager = DynManager::new(UnifiedWebSocketManager::new(ManagerConfig::default()));
     /// assert!(manager.readiness().is_ready());
     /// ```
@@ -298,7 +298,7 @@ impl WebSocketManager for DynManager {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ManagerConfig, UnifiedWebSocketManager};
+    use crate::managers::{ManagerConfig, UnifiedWebSocketManager};
 
     #[test]
     fn wraps_clones_and_downcasts() {
@@ -317,7 +317,7 @@ mod tests {
     #[test]
     #[allow(clippy::unwrap_used)]
     fn a_factory_built_manager_reports_its_readiness() {
-        let factory = crate::StandardFactory::builder().build();
+        let factory = crate::startup::StandardFactory::builder().build();
         let manager = factory
             .create_named("unified", None)
             .unwrap()

@@ -176,7 +176,7 @@ pub enum ManagerError {
     #[error("the manager has been shut down")]
     ShutDown,
     /// The cluster's shared engine (Redis, for
-    /// `websocket_manager::ClusterWebSocketManager`) did not answer in time or
+    /// `websocket_manager::managers::ClusterWebSocketManager`) did not answer in time or
     /// refused: the operation was not carried out cluster-wide. Never an
     /// `Ok`: the caller decides whether to retry.
     #[error(

@@ -11,7 +11,7 @@ use std::sync::Arc;
 /// database pool or message bus it needs without global state.
 ///
 /// ```
-/// use websocket_manager::Extensions;
+/// use websocket_manager::startup::Extensions;
 /// #[derive(Debug, PartialEq)]
 /// struct Region(&'static str);
 /// let mut extensions = Extensions::new();

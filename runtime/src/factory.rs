@@ -125,7 +125,7 @@ pub enum FactoryError {
 /// It dereferences to the `DynManager`.
 ///
 /// ```
-/// use websocket_manager::{ManagerFactory, ManagerMode, StandardFactory};
+/// use websocket_manager::startup::{ManagerFactory, ManagerMode, StandardFactory};
 /// let factory = StandardFactory::builder().build();
 /// let built = factory.create_manager(None, ManagerMode::Unified).unwrap();
 /// assert_eq!(built.registration().map(|r| r.name), Some("unified"));
@@ -193,7 +193,7 @@ const ISOLATION_FAILED: u8 = 2;
 /// mode.
 ///
 /// ```
-/// use websocket_manager::{ManagerMode, Registry, StandardFactory, FactoryError, ManagerFactory};
+/// use websocket_manager::startup::{ManagerMode, Registry, StandardFactory, FactoryError, ManagerFactory};
 /// // An empty registry: nothing to build, and isolation is not supported.
 /// let factory = StandardFactory::builder().registry(Registry::from_entries([])).build();
 /// assert!(matches!(
@@ -216,7 +216,7 @@ const ISOLATION_FAILED: u8 = 2;
 /// runs only the probes that are safe on a manager serving real users.
 ///
 /// ```
-/// use websocket_manager::{ManagerFactory, ManagerMode, StandardFactory, UserContext, UserId};
+/// use websocket_manager::{UserId, startup::{ManagerFactory, ManagerMode, StandardFactory, UserContext}};
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// let factory = StandardFactory::builder().build(); // the global registry
 /// let shared = factory.create_manager(None, ManagerMode::Unified)?;

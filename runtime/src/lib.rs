@@ -1,32 +1,29 @@
 #![doc = include_str!("../README.md")]
 //!
-//! ## The parts
-//!
-//! * [`WebSocketManager`]: the 11-method contract, written down once.
-//! * [`#[websocket_manager]`](macro@websocket_manager): put it on an impl
-//!   block; it checks every method against the contract at compile time,
-//!   reports every problem in one build, and registers the manager.
-//! * [`Registry`]: every registered manager, enumerated at startup.
-//! * [`StandardFactory`]: builds the manager for a mode or a name, shared
-//!   (unified) or per user (isolated).
-//! * [`validate_on_startup`]: proves every registered manager works before
-//!   traffic arrives, with the probes of [`conformance`], and reports it
-//!   ([`StartupReport`]).
-//! * [`UnifiedWebSocketManager`] and [`IsolatedWebSocketManager`]: the two
-//!   reference managers (and, with the feature `redis`,
-//!   `ClusterWebSocketManager`, one manager across many servers).
-//!
 //! ## Where things are
 //!
-//! Every item has one path. The contract, its data types, the managers and
-//! the registry, factory and startup validation are at the crate root.
-//! Three optional subsystems are modules of their own: [`conformance`] (the
-//! kit that probes a manager), `transport` (sockets, authentication; feature
-//! `transport` and its adapters) and `metrics` (feature `metrics`).
-//! [`prelude`] brings what writing or using a manager takes, with one `use`.
+//! Every item has one path. At the root: the contract
+//! ([`WebSocketManager`] and [`#[websocket_manager]`](macro@websocket_manager))
+//! and the types its methods take and return (ids, [`WebSocketConnection`],
+//! [`WebSocketHandle`], [`Delivery`], [`ConnectionHealth`], [`ManagerError`]),
+//! [`DynManager`], [`CloseReason`] and [`Readiness`]. The rest is in modules
+//! named for who uses them:
+//!
+//! | module | what | for |
+//! |---|---|---|
+//! | [`prelude`] | what writing or using a manager takes, in one `use` | everyone |
+//! | [`managers`] | the reference managers, their config and building blocks | servers, manager authors |
+//! | [`startup`] | registry, factory, startup validation and its reports | servers at startup |
+//! | [`conformance`] | the probes that prove a manager keeps the contract | manager authors, tests |
+//! | [`events`] | critical-event envelope, offsets, `resync`, agent event names | clients' and servers' event code |
+//! | [`close`] | every close code the library sends | transports, clients |
+//! | [`socket`] | one socket's outbound queue and its frames | transport and manager authors |
+//! | [`contract`] | the contract as data (methods, fingerprint) | reports, tools |
+//! | `transport` | sockets, authentication, admission (feature `transport`, adapters `axum`, `tungstenite`) | servers |
+//! | `metrics` | the stats through the `metrics` facade (feature `metrics`) | servers |
 //!
 //! ```
-//! for registration in websocket_manager::Registry::global().entries() {
+//! for registration in websocket_manager::startup::Registry::global().entries() {
 //!     println!("{} {} {}", registration.name, registration.mode, registration.location());
 //! }
 //! ```
@@ -58,7 +55,7 @@ mod extensions;
 mod factory;
 mod health;
 mod ids;
-mod managers;
+pub mod managers;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
@@ -74,50 +71,74 @@ pub mod transport;
 mod validation;
 
 pub use close::CloseReason;
-pub use config::{
-    ConfigError, ManagerConfig, ManagerConfigBuilder, RESYNC_NOTICE_RESERVE, SlowConsumerPolicy,
-};
-pub use connection::{
-    OutboundEvent, OutboundReceiver, QueueLimits, SendError, SocketId, TextFrame,
-    WebSocketConnection, WebSocketHandle,
-};
-pub use context::{ManagerMode, UnknownMode, UserContext};
+pub use connection::{WebSocketConnection, WebSocketHandle};
 pub use delivery::{Delivery, DeliveryTarget, NotDeliveredReason};
 pub use dyn_manager::DynManager;
 pub use error::{ClusterFailure, ManagerError};
-pub use extensions::Extensions;
-pub use factory::{
-    BuiltManager, FactoryError, ManagerFactory, StandardFactory, StandardFactoryBuilder,
-};
-pub use health::{ConnectionHealth, ConnectionSummary, unix_millis};
+pub use health::{ConnectionHealth, ConnectionSummary};
 pub use ids::{ConnectionId, IdError, MAX_ID_LEN, ThreadId, UserId};
-pub use managers::{
-    AGENT_COMPLETED, AGENT_EVENTS, AGENT_STARTED, AGENT_THINKING, CriticalEnvelope,
-    CriticalEventLog, IndexSizes, IsolatedWebSocketManager, MAX_EVENT_TYPE_LEN, ManagerStats,
-    RESYNC, ResyncNotice, ResyncReason, TOOL_COMPLETED, TOOL_EXECUTING, UnifiedWebSocketManager,
-    deliver_frame, validate_event_type,
-};
-#[cfg(feature = "redis")]
-#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use managers::{
-    ClusterConfig, ClusterConfigBuilder, ClusterStats, ClusterWebSocketManager, LinkState,
-    RESUME_CLOSE_CODE,
-};
-pub use offset::{OffsetParseError, StreamOffset, StreamPosition};
-pub use protocol::{
-    CONTRACT_METHODS, MethodGroup, MethodSpec, PROTOCOL_FINGERPRINT, WebSocketManager,
-    contract_method,
-};
+pub use protocol::WebSocketManager;
 pub use readiness::{NotReady, NotReadyReason, Readiness};
-pub use registry::{
-    BuildContext, BuildError, ConstructManager, Constructor, DuplicateName, Registration, Registry,
-    RegistryError, construct,
-};
-pub use report::{
-    CheckRecord, ComplianceReport, FactoryValidationResult, SkippedStep, StartupReport, Verdict,
-    Violation, ViolationKind,
-};
-pub use validation::{AlertCallback, StartupError, StartupOptions, validate_on_startup};
+
+/// What a server uses to find, build and check its managers before it
+/// takes traffic: the [`Registry`](startup::Registry) of every registered
+/// manager, the [`ConstructManager`](startup::ConstructManager) hook and its
+/// [`BuildContext`](startup::BuildContext), the factory, the validation at
+/// startup and its reports.
+///
+/// ```
+/// for registration in websocket_manager::startup::Registry::global().entries() {
+///     println!("{} {} {}", registration.name, registration.mode, registration.location());
+/// }
+/// ```
+pub mod startup {
+    pub use crate::context::{ManagerMode, UnknownMode, UserContext};
+    pub use crate::extensions::Extensions;
+    pub use crate::factory::{
+        BuiltManager, FactoryError, ManagerFactory, StandardFactory, StandardFactoryBuilder,
+    };
+    pub use crate::registry::{
+        BuildContext, BuildError, ConstructManager, Constructor, DuplicateName, Registration,
+        Registry, RegistryError, construct,
+    };
+    pub use crate::report::{
+        CheckRecord, ComplianceReport, FactoryValidationResult, SkippedStep, StartupReport,
+        Verdict, Violation, ViolationKind,
+    };
+    pub use crate::validation::{AlertCallback, StartupError, StartupOptions, validate_on_startup};
+}
+
+/// The contract described as data, for reports and tools: its methods, their
+/// groups, and the fingerprint every registration records. The contract
+/// itself is the trait [`WebSocketManager`].
+pub mod contract {
+    pub use crate::protocol::{
+        CONTRACT_METHODS, MethodGroup, MethodSpec, PROTOCOL_FINGERPRINT, contract_method,
+    };
+}
+
+/// What a client receives besides ordinary messages: the critical-event
+/// envelope and its [`StreamOffset`](events::StreamOffset), the `resync`
+/// notice, and the agent event names.
+pub mod events {
+    pub use crate::health::unix_millis;
+    pub use crate::managers::events::{
+        AGENT_COMPLETED, AGENT_EVENTS, AGENT_STARTED, AGENT_THINKING, CriticalEnvelope,
+        MAX_EVENT_TYPE_LEN, RESYNC, ResyncNotice, ResyncReason, TOOL_COMPLETED, TOOL_EXECUTING,
+        validate_event_type,
+    };
+    pub use crate::offset::{OffsetParseError, StreamOffset, StreamPosition};
+}
+
+/// One socket's outbound queue, for whoever writes a transport or a manager
+/// of their own: the frames that travel in it, its bounds and its receiving
+/// end. (The handle on it, [`WebSocketHandle`], is
+/// at the crate root with the contract.)
+pub mod socket {
+    pub use crate::connection::{
+        OutboundEvent, OutboundReceiver, QueueLimits, SendError, SocketId, TextFrame,
+    };
+}
 
 /// Checks an impl block against the [`WebSocketManager`] contract at compile
 /// time and registers the manager. Every form and argument is in
@@ -162,12 +183,16 @@ pub use serde_json;
 /// let _event = serde_json::json!({"type": AGENT_STARTED});
 /// ```
 pub mod prelude {
+    pub use crate::events::{
+        AGENT_COMPLETED, AGENT_STARTED, AGENT_THINKING, StreamOffset, TOOL_COMPLETED,
+        TOOL_EXECUTING,
+    };
+    pub use crate::managers::{IsolatedWebSocketManager, ManagerConfig, UnifiedWebSocketManager};
+    pub use crate::socket::{OutboundEvent, TextFrame};
+    pub use crate::startup::{BuildContext, BuildError, ConstructManager, ManagerMode};
     pub use crate::{
-        AGENT_COMPLETED, AGENT_STARTED, AGENT_THINKING, BuildContext, BuildError, CloseReason,
-        ConnectionHealth, ConnectionId, ConnectionSummary, ConstructManager, Delivery,
-        DeliveryTarget, DynManager, IsolatedWebSocketManager, ManagerConfig, ManagerError,
-        ManagerMode, NotDeliveredReason, OutboundEvent, StreamOffset, TOOL_COMPLETED,
-        TOOL_EXECUTING, TextFrame, ThreadId, UnifiedWebSocketManager, UserId, WebSocketConnection,
+        CloseReason, ConnectionHealth, ConnectionId, ConnectionSummary, Delivery, DeliveryTarget,
+        DynManager, ManagerError, NotDeliveredReason, ThreadId, UserId, WebSocketConnection,
         WebSocketHandle, WebSocketManager, serde_json, websocket_manager,
     };
 }
@@ -175,7 +200,9 @@ pub mod prelude {
 /// What the generated code needs. Not public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::registry::construct;
+    pub use crate::context::ManagerMode;
+    pub use crate::protocol::PROTOCOL_FINGERPRINT;
+    pub use crate::registry::{Registration, construct};
     pub use inventory;
     pub use serde_json;
 

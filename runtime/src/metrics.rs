@@ -17,7 +17,7 @@
 //! [`ManagerStats`] field.
 //!
 //! ```
-//! use websocket_manager::UnifiedWebSocketManager;
+//! use websocket_manager::managers::UnifiedWebSocketManager;
 //! use websocket_manager::metrics::{self, Label};
 //!
 //! let manager = UnifiedWebSocketManager::default();
@@ -90,7 +90,7 @@ const fn gauge(name: &'static str, help: &'static str, value: usize) -> Series {
 /// field (a new field is published by adding its line here).
 ///
 /// ```
-/// use websocket_manager::ManagerStats;
+/// use websocket_manager::managers::ManagerStats;
 /// use websocket_manager::metrics::series;
 /// let names: Vec<_> = series(&ManagerStats::default()).iter().map(|s| s.name).collect();
 /// assert!(names.contains(&"websocket_manager_messages_sent_total"));
@@ -121,14 +121,14 @@ pub fn series(stats: &ManagerStats) -> Vec<Series> {
 }
 
 /// Every published series of a cluster node's
-/// [`ClusterStats`](crate::ClusterStats) (feature `redis`): its link to
+/// [`ClusterStats`](crate::managers::ClusterStats) (feature `redis`): its link to
 /// Redis (reconnects, probe timeouts, fences), audits and inbound drops.
 /// Publish them with [`publish_cluster`] next to the node's
 /// [`ManagerStats`].
 ///
 /// ```no_run
 /// use websocket_manager::metrics::{cluster_series, publish, publish_cluster, Label};
-/// use websocket_manager::{ClusterConfig, ClusterWebSocketManager, ManagerConfig};
+/// use websocket_manager::managers::{ClusterConfig, ClusterWebSocketManager, ManagerConfig};
 /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let node = ClusterWebSocketManager::new(
 ///     ManagerConfig::default(),
@@ -144,11 +144,11 @@ pub fn series(stats: &ManagerStats) -> Vec<Series> {
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 #[rustfmt::skip]
-pub fn cluster_series(stats: &crate::ClusterStats) -> Vec<Series> {
+pub fn cluster_series(stats: &crate::managers::ClusterStats) -> Vec<Series> {
     let s = stats;
     vec![
         gauge("websocket_manager_cluster_ready", "1 while the node is subscribed and registered with Redis, else 0.", usize::from(s.ready)),
-        gauge("websocket_manager_cluster_fenced", "1 while the node is fenced (cut off from Redis past fence_after: connections closed, new ones refused), else 0.", usize::from(matches!(s.link, crate::LinkState::Fenced { .. }))),
+        gauge("websocket_manager_cluster_fenced", "1 while the node is fenced (cut off from Redis past fence_after: connections closed, new ones refused), else 0.", usize::from(matches!(s.link, crate::managers::LinkState::Fenced { .. }))),
         gauge("websocket_manager_cluster_remote_connections", "Other nodes' connections in this node's replica.", s.remote_connections),
         gauge("websocket_manager_cluster_remote_nodes", "Other nodes in this node's replica.", s.remote_nodes),
         counter("websocket_manager_cluster_inbound_dropped_total", "Messages from Redis dropped on a full inbound buffer (each one triggered an audit).", s.inbound_dropped),
@@ -163,7 +163,7 @@ pub fn cluster_series(stats: &crate::ClusterStats) -> Vec<Series> {
 /// [`publish`] does for [`ManagerStats`].
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub fn publish_cluster(stats: &crate::ClusterStats, labels: &[Label]) {
+pub fn publish_cluster(stats: &crate::managers::ClusterStats, labels: &[Label]) {
     record(cluster_series(stats), labels);
 }
 
@@ -263,7 +263,7 @@ fn record(all: Vec<Series>, labels: &[Label]) {
 /// ```
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use websocket_manager::UnifiedWebSocketManager;
+/// use websocket_manager::managers::UnifiedWebSocketManager;
 /// use websocket_manager::metrics::{Label, spawn_publisher};
 /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
 /// let manager = Arc::new(UnifiedWebSocketManager::default());
@@ -406,7 +406,7 @@ mod tests {
         stats.reconnects = 3;
         stats.probe_timeouts = 4;
         stats.fenced = 5;
-        stats.link = crate::LinkState::Fenced { since_ms: 1 };
+        stats.link = crate::managers::LinkState::Fenced { since_ms: 1 };
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         ::metrics::with_local_recorder(&recorder, || publish_cluster(&stats, &[]));
@@ -440,7 +440,7 @@ mod tests {
     fn the_publisher_republishes_on_its_timer_and_stops_with_the_manager() {
         use crate::managers::UnifiedWebSocketManager;
         use crate::{
-            ManagerConfig, UserId, WebSocketConnection, WebSocketHandle, WebSocketManager,
+            UserId, WebSocketConnection, WebSocketHandle, WebSocketManager, managers::ManagerConfig,
         };
         use std::sync::Arc;
 

@@ -6,7 +6,7 @@
 //! stream). A client keeps the offset of the last event it saw and hands it
 //! back when it reconnects (`resume=<stream>:<sequence>` on the upgrade URL);
 //! the manager then replays what followed, or says explicitly what it can no
-//! longer replay (see [`ResyncNotice`](crate::managers::ResyncNotice)).
+//! longer replay (see [`ResyncNotice`](crate::events::ResyncNotice)).
 
 use std::fmt;
 use std::str::FromStr;
@@ -20,12 +20,12 @@ use serde::{Deserialize, Serialize};
 /// `<stream>:<sequence>` in decimal.
 ///
 /// ```
-/// use websocket_manager::StreamOffset;
+/// use websocket_manager::events::StreamOffset;
 /// let offset: StreamOffset = "1767225000000042:7".parse()?;
 /// assert_eq!(offset, StreamOffset::new(1767225000000042, 7));
 /// assert_eq!(offset.to_string(), "1767225000000042:7");
 /// assert!("42".parse::<StreamOffset>().is_err());
-/// # Ok::<(), websocket_manager::OffsetParseError>(())
+/// # Ok::<(), websocket_manager::events::OffsetParseError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct StreamOffset {
@@ -93,11 +93,11 @@ impl FromStr for StreamOffset {
 /// A manager records it on the connection's socket during
 /// [`add_connection`](crate::WebSocketManager::add_connection), at the
 /// replay, with [`WebSocketHandle::record_stream_position`](crate::WebSocketHandle::record_stream_position);
-/// the reference managers and [`CriticalEventLog`](crate::CriticalEventLog) do.
+/// the reference managers and [`CriticalEventLog`](crate::managers::CriticalEventLog) do.
 ///
 /// ```
 /// use std::time::Duration;
-/// use websocket_manager::{StreamOffset, StreamPosition};
+/// use websocket_manager::events::{StreamOffset, StreamPosition};
 /// let position = StreamPosition::new(
 ///     Some(StreamOffset::new(9, 7)),
 ///     Some(StreamOffset::new(9, 5)),

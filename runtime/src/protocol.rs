@@ -79,7 +79,7 @@ pub struct MethodSpec {
 ///
 /// ```
 /// use std::collections::HashSet;
-/// use websocket_manager::*;
+/// use websocket_manager::{managers::*, socket::*, *};
 ///
 /// struct Silent;
 ///
@@ -149,7 +149,7 @@ pub trait WebSocketManager: Annotated + Send + Sync + 'static {
     fn is_connection_active(&self, user_id: &UserId) -> bool;
 
     /// The id of the connection that owns `websocket`, found by the socket's
-    /// identity ([`SocketId`](crate::SocketId)).
+    /// identity ([`SocketId`](crate::socket::SocketId)).
     ///
     /// Critical: its absence from one manager crashed production; agent code
     /// calls it on every run to find which connection a socket belongs to.
@@ -199,7 +199,7 @@ pub trait WebSocketManager: Annotated + Send + Sync + 'static {
 /// Looks a contract method up by name.
 ///
 /// ```
-/// let spec = websocket_manager::contract_method("get_connection_id_by_websocket").unwrap();
+/// let spec = websocket_manager::contract::contract_method("get_connection_id_by_websocket").unwrap();
 /// assert!(spec.critical);
 /// assert!(!spec.is_async);
 /// ```

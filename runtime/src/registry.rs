@@ -28,7 +28,7 @@ pub type Constructor = fn(&BuildContext<'_>) -> Result<DynManager, BuildError>;
 /// read and to adjust, and new ones may be added in minor releases.
 ///
 /// ```
-/// use websocket_manager::{ManagerMode, Registration};
+/// use websocket_manager::startup::{ManagerMode, Registration};
 /// let registration = Registration::new("mine", "MyManager", ManagerMode::Unified, None)
 ///     .at("my_crate::managers", "src/managers.rs", 42);
 /// assert_eq!(registration.location(), "src/managers.rs:42");
@@ -49,7 +49,7 @@ pub struct Registration {
     pub line: u32,
     /// How the manager is meant to be shared.
     pub mode: ManagerMode,
-    /// The [`PROTOCOL_FINGERPRINT`](crate::PROTOCOL_FINGERPRINT) the manager
+    /// The [`PROTOCOL_FINGERPRINT`](crate::protocol::PROTOCOL_FINGERPRINT) the manager
     /// was checked against.
     pub fingerprint: u64,
     /// How to build it; `None` for a manager registered with
@@ -61,7 +61,7 @@ inventory::collect!(Registration);
 
 impl Registration {
     /// A registration of `type_name` under `name`, checked against this
-    /// crate's [`PROTOCOL_FINGERPRINT`](crate::PROTOCOL_FINGERPRINT), with no
+    /// crate's [`PROTOCOL_FINGERPRINT`](crate::protocol::PROTOCOL_FINGERPRINT), with no
     /// location (see [`at`](Self::at)).
     pub const fn new(
         name: &'static str,
@@ -76,7 +76,7 @@ impl Registration {
             file: "",
             line: 0,
             mode,
-            fingerprint: crate::PROTOCOL_FINGERPRINT,
+            fingerprint: crate::protocol::PROTOCOL_FINGERPRINT,
             constructor,
         }
     }
@@ -111,7 +111,7 @@ impl Registration {
 
     /// Whether it was checked against the contract this runtime defines.
     pub fn matches_protocol(&self) -> bool {
-        self.fingerprint == crate::PROTOCOL_FINGERPRINT
+        self.fingerprint == crate::protocol::PROTOCOL_FINGERPRINT
     }
 
     /// Builds the manager.
@@ -243,7 +243,7 @@ pub enum BuildError {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be built by the factory",
     label = "`{Self}` does not implement `ConstructManager`",
-    note = "implement `websocket_manager::ConstructManager` for `{Self}`, or register it without a constructor with `#[websocket_manager(factory = false)]`"
+    note = "implement `websocket_manager::startup::ConstructManager` for `{Self}`, or register it without a constructor with `#[websocket_manager(factory = false)]`"
 )]
 pub trait ConstructManager: WebSocketManager + Sized {
     /// Builds one instance.
@@ -258,7 +258,7 @@ pub trait ConstructManager: WebSocketManager + Sized {
 /// `#[websocket_manager]` registers for `T`.
 ///
 /// ```
-/// use websocket_manager::{BuildContext, Extensions, ManagerConfig, UnifiedWebSocketManager, WebSocketManager, construct};
+/// use websocket_manager::{WebSocketManager, managers::{ManagerConfig, UnifiedWebSocketManager}, startup::{BuildContext, Extensions, construct}};
 /// let (config, extensions) = (ManagerConfig::default(), Extensions::new());
 /// let manager = construct::<UnifiedWebSocketManager>(&BuildContext::new(&config, &extensions)).unwrap();
 /// assert!(manager.get_user_connections(&websocket_manager::UserId::new("alice").unwrap()).is_empty());
@@ -311,7 +311,7 @@ pub(crate) fn names_or_none(names: &[&'static str]) -> String {
 /// A snapshot of registered managers, sorted by name (then type).
 ///
 /// ```
-/// let registry = websocket_manager::Registry::global();
+/// let registry = websocket_manager::startup::Registry::global();
 /// for registration in registry.entries() {
 ///     println!("{} ({}) at {}", registration.name, registration.mode, registration.location());
 /// }

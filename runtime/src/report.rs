@@ -2,11 +2,11 @@
 //! CI and dashboards (`serde::Serialize`: JSON with the same figures).
 //!
 //! * [`StartupReport`]: every registered manager, from
-//!   [`validate_on_startup`](crate::validate_on_startup).
+//!   [`validate_on_startup`](crate::startup::validate_on_startup).
 //! * [`ComplianceReport`]: one manager: checks passed out of run, compliance,
 //!   time, verdict, and each failure with method, expected, got and fix.
 //! * [`FactoryValidationResult`]: one live instance, from
-//!   [`ManagerFactory::validate_manager_instance`](crate::ManagerFactory::validate_manager_instance).
+//!   [`ManagerFactory::validate_manager_instance`](crate::startup::ManagerFactory::validate_manager_instance).
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -55,10 +55,10 @@ pub enum Verdict {
     /// so its behaviour was not probed. Listed, not failed.
     NotBuildable,
     /// Its constructor needs an application resource (such as
-    /// `websocket_manager::ClusterConfig`) that this process did not provide, and it
+    /// `websocket_manager::managers::ClusterConfig`) that this process did not provide, and it
     /// is not expected: this process does not use it, so its behaviour was
     /// not probed. Listed, not failed; expect it
-    /// ([`StartupOptions::expect`](crate::StartupOptions::expect)) to make a
+    /// ([`StartupOptions::expect`](crate::startup::StartupOptions::expect)) to make a
     /// missing resource fail startup.
     NotConfigured,
 }
@@ -270,7 +270,7 @@ impl fmt::Display for Violation {
 /// Every registered manager's compliance, as found at startup.
 ///
 /// ```
-/// use websocket_manager::{StartupOptions, Verdict, validate_on_startup};
+/// use websocket_manager::startup::{StartupOptions, Verdict, validate_on_startup};
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// let report = validate_on_startup(&StartupOptions::strict().expect(["unified", "isolated"]))
 ///     .await
@@ -404,7 +404,7 @@ impl StartupReport {
     }
 }
 
-/// What [`ManagerFactory::validate_manager_instance`](crate::ManagerFactory::validate_manager_instance)
+/// What [`ManagerFactory::validate_manager_instance`](crate::startup::ManagerFactory::validate_manager_instance)
 /// found about one live instance. Every flag is measured.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]

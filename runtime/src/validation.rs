@@ -23,7 +23,7 @@ pub type AlertCallback = Arc<dyn Fn(&Violation) + Send + Sync>;
 /// What [`validate_on_startup`] checks and how it reacts.
 ///
 /// ```
-/// use websocket_manager::StartupOptions;
+/// use websocket_manager::startup::StartupOptions;
 /// let options = StartupOptions::strict()
 ///     .expect(["unified", "isolated"])
 ///     .exclude(["experimental"])
@@ -193,7 +193,7 @@ impl StartupError {
 /// `tracing` error event and goes to the optional alert callback.
 ///
 /// ```
-/// use websocket_manager::{Registry, StartupOptions, validate_on_startup};
+/// use websocket_manager::startup::{Registry, StartupOptions, validate_on_startup};
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// // Strict mode: any failure is an `Err` carrying the full report.
 /// let options = StartupOptions::strict()

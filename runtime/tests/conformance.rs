@@ -10,9 +10,10 @@ use std::collections::{BTreeSet, HashSet};
 use support::{Bug, TestManager};
 use websocket_manager::conformance::{Check, Conformance, is_probe_id};
 use websocket_manager::{
-    BuildContext, BuildError, ConnectionHealth, ConnectionId, ConstructManager, Delivery,
-    DynManager, ManagerError, ManagerMode, QueueLimits, ThreadId, UserId, WebSocketConnection,
-    WebSocketHandle, WebSocketManager,
+    ConnectionHealth, ConnectionId, Delivery, DynManager, ManagerError, ThreadId, UserId,
+    WebSocketConnection, WebSocketHandle, WebSocketManager,
+    socket::QueueLimits,
+    startup::{BuildContext, BuildError, ConstructManager, ManagerMode},
 };
 
 async fn run(
@@ -283,8 +284,8 @@ async fn a_manager_without_the_connection_cap_is_caught() {
 
 #[tokio::test]
 async fn the_cap_probed_is_the_configured_one_and_a_large_one_is_lowered() {
-    use websocket_manager::ManagerConfig;
     use websocket_manager::conformance::PROBED_CONNECTION_CAP;
+    use websocket_manager::managers::ManagerConfig;
     // A correct manager built with cap 3 passes; a kit that assumed the
     // default (32) would see the 4th connection refused and fail it.
     let small = ManagerConfig::builder()
@@ -521,7 +522,7 @@ async fn report_serializes_with_the_same_outcomes() {
 
 #[tokio::test]
 async fn both_reference_managers_pass_the_kit() {
-    use websocket_manager::{IsolatedWebSocketManager, UnifiedWebSocketManager};
+    use websocket_manager::managers::{IsolatedWebSocketManager, UnifiedWebSocketManager};
     let unified = Conformance::new(ManagerMode::Unified)
         .run_type::<UnifiedWebSocketManager>()
         .await;
@@ -646,14 +647,14 @@ async fn a_hung_async_method_fails_its_checks_instead_of_hanging() {
 /// it 10/10 before those lines were checked.
 struct NaiveMapManager {
     connections: std::sync::Mutex<std::collections::HashMap<ConnectionId, WebSocketConnection>>,
-    critical: websocket_manager::CriticalEventLog,
+    critical: websocket_manager::managers::CriticalEventLog,
 }
 
 impl ConstructManager for NaiveMapManager {
     fn construct(context: &BuildContext<'_>) -> Result<Self, BuildError> {
         Ok(NaiveMapManager {
             connections: Default::default(),
-            critical: websocket_manager::CriticalEventLog::new(context.config),
+            critical: websocket_manager::managers::CriticalEventLog::new(context.config),
         })
     }
 }
@@ -716,11 +717,11 @@ impl WebSocketManager for NaiveMapManager {
         user: &UserId,
         message: serde_json::Value,
     ) -> Result<Delivery, ManagerError> {
-        websocket_manager::deliver_frame(
+        websocket_manager::managers::deliver_frame(
             websocket_manager::DeliveryTarget::User(user.clone()),
             &self.sockets(|c| &c.user_id == user),
-            &websocket_manager::TextFrame::from_json(&message)?,
-            websocket_manager::SlowConsumerPolicy::Disconnect,
+            &websocket_manager::socket::TextFrame::from_json(&message)?,
+            websocket_manager::managers::SlowConsumerPolicy::Disconnect,
             websocket_manager::NotDeliveredReason::NoConnections,
         )
     }
@@ -756,11 +757,11 @@ impl WebSocketManager for NaiveMapManager {
         thread: &ThreadId,
         message: serde_json::Value,
     ) -> Result<Delivery, ManagerError> {
-        websocket_manager::deliver_frame(
+        websocket_manager::managers::deliver_frame(
             websocket_manager::DeliveryTarget::Thread(thread.clone()),
             &self.sockets(|c| c.thread_id.as_ref() == Some(thread)),
-            &websocket_manager::TextFrame::from_json(&message)?,
-            websocket_manager::SlowConsumerPolicy::Disconnect,
+            &websocket_manager::socket::TextFrame::from_json(&message)?,
+            websocket_manager::managers::SlowConsumerPolicy::Disconnect,
             websocket_manager::NotDeliveredReason::NoThreadConnections,
         )
     }

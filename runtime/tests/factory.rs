@@ -11,9 +11,13 @@ use websocket_manager::DynManager;
 use support::{Bug, registration};
 use websocket_manager::conformance::Check;
 use websocket_manager::{
-    BuildContext, BuildError, BuiltManager, Extensions, FactoryError, ManagerConfig,
-    ManagerFactory, ManagerMode, QueueLimits, Registry, RegistryError, StandardFactory,
-    UserContext, UserId, WebSocketConnection, WebSocketHandle, WebSocketManager,
+    UserId, WebSocketConnection, WebSocketHandle, WebSocketManager,
+    managers::ManagerConfig,
+    socket::QueueLimits,
+    startup::{
+        BuildContext, BuildError, BuiltManager, Extensions, FactoryError, ManagerFactory,
+        ManagerMode, Registry, RegistryError, StandardFactory, UserContext,
+    },
 };
 
 fn user(name: &str) -> UserContext {
@@ -25,7 +29,7 @@ fn same(a: &DynManager, b: &DynManager) -> bool {
 }
 
 fn factory_of(
-    entries: impl IntoIterator<Item = websocket_manager::Registration>,
+    entries: impl IntoIterator<Item = websocket_manager::startup::Registration>,
 ) -> StandardFactory {
     StandardFactory::builder()
         .registry(Registry::from_entries(entries))

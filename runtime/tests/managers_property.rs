@@ -13,8 +13,8 @@ use std::sync::Arc;
 use common::*;
 use parking_lot::Mutex;
 use serde_json::json;
-use websocket_manager::*;
-use websocket_manager::{AGENT_THINKING, UnifiedWebSocketManager};
+use websocket_manager::{events::AGENT_THINKING, managers::UnifiedWebSocketManager};
+use websocket_manager::{managers::*, socket::*, *};
 
 const TASKS: u64 = 8;
 const OPS_PER_TASK: usize = 1000;

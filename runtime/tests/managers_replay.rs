@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use websocket_manager::*;
-use websocket_manager::{AGENT_COMPLETED, AGENT_EVENTS, AGENT_STARTED, UnifiedWebSocketManager};
+use websocket_manager::{events::*, managers::*, socket::*, *};
+use websocket_manager::{
+    events::{AGENT_COMPLETED, AGENT_EVENTS, AGENT_STARTED},
+    managers::UnifiedWebSocketManager,
+};
 
 #[test]
 fn offline_events_are_replayed_in_order_before_newer_messages() {

@@ -8,10 +8,13 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
-use websocket_manager::*;
+use websocket_manager::{events::*, managers::*, socket::*, *};
 use websocket_manager::{
-    AGENT_COMPLETED, AGENT_STARTED, AGENT_THINKING, ResyncNotice, ResyncReason, TOOL_COMPLETED,
-    TOOL_EXECUTING, UnifiedWebSocketManager,
+    events::{
+        AGENT_COMPLETED, AGENT_STARTED, AGENT_THINKING, ResyncNotice, ResyncReason, TOOL_COMPLETED,
+        TOOL_EXECUTING,
+    },
+    managers::UnifiedWebSocketManager,
 };
 
 fn emit(manager: &impl WebSocketManager, event: &str, step: u64) -> Delivery {

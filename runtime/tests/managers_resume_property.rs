@@ -16,8 +16,11 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
-use websocket_manager::*;
-use websocket_manager::{AGENT_THINKING, CriticalEnvelope, ResyncNotice, UnifiedWebSocketManager};
+use websocket_manager::{events::*, managers::*, socket::*, *};
+use websocket_manager::{
+    events::{AGENT_THINKING, CriticalEnvelope, ResyncNotice},
+    managers::UnifiedWebSocketManager,
+};
 
 const USERS: usize = 3;
 const CLIENTS_PER_USER: usize = 2;

@@ -7,9 +7,10 @@ use std::collections::HashSet;
 
 use common::*;
 use serde_json::json;
-use websocket_manager::*;
+use websocket_manager::{events::*, managers::*, socket::*, startup::*, *};
 use websocket_manager::{
-    AGENT_STARTED, IsolatedWebSocketManager, TOOL_EXECUTING, UnifiedWebSocketManager,
+    events::{AGENT_STARTED, TOOL_EXECUTING},
+    managers::{IsolatedWebSocketManager, UnifiedWebSocketManager},
 };
 
 fn config() -> ManagerConfig {

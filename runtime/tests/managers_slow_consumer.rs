@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use websocket_manager::UnifiedWebSocketManager;
-use websocket_manager::*;
+use websocket_manager::managers::UnifiedWebSocketManager;
+use websocket_manager::{managers::*, socket::*, *};
 
 const CAPACITY: usize = 8;
 const MESSAGES: usize = 500;

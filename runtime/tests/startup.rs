@@ -9,7 +9,7 @@ use websocket_manager::DynManager;
 
 use support::{Bug, registration};
 use websocket_manager::conformance::Check;
-use websocket_manager::{
+use websocket_manager::startup::{
     BuildContext, BuildError, ManagerMode, Registration, Registry, StartupOptions, StartupReport,
     Verdict, ViolationKind, validate_on_startup,
 };
@@ -128,7 +128,7 @@ async fn a_manager_compiled_against_another_contract_is_refused_unprobed() {
         ManagerMode::Unified,
         Some(support::good_unified),
     );
-    foreign.fingerprint = websocket_manager::PROTOCOL_FINGERPRINT.wrapping_add(1);
+    foreign.fingerprint = websocket_manager::contract::PROTOCOL_FINGERPRINT.wrapping_add(1);
     let report = report([foreign]).await;
     let manager = report.manager("old-contract").unwrap();
     assert_eq!(manager.verdict, Verdict::NonCompliant);
@@ -193,7 +193,7 @@ async fn unbuildable_registrations_are_listed_and_failing_constructors_fail() {
 
 #[tokio::test]
 async fn each_probe_catches_its_broken_manager() {
-    type Ctor = websocket_manager::Constructor;
+    type Ctor = websocket_manager::startup::Constructor;
     let cases: [(&str, ManagerMode, Ctor, Check, &str); 9] = [
         (
             "lookup-none",
@@ -443,7 +443,7 @@ async fn the_probes_build_with_the_options_startup_was_given() {
     assert!(!expected.violations.is_empty(), "{expected}");
 
     // with it, every probe's fresh instance gets it too, not only the first build
-    let mut extensions = websocket_manager::Extensions::new();
+    let mut extensions = websocket_manager::startup::Extensions::new();
     extensions.insert(RedisUrl("redis://127.0.0.1"));
     let with = validate_on_startup(&options(entries).extensions(extensions))
         .await

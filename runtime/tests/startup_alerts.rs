@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use websocket_manager::DynManager;
 
 use support::{Bug, registration};
-use websocket_manager::{
+use websocket_manager::startup::{
     BuildContext, BuildError, ManagerMode, Registry, StartupOptions, ViolationKind,
     validate_on_startup,
 };

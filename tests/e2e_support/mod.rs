@@ -15,12 +15,12 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
-use websocket_manager::UnifiedWebSocketManager;
+use websocket_manager::managers::UnifiedWebSocketManager;
 use websocket_manager::transport::{
     IgnoreMessages, JwtAuthenticator, MessageHandler, OriginPolicy, TransportConfig,
     WebSocketService,
 };
-use websocket_manager::{ManagerConfig, UserId, WebSocketManager};
+use websocket_manager::{UserId, WebSocketManager, managers::ManagerConfig};
 
 pub const SECRET: &[u8] = b"end-to-end test secret, 32 bytes+";
 pub const AUDIENCE: &str = "agent-api";

@@ -9,7 +9,7 @@ use crate::context::ManagerMode;
 use crate::delivery::Delivery;
 use crate::error::ManagerError;
 use crate::ids::ConnectionId;
-use crate::managers::CriticalEnvelope;
+use crate::managers::events::CriticalEnvelope;
 use crate::offset::StreamOffset;
 use crate::protocol::WebSocketManager;
 

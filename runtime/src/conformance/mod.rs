@@ -29,7 +29,7 @@
 //!
 //! ```
 //! use websocket_manager::conformance::Conformance;
-//! use websocket_manager::{BuildContext, BuildError, DynManager, ManagerMode};
+//! use websocket_manager::{DynManager, startup::{BuildContext, BuildError, ManagerMode}};
 //!
 //! # struct Quiet;
 //! # #[websocket_manager::websocket_manager(factory = false)]
@@ -489,14 +489,14 @@ fn timed_out(limit: Duration, in_flight: Option<&'static str>) -> CheckFailure {
 
 /// How the kit builds the instances it probes and how long it waits: the
 /// settings [`Conformance`] and startup validation
-/// ([`StartupOptions`](crate::StartupOptions)) share. Set through their
+/// ([`StartupOptions`](crate::startup::StartupOptions)) share. Set through their
 /// builder methods, or as a whole with [`Conformance::options`] and
 /// `StartupOptions::conformance`.
 ///
 /// ```
 /// use std::time::Duration;
 /// use websocket_manager::conformance::{Conformance, ConformanceOptions};
-/// use websocket_manager::{ManagerMode, StartupOptions};
+/// use websocket_manager::startup::{ManagerMode, StartupOptions};
 /// let mut options = ConformanceOptions::default();
 /// options.delivery_wait = Duration::from_millis(50);
 /// let kit = Conformance::new(ManagerMode::Unified).options(options.clone());
@@ -536,7 +536,7 @@ impl Default for ConformanceOptions {
 /// ```
 /// use std::time::Duration;
 /// use websocket_manager::conformance::{Check, Conformance};
-/// use websocket_manager::ManagerMode;
+/// use websocket_manager::startup::ManagerMode;
 /// let kit = Conformance::new(ManagerMode::Isolated)
 ///     .delivery_wait(Duration::from_millis(50)) // for managers that fan out on another task
 ///     .only([Check::IsolationRefusesConnections, Check::IsolationRefusesSends]);
@@ -690,12 +690,12 @@ impl Conformance {
     }
 
     /// Runs every selected check on fresh instances of `T`, each built by
-    /// its [`ConstructManager::construct`](crate::ConstructManager::construct)
+    /// its [`ConstructManager::construct`](crate::startup::ConstructManager::construct)
     /// as [`run`](Self::run) builds them.
     ///
     /// ```
     /// use websocket_manager::conformance::Conformance;
-    /// use websocket_manager::{ManagerMode, UnifiedWebSocketManager};
+    /// use websocket_manager::{managers::UnifiedWebSocketManager, startup::ManagerMode};
     ///
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
     /// let report = Conformance::new(ManagerMode::Unified)
@@ -704,7 +704,7 @@ impl Conformance {
     /// assert!(report.passed(), "{report}");
     /// # });
     /// ```
-    pub async fn run_type<T: crate::ConstructManager>(&self) -> ConformanceReport {
+    pub async fn run_type<T: crate::startup::ConstructManager>(&self) -> ConformanceReport {
         self.run(crate::registry::construct::<T>).await
     }
 

@@ -11,7 +11,7 @@ use serde::Serialize;
 /// reference-count increment, never a copy of the bytes.
 ///
 /// ```
-/// use websocket_manager::TextFrame;
+/// use websocket_manager::socket::TextFrame;
 /// let frame = TextFrame::from_json(&serde_json::json!({"type": "hello"}))?;
 /// assert_eq!(frame.as_str(), r#"{"type":"hello"}"#);
 /// let copy = frame.clone(); // shares the same bytes
@@ -80,7 +80,7 @@ impl TryFrom<Bytes> for TextFrame {
     /// Wraps received bytes, checking they are UTF-8 (no copy).
     ///
     /// ```
-    /// use websocket_manager::TextFrame;
+    /// use websocket_manager::socket::TextFrame;
     /// let frame = TextFrame::try_from(bytes::Bytes::from_static(b"hello"))?;
     /// assert_eq!(frame.as_str(), "hello");
     /// assert!(TextFrame::try_from(bytes::Bytes::from_static(&[0xff])).is_err());

@@ -18,7 +18,7 @@ use crate::offset::StreamPosition;
 /// Bounds of one connection's outbound queue.
 ///
 /// ```
-/// use websocket_manager::QueueLimits;
+/// use websocket_manager::socket::QueueLimits;
 /// let limits = QueueLimits::new(128, 1 << 20);
 /// assert_eq!(limits.max_messages, 128);
 /// ```
@@ -76,7 +76,7 @@ pub enum SendError {
 /// socket and identity; equality and hashing use the [`SocketId`].
 ///
 /// ```
-/// use websocket_manager::{QueueLimits, SendError, TextFrame, WebSocketHandle, CloseReason};
+/// use websocket_manager::{WebSocketHandle, CloseReason, socket::{QueueLimits, SendError, TextFrame}};
 /// let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::new(1, 1024));
 /// socket.try_send(TextFrame::from_string("one".into()))?;
 /// assert_eq!(socket.try_send(TextFrame::from_string("two".into())), Err(SendError::Full));
@@ -137,7 +137,7 @@ impl WebSocketHandle {
     ///
     /// ```
     /// use bytes::Bytes;
-    /// use websocket_manager::{OutboundEvent, QueueLimits, TextFrame, WebSocketHandle};
+    /// use websocket_manager::{WebSocketHandle, socket::{OutboundEvent, QueueLimits, TextFrame}};
     /// let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::new(8, 1024));
     /// socket.try_send(TextFrame::from_string("header".into()))?;
     /// socket.send_binary(Bytes::from_static(&[0, 1, 2]))?;
@@ -145,7 +145,7 @@ impl WebSocketHandle {
     /// let mut batch = Vec::new();
     /// receiver.try_recv_many(&mut batch, 8);
     /// assert_eq!(batch[1], OutboundEvent::Binary(Bytes::from_static(&[0, 1, 2])));
-    /// # Ok::<(), websocket_manager::SendError>(())
+    /// # Ok::<(), websocket_manager::socket::SendError>(())
     /// ```
     ///
     /// # Errors
@@ -184,7 +184,7 @@ impl WebSocketHandle {
     /// already closed.
     ///
     /// ```
-    /// use websocket_manager::{CloseReason, OutboundEvent, QueueLimits, TextFrame, WebSocketHandle};
+    /// use websocket_manager::{CloseReason, WebSocketHandle, socket::{OutboundEvent, QueueLimits, TextFrame}};
     /// let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::default());
     /// socket.try_send(TextFrame::from_string("last words".into()))?;
     /// assert!(socket.close_after_queued(CloseReason::normal()));
@@ -195,7 +195,7 @@ impl WebSocketHandle {
     ///     OutboundEvent::Close(CloseReason::normal()),
     /// ]);
     /// assert_eq!(socket.discarded_at_close(), 0);
-    /// # Ok::<(), websocket_manager::SendError>(())
+    /// # Ok::<(), websocket_manager::socket::SendError>(())
     /// ```
     pub fn close_after_queued(&self, reason: CloseReason) -> bool {
         self.queue.close_after_queued(reason)
@@ -255,7 +255,7 @@ impl WebSocketHandle {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use websocket_manager::{QueueLimits, StreamPosition, WebSocketHandle};
+    /// use websocket_manager::{WebSocketHandle, events::StreamPosition, socket::QueueLimits};
     /// let (socket, _outbound) = WebSocketHandle::channel(QueueLimits::default());
     /// let position = StreamPosition::new(None, None, 256, Duration::from_secs(300));
     /// assert!(!socket.record_stream_position(position)); // nobody asked
@@ -349,7 +349,7 @@ pub enum OutboundEvent {
 /// transport's writer task.
 ///
 /// ```
-/// use websocket_manager::{OutboundEvent, QueueLimits, TextFrame, WebSocketHandle, CloseReason};
+/// use websocket_manager::{WebSocketHandle, CloseReason, socket::{OutboundEvent, QueueLimits, TextFrame}};
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::default());
 /// socket.try_send(TextFrame::from_string("hi".into())).unwrap();
@@ -389,7 +389,7 @@ impl OutboundReceiver {
     ///
     /// ```
     /// use std::task::{Context, Poll, Waker};
-    /// use websocket_manager::{OutboundEvent, QueueLimits, TextFrame, WebSocketHandle};
+    /// use websocket_manager::{WebSocketHandle, socket::{OutboundEvent, QueueLimits, TextFrame}};
     /// let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::default());
     /// let mut cx = Context::from_waker(Waker::noop());
     /// assert!(receiver.poll_recv(&mut cx).is_pending());
@@ -413,7 +413,7 @@ impl OutboundReceiver {
     /// Cancel-safe, like [`recv`](Self::recv).
     ///
     /// ```
-    /// use websocket_manager::{OutboundEvent, QueueLimits, TextFrame, WebSocketHandle};
+    /// use websocket_manager::{WebSocketHandle, socket::{OutboundEvent, QueueLimits, TextFrame}};
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::default());
     /// for text in ["a", "b", "c"] {
@@ -438,7 +438,7 @@ impl OutboundReceiver {
     /// before it flushes, so a burst goes out in as few writes as possible.
     ///
     /// ```
-    /// use websocket_manager::{OutboundEvent, QueueLimits, TextFrame, WebSocketHandle};
+    /// use websocket_manager::{WebSocketHandle, socket::{OutboundEvent, QueueLimits, TextFrame}};
     /// let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::default());
     /// let mut batch = Vec::new();
     /// assert_eq!(receiver.try_recv_many(&mut batch, 32), 0);
@@ -464,7 +464,7 @@ impl OutboundReceiver {
     /// its idle size again.
     ///
     /// ```
-    /// use websocket_manager::{QueueLimits, TextFrame, WebSocketHandle};
+    /// use websocket_manager::{WebSocketHandle, socket::{QueueLimits, TextFrame}};
     /// let (socket, mut receiver) = WebSocketHandle::channel(QueueLimits::default());
     /// let mut batch = Vec::new();
     /// for _burst in 0..2 {

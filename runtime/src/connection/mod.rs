@@ -53,7 +53,7 @@ impl fmt::Display for SocketId {
 /// the handle to its socket.
 ///
 /// ```
-/// use websocket_manager::{QueueLimits, UserId, ThreadId, WebSocketConnection, WebSocketHandle};
+/// use websocket_manager::{UserId, ThreadId, WebSocketConnection, WebSocketHandle, socket::QueueLimits};
 /// let (socket, _receiver) = WebSocketHandle::channel(QueueLimits::default());
 /// let connection = WebSocketConnection::new(UserId::new("alice")?, socket)
 ///     .with_thread(ThreadId::new("t-1")?);
@@ -77,7 +77,7 @@ pub struct WebSocketConnection {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// The offset of the last critical event the client saw, when it
     /// resumes: the manager replays what followed (or sends a
-    /// [`ResyncNotice`](crate::managers::ResyncNotice) first when it cannot).
+    /// [`ResyncNotice`](crate::events::ResyncNotice) first when it cannot).
     /// `None`: only events no connection has taken yet are replayed.
     pub resume: Option<StreamOffset>,
 }

@@ -412,7 +412,7 @@ impl ManagerCore {
                 self.connections.remove(&connection_id);
                 self.sockets
                     .remove_if(&socket.id(), |_, id| *id == connection_id);
-                socket.close(CloseReason::new(1013, "replay did not fit; reconnect"));
+                socket.close(crate::close::replay_did_not_fit());
                 return Err(error);
             }
             let recipient = Recipient {

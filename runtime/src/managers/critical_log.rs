@@ -30,7 +30,7 @@ struct UserLog {
 /// contract exactly as the reference managers do: every event wrapped in a
 /// [`CriticalEnvelope`] with a per-user [`StreamOffset`], retained within the
 /// [`ManagerConfig`] history bounds, pushed to the user's sockets in order,
-/// and replayed (with a [`ResyncNotice`](super::ResyncNotice) first when
+/// and replayed (with a [`ResyncNotice`](crate::events::ResyncNotice) first when
 /// something is gone) to every new connection.
 ///
 /// Call [`attach`](Self::attach) from `add_connection` before the connection
@@ -42,8 +42,8 @@ struct UserLog {
 /// awaits.
 ///
 /// ```
-/// use websocket_manager::{CriticalEventLog, AGENT_STARTED};
-/// use websocket_manager::{ManagerConfig, UserId, WebSocketConnection, WebSocketHandle};
+/// use websocket_manager::{events::AGENT_STARTED, managers::CriticalEventLog};
+/// use websocket_manager::{UserId, WebSocketConnection, WebSocketHandle, managers::ManagerConfig};
 /// let log = CriticalEventLog::new(&ManagerConfig::default());
 /// let alice = UserId::new("alice")?;
 ///

@@ -53,7 +53,7 @@ pub const MAX_EVENT_TYPE_LEN: usize = 64;
 /// A critical event as it is sent to the client (see the module docs).
 ///
 /// ```
-/// use websocket_manager::CriticalEnvelope;
+/// use websocket_manager::events::CriticalEnvelope;
 /// let text = r#"{"type":"agent_started","data":{"run":1},"timestamp":5,"critical":true,"stream":9,"sequence":1}"#;
 /// let event: CriticalEnvelope = serde_json::from_str(text)?;
 /// assert_eq!(event.event_type, "agent_started");
@@ -113,8 +113,8 @@ pub enum ResyncReason {
 /// HTTP), then carry on from the events that follow.
 ///
 /// ```
-/// use websocket_manager::StreamOffset;
-/// use websocket_manager::{ResyncNotice, ResyncReason};
+/// use websocket_manager::events::StreamOffset;
+/// use websocket_manager::events::{ResyncNotice, ResyncReason};
 /// let text = r#"{"type":"resync","reason":"unknown_stream","requested":{"stream":3,"sequence":8},"oldest_retained":null,"latest":{"stream":9,"sequence":0},"lost":null,"timestamp":5}"#;
 /// let notice: ResyncNotice = serde_json::from_str(text)?;
 /// assert_eq!(notice.reason, ResyncReason::UnknownStream);
@@ -146,7 +146,7 @@ pub struct ResyncNotice {
 /// [`RESYNC`].
 ///
 /// ```
-/// use websocket_manager::{validate_event_type, TOOL_EXECUTING};
+/// use websocket_manager::events::{validate_event_type, TOOL_EXECUTING};
 /// assert!(validate_event_type(TOOL_EXECUTING).is_ok());
 /// assert!(validate_event_type("").is_err());
 /// assert!(validate_event_type("<script>").is_err());

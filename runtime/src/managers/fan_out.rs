@@ -312,8 +312,8 @@ pub(crate) fn fan_out_to_user<'a>(
 /// was no socket at all).
 ///
 /// ```
-/// use websocket_manager::deliver_frame;
-/// use websocket_manager::*;
+/// use websocket_manager::managers::deliver_frame;
+/// use websocket_manager::{managers::*, socket::*, *};
 /// let (socket, _outbound) = WebSocketHandle::channel(QueueLimits::new(8, 1 << 16));
 /// let target = DeliveryTarget::User(UserId::new("alice")?);
 /// let frame = TextFrame::from_json(&serde_json::json!({"type": "hello"}))?;

@@ -1,28 +1,28 @@
-//! The managers and their building blocks (all re-exported at the crate
-//! root; the guarantees are documented on `UnifiedWebSocketManager`).
+//! The managers, their configuration and the building blocks they are made
+//! of: [`UnifiedWebSocketManager`] (one shared; its docs state the
+//! guarantees), [`IsolatedWebSocketManager`] (one per user) and, with the
+//! feature `redis`, `ClusterWebSocketManager` (one across many servers).
 
 #[cfg(feature = "redis")]
 mod cluster;
 mod core;
 mod critical_log;
-mod events;
+pub(crate) mod events;
 mod fan_out;
 mod history;
 mod isolated;
 mod stats;
 mod unified;
 
+pub use crate::config::{
+    ConfigError, ManagerConfig, ManagerConfigBuilder, RESYNC_NOTICE_RESERVE, SlowConsumerPolicy,
+};
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use cluster::{
     ClusterConfig, ClusterConfigBuilder, ClusterStats, ClusterWebSocketManager, LinkState,
-    RESUME_CLOSE_CODE,
 };
 pub use critical_log::CriticalEventLog;
-pub use events::{
-    AGENT_COMPLETED, AGENT_EVENTS, AGENT_STARTED, AGENT_THINKING, CriticalEnvelope,
-    MAX_EVENT_TYPE_LEN, RESYNC, ResyncNotice, ResyncReason, TOOL_COMPLETED, TOOL_EXECUTING,
-    validate_event_type,
-};
 pub use fan_out::deliver_frame;
 pub use isolated::IsolatedWebSocketManager;
 pub use stats::{IndexSizes, ManagerStats};

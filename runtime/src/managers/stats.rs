@@ -11,7 +11,7 @@ use serde::Serialize;
 /// all of them are zero: nothing leaks.
 ///
 /// ```
-/// use websocket_manager::UnifiedWebSocketManager;
+/// use websocket_manager::managers::UnifiedWebSocketManager;
 /// let manager = UnifiedWebSocketManager::default();
 /// assert!(manager.index_sizes().is_empty());
 /// ```
@@ -43,7 +43,7 @@ impl IndexSizes {
     /// connection was removed.
     ///
     /// ```
-    /// use websocket_manager::{UnifiedWebSocketManager, AGENT_STARTED};
+    /// use websocket_manager::{events::AGENT_STARTED, managers::UnifiedWebSocketManager};
     /// use websocket_manager::{UserId, WebSocketManager};
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let manager = UnifiedWebSocketManager::default();
@@ -74,7 +74,7 @@ impl fmt::Display for IndexSizes {
 /// Manager-wide counters since the manager was built, plus its index sizes.
 ///
 /// ```
-/// use websocket_manager::UnifiedWebSocketManager;
+/// use websocket_manager::managers::UnifiedWebSocketManager;
 /// let stats = UnifiedWebSocketManager::default().stats();
 /// assert_eq!(stats.messages_sent, 0);
 /// println!("{stats}");
@@ -92,11 +92,11 @@ pub struct ManagerStats {
     /// buffered (the caller got an error).
     pub messages_failed: u64,
     /// Frames dropped for one connection: queue full under
-    /// [`SlowConsumerPolicy::DropMessage`](crate::SlowConsumerPolicy::DropMessage),
+    /// [`SlowConsumerPolicy::DropMessage`](crate::managers::SlowConsumerPolicy::DropMessage),
     /// or a frame larger than the queue's byte bound.
     pub messages_dropped: u64,
     /// Connections closed because their queue was full
-    /// ([`SlowConsumerPolicy::Disconnect`](crate::SlowConsumerPolicy::Disconnect)).
+    /// ([`SlowConsumerPolicy::Disconnect`](crate::managers::SlowConsumerPolicy::Disconnect)).
     pub slow_consumer_disconnects: u64,
     /// Critical events refused (not stored, not sent): the user's history
     /// was full of pending events, the event was larger than the history, or

@@ -18,11 +18,11 @@ use crate::websocket_manager;
 /// O(1) indexes, non-blocking fan-out into bounded queues, slow consumers
 /// handled by policy, critical events buffered while a user is offline.
 ///
-/// The guarantees, shared with [`IsolatedWebSocketManager`](crate::IsolatedWebSocketManager), follow the
+/// The guarantees, shared with [`IsolatedWebSocketManager`](crate::managers::IsolatedWebSocketManager), follow the
 /// example.
 ///
 /// ```
-/// use websocket_manager::*;
+/// use websocket_manager::{managers::*, socket::*, *};
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let manager = UnifiedWebSocketManager::new(ManagerConfig::default());
 /// let alice = UserId::new("alice")?;
@@ -56,10 +56,10 @@ use crate::websocket_manager;
 ///   found on the way are removed afterwards, so a failed send cannot
 ///   deadlock (the original's did).
 /// * **Serialize once.** A send serializes its JSON once into a
-///   [`TextFrame`](crate::TextFrame); each recipient gets a reference-counted
+///   [`TextFrame`](crate::socket::TextFrame); each recipient gets a reference-counted
 ///   clone of the same bytes.
 /// * **Slow consumers.** A full queue triggers the configured
-///   [`SlowConsumerPolicy`](crate::SlowConsumerPolicy): `Disconnect` (default)
+///   [`SlowConsumerPolicy`](crate::managers::SlowConsumerPolicy): `Disconnect` (default)
 ///   closes that connection with [`CloseReason::slow_consumer`](crate::CloseReason::slow_consumer),
 ///   `DropMessage` drops the frame for that connection; both are counted.
 ///   Other connections are never delayed: nothing waits on a queue.
@@ -67,8 +67,8 @@ use crate::websocket_manager;
 ///   [`ManagerError::NotDelivered`](crate::ManagerError::NotDelivered) with a
 ///   reason. Ordinary sends are at most once and not retained. Critical
 ///   events ([`emit_critical_event`](crate::WebSocketManager::emit_critical_event))
-///   are wrapped in a [`CriticalEnvelope`](crate::CriticalEnvelope) with a per-user
-///   [`StreamOffset`](crate::StreamOffset) (reported in the
+///   are wrapped in a [`CriticalEnvelope`](crate::events::CriticalEnvelope) with a per-user
+///   [`StreamOffset`](crate::events::StreamOffset) (reported in the
 ///   [`Delivery`](crate::Delivery)) and appended to the user's retained log
 ///   whether or not a socket took them. A connection that resumes from an
 ///   offset ([`WebSocketConnection::with_resume`](crate::WebSocketConnection::with_resume))
@@ -76,7 +76,7 @@ use crate::websocket_manager;
 ///   one without an offset gets the events no connection has taken yet
 ///   ([`Delivery::Queued`](crate::Delivery::Queued)). When an offset cannot
 ///   be honoured (evicted, expired, unknown stream), the connection first
-///   receives a [`ResyncNotice`](crate::ResyncNotice) that says so. A history full of events no
+///   receives a [`ResyncNotice`](crate::events::ResyncNotice) that says so. A history full of events no
 ///   connection has taken is [`ManagerError::HistoryFull`](crate::ManagerError::HistoryFull),
 ///   never a silent drop of the oldest.
 ///
@@ -109,9 +109,9 @@ use crate::websocket_manager;
 ///   and by a sweep when the user limit is reached.
 /// * A user with neither a connection nor history occupies nothing; its
 ///   counters and stream start over when it comes back, and a client that
-///   resumes from the forgotten stream is told so with a [`ResyncNotice`](crate::ResyncNotice).
+///   resumes from the forgotten stream is told so with a [`ResyncNotice`](crate::events::ResyncNotice).
 ///
-/// See [`IndexSizes`](crate::IndexSizes) and [`ManagerStats`](crate::ManagerStats).
+/// See [`IndexSizes`](crate::managers::IndexSizes) and [`ManagerStats`](crate::managers::ManagerStats).
 #[derive(Debug)]
 pub struct UnifiedWebSocketManager {
     core: ManagerCore,

@@ -342,7 +342,7 @@ impl TransportConfigBuilder {
     /// reader accepts can always be queued.
     ///
     /// ```
-    /// use websocket_manager::QueueLimits;
+    /// use websocket_manager::socket::QueueLimits;
     /// use websocket_manager::transport::TransportConfig;
     /// let error = TransportConfig::builder()
     ///     .max_message_size(1 << 20)

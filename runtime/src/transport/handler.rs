@@ -139,7 +139,7 @@ impl InboundMessage {
 /// use websocket_manager::transport::{InboundContext, InboundMessage, HandlerError};
 /// async fn on_message(context: InboundContext, _message: InboundMessage) -> Result<(), HandlerError> {
 ///     // Answer only this tab.
-///     let reply = websocket_manager::TextFrame::from_string(format!("hello {}", context.user_id()));
+///     let reply = websocket_manager::socket::TextFrame::from_string(format!("hello {}", context.user_id()));
 ///     context.socket().try_send(reply)?;
 ///     Ok(())
 /// }

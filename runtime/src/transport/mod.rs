@@ -66,7 +66,7 @@
 //! use std::sync::Arc;
 //! use axum::{Router, routing::get};
 //! use websocket_manager::transport::{JwtAuthenticator, OriginPolicy, WebSocketService};
-//! use websocket_manager::UnifiedWebSocketManager;
+//! use websocket_manager::managers::UnifiedWebSocketManager;
 //!
 //! let manager = Arc::new(UnifiedWebSocketManager::default());
 //! let authenticator = JwtAuthenticator::hs256(b"32+ bytes of secret, from a vault")?

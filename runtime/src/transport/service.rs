@@ -291,7 +291,7 @@ impl WebSocketService {
     /// #         Err(AuthError::Unauthorized("demo".into()))
     /// #     }
     /// # }
-    /// use websocket_manager::{NotReadyReason, UnifiedWebSocketManager};
+    /// use websocket_manager::{NotReadyReason, managers::UnifiedWebSocketManager};
     /// let service = WebSocketService::builder(std::sync::Arc::new(UnifiedWebSocketManager::default()), Nobody).build();
     /// assert!(service.readiness().is_ready());
     /// service.stop_admitting();
@@ -468,7 +468,7 @@ impl WebSocketService {
     ///
     /// ```
     /// # use websocket_manager::transport::{AuthError, Authenticator, Identity, UpgradeRequest, UserScopedThreads, WebSocketService};
-    /// # use websocket_manager::{UnifiedWebSocketManager, UserId};
+    /// # use websocket_manager::{UserId, managers::UnifiedWebSocketManager};
     /// # struct ApiKey;
     /// # #[websocket_manager::transport::async_trait]
     /// # impl Authenticator for ApiKey {

@@ -5,8 +5,11 @@ use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use websocket_manager::*;
-use websocket_manager::{CriticalEnvelope, IsolatedWebSocketManager, UnifiedWebSocketManager};
+use websocket_manager::{
+    events::CriticalEnvelope,
+    managers::{IsolatedWebSocketManager, UnifiedWebSocketManager},
+};
+use websocket_manager::{managers::*, socket::*, startup::*, *};
 
 pub fn user(name: &str) -> UserId {
     UserId::new(name).unwrap()

@@ -7,12 +7,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use websocket_manager::DynManager;
 
-use websocket_manager::CriticalEventLog;
+use websocket_manager::managers::CriticalEventLog;
 use websocket_manager::{
-    BuildContext, BuildError, CloseReason, ConnectionHealth, ConnectionId, ConnectionSummary,
-    Delivery, DeliveryTarget, ManagerConfig, ManagerError, ManagerMode, NotDeliveredReason,
-    Registration, SocketId, TextFrame, ThreadId, UserId, WebSocketConnection, WebSocketHandle,
-    WebSocketManager, websocket_manager,
+    CloseReason, ConnectionHealth, ConnectionId, ConnectionSummary, Delivery, DeliveryTarget,
+    ManagerError, NotDeliveredReason, ThreadId, UserId, WebSocketConnection, WebSocketHandle,
+    WebSocketManager,
+    managers::ManagerConfig,
+    socket::{SocketId, TextFrame},
+    startup::{BuildContext, BuildError, ManagerMode, Registration},
+    websocket_manager,
 };
 
 /// One deliberate defect.
@@ -512,7 +515,7 @@ pub fn good_isolated(context: &BuildContext<'_>) -> Result<DynManager, BuildErro
 pub fn registration(
     name: &'static str,
     mode: ManagerMode,
-    constructor: Option<websocket_manager::Constructor>,
+    constructor: Option<websocket_manager::startup::Constructor>,
 ) -> Registration {
     Registration::new(name, "TestManager", mode, constructor).at(module_path!(), file!(), line!())
 }

@@ -1,6 +1,6 @@
 // The contract has no associated types or constants.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

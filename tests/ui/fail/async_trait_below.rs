@@ -1,7 +1,7 @@
 // `#[async_trait]` is not needed: the contract's async methods are plain
 // `async fn`. Left over from older code, it is reported once, on itself.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

@@ -1,6 +1,6 @@
 // `get_connection` is synchronous in the contract.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

@@ -1,6 +1,6 @@
 // A mode that does not exist; the impl is still checked in the same build.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

@@ -1,6 +1,6 @@
 // A manager cannot borrow: it is shared between tasks.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

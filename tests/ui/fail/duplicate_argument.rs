@@ -1,6 +1,6 @@
 // An argument given twice.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

@@ -1,6 +1,6 @@
 // A method defined twice.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

@@ -1,6 +1,6 @@
 // Named lifetimes are refused with a clear message (`'_` is accepted, see the pass tests).
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

@@ -1,7 +1,7 @@
 // The likeliest mistake: the impl is complete and correct, but the
 // `#[websocket_manager]` attribute was forgotten.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

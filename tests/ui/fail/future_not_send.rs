@@ -2,7 +2,7 @@
 // `.await`. Managers serve many tasks on a multi-threaded runtime, so every
 // async method's future must be `Send`; rustc names the culprit.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

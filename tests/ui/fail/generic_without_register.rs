@@ -1,6 +1,6 @@
 // A generic manager must name the instantiation to register.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

@@ -1,6 +1,6 @@
 // The inherent ("compatible interface") form is checked the same way; other methods are allowed.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

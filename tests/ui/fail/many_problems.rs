@@ -1,6 +1,6 @@
 // Every problem is reported in one build.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

@@ -1,6 +1,6 @@
 // The contract has no generic methods.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

@@ -1,6 +1,6 @@
 // A `where` clause the contract does not have.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

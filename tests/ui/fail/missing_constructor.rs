@@ -1,6 +1,6 @@
 // Registered for the factory but no way to build it: implement `ConstructManager` or opt out.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

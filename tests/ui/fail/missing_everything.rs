@@ -1,5 +1,5 @@
 // An empty impl: every contract method is listed, critical ones marked.
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

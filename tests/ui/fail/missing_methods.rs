@@ -1,6 +1,6 @@
 // Two methods are missing, one of them critical: one error at the impl header lists both, ready to paste.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

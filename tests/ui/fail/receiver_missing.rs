@@ -1,6 +1,6 @@
 // A contract method without a receiver, and one taking `self` by value.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

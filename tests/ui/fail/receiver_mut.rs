@@ -1,6 +1,6 @@
 // Managers are shared behind `Arc`: `&mut self` cannot work.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

@@ -1,6 +1,6 @@
 // `register` is only for generic impls.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

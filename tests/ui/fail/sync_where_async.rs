@@ -1,6 +1,6 @@
 // `send_to_user` must be async; no async-trait E0195, just our message.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

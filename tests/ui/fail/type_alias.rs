@@ -1,7 +1,7 @@
 // Types are compared by name: an alias or a renamed import is not resolved.
 use std::collections::HashSet;
 use websocket_manager::UserId as Uid;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

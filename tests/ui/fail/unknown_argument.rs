@@ -1,6 +1,6 @@
 // An unknown argument lists the valid ones.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

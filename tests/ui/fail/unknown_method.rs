@@ -1,6 +1,6 @@
 // A typo gets a suggestion; an unrelated helper is told where it belongs.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

@@ -1,6 +1,6 @@
 // `update_connection_thread` takes two parameters after `&self`.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

@@ -1,6 +1,6 @@
 // The error points at the parameter's type: expected `&UserId`, found `&str`.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

@@ -1,6 +1,6 @@
 // A wrong return type, and a missing one.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::prelude::*;
 
 struct MyManager;
 

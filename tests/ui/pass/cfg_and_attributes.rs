@@ -1,7 +1,7 @@
 // `#[cfg]` variants of one method are alternatives, not duplicates; doc
 // comments and attributes on methods are kept.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::{prelude::*, startup::*, *};
 
 struct MyManager;
 

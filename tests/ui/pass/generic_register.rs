@@ -1,7 +1,7 @@
 // A generic manager: checked like any other; `register` names the concrete
 // instantiation the registry holds.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::{prelude::*, startup::*, *};
 
 trait Store: Send + Sync + 'static {}
 struct MemoryStore;

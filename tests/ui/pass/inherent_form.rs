@@ -2,7 +2,7 @@
 // attribute checks them and generates the trait impl that delegates to them.
 // Other inherent methods are allowed.
 use std::collections::HashSet;
-use websocket_manager::*;
+use websocket_manager::{prelude::*, startup::*, *};
 
 struct MyManager;
 

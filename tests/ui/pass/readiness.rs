@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use websocket_manager::*;
+use websocket_manager::{prelude::*, startup::*, *};
 
 #[derive(Default)]
 struct Warming {

@@ -44,7 +44,7 @@ impl wsm::WebSocketManager for Other {
 }
 
 fn main() {
-    let registry = wsm::Registry::global();
+    let registry = wsm::startup::Registry::global();
     assert!(registry.get("MyManager").is_ok());
     assert!(registry.get("Other").is_ok());
 }

@@ -2,7 +2,7 @@
 // mode: accepted, registered, and usable as `DynManager`.
 use std::collections::HashSet;
 use std::sync::Arc;
-use websocket_manager::*;
+use websocket_manager::{prelude::*, startup::*, *};
 
 struct MyManager;
 

@@ -7,12 +7,12 @@ use crate::config::{ConfigError, ManagerConfig};
 
 /// How a [`ClusterWebSocketManager`](super::ClusterWebSocketManager) reaches
 /// the cluster. Put it in the factory's
-/// [`Extensions`](crate::Extensions); the manager takes its queue bounds and
+/// [`Extensions`](crate::startup::Extensions); the manager takes its queue bounds and
 /// history retention from the [`ManagerConfig`] as usual.
 ///
 /// ```
 /// use std::time::Duration;
-/// use websocket_manager::ClusterConfig;
+/// use websocket_manager::managers::ClusterConfig;
 /// let config = ClusterConfig::builder("redis://127.0.0.1:6379")
 ///     .key_prefix("chat")
 ///     .node_id("web-1")
@@ -25,7 +25,7 @@ use crate::config::{ConfigError, ManagerConfig};
 /// // any other node can forget it.
 /// assert_eq!(config.fence_after(), Duration::from_secs(8));
 /// assert!(config.fence_after() < config.node_ttl());
-/// # Ok::<(), websocket_manager::ConfigError>(())
+/// # Ok::<(), websocket_manager::managers::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -141,7 +141,7 @@ impl ClusterConfig {
 
     /// How long this node may go without renewing its heartbeat before it
     /// *fences* itself: it closes every local connection with
-    /// [`RESUME_CLOSE_CODE`](super::RESUME_CLOSE_CODE) (their clients
+    /// [`close::RESUME`](crate::close::RESUME) (their clients
     /// reconnect to a healthy node and resume there) and refuses new ones
     /// with [`ClusterFailure::Fenced`](crate::ClusterFailure::Fenced) until
     /// Redis answers again. Always below `node_ttl`, the earliest moment
@@ -230,7 +230,7 @@ impl ClusterConfigBuilder {
     /// The bound on messages from Redis waiting for this node's dispatcher
     /// (default 65,536). A message that finds it full is dropped, and the
     /// node then audits every local user: connections that missed an event
-    /// are closed with `RESUME_CLOSE_CODE` so their clients resume. Late,
+    /// are closed with `close::RESUME` (1012) so their clients resume. Late,
     /// never lost.
     pub fn inbound_capacity(mut self, capacity: usize) -> Self {
         self.config.inbound_capacity = capacity;

@@ -17,7 +17,7 @@
 //! The other nodes forget this one `node_ttl` after its last heartbeat.
 //! A node that cannot renew its heartbeat for `fence_after` (below
 //! `node_ttl`) closes its connections with
-//! [`RESUME_CLOSE_CODE`](super::RESUME_CLOSE_CODE) so their clients resume
+//! [`close::RESUME`](crate::close::RESUME) so their clients resume
 //! on a healthy node, and refuses new ones until Redis answers again: no
 //! tab stays open and silent on a node the others have forgotten.
 
@@ -37,7 +37,7 @@ use super::config::watchdog_period;
 /// `Retry-After`) unless the state is [`Serving`](Self::Serving).
 ///
 /// ```
-/// use websocket_manager::LinkState;
+/// use websocket_manager::managers::LinkState;
 /// let state = LinkState::Fenced { since_ms: 1_700_000_000_000 };
 /// assert_eq!(state.to_string(), "fenced (cut off from Redis) since 1700000000000 ms after the epoch");
 /// assert!(!state.is_serving());
@@ -53,14 +53,14 @@ pub enum LinkState {
     Serving,
     /// The link was lost and the node is getting it back; connections are
     /// still open (they get what this node can give, and are closed with
-    /// `RESUME_CLOSE_CODE` if they missed anything); new ones wait for the
+    /// `close::RESUME` (1012) if they missed anything); new ones wait for the
     /// link, up to `ready_timeout`.
     Reconnecting {
         /// When the link was lost, in Unix milliseconds.
         since_ms: u64,
     },
     /// Cut off longer than `fence_after`: every local connection was
-    /// closed with `RESUME_CLOSE_CODE` and new ones are refused until
+    /// closed with `close::RESUME` (1012) and new ones are refused until
     /// Redis answers again.
     Fenced {
         /// When the node fenced itself, in Unix milliseconds.
@@ -208,7 +208,7 @@ impl Shared {
         self.link.fenced_at_ms.store(now_ms(), Ordering::SeqCst);
         self.link.fenced.fetch_add(1, Ordering::Relaxed);
         self.link_lost();
-        let closed = self.local.close_all(&super::local::fence_close());
+        let closed = self.local.close_all(&crate::close::fenced());
         tracing::warn!(
             node = self.cluster.node_id(),
             silent_ms = silent,

@@ -9,7 +9,7 @@
 //! given. An event is pushed only when it is the next one (`sequence + 1`
 //! on the same stream); an older one is a duplicate and skipped; anything
 //! else is a gap, and the connection is closed with
-//! [`RESUME_CLOSE_CODE`] so its client resumes from its offset and Redis
+//! [`close::RESUME`](crate::close::RESUME) so its client resumes from its offset and Redis
 //! replays exactly what it missed. Nothing is skipped silently.
 //!
 //! # Catching up
@@ -35,8 +35,9 @@ use std::sync::atomic::Ordering;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
+use crate::close::{self, CloseReason};
 use crate::config::{ManagerConfig, SlowConsumerPolicy};
-use crate::connection::{CloseReason, SocketId, TextFrame, WebSocketConnection, WebSocketHandle};
+use crate::connection::{SocketId, TextFrame, WebSocketConnection, WebSocketHandle};
 use crate::error::ManagerError;
 use crate::health::{ConnectionSummary, unix_millis};
 use crate::ids::{ConnectionId, ThreadId, UserId};
@@ -45,28 +46,6 @@ use crate::managers::stats::{IndexSizes, ManagerStats};
 use crate::offset::StreamOffset;
 
 use super::wire::PresenceEntry;
-
-/// The close code for "reconnect and resume from your offset" (RFC 6455's
-/// 1012, *service restart*): sent when a connection missed critical events
-/// that this node cannot fill in order.
-pub const RESUME_CLOSE_CODE: u16 = 1012;
-
-fn resume_close() -> CloseReason {
-    CloseReason::new(
-        RESUME_CLOSE_CODE,
-        "missed critical events: reconnect and resume from your offset",
-    )
-}
-
-/// The close of every local connection when the node fences itself: the
-/// client reconnects (through the balancer, to a healthy node) and resumes
-/// from its offset.
-pub(crate) fn fence_close() -> CloseReason {
-    CloseReason::new(
-        RESUME_CLOSE_CODE,
-        "this node is cut off from the cluster: reconnect and resume from your offset",
-    )
-}
 
 /// Where a connection stands in its user's stream.
 #[derive(Debug)]
@@ -353,7 +332,7 @@ impl LocalIndex {
             }
             if gap || replayed < total {
                 self.unlink(state, connection_id);
-                socket.close(resume_close());
+                socket.close(close::missed_events());
                 return Err(ManagerError::ReplayFailed {
                     connection_id: connection_id.clone(),
                     replayed,
@@ -446,7 +425,7 @@ impl LocalIndex {
                     Decision::Gap => {
                         tracing::warn!(connection_id = %entry.connection.connection_id, %offset,
                             "critical event out of order (events were lost in transit): closing so the client resumes");
-                        entry.connection.websocket.close(resume_close());
+                        entry.connection.websocket.close(close::missed_events());
                         evict.push(entry.connection.connection_id.clone());
                         outcome.closed += 1;
                     }
@@ -472,7 +451,7 @@ impl LocalIndex {
             evict.extend(fan.evict);
         });
         for id in evict {
-            self.remove(&id, resume_close());
+            self.remove(&id, close::missed_events());
         }
         outcome
     }
@@ -679,7 +658,7 @@ impl LocalIndex {
             })
             .unwrap_or_default();
         for id in &behind {
-            self.remove(id, resume_close());
+            self.remove(id, close::missed_events());
         }
         behind.len()
     }

@@ -36,7 +36,7 @@
 //! the message, and the error says how many did). The Redis connection
 //! comes back by itself; after any disconnect (or a full inbound buffer)
 //! the node audits every local user's stream head and closes, with close
-//! code [`RESUME_CLOSE_CODE`], the connections that fell behind, so their
+//! code [`close::RESUME`](crate::close::RESUME), the connections that fell behind, so their
 //! clients resume from their offset and lose nothing.
 //!
 //! A connection to Redis that goes silent without an I/O error (a
@@ -45,7 +45,7 @@
 //! and a probe unanswered within `probe_timeout` replaces the connection
 //! with a fresh one, then the recovery above runs. A node that cannot renew
 //! its heartbeat for `fence_after` fences itself: it closes its
-//! connections with [`RESUME_CLOSE_CODE`] and refuses new ones
+//! connections with [`close::RESUME`](crate::close::RESUME) and refuses new ones
 //! ([`ClusterFailure::Fenced`]) until Redis answers again, so no tab stays
 //! open on a node the others have forgotten. [`LinkState`] says where the
 //! node stands.
@@ -86,7 +86,6 @@ use backplane::{AppendError, Backplane, History, PushHandler, StoredEvent};
 pub use config::{ClusterConfig, ClusterConfigBuilder};
 use link::Link;
 pub use link::LinkState;
-pub use local::RESUME_CLOSE_CODE;
 use local::{LocalIndex, PresenceChange, Replay};
 use presence::Replica;
 pub use stats::ClusterStats;
@@ -95,14 +94,14 @@ use wire::{BusMessage, critical_frame, critical_frame_max_len};
 /// A [`WebSocketManager`] shared by every node of a cluster through Redis.
 ///
 /// Built by the factory (name `"cluster"`) when the factory's
-/// [`Extensions`](crate::Extensions) hold a [`ClusterConfig`]; the startup
+/// [`Extensions`](crate::startup::Extensions) hold a [`ClusterConfig`]; the startup
 /// probes then run against the real Redis, in a namespace of their own that
 /// they delete afterwards. Without a `ClusterConfig`, startup validation
 /// lists it as *not configured*.
 ///
 /// ```no_run
-/// use websocket_manager::*;
-/// use websocket_manager::{ClusterConfig, ClusterWebSocketManager};
+/// use websocket_manager::{managers::*, socket::*, *};
+/// use websocket_manager::managers::{ClusterConfig, ClusterWebSocketManager};
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let cluster = ClusterConfig::builder("redis://127.0.0.1:6379").node_id("web-1").build()?;
 /// let manager = ClusterWebSocketManager::new(ManagerConfig::default(), cluster)?;
@@ -260,8 +259,8 @@ impl ClusterWebSocketManager {
     /// before every upgrade.
     ///
     /// ```no_run
-    /// use websocket_manager::*;
-    /// use websocket_manager::{ClusterConfig, ClusterWebSocketManager, LinkState};
+    /// use websocket_manager::{managers::*, socket::*, *};
+    /// use websocket_manager::managers::{ClusterConfig, ClusterWebSocketManager, LinkState};
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let cluster = ClusterConfig::builder("redis://127.0.0.1:6379").build()?;
     /// let manager = ClusterWebSocketManager::new(ManagerConfig::default(), cluster)?;
@@ -608,7 +607,7 @@ impl WebSocketManager for ClusterWebSocketManager {
         let live = shared.local.finish(&user, &id, replay)?;
         // Fenced meanwhile: the fence closed the others; this one too.
         if let Err(error) = shared.refuse_if_fenced() {
-            shared.local.remove(&id, local::fence_close());
+            shared.local.remove(&id, crate::close::fenced());
             return Err(error);
         }
         if live {

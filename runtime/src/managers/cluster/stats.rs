@@ -2,7 +2,7 @@
 
 use super::LinkState;
 
-/// Counters of the cluster side, in [`ClusterWebSocketManager::cluster_stats`].
+/// Counters of the cluster side, in [`ClusterWebSocketManager::cluster_stats`](super::ClusterWebSocketManager::cluster_stats).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct ClusterStats {

@@ -192,7 +192,7 @@ pub(crate) fn critical_frame(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::managers::CriticalEnvelope;
+    use crate::managers::events::CriticalEnvelope;
 
     #[test]
     fn the_critical_frame_is_the_envelope_serde_writes() {
