@@ -30,22 +30,6 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         Err(error) => return with_errors(vec![error], item),
     };
     let args_valid = errors.is_empty();
-    if args_valid
-        && args.register.is_none()
-        && let Some(exact) = crate::exact::exact_impl(&item, &facts.keys)
-    {
-        // the common case, recognised on tokens: nothing to report, so no
-        // syn parse at all
-        let self_ty = Type::Verbatim(exact.self_ty.to_token_stream());
-        let mut generated = checked_impl(&item, &Generics::default(), &self_ty, &args);
-        generated.extend(registration_of(
-            &self_ty,
-            exact.impl_span,
-            facts.fingerprint,
-            &args,
-        ));
-        return generated;
-    }
     let (hollowed, original) = crate::hollow::hollow(item);
     let parsed: Item = match syn::parse2(hollowed) {
         Ok(parsed) => parsed,
@@ -433,19 +417,6 @@ pub(crate) mod tests {
         assert!(out.contains("\"good\""));
         assert!(out.contains("ManagerMode :: Isolated"));
         assert!(out.contains("construct :: < Good >"));
-    }
-
-    /// The token-level shortcut (`exact`) and the syn path generate the same
-    /// code; a doc comment on the impl sends the same impl down the syn path.
-    #[test]
-    fn the_token_shortcut_generates_what_the_syn_path_does() {
-        let attr = "name = \"good\", mode = \"isolated\"";
-        let fast = expand_str(attr, VALID_IMPL);
-        let documented = format!("/// docs\n{VALID_IMPL}");
-        let slow = expand_str(attr, &documented);
-        let marker = "# [doc = \" docs\"] ";
-        assert!(slow.contains(marker), "{slow}");
-        assert_eq!(fast, slow.replacen(marker, "", 1));
     }
 
     #[test]

@@ -8,7 +8,6 @@
 mod args;
 mod contract;
 mod emit_contract;
-mod exact;
 mod expand;
 mod hollow;
 #[cfg(test)]

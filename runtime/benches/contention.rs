@@ -1,12 +1,16 @@
 //! Mixed operations on a `UnifiedWebSocketManager` holding 10,000
-//! connections (2,500 users x 4 tabs), from 1 and 2 threads, against a plain
+//! connections, from 1 and 2 threads, against a plain
 //! `std::sync::RwLock<HashMap>` registry doing the same work in the same
-//! run.
+//! run. Two mixes, each on its own manager and baseline:
 //!
-//! One op is one call, in a fixed rotation over random targets:
-//! `get_connection_id_by_websocket`, `get_connection`,
-//! `get_user_connections`, `is_connection_active`, `send_to_user` (the
-//! text serialized once, then `try_send` into each of the user's 4 queues).
+//! * **mixed** (2,500 users x 4 tabs): one op is one call, in a fixed
+//!   rotation over random targets: `get_connection_id_by_websocket`,
+//!   `get_connection`, `get_user_connections`, `is_connection_active`,
+//!   `send_to_user` (the text serialized once, then `try_send` into each of
+//!   the user's queues);
+//! * **read-heavy** (1,000 users x 10 tabs, issue 19): 40 %
+//!   `get_connection_id_by_websocket`, 40 % `get_user_connections`, 20 %
+//!   `send_to_user`.
 //! Both sides return the same values and push into the same kind of
 //! `WebSocketHandle` queues; the baseline keeps, like a good hand-written
 //! registry, each user's handles next to the user (no second lookup per
@@ -31,11 +35,31 @@ use std::hint::black_box;
 use std::sync::{Barrier, RwLock};
 use std::time::{Duration, Instant};
 
-use websocket_manager::managers::UnifiedWebSocketManager;
 use websocket_manager::{managers::*, socket::*, *};
 
-const USERS: usize = 2_500;
-const TABS: usize = 4;
+/// One mix: its topology and its rotation of ops (0 by socket, 1
+/// connection, 2 user's connections, 3 active, 4 send).
+struct Mix {
+    name: &'static str,
+    users: usize,
+    tabs: usize,
+    rotation: &'static [usize],
+}
+
+const MIXES: [Mix; 2] = [
+    Mix {
+        name: "mixed",
+        users: 2_500,
+        tabs: 4,
+        rotation: &[0, 1, 2, 3, 4],
+    },
+    Mix {
+        name: "read-heavy",
+        users: 1_000,
+        tabs: 10,
+        rotation: &[0, 2, 0, 2, 4],
+    },
+];
 /// Ops per thread per timed batch.
 const BATCH: usize = 20_000;
 const ROUNDS: usize = 41;
@@ -57,6 +81,7 @@ fn thread_counts() -> Vec<usize> {
 /// What the ops need, shared by both sides: the same sockets' handles and
 /// connection ids, by index.
 struct Targets {
+    rotation: &'static [usize],
     users: Vec<UserId>,
     /// connection index -> (connection id, handle on its socket).
     connections: Vec<(ConnectionId, WebSocketHandle)>,
@@ -139,6 +164,11 @@ fn message() -> serde_json::Value {
     })
 }
 
+/// `CONTENTION_MIX=read-heavy` runs only that mix.
+fn only_mix() -> Option<String> {
+    std::env::var("CONTENTION_MIX").ok()
+}
+
 /// `CONTENTION_OP=4` (for a profiler, or to see one op's ratio) runs only
 /// that op of the rotation: 0 by socket, 1 connection, 2 user's connections,
 /// 3 active, 4 send.
@@ -199,7 +229,7 @@ fn ops<R: Registry>(registry: &R, targets: &Targets, seed: u64) {
     let template = message();
     let only = only_op();
     for op in 0..BATCH {
-        match only.unwrap_or(op % 5) {
+        match only.unwrap_or(targets.rotation[op % targets.rotation.len()]) {
             0 => {
                 let (_, socket) = &targets.connections[rng.below(targets.connections.len())];
                 black_box(registry.by_socket(socket));
@@ -209,15 +239,15 @@ fn ops<R: Registry>(registry: &R, targets: &Targets, seed: u64) {
                 black_box(registry.connection(id));
             }
             2 => {
-                let user = &targets.users[rng.below(USERS)];
+                let user = &targets.users[rng.below(targets.users.len())];
                 black_box(registry.user_connections(user));
             }
             3 => {
-                let user = &targets.users[rng.below(USERS)];
+                let user = &targets.users[rng.below(targets.users.len())];
                 black_box(registry.active(user));
             }
             _ => {
-                let user = &targets.users[rng.below(USERS)];
+                let user = &targets.users[rng.below(targets.users.len())];
                 black_box(registry.send(user, template.clone()));
             }
         }
@@ -248,17 +278,26 @@ fn timed(threads: usize, ops: &(dyn Fn(u64) + Sync)) -> Duration {
 }
 
 fn main() {
+    for mix in &MIXES {
+        if only_mix().is_none_or(|name| name == mix.name) {
+            run(mix);
+        }
+    }
+}
+
+fn run(mix: &Mix) {
+    let (users_n, tabs) = (mix.users, mix.tabs);
     let config = ManagerConfig::default();
     let manager = UnifiedWebSocketManager::new(config.clone());
     let baseline = Baseline::default();
-    let users: Vec<UserId> = (0..USERS)
+    let users: Vec<UserId> = (0..users_n)
         .map(|i| common::user(&format!("user-{i}")))
         .collect();
-    let mut connections = Vec::with_capacity(USERS * TABS);
-    let mut manager_queues = Vec::with_capacity(USERS * TABS);
-    let mut baseline_queues = Vec::with_capacity(USERS * TABS);
+    let mut connections = Vec::with_capacity(users_n * tabs);
+    let mut manager_queues = Vec::with_capacity(users_n * tabs);
+    let mut baseline_queues = Vec::with_capacity(users_n * tabs);
     for user in &users {
-        for _ in 0..TABS {
+        for _ in 0..tabs {
             // The same connection id on both sides; each its own socket.
             let (socket, queue) = WebSocketHandle::channel(config.queue_limits());
             let connection = WebSocketConnection::new(user.clone(), socket.clone());
@@ -273,6 +312,7 @@ fn main() {
     }
     // The baseline looks sockets up by its own handles.
     let baseline_targets = Targets {
+        rotation: mix.rotation,
         users: users.clone(),
         connections: {
             let state = baseline.state.read().unwrap();
@@ -282,7 +322,11 @@ fn main() {
                 .collect()
         },
     };
-    let manager_targets = Targets { users, connections };
+    let manager_targets = Targets {
+        rotation: mix.rotation,
+        users,
+        connections,
+    };
     let drain = |queues: &mut Vec<OutboundReceiver>| {
         queues
             .iter_mut()
@@ -290,8 +334,9 @@ fn main() {
     };
 
     println!(
-        "contention: {} connections ({USERS} users x {TABS}), {BATCH} ops per thread per batch, {} paired rounds",
-        USERS * TABS,
+        "contention, {} mix: {} connections ({users_n} users x {tabs}), {BATCH} ops per thread per batch, {} paired rounds",
+        mix.name,
+        users_n * tabs,
         rounds()
     );
     println!(
@@ -330,7 +375,7 @@ fn main() {
         }
         assert_eq!(
             manager.index_sizes().connections,
-            USERS * TABS,
+            users_n * tabs,
             "no connection may be lost"
         );
         ratios.sort_by(f64::total_cmp);

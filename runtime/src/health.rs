@@ -109,7 +109,7 @@ impl ConnectionSummary {
     /// The summary of `connection` as it is now.
     ///
     /// ```
-    /// use websocket_manager::{managers::*, socket::*, *};
+    /// use websocket_manager::{events::*, managers::*, socket::*, *};
     /// let (socket, _outbound) = WebSocketHandle::channel(QueueLimits::default());
     /// let connection = WebSocketConnection::new(UserId::new("alice")?, socket);
     /// let summary = ConnectionSummary::of(&connection);

@@ -79,7 +79,7 @@ pub struct MethodSpec {
 ///
 /// ```
 /// use std::collections::HashSet;
-/// use websocket_manager::{managers::*, socket::*, *};
+/// use websocket_manager::{events::*, managers::*, socket::*, *};
 ///
 /// struct Silent;
 ///

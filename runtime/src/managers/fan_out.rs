@@ -313,7 +313,7 @@ pub(crate) fn fan_out_to_user<'a>(
 ///
 /// ```
 /// use websocket_manager::managers::deliver_frame;
-/// use websocket_manager::{managers::*, socket::*, *};
+/// use websocket_manager::{events::*, managers::*, socket::*, *};
 /// let (socket, _outbound) = WebSocketHandle::channel(QueueLimits::new(8, 1 << 16));
 /// let target = DeliveryTarget::User(UserId::new("alice")?);
 /// let frame = TextFrame::from_json(&serde_json::json!({"type": "hello"}))?;

@@ -31,8 +31,8 @@ use crate::websocket_manager;
 ///   fail with [`ManagerError::ShutDown`] and queries answer empty.
 ///
 /// ```
-/// use websocket_manager::{managers::*, socket::*, *};
-/// use websocket_manager::managers::IsolatedWebSocketManager;
+/// use websocket_manager::startup::UserContext;
+/// use websocket_manager::{events::*, managers::*, socket::*, *};
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let alice = UserId::new("alice")?;
 /// let manager = IsolatedWebSocketManager::new(UserContext::new(alice.clone()), ManagerConfig::default());

@@ -22,7 +22,7 @@ use crate::websocket_manager;
 /// example.
 ///
 /// ```
-/// use websocket_manager::{managers::*, socket::*, *};
+/// use websocket_manager::{events::*, managers::*, socket::*, *};
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let manager = UnifiedWebSocketManager::new(ManagerConfig::default());
 /// let alice = UserId::new("alice")?;

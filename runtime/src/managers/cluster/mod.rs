@@ -100,7 +100,7 @@ use wire::{BusMessage, critical_frame, critical_frame_max_len};
 /// lists it as *not configured*.
 ///
 /// ```no_run
-/// use websocket_manager::{managers::*, socket::*, *};
+/// use websocket_manager::{events::*, managers::*, socket::*, *};
 /// use websocket_manager::managers::{ClusterConfig, ClusterWebSocketManager};
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let cluster = ClusterConfig::builder("redis://127.0.0.1:6379").node_id("web-1").build()?;
@@ -259,7 +259,7 @@ impl ClusterWebSocketManager {
     /// before every upgrade.
     ///
     /// ```no_run
-    /// use websocket_manager::{managers::*, socket::*, *};
+    /// use websocket_manager::{events::*, managers::*, socket::*, *};
     /// use websocket_manager::managers::{ClusterConfig, ClusterWebSocketManager, LinkState};
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let cluster = ClusterConfig::builder("redis://127.0.0.1:6379").build()?;
