@@ -11,6 +11,7 @@
 //! * **read-heavy** (1,000 users x 10 tabs, issue 19): 40 %
 //!   `get_connection_id_by_websocket`, 40 % `get_user_connections`, 20 %
 //!   `send_to_user`.
+//!
 //! Both sides return the same values and push into the same kind of
 //! `WebSocketHandle` queues; the baseline keeps, like a good hand-written
 //! registry, each user's handles next to the user (no second lookup per
