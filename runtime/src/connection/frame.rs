@@ -1,9 +1,12 @@
-//! [`TextFrame`]: one serialized message, shared by every recipient.
+//! What travels in a socket's queue: [`TextFrame`], one serialized message
+//! shared by every recipient, and [`OutboundEvent`], what the writer takes.
 
 use std::fmt;
 
 use bytes::Bytes;
 use serde::Serialize;
+
+use crate::close::CloseReason;
 
 /// A serialized text message, shared by reference count among all recipients.
 ///
@@ -102,4 +105,17 @@ impl fmt::Debug for TextFrame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("TextFrame").field(&self.as_str()).finish()
     }
+}
+
+/// What the writer gets from [`OutboundReceiver::recv`](super::OutboundReceiver::recv).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboundEvent {
+    /// A text frame to write to the socket.
+    Frame(TextFrame),
+    /// A binary message to write to the socket ([`WebSocketHandle::send_binary`](super::WebSocketHandle::send_binary)).
+    Binary(Bytes),
+    /// The socket was closed: send a close frame with this reason and
+    /// stop. Frames still queued were dropped, unless the close was asked
+    /// for after them ([`WebSocketHandle::close_after_queued`](super::WebSocketHandle::close_after_queued)): they came first.
+    Close(CloseReason),
 }

@@ -9,6 +9,7 @@
 
 mod frame;
 mod handle;
+mod limits;
 mod queue;
 
 use std::fmt;
@@ -21,8 +22,9 @@ use crate::ids::{ConnectionId, ThreadId, UserId};
 use crate::offset::StreamOffset;
 
 pub(crate) use crate::close::CloseReason;
-pub use frame::TextFrame;
-pub use handle::{OutboundEvent, OutboundReceiver, QueueLimits, SendError, WebSocketHandle};
+pub use frame::{OutboundEvent, TextFrame};
+pub use handle::{OutboundReceiver, WebSocketHandle};
+pub use limits::{QueueLimits, SendError};
 
 /// The stable identity of one socket, unique within the process.
 ///

@@ -22,8 +22,9 @@ use parking_lot::Mutex;
 
 use crate::offset::StreamPosition;
 
+use super::frame::OutboundEvent;
 use super::frame::TextFrame;
-use super::handle::{OutboundEvent, QueueLimits, SendError};
+use super::limits::{QueueLimits, SendError};
 use crate::close::CloseReason;
 
 /// A queue drained to empty keeps at most this many slots (160 bytes); a
