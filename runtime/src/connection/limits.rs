@@ -34,8 +34,9 @@ impl Default for QueueLimits {
     }
 }
 
-/// Why [`WebSocketHandle::try_send`] refused a frame. The caller keeps no
-/// frame back: frames are cheap shared clones.
+/// Why [`WebSocketHandle::try_send`](super::WebSocketHandle::try_send)
+/// refused a frame. The caller keeps no frame back: frames are cheap shared
+/// clones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SendError {
