@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use websocket_manager::managers::{ClusterConfig, ClusterWebSocketManager};
 use websocket_manager::{managers::*, socket::*, *};
-use websocket_manager_suite::redis::{redis_for, unique_prefix};
+use websocket_manager_test_support::redis::{redis_for, unique_prefix};
 
 const USERS: usize = 100;
 const TABS: usize = 10;

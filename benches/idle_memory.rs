@@ -29,9 +29,8 @@
 //! the hard limit itself (`ulimit -n`), and says so when that is not enough.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/auth.rs"]
-mod auth;
 use websocket_manager::DynManager;
+use websocket_manager_test_support::bench as auth;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{BufRead, BufReader, Write};

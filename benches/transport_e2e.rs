@@ -43,9 +43,8 @@
 //! the soft `RLIMIT_NOFILE` is raised to the hard limit at start.
 #![allow(missing_docs, clippy::unwrap_used)]
 
-#[path = "support/auth.rs"]
-mod auth;
 use websocket_manager::DynManager;
+use websocket_manager_test_support::bench as auth;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

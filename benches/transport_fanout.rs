@@ -6,9 +6,8 @@
 //! one tab.
 #![allow(missing_docs, clippy::unwrap_used)]
 
-#[path = "support/auth.rs"]
-mod auth;
 use websocket_manager::DynManager;
+use websocket_manager_test_support::bench as auth;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

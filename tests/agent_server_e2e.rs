@@ -862,7 +862,8 @@ async fn critical_until_final(tab: &mut Tab) -> Vec<(u64, u64, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_on_one_redis_behave_as_one() {
-    let Some(redis) = websocket_manager_suite::redis::redis_for("agent_server_cluster") else {
+    let Some(redis) = websocket_manager_test_support::redis::redis_for("agent_server_cluster")
+    else {
         return;
     };
     let url = redis.url();
@@ -925,7 +926,8 @@ async fn two_servers_on_one_redis_behave_as_one() {
 /// (never 101 then a close), then joins by itself when Redis comes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_started_without_redis_refuses_until_it_joins_by_itself() {
-    let Some(mut redis) = websocket_manager_suite::redis::own_redis_for("agent_server_start")
+    let Some(mut redis) =
+        websocket_manager_test_support::redis::own_redis_for("agent_server_start")
     else {
         return;
     };
@@ -961,7 +963,8 @@ async fn a_node_started_without_redis_refuses_until_it_joins_by_itself() {
 /// again by themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_redis_says_so_refuses_upgrades_and_serves_again() {
-    let Some(redis) = websocket_manager_suite::redis::own_redis_for("agent_server_fence") else {
+    let Some(redis) = websocket_manager_test_support::redis::own_redis_for("agent_server_fence")
+    else {
         return;
     };
     let url = redis.url();

@@ -24,8 +24,8 @@ use websocket_manager::{
     managers::{ClusterConfig, ClusterWebSocketManager, LinkState},
 };
 use websocket_manager::{events::*, managers::*, socket::*, *};
-use websocket_manager_suite::fault_proxy::{Direction, FaultProxy};
-use websocket_manager_suite::redis::{
+use websocket_manager_test_support::fault_proxy::{Direction, FaultProxy};
+use websocket_manager_test_support::redis::{
     RedisServer, connected_clients, own_redis_for, redis_for, unique_prefix,
 };
 

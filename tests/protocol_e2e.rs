@@ -5,14 +5,11 @@
 //! in-band token refresh, and the application heartbeat.
 #![allow(clippy::unwrap_used)]
 
-mod e2e_support;
-
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2e_support::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -25,7 +22,8 @@ use websocket_manager::{
     events::AGENT_EVENTS,
     managers::{ClusterConfig, ClusterWebSocketManager},
 };
-use websocket_manager_suite::redis::{redis_for, unique_prefix};
+use websocket_manager_test_support::e2e::*;
+use websocket_manager_test_support::redis::{redis_for, unique_prefix};
 
 fn alice() -> UserId {
     UserId::new("alice").unwrap()

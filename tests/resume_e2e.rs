@@ -5,17 +5,15 @@
 //! on both adapters.
 #![allow(clippy::unwrap_used)]
 
-mod e2e_support;
-
 use std::time::Duration;
 
-use e2e_support::*;
 use serde_json::json;
 use tokio_tungstenite::tungstenite;
 use websocket_manager::events::{
     AGENT_COMPLETED, AGENT_STARTED, AGENT_THINKING, TOOL_COMPLETED, TOOL_EXECUTING,
 };
 use websocket_manager::{UserId, WebSocketManager, events::StreamOffset};
+use websocket_manager_test_support::e2e::*;
 
 fn alice() -> UserId {
     UserId::new("alice").unwrap()

@@ -5,19 +5,17 @@
 //! say no more than their status.
 #![allow(missing_docs, clippy::unwrap_used)]
 
-mod e2e_support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::routing::{get, post};
-use e2e_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite;
 use websocket_manager::transport::{
     AuthError, Authenticated, OriginPolicy, UserScopedThreads, WebSocketService,
 };
 use websocket_manager::{DynManager, managers::UnifiedWebSocketManager};
+use websocket_manager_test_support::e2e::*;
 
 #[tokio::test]
 async fn a_lookalike_subject_gets_401_at_the_upgrade() {

@@ -6,13 +6,10 @@
 //! loopback sockets, on both adapters (axum and tokio-tungstenite).
 #![allow(clippy::unwrap_used)]
 
-mod e2e_support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2e_support::*;
 use tokio_tungstenite::tungstenite;
 use websocket_manager::transport::{
     HandlerError, OriginPolicy, RateLimit, TransportConfig, UpgradeRequest, WebSocketService,
@@ -22,29 +19,13 @@ use websocket_manager::{
     DynManager, NotReady, NotReadyReason,
     managers::{ManagerConfig, UnifiedWebSocketManager},
 };
+use websocket_manager_test_support::e2e::*;
 
 /// Serves `service` on both adapters; their addresses (axum first).
 async fn serve_both(service: &WebSocketService) -> [SocketAddr; 2] {
-    let app = axum::Router::new()
-        .route(
-            "/ws",
-            axum::routing::get(websocket_manager::transport::axum::upgrade),
-        )
-        .with_state(service.clone());
-    let axum_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let axum_addr = axum_listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        websocket_manager::transport::axum::serve(axum_listener, app)
-            .await
-            .unwrap();
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tungstenite_addr = listener.local_addr().unwrap();
-    tokio::spawn(websocket_manager::transport::tungstenite::serve(
-        listener,
-        service.clone(),
-    ));
-    [axum_addr, tungstenite_addr]
+    // The axum server's task runs on when its handle is dropped.
+    let (axum, _server) = axum_server(service.clone()).await;
+    [axum, tungstenite_server(service.clone()).await]
 }
 
 fn service_over(manager: &Arc<UnifiedWebSocketManager>) -> WebSocketService {

@@ -4,12 +4,9 @@
 //! indexes are empty (no leaked connection).
 #![allow(clippy::unwrap_used)]
 
-mod e2e_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2e_support::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -23,6 +20,7 @@ use websocket_manager::{
     events::AGENT_EVENTS,
     managers::{ManagerConfig, SlowConsumerPolicy},
 };
+use websocket_manager_test_support::e2e::*;
 
 fn user(name: &str) -> UserId {
     UserId::new(name).unwrap()

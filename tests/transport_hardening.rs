@@ -6,13 +6,10 @@
 //! written by hand on a raw `TcpStream`.
 #![allow(clippy::unwrap_used)]
 
-mod e2e_support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2e_support::*;
 use futures_util::SinkExt;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,6 +21,7 @@ use websocket_manager::transport::{
     HandlerError, InboundContext, InboundMessage, TransportConfig, handler_fn,
 };
 use websocket_manager::{ThreadId, WebSocketManager, close};
+use websocket_manager_test_support::e2e::*;
 
 /// The test server (axum) and a tokio-tungstenite accept loop on the same
 /// service: the addresses of both adapters.

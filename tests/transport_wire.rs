@@ -4,12 +4,9 @@
 //! Real loopback sockets, real tokio-tungstenite clients.
 #![allow(clippy::unwrap_used)]
 
-mod e2e_support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use e2e_support::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -20,6 +17,7 @@ use websocket_manager::transport::{
     IgnoreMessages, InboundContext, InboundMessage, MessageHandler, TransportConfig, handler_fn,
 };
 use websocket_manager::{UserId, WebSocketManager};
+use websocket_manager_test_support::e2e::*;
 
 /// The test server (axum adapter) plus a tokio-tungstenite adapter
 /// listener on the same service: the address of each, by name.

@@ -1,6 +1,7 @@
 //! The cluster manager against a real `redis-server`: two or three nodes in
 //! one process, each a `ClusterWebSocketManager` with its own node id and
 //! the same key prefix.
+#![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use websocket_manager::{
     managers::{ClusterConfig, ClusterWebSocketManager},
 };
 use websocket_manager::{events::*, managers::*, socket::*, startup::*, *};
-use websocket_manager_suite::redis::{count_keys, own_redis_for, redis_for, unique_prefix};
+use websocket_manager_test_support::redis::{count_keys, own_redis_for, redis_for, unique_prefix};
 
 fn cluster(url: &str, prefix: &str, node: &str) -> ClusterConfig {
     cluster_with_ttl(url, prefix, node, Duration::from_secs(2))

@@ -1,28 +1,17 @@
 //! What the transport benches share: the authenticator their servers
-//! verify with, and the token and upgrade request their clients send.
-#![allow(dead_code)]
+//! verify with (the end-to-end tests' own), and the token and upgrade
+//! request their clients send.
 
 use std::net::SocketAddr;
 
-use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
-use websocket_manager::transport::{JwtAuthenticator, encode_hs256};
 
-/// The HS256 secret of every bench server.
-pub const SECRET: &[u8] = b"benchmark secret, at least 32 bytes";
-
-/// The authenticator of every bench server: HS256 with [`SECRET`].
-pub fn authenticator() -> JwtAuthenticator {
-    JwtAuthenticator::hs256(SECRET).expect("the bench secret is 32 bytes or more")
-}
+pub use crate::e2e::authenticator;
 
 /// A token for `user`, valid for an hour.
 pub fn token(user: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    encode_hs256(&json!({"sub": user, "exp": now + 3600}), SECRET)
+    crate::e2e::token(user, 3600)
 }
 
 /// `GET ws://<addr>/ws` with `Authorization: Bearer <token for user>`.

@@ -1,7 +1,8 @@
 //! Shared pieces of the end-to-end tests: a real axum server on 127.0.0.1
 //! port 0 around a `UnifiedWebSocketManager`, JWTs, and a tokio-tungstenite
 //! client. No mocks: every byte crosses a real loopback TCP connection.
-#![allow(dead_code, clippy::unwrap_used)]
+// Test helpers, named for what they do; their docs are the tests that use them.
+#![allow(missing_docs, clippy::unwrap_used)]
 
 use std::future::Future;
 use std::net::SocketAddr;

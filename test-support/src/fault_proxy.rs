@@ -6,7 +6,7 @@
 //!
 //! ```no_run
 //! # async fn run() {
-//! use websocket_manager_suite::fault_proxy::{Direction, FaultProxy};
+//! use websocket_manager_test_support::fault_proxy::{Direction, FaultProxy};
 //! let proxy = FaultProxy::start("127.0.0.1:6379").await;
 //! let url = proxy.url("redis"); // redis://127.0.0.1:PORT
 //! // ... connect through `url` ...
