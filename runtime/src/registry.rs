@@ -59,6 +59,21 @@ pub struct Registration {
 
 inventory::collect!(Registration);
 
+/// `file` from its crate's folder on when it is absolute (the crate was
+/// built outside the workspace): the folder that holds its `src`.
+fn readable_path(file: &str) -> &str {
+    if !std::path::Path::new(file).is_absolute() {
+        return file;
+    }
+    let Some(src) = file.rfind("/src/") else {
+        return file;
+    };
+    match file[..src].rfind('/') {
+        Some(crate_dir) => &file[crate_dir + 1..],
+        None => file,
+    }
+}
+
 impl Registration {
     /// A registration of `type_name` under `name`, checked against this
     /// crate's [`PROTOCOL_FINGERPRINT`](crate::protocol::PROTOCOL_FINGERPRINT), with no
@@ -99,9 +114,23 @@ impl Registration {
         self
     }
 
-    /// `file:line` of the annotated impl.
+    /// `file:line` of the annotated impl, as a reader finds it: relative to
+    /// the workspace for a crate of your own, and from the crate's folder
+    /// for one built elsewhere (a dependency from crates.io or git, whose
+    /// `file!()` is absolute): `websocket-manager-0.1.0/src/managers/unified.rs:189`
+    /// rather than the whole path into `~/.cargo/registry`.
+    ///
+    /// ```
+    /// use websocket_manager::startup::{ManagerMode, Registration};
+    /// let mut registration = Registration::new("mine", "Mine", ManagerMode::Unified, None);
+    /// registration.file = "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/my-managers-1.2.0/src/lib.rs";
+    /// registration.line = 7;
+    /// assert_eq!(registration.location(), "my-managers-1.2.0/src/lib.rs:7");
+    /// registration.file = "examples/startup.rs"; // inside the workspace: as it is
+    /// assert_eq!(registration.location(), "examples/startup.rs:7");
+    /// ```
     pub fn location(&self) -> String {
-        format!("{}:{}", self.file, self.line)
+        format!("{}:{}", readable_path(self.file), self.line)
     }
 
     /// Whether the factory can build it.
