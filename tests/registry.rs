@@ -71,3 +71,11 @@ fn table_and_json_describe_the_same_entries() {
     assert_eq!(json[1]["protocol_matches"], false);
     assert_eq!(json[0]["buildable"], false);
 }
+
+/// A manager of another crate does not tell its sockets' queue bounds: the
+/// transport then uses its own setting or the default.
+#[test]
+fn a_manager_of_your_own_leaves_the_queue_bounds_to_the_transport() {
+    let manager = websocket_manager::DynManager::new(example_managers::MinimalManager::default());
+    assert_eq!(manager.queue_limits(), None);
+}

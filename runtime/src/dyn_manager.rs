@@ -1,6 +1,7 @@
 //! [`DynManager`]: any manager behind one type, for the registry, the
 //! factory and the transport.
 
+use crate::connection::QueueLimits;
 use std::any::Any;
 use std::collections::HashSet;
 use std::fmt;
@@ -201,6 +202,34 @@ impl DynManager {
     /// ```
     pub fn readiness(&self) -> Readiness {
         self.inner.readiness()
+    }
+
+    /// The outbound queue bounds the manager's sockets need, when it says:
+    /// the reference managers' [`ManagerConfig::queue_limits`](crate::managers::ManagerConfig::queue_limits)
+    /// (their replays are sized to fit them), `None` for a manager of your
+    /// own. The transport creates every socket with these unless its
+    /// config sets other bounds.
+    ///
+    /// ```
+    /// use websocket_manager::{DynManager, managers::{ManagerConfig, UnifiedWebSocketManager}};
+    /// let config = ManagerConfig::builder().queue_capacity(64).history_capacity(32).build()?;
+    /// let manager = DynManager::new(UnifiedWebSocketManager::new(config.clone()));
+    /// assert_eq!(manager.queue_limits(), Some(config.queue_limits()));
+    /// # Ok::<(), websocket_manager::managers::ConfigError>(())
+    /// ```
+    pub fn queue_limits(&self) -> Option<QueueLimits> {
+        let any = self.inner.as_any();
+        if let Some(unified) = any.downcast_ref::<crate::managers::UnifiedWebSocketManager>() {
+            return Some(unified.config().queue_limits());
+        }
+        if let Some(isolated) = any.downcast_ref::<crate::managers::IsolatedWebSocketManager>() {
+            return Some(isolated.config().queue_limits());
+        }
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = any.downcast_ref::<crate::managers::ClusterWebSocketManager>() {
+            return Some(cluster.config().queue_limits());
+        }
+        None
     }
 
     /// The concrete manager's Rust type name (for logs).

@@ -5,7 +5,7 @@
 //! * [`fault_proxy`]: a real TCP proxy that black-holes or cuts connections;
 //! * [`e2e`]: a real server on loopback (both adapters), tokens and a
 //!   tokio-tungstenite client;
-//! * [`bench`]: the transport benches' authenticator, token and upgrade
+//! * [`bench`](mod@bench): the transport benches' authenticator, token and upgrade
 //!   request.
 //!
 //! The runtime crate's own tests keep their fixtures next to them

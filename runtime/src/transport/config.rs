@@ -29,7 +29,7 @@ pub struct TransportConfigError {
 /// | `max_frame_size` | 64 KiB | a larger inbound frame closes the socket with 1009 |
 /// | `write_timeout` | 10 s | one write may stall this long before the socket is dropped |
 /// | `close_timeout` | 2 s | how long to wait for the peer's side of the close handshake |
-/// | `queue_limits` | 1,024 frames / 8 MiB | each connection's outbound queue (take them from the manager's [`ManagerConfig`]) |
+/// | `queue_limits` | the manager's | each connection's outbound queue: by default what the manager asks for (a reference manager: its [`ManagerConfig`]'s, 1,024 frames / 8 MiB by default; another manager: 1,024 / 8 MiB); set here only for a manager of your own |
 /// | `read_buffer_size` | 4 KiB | tungstenite's read buffer of each socket (its own default, 128 KiB, costs 128 KiB per idle connection) |
 /// | `write_buffer_size` | 16 KiB | frames are gathered up to this size before a write (every batch is flushed anyway); allocated at the first write, and a socket keeps up to this much after a burst |
 /// | `header_read_timeout` | 10 s | an upgrade request whose head (or answer) takes longer is dropped, so stalled upgrades cannot pile up |
@@ -71,7 +71,7 @@ pub struct TransportConfig {
     write_timeout: Duration,
     #[serde(serialize_with = "millis")]
     close_timeout: Duration,
-    queue_limits: QueueLimits,
+    queue_limits: Option<QueueLimits>,
     read_buffer_size: usize,
     write_buffer_size: usize,
     #[serde(serialize_with = "millis")]
@@ -101,7 +101,7 @@ impl Default for TransportConfig {
             max_frame_size: 64 * 1024,
             write_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(2),
-            queue_limits: QueueLimits::default(),
+            queue_limits: None,
             read_buffer_size: 4 * 1024,
             write_buffer_size: 16 * 1024,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
@@ -153,8 +153,12 @@ impl TransportConfig {
         self.close_timeout
     }
 
-    /// Bounds of each connection's outbound queue.
-    pub fn queue_limits(&self) -> QueueLimits {
+    /// Bounds of each connection's outbound queue, when set here; `None`
+    /// (the default) lets the service take them from its manager (the
+    /// reference managers' [`ManagerConfig`]; see
+    /// [`DynManager::queue_limits`](crate::DynManager::queue_limits)), so a
+    /// manager configured once configures its sockets too.
+    pub fn queue_limits(&self) -> Option<QueueLimits> {
         self.queue_limits
     }
 
@@ -262,9 +266,10 @@ impl TransportConfigBuilder {
         self
     }
 
-    /// Outbound queue bounds.
+    /// Outbound queue bounds, over what the manager asks for (for a
+    /// manager of your own, which the service cannot ask).
     pub fn queue_limits(mut self, limits: QueueLimits) -> Self {
-        self.config.queue_limits = limits;
+        self.config.queue_limits = Some(limits);
         self
     }
 
@@ -377,7 +382,9 @@ impl TransportConfigBuilder {
                 problem: "must be longer than ping_interval, or every healthy client would time out",
             });
         }
-        if c.max_message_size > c.queue_limits.max_bytes {
+        if let Some(limits) = c.queue_limits
+            && c.max_message_size > limits.max_bytes
+        {
             return Err(TransportConfigError {
                 field: "max_message_size",
                 problem: "must not exceed queue_limits' max_bytes, or a message the reader accepts could never be queued back (SendError::TooLarge)",
@@ -457,7 +464,10 @@ mod tests {
             .queue_limits(QueueLimits::new(16, 64 * 1024))
             .build()
             .unwrap();
-        assert_eq!(config.max_message_size(), config.queue_limits().max_bytes);
+        assert_eq!(
+            Some(config.max_message_size()),
+            config.queue_limits().map(|q| q.max_bytes)
+        );
     }
 
     #[test]
@@ -474,6 +484,6 @@ mod tests {
             .max_message_size(7000)
             .build()
             .unwrap();
-        assert_eq!(config.queue_limits(), QueueLimits::new(7, 7000));
+        assert_eq!(config.queue_limits(), Some(QueueLimits::new(7, 7000)));
     }
 }

@@ -21,7 +21,7 @@ use super::shutdown::{
 };
 use super::wire::{WireMessage, WireSocket};
 use crate::close::{self, CloseReason};
-use crate::connection::{TextFrame, WebSocketConnection, WebSocketHandle};
+use crate::connection::{QueueLimits, TextFrame, WebSocketConnection, WebSocketHandle};
 use crate::dyn_manager::DynManager;
 use crate::ids::{ConnectionId, ThreadId, UserId};
 use crate::offset::StreamOffset;
@@ -82,6 +82,8 @@ struct ServiceInner {
     config: TransportConfig,
     tracker: Arc<ConnectionTracker>,
     max_connections: Option<usize>,
+    /// Every socket's queue bounds: the config's, else the manager's.
+    queue_limits: QueueLimits,
     /// New connections per second, if limited.
     connection_rate: Option<Mutex<TokenBucket>>,
     counters: TransportCounters,
@@ -203,6 +205,18 @@ impl WebSocketServiceBuilder {
 
     /// The service.
     pub fn build(self) -> WebSocketService {
+        let queue_limits = self
+            .config
+            .queue_limits()
+            .or_else(|| self.manager.queue_limits())
+            .unwrap_or_default();
+        if self.config.max_message_size() > queue_limits.max_bytes {
+            tracing::warn!(
+                max_message_size = self.config.max_message_size(),
+                queue_max_bytes = queue_limits.max_bytes,
+                "a message the reader accepts may not fit a socket's queue (SendError::TooLarge on an echo)"
+            );
+        }
         WebSocketService {
             inner: Arc::new(ServiceInner {
                 manager: self.manager,
@@ -212,6 +226,7 @@ impl WebSocketServiceBuilder {
                 config: self.config,
                 tracker: Arc::new(ConnectionTracker::default()),
                 max_connections: self.max_connections,
+                queue_limits,
                 connection_rate: self
                     .connection_rate
                     .map(|limit| Mutex::new(TokenBucket::new(limit, std::time::Instant::now()))),
@@ -251,6 +266,13 @@ impl WebSocketService {
     /// The manager connections are registered with.
     pub fn manager(&self) -> &DynManager {
         &self.inner.manager
+    }
+
+    /// The bounds every socket's outbound queue is created with: the
+    /// transport config's when set, else what the manager asks for
+    /// ([`DynManager::queue_limits`]), else the default.
+    pub fn queue_limits(&self) -> QueueLimits {
+        self.inner.queue_limits
     }
 
     /// The transport settings.
@@ -566,7 +588,7 @@ impl WebSocketService {
     ) -> ConnectionOutcome {
         let started = Instant::now();
         let inner = &self.inner;
-        let (handle, outbound) = WebSocketHandle::channel(inner.config.queue_limits());
+        let (handle, outbound) = WebSocketHandle::channel(inner.queue_limits);
         let Admission {
             identity,
             thread_id,
@@ -741,4 +763,49 @@ async fn close_unregistered<S: WireSocket>(
         let _ = socket.close().await;
     })
     .await;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::managers::{ManagerConfig, UnifiedWebSocketManager};
+
+    struct Nobody;
+
+    #[async_trait::async_trait]
+    impl Authenticator for Nobody {
+        async fn authenticate(&self, _: &UpgradeRequest<'_>) -> Result<Identity, AuthError> {
+            Err(AuthError::Unauthorized("test".into()))
+        }
+    }
+
+    #[test]
+    fn sockets_take_the_managers_queue_bounds_unless_the_transport_sets_its_own() {
+        let config = ManagerConfig::builder()
+            .queue_capacity(64)
+            .queue_max_bytes(1 << 21)
+            .history_capacity(32)
+            .build()
+            .unwrap();
+        let manager = DynManager::new(UnifiedWebSocketManager::new(config.clone()));
+        // Configured once, on the manager: the sockets follow.
+        let service = WebSocketService::builder(manager.clone(), Nobody).build();
+        assert_eq!(service.queue_limits(), QueueLimits::new(64, 1 << 21));
+        // Set on the transport: that wins.
+        let explicit = TransportConfig::builder()
+            .queue_limits(QueueLimits::new(128, 1 << 22))
+            .build()
+            .unwrap();
+        let service = WebSocketService::builder(manager, Nobody)
+            .config(explicit)
+            .build();
+        assert_eq!(service.queue_limits(), QueueLimits::new(128, 1 << 22));
+        // The isolated manager says too.
+        let isolated = DynManager::new(crate::managers::IsolatedWebSocketManager::new(
+            crate::startup::UserContext::new(crate::ids::UserId::new("alice").unwrap()),
+            config,
+        ));
+        assert_eq!(isolated.queue_limits(), Some(QueueLimits::new(64, 1 << 21)));
+    }
 }
