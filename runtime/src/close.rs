@@ -218,6 +218,11 @@ pub(crate) fn registration_refused(error: &ManagerError) -> CloseReason {
         // Nothing is wrong with the client: a fresh attempt, with its
         // offset, fits once the user's backlog is smaller.
         ManagerError::ReplayFailed { .. } => replay_did_not_fit(),
+        // A reconnect storm: the node reads only so many histories at once.
+        ManagerError::Cluster {
+            failure: crate::error::ClusterFailure::Busy { .. },
+            ..
+        } => CloseReason::new(TRY_AGAIN_LATER, "node busy; reconnect"),
         _ => CloseReason::new(INTERNAL_ERROR, "registration failed"),
     }
 }
@@ -259,5 +264,11 @@ mod tests {
             total: 9,
         };
         assert_eq!(registration_refused(&replay).code, 1013);
+        let busy = ManagerError::Cluster {
+            operation: "read history",
+            failure: crate::error::ClusterFailure::Busy { waited_ms: 1000 },
+            delivered_locally: 0,
+        };
+        assert_eq!(registration_refused(&busy).code, 1013);
     }
 }

@@ -44,6 +44,15 @@ pub enum ClusterFailure {
     /// The engine answered something this version does not understand.
     #[error("unexpected answer from the engine: {0}")]
     Protocol(String),
+    /// This node already has as many history reads in flight as it allows
+    /// (`ClusterConfig::history_reads`) and none finished within
+    /// `command_timeout`: a reconnect storm. Nothing was sent; a client
+    /// retries with backoff (or on another node).
+    #[error("this node is busy: no history read free within {waited_ms} ms; nothing was sent")]
+    Busy {
+        /// How long the registration waited.
+        waited_ms: u64,
+    },
 }
 
 impl ClusterFailure {
@@ -57,6 +66,7 @@ impl ClusterFailure {
     /// use websocket_manager::ClusterFailure;
     /// assert!(ClusterFailure::Timeout { timeout_ms: 1000 }.may_have_taken_effect());
     /// assert!(!ClusterFailure::NotReady.may_have_taken_effect());
+    /// assert!(!ClusterFailure::Busy { waited_ms: 1000 }.may_have_taken_effect());
     /// assert!(!ClusterFailure::Fenced { cut_off_ms: 9000 }.may_have_taken_effect());
     /// assert!(!ClusterFailure::Unreachable("connection refused".into()).may_have_taken_effect());
     /// ```
@@ -66,6 +76,7 @@ impl ClusterFailure {
             ClusterFailure::Unreachable(_)
                 | ClusterFailure::NotReady
                 | ClusterFailure::Fenced { .. }
+                | ClusterFailure::Busy { .. }
         )
     }
 }

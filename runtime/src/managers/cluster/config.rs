@@ -42,6 +42,7 @@ pub struct ClusterConfig {
     probe_interval: Duration,
     probe_timeout: Duration,
     fence_after: Duration,
+    history_reads: usize,
 }
 
 impl ClusterConfig {
@@ -66,6 +67,7 @@ impl ClusterConfig {
                 probe_interval: Duration::from_secs(2),
                 probe_timeout: Duration::from_secs(2),
                 fence_after: Duration::ZERO,
+                history_reads: 64,
             },
         }
     }
@@ -114,6 +116,12 @@ impl ClusterConfig {
     /// dispatcher.
     pub fn inbound_capacity(&self) -> usize {
         self.inbound_capacity
+    }
+
+    /// How many history reads (one per connection that registers: its
+    /// replay) this node sends to Redis at once.
+    pub fn history_reads(&self) -> usize {
+        self.history_reads
     }
 
     /// How long a user's stream id (epoch) and sequence survive without a
@@ -237,6 +245,17 @@ impl ClusterConfigBuilder {
         self
     }
 
+    /// How many history reads this node sends to Redis at once (default
+    /// 64). Every connection that registers reads its user's stream once;
+    /// in a reconnect storm (a node died and its clients all come here) the
+    /// rest wait their turn, up to `command_timeout`, instead of flattening
+    /// Redis; one that waits longer is refused (its client retries with
+    /// backoff). Counted in `ClusterStats::history_read_waits`.
+    pub fn history_reads(mut self, reads: usize) -> Self {
+        self.config.history_reads = reads;
+        self
+    }
+
     /// How long a user's stream id and sequence survive without a new
     /// critical event (default 24 h; at least `history_max_age`, checked
     /// when the manager is built).
@@ -291,6 +310,9 @@ impl ClusterConfigBuilder {
                 "node_id",
                 "must be 1 to 64 ASCII letters, digits, `_`, `-`, `.` or `:`",
             );
+        }
+        if c.history_reads == 0 {
+            return refuse("history_reads", "must be greater than zero");
         }
         if c.command_timeout.is_zero() || c.ready_timeout.is_zero() {
             return refuse("command_timeout", "must be greater than zero");

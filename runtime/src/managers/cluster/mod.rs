@@ -146,6 +146,10 @@ struct Shared {
     outbound: mpsc::Sender<PresenceChange>,
     /// The link watchdog's bookkeeping and counters.
     link: Link,
+    /// Bounds the history reads in flight (`ClusterConfig::history_reads`).
+    history_reads: tokio::sync::Semaphore,
+    /// Registrations that had to wait for a history read's turn.
+    history_read_waits: AtomicU64,
     /// Wakes the maintenance task to rejoin at once (a fresh connection).
     wake: tokio::sync::Notify,
     /// Wakes the maintenance task to leave the cluster...
@@ -203,6 +207,7 @@ impl ClusterWebSocketManager {
                 dirty.store(true, Ordering::SeqCst);
             }
         });
+        let history_reads = cluster.history_reads();
         let shared = Arc::new(Shared {
             local: LocalIndex::new(config.clone(), sink),
             config,
@@ -218,6 +223,8 @@ impl ClusterWebSocketManager {
             probe,
             outbound,
             link: Link::default(),
+            history_reads: tokio::sync::Semaphore::new(history_reads),
+            history_read_waits: AtomicU64::new(0),
             wake: tokio::sync::Notify::new(),
             stop: tokio::sync::Notify::new(),
             stopped: tokio::sync::Notify::new(),
@@ -298,6 +305,7 @@ impl ClusterWebSocketManager {
             reconnects: self.shared.link.reconnects.load(Ordering::Relaxed),
             probe_timeouts: self.shared.link.probe_timeouts.load(Ordering::Relaxed),
             fenced: self.shared.link.fenced.load(Ordering::Relaxed),
+            history_read_waits: self.shared.history_read_waits.load(Ordering::Relaxed),
         }
     }
 
@@ -389,6 +397,39 @@ impl Shared {
                 "could not leave the cluster in time; the others drop this node when its heartbeat expires"
             );
         }
+    }
+
+    /// Reads a registering connection's history, at most
+    /// `ClusterConfig::history_reads` at once on this node: the others wait
+    /// their turn, up to `command_timeout`.
+    async fn read_history(
+        &self,
+        user: &UserId,
+        resume: Option<StreamOffset>,
+    ) -> Result<History, ClusterFailure> {
+        let permit = match self.history_reads.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                self.history_read_waits.fetch_add(1, Ordering::Relaxed);
+                let wait = self.cluster.command_timeout();
+                match tokio::time::timeout(wait, self.history_reads.acquire()).await {
+                    Ok(Ok(permit)) => permit,
+                    // Closed never happens (the semaphore is never closed);
+                    // both are "busy".
+                    Ok(Err(_)) | Err(_) => {
+                        return Err(ClusterFailure::Busy {
+                            waited_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                        });
+                    }
+                }
+            }
+        };
+        let history = self
+            .backplane
+            .read_history(user, resume, next_stream(), self.cluster.stream_meta_ttl())
+            .await;
+        drop(permit);
+        history
     }
 
     fn refuse_if_shut_down(&self) -> Result<(), ManagerError> {
@@ -544,16 +585,7 @@ impl WebSocketManager for ClusterWebSocketManager {
         let resume = connection.resume;
         let socket = connection.websocket.clone();
         shared.local.begin(connection)?;
-        let history = match shared
-            .backplane
-            .read_history(
-                &user,
-                resume,
-                next_stream(),
-                shared.cluster.stream_meta_ttl(),
-            )
-            .await
-        {
+        let history = match shared.read_history(&user, resume).await {
             Ok(history) => history,
             Err(failure) => {
                 shared.local.remove(&id, CloseReason::going_away());

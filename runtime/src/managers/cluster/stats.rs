@@ -30,6 +30,9 @@ pub struct ClusterStats {
     pub probe_timeouts: u64,
     /// Times the node fenced itself (cut off longer than `fence_after`).
     pub fenced: u64,
+    /// Registrations that waited for a history read's turn (more than
+    /// `ClusterConfig::history_reads` at once: a reconnect storm).
+    pub history_read_waits: u64,
 }
 
 impl ClusterStats {
@@ -48,6 +51,7 @@ impl ClusterStats {
             reconnects: 0,
             probe_timeouts: 0,
             fenced: 0,
+            history_read_waits: 0,
         }
     }
 }
@@ -56,7 +60,7 @@ impl std::fmt::Display for ClusterStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "node {} ({}, {}): {} local connection(s), {} on {} other node(s); {} inbound message(s) dropped, {} audit(s); {} reconnect(s), {} probe timeout(s), fenced {} time(s)",
+            "node {} ({}, {}): {} local connection(s), {} on {} other node(s); {} inbound message(s) dropped, {} audit(s); {} reconnect(s), {} probe timeout(s), fenced {} time(s); {} registration(s) waited for a history read",
             self.node_id,
             if self.ready { "ready" } else { "NOT READY" },
             self.link,
@@ -67,7 +71,8 @@ impl std::fmt::Display for ClusterStats {
             self.audits,
             self.reconnects,
             self.probe_timeouts,
-            self.fenced
+            self.fenced,
+            self.history_read_waits
         )
     }
 }
