@@ -135,9 +135,10 @@ fn the_number_of_users_holding_history_is_bounded() {
         Err(ManagerError::HistoryUsersFull { limit }) => assert_eq!(limit, 2),
         other => panic!("{other:?}"),
     }
+    let sizes = manager.index_sizes();
     assert_eq!(
-        manager.index_sizes().users,
-        2,
+        (sizes.users, sizes.history_users),
+        (0, 2),
         "the refused user left nothing behind"
     );
     // Connected or not: every critical event is retained, so a connected
@@ -421,5 +422,40 @@ fn stream_holds_while_history_is_retained_and_a_new_one_is_announced_to_a_resume
         assert_ne!(third.stream, first.stream, "{name}");
         assert_eq!(third.sequence, 1, "{name}");
         assert_eq!(frames[0]["latest"]["stream"], third.stream, "{name}");
+    }
+}
+
+#[test]
+fn a_connected_users_stream_outlives_its_expired_history() {
+    // Every retained event expires while the user stays connected: the next
+    // event must go on the same stream, numbered after the last one the
+    // connection got, or its cursor would see a gap and close it.
+    let config = ManagerConfig::builder()
+        .history_max_age(Duration::from_millis(30))
+        .build()
+        .unwrap();
+    for (name, manager) in both(config) {
+        let (c, mut receiver) = connection("c1", &alice(), None);
+        now(manager.add_connection(c)).unwrap();
+        drain_json(&mut receiver);
+        let first = now(manager.emit_critical_event(&alice(), AGENT_STARTED, json!(1))).unwrap();
+        std::thread::sleep(Duration::from_millis(80));
+        let health = manager.get_connection_health(&alice());
+        assert_eq!(health.retained_critical_events, 0, "{name}: expired");
+        let second = now(manager.emit_critical_event(&alice(), AGENT_STARTED, json!(2))).unwrap();
+        assert_eq!(second.recipients(), 1, "{name}: {second}");
+        let (first, second) = (first.offset().unwrap(), second.offset().unwrap());
+        assert_eq!(
+            (second.stream, second.sequence),
+            (first.stream, first.sequence + 1),
+            "{name}"
+        );
+        let got: Vec<_> = drain_json(&mut receiver).iter().map(envelope).collect();
+        assert_eq!(
+            got.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            [1, 2],
+            "{name}"
+        );
+        assert_eq!(manager.get_user_connections(&alice()).len(), 1, "{name}");
     }
 }

@@ -2,7 +2,8 @@
 //! building block for managers of your own.
 
 use std::collections::HashMap;
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use parking_lot::Mutex;
 
@@ -12,18 +13,19 @@ use crate::delivery::Delivery;
 use crate::error::ManagerError;
 use crate::health::unix_millis;
 use crate::ids::UserId;
-use crate::managers::core::next_stream;
-use crate::managers::events::{CriticalEnvelope, validate_event_type};
-use crate::managers::history::{
-    AppendRefused, EventLog, HistoryLedger, HistoryLimits, refusal_error, replay_into,
-};
+use crate::managers::events::validate_event_type;
+use crate::managers::fan_out::Totals;
+use crate::managers::history::{MemoryHistory, NewEvent};
+use crate::managers::index::CriticalOutcome;
 use crate::offset::StreamOffset;
 
-/// One user's log and how many of the user's connections are attached.
-#[derive(Debug)]
-struct UserLog {
-    log: EventLog,
+/// How many of a user's connections are attached, and the last event
+/// they were all given: where the user's stream goes on when its history
+/// empties while they are connected.
+#[derive(Debug, Default)]
+struct Attached {
     connections: usize,
+    at: Option<StreamOffset>,
 }
 
 /// What a manager of your own needs to honour the critical-event half of the
@@ -64,24 +66,26 @@ struct UserLog {
 /// ```
 #[derive(Debug)]
 pub struct CriticalEventLog {
-    limits: HistoryLimits,
-    max_age: std::time::Duration,
-    users: Mutex<HashMap<UserId, UserLog>>,
-    ledger: HistoryLedger,
+    /// The history the unified and isolated managers run on.
+    history: MemoryHistory,
+    attached: Mutex<HashMap<UserId, Attached>>,
 }
 
 impl CriticalEventLog {
     /// An empty log with the history bounds of `config`.
     pub fn new(config: &ManagerConfig) -> Self {
         CriticalEventLog {
-            limits: HistoryLimits {
-                capacity: config.history_capacity(),
-                max_bytes: config.history_max_bytes(),
-            },
-            max_age: config.history_max_age(),
-            users: Mutex::new(HashMap::new()),
-            ledger: HistoryLedger::new(config.max_history_users()),
+            history: MemoryHistory::new(config, Arc::new(Totals::default())),
+            attached: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn continue_from(&self, user_id: &UserId) -> Option<StreamOffset> {
+        self.attached
+            .lock()
+            .get(user_id)
+            .filter(|a| a.connections > 0)
+            .and_then(|a| a.at)
     }
 
     /// Replays into `connection`'s socket what its client is owed (after
@@ -93,49 +97,53 @@ impl CriticalEventLog {
     /// [`ManagerError::ReplayFailed`] when the socket's queue cannot take the
     /// whole replay: refuse the connection (a fresh socket always fits).
     pub fn attach(&self, connection: &WebSocketConnection) -> Result<(), ManagerError> {
-        let mut users = self.users.lock();
-        let entry = users
-            .entry(connection.user_id.clone())
-            .or_insert_with(|| UserLog {
-                log: EventLog::new(next_stream()),
-                connections: 0,
-            });
-        entry.log.expire(Instant::now(), self.max_age, &self.ledger);
-        let result = replay_into(
-            &mut entry.log,
-            &connection.websocket,
-            &connection.connection_id,
-            connection.resume,
-            &self.ledger,
-            (self.limits.capacity, self.max_age),
-        );
-        if result.is_ok() {
-            entry.connections += 1;
+        let user_id = &connection.user_id;
+        let read = self
+            .history
+            .read_now(user_id, connection.resume, || self.continue_from(user_id))?;
+        let replay = read.replay;
+        let frames: Vec<TextFrame> = replay
+            .notice
+            .into_iter()
+            .chain(replay.events.into_iter().map(|(_, frame)| frame))
+            .collect();
+        let total = frames.len();
+        for (replayed, frame) in frames.into_iter().enumerate() {
+            if connection.websocket.try_send(frame).is_err() {
+                return Err(ManagerError::ReplayFailed {
+                    connection_id: connection.connection_id.clone(),
+                    replayed,
+                    total,
+                });
+            }
         }
-        let idle = entry.connections == 0 && !entry.log.holds_history();
-        if idle {
-            users.remove(&connection.user_id);
+        if let Some(position) = read.position {
+            connection.websocket.record_stream_position(position);
         }
-        result.map(|_| ())
+        self.history.replayed(user_id, replay.head);
+        let mut attached = self.attached.lock();
+        let entry = attached.entry(user_id.clone()).or_default();
+        entry.connections += 1;
+        entry.at = replay.head;
+        Ok(())
     }
 
-    /// Counts one of `user_id`'s connections as gone; a user with no
-    /// connection and no history is forgotten.
+    /// Counts one of `user_id`'s connections as gone.
     pub fn detach(&self, user_id: &UserId) {
-        let mut users = self.users.lock();
-        if let Some(entry) = users.get_mut(user_id) {
+        let mut attached = self.attached.lock();
+        if let Some(entry) = attached.get_mut(user_id) {
             entry.connections = entry.connections.saturating_sub(1);
-            if entry.connections == 0 && !entry.log.holds_history() {
-                users.remove(user_id);
+            if entry.connections == 0 {
+                attached.remove(user_id);
             }
         }
     }
 
-    /// Emits a critical event to `user_id`, whose current sockets are
-    /// `sockets`: validates the type, assigns the next offset, retains the
-    /// event, and pushes it (after any older pending ones) into every socket.
-    /// A socket that cannot take it is closed as a slow consumer (its client
-    /// resumes from its offset), never skipped silently.
+    /// Emits a critical event to `user_id`, whose current (attached)
+    /// sockets are `sockets`: validates the type, assigns the next offset,
+    /// retains the event, and pushes it into every socket. A socket that
+    /// cannot take it is closed as a slow consumer (its client resumes from
+    /// its offset), never skipped silently.
     ///
     /// # Errors
     ///
@@ -151,84 +159,55 @@ impl CriticalEventLog {
         sockets: &[WebSocketHandle],
     ) -> Result<Delivery, ManagerError> {
         validate_event_type(event_type)?;
-        let mut envelope = CriticalEnvelope::new(event_type, data);
-        // A second attempt only after sweeping expired logs off the ledger.
-        for attempt in 0..2 {
-            let mut users = self.users.lock();
-            let entry = users.entry(user_id.clone()).or_insert_with(|| UserLog {
-                log: EventLog::new(next_stream()),
-                connections: 0,
-            });
-            let log = &mut entry.log;
-            log.expire(Instant::now(), self.max_age, &self.ledger);
-            let offset = log.next_offset();
-            envelope.stream = offset.stream;
-            envelope.sequence = offset.sequence;
-            let frame = TextFrame::from_json(&envelope)?;
-            // older pending events first
-            while let Some((sequence, pending)) = log.first_pending() {
-                let pending = pending.frame.clone();
-                if push_all(sockets, &pending) == 0 {
-                    break;
+        let data = serde_json::to_string(&data)?;
+        let event = NewEvent {
+            event_type,
+            data: &data,
+            timestamp: unix_millis(SystemTime::now()),
+            online: !sockets.is_empty(),
+        };
+        let appended = self.history.append_with(
+            user_id,
+            event,
+            || self.continue_from(user_id),
+            |_, frame, _| {
+                let delivered = push_all(sockets, frame);
+                CriticalOutcome {
+                    delivered,
+                    deferred: 0,
+                    closed: sockets.len() - delivered,
                 }
-                log.mark_taken_through(sequence);
+            },
+        )?;
+        let offset = appended.offset;
+        if appended.outcome.delivered > 0 {
+            if let Some(entry) = self.attached.lock().get_mut(user_id) {
+                entry.at = Some(offset);
             }
-            match log.append(frame.clone(), Instant::now(), self.limits, &self.ledger) {
-                Ok(_) => {
-                    if log.pending() == 1 {
-                        let delivered = push_all(sockets, &frame);
-                        if delivered > 0 {
-                            log.mark_taken_through(offset.sequence);
-                            return Ok(Delivery::delivered(delivered, sockets.len() - delivered)
-                                .with_offset(offset));
-                        }
-                    }
-                    return Ok(Delivery::queued(log.pending()).with_offset(offset));
-                }
-                Err(refused) => {
-                    let error =
-                        refusal_error(refused, user_id, &frame, self.limits, log, &self.ledger);
-                    if entry.connections == 0 && !entry.log.holds_history() {
-                        users.remove(user_id);
-                    }
-                    if refused != AppendRefused::TooManyUsers || attempt > 0 {
-                        return Err(error);
-                    }
-                }
-            }
-            drop(users);
-            self.prune_expired();
+            return Ok(
+                Delivery::delivered(appended.outcome.delivered, appended.outcome.closed)
+                    .with_offset(offset),
+            );
         }
-        Err(ManagerError::HistoryUsersFull {
-            limit: self.ledger.limit(),
-        })
+        Ok(
+            Delivery::queued(usize::try_from(appended.pending).unwrap_or(usize::MAX))
+                .with_offset(offset),
+        )
     }
 
     /// The offset of the last event emitted to `user_id`, if any.
     pub fn latest(&self, user_id: &UserId) -> Option<StreamOffset> {
-        let users = self.users.lock();
-        let latest = users.get(user_id)?.log.latest();
-        (latest.sequence > 0).then_some(latest)
+        self.history.latest(user_id)
     }
 
     /// Events retained for `user_id` that no connection has taken yet.
     pub fn pending(&self, user_id: &UserId) -> usize {
-        self.users
-            .lock()
-            .get(user_id)
-            .map_or(0, |entry| entry.log.pending())
+        self.history.pending(user_id)
     }
 
     /// Drops every event older than `history_max_age`; returns how many.
     pub fn prune_expired(&self) -> usize {
-        let now = Instant::now();
-        let mut users = self.users.lock();
-        let mut dropped = 0;
-        users.retain(|_, entry| {
-            dropped += entry.log.expire(now, self.max_age, &self.ledger).events;
-            entry.connections > 0 || entry.log.holds_history()
-        });
-        dropped
+        self.history.prune_expired()
     }
 }
 
@@ -246,18 +225,4 @@ fn push_all(sockets: &[WebSocketHandle], frame: &TextFrame) -> usize {
         }
     }
     delivered
-}
-
-impl CriticalEnvelope {
-    /// An envelope stamped now, with its offset still to be assigned.
-    pub(crate) fn new(event_type: &str, data: serde_json::Value) -> Self {
-        CriticalEnvelope {
-            event_type: event_type.to_owned(),
-            data,
-            timestamp: unix_millis(SystemTime::now()),
-            critical: true,
-            stream: 0,
-            sequence: 0,
-        }
-    }
 }

@@ -23,6 +23,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::connection::TextFrame;
 use crate::error::ManagerError;
 use crate::offset::StreamOffset;
 
@@ -177,10 +178,81 @@ pub fn validate_event_type(event_type: &str) -> Result<(), ManagerError> {
     }
 }
 
+#[cfg(feature = "redis")]
+/// The length of [`critical_frame`]'s output for the largest possible
+/// offset, known before Redis assigns the sequence (no frame is built).
+pub(crate) fn critical_frame_max_len(event_type: &str, data_json: &str, timestamp: u64) -> usize {
+    const FIXED: usize =
+        r#"{"type":"","data":,"timestamp":,"critical":true,"stream":,"sequence":}"#.len();
+    let digits = |n: u64| n.checked_ilog10().map_or(1, |d| d as usize + 1);
+    FIXED + event_type.len() + data_json.len() + digits(timestamp) + 2 * digits(u64::MAX)
+}
+
+/// The frame of a critical event, byte for byte what
+/// `serde_json::to_string(&CriticalEnvelope { .. })` writes, built from the
+/// data's JSON text without parsing it again, so every node (and the
+/// in-memory history) sends the same bytes.
+pub(crate) fn critical_frame(
+    event_type: &str,
+    data_json: &str,
+    timestamp: u64,
+    offset: StreamOffset,
+) -> TextFrame {
+    // `event_type` passed `validate_event_type` (no character needs
+    // escaping); `data_json` was written by serde_json.
+    TextFrame::from(format!(
+        r#"{{"type":"{event_type}","data":{data_json},"timestamp":{timestamp},"critical":true,"stream":{},"sequence":{}}}"#,
+        offset.stream, offset.sequence
+    ))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_critical_frame_is_the_envelope_serde_writes() {
+        let data = serde_json::json!({"text": "a \"quoted\" line\n", "n": [1, 2.5, null]});
+        let envelope = CriticalEnvelope {
+            event_type: "tool.progress-2".to_owned(),
+            data: data.clone(),
+            timestamp: 1_700_000_000_123,
+            critical: true,
+            stream: 17_000_000_001_234,
+            sequence: 42,
+        };
+        let frame = critical_frame(
+            "tool.progress-2",
+            &serde_json::to_string(&data).unwrap(),
+            1_700_000_000_123,
+            StreamOffset::new(17_000_000_001_234, 42),
+        );
+        assert_eq!(frame.as_str(), serde_json::to_string(&envelope).unwrap());
+    }
+
+    #[test]
+    #[cfg(feature = "redis")]
+    fn the_maximum_length_is_the_frame_length_at_the_largest_offset() {
+        for (data, timestamp) in [
+            ("{}", 0),
+            (r#"{"a":[1,2]}"#, 9),
+            ("null", 1_700_000_000_123),
+        ] {
+            let max = critical_frame(
+                "agent_started",
+                data,
+                timestamp,
+                StreamOffset::new(u64::MAX, u64::MAX),
+            );
+            assert_eq!(
+                critical_frame_max_len("agent_started", data, timestamp),
+                max.len()
+            );
+            let small = critical_frame("agent_started", data, timestamp, StreamOffset::new(1, 1));
+            assert!(small.len() <= max.len());
+        }
+    }
 
     #[test]
     fn the_five_agent_events_are_valid_and_distinct() {

@@ -171,7 +171,7 @@ impl ConstructManager for IsolatedWebSocketManager {
 impl WebSocketManager for IsolatedWebSocketManager {
     async fn add_connection(&self, connection: WebSocketConnection) -> Result<(), ManagerError> {
         self.check_command("add_connection", &connection.user_id)?;
-        self.core.add_connection(connection)
+        self.core.add_connection(connection).await
     }
 
     async fn remove_connection(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection> {
@@ -220,7 +220,9 @@ impl WebSocketManager for IsolatedWebSocketManager {
         data: serde_json::Value,
     ) -> Result<Delivery, ManagerError> {
         self.check_command("emit_critical_event", user_id)?;
-        self.core.emit_critical_event(user_id, event_type, data)
+        self.core
+            .emit_critical_event(user_id, event_type, data)
+            .await
     }
 
     fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth {

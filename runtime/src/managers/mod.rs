@@ -10,6 +10,7 @@ mod critical_log;
 pub(crate) mod events;
 mod fan_out;
 mod history;
+mod index;
 mod isolated;
 mod stats;
 mod unified;

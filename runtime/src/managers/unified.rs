@@ -188,7 +188,7 @@ impl ConstructManager for UnifiedWebSocketManager {
 #[websocket_manager(name = "unified", mode = "unified", readiness = Self::readiness)]
 impl WebSocketManager for UnifiedWebSocketManager {
     async fn add_connection(&self, connection: WebSocketConnection) -> Result<(), ManagerError> {
-        self.core.add_connection(connection)
+        self.core.add_connection(connection).await
     }
 
     async fn remove_connection(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection> {
@@ -230,7 +230,9 @@ impl WebSocketManager for UnifiedWebSocketManager {
         event_type: &str,
         data: serde_json::Value,
     ) -> Result<Delivery, ManagerError> {
-        self.core.emit_critical_event(user_id, event_type, data)
+        self.core
+            .emit_critical_event(user_id, event_type, data)
+            .await
     }
 
     fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth {

@@ -33,7 +33,7 @@ use crate::ids::{ConnectionId, UserId};
 use crate::offset::StreamOffset;
 
 use super::config::ClusterConfig;
-use super::local::PresenceChange;
+use super::presence::PresenceChange;
 use super::wire::{BusMessage, Keys, PresenceEntry};
 
 /// Numbers, stores and publishes one critical event atomically

@@ -9,8 +9,10 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
 use super::Shared;
-use super::wire::{BusMessage, critical_frame};
+use super::wire::BusMessage;
 use crate::connection::TextFrame;
+use crate::managers::events::critical_frame;
+use crate::managers::index::Arrival;
 use crate::offset::StreamOffset;
 
 /// Applies what arrives from Redis, in order.
@@ -69,7 +71,9 @@ fn apply(shared: &Shared, message: BusMessage) {
             }
             let offset = StreamOffset::new(stream, sequence);
             let frame = critical_frame(&event_type, &data, timestamp, offset);
-            shared.local.deliver_critical(&user, offset, &frame, false);
+            shared
+                .local
+                .deliver_critical(&user, offset, &frame, Arrival::InOrder);
         }
         BusMessage::User {
             origin,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::Shared;
-use super::local::PresenceChange;
+use super::presence::{self, PresenceChange};
 use crate::error::ClusterFailure;
 use crate::ids::UserId;
 
@@ -118,7 +118,7 @@ async fn connect(shared: &Shared) -> Result<(), ClusterFailure> {
     shared.presence_dirty.store(false, Ordering::SeqCst);
     shared
         .backplane
-        .rewrite_presence(&shared.local.presence())
+        .rewrite_presence(&presence::presence_entries(&shared.local))
         .await?;
     refresh(shared).await?;
     shared.link_joined();
@@ -141,7 +141,7 @@ async fn tick(shared: &Shared) -> Result<(), ClusterFailure> {
         }
         shared
             .backplane
-            .rewrite_presence(&shared.local.presence())
+            .rewrite_presence(&presence::presence_entries(&shared.local))
             .await?;
     }
     refresh(shared).await

@@ -54,16 +54,16 @@ mod backplane;
 mod bus;
 mod config;
 mod link;
-mod local;
 mod maintenance;
 mod presence;
+mod redis_history;
 mod stats;
 mod wire;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use redis::{PushInfo, PushKind};
 use tokio::sync::{mpsc, watch};
@@ -72,24 +72,23 @@ use crate::config::ManagerConfig;
 use crate::connection::{CloseReason, TextFrame, WebSocketConnection, WebSocketHandle};
 use crate::delivery::{Delivery, DeliveryTarget, NotDeliveredReason};
 use crate::error::{ClusterFailure, ManagerError};
-use crate::health::{ConnectionHealth, ConnectionSummary, unix_millis};
+use crate::health::{ConnectionHealth, ConnectionSummary};
 use crate::ids::{ConnectionId, ThreadId, UserId};
-use crate::managers::core::next_stream;
-use crate::managers::events::{ResyncNotice, ResyncReason, validate_event_type};
-use crate::managers::fan_out::{FanOut, bump};
-use crate::offset::{StreamOffset, StreamPosition};
+use crate::managers::fan_out::{FanOut, Totals, bump};
+use crate::managers::history;
+use crate::managers::index::{IndexChange, IndexObserver, LocalIndex};
 use crate::protocol::WebSocketManager;
 use crate::registry::{BuildContext, BuildError, ConstructManager};
 use crate::websocket_manager;
 
-use backplane::{AppendError, Backplane, History, PushHandler, StoredEvent};
+use backplane::{Backplane, PushHandler};
 pub use config::{ClusterConfig, ClusterConfigBuilder};
 use link::Link;
 pub use link::LinkState;
-use local::{LocalIndex, PresenceChange, Replay};
-use presence::Replica;
+use presence::{PresenceChange, Replica, presence_of};
+use redis_history::RedisHistory;
 pub use stats::ClusterStats;
-use wire::{BusMessage, critical_frame, critical_frame_max_len};
+use wire::BusMessage;
 
 /// A [`WebSocketManager`] shared by every node of a cluster through Redis.
 ///
@@ -202,14 +201,23 @@ impl ClusterWebSocketManager {
         let presence_dirty = Arc::new(AtomicBool::new(false));
         let dirty = Arc::clone(&presence_dirty);
         let queue = outbound.clone();
-        let sink = Arc::new(move |change: PresenceChange| {
+        let observer: IndexObserver = Box::new(move |change: IndexChange<'_>| {
+            let change = match change {
+                IndexChange::Joined(c) => {
+                    PresenceChange::Join(c.connection_id.clone(), presence_of(c))
+                }
+                IndexChange::Left(id) => PresenceChange::Leave(id.clone()),
+                IndexChange::Moved(c) => {
+                    PresenceChange::Moved(c.connection_id.clone(), presence_of(c))
+                }
+            };
             if queue.try_send(change).is_err() {
                 dirty.store(true, Ordering::SeqCst);
             }
         });
         let history_reads = cluster.history_reads();
         let shared = Arc::new(Shared {
-            local: LocalIndex::new(config.clone(), sink),
+            local: LocalIndex::observed(config.clone(), Arc::new(Totals::default()), observer),
             config,
             cluster,
             replica: Replica::default(),
@@ -288,7 +296,7 @@ impl ClusterWebSocketManager {
     /// This node's counters and index sizes (the same figures as the
     /// reference managers'; retained history lives in Redis).
     pub fn stats(&self) -> crate::managers::ManagerStats {
-        self.shared.local.stats()
+        self.shared.local.stats(0)
     }
 
     /// What this node knows of the cluster.
@@ -399,37 +407,8 @@ impl Shared {
         }
     }
 
-    /// Reads a registering connection's history, at most
-    /// `ClusterConfig::history_reads` at once on this node: the others wait
-    /// their turn, up to `command_timeout`.
-    async fn read_history(
-        &self,
-        user: &UserId,
-        resume: Option<StreamOffset>,
-    ) -> Result<History, ClusterFailure> {
-        let permit = match self.history_reads.try_acquire() {
-            Ok(permit) => permit,
-            Err(_) => {
-                self.history_read_waits.fetch_add(1, Ordering::Relaxed);
-                let wait = self.cluster.command_timeout();
-                match tokio::time::timeout(wait, self.history_reads.acquire()).await {
-                    Ok(Ok(permit)) => permit,
-                    // Closed never happens (the semaphore is never closed);
-                    // both are "busy".
-                    Ok(Err(_)) | Err(_) => {
-                        return Err(ClusterFailure::Busy {
-                            waited_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                        });
-                    }
-                }
-            }
-        };
-        let history = self
-            .backplane
-            .read_history(user, resume, next_stream(), self.cluster.stream_meta_ttl())
-            .await;
-        drop(permit);
-        history
+    fn store(&self) -> RedisHistory<'_> {
+        RedisHistory { shared: self }
     }
 
     fn refuse_if_shut_down(&self) -> Result<(), ManagerError> {
@@ -486,7 +465,7 @@ impl Shared {
     ) -> Result<Delivery, ManagerError> {
         if remote.is_empty() {
             if fan.targeted == 0 {
-                bump(&self.local.totals.failed, 1);
+                bump(&self.local.totals().failed, 1);
                 let reason = match target {
                     DeliveryTarget::Thread(_) => NotDeliveredReason::NoThreadConnections,
                     _ => NotDeliveredReason::NoConnections,
@@ -518,61 +497,6 @@ fn cluster_error(
     }
 }
 
-/// What a connection resuming from `resume` is sent, from what Redis
-/// holds: a notice when part of it is gone, then the events it is owed.
-fn plan(
-    history: &History,
-    resume: Option<StreamOffset>,
-    max_age: Duration,
-    now_ms: u64,
-) -> (Option<ResyncNotice>, Vec<StoredEvent>) {
-    let oldest_allowed =
-        now_ms.saturating_sub(u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX));
-    let events: Vec<StoredEvent> = history
-        .events
-        .iter()
-        .filter(|e| e.timestamp >= oldest_allowed)
-        .cloned()
-        .collect();
-    let latest = StreamOffset::new(history.stream, history.head);
-    let first_available = events.first().map_or(history.head + 1, |e| e.sequence);
-    let notice = |reason, requested, lost| ResyncNotice {
-        reason,
-        requested,
-        oldest_retained: events
-            .first()
-            .map(|e| StreamOffset::new(history.stream, e.sequence)),
-        latest,
-        lost,
-        timestamp: now_ms,
-    };
-    let owed_from = match resume {
-        Some(offset) if offset.stream != history.stream => {
-            return (
-                Some(notice(ResyncReason::UnknownStream, Some(offset), None)),
-                events,
-            );
-        }
-        Some(offset) if offset.sequence > history.head => {
-            return (
-                Some(notice(ResyncReason::Ahead, Some(offset), None)),
-                Vec::new(),
-            );
-        }
-        Some(offset) => offset.sequence + 1,
-        None => history.taken + 1,
-    };
-    if first_available > owed_from {
-        let lost = first_available - owed_from;
-        (
-            Some(notice(ResyncReason::Trimmed, resume, Some(lost))),
-            events,
-        )
-    } else {
-        (None, events)
-    }
-}
-
 #[websocket_manager(name = "cluster", mode = "unified", readiness = Self::readiness)]
 impl WebSocketManager for ClusterWebSocketManager {
     async fn add_connection(&self, connection: WebSocketConnection) -> Result<(), ManagerError> {
@@ -580,81 +504,14 @@ impl WebSocketManager for ClusterWebSocketManager {
         shared.refuse_if_shut_down()?;
         shared.refuse_if_fenced()?;
         shared.wait_ready("add connection").await?;
-        let user = connection.user_id.clone();
         let id = connection.connection_id.clone();
-        let resume = connection.resume;
-        let socket = connection.websocket.clone();
-        shared.local.begin(connection)?;
-        let history = match shared.read_history(&user, resume).await {
-            Ok(history) => history,
-            Err(failure) => {
-                shared.local.remove(&id, CloseReason::going_away());
-                return Err(cluster_error("read history", failure, 0));
-            }
-        };
-        let now = unix_millis(SystemTime::now());
-        let (notice, events) = plan(&history, resume, shared.config.history_max_age(), now);
-        let head = StreamOffset::new(history.stream, history.head);
-        // For the transport's `hello`: what Redis holds. The read returned
-        // the entries from `read_from` on, filtered by age; when it started
-        // at the stream's first entry, the first one left is the oldest a
-        // client can still get, else the stream's first entry is.
-        let read_from = match resume {
-            Some(offset) if offset.stream == history.stream => offset.sequence + 1,
-            Some(_) => 1,
-            None => history.taken + 1,
-        };
-        let oldest = if history.oldest == 0 {
-            None
-        } else if read_from <= history.oldest {
-            events.first().map(|e| e.sequence)
-        } else {
-            Some(history.oldest)
-        };
-        socket.record_stream_position(StreamPosition::new(
-            Some(head),
-            oldest.map(|sequence| StreamOffset::new(history.stream, sequence)),
-            shared.config.history_capacity(),
-            shared.config.history_max_age(),
-        ));
-        drop(socket);
-        let replay = Replay {
-            notice: match &notice {
-                Some(notice) => Some(TextFrame::from_json(notice)?),
-                None => None,
-            },
-            events: events
-                .iter()
-                .map(|e| {
-                    let offset = StreamOffset::new(history.stream, e.sequence);
-                    (
-                        offset,
-                        critical_frame(&e.event_type, &e.data, e.timestamp, offset),
-                    )
-                })
-                .collect(),
-            head: (history.head > 0).then_some(head),
-        };
-        let replayed_any = !replay.events.is_empty() || notice.is_some();
-        let live = shared.local.finish(&user, &id, replay)?;
-        // Fenced meanwhile: the fence closed the others; this one too.
-        if let Err(error) = shared.refuse_if_fenced() {
-            shared.local.remove(&id, crate::close::fenced());
-            return Err(error);
-        }
-        if live {
-            if notice.is_some() {
-                bump(&shared.local.totals.resync_notices, 1);
-            }
-            if resume.is_none() && replayed_any && history.head > history.taken {
-                // Best effort: a failure only means a later connection
-                // without an offset is sent these events again.
-                if let Err(error) = shared.backplane.mark_taken(&user, head).await {
-                    tracing::debug!(%error, "could not mark replayed events as taken");
-                }
-            }
-        }
-        Ok(())
+        history::register(&shared.local, &shared.store(), connection, || {
+            // Fenced meanwhile: the fence closed the others; this one too.
+            shared.refuse_if_fenced().inspect_err(|_| {
+                shared.local.remove(&id, crate::close::fenced());
+            })
+        })
+        .await
     }
 
     async fn remove_connection(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection> {
@@ -683,11 +540,7 @@ impl WebSocketManager for ClusterWebSocketManager {
 
     fn update_connection_thread(&self, connection_id: &ConnectionId, thread_id: ThreadId) -> bool {
         let shared = &self.shared;
-        if shared
-            .local
-            .update_thread(connection_id, thread_id.clone())
-            .is_some()
-        {
+        if shared.local.update_thread(connection_id, thread_id.clone()) {
             return true;
         }
         let Some(node) = shared.replica.holder(connection_id) else {
@@ -736,51 +589,17 @@ impl WebSocketManager for ClusterWebSocketManager {
     ) -> Result<Delivery, ManagerError> {
         let shared = &self.shared;
         shared.refuse_if_shut_down()?;
-        validate_event_type(event_type)?;
-        let data = serde_json::to_string(&data)?;
-        let timestamp = unix_millis(SystemTime::now());
-        // The frame's size is bounded before Redis assigns the sequence.
-        let len = critical_frame_max_len(event_type, &data, timestamp);
-        if len > shared.config.history_max_bytes() {
-            bump(&shared.local.totals.critical_rejected, 1);
-            return Err(ManagerError::CriticalEventTooLarge {
-                user_id: user_id.clone(),
-                len,
-                max: shared.config.history_max_bytes(),
-            });
-        }
         let online = self.is_connection_active(user_id);
-        let appended = shared
-            .backplane
-            .append(
-                user_id,
-                next_stream(),
-                event_type,
-                &data,
-                timestamp,
-                online,
-                shared.config.history_capacity(),
-                shared.config.history_max_age(),
-                shared.cluster.stream_meta_ttl(),
-            )
-            .await;
-        let appended = match appended {
-            Ok(appended) => appended,
-            Err(AppendError::Full { pending }) => {
-                bump(&shared.local.totals.critical_rejected, 1);
-                return Err(ManagerError::HistoryFull {
-                    user_id: user_id.clone(),
-                    pending: usize::try_from(pending).unwrap_or(usize::MAX),
-                });
-            }
-            Err(AppendError::Failed(failure)) => {
-                bump(&shared.local.totals.critical_rejected, 1);
-                return Err(cluster_error("append critical event", failure, 0));
-            }
-        };
-        let offset = appended.offset;
-        let frame = critical_frame(event_type, &data, timestamp, offset);
-        let outcome = shared.local.deliver_critical(user_id, offset, &frame, true);
+        let appended = history::emit(
+            &shared.local,
+            &shared.store(),
+            user_id,
+            event_type,
+            &data,
+            online,
+        )
+        .await?;
+        let outcome = appended.outcome;
         let remote = shared.replica.user_nodes(user_id).len();
         let delivery = if !online {
             Delivery::queued(usize::try_from(appended.pending).unwrap_or(usize::MAX))
@@ -789,18 +608,13 @@ impl WebSocketManager for ClusterWebSocketManager {
         } else {
             Delivery::relayed(outcome.delivered, outcome.closed, remote)
         };
-        Ok(delivery.with_offset(offset))
+        Ok(delivery.with_offset(appended.offset))
     }
 
     fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth {
         let shared = &self.shared;
         let mut health = ConnectionHealth::empty(user_id.clone());
-        if let Some((summaries, counters, latest)) = shared.local.health(user_id) {
-            health.active_connections = summaries.iter().filter(|s| !s.closed).count();
-            health.connections = summaries;
-            health.latest_offset = latest;
-            counters.report_into(&mut health);
-        }
+        shared.local.health_into(user_id, &mut health);
         for (connection_id, _node, entry) in shared.replica.user_entries(user_id) {
             health.active_connections += 1;
             health.connections.push(ConnectionSummary {
@@ -842,78 +656,5 @@ impl WebSocketManager for ClusterWebSocketManager {
                 },
             )
             .await
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    fn history(head: u64, taken: u64, retained: std::ops::RangeInclusive<u64>, ts: u64) -> History {
-        History {
-            stream: 7,
-            head,
-            taken,
-            oldest: *retained.start(),
-            events: retained
-                .map(|sequence| StoredEvent {
-                    sequence,
-                    event_type: "agent_thinking".to_owned(),
-                    data: "{}".to_owned(),
-                    timestamp: ts,
-                })
-                .collect(),
-        }
-    }
-
-    const AGE: Duration = Duration::from_secs(60);
-
-    #[test]
-    fn resume_plans_say_what_was_lost() {
-        let now = 1_000_000;
-        // Exact resume: the read started after the offset; no notice.
-        let (notice, events) = plan(
-            &history(10, 10, 6..=10, now),
-            Some(StreamOffset::new(7, 5)),
-            AGE,
-            now,
-        );
-        assert!(notice.is_none());
-        assert_eq!(events.len(), 5);
-        let h = history(10, 10, 4..=10, now);
-        // Trimmed: 3 lost (1..=3 gone, client had 0).
-        let (notice, _) = plan(&h, Some(StreamOffset::new(7, 0)), AGE, now);
-        let notice = notice.unwrap();
-        assert_eq!(
-            (notice.reason, notice.lost),
-            (ResyncReason::Trimmed, Some(3))
-        );
-        assert_eq!(notice.oldest_retained, Some(StreamOffset::new(7, 4)));
-        // Another stream.
-        let (notice, events) = plan(&h, Some(StreamOffset::new(8, 5)), AGE, now);
-        assert_eq!(notice.unwrap().reason, ResyncReason::UnknownStream);
-        assert_eq!(events.len(), 7);
-        // Ahead.
-        let (notice, events) = plan(&h, Some(StreamOffset::new(7, 11)), AGE, now);
-        assert_eq!(notice.unwrap().reason, ResyncReason::Ahead);
-        assert!(events.is_empty());
-    }
-
-    #[test]
-    fn expired_pending_events_are_announced_to_a_fresh_connection() {
-        let now = 1_000_000;
-        // Taken through 4; 5..=10 pending but older than max_age.
-        let h = history(10, 4, 5..=10, now - 61_000);
-        let (notice, events) = plan(&h, None, AGE, now);
-        let notice = notice.unwrap();
-        assert_eq!(
-            (notice.reason, notice.lost, notice.requested),
-            (ResyncReason::Trimmed, Some(6), None)
-        );
-        assert!(events.is_empty());
-        // Nothing pending: nothing to say.
-        let (notice, _) = plan(&history(10, 10, 5..=10, now), None, AGE, now);
-        assert!(notice.is_none());
     }
 }

@@ -13,9 +13,43 @@ use std::time::Instant;
 
 use parking_lot::RwLock;
 
+use crate::connection::WebSocketConnection;
+use crate::health::unix_millis;
 use crate::ids::{ConnectionId, ThreadId, UserId};
+use crate::managers::index::LocalIndex;
 
 use super::wire::PresenceEntry;
+
+/// A change of this node's presence, for the other nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PresenceChange {
+    Join(ConnectionId, PresenceEntry),
+    Leave(ConnectionId),
+    /// A connection bound to a thread: its whole entry, thread included,
+    /// so the presence hash (which other nodes re-read every heartbeat)
+    /// holds the binding, not only the bus message.
+    Moved(ConnectionId, PresenceEntry),
+    /// Ask node `.0`, which holds connection `.1`, to bind it to `.2`.
+    Bind(String, ConnectionId, ThreadId),
+}
+
+/// What the presence hash keeps of a connection.
+pub(crate) fn presence_of(connection: &WebSocketConnection) -> PresenceEntry {
+    PresenceEntry {
+        user: connection.user_id.clone(),
+        thread: connection.thread_id.clone(),
+        connected_at_ms: unix_millis(connection.connected_at),
+    }
+}
+
+/// Every connection of `index`, as the presence hash keeps it.
+pub(crate) fn presence_entries(index: &LocalIndex) -> Vec<(ConnectionId, PresenceEntry)> {
+    index
+        .connections()
+        .iter()
+        .map(|c| (c.connection_id.clone(), presence_of(c)))
+        .collect()
+}
 
 #[derive(Debug, Default)]
 struct State {

@@ -24,14 +24,13 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use crate::connection::{TextFrame, WebSocketHandle};
+use crate::connection::TextFrame;
 use crate::error::ManagerError;
-use crate::health::unix_millis;
-use crate::ids::{ConnectionId, UserId};
+use crate::ids::UserId;
 use crate::managers::events::{ResyncNotice, ResyncReason};
-use crate::offset::{StreamOffset, StreamPosition};
+use crate::offset::StreamOffset;
 
 /// One retained critical event.
 #[derive(Debug, Clone)]
@@ -167,6 +166,19 @@ impl EventLog {
         }
     }
 
+    /// A log that goes on numbering `offset`'s stream after it, holding
+    /// nothing: for a user whose connections are in step at `offset` when
+    /// the previous log emptied, so their stream does not change under
+    /// them.
+    pub fn continuing(offset: StreamOffset) -> Self {
+        EventLog {
+            last_sequence: offset.sequence,
+            trimmed_through: offset.sequence,
+            pending_from: offset.sequence + 1,
+            ..EventLog::new(offset.stream)
+        }
+    }
+
     /// The offset of the last event appended (sequence 0 before the first).
     pub fn latest(&self) -> StreamOffset {
         StreamOffset::new(self.stream, self.last_sequence)
@@ -203,20 +215,10 @@ impl EventLog {
         !self.events.is_empty() || self.loss.is_some()
     }
 
-    fn event(&self, sequence: u64) -> Option<&LoggedEvent> {
-        let index = sequence.checked_sub(self.trimmed_through + 1)?;
-        self.events.get(usize::try_from(index).ok()?)
-    }
-
-    /// The oldest pending event, if it is retained.
-    pub fn first_pending(&self) -> Option<(u64, &LoggedEvent)> {
-        self.event(self.pending_from)
-            .map(|event| (self.pending_from, event))
-    }
-
     /// Records that a connection took every event up to `sequence`.
     pub fn mark_taken_through(&mut self, sequence: u64) {
-        self.pending_from = self.pending_from.max(sequence + 1);
+        // Never past the last event: nothing after it exists to be taken.
+        self.pending_from = self.pending_from.max(sequence.min(self.last_sequence) + 1);
     }
 
     /// Appends the event with sequence `next_offset().sequence`, evicting the
@@ -354,10 +356,10 @@ impl EventLog {
             .skip(usize::try_from(skip).unwrap_or(usize::MAX))
     }
 
-    /// Records that a connection was sent its replay: nothing is pending
-    /// any more and any loss has been announced.
-    pub fn replayed(&mut self, ledger: &HistoryLedger) {
-        self.pending_from = self.last_sequence + 1;
+    /// Records that a connection was sent its replay up to `through`: what
+    /// is pending up to there is taken, and any loss has been announced.
+    pub fn replayed(&mut self, through: u64, ledger: &HistoryLedger) {
+        self.mark_taken_through(through);
         self.loss = None;
         self.settle(ledger);
     }
@@ -379,63 +381,6 @@ impl EventLog {
             self.reserved = false;
         }
     }
-}
-
-/// What [`replay_into`] pushed.
-#[derive(Debug)]
-pub(crate) struct Replayed {
-    /// Events replayed (the notice not counted).
-    pub events: usize,
-    /// The notice sent first, if one was due.
-    pub notice: Option<ResyncNotice>,
-}
-
-/// Pushes into `socket` what a connection resuming from `resume` is owed: a
-/// resync notice when some of it is gone, then the retained events, oldest
-/// first. All or nothing: on a full queue the log is left as it was and the
-/// error says how far it got. On success the socket records where it stands
-/// and the `retention` bounds (`history_capacity`, `history_max_age`), for
-/// the transport's `hello` frame.
-pub(crate) fn replay_into(
-    log: &mut EventLog,
-    socket: &WebSocketHandle,
-    connection_id: &ConnectionId,
-    resume: Option<StreamOffset>,
-    ledger: &HistoryLedger,
-    retention: (usize, Duration),
-) -> Result<Replayed, ManagerError> {
-    let plan = log.plan_replay(resume, unix_millis(SystemTime::now()));
-    let notice = match &plan.notice {
-        Some(notice) => Some(TextFrame::from_json(notice)?),
-        None => None,
-    };
-    let total = usize::from(notice.is_some()) + log.events_from(plan.from).count();
-    let mut replayed = 0usize;
-    for frame in notice
-        .into_iter()
-        .chain(log.events_from(plan.from).map(|e| e.frame.clone()))
-    {
-        if socket.try_send(frame).is_err() {
-            return Err(ManagerError::ReplayFailed {
-                connection_id: connection_id.clone(),
-                replayed,
-                total,
-            });
-        }
-        replayed += 1;
-    }
-    log.replayed(ledger);
-    let (max_events, max_age) = retention;
-    socket.record_stream_position(StreamPosition::new(
-        Some(log.latest()),
-        log.oldest_retained(),
-        max_events,
-        max_age,
-    ));
-    Ok(Replayed {
-        events: replayed - usize::from(plan.notice.is_some()),
-        notice: plan.notice,
-    })
 }
 
 /// The error for an append refused for a reason other than the user limit.
@@ -594,7 +539,7 @@ mod tests {
             (ResyncReason::Trimmed, Some(2))
         );
         assert_eq!(notice.oldest_retained, None);
-        log.replayed(&ledger);
+        log.replayed(log.latest().sequence, &ledger);
         assert!(!log.holds_history());
         assert_eq!(ledger.users(), 0);
         assert_eq!(log.plan_replay(None, 0).notice, None);

@@ -1,0 +1,318 @@
+//! [`RedisHistory`]: the cluster manager's [`HistoryStore`]: each user's
+//! critical events numbered by a Lua script in a Redis stream, read back
+//! for a registering connection, and delivered on this node directly (the
+//! in-order copy comes through the bus, see [`super::bus`]).
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use super::Shared;
+use super::backplane::{AppendError, History, StoredEvent};
+use crate::connection::TextFrame;
+use crate::error::{ClusterFailure, ManagerError};
+use crate::health::unix_millis;
+use crate::ids::UserId;
+use crate::managers::events::{ResyncNotice, ResyncReason, critical_frame, critical_frame_max_len};
+use crate::managers::fan_out::bump;
+use crate::managers::history::{Appended, HistoryRead, HistoryStore, NewEvent, next_stream};
+use crate::managers::index::{Arrival, LocalIndex, Replay};
+use crate::offset::{StreamOffset, StreamPosition};
+
+/// The Redis history of the node `shared`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RedisHistory<'a> {
+    pub shared: &'a Shared,
+}
+
+impl HistoryStore for RedisHistory<'_> {
+    async fn append<'a>(
+        &'a self,
+        user: &'a UserId,
+        event: NewEvent<'a>,
+        index: &'a LocalIndex,
+    ) -> Result<Appended, ManagerError> {
+        let shared = self.shared;
+        let rejected = || bump(&shared.local.totals().critical_rejected, 1);
+        // The frame's size is bounded before Redis assigns the sequence.
+        let len = critical_frame_max_len(event.event_type, event.data, event.timestamp);
+        if len > shared.config.history_max_bytes() {
+            rejected();
+            return Err(ManagerError::CriticalEventTooLarge {
+                user_id: user.clone(),
+                len,
+                max: shared.config.history_max_bytes(),
+            });
+        }
+        let appended = shared
+            .backplane
+            .append(
+                user,
+                next_stream(),
+                event.event_type,
+                event.data,
+                event.timestamp,
+                event.online,
+                shared.config.history_capacity(),
+                shared.config.history_max_age(),
+                shared.cluster.stream_meta_ttl(),
+            )
+            .await;
+        let appended = match appended {
+            Ok(appended) => appended,
+            Err(AppendError::Full { pending }) => {
+                rejected();
+                return Err(ManagerError::HistoryFull {
+                    user_id: user.clone(),
+                    pending: usize::try_from(pending).unwrap_or(usize::MAX),
+                });
+            }
+            Err(AppendError::Failed(failure)) => {
+                rejected();
+                return Err(super::cluster_error("append critical event", failure, 0));
+            }
+        };
+        let offset = appended.offset;
+        let outcome = index.deliver_critical(user, offset, &event.frame(offset), Arrival::Direct);
+        Ok(Appended {
+            offset,
+            pending: appended.pending,
+            outcome,
+        })
+    }
+
+    async fn read<'a>(
+        &'a self,
+        user: &'a UserId,
+        resume: Option<StreamOffset>,
+    ) -> Result<HistoryRead, ManagerError> {
+        let shared = self.shared;
+        let history = read_history(shared, user, resume)
+            .await
+            .map_err(|failure| super::cluster_error("read history", failure, 0))?;
+        let now = unix_millis(SystemTime::now());
+        let (notice, events) = plan(&history, resume, shared.config.history_max_age(), now);
+        let head = StreamOffset::new(history.stream, history.head);
+        // For the transport's `hello`: what Redis holds. The read returned
+        // the entries from `read_from` on, filtered by age; when it started
+        // at the stream's first entry, the first one left is the oldest a
+        // client can still get, else the stream's first entry is.
+        let read_from = match resume {
+            Some(offset) if offset.stream == history.stream => offset.sequence + 1,
+            Some(_) => 1,
+            None => history.taken + 1,
+        };
+        let oldest = if history.oldest == 0 {
+            None
+        } else if read_from <= history.oldest {
+            events.first().map(|e| e.sequence)
+        } else {
+            Some(history.oldest)
+        };
+        let replayed_any = !events.is_empty() || notice.is_some();
+        Ok(HistoryRead {
+            replay: Replay {
+                notice: match &notice {
+                    Some(notice) => Some(TextFrame::from_json(notice)?),
+                    None => None,
+                },
+                events: events
+                    .iter()
+                    .map(|e| {
+                        let offset = StreamOffset::new(history.stream, e.sequence);
+                        (
+                            offset,
+                            critical_frame(&e.event_type, &e.data, e.timestamp, offset),
+                        )
+                    })
+                    .collect(),
+                head: (history.head > 0).then_some(head),
+            },
+            notice,
+            position: Some(StreamPosition::new(
+                Some(head),
+                oldest.map(|sequence| StreamOffset::new(history.stream, sequence)),
+                shared.config.history_capacity(),
+                shared.config.history_max_age(),
+            )),
+            // Only a connection without an offset takes what is pending.
+            marks_taken: resume.is_none() && replayed_any && history.head > history.taken,
+        })
+    }
+
+    async fn replayed<'a>(&'a self, user: &'a UserId, through: Option<StreamOffset>) {
+        let Some(through) = through else {
+            return;
+        };
+        // Best effort: a failure only means a later connection without an
+        // offset is sent these events again.
+        if let Err(error) = self.shared.backplane.mark_taken(user, through).await {
+            tracing::debug!(%error, "could not mark replayed events as taken");
+        }
+    }
+}
+
+/// Reads a registering connection's history, at most
+/// `ClusterConfig::history_reads` at once on this node: the others wait
+/// their turn, up to `command_timeout`.
+async fn read_history(
+    shared: &Shared,
+    user: &UserId,
+    resume: Option<StreamOffset>,
+) -> Result<History, ClusterFailure> {
+    let permit = match shared.history_reads.try_acquire() {
+        Ok(permit) => permit,
+        Err(_) => {
+            shared.history_read_waits.fetch_add(1, Ordering::Relaxed);
+            let wait = shared.cluster.command_timeout();
+            match tokio::time::timeout(wait, shared.history_reads.acquire()).await {
+                Ok(Ok(permit)) => permit,
+                // Closed never happens (the semaphore is never closed);
+                // both are "busy".
+                Ok(Err(_)) | Err(_) => {
+                    return Err(ClusterFailure::Busy {
+                        waited_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    });
+                }
+            }
+        }
+    };
+    let history = shared
+        .backplane
+        .read_history(
+            user,
+            resume,
+            next_stream(),
+            shared.cluster.stream_meta_ttl(),
+        )
+        .await;
+    drop(permit);
+    history
+}
+
+/// What a connection resuming from `resume` is sent, from what Redis
+/// holds: a notice when part of it is gone, then the events it is owed.
+fn plan(
+    history: &History,
+    resume: Option<StreamOffset>,
+    max_age: Duration,
+    now_ms: u64,
+) -> (Option<ResyncNotice>, Vec<StoredEvent>) {
+    let oldest_allowed =
+        now_ms.saturating_sub(u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX));
+    let events: Vec<StoredEvent> = history
+        .events
+        .iter()
+        .filter(|e| e.timestamp >= oldest_allowed)
+        .cloned()
+        .collect();
+    let latest = StreamOffset::new(history.stream, history.head);
+    let first_available = events.first().map_or(history.head + 1, |e| e.sequence);
+    let notice = |reason, requested, lost| ResyncNotice {
+        reason,
+        requested,
+        oldest_retained: events
+            .first()
+            .map(|e| StreamOffset::new(history.stream, e.sequence)),
+        latest,
+        lost,
+        timestamp: now_ms,
+    };
+    let owed_from = match resume {
+        Some(offset) if offset.stream != history.stream => {
+            return (
+                Some(notice(ResyncReason::UnknownStream, Some(offset), None)),
+                events,
+            );
+        }
+        Some(offset) if offset.sequence > history.head => {
+            return (
+                Some(notice(ResyncReason::Ahead, Some(offset), None)),
+                Vec::new(),
+            );
+        }
+        Some(offset) => offset.sequence + 1,
+        None => history.taken + 1,
+    };
+    if first_available > owed_from {
+        let lost = first_available - owed_from;
+        (
+            Some(notice(ResyncReason::Trimmed, resume, Some(lost))),
+            events,
+        )
+    } else {
+        (None, events)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn history(head: u64, taken: u64, retained: std::ops::RangeInclusive<u64>, ts: u64) -> History {
+        History {
+            stream: 7,
+            head,
+            taken,
+            oldest: *retained.start(),
+            events: retained
+                .map(|sequence| StoredEvent {
+                    sequence,
+                    event_type: "agent_thinking".to_owned(),
+                    data: "{}".to_owned(),
+                    timestamp: ts,
+                })
+                .collect(),
+        }
+    }
+
+    const AGE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn resume_plans_say_what_was_lost() {
+        let now = 1_000_000;
+        // Exact resume: the read started after the offset; no notice.
+        let (notice, events) = plan(
+            &history(10, 10, 6..=10, now),
+            Some(StreamOffset::new(7, 5)),
+            AGE,
+            now,
+        );
+        assert!(notice.is_none());
+        assert_eq!(events.len(), 5);
+        let h = history(10, 10, 4..=10, now);
+        // Trimmed: 3 lost (1..=3 gone, client had 0).
+        let (notice, _) = plan(&h, Some(StreamOffset::new(7, 0)), AGE, now);
+        let notice = notice.unwrap();
+        assert_eq!(
+            (notice.reason, notice.lost),
+            (ResyncReason::Trimmed, Some(3))
+        );
+        assert_eq!(notice.oldest_retained, Some(StreamOffset::new(7, 4)));
+        // Another stream.
+        let (notice, events) = plan(&h, Some(StreamOffset::new(8, 5)), AGE, now);
+        assert_eq!(notice.unwrap().reason, ResyncReason::UnknownStream);
+        assert_eq!(events.len(), 7);
+        // Ahead.
+        let (notice, events) = plan(&h, Some(StreamOffset::new(7, 11)), AGE, now);
+        assert_eq!(notice.unwrap().reason, ResyncReason::Ahead);
+        assert!(events.is_empty());
+    }
+
+    #[test]
+    fn expired_pending_events_are_announced_to_a_fresh_connection() {
+        let now = 1_000_000;
+        // Taken through 4; 5..=10 pending but older than max_age.
+        let h = history(10, 4, 5..=10, now - 61_000);
+        let (notice, events) = plan(&h, None, AGE, now);
+        let notice = notice.unwrap();
+        assert_eq!(
+            (notice.reason, notice.lost, notice.requested),
+            (ResyncReason::Trimmed, Some(6), None)
+        );
+        assert!(events.is_empty());
+        // Nothing pending: nothing to say.
+        let (notice, _) = plan(&history(10, 10, 5..=10, now), None, AGE, now);
+        assert!(notice.is_none());
+    }
+}

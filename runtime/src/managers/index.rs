@@ -1,0 +1,1317 @@
+//! [`LocalIndex`]: the connections of this process, the one index every
+//! shipped manager runs on (the unified and isolated managers with the
+//! in-memory history, the cluster manager with Redis's). It knows nothing
+//! of how critical events are numbered or retained: a history store
+//! ([`super::history::HistoryStore`]) does, and hands the index each event
+//! with its offset.
+//!
+//! # Indexes
+//!
+//! | index | key -> value | used by |
+//! |---|---|---|
+//! | `connections` | `ConnectionId` -> `WebSocketConnection` | `get_connection`, removal |
+//! | `sockets` | `SocketId` -> `ConnectionId` | `get_connection_id_by_websocket` |
+//! | `users` | `UserId` -> `UserEntry` (the `UserSlot`: members and their cursors, counters; and, inline, the published connections and the user's send counters) | user sends, critical events, health |
+//! | `threads` | `ThreadId` -> `Arc<[Recipient]>` | `send_to_thread` |
+//!
+//! All four are [`DashMap`]s: sharded `RwLock`ed hash maps, so every lookup is
+//! an O(1) hash lookup that only contends with writers of the same shard.
+//! They hash with `ahash`, keyed at random once per process
+//! ([`IndexHasher`]): user, thread and connection ids can come from
+//! clients, so an attacker who could predict the hash could fill one bucket
+//! (HashDoS); with secret keys they cannot, as with std's SipHash, at a
+//! fraction of its cost on short ids.
+//!
+//! # A cursor per connection
+//!
+//! Every connection remembers the last critical event it was given (its
+//! [`Cursor`]). An event is pushed only when it is the next one
+//! (`sequence + 1` on the same stream); an older one is a duplicate and
+//! skipped; anything else is a gap, and the connection is closed with
+//! [`close::RESUME`](crate::close::RESUME) so its client resumes from its
+//! offset and the history replays exactly what it missed. Nothing is skipped
+//! silently. With the in-memory history events arrive in order under the
+//! store's lock and a gap cannot happen; through Redis pub/sub (at most
+//! once) it can.
+//!
+//! # Catching up
+//!
+//! [`LocalIndex::begin`] registers a connection as *catching up* before its
+//! history is read. Critical events that arrive meanwhile are buffered (at
+//! most one queue's worth); [`LocalIndex::finish`] pushes the history, then
+//! the buffered events after it, under the user's lock, and only then
+//! publishes the connection to sends: nothing newer can reach the socket
+//! before its replay, and no event falls between the read and the
+//! publication.
+//!
+//! # Locking discipline
+//!
+//! * Every change to a user's connections (add, remove, thread move,
+//!   eviction, critical event, replay) runs under that user's slot mutex.
+//!   Changes of one user are therefore serialized, and the indexes move from
+//!   one consistent state to the next; users never wait for each other except
+//!   on a map shard for the duration of one insert.
+//! * Readers take no user lock. A query on one index that races with a change
+//!   may see it a moment before or after a query on another index does (a
+//!   registration publishes the connection and socket entries first, and the
+//!   user and thread entries only after the replay); every change is
+//!   complete when the call that makes it returns.
+//! * Lock order: a history store's per-user lock (critical events are
+//!   delivered under it), then the user mutex, then map shards
+//!   (`connections` before `sockets`), then a socket's queue lock. No code
+//!   holds a map guard while taking a user mutex (slots are cloned out of
+//!   `users` first), and no code holds two user mutexes.
+//! * No guard of any kind is held across an `.await`: nothing here awaits.
+//!   Sends are `try_send`, which never blocks.
+//! * Recipients are kept as immutable `Arc<[Recipient]>` snapshots, rebuilt
+//!   on every connection change (a user has at most `max_connections_per_user`
+//!   connections). The slot's state holds the current one; code under the
+//!   user's mutex reads it there. When a change under the mutex is complete
+//!   (after any replay), `with_user` *publishes* the new snapshot into the
+//!   user's `users` entry, still under the mutex, so publications happen in
+//!   the order of the changes: its sockets are copied into the entry
+//!   itself (inline for up to four connections), its connection ids into
+//!   one allocation the entry points to (read only by an eviction and
+//!   `get_user_connections`). Sends and queries read them under the entry's
+//!   shard read guard, without the user's mutex, in place: a send fans out
+//!   under that read guard (bounded work: one non-blocking push per
+//!   connection, each taking only that socket's queue lock, which follows
+//!   the map shards in the lock order), counts in the entry's atomics, and
+//!   evicts only after releasing it. Cloning a snapshot's `Arc` to fan out
+//!   without the guard cost a locked write to a cold cache line per send,
+//!   and following pointers from the entry (to a snapshot, to the user's
+//!   counters) one cache miss each (`contention` bench); the guard only
+//!   delays writers to that shard for the serialization and the pushes.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use parking_lot::Mutex;
+use smallvec::SmallVec;
+
+use crate::close::{self, CloseReason};
+use crate::config::{ManagerConfig, SlowConsumerPolicy};
+use crate::connection::{SocketId, TextFrame, WebSocketConnection, WebSocketHandle};
+use crate::error::ManagerError;
+use crate::health::{ConnectionHealth, ConnectionSummary};
+use crate::ids::{ConnectionId, ThreadId, UserId};
+use crate::managers::fan_out::{
+    FanOut, Recipient, Recipients, Totals, UserCounters, bump, coarse_unix_millis, fan_out,
+    fan_out_to_user, no_recipients,
+};
+use crate::managers::stats::{IndexSizes, ManagerStats};
+use crate::offset::StreamOffset;
+
+/// The hasher of every index: `ahash` with random keys (see the module docs).
+pub(crate) type IndexHasher = ahash::RandomState;
+
+/// Critical events are never dropped from a live connection, whatever the
+/// configured policy: a connection that cannot take one would have a silent
+/// gap, so it is closed instead and its client resumes from its offset.
+const CRITICAL_POLICY: SlowConsumerPolicy = SlowConsumerPolicy::Disconnect;
+
+/// Where a connection stands in its user's stream of critical events.
+#[derive(Debug)]
+enum Cursor {
+    /// Registered, history not in yet: critical events wait here.
+    CatchingUp {
+        buffered: Vec<(StreamOffset, TextFrame)>,
+        overflowed: bool,
+    },
+    /// In step: `at` is the last event it was given (`None`: none yet, and
+    /// the user had no stream when it caught up).
+    Live { at: Option<StreamOffset> },
+}
+
+/// A registered connection of the user, live or catching up.
+#[derive(Debug)]
+struct Member {
+    connection_id: ConnectionId,
+    socket: WebSocketHandle,
+    cursor: Cursor,
+}
+
+/// Mutable per-user state, behind the slot's mutex.
+#[derive(Debug)]
+struct UserState {
+    /// Set when the slot is removed from `users`: whoever locks it afterwards
+    /// must look the user up again.
+    retired: bool,
+    /// Every registered connection of the user, with its cursor.
+    members: Vec<Member>,
+    /// The live members; `with_user` publishes them in the user's
+    /// [`UserEntry`] when a change is complete.
+    recipients: Recipients,
+}
+
+#[derive(Debug)]
+struct UserSlot {
+    state: Mutex<UserState>,
+    counters: Arc<UserCounters>,
+}
+
+/// Connections a user's `users` entry holds inline; a user with more has
+/// them in one allocation.
+const INLINE_CONNECTIONS: usize = 4;
+
+/// A `users` entry: the slot, and what sends and queries read without its
+/// mutex, under the entry's shard read guard: the user's live connections
+/// (a copy of the slot's recipients, published by `with_user`) and the
+/// user's send counters.
+///
+/// Why inline and not an `Arc<[Recipient]>` with the counters behind
+/// another `Arc`: a send has to read this entry anyway (its key), and each
+/// pointer it followed from there was one more cache line to fetch per send,
+/// with 10,000 connections rarely in cache. Here the counters and the
+/// sockets lie on the entry's own lines (`repr(C)`: in that order, what a
+/// send writes and reads first); the ids, which only an eviction and
+/// `get_user_connections` read, are behind one pointer, to keep the entry
+/// (and the map's table, slack included) small.
+#[derive(Debug)]
+#[repr(C)]
+struct UserEntry {
+    /// Frames the user's sends (`send_to_user`) put into queues; thread
+    /// sends, replays and critical events count in the slot's
+    /// [`UserCounters`], and a health report adds both.
+    sent: AtomicU64,
+    /// Last `send_to_user`, in ms since the epoch (0: never); a health
+    /// report takes the later of this and the slot's.
+    last_activity_ms: AtomicU64,
+    /// `sockets[i]` belongs to `connection_ids[i]` (see the type's docs).
+    sockets: SmallVec<[WebSocketHandle; INLINE_CONNECTIONS]>,
+    connection_ids: Box<[ConnectionId]>,
+    slot: Arc<UserSlot>,
+}
+
+impl UserEntry {
+    fn new(slot: Arc<UserSlot>) -> Self {
+        UserEntry {
+            sent: AtomicU64::new(0),
+            last_activity_ms: AtomicU64::new(0),
+            sockets: SmallVec::new(),
+            connection_ids: Box::default(),
+            slot,
+        }
+    }
+
+    /// Replaces the published connections with `recipients`.
+    fn publish(&mut self, recipients: &[Recipient]) {
+        self.sockets = recipients.iter().map(|r| r.socket.clone()).collect();
+        self.connection_ids = recipients.iter().map(|r| r.connection_id.clone()).collect();
+    }
+
+    /// Adds the send counters to a health report filled from the slot's.
+    fn report_into(&self, health: &mut ConnectionHealth) {
+        health.messages_sent += self.sent.load(Ordering::Relaxed);
+        let last = self.last_activity_ms.load(Ordering::Relaxed);
+        if last > 0 {
+            health.last_activity_ms = Some(health.last_activity_ms.map_or(last, |ms| ms.max(last)));
+        }
+    }
+}
+
+impl UserSlot {
+    fn new() -> Self {
+        UserSlot {
+            state: Mutex::new(UserState {
+                retired: false,
+                members: Vec::new(),
+                recipients: no_recipients(),
+            }),
+            counters: Arc::default(),
+        }
+    }
+}
+
+/// What [`LocalIndex::finish`] pushes before the connection goes live.
+#[derive(Debug, Default)]
+pub(crate) struct Replay {
+    /// A resync notice, first.
+    pub notice: Option<TextFrame>,
+    /// Retained events after the client's offset, oldest first.
+    pub events: Vec<(StreamOffset, TextFrame)>,
+    /// The user's stream head when the history was read (`None`: no
+    /// stream yet).
+    pub head: Option<StreamOffset>,
+}
+
+/// A connection [`LocalIndex::finish`] made live.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Finished {
+    /// Retained events replayed (a notice not counted).
+    pub events: usize,
+    /// The last event it was given: everything up to here is taken.
+    pub at: Option<StreamOffset>,
+}
+
+/// How a critical event reaches the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arrival {
+    /// In stream order (the in-memory history, under its lock; the Redis
+    /// bus): an event that is not the next one for a connection is a gap.
+    InOrder,
+    /// The emitting node's own copy, which may overtake events still in
+    /// flight through Redis: not the next one means "wait for the bus".
+    Direct,
+}
+
+/// What a critical event did on this node.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct CriticalOutcome {
+    /// Connections that took it now.
+    pub delivered: usize,
+    /// Connections that will get it later (catching up, or in step only
+    /// once an earlier event arrives).
+    pub deferred: usize,
+    /// Connections closed for a gap or a full queue.
+    pub closed: usize,
+}
+
+/// A change a [`LocalIndex`] reports to its observer (the cluster manager
+/// keeps its presence in Redis with them).
+#[derive(Debug)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))] // read by the cluster's observer
+pub(crate) enum IndexChange<'a> {
+    /// The connection went live.
+    Joined(&'a WebSocketConnection),
+    /// The connection left.
+    Left(&'a ConnectionId),
+    /// A live connection was bound to another thread.
+    Moved(&'a WebSocketConnection),
+}
+
+/// Where index changes go; it must not block (it queues).
+pub(crate) type IndexObserver = Box<dyn Fn(IndexChange<'_>) + Send + Sync>;
+
+enum Decision {
+    Push,
+    Skip,
+    Defer,
+    Gap,
+}
+
+/// What to do with critical event `offset` for a connection at `cursor`.
+fn decide(
+    cursor: &mut Cursor,
+    offset: StreamOffset,
+    arrival: Arrival,
+    limit: usize,
+    frame: &TextFrame,
+) -> Decision {
+    match cursor {
+        Cursor::CatchingUp {
+            buffered,
+            overflowed,
+        } => {
+            // The direct copy is not buffered: the in-order one follows.
+            if arrival == Arrival::InOrder {
+                if buffered.len() < limit {
+                    buffered.push((offset, frame.clone()));
+                } else {
+                    *overflowed = true;
+                }
+            }
+            Decision::Defer
+        }
+        Cursor::Live { at } => {
+            let next = match at {
+                None => offset.sequence == 1,
+                Some(at) if at.stream == offset.stream => {
+                    if offset.sequence <= at.sequence {
+                        return Decision::Skip;
+                    }
+                    offset.sequence == at.sequence + 1
+                }
+                Some(_) => false,
+            };
+            if next {
+                Decision::Push
+            } else if arrival == Arrival::Direct {
+                Decision::Defer
+            } else {
+                Decision::Gap
+            }
+        }
+    }
+}
+
+/// The connections of this process (see the module docs).
+pub(crate) struct LocalIndex {
+    config: ManagerConfig,
+    observer: Option<IndexObserver>,
+    connections: DashMap<ConnectionId, WebSocketConnection, IndexHasher>,
+    sockets: DashMap<SocketId, ConnectionId, IndexHasher>,
+    users: DashMap<UserId, UserEntry, IndexHasher>,
+    threads: DashMap<ThreadId, Recipients, IndexHasher>,
+    totals: Arc<Totals>,
+    shut_down: AtomicBool,
+}
+
+impl std::fmt::Debug for LocalIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalIndex")
+            .field("connections", &self.connections.len())
+            .field("users", &self.users.len())
+            .field("threads", &self.threads.len())
+            .field("shut_down", &self.is_shut_down())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalIndex {
+    /// An empty index; `totals` are shared with the history store, which
+    /// counts what it evicts and expires in them.
+    pub fn new(config: ManagerConfig, totals: Arc<Totals>) -> Self {
+        LocalIndex {
+            config,
+            observer: None,
+            connections: DashMap::with_hasher(IndexHasher::new()),
+            sockets: DashMap::with_hasher(IndexHasher::new()),
+            users: DashMap::with_hasher(IndexHasher::new()),
+            threads: DashMap::with_hasher(IndexHasher::new()),
+            totals,
+            shut_down: AtomicBool::new(false),
+        }
+    }
+
+    /// The same, reporting every change to `observer`.
+    #[cfg(feature = "redis")]
+    pub fn observed(config: ManagerConfig, totals: Arc<Totals>, observer: IndexObserver) -> Self {
+        LocalIndex {
+            observer: Some(observer),
+            ..LocalIndex::new(config, totals)
+        }
+    }
+
+    pub fn config(&self) -> &ManagerConfig {
+        &self.config
+    }
+
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    pub fn is_shut_down(&self) -> bool {
+        self.shut_down.load(Ordering::SeqCst)
+    }
+
+    fn report(&self, change: impl FnOnce() -> Option<WebSocketConnection>, what: Change) {
+        let Some(observer) = &self.observer else {
+            return;
+        };
+        if let Some(connection) = change() {
+            observer(match what {
+                Change::Joined => IndexChange::Joined(&connection),
+                Change::Moved => IndexChange::Moved(&connection),
+            });
+        }
+    }
+
+    // ----- user slots -------------------------------------------------------
+
+    /// Runs `f` on `user`'s locked state (creating the slot when `create`),
+    /// then retires the slot if it holds no connection, or else publishes
+    /// its recipients if `f` changed them. `None` when the user has no slot
+    /// and `create` is false.
+    fn with_user<R>(
+        &self,
+        user: &UserId,
+        create: bool,
+        f: impl FnOnce(&mut UserState, &Arc<UserCounters>) -> R,
+    ) -> Option<R> {
+        loop {
+            let slot = if create {
+                let entry = self
+                    .users
+                    .entry(user.clone())
+                    .or_insert_with(|| UserEntry::new(Arc::new(UserSlot::new())));
+                Arc::clone(&entry.slot)
+            } else {
+                // Cloned out: no map guard may be held while its mutex is taken.
+                Arc::clone(&self.users.get(user)?.slot)
+            };
+            let mut state = slot.state.lock();
+            if state.retired {
+                // Removed from `users` after we cloned it: look again.
+                continue;
+            }
+            let before = Arc::clone(&state.recipients);
+            let result = f(&mut state, &slot.counters);
+            if state.members.is_empty() {
+                state.retired = true;
+                self.users
+                    .remove_if(user, |_, current| Arc::ptr_eq(&current.slot, &slot));
+            } else if !Arc::ptr_eq(&before, &state.recipients) {
+                // Published only now that `f` is done (after any replay),
+                // and under the mutex, so in the order of the changes.
+                if let Some(mut entry) = self.users.get_mut(user)
+                    && Arc::ptr_eq(&entry.slot, &slot)
+                {
+                    entry.publish(&state.recipients);
+                }
+            }
+            return Some(result);
+        }
+    }
+
+    /// Runs `f` on `user`'s entry (its published connections), under the
+    /// entry's shard read guard and without the user's mutex. `f` may push
+    /// into the sockets' queues (their locks come after map shards in the
+    /// lock order) but must not take a user mutex or another map guard.
+    fn read_published<R>(&self, user: &UserId, f: impl FnOnce(&UserEntry) -> R) -> Option<R> {
+        self.users.get(user).map(|entry| f(&entry))
+    }
+
+    /// Finds the owner of `connection_id` and runs `f` under its lock; `f`
+    /// returns `None` when the connection is not the user's (it moved
+    /// meanwhile), and the lookup is retried. `None` for an unknown
+    /// connection.
+    fn with_connection_owner<R>(
+        &self,
+        connection_id: &ConnectionId,
+        mut f: impl FnMut(&mut UserState, &Arc<UserCounters>, &UserId) -> Option<R>,
+    ) -> Option<R> {
+        loop {
+            let user = self.connections.get(connection_id)?.user_id.clone();
+            if let Some(Some(result)) =
+                self.with_user(&user, false, |state, counters| f(state, counters, &user))
+            {
+                return Some(result);
+            }
+        }
+    }
+
+    // ----- thread index -----------------------------------------------------
+
+    fn thread_insert(&self, thread: ThreadId, recipient: Recipient) {
+        let mut entry = self.threads.entry(thread).or_insert_with(no_recipients);
+        let updated: Recipients = entry.iter().cloned().chain([recipient]).collect();
+        *entry = updated;
+    }
+
+    fn thread_remove(&self, thread: &ThreadId, connection_id: &ConnectionId) {
+        if let Entry::Occupied(mut entry) = self.threads.entry(thread.clone()) {
+            let updated: Recipients = entry
+                .get()
+                .iter()
+                .filter(|r| r.connection_id != *connection_id)
+                .cloned()
+                .collect();
+            if updated.is_empty() {
+                entry.remove();
+            } else {
+                entry.insert(updated);
+            }
+        }
+    }
+
+    // ----- registration -----------------------------------------------------
+
+    /// Registers `connection` as catching up: in the `connections` and
+    /// `sockets` indexes, not yet in the user's published connections nor
+    /// its thread's. Closed sockets of the user are dropped first, so tabs
+    /// that died without the transport telling us never lock a user out.
+    pub fn begin(&self, connection: WebSocketConnection) -> Result<(), ManagerError> {
+        if self.is_shut_down() {
+            return Err(ManagerError::ShutDown);
+        }
+        let user = connection.user_id.clone();
+        self.with_user(&user, true, |state, counters| {
+            // Checked again under the lock: `close_all` sweeps every user
+            // under this lock after the flag is set.
+            if self.is_shut_down() {
+                return Err(ManagerError::ShutDown);
+            }
+            let limit = self.config.max_connections_per_user();
+            if state.members.len() >= limit {
+                let closed: Vec<ConnectionId> = state
+                    .members
+                    .iter()
+                    .filter(|m| m.socket.is_closed())
+                    .map(|m| m.connection_id.clone())
+                    .collect();
+                for id in &closed {
+                    self.unlink_locked(state, counters, &user, id, CloseReason::normal());
+                }
+            }
+            if state.members.len() >= limit {
+                return Err(ManagerError::ConnectionLimit {
+                    user_id: user.clone(),
+                    limit,
+                });
+            }
+            let connection_id = connection.connection_id.clone();
+            let socket = connection.websocket.clone();
+            // Both ids are checked and inserted while both entries are held,
+            // so a refused registration leaves nothing behind.
+            match self.connections.entry(connection_id.clone()) {
+                Entry::Occupied(_) => {
+                    return Err(ManagerError::DuplicateConnection(connection_id));
+                }
+                Entry::Vacant(vacant_connection) => match self.sockets.entry(socket.id()) {
+                    Entry::Occupied(existing) => {
+                        return Err(ManagerError::SocketAlreadyRegistered {
+                            socket: socket.id(),
+                            existing: existing.get().clone(),
+                        });
+                    }
+                    Entry::Vacant(vacant_socket) => {
+                        vacant_socket.insert(connection_id.clone());
+                        vacant_connection.insert(connection);
+                    }
+                },
+            }
+            state.members.push(Member {
+                connection_id,
+                socket,
+                cursor: Cursor::CatchingUp {
+                    buffered: Vec::new(),
+                    overflowed: false,
+                },
+            });
+            Ok(())
+        })
+        .unwrap_or(Err(ManagerError::ShutDown))
+    }
+
+    /// Pushes `replay`, then the events buffered while catching up that
+    /// follow it, and publishes the connection. All or nothing: when the
+    /// queue cannot take everything, or events were lost while catching up,
+    /// the connection is removed, its socket closed (its client resumes)
+    /// and [`ManagerError::ReplayFailed`] says how far it got.
+    /// `Ok(None)`: it was removed while catching up.
+    pub fn finish(
+        &self,
+        user: &UserId,
+        connection_id: &ConnectionId,
+        replay: Replay,
+    ) -> Result<Option<Finished>, ManagerError> {
+        let limit = self.config.queue_capacity();
+        let finished = self.with_user(user, false, |state, counters| {
+            let Some(position) = state
+                .members
+                .iter()
+                .position(|m| &m.connection_id == connection_id)
+            else {
+                return Ok(None);
+            };
+            let member = &mut state.members[position];
+            let Cursor::CatchingUp {
+                buffered,
+                overflowed,
+            } = std::mem::replace(&mut member.cursor, Cursor::Live { at: replay.head })
+            else {
+                return Ok(None);
+            };
+            let socket = member.socket.clone();
+            let mut at = replay.head;
+            let mut frames: Vec<TextFrame> = replay.notice.into_iter().collect();
+            let events = replay.events.len();
+            frames.extend(replay.events.into_iter().map(|(_, frame)| frame));
+            let mut gap = overflowed;
+            for (offset, frame) in buffered {
+                let mut cursor = Cursor::Live { at };
+                match decide(&mut cursor, offset, Arrival::InOrder, limit, &frame) {
+                    Decision::Push => {
+                        frames.push(frame);
+                        at = Some(offset);
+                    }
+                    Decision::Skip => {}
+                    Decision::Defer | Decision::Gap => gap = true,
+                }
+            }
+            let total = frames.len();
+            let mut replayed = 0;
+            for frame in frames {
+                if gap || socket.try_send(frame).is_err() {
+                    break;
+                }
+                replayed += 1;
+            }
+            if gap || replayed < total {
+                let reason = if gap {
+                    close::missed_events()
+                } else {
+                    close::replay_did_not_fit()
+                };
+                self.unlink_locked(state, counters, user, connection_id, reason);
+                return Err(ManagerError::ReplayFailed {
+                    connection_id: connection_id.clone(),
+                    replayed,
+                    total,
+                });
+            }
+            state.members[position].cursor = Cursor::Live { at };
+            let recipient = Recipient {
+                connection_id: connection_id.clone(),
+                socket,
+                counters: Arc::clone(counters),
+            };
+            let thread = self
+                .connections
+                .get(connection_id)
+                .and_then(|c| c.thread_id.clone());
+            if let Some(thread) = thread {
+                self.thread_insert(thread, recipient.clone());
+            }
+            state.recipients = state
+                .recipients
+                .iter()
+                .cloned()
+                .chain([recipient])
+                .collect();
+            let events = events as u64;
+            bump(&counters.sent, events);
+            bump(&self.totals.sent, events);
+            bump(&self.totals.replayed, events);
+            counters.touch();
+            self.report(|| self.get(connection_id), Change::Joined);
+            Ok(Some(Finished {
+                events: events as usize,
+                at,
+            }))
+        });
+        finished.unwrap_or(Ok(None))
+    }
+
+    /// Removes `connection_id` from every index and closes its socket with
+    /// `reason`. Runs under the user's lock.
+    fn unlink_locked(
+        &self,
+        state: &mut UserState,
+        counters: &UserCounters,
+        user: &UserId,
+        connection_id: &ConnectionId,
+        reason: CloseReason,
+    ) -> Option<WebSocketConnection> {
+        let (_, connection) = self
+            .connections
+            .remove_if(connection_id, |_, c| c.user_id == *user)?;
+        self.sockets
+            .remove_if(&connection.websocket.id(), |_, id| id == connection_id);
+        if let Some(thread) = &connection.thread_id {
+            self.thread_remove(thread, connection_id);
+        }
+        state.members.retain(|m| m.connection_id != *connection_id);
+        if state
+            .recipients
+            .iter()
+            .any(|r| r.connection_id == *connection_id)
+        {
+            state.recipients = state
+                .recipients
+                .iter()
+                .filter(|r| r.connection_id != *connection_id)
+                .cloned()
+                .collect();
+        }
+        connection.websocket.close(reason);
+        counters.touch();
+        if let Some(observer) = &self.observer {
+            observer(IndexChange::Left(connection_id));
+        }
+        Some(connection)
+    }
+
+    /// Removes a connection from every index and closes its socket.
+    pub fn remove(
+        &self,
+        connection_id: &ConnectionId,
+        reason: CloseReason,
+    ) -> Option<WebSocketConnection> {
+        self.with_connection_owner(connection_id, |state, counters, user| {
+            self.unlink_locked(state, counters, user, connection_id, reason.clone())
+        })
+    }
+
+    fn evict(&self, evicted: &[ConnectionId], reason: &CloseReason) {
+        for connection_id in evicted {
+            self.remove(connection_id, reason.clone());
+        }
+    }
+
+    // ----- queries ----------------------------------------------------------
+
+    pub fn get(&self, connection_id: &ConnectionId) -> Option<WebSocketConnection> {
+        self.connections.get(connection_id).map(|c| {
+            // The clone is a locked increment per shared field, each waiting
+            // for the loads before it: touch them all first, so their cache
+            // misses overlap (the stored connection id was just read, to
+            // compare keys).
+            c.user_id.prefetch();
+            c.websocket.prefetch();
+            if let Some(thread) = &c.thread_id {
+                thread.prefetch();
+            }
+            c.value().clone()
+        })
+    }
+
+    /// The user's live connections.
+    pub fn user_connections(&self, user: &UserId) -> HashSet<ConnectionId> {
+        self.read_published(user, |entry| {
+            // Each clone is a locked increment, which waits for the loads
+            // before it: touch every id first, so their misses overlap.
+            entry.connection_ids.iter().for_each(ConnectionId::prefetch);
+            entry.connection_ids.iter().cloned().collect()
+        })
+        .unwrap_or_default()
+    }
+
+    /// Whether a live connection of the user has an open socket.
+    pub fn is_active(&self, user: &UserId) -> bool {
+        self.read_published(user, |entry| entry.sockets.iter().any(|s| !s.is_closed()))
+            .unwrap_or(false)
+    }
+
+    /// Whether the user has a registered connection here (live or catching up).
+    #[cfg(feature = "redis")]
+    pub fn has_user(&self, user: &UserId) -> bool {
+        self.users.contains_key(user)
+    }
+
+    pub fn by_socket(&self, websocket: &WebSocketHandle) -> Option<ConnectionId> {
+        self.sockets
+            .get(&websocket.id())
+            .map(|id| id.value().clone())
+    }
+
+    /// Binds a connection of this process to `thread`; false when unknown
+    /// here.
+    pub fn update_thread(&self, connection_id: &ConnectionId, thread: ThreadId) -> bool {
+        if self.is_shut_down() {
+            return false;
+        }
+        self.with_connection_owner(connection_id, |state, counters, user| {
+            let previous = {
+                let mut connection = self.connections.get_mut(connection_id)?;
+                if connection.user_id != *user {
+                    return None;
+                }
+                connection.thread_id.replace(thread.clone())
+            };
+            if previous.as_ref() == Some(&thread) {
+                return Some(true);
+            }
+            if let Some(previous) = &previous {
+                self.thread_remove(previous, connection_id);
+            }
+            // Only a live connection is in the thread index; one catching up
+            // joins it when it goes live, with the thread it has then.
+            if let Some(recipient) = state
+                .recipients
+                .iter()
+                .find(|r| r.connection_id == *connection_id)
+            {
+                self.thread_insert(thread.clone(), recipient.clone());
+                self.report(|| self.get(connection_id), Change::Moved);
+            }
+            counters.touch();
+            Some(true)
+        })
+        .unwrap_or(false)
+    }
+
+    // ----- sending ----------------------------------------------------------
+
+    /// Fans `frame` out to the user's live connections (none: `targeted`
+    /// is 0). A failure to reach any of them is counted.
+    pub fn send_to_user(&self, user: &UserId, frame: &TextFrame) -> FanOut {
+        let policy = self.config.slow_consumer_policy();
+        // The published connections, without the user's mutex (module
+        // docs), fanned out while the map's read guard is held. Nothing in
+        // the closure touches the maps; evictions happen after it.
+        let fan = self.read_published(user, |entry| {
+            let counters = || &*entry.slot.counters;
+            let fan = fan_out_to_user(
+                &entry.sockets,
+                || &entry.connection_ids,
+                counters,
+                frame,
+                policy,
+                &self.totals,
+            );
+            bump(&entry.sent, fan.delivered as u64);
+            entry
+                .last_activity_ms
+                .store(coarse_unix_millis(), Ordering::Relaxed);
+            if fan.delivered == 0 && fan.targeted > 0 {
+                bump(&counters().failed, 1);
+                bump(&self.totals.failed, 1);
+            }
+            fan
+        });
+        let fan = fan.unwrap_or_default();
+        self.evict(&fan.evict, &CloseReason::normal());
+        fan
+    }
+
+    /// Fans `frame` out to the thread's live connections here. A failure to
+    /// reach any of them is counted.
+    pub fn send_to_thread(&self, thread: &ThreadId, frame: &TextFrame) -> FanOut {
+        let Some(recipients) = self.threads.get(thread).map(|r| Arc::clone(r.value())) else {
+            return FanOut::default();
+        };
+        let fan = fan_out(
+            &recipients,
+            frame,
+            self.config.slow_consumer_policy(),
+            &self.totals,
+        );
+        self.evict(&fan.evict, &CloseReason::normal());
+        let mut users: Vec<&Arc<UserCounters>> = Vec::new();
+        for recipient in recipients.iter() {
+            if !users.iter().any(|c| Arc::ptr_eq(c, &recipient.counters)) {
+                users.push(&recipient.counters);
+            }
+        }
+        for counters in &users {
+            counters.touch();
+            if fan.delivered == 0 {
+                bump(&counters.failed, 1);
+            }
+        }
+        if fan.delivered == 0 {
+            bump(&self.totals.failed, 1);
+        }
+        fan
+    }
+
+    /// Counts a send that found no connection at all.
+    pub fn count_unreachable(&self) {
+        bump(&self.totals.failed, 1);
+    }
+
+    /// Delivers critical event `offset` to the user's connections here,
+    /// each after the one its cursor is at (module docs).
+    pub fn deliver_critical(
+        &self,
+        user: &UserId,
+        offset: StreamOffset,
+        frame: &TextFrame,
+        arrival: Arrival,
+    ) -> CriticalOutcome {
+        let limit = self.config.queue_capacity();
+        let mut outcome = CriticalOutcome::default();
+        self.with_user(user, false, |state, counters| {
+            let mut push = Vec::new();
+            let mut gaps = Vec::new();
+            for (index, member) in state.members.iter_mut().enumerate() {
+                match decide(&mut member.cursor, offset, arrival, limit, frame) {
+                    Decision::Push => push.push(index),
+                    // A cursor at or past the event means the connection
+                    // has it (cursors only move by pushing): the emitter's
+                    // own copy was overtaken by the one through Redis.
+                    Decision::Skip if arrival == Arrival::Direct => outcome.delivered += 1,
+                    Decision::Skip => {}
+                    Decision::Defer => outcome.deferred += 1,
+                    Decision::Gap => {
+                        tracing::warn!(connection_id = %member.connection_id, %offset,
+                            "critical event out of order (events were lost in transit): closing so the client resumes");
+                        gaps.push(member.connection_id.clone());
+                    }
+                }
+            }
+            let recipients: Vec<Recipient> = push
+                .iter()
+                .map(|&i| Recipient {
+                    connection_id: state.members[i].connection_id.clone(),
+                    socket: state.members[i].socket.clone(),
+                    counters: Arc::clone(counters),
+                })
+                .collect();
+            // Under the lock: a later event must not overtake this one.
+            let fan = fan_out(&recipients, frame, CRITICAL_POLICY, &self.totals);
+            for &i in &push {
+                let member = &mut state.members[i];
+                if !fan.evict.contains(&member.connection_id) {
+                    member.cursor = Cursor::Live { at: Some(offset) };
+                }
+            }
+            if fan.delivered > 0 {
+                counters.touch();
+            }
+            outcome.delivered += fan.delivered;
+            outcome.closed += gaps.len() + fan.evict.len();
+            for id in gaps.iter().chain(&fan.evict) {
+                self.unlink_locked(state, counters, user, id, close::missed_events());
+            }
+        });
+        outcome
+    }
+
+    // ----- health, maintenance ---------------------------------------------
+
+    /// Fills the connection half of `health` (connections, counters, the
+    /// newest offset a connection was given); false when the user has no
+    /// connection here.
+    pub fn health_into(&self, user: &UserId, health: &mut ConnectionHealth) -> bool {
+        let found = self.with_user(user, false, |state, counters| {
+            health.total_connections = state.members.len();
+            health.active_connections = state
+                .members
+                .iter()
+                .filter(|m| !m.socket.is_closed())
+                .count();
+            health.latest_offset = latest_of(&state.members);
+            counters.report_into(health);
+            // The user's own sends count in the entry (`UserEntry`).
+            if let Some(entry) = self.users.get(user)
+                && Arc::ptr_eq(&entry.slot.counters, counters)
+            {
+                entry.report_into(health);
+            }
+            health.connections = state
+                .members
+                .iter()
+                .filter_map(|m| {
+                    let connection = self.connections.get(&m.connection_id)?;
+                    Some(ConnectionSummary::of(&connection))
+                })
+                .collect();
+        });
+        health
+            .connections
+            .sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
+        found.is_some()
+    }
+
+    /// The last critical event the user's connections here were given (the
+    /// furthest cursor), if any.
+    pub fn latest_cursor(&self, user: &UserId) -> Option<StreamOffset> {
+        self.with_user(user, false, |state, _| latest_of(&state.members))
+            .flatten()
+    }
+
+    /// Every connection here, live or catching up.
+    #[cfg(feature = "redis")]
+    pub fn connections(&self) -> Vec<WebSocketConnection> {
+        self.connections.iter().map(|c| c.value().clone()).collect()
+    }
+
+    /// Each user's live connections' cursors, for the audit after a Redis
+    /// reconnect.
+    #[cfg(feature = "redis")]
+    pub fn cursors(&self) -> Vec<(UserId, Vec<Option<StreamOffset>>)> {
+        self.user_ids()
+            .into_iter()
+            .filter_map(|user| {
+                let cursors = self.with_user(&user, false, |state, _| {
+                    state
+                        .members
+                        .iter()
+                        .filter_map(|m| match m.cursor {
+                            Cursor::Live { at } => Some(at),
+                            Cursor::CatchingUp { .. } => None,
+                        })
+                        .collect()
+                })?;
+                Some((user, cursors))
+            })
+            .collect()
+    }
+
+    /// Closes (for a resume) every live connection of `user` that is behind
+    /// `head`, the stream head the history reports; returns how many.
+    #[cfg(feature = "redis")]
+    pub fn close_behind(&self, user: &UserId, head: Option<StreamOffset>) -> usize {
+        self.with_user(user, false, |state, counters| {
+            let behind: Vec<ConnectionId> = state
+                .members
+                .iter()
+                .filter(|m| match (&m.cursor, head) {
+                    // Behind the head, or on a stream the history no longer has.
+                    (Cursor::Live { at: Some(at) }, Some(head)) => {
+                        at.stream != head.stream || at.sequence < head.sequence
+                    }
+                    (Cursor::Live { at: None }, Some(_)) => true,
+                    (Cursor::Live { at }, None) => at.is_some(),
+                    (Cursor::CatchingUp { .. }, _) => false,
+                })
+                .map(|m| m.connection_id.clone())
+                .collect();
+            for id in &behind {
+                self.unlink_locked(state, counters, user, id, close::missed_events());
+            }
+            behind.len()
+        })
+        .unwrap_or(0)
+    }
+
+    /// Closes and forgets every connection; returns how many.
+    pub fn close_all(&self, reason: &CloseReason) -> usize {
+        let mut closed = 0;
+        for user in self.user_ids() {
+            self.with_user(&user, false, |state, counters| {
+                let ids: Vec<ConnectionId> = state
+                    .members
+                    .iter()
+                    .map(|m| m.connection_id.clone())
+                    .collect();
+                for id in &ids {
+                    if self
+                        .unlink_locked(state, counters, &user, id, reason.clone())
+                        .is_some()
+                    {
+                        closed += 1;
+                    }
+                }
+            });
+        }
+        closed
+    }
+
+    /// Refuses every further registration, then closes every connection
+    /// with `going_away`; returns how many, or `None` when already shut down.
+    pub fn shut_down(&self) -> Option<usize> {
+        if self.shut_down.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        Some(self.close_all(&CloseReason::going_away()))
+    }
+
+    pub fn user_ids(&self) -> Vec<UserId> {
+        self.users.iter().map(|entry| entry.key().clone()).collect()
+    }
+
+    #[cfg(feature = "redis")]
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// The sizes of the indexes; `history_users` is the store's.
+    pub fn sizes(&self, history_users: usize) -> IndexSizes {
+        IndexSizes {
+            connections: self.connections.len(),
+            users: self.users.len(),
+            sockets: self.sockets.len(),
+            threads: self.threads.len(),
+            history_users,
+        }
+    }
+
+    /// The counters and index sizes; `history_users` is the store's.
+    pub fn stats(&self, history_users: usize) -> ManagerStats {
+        let t = &self.totals;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ManagerStats {
+            indexes: self.sizes(history_users),
+            messages_sent: load(&t.sent),
+            messages_failed: load(&t.failed),
+            messages_dropped: load(&t.dropped),
+            slow_consumer_disconnects: load(&t.slow_disconnects),
+            critical_rejected: load(&t.critical_rejected),
+            history_evicted: load(&t.history_evicted),
+            history_expired: load(&t.history_expired),
+            pending_expired: load(&t.pending_expired),
+            replayed: load(&t.replayed),
+            resync_notices: load(&t.resync_notices),
+            pending_discarded_at_shutdown: load(&t.pending_discarded),
+        }
+    }
+}
+
+/// Which change [`LocalIndex::report`] reports.
+#[derive(Clone, Copy)]
+enum Change {
+    Joined,
+    Moved,
+}
+
+/// The furthest cursor of `members` that are live.
+fn latest_of(members: &[Member]) -> Option<StreamOffset> {
+    members
+        .iter()
+        .filter_map(|m| match m.cursor {
+            Cursor::Live { at } => at,
+            Cursor::CatchingUp { .. } => None,
+        })
+        .max_by_key(|o| (o.stream, o.sequence))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::connection::{OutboundEvent, OutboundReceiver};
+
+    fn index(queue: usize) -> LocalIndex {
+        let config = ManagerConfig::builder()
+            .queue_capacity(queue)
+            .history_capacity(queue - 1)
+            .build()
+            .unwrap();
+        LocalIndex::new(config, Arc::default())
+    }
+
+    fn alice() -> UserId {
+        UserId::new("alice").unwrap()
+    }
+
+    /// A connection of alice's, registered as catching up.
+    fn begun(index: &LocalIndex) -> (ConnectionId, WebSocketHandle, OutboundReceiver) {
+        let (socket, receiver) = WebSocketHandle::channel(index.config().queue_limits());
+        let connection = WebSocketConnection::new(alice(), socket.clone());
+        let id = connection.connection_id.clone();
+        index.begin(connection).unwrap();
+        (id, socket, receiver)
+    }
+
+    fn event(sequence: u64) -> (StreamOffset, TextFrame) {
+        (
+            StreamOffset::new(7, sequence),
+            TextFrame::from_string(format!("e{sequence}")),
+        )
+    }
+
+    fn received(receiver: &mut OutboundReceiver) -> Vec<String> {
+        let mut batch = Vec::new();
+        receiver.try_recv_many(&mut batch, 64);
+        batch
+            .into_iter()
+            .map(|e| match e {
+                OutboundEvent::Frame(frame) => frame.as_str().to_owned(),
+                OutboundEvent::Close(reason) => format!("close {}", reason.code),
+                OutboundEvent::Binary(_) => "binary".to_owned(),
+            })
+            .collect()
+    }
+
+    fn deliver(index: &LocalIndex, sequence: u64, arrival: Arrival) -> CriticalOutcome {
+        let (offset, frame) = event(sequence);
+        index.deliver_critical(&alice(), offset, &frame, arrival)
+    }
+
+    #[test]
+    fn events_while_catching_up_follow_the_replay_once_each_in_order() {
+        let index = index(16);
+        let (id, _socket, mut receiver) = begun(&index);
+        // Not published yet: an ordinary send reaches nobody.
+        assert_eq!(
+            index
+                .send_to_user(&alice(), &TextFrame::from_string("x".into()))
+                .targeted,
+            0
+        );
+        // 2 is in the history read below, 3 and 4 are not.
+        for sequence in 2..=4 {
+            assert_eq!(deliver(&index, sequence, Arrival::InOrder).deferred, 1);
+        }
+        let replay = Replay {
+            notice: None,
+            events: vec![event(1), event(2)],
+            head: Some(StreamOffset::new(7, 2)),
+        };
+        let finished = index.finish(&alice(), &id, replay).unwrap().unwrap();
+        assert_eq!(
+            (finished.events, finished.at),
+            (2, Some(StreamOffset::new(7, 4)))
+        );
+        assert_eq!(received(&mut receiver), ["e1", "e2", "e3", "e4"]);
+        assert_eq!(index.user_connections(&alice()).len(), 1);
+        // Live and in step: the next one is pushed, a repeat is skipped.
+        assert_eq!(deliver(&index, 5, Arrival::InOrder).delivered, 1);
+        assert_eq!(deliver(&index, 5, Arrival::InOrder).delivered, 0);
+        assert_eq!(received(&mut receiver), ["e5"]);
+    }
+
+    #[test]
+    fn a_gap_in_order_closes_the_connection_for_a_resume() {
+        let index = index(16);
+        let (id, socket, mut receiver) = begun(&index);
+        index.finish(&alice(), &id, Replay::default()).unwrap();
+        assert_eq!(deliver(&index, 1, Arrival::InOrder).delivered, 1);
+        let outcome = deliver(&index, 3, Arrival::InOrder);
+        assert_eq!((outcome.delivered, outcome.closed), (0, 1));
+        assert_eq!(socket.close_reason().map(|r| r.code), Some(close::RESUME));
+        // The close drops what was queued (e1 too): the client resumes from
+        // the last offset it read, so nothing is lost, only replayed.
+        assert_eq!(received(&mut receiver), ["close 1012"]);
+        assert!(index.get(&id).is_none() && index.sizes(0).is_empty());
+    }
+
+    #[test]
+    fn a_direct_copy_ahead_waits_for_the_in_order_one() {
+        let index = index(16);
+        let (id, socket, mut receiver) = begun(&index);
+        index.finish(&alice(), &id, Replay::default()).unwrap();
+        // 2 overtook 1: deferred, nothing closed.
+        assert_eq!(deliver(&index, 2, Arrival::Direct).deferred, 1);
+        assert!(!socket.is_closed());
+        deliver(&index, 1, Arrival::InOrder);
+        deliver(&index, 2, Arrival::InOrder);
+        // The emitter's copy after the bus's: it has it already.
+        assert_eq!(deliver(&index, 2, Arrival::Direct).delivered, 1);
+        assert_eq!(received(&mut receiver), ["e1", "e2"]);
+    }
+
+    #[test]
+    fn more_events_while_catching_up_than_a_queue_holds_refuse_the_connection() {
+        let index = index(2);
+        let (id, socket, _receiver) = begun(&index);
+        for sequence in 1..=3 {
+            deliver(&index, sequence, Arrival::InOrder);
+        }
+        match index.finish(&alice(), &id, Replay::default()) {
+            Err(ManagerError::ReplayFailed { replayed: 0, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(socket.close_reason().map(|r| r.code), Some(close::RESUME));
+        assert!(index.sizes(0).is_empty(), "nothing left behind");
+    }
+
+    #[test]
+    fn a_replay_larger_than_the_queue_is_refused_with_how_far_it_got() {
+        let index = index(2);
+        let (id, socket, _receiver) = begun(&index);
+        let replay = Replay {
+            notice: None,
+            events: vec![event(1), event(2), event(3)],
+            head: Some(StreamOffset::new(7, 3)),
+        };
+        match index.finish(&alice(), &id, replay) {
+            Err(ManagerError::ReplayFailed {
+                replayed: 2,
+                total: 3,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(socket.is_closed());
+        assert!(index.sizes(0).is_empty());
+    }
+
+    #[test]
+    #[cfg(feature = "redis")]
+    fn the_observer_hears_joins_moves_and_leaves() {
+        let heard = Arc::new(Mutex::new(Vec::<String>::new()));
+        let log = Arc::clone(&heard);
+        let observer: IndexObserver = Box::new(move |change| {
+            log.lock().push(match change {
+                IndexChange::Joined(c) => format!("joined {:?}", c.thread_id),
+                IndexChange::Moved(c) => format!("moved {:?}", c.thread_id),
+                IndexChange::Left(_) => "left".to_owned(),
+            });
+        });
+        let index = LocalIndex::observed(ManagerConfig::default(), Arc::default(), observer);
+        let (id, _socket, _receiver) = begun(&index);
+        // A thread bound while catching up is joined with the connection.
+        let thread = ThreadId::new("t1").unwrap();
+        assert!(index.update_thread(&id, thread.clone()));
+        index.finish(&alice(), &id, Replay::default()).unwrap();
+        assert!(index.update_thread(&id, ThreadId::new("t2").unwrap()));
+        index.remove(&id, CloseReason::normal());
+        let heard = heard.lock().clone();
+        assert_eq!(
+            heard,
+            [
+                format!("joined {:?}", Some(thread)),
+                format!("moved {:?}", Some(ThreadId::new("t2").unwrap())),
+                "left".to_owned(),
+            ]
+        );
+    }
+}
