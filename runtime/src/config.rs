@@ -45,6 +45,8 @@ pub struct ConfigError {
 /// | `history_max_bytes` (bytes of critical events retained per user) | 1 MiB |
 /// | `history_max_age` (how long a critical event is retained) | 5 minutes |
 /// | `max_history_users` (users holding retained events, per manager) | 10,000 |
+/// | `idempotency_window` (how long an idempotency key is remembered) | 5 minutes |
+/// | `idempotency_keys_per_user` (keys remembered per user, in memory) | 1,024 |
 ///
 /// A replay (a [`ResyncNotice`](crate::events::ResyncNotice) plus the whole
 /// history) must fit the fresh queue of the user's next connection, so
@@ -81,6 +83,8 @@ pub struct ManagerConfig {
     #[serde(serialize_with = "serialize_duration_ms")]
     history_max_age: Duration,
     max_history_users: usize,
+    idempotency_window: Duration,
+    idempotency_keys_per_user: usize,
 }
 
 /// Bytes of a connection's queue kept free for the
@@ -102,6 +106,8 @@ impl Default for ManagerConfig {
             history_max_bytes: 1 << 20,
             history_max_age: Duration::from_secs(300),
             max_history_users: 10_000,
+            idempotency_window: Duration::from_secs(300),
+            idempotency_keys_per_user: 1024,
         }
     }
 }
@@ -157,6 +163,19 @@ impl ManagerConfig {
     /// How many users may hold retained critical events at once, per manager.
     pub fn max_history_users(&self) -> usize {
         self.max_history_users
+    }
+
+    /// How long an idempotency key is remembered: a retry within it stores
+    /// nothing new ([`IdempotentEmit`](crate::managers::IdempotentEmit)).
+    pub fn idempotency_window(&self) -> Duration {
+        self.idempotency_window
+    }
+
+    /// How many idempotency keys the in-memory managers remember per user,
+    /// the oldest forgotten first (the cluster manager keeps each key in
+    /// Redis for the window, whatever their number).
+    pub fn idempotency_keys_per_user(&self) -> usize {
+        self.idempotency_keys_per_user
     }
 }
 
@@ -216,6 +235,19 @@ impl ManagerConfigBuilder {
         self
     }
 
+    /// How long an idempotency key is remembered (non-zero).
+    pub fn idempotency_window(mut self, window: Duration) -> Self {
+        self.config.idempotency_window = window;
+        self
+    }
+
+    /// Idempotency keys remembered per user by the in-memory managers (at
+    /// least 1).
+    pub fn idempotency_keys_per_user(mut self, keys: usize) -> Self {
+        self.config.idempotency_keys_per_user = keys;
+        self
+    }
+
     /// Validates and returns the configuration.
     ///
     /// # Errors
@@ -232,6 +264,11 @@ impl ManagerConfigBuilder {
             ("history_max_bytes", c.history_max_bytes == 0),
             ("history_max_age", c.history_max_age.is_zero()),
             ("max_history_users", c.max_history_users == 0),
+            ("idempotency_window", c.idempotency_window.is_zero()),
+            (
+                "idempotency_keys_per_user",
+                c.idempotency_keys_per_user == 0,
+            ),
         ];
         if let Some((field, _)) = checks.iter().find(|(_, zero)| *zero) {
             return Err(ConfigError {

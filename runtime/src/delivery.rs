@@ -77,6 +77,16 @@ pub enum Delivery {
         #[serde(skip_serializing_if = "Option::is_none")]
         offset: Option<StreamOffset>,
     },
+    /// A retry: a critical event with the same idempotency key was emitted
+    /// to this user within the window
+    /// ([`IdempotentEmit`](crate::managers::IdempotentEmit)), so nothing
+    /// was stored or sent this time; `offset` is the first attempt's.
+    #[non_exhaustive]
+    Duplicate {
+        /// The offset the first attempt was given.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<StreamOffset>,
+    },
 }
 
 impl Delivery {
@@ -118,6 +128,20 @@ impl Delivery {
         }
     }
 
+    /// A retry of an event already emitted with the same idempotency key
+    /// (see [`Delivery::Duplicate`]).
+    ///
+    /// ```
+    /// use websocket_manager::{Delivery, events::StreamOffset};
+    /// let retry = Delivery::duplicate().with_offset(StreamOffset::new(9, 4));
+    /// assert!(retry.is_duplicate());
+    /// assert_eq!((retry.recipients(), retry.offset()), (0, Some(StreamOffset::new(9, 4))));
+    /// assert_eq!(retry.to_string(), "already emitted at 9:4 (a retry: nothing stored or sent)");
+    /// ```
+    pub const fn duplicate() -> Self {
+        Delivery::Duplicate { offset: None }
+    }
+
     /// The same outcome, for a critical event given `offset`.
     #[must_use]
     pub const fn with_offset(self, offset: StreamOffset) -> Self {
@@ -146,6 +170,9 @@ impl Delivery {
                 remote_nodes,
                 offset: Some(offset),
             },
+            Delivery::Duplicate { .. } => Delivery::Duplicate {
+                offset: Some(offset),
+            },
         }
     }
 
@@ -155,7 +182,7 @@ impl Delivery {
         match self {
             Delivery::Delivered { recipients, .. } => *recipients,
             Delivery::Relayed { local, .. } => *local,
-            Delivery::Queued { .. } => 0,
+            Delivery::Queued { .. } | Delivery::Duplicate { .. } => 0,
         }
     }
 
@@ -163,14 +190,14 @@ impl Delivery {
     pub fn skipped(&self) -> usize {
         match self {
             Delivery::Delivered { skipped, .. } | Delivery::Relayed { skipped, .. } => *skipped,
-            Delivery::Queued { .. } => 0,
+            Delivery::Queued { .. } | Delivery::Duplicate { .. } => 0,
         }
     }
 
     /// Events waiting for the user's next connection (0 when delivered).
     pub fn pending(&self) -> usize {
         match self {
-            Delivery::Delivered { .. } | Delivery::Relayed { .. } => 0,
+            Delivery::Delivered { .. } | Delivery::Relayed { .. } | Delivery::Duplicate { .. } => 0,
             Delivery::Queued { pending, .. } => *pending,
         }
     }
@@ -179,7 +206,7 @@ impl Delivery {
     pub fn remote_nodes(&self) -> usize {
         match self {
             Delivery::Relayed { remote_nodes, .. } => *remote_nodes,
-            Delivery::Delivered { .. } | Delivery::Queued { .. } => 0,
+            Delivery::Delivered { .. } | Delivery::Queued { .. } | Delivery::Duplicate { .. } => 0,
         }
     }
 
@@ -188,13 +215,20 @@ impl Delivery {
         match self {
             Delivery::Delivered { offset, .. }
             | Delivery::Queued { offset, .. }
-            | Delivery::Relayed { offset, .. } => *offset,
+            | Delivery::Relayed { offset, .. }
+            | Delivery::Duplicate { offset } => *offset,
         }
     }
 
     /// Whether the message waits for a later connection.
     pub fn is_queued(&self) -> bool {
         matches!(self, Delivery::Queued { .. })
+    }
+
+    /// Whether this was a retry that stored and sent nothing
+    /// ([`Delivery::Duplicate`]).
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, Delivery::Duplicate { .. })
     }
 }
 
@@ -221,6 +255,13 @@ impl fmt::Display for Delivery {
                 f,
                 "delivered to {local} connection(s) of this node, {skipped} skipped, relayed to {remote_nodes} other node(s)"
             )?,
+            Delivery::Duplicate { offset } => {
+                write!(f, "already emitted")?;
+                if let Some(offset) = offset {
+                    write!(f, " at {offset}")?;
+                }
+                return write!(f, " (a retry: nothing stored or sent)");
+            }
         }
         match self.offset() {
             Some(offset) => write!(f, " at offset {offset}"),

@@ -305,6 +305,24 @@ define_id!(
     "thread id"
 );
 
+define_id!(
+    /// Names one logical critical event, so that a caller may retry its
+    /// emit safely: within the manager's `idempotency_window`, a retry with
+    /// the same key (for the same user) stores and sends nothing and answers
+    /// the first attempt's offset ([`Delivery::Duplicate`](crate::Delivery::Duplicate)).
+    /// See [`IdempotentEmit`](crate::managers::IdempotentEmit).
+    ///
+    /// ```
+    /// use websocket_manager::events::IdempotencyKey;
+    /// let key = IdempotencyKey::new("run-42/step-3")?;
+    /// assert_eq!(key.as_str(), "run-42/step-3");
+    /// assert!(IdempotencyKey::new("").is_err());
+    /// # Ok::<(), websocket_manager::IdError>(())
+    /// ```
+    IdempotencyKey,
+    "idempotency key"
+);
+
 impl ConnectionId {
     /// Generates a fresh, process-unique connection id.
     ///

@@ -122,6 +122,7 @@ pub mod contract {
 /// notice, and the agent event names.
 pub mod events {
     pub use crate::health::unix_millis;
+    pub use crate::ids::IdempotencyKey;
     pub use crate::managers::events::{
         AGENT_COMPLETED, AGENT_EVENTS, AGENT_STARTED, AGENT_THINKING, CriticalEnvelope,
         MAX_EVENT_TYPE_LEN, RESYNC, ResyncNotice, ResyncReason, TOOL_COMPLETED, TOOL_EXECUTING,

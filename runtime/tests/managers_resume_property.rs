@@ -259,6 +259,31 @@ fn random_drops_and_resumes_never_leave_an_unannounced_gap_or_a_repeat() {
         );
         notices += client.notices_seen;
     }
+    // However the random phase went (on a loaded machine every client may
+    // have kept up), a client that resumes from its stream's first event,
+    // long evicted, is told what it lost, then gets the rest once each.
+    for user in &users {
+        let latest = manager.get_connection_health(user).latest_offset.unwrap();
+        let stale = StreamOffset::new(latest.stream, 0);
+        let mut client = Client {
+            user: user.clone(),
+            last: Some(stale),
+            events_seen: 0,
+            notices_seen: 0,
+            violations: Vec::new(),
+        };
+        let (socket, mut receiver) = WebSocketHandle::channel(manager.config().queue_limits());
+        let id = ConnectionId::new(format!("stale-{user}")).unwrap();
+        let connection =
+            WebSocketConnection::with_id(id.clone(), user.clone(), socket).with_resume(stale);
+        now(manager.add_connection(connection)).unwrap();
+        client.check_session(&drain_json(&mut receiver));
+        now(manager.remove_connection(&id)).unwrap();
+        assert_eq!(client.notices_seen, 1, "{user}: the loss is announced");
+        assert_eq!(client.last, Some(latest), "{user}: not caught up");
+        assert!(client.violations.is_empty(), "{:?}", client.violations);
+        notices += client.notices_seen;
+    }
     let stats = manager.stats();
     // The scenario must exercise what it claims to: replays, evictions and
     // announced losses all happened.

@@ -34,7 +34,7 @@ use crate::connection::{TextFrame, WebSocketConnection, WebSocketHandle};
 use crate::delivery::{Delivery, DeliveryTarget, NotDeliveredReason};
 use crate::error::ManagerError;
 use crate::health::ConnectionHealth;
-use crate::ids::{ConnectionId, ThreadId, UserId};
+use crate::ids::{ConnectionId, IdempotencyKey, ThreadId, UserId};
 use crate::managers::fan_out::{FanOut, Totals, bump};
 use crate::managers::history::{self, LocalHistory, MemoryHistory};
 use crate::managers::index::LocalIndex;
@@ -161,16 +161,28 @@ impl ManagerCore {
         )
     }
 
+    /// `emit_critical_event`, or with `key` its retry-safe form.
     pub async fn emit_critical_event(
         &self,
         user: &UserId,
         event_type: &str,
         data: serde_json::Value,
+        key: Option<&IdempotencyKey>,
     ) -> Result<Delivery, ManagerError> {
-        let appended =
-            history::emit(&self.index, &self.store(), user, event_type, &data, false).await?;
+        let appended = history::emit(
+            &self.index,
+            &self.store(),
+            user,
+            event_type,
+            &data,
+            false,
+            key,
+        )
+        .await?;
         let outcome = appended.outcome;
-        let delivery = if outcome.delivered > 0 {
+        let delivery = if appended.duplicate {
+            Delivery::duplicate()
+        } else if outcome.delivered > 0 {
             Delivery::delivered(outcome.delivered, outcome.closed)
         } else {
             Delivery::queued(usize::try_from(appended.pending).unwrap_or(usize::MAX))

@@ -165,6 +165,7 @@ impl CriticalEventLog {
             data: &data,
             timestamp: unix_millis(SystemTime::now()),
             online: !sockets.is_empty(),
+            key: None,
         };
         let appended = self.history.append_with(
             user_id,

@@ -10,6 +10,7 @@ mod critical_log;
 pub(crate) mod events;
 mod fan_out;
 mod history;
+mod idempotent;
 mod index;
 mod isolated;
 mod stats;
@@ -25,6 +26,7 @@ pub use cluster::{
 };
 pub use critical_log::CriticalEventLog;
 pub use fan_out::deliver_frame;
+pub use idempotent::IdempotentEmit;
 pub use isolated::IsolatedWebSocketManager;
 pub use stats::{IndexSizes, ManagerStats};
 pub use unified::UnifiedWebSocketManager;

@@ -171,6 +171,20 @@ impl UnifiedWebSocketManager {
     }
 }
 
+impl crate::managers::IdempotentEmit for UnifiedWebSocketManager {
+    async fn emit_critical_event_with_key(
+        &self,
+        user_id: &UserId,
+        key: &crate::ids::IdempotencyKey,
+        event_type: &str,
+        data: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        self.core
+            .emit_critical_event(user_id, event_type, data, Some(key))
+            .await
+    }
+}
+
 impl Default for UnifiedWebSocketManager {
     /// A manager with [`ManagerConfig::default`].
     fn default() -> Self {
@@ -231,7 +245,7 @@ impl WebSocketManager for UnifiedWebSocketManager {
         data: serde_json::Value,
     ) -> Result<Delivery, ManagerError> {
         self.core
-            .emit_critical_event(user_id, event_type, data)
+            .emit_critical_event(user_id, event_type, data, None)
             .await
     }
 

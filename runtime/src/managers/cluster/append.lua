@@ -6,8 +6,20 @@
 -- the user is offline and the stream already holds `maxlen` events no
 -- connection has taken: those are never trimmed away unannounced.
 --
--- KEYS: meta, stream. ARGV: candidate epoch, maxlen, stream ttl ms, meta
--- ttl ms, type, data, timestamp, online (0/1), bus channel, user.
+-- With an idempotency key (KEYS[3]), a key already set within its window
+-- answers the first attempt's offset and stores nothing; otherwise the key
+-- is set to this event's offset for the window, in the same atomic step.
+--
+-- KEYS: meta, stream[, idempotency key]. ARGV: candidate epoch, maxlen,
+-- stream ttl ms, meta ttl ms, type, data, timestamp, online (0/1), bus
+-- channel, user[, idempotency window ms].
+if KEYS[3] then
+  local prior = redis.call('GET', KEYS[3])
+  if prior then
+    local sep = string.find(prior, ':', 1, true)
+    return {'dup', string.sub(prior, 1, sep - 1), tonumber(string.sub(prior, sep + 1))}
+  end
+end
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
   epoch = ARGV[1]
@@ -27,4 +39,7 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PUBLISH', ARGV[9], cjson.encode({k = 'critical', u = ARGV[10], e = epoch,
   s = tostring(seq), y = ARGV[5], t = ARGV[7], d = ARGV[6]}))
+if KEYS[3] then
+  redis.call('SET', KEYS[3], epoch .. ':' .. seq, 'PX', ARGV[11])
+end
 return {'ok', epoch, seq, seq - taken}

@@ -29,7 +29,7 @@ use redis::{
 };
 
 use crate::error::ClusterFailure;
-use crate::ids::{ConnectionId, UserId};
+use crate::ids::{ConnectionId, IdempotencyKey, UserId};
 use crate::offset::StreamOffset;
 
 use super::config::ClusterConfig;
@@ -54,6 +54,9 @@ pub(crate) struct Appended {
     pub offset: StreamOffset,
     /// Events no connection has taken, this one included.
     pub pending: u64,
+    /// A retry of an idempotency key: nothing was stored, `offset` is the
+    /// first attempt's.
+    pub duplicate: bool,
 }
 
 /// Why an append stored nothing.
@@ -456,6 +459,7 @@ impl Backplane {
         maxlen: usize,
         stream_ttl: Duration,
         meta_ttl: Duration,
+        idempotency: Option<(&IdempotencyKey, Duration)>,
     ) -> Result<Appended, AppendError> {
         let (generation, mut connection) = self.current();
         let mut invocation = self.append.prepare_invoke();
@@ -472,29 +476,43 @@ impl Backplane {
             .arg(if online { "1" } else { "0" })
             .arg(self.keys.bus())
             .arg(user.as_str());
+        if let Some((key, window)) = idempotency {
+            invocation
+                .key(self.keys.idempotency(user, key))
+                .arg(millis(window).max(1));
+        }
         let value: Value = self
             .bounded(generation, invocation.invoke_async(&mut connection))
             .await
             .map_err(AppendError::Failed)?;
         let items = array(value).map_err(AppendError::Failed)?;
+        let stream_id = |stream: &Value| {
+            text(stream)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| AppendError::Failed(protocol("stream id is not a number")))
+        };
         match items.as_slice() {
+            [status, stream, sequence] if text(status).as_deref() == Some("dup") => Ok(Appended {
+                offset: StreamOffset::new(
+                    stream_id(stream)?,
+                    number(sequence).map_err(AppendError::Failed)?,
+                ),
+                pending: 0,
+                duplicate: true,
+            }),
             [status, pending] if text(status).as_deref() == Some("full") => {
                 Err(AppendError::Full {
                     pending: number(pending).map_err(AppendError::Failed)?,
                 })
             }
-            [_, stream, sequence, pending] => {
-                let stream = text(stream)
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| AppendError::Failed(protocol("stream id is not a number")))?;
-                Ok(Appended {
-                    offset: StreamOffset::new(
-                        stream,
-                        number(sequence).map_err(AppendError::Failed)?,
-                    ),
-                    pending: number(pending).map_err(AppendError::Failed)?,
-                })
-            }
+            [_, stream, sequence, pending] => Ok(Appended {
+                offset: StreamOffset::new(
+                    stream_id(stream)?,
+                    number(sequence).map_err(AppendError::Failed)?,
+                ),
+                pending: number(pending).map_err(AppendError::Failed)?,
+                duplicate: false,
+            }),
             _ => Err(AppendError::Failed(protocol("append script answer"))),
         }
     }

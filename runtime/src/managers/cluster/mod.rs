@@ -73,7 +73,7 @@ use crate::connection::{CloseReason, TextFrame, WebSocketConnection, WebSocketHa
 use crate::delivery::{Delivery, DeliveryTarget, NotDeliveredReason};
 use crate::error::{ClusterFailure, ManagerError};
 use crate::health::{ConnectionHealth, ConnectionSummary};
-use crate::ids::{ConnectionId, ThreadId, UserId};
+use crate::ids::{ConnectionId, IdempotencyKey, ThreadId, UserId};
 use crate::managers::fan_out::{FanOut, Totals, bump};
 use crate::managers::history;
 use crate::managers::index::{IndexChange, IndexObserver, LocalIndex};
@@ -407,6 +407,41 @@ impl Shared {
         }
     }
 
+    /// `emit_critical_event`, or with `key` its retry-safe form.
+    async fn emit(
+        &self,
+        user_id: &UserId,
+        event_type: &str,
+        data: serde_json::Value,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Delivery, ManagerError> {
+        self.refuse_if_shut_down()?;
+        let online = self.local.has_user(user_id) || self.replica.has_user(user_id);
+        let appended = history::emit(
+            &self.local,
+            &self.store(),
+            user_id,
+            event_type,
+            &data,
+            online,
+            key,
+        )
+        .await?;
+        if appended.duplicate {
+            return Ok(Delivery::duplicate().with_offset(appended.offset));
+        }
+        let outcome = appended.outcome;
+        let remote = self.replica.user_nodes(user_id).len();
+        let delivery = if !online {
+            Delivery::queued(usize::try_from(appended.pending).unwrap_or(usize::MAX))
+        } else if remote == 0 && outcome.deferred == 0 && outcome.delivered > 0 {
+            Delivery::delivered(outcome.delivered, outcome.closed)
+        } else {
+            Delivery::relayed(outcome.delivered, outcome.closed, remote)
+        };
+        Ok(delivery.with_offset(appended.offset))
+    }
+
     fn store(&self) -> RedisHistory<'_> {
         RedisHistory { shared: self }
     }
@@ -494,6 +529,18 @@ fn cluster_error(
         operation,
         failure,
         delivered_locally,
+    }
+}
+
+impl crate::managers::IdempotentEmit for ClusterWebSocketManager {
+    async fn emit_critical_event_with_key(
+        &self,
+        user_id: &UserId,
+        key: &IdempotencyKey,
+        event_type: &str,
+        data: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        self.shared.emit(user_id, event_type, data, Some(key)).await
     }
 }
 
@@ -587,28 +634,7 @@ impl WebSocketManager for ClusterWebSocketManager {
         event_type: &str,
         data: serde_json::Value,
     ) -> Result<Delivery, ManagerError> {
-        let shared = &self.shared;
-        shared.refuse_if_shut_down()?;
-        let online = self.is_connection_active(user_id);
-        let appended = history::emit(
-            &shared.local,
-            &shared.store(),
-            user_id,
-            event_type,
-            &data,
-            online,
-        )
-        .await?;
-        let outcome = appended.outcome;
-        let remote = shared.replica.user_nodes(user_id).len();
-        let delivery = if !online {
-            Delivery::queued(usize::try_from(appended.pending).unwrap_or(usize::MAX))
-        } else if remote == 0 && outcome.deferred == 0 && outcome.delivered > 0 {
-            Delivery::delivered(outcome.delivered, outcome.closed)
-        } else {
-            Delivery::relayed(outcome.delivered, outcome.closed, remote)
-        };
-        Ok(delivery.with_offset(appended.offset))
+        self.shared.emit(user_id, event_type, data, None).await
     }
 
     fn get_connection_health(&self, user_id: &UserId) -> ConnectionHealth {

@@ -15,7 +15,7 @@ use crate::ids::UserId;
 use crate::managers::events::{ResyncNotice, ResyncReason, critical_frame, critical_frame_max_len};
 use crate::managers::fan_out::bump;
 use crate::managers::history::{Appended, HistoryRead, HistoryStore, NewEvent, next_stream};
-use crate::managers::index::{Arrival, LocalIndex, Replay};
+use crate::managers::index::{Arrival, CriticalOutcome, LocalIndex, Replay};
 use crate::offset::{StreamOffset, StreamPosition};
 
 /// The Redis history of the node `shared`.
@@ -55,6 +55,9 @@ impl HistoryStore for RedisHistory<'_> {
                 shared.config.history_capacity(),
                 shared.config.history_max_age(),
                 shared.cluster.stream_meta_ttl(),
+                event
+                    .key
+                    .map(|key| (key, shared.config.idempotency_window())),
             )
             .await;
         let appended = match appended {
@@ -72,11 +75,20 @@ impl HistoryStore for RedisHistory<'_> {
             }
         };
         let offset = appended.offset;
+        if appended.duplicate {
+            return Ok(Appended {
+                offset,
+                pending: appended.pending,
+                outcome: CriticalOutcome::default(),
+                duplicate: true,
+            });
+        }
         let outcome = index.deliver_critical(user, offset, &event.frame(offset), Arrival::Direct);
         Ok(Appended {
             offset,
             pending: appended.pending,
             outcome,
+            duplicate: false,
         })
     }
 

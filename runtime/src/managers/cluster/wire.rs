@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ConnectionId, ThreadId, UserId};
+use crate::ids::{ConnectionId, IdempotencyKey, ThreadId, UserId};
 
 /// Every key and channel name of one cluster, under its prefix.
 #[derive(Debug, Clone)]
@@ -37,6 +37,13 @@ impl Keys {
     /// sequence a connection has taken).
     pub fn stream_meta(&self, user: &UserId) -> String {
         format!("{}:meta:{user}", self.prefix)
+    }
+
+    /// An idempotency key of the user's, holding `<stream>:<sequence>` of
+    /// the event first emitted with it, for the window. The user id's length
+    /// comes first, so no (user, key) pair can spell another's name.
+    pub fn idempotency(&self, user: &UserId, key: &IdempotencyKey) -> String {
+        format!("{}:idem:{}:{user}:{key}", self.prefix, user.as_str().len())
     }
 
     /// The user's retained critical events, entry id `<sequence>-1`.

@@ -7,6 +7,7 @@
 //! step, the next log goes on numbering their stream (`continue_from`), so a
 //! stream id changes only when its events are really gone.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -20,7 +21,7 @@ use crate::config::ManagerConfig;
 use crate::connection::TextFrame;
 use crate::error::ManagerError;
 use crate::health::{ConnectionHealth, unix_millis};
-use crate::ids::UserId;
+use crate::ids::{IdempotencyKey, UserId};
 use crate::managers::fan_out::{Totals, bump};
 use crate::managers::index::{Arrival, CriticalOutcome, IndexHasher, LocalIndex, Replay};
 use crate::offset::{StreamOffset, StreamPosition};
@@ -34,6 +35,46 @@ struct UserLog {
     /// (its health's `messages_failed`; a connection's failures count in
     /// the index).
     refused: u64,
+    /// Idempotency keys of the last `idempotency_window`, oldest first.
+    keys: RecentKeys,
+}
+
+/// The idempotency keys a user's events were emitted with, each with the
+/// offset it got, for `window`, at most `max` (the oldest forgotten first).
+#[derive(Debug, Default)]
+struct RecentKeys {
+    offsets: HashMap<IdempotencyKey, StreamOffset>,
+    order: VecDeque<(IdempotencyKey, Instant)>,
+}
+
+impl RecentKeys {
+    fn forget_older_than(&mut self, now: Instant, window: Duration) {
+        while let Some((key, at)) = self.order.front() {
+            if now.saturating_duration_since(*at) <= window {
+                break;
+            }
+            self.offsets.remove(key);
+            self.order.pop_front();
+        }
+    }
+
+    fn get(&self, key: &IdempotencyKey) -> Option<StreamOffset> {
+        self.offsets.get(key).copied()
+    }
+
+    fn insert(&mut self, key: IdempotencyKey, offset: StreamOffset, now: Instant, max: usize) {
+        while self.order.len() >= max {
+            if let Some((oldest, _)) = self.order.pop_front() {
+                self.offsets.remove(&oldest);
+            }
+        }
+        self.offsets.insert(key.clone(), offset);
+        self.order.push_back((key, now));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
 }
 
 /// Why an append attempt stopped before storing the event.
@@ -47,6 +88,8 @@ enum Refused {
 pub(crate) struct MemoryHistory {
     limits: HistoryLimits,
     max_age: Duration,
+    idempotency_window: Duration,
+    keys_per_user: usize,
     logs: DashMap<UserId, Arc<Mutex<UserLog>>, IndexHasher>,
     ledger: HistoryLedger,
     totals: Arc<Totals>,
@@ -63,6 +106,8 @@ impl MemoryHistory {
                 max_bytes: config.history_max_bytes(),
             },
             max_age: config.history_max_age(),
+            idempotency_window: config.idempotency_window(),
+            keys_per_user: config.idempotency_keys_per_user(),
             logs: DashMap::with_hasher(IndexHasher::new()),
             ledger: HistoryLedger::new(config.max_history_users()),
             totals,
@@ -102,6 +147,7 @@ impl MemoryHistory {
                                 retired: false,
                                 log: start(),
                                 refused: 0,
+                                keys: RecentKeys::default(),
                             }))
                         })
                         .value(),
@@ -114,7 +160,10 @@ impl MemoryHistory {
                 continue;
             }
             let result = f(&mut state);
-            if !state.log.holds_history() {
+            state
+                .keys
+                .forget_older_than(Instant::now(), self.idempotency_window);
+            if !state.log.holds_history() && state.keys.is_empty() {
                 state.retired = true;
                 self.logs.remove_if(user, |_, s| Arc::ptr_eq(s, &slot));
             }
@@ -156,6 +205,16 @@ impl MemoryHistory {
         let start = || Self::fresh_log(continue_from());
         for attempt in 0..2 {
             let result = self.with_user_log(user, Some(&start), |state| {
+                let now = Instant::now();
+                state.keys.forget_older_than(now, self.idempotency_window);
+                if let Some(offset) = event.key.and_then(|key| state.keys.get(key)) {
+                    return Ok(Appended {
+                        offset,
+                        pending: state.log.pending() as u64,
+                        outcome: CriticalOutcome::default(),
+                        duplicate: true,
+                    });
+                }
                 let refused = &mut state.refused;
                 let log = &mut state.log;
                 self.expire(log, user);
@@ -186,10 +245,16 @@ impl MemoryHistory {
                         pending = log.pending(),
                         "critical event retained until a connection of the user takes it");
                 }
+                if let Some(key) = event.key {
+                    state
+                        .keys
+                        .insert(key.clone(), offset, now, self.keys_per_user);
+                }
                 Ok(Appended {
                     offset,
-                    pending: log.pending() as u64,
+                    pending: state.log.pending() as u64,
                     outcome,
+                    duplicate: false,
                 })
             });
             let error = match result {

@@ -20,7 +20,7 @@ use crate::close;
 use crate::connection::{TextFrame, WebSocketConnection};
 use crate::error::ManagerError;
 use crate::health::unix_millis;
-use crate::ids::UserId;
+use crate::ids::{IdempotencyKey, UserId};
 use crate::managers::events::{ResyncNotice, critical_frame, validate_event_type};
 use crate::managers::fan_out::bump;
 use crate::managers::index::{CriticalOutcome, LocalIndex, Replay};
@@ -50,6 +50,9 @@ pub(crate) struct NewEvent<'a> {
     /// cannot see deliveries (Redis) marks the event taken at once when so.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub online: bool,
+    /// A retry with this key within the window stores nothing new and
+    /// answers the first attempt's offset.
+    pub key: Option<&'a IdempotencyKey>,
 }
 
 impl NewEvent<'_> {
@@ -67,6 +70,9 @@ pub(crate) struct Appended {
     pub pending: u64,
     /// What the index did with it.
     pub outcome: CriticalOutcome,
+    /// A retry of `NewEvent::key`: nothing was stored or sent, `offset` is
+    /// the first attempt's.
+    pub duplicate: bool,
 }
 
 /// What a registering connection is owed, as a store reads it.
@@ -179,6 +185,7 @@ pub(crate) async fn emit<S: HistoryStore>(
     event_type: &str,
     data: &serde_json::Value,
     online: bool,
+    key: Option<&IdempotencyKey>,
 ) -> Result<Appended, ManagerError> {
     validate_event_type(event_type)?;
     if index.is_shut_down() {
@@ -190,6 +197,7 @@ pub(crate) async fn emit<S: HistoryStore>(
         data: &data,
         timestamp: unix_millis(SystemTime::now()),
         online,
+        key,
     };
     store.append(user, event, index).await
 }
