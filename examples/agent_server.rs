@@ -7,6 +7,7 @@
 //! cargo run --example agent_server -- --demo        # then open http://127.0.0.1:3000/
 //! cargo run --example agent_server -- --demo --port 0
 //! cargo run --example agent_server -- --demo --port 0 --redis redis://127.0.0.1:6379   # one node of a cluster
+//! cargo run --example agent_server -- --demo --redis redis+sentinel://127.0.0.1:26379/mymaster --redis-wait-replicas 1   # under Sentinel, durable
 //! AGENT_SERVER_JWT_SECRET=... cargo run --example agent_server   # real tokens only
 //! ```
 //!
@@ -162,8 +163,12 @@ impl TypedManager {
 
 struct Args {
     demo: bool,
-    /// `--redis URL`: serve as one node of a cluster.
+    /// `--redis URL`: serve as one node of a cluster (`redis://HOST:PORT`,
+    /// or `redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME`).
     redis: Option<String>,
+    /// `--redis-wait-replicas N`: the durability setting
+    /// (`ClusterConfig::wait_for_replicas`).
+    redis_wait_replicas: usize,
     port: u16,
     max_runs: usize,
     max_runs_per_user: usize,
@@ -181,12 +186,13 @@ struct Args {
     inbound_rate: Option<RateLimit>,
 }
 
-const USAGE: &str = "usage: agent_server [--demo] [--port N] [--redis URL] [--max-runs N] [--max-runs-per-user N] [--operator-token TOKEN] [--ping-interval-ms N] [--drain-delay-ms N] [--max-connections N] [--connection-rate PER_SECOND[/BURST]] [--inbound-rate PER_SECOND[/BURST]]";
+const USAGE: &str = "usage: agent_server [--demo] [--port N] [--redis URL] [--redis-wait-replicas N] [--max-runs N] [--max-runs-per-user N] [--operator-token TOKEN] [--ping-interval-ms N] [--drain-delay-ms N] [--max-connections N] [--connection-rate PER_SECOND[/BURST]] [--inbound-rate PER_SECOND[/BURST]]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         demo: false,
         redis: None,
+        redis_wait_replicas: 0,
         port: 3000,
         max_runs: MAX_RUNS,
         max_runs_per_user: MAX_RUNS_PER_USER,
@@ -212,6 +218,12 @@ fn parse_args() -> Result<Args, String> {
             "--max-runs-per-user" => args.max_runs_per_user = positive(&arg, &value()?)?,
             "--operator-token" => args.operator_token = Some(value()?),
             "--redis" => args.redis = Some(value()?),
+            "--redis-wait-replicas" => {
+                let value = value()?;
+                args.redis_wait_replicas = value
+                    .parse()
+                    .map_err(|_| format!("--redis-wait-replicas: `{value}` is not a number"))?;
+            }
             "--ping-interval-ms" => {
                 let ms = positive(&arg, &value()?)?;
                 args.ping_interval = Some(Duration::from_millis(ms as u64));
@@ -295,6 +307,7 @@ async fn main() -> ExitCode {
     let cluster = match &args.redis {
         Some(url) => match ClusterConfig::builder(url.as_str())
             .key_prefix("agent_server")
+            .wait_for_replicas(args.redis_wait_replicas)
             .build()
         {
             Ok(config) => Some(config),

@@ -53,6 +53,19 @@ pub enum ClusterFailure {
         /// How long the registration waited.
         waited_ms: u64,
     },
+    /// The critical event is stored on the primary, but fewer replicas than
+    /// `ClusterConfig::wait_for_replicas` acknowledged it within the command
+    /// timeout: it was not published, and a failover may lose it. Retry it
+    /// with an idempotency key.
+    #[error(
+        "only {acknowledged} of {wanted} replica(s) acknowledged the event in time: stored on the primary but not published (a failover may lose it)"
+    )]
+    NotReplicated {
+        /// Replicas that acknowledged it.
+        acknowledged: usize,
+        /// Replicas the configuration asks for.
+        wanted: usize,
+    },
 }
 
 impl ClusterFailure {

@@ -17,3 +17,4 @@ pub mod bench;
 pub mod e2e;
 pub mod fault_proxy;
 pub mod redis;
+pub mod sentinel;

@@ -35,6 +35,13 @@ impl TextFrame {
         serde_json::to_vec(value).map(|bytes| TextFrame(Bytes::from(bytes)))
     }
 
+    /// Wraps bytes the crate wrote from UTF-8 pieces and `serde_json`
+    /// output (as [`from_json`](Self::from_json) does), without checking
+    /// them again.
+    pub(crate) fn from_json_bytes(bytes: Vec<u8>) -> Self {
+        TextFrame(Bytes::from(bytes))
+    }
+
     /// Wraps a string that is already the text to send.
     pub fn from_string(text: String) -> Self {
         TextFrame(Bytes::from(text))

@@ -26,7 +26,6 @@
 //! a second) when the user limit is reached.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use crate::close::CloseReason;
 use crate::config::ManagerConfig;
@@ -35,7 +34,7 @@ use crate::delivery::{Delivery, DeliveryTarget, NotDeliveredReason};
 use crate::error::ManagerError;
 use crate::health::ConnectionHealth;
 use crate::ids::{ConnectionId, IdempotencyKey, ThreadId, UserId};
-use crate::managers::fan_out::{FanOut, Totals, bump};
+use crate::managers::fan_out::{FanOut, bump};
 use crate::managers::history::{self, LocalHistory, MemoryHistory};
 use crate::managers::index::LocalIndex;
 use crate::managers::stats::{IndexSizes, ManagerStats};
@@ -50,10 +49,9 @@ pub(crate) struct ManagerCore {
 
 impl ManagerCore {
     pub fn new(config: ManagerConfig) -> Self {
-        let totals = Arc::new(Totals::default());
         ManagerCore {
-            history: MemoryHistory::new(&config, Arc::clone(&totals)),
-            index: LocalIndex::new(config, totals),
+            history: MemoryHistory::new(&config),
+            index: LocalIndex::new(config),
         }
     }
 
@@ -209,7 +207,7 @@ impl ManagerCore {
             return;
         };
         let discarded = self.history.clear();
-        bump(&self.index.totals().pending_discarded, discarded as u64);
+        bump(&self.history.totals().pending_discarded, discarded as u64);
         if discarded > 0 {
             tracing::warn!(
                 discarded,
@@ -224,6 +222,7 @@ impl ManagerCore {
     }
 
     pub fn stats(&self) -> ManagerStats {
-        self.index.stats(self.history.users())
+        self.index
+            .stats(Some(self.history.totals()), self.history.users())
     }
 }

@@ -2,7 +2,6 @@
 //! building block for managers of your own.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use parking_lot::Mutex;
@@ -14,7 +13,6 @@ use crate::error::ManagerError;
 use crate::health::unix_millis;
 use crate::ids::UserId;
 use crate::managers::events::validate_event_type;
-use crate::managers::fan_out::Totals;
 use crate::managers::history::{MemoryHistory, NewEvent};
 use crate::managers::index::CriticalOutcome;
 use crate::offset::StreamOffset;
@@ -75,7 +73,7 @@ impl CriticalEventLog {
     /// An empty log with the history bounds of `config`.
     pub fn new(config: &ManagerConfig) -> Self {
         CriticalEventLog {
-            history: MemoryHistory::new(config, Arc::new(Totals::default())),
+            history: MemoryHistory::new(config),
             attached: Mutex::new(HashMap::new()),
         }
     }
@@ -159,7 +157,6 @@ impl CriticalEventLog {
         sockets: &[WebSocketHandle],
     ) -> Result<Delivery, ManagerError> {
         validate_event_type(event_type)?;
-        let data = serde_json::to_string(&data)?;
         let event = NewEvent {
             event_type,
             data: &data,

@@ -23,6 +23,7 @@
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "redis")]
 use crate::connection::TextFrame;
 use crate::error::ManagerError;
 use crate::offset::StreamOffset;
@@ -188,6 +189,7 @@ pub(crate) fn critical_frame_max_len(event_type: &str, data_json: &str, timestam
     FIXED + event_type.len() + data_json.len() + digits(timestamp) + 2 * digits(u64::MAX)
 }
 
+#[cfg(feature = "redis")]
 /// The frame of a critical event, byte for byte what
 /// `serde_json::to_string(&CriticalEnvelope { .. })` writes, built from the
 /// data's JSON text without parsing it again, so every node (and the
@@ -212,6 +214,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(feature = "redis")]
     fn the_critical_frame_is_the_envelope_serde_writes() {
         let data = serde_json::json!({"text": "a \"quoted\" line\n", "n": [1, 2.5, null]});
         let envelope = CriticalEnvelope {

@@ -140,8 +140,9 @@ struct UserState {
     /// Set when the slot is removed from `users`: whoever locks it afterwards
     /// must look the user up again.
     retired: bool,
-    /// Every registered connection of the user, with its cursor.
-    members: Vec<Member>,
+    /// Every registered connection of the user, with its cursor (inline for
+    /// one: most users have one tab, and a `Vec` would allocate four).
+    members: SmallVec<[Member; 1]>,
     /// The live members; `with_user` publishes them in the user's
     /// [`UserEntry`] when a change is complete.
     recipients: Recipients,
@@ -218,7 +219,7 @@ impl UserSlot {
         UserSlot {
             state: Mutex::new(UserState {
                 retired: false,
-                members: Vec::new(),
+                members: SmallVec::new(),
                 recipients: no_recipients(),
             }),
             counters: Arc::default(),
@@ -346,7 +347,7 @@ pub(crate) struct LocalIndex {
     sockets: DashMap<SocketId, ConnectionId, IndexHasher>,
     users: DashMap<UserId, UserEntry, IndexHasher>,
     threads: DashMap<ThreadId, Recipients, IndexHasher>,
-    totals: Arc<Totals>,
+    totals: Totals,
     shut_down: AtomicBool,
 }
 
@@ -362,9 +363,8 @@ impl std::fmt::Debug for LocalIndex {
 }
 
 impl LocalIndex {
-    /// An empty index; `totals` are shared with the history store, which
-    /// counts what it evicts and expires in them.
-    pub fn new(config: ManagerConfig, totals: Arc<Totals>) -> Self {
+    /// An empty index.
+    pub fn new(config: ManagerConfig) -> Self {
         LocalIndex {
             config,
             observer: None,
@@ -372,17 +372,17 @@ impl LocalIndex {
             sockets: DashMap::with_hasher(IndexHasher::new()),
             users: DashMap::with_hasher(IndexHasher::new()),
             threads: DashMap::with_hasher(IndexHasher::new()),
-            totals,
+            totals: Totals::default(),
             shut_down: AtomicBool::new(false),
         }
     }
 
     /// The same, reporting every change to `observer`.
     #[cfg(feature = "redis")]
-    pub fn observed(config: ManagerConfig, totals: Arc<Totals>, observer: IndexObserver) -> Self {
+    pub fn observed(config: ManagerConfig, observer: IndexObserver) -> Self {
         LocalIndex {
             observer: Some(observer),
-            ..LocalIndex::new(config, totals)
+            ..LocalIndex::new(config)
         }
     }
 
@@ -897,8 +897,8 @@ impl LocalIndex {
         let limit = self.config.queue_capacity();
         let mut outcome = CriticalOutcome::default();
         self.with_user(user, false, |state, counters| {
-            let mut push = Vec::new();
-            let mut gaps = Vec::new();
+            let mut push: SmallVec<[usize; 8]> = SmallVec::new();
+            let mut gaps: SmallVec<[ConnectionId; 1]> = SmallVec::new();
             for (index, member) in state.members.iter_mut().enumerate() {
                 match decide(&mut member.cursor, offset, arrival, limit, frame) {
                     Decision::Push => push.push(index),
@@ -915,16 +915,24 @@ impl LocalIndex {
                     }
                 }
             }
-            let recipients: Vec<Recipient> = push
-                .iter()
-                .map(|&i| Recipient {
-                    connection_id: state.members[i].connection_id.clone(),
-                    socket: state.members[i].socket.clone(),
-                    counters: Arc::clone(counters),
-                })
-                .collect();
-            // Under the lock: a later event must not overtake this one.
-            let fan = fan_out(&recipients, frame, CRITICAL_POLICY, &self.totals);
+            // Under the lock: a later event must not overtake this one. The
+            // usual case, every connection live and in step, fans out over
+            // the user's published recipients as they are; otherwise over
+            // the ones in step.
+            let fan = if push.len() == state.members.len() && push.len() == state.recipients.len() {
+                let recipients = Arc::clone(&state.recipients);
+                fan_out(&recipients, frame, CRITICAL_POLICY, &self.totals)
+            } else {
+                let recipients: Vec<Recipient> = push
+                    .iter()
+                    .map(|&i| Recipient {
+                        connection_id: state.members[i].connection_id.clone(),
+                        socket: state.members[i].socket.clone(),
+                        counters: Arc::clone(counters),
+                    })
+                    .collect();
+                fan_out(&recipients, frame, CRITICAL_POLICY, &self.totals)
+            };
             for &i in &push {
                 let member = &mut state.members[i];
                 if !fan.evict.contains(&member.connection_id) {
@@ -1093,23 +1101,26 @@ impl LocalIndex {
         }
     }
 
-    /// The counters and index sizes; `history_users` is the store's.
-    pub fn stats(&self, history_users: usize) -> ManagerStats {
-        let t = &self.totals;
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    /// The counters and index sizes, with a history store's counters
+    /// (`history`) and its number of users holding history.
+    pub fn stats(&self, history: Option<&Totals>, history_users: usize) -> ManagerStats {
+        let load = |c: fn(&Totals) -> &AtomicU64| {
+            c(&self.totals).load(Ordering::Relaxed)
+                + history.map_or(0, |h| c(h).load(Ordering::Relaxed))
+        };
         ManagerStats {
             indexes: self.sizes(history_users),
-            messages_sent: load(&t.sent),
-            messages_failed: load(&t.failed),
-            messages_dropped: load(&t.dropped),
-            slow_consumer_disconnects: load(&t.slow_disconnects),
-            critical_rejected: load(&t.critical_rejected),
-            history_evicted: load(&t.history_evicted),
-            history_expired: load(&t.history_expired),
-            pending_expired: load(&t.pending_expired),
-            replayed: load(&t.replayed),
-            resync_notices: load(&t.resync_notices),
-            pending_discarded_at_shutdown: load(&t.pending_discarded),
+            messages_sent: load(|t| &t.sent),
+            messages_failed: load(|t| &t.failed),
+            messages_dropped: load(|t| &t.dropped),
+            slow_consumer_disconnects: load(|t| &t.slow_disconnects),
+            critical_rejected: load(|t| &t.critical_rejected),
+            history_evicted: load(|t| &t.history_evicted),
+            history_expired: load(|t| &t.history_expired),
+            pending_expired: load(|t| &t.pending_expired),
+            replayed: load(|t| &t.replayed),
+            resync_notices: load(|t| &t.resync_notices),
+            pending_discarded_at_shutdown: load(|t| &t.pending_discarded),
         }
     }
 }
@@ -1144,7 +1155,7 @@ mod tests {
             .history_capacity(queue - 1)
             .build()
             .unwrap();
-        LocalIndex::new(config, Arc::default())
+        LocalIndex::new(config)
     }
 
     fn alice() -> UserId {
@@ -1296,7 +1307,7 @@ mod tests {
                 IndexChange::Left(_) => "left".to_owned(),
             });
         });
-        let index = LocalIndex::observed(ManagerConfig::default(), Arc::default(), observer);
+        let index = LocalIndex::observed(ManagerConfig::default(), observer);
         let (id, _socket, _receiver) = begun(&index);
         // A thread bound while catching up is joined with the connection.
         let thread = ThreadId::new("t1").unwrap();

@@ -10,9 +10,13 @@
 -- answers the first attempt's offset and stores nothing; otherwise the key
 -- is set to this event's offset for the window, in the same atomic step.
 --
+-- When the caller waits for replicas before publishing (publish = 0), the
+-- message is returned instead of published: it is published once replicas
+-- acknowledged the event, so no client sees an event a failover may lose.
+--
 -- KEYS: meta, stream[, idempotency key]. ARGV: candidate epoch, maxlen,
 -- stream ttl ms, meta ttl ms, type, data, timestamp, online (0/1), bus
--- channel, user[, idempotency window ms].
+-- channel, user, publish (0/1)[, idempotency window ms].
 if KEYS[3] then
   local prior = redis.call('GET', KEYS[3])
   if prior then
@@ -37,9 +41,13 @@ redis.call('HSET', KEYS[1], 's', seq, 't', taken)
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], seq .. '-1', 'y', ARGV[5], 'd', ARGV[6], 't', ARGV[7])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PUBLISH', ARGV[9], cjson.encode({k = 'critical', u = ARGV[10], e = epoch,
-  s = tostring(seq), y = ARGV[5], t = ARGV[7], d = ARGV[6]}))
+local message = cjson.encode({k = 'critical', u = ARGV[10], e = epoch,
+  s = tostring(seq), y = ARGV[5], t = ARGV[7], d = ARGV[6]})
 if KEYS[3] then
-  redis.call('SET', KEYS[3], epoch .. ':' .. seq, 'PX', ARGV[11])
+  redis.call('SET', KEYS[3], epoch .. ':' .. seq, 'PX', ARGV[12])
 end
-return {'ok', epoch, seq, seq - taken}
+if ARGV[11] == '1' then
+  redis.call('PUBLISH', ARGV[9], message)
+  return {'ok', epoch, seq, seq - taken}
+end
+return {'ok', epoch, seq, seq - taken, message}

@@ -16,6 +16,13 @@
 //! TCP connection) and retires the old one; the [`LinkClock`] records when
 //! the current connection last answered a command and last delivered a
 //! push, which the link watchdog in [`super`] reads to decide.
+//!
+//! Under Redis Sentinel the address is not fixed: [`Backplane::follow_primary`]
+//! asks the sentinels which server is the primary each time the node
+//! (re)joins, and moves the connection there when it changed. A primary
+//! that died or was demoted fails the node's commands (refused, or
+//! `READONLY`), the node leaves the ready state, and its next join asks
+//! again.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,8 +31,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{
-    ConnectionInfo, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script, Value,
+    Client, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, RedisConnectionInfo, Script,
+    Value,
 };
 
 use crate::error::ClusterFailure;
@@ -34,6 +43,7 @@ use crate::offset::StreamOffset;
 
 use super::config::ClusterConfig;
 use super::presence::PresenceChange;
+use super::target::RedisTarget;
 use super::wire::{BusMessage, Keys, PresenceEntry};
 
 /// Numbers, stores and publishes one critical event atomically
@@ -173,15 +183,31 @@ impl LinkClock {
     }
 }
 
+/// Where the primary is.
+enum Source {
+    /// One server, always the same.
+    Server(Client),
+    /// Whatever the sentinels name; `primary` is the last answer.
+    Sentinel {
+        sentinels: Box<tokio::sync::Mutex<SentinelClient>>,
+        master: String,
+        primary: RwLock<Option<Client>>,
+    },
+}
+
 pub(crate) struct Backplane {
-    info: ConnectionInfo,
+    source: Source,
     push: PushHandler,
+    /// Replicas that must acknowledge a critical event before it is
+    /// published and its emit answers `Ok` (0: none).
+    wait_for_replicas: usize,
     /// The exact bytes of this node's probe message: recognised (and
     /// swallowed) by the push handler, whatever the inbound buffer holds.
     probe: Vec<u8>,
-    /// The current connection with its generation. Cloned out of the lock,
-    /// never held across an `.await`.
-    connection: RwLock<(u64, ConnectionManager)>,
+    /// The current connection with its generation (`None` until Sentinel
+    /// named a primary). Cloned out of the lock, never held across an
+    /// `.await`.
+    connection: RwLock<(u64, Option<ConnectionManager>)>,
     clock: Arc<LinkClock>,
     keys: Keys,
     node: String,
@@ -258,14 +284,13 @@ fn millis(duration: Duration) -> u64 {
 /// A lazy connection manager (connects on first use) whose pushes reach
 /// `push` only while it is generation `generation`.
 fn open(
-    info: &ConnectionInfo,
+    client: Client,
     timeout: Duration,
     push: &PushHandler,
     probe: &[u8],
     clock: &Arc<LinkClock>,
     generation: u64,
 ) -> Result<ConnectionManager, redis::RedisError> {
-    let client = redis::Client::open(info.clone())?;
     let (push, probe, clock) = (Arc::clone(push), probe.to_vec(), Arc::clone(clock));
     let sender = move |info: PushInfo| -> Result<(), ()> {
         // A retired connection that comes back to life must not deliver
@@ -299,12 +324,6 @@ impl Backplane {
     /// failure, replaced by [`rebuild`](Self::rebuild));
     /// `push` receives the subscriptions' messages and disconnections.
     pub fn connect(config: &ClusterConfig, push: PushHandler) -> Result<Self, redis::RedisError> {
-        let info = config.redis_url().into_connection_info()?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let info = info.set_redis_settings(settings);
         let timeout = config.command_timeout();
         let keys = Keys::new(config.key_prefix());
         let probe = serde_json::to_vec(&BusMessage::Probe {
@@ -314,10 +333,41 @@ impl Backplane {
             redis::RedisError::from((redis::ErrorKind::Client, "probe message", e.to_string()))
         })?;
         let clock = Arc::new(LinkClock::new());
-        let connection = open(&info, timeout, &push, &probe, &clock, 0)?;
+        let (source, connection) = match config.target() {
+            RedisTarget::Server(url) => {
+                let info = url.as_str().into_connection_info()?;
+                let settings = info
+                    .redis_settings()
+                    .clone()
+                    .set_protocol(ProtocolVersion::RESP3);
+                let client = Client::open(info.set_redis_settings(settings))?;
+                let connection = open(client.clone(), timeout, &push, &probe, &clock, 0)?;
+                (Source::Server(client), Some(connection))
+            }
+            RedisTarget::Sentinel { sentinels, master } => {
+                let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(
+                    RedisConnectionInfo::default().set_protocol(ProtocolVersion::RESP3),
+                );
+                let sentinel = SentinelClient::build(
+                    sentinels.clone(),
+                    master.clone(),
+                    Some(node),
+                    SentinelServerType::Master,
+                )?;
+                let source = Source::Sentinel {
+                    sentinels: Box::new(tokio::sync::Mutex::new(sentinel)),
+                    master: master.clone(),
+                    primary: RwLock::new(None),
+                };
+                // No connection until the sentinels name the primary
+                // (`follow_primary`, on the node's first join).
+                (source, None)
+            }
+        };
         Ok(Backplane {
-            info,
+            source,
             push,
+            wait_for_replicas: config.wait_for_replicas(),
             probe,
             connection: RwLock::new((0, connection)),
             clock,
@@ -328,6 +378,59 @@ impl Backplane {
             read: Script::new(READ),
             taken: Script::new(TAKEN),
         })
+    }
+
+    /// Under Sentinel: asks the sentinels which server is the primary and,
+    /// when it is not the one this node talks to, moves there (a fresh
+    /// connection). `Ok(true)`: it moved (events published meanwhile may
+    /// have been missed: audit). One server: nothing to do.
+    pub async fn follow_primary(&self) -> Result<bool, ClusterFailure> {
+        let Source::Sentinel {
+            sentinels,
+            master,
+            primary,
+        } = &self.source
+        else {
+            return Ok(false);
+        };
+        // Every sentinel may be tried, each bounded by the command timeout.
+        let ask = async { sentinels.lock().await.async_get_client().await };
+        let client = match tokio::time::timeout(self.timeout * 3, ask).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(error)) => {
+                return Err(ClusterFailure::Unreachable(format!(
+                    "no sentinel named a primary for `{master}`: {error}"
+                )));
+            }
+            Err(_) => {
+                return Err(ClusterFailure::Unreachable(format!(
+                    "no sentinel answered within {} ms for `{master}`",
+                    millis(self.timeout * 3)
+                )));
+            }
+        };
+        let address = client.get_connection_info().addr().clone();
+        let known = primary
+            .read()
+            .as_ref()
+            .map(|c| c.get_connection_info().addr().clone());
+        if known.as_ref() == Some(&address) {
+            return Ok(false);
+        }
+        *primary.write() = Some(client);
+        self.rebuild()?;
+        tracing::warn!(node = %self.node, %master, %address, previous = ?known.map(|a| a.to_string()),
+            "following the primary Redis Sentinel names");
+        Ok(true)
+    }
+
+    /// The server to connect to: the one server, or the primary Sentinel
+    /// last named.
+    fn client(&self) -> Option<Client> {
+        match &self.source {
+            Source::Server(client) => Some(client.clone()),
+            Source::Sentinel { primary, .. } => primary.read().clone(),
+        }
     }
 
     pub fn keys(&self) -> &Keys {
@@ -344,10 +447,13 @@ impl Backplane {
     /// one counts or is passed on any more; its commands in flight end with
     /// their timeout. Returns the new generation.
     pub fn rebuild(&self) -> Result<u64, ClusterFailure> {
+        let Some(client) = self.client() else {
+            return Err(ClusterFailure::NotReady);
+        };
         let mut current = self.connection.write();
         let generation = current.0 + 1;
         let connection = open(
-            &self.info,
+            client,
             self.timeout,
             &self.push,
             &self.probe,
@@ -362,14 +468,18 @@ impl Backplane {
         // A fresh connection gets a full probe interval before it is judged.
         self.clock.answered_at.store(now, Ordering::SeqCst);
         self.clock.pushed_at.store(now, Ordering::SeqCst);
-        *current = (generation, connection);
+        *current = (generation, Some(connection));
         Ok(generation)
     }
 
-    /// The current connection, cloned out of the lock.
-    fn current(&self) -> (u64, ConnectionManager) {
+    /// The current connection, cloned out of the lock; `NotReady` while
+    /// Sentinel has named no primary yet.
+    fn current(&self) -> Result<(u64, ConnectionManager), ClusterFailure> {
         let current = self.connection.read();
-        (current.0, current.1.clone())
+        match &current.1 {
+            Some(connection) => Ok((current.0, connection.clone())),
+            None => Err(ClusterFailure::NotReady),
+        }
     }
 
     /// Runs one call on connection `generation` within the command timeout,
@@ -386,7 +496,7 @@ impl Backplane {
         &self,
         command: &redis::Cmd,
     ) -> Result<T, ClusterFailure> {
-        let (generation, mut connection) = self.current();
+        let (generation, mut connection) = self.current()?;
         self.bounded(generation, command.query_async(&mut connection))
             .await
     }
@@ -395,7 +505,7 @@ impl Backplane {
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, ClusterFailure> {
-        let (generation, mut connection) = self.current();
+        let (generation, mut connection) = self.current()?;
         self.bounded(generation, pipe.query_async(&mut connection))
             .await
     }
@@ -403,7 +513,7 @@ impl Backplane {
     /// Subscribes the current connection to the bus and this node's
     /// channel.
     pub async fn subscribe(&self) -> Result<(), ClusterFailure> {
-        let (generation, mut connection) = self.current();
+        let (generation, mut connection) = self.current()?;
         let channels = [self.keys.bus(), self.keys.node_channel(&self.node)];
         self.bounded(generation, connection.subscribe(&channels))
             .await?;
@@ -432,9 +542,10 @@ impl Backplane {
         } else {
             redis::cmd("PING")
         };
-        let (generation, mut connection) = self.current();
+        let current = self.current();
         let (clock, timeout) = (Arc::clone(&self.clock), self.timeout);
         async move {
+            let (generation, mut connection) = current?;
             bounded(
                 &clock,
                 timeout,
@@ -461,7 +572,7 @@ impl Backplane {
         meta_ttl: Duration,
         idempotency: Option<(&IdempotencyKey, Duration)>,
     ) -> Result<Appended, AppendError> {
-        let (generation, mut connection) = self.current();
+        let (generation, mut connection) = self.current().map_err(AppendError::Failed)?;
         let mut invocation = self.append.prepare_invoke();
         invocation
             .key(self.keys.stream_meta(user))
@@ -475,7 +586,12 @@ impl Backplane {
             .arg(timestamp.to_string())
             .arg(if online { "1" } else { "0" })
             .arg(self.keys.bus())
-            .arg(user.as_str());
+            .arg(user.as_str())
+            .arg(if self.wait_for_replicas == 0 {
+                "1"
+            } else {
+                "0"
+            });
         if let Some((key, window)) = idempotency {
             invocation
                 .key(self.keys.idempotency(user, key))
@@ -505,16 +621,60 @@ impl Backplane {
                     pending: number(pending).map_err(AppendError::Failed)?,
                 })
             }
-            [_, stream, sequence, pending] => Ok(Appended {
-                offset: StreamOffset::new(
-                    stream_id(stream)?,
-                    number(sequence).map_err(AppendError::Failed)?,
-                ),
-                pending: number(pending).map_err(AppendError::Failed)?,
-                duplicate: false,
-            }),
+            [_, stream, sequence, pending, rest @ ..] => {
+                let appended = Appended {
+                    offset: StreamOffset::new(
+                        stream_id(stream)?,
+                        number(sequence).map_err(AppendError::Failed)?,
+                    ),
+                    pending: number(pending).map_err(AppendError::Failed)?,
+                    duplicate: false,
+                };
+                match rest {
+                    [] => Ok(appended),
+                    [message] => {
+                        let message = text(message)
+                            .ok_or_else(|| AppendError::Failed(protocol("append message")))?;
+                        self.replicate_then_publish(generation, &mut connection, message)
+                            .await
+                            .map_err(AppendError::Failed)?;
+                        Ok(appended)
+                    }
+                    _ => Err(AppendError::Failed(protocol("append script answer"))),
+                }
+            }
             _ => Err(AppendError::Failed(protocol("append script answer"))),
         }
+    }
+
+    /// With `wait_for_replicas`: waits (on the connection that stored the
+    /// event, bounded by the command timeout) until that many replicas
+    /// acknowledged every write so far, then publishes the event. Fewer
+    /// acknowledgements: `NotReplicated`, and the event is not published (it
+    /// is stored on the primary, and a failover may lose it).
+    async fn replicate_then_publish(
+        &self,
+        generation: u64,
+        connection: &mut ConnectionManager,
+        message: String,
+    ) -> Result<(), ClusterFailure> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(self.wait_for_replicas)
+            .arg(millis(self.timeout).saturating_sub(50).max(1));
+        let acknowledged: usize = self
+            .bounded(generation, wait.query_async(connection))
+            .await?;
+        if acknowledged < self.wait_for_replicas {
+            return Err(ClusterFailure::NotReplicated {
+                acknowledged,
+                wanted: self.wait_for_replicas,
+            });
+        }
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(self.keys.bus()).arg(message);
+        self.bounded(generation, publish.query_async::<Value>(connection))
+            .await
+            .map(drop)
     }
 
     /// Reads what a connection resuming from `resume` is owed.
@@ -525,7 +685,7 @@ impl Backplane {
         candidate_stream: u64,
         meta_ttl: Duration,
     ) -> Result<History, ClusterFailure> {
-        let (generation, mut connection) = self.current();
+        let (generation, mut connection) = self.current()?;
         let mut invocation = self.read.prepare_invoke();
         invocation
             .key(self.keys.stream_meta(user))
@@ -562,7 +722,7 @@ impl Backplane {
         user: &UserId,
         head: StreamOffset,
     ) -> Result<(), ClusterFailure> {
-        let (generation, mut connection) = self.current();
+        let (generation, mut connection) = self.current()?;
         let mut invocation = self.taken.prepare_invoke();
         invocation
             .key(self.keys.stream_meta(user))

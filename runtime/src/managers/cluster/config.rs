@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use crate::config::{ConfigError, ManagerConfig};
 
+use super::target::RedisTarget;
+
 /// How a [`ClusterWebSocketManager`](super::ClusterWebSocketManager) reaches
 /// the cluster. Put it in the factory's
 /// [`Extensions`](crate::startup::Extensions); the manager takes its queue bounds and
@@ -43,6 +45,9 @@ pub struct ClusterConfig {
     probe_timeout: Duration,
     fence_after: Duration,
     history_reads: usize,
+    wait_for_replicas: usize,
+    /// `redis_url`, read (set by `build`).
+    target: RedisTarget,
 }
 
 impl ClusterConfig {
@@ -68,6 +73,8 @@ impl ClusterConfig {
                 probe_timeout: Duration::from_secs(2),
                 fence_after: Duration::ZERO,
                 history_reads: 64,
+                wait_for_replicas: 0,
+                target: RedisTarget::Server(String::new()),
             },
         }
     }
@@ -122,6 +129,17 @@ impl ClusterConfig {
     /// replay) this node sends to Redis at once.
     pub fn history_reads(&self) -> usize {
         self.history_reads
+    }
+
+    /// Replicas that must acknowledge a critical event before it is
+    /// published and its emit answers `Ok` (0, the default: none).
+    pub fn wait_for_replicas(&self) -> usize {
+        self.wait_for_replicas
+    }
+
+    /// Where the Redis is: one server, or Sentinel's primary.
+    pub(crate) fn target(&self) -> &RedisTarget {
+        &self.target
     }
 
     /// How long a user's stream id (epoch) and sequence survive without a
@@ -256,6 +274,20 @@ impl ClusterConfigBuilder {
         self
     }
 
+    /// The durability setting: how many replicas must acknowledge a
+    /// critical event (Redis `WAIT`, bounded by `command_timeout`) before it
+    /// is published and `emit_critical_event` answers `Ok` (default 0). With
+    /// 1 and one replica under Sentinel, an acknowledged event survives a
+    /// failover of the primary, and no client ever sees an event a failover
+    /// could lose; it costs the replication round trip on every emit (and
+    /// holds this node's connection for it). Too few acknowledgements in
+    /// time: `ClusterFailure::NotReplicated` (stored on the primary, not
+    /// published; retry with an idempotency key).
+    pub fn wait_for_replicas(mut self, replicas: usize) -> Self {
+        self.config.wait_for_replicas = replicas;
+        self
+    }
+
     /// How long a user's stream id and sequence survive without a new
     /// critical event (default 24 h; at least `history_max_age`, checked
     /// when the manager is built).
@@ -296,9 +328,10 @@ impl ClusterConfigBuilder {
         let mut c = self.config;
         c.fence_after = self.fence_after.unwrap_or(c.node_ttl / 9 * 8);
         let refuse = |field, problem| Err(ConfigError { field, problem });
-        if c.redis_url.is_empty() {
-            return refuse("redis_url", "must not be empty");
-        }
+        c.target = match RedisTarget::parse(&c.redis_url) {
+            Ok(target) => target,
+            Err(problem) => return refuse("redis_url", problem),
+        };
         if !valid_name(&c.key_prefix) {
             return refuse(
                 "key_prefix",

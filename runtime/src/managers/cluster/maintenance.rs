@@ -105,6 +105,11 @@ async fn leave(shared: &Shared) {
 /// (Re)joins: subscribes (again), audits if messages may have been lost,
 /// registers presence, reads the cluster; then the node is ready.
 async fn connect(shared: &Shared) -> Result<(), ClusterFailure> {
+    // Under Sentinel, the primary may have moved since the last join (a
+    // failover): what was published meanwhile never reached us.
+    if shared.backplane.follow_primary().await? {
+        shared.audit_due.store(true, Ordering::SeqCst);
+    }
     shared.backplane.subscribe().await?;
     // Subscribed first: anything published from now on reaches us, so the
     // audit's reads cannot miss an event.

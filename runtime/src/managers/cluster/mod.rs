@@ -58,6 +58,7 @@ mod maintenance;
 mod presence;
 mod redis_history;
 mod stats;
+mod target;
 mod wire;
 
 use std::collections::HashSet;
@@ -74,7 +75,7 @@ use crate::delivery::{Delivery, DeliveryTarget, NotDeliveredReason};
 use crate::error::{ClusterFailure, ManagerError};
 use crate::health::{ConnectionHealth, ConnectionSummary};
 use crate::ids::{ConnectionId, IdempotencyKey, ThreadId, UserId};
-use crate::managers::fan_out::{FanOut, Totals, bump};
+use crate::managers::fan_out::{FanOut, bump};
 use crate::managers::history;
 use crate::managers::index::{IndexChange, IndexObserver, LocalIndex};
 use crate::protocol::WebSocketManager;
@@ -217,7 +218,7 @@ impl ClusterWebSocketManager {
         });
         let history_reads = cluster.history_reads();
         let shared = Arc::new(Shared {
-            local: LocalIndex::observed(config.clone(), Arc::new(Totals::default()), observer),
+            local: LocalIndex::observed(config.clone(), observer),
             config,
             cluster,
             replica: Replica::default(),
@@ -296,7 +297,7 @@ impl ClusterWebSocketManager {
     /// This node's counters and index sizes (the same figures as the
     /// reference managers'; retained history lives in Redis).
     pub fn stats(&self) -> crate::managers::ManagerStats {
-        self.shared.local.stats(0)
+        self.shared.local.stats(None, 0)
     }
 
     /// What this node knows of the cluster.

@@ -23,6 +23,9 @@ local from
 if ARGV[1] == '' then from = taken + 1
 elseif ARGV[1] == meta[1] then from = tonumber(ARGV[2]) + 1
 else from = 1 end
+-- An offset beyond the head means nothing on this stream: like one of
+-- another stream, it is answered with everything retained.
+if from > top + 1 then from = 1 end
 local entries = {}
 if from <= top then entries = redis.call('XRANGE', KEYS[2], from .. '-0', '+') end
 return {meta[1], top, taken, oldest, entries}

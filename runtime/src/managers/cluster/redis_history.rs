@@ -12,9 +12,11 @@ use crate::connection::TextFrame;
 use crate::error::{ClusterFailure, ManagerError};
 use crate::health::unix_millis;
 use crate::ids::UserId;
-use crate::managers::events::{ResyncNotice, ResyncReason, critical_frame, critical_frame_max_len};
+use crate::managers::events::{ResyncNotice, critical_frame, critical_frame_max_len};
 use crate::managers::fan_out::bump;
-use crate::managers::history::{Appended, HistoryRead, HistoryStore, NewEvent, next_stream};
+use crate::managers::history::{
+    Appended, HistoryRead, HistoryStore, NewEvent, StreamView, next_stream, plan_resume,
+};
 use crate::managers::index::{Arrival, CriticalOutcome, LocalIndex, Replay};
 use crate::offset::{StreamOffset, StreamPosition};
 
@@ -33,8 +35,9 @@ impl HistoryStore for RedisHistory<'_> {
     ) -> Result<Appended, ManagerError> {
         let shared = self.shared;
         let rejected = || bump(&shared.local.totals().critical_rejected, 1);
+        let data = serde_json::to_string(event.data)?;
         // The frame's size is bounded before Redis assigns the sequence.
-        let len = critical_frame_max_len(event.event_type, event.data, event.timestamp);
+        let len = critical_frame_max_len(event.event_type, &data, event.timestamp);
         if len > shared.config.history_max_bytes() {
             rejected();
             return Err(ManagerError::CriticalEventTooLarge {
@@ -49,7 +52,7 @@ impl HistoryStore for RedisHistory<'_> {
                 user,
                 next_stream(),
                 event.event_type,
-                event.data,
+                &data,
                 event.timestamp,
                 event.online,
                 shared.config.history_capacity(),
@@ -83,7 +86,8 @@ impl HistoryStore for RedisHistory<'_> {
                 duplicate: true,
             });
         }
-        let outcome = index.deliver_critical(user, offset, &event.frame(offset), Arrival::Direct);
+        let frame = critical_frame(event.event_type, &data, event.timestamp, offset);
+        let outcome = index.deliver_critical(user, offset, &frame, Arrival::Direct);
         Ok(Appended {
             offset,
             pending: appended.pending,
@@ -202,7 +206,9 @@ async fn read_history(
 }
 
 /// What a connection resuming from `resume` is sent, from what Redis
-/// holds: a notice when part of it is gone, then the events it is owed.
+/// holds: [`plan_resume`] over the events the read returned that are not
+/// older than `max_age` (the read started at the first one the client is
+/// owed, so the first of them is the first it can still get).
 fn plan(
     history: &History,
     resume: Option<StreamOffset>,
@@ -217,49 +223,28 @@ fn plan(
         .filter(|e| e.timestamp >= oldest_allowed)
         .cloned()
         .collect();
-    let latest = StreamOffset::new(history.stream, history.head);
     let first_available = events.first().map_or(history.head + 1, |e| e.sequence);
-    let notice = |reason, requested, lost| ResyncNotice {
-        reason,
-        requested,
-        oldest_retained: events
-            .first()
-            .map(|e| StreamOffset::new(history.stream, e.sequence)),
-        latest,
-        lost,
-        timestamp: now_ms,
+    let view = StreamView {
+        stream: history.stream,
+        head: history.head,
+        first_retained: first_available,
+        taken: history.taken,
+        unannounced_loss: (first_available > history.taken + 1)
+            .then(|| first_available - history.taken - 1),
     };
-    let owed_from = match resume {
-        Some(offset) if offset.stream != history.stream => {
-            return (
-                Some(notice(ResyncReason::UnknownStream, Some(offset), None)),
-                events,
-            );
-        }
-        Some(offset) if offset.sequence > history.head => {
-            return (
-                Some(notice(ResyncReason::Ahead, Some(offset), None)),
-                Vec::new(),
-            );
-        }
-        Some(offset) => offset.sequence + 1,
-        None => history.taken + 1,
-    };
-    if first_available > owed_from {
-        let lost = first_available - owed_from;
-        (
-            Some(notice(ResyncReason::Trimmed, resume, Some(lost))),
-            events,
-        )
-    } else {
-        (None, events)
-    }
+    let plan = plan_resume(&view, resume, now_ms);
+    let events = events
+        .into_iter()
+        .filter(|e| e.sequence >= plan.from)
+        .collect();
+    (plan.notice, events)
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::managers::events::ResyncReason;
 
     fn history(head: u64, taken: u64, retained: std::ops::RangeInclusive<u64>, ts: u64) -> History {
         History {
@@ -308,7 +293,11 @@ mod tests {
         // Ahead.
         let (notice, events) = plan(&h, Some(StreamOffset::new(7, 11)), AGE, now);
         assert_eq!(notice.unwrap().reason, ResyncReason::Ahead);
-        assert!(events.is_empty());
+        assert_eq!(
+            events.len(),
+            7,
+            "then everything retained, as for another stream"
+        );
     }
 
     #[test]

@@ -26,10 +26,10 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::StreamView;
 use crate::connection::TextFrame;
 use crate::error::ManagerError;
 use crate::ids::UserId;
-use crate::managers::events::{ResyncNotice, ResyncReason};
 use crate::offset::StreamOffset;
 
 /// One retained critical event.
@@ -108,15 +108,6 @@ impl HistoryLedger {
     fn release(&self) {
         self.users.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// What the next connection of the user must be sent first: an optional
-/// [`ResyncNotice`], then the retained events from `from` on.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ReplayPlan {
-    pub notice: Option<ResyncNotice>,
-    /// The first sequence to replay (`latest + 1` when none).
-    pub from: u64,
 }
 
 /// What [`EventLog::expire`] dropped.
@@ -305,46 +296,14 @@ impl EventLog {
         expired
     }
 
-    /// What a new connection must be sent, given the offset its client
-    /// resumes from (`None`: only what no connection has taken).
-    pub fn plan_replay(&self, resume: Option<StreamOffset>, timestamp: u64) -> ReplayPlan {
-        let first_retained = self.trimmed_through + 1;
-        let notice = |reason, requested, lost, from: u64| ResyncNotice {
-            reason,
-            requested,
-            oldest_retained: (from <= self.last_sequence)
-                .then(|| StreamOffset::new(self.stream, from)),
-            latest: self.latest(),
-            lost,
-            timestamp,
-        };
-        let Some(offset) = resume else {
-            let from = self.pending_from;
-            return ReplayPlan {
-                notice: self
-                    .loss
-                    .map(|loss| notice(ResyncReason::Trimmed, None, Some(loss.count), from)),
-                from,
-            };
-        };
-        let (reason, lost) = if offset.stream != self.stream {
-            (ResyncReason::UnknownStream, None)
-        } else if offset.sequence > self.last_sequence {
-            (ResyncReason::Ahead, None)
-        } else if offset.sequence + 1 < first_retained {
-            (
-                ResyncReason::Trimmed,
-                Some(first_retained - 1 - offset.sequence),
-            )
-        } else {
-            return ReplayPlan {
-                notice: None,
-                from: offset.sequence + 1,
-            };
-        };
-        ReplayPlan {
-            notice: Some(notice(reason, Some(offset), lost, first_retained)),
-            from: first_retained,
+    /// What the log holds, for [`plan_resume`](super::plan_resume).
+    pub fn view(&self) -> StreamView {
+        StreamView {
+            stream: self.stream,
+            head: self.last_sequence,
+            first_retained: self.trimmed_through + 1,
+            taken: self.pending_from - 1,
+            unannounced_loss: self.loss.map(|loss| loss.count),
         }
     }
 
@@ -412,6 +371,7 @@ pub(crate) fn refusal_error(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::managers::events::ResyncReason;
 
     const LIMITS: HistoryLimits = HistoryLimits {
         capacity: 3,
@@ -427,6 +387,10 @@ mod tests {
             log.append(frame(&format!("e{i}")), now, LIMITS, ledger)
                 .unwrap();
         }
+    }
+
+    fn plan_of(log: &EventLog, resume: Option<StreamOffset>) -> super::super::ResumePlan {
+        super::super::plan_resume(&log.view(), resume, 0)
     }
 
     fn texts(log: &EventLog, from: u64) -> Vec<String> {
@@ -483,12 +447,12 @@ mod tests {
         appended(&mut log, 2, now, &ledger); // evicts e0 and e1: retained 3..=5
         assert_eq!(log.oldest_retained(), Some(StreamOffset::new(5, 3)));
 
-        let plan = log.plan_replay(Some(StreamOffset::new(5, 3)), 0);
+        let plan = plan_of(&log, Some(StreamOffset::new(5, 3)));
         assert_eq!((plan.notice, plan.from), (None, 4));
-        let plan = log.plan_replay(Some(StreamOffset::new(5, 2)), 0);
+        let plan = plan_of(&log, Some(StreamOffset::new(5, 2)));
         assert_eq!((plan.notice, plan.from), (None, 3));
 
-        let plan = log.plan_replay(Some(StreamOffset::new(5, 0)), 0);
+        let plan = plan_of(&log, Some(StreamOffset::new(5, 0)));
         let notice = plan.notice.unwrap();
         assert_eq!(notice.reason, ResyncReason::Trimmed);
         assert_eq!(notice.lost, Some(2));
@@ -496,7 +460,7 @@ mod tests {
         assert_eq!(notice.latest, StreamOffset::new(5, 5));
         assert_eq!(plan.from, 3);
 
-        let plan = log.plan_replay(Some(StreamOffset::new(4, 9)), 0);
+        let plan = plan_of(&log, Some(StreamOffset::new(4, 9)));
         let notice = plan.notice.unwrap();
         assert_eq!(
             (notice.reason, notice.lost),
@@ -504,12 +468,12 @@ mod tests {
         );
         assert_eq!(plan.from, 3);
 
-        let plan = log.plan_replay(Some(StreamOffset::new(5, 6)), 0);
+        let plan = plan_of(&log, Some(StreamOffset::new(5, 6)));
         assert_eq!(plan.notice.unwrap().reason, ResyncReason::Ahead);
 
         // without an offset: what no connection took (e3, e4 after the
         // second append were never taken)
-        let plan = log.plan_replay(None, 0);
+        let plan = plan_of(&log, None);
         assert_eq!((plan.notice, plan.from), (None, 4));
         assert_eq!(texts(&log, plan.from), ["e0", "e1"]);
     }
@@ -532,7 +496,7 @@ mod tests {
         );
         assert!(log.holds_history(), "the loss must outlive the events");
         assert_eq!(ledger.users(), 1);
-        let plan = log.plan_replay(None, 0);
+        let plan = plan_of(&log, None);
         let notice = plan.notice.unwrap();
         assert_eq!(
             (notice.reason, notice.lost),
@@ -542,7 +506,7 @@ mod tests {
         log.replayed(log.latest().sequence, &ledger);
         assert!(!log.holds_history());
         assert_eq!(ledger.users(), 0);
-        assert_eq!(log.plan_replay(None, 0).notice, None);
+        assert_eq!(plan_of(&log, None).notice, None);
     }
 
     #[test]

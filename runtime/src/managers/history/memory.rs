@@ -16,7 +16,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use super::log::{AppendRefused, EventLog, HistoryLedger, HistoryLimits, refusal_error};
-use super::{Appended, HistoryRead, NewEvent, next_stream};
+use super::{Appended, HistoryRead, NewEvent, next_stream, plan_resume};
 use crate::config::ManagerConfig;
 use crate::connection::TextFrame;
 use crate::error::ManagerError;
@@ -92,14 +92,15 @@ pub(crate) struct MemoryHistory {
     keys_per_user: usize,
     logs: DashMap<UserId, Arc<Mutex<UserLog>>, IndexHasher>,
     ledger: HistoryLedger,
-    totals: Arc<Totals>,
+    /// What it evicted, expired and refused (the manager's stats add them).
+    totals: Totals,
     /// Last full sweep of expired events, in ms since the epoch.
     last_sweep_ms: AtomicU64,
 }
 
 impl MemoryHistory {
-    /// Empty, with the history bounds of `config`; counts in `totals`.
-    pub fn new(config: &ManagerConfig, totals: Arc<Totals>) -> Self {
+    /// Empty, with the history bounds of `config`.
+    pub fn new(config: &ManagerConfig) -> Self {
         MemoryHistory {
             limits: HistoryLimits {
                 capacity: config.history_capacity(),
@@ -110,9 +111,14 @@ impl MemoryHistory {
             keys_per_user: config.idempotency_keys_per_user(),
             logs: DashMap::with_hasher(IndexHasher::new()),
             ledger: HistoryLedger::new(config.max_history_users()),
-            totals,
+            totals: Totals::default(),
             last_sweep_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Its counters.
+    pub fn totals(&self) -> &Totals {
+        &self.totals
     }
 
     /// Users holding a log.
@@ -138,8 +144,12 @@ impl MemoryHistory {
         f: impl FnOnce(&mut UserLog) -> R,
     ) -> Option<R> {
         loop {
-            let slot = match start {
-                Some(start) => Arc::clone(
+            // Cloned out: no map guard may be held while its mutex is taken.
+            // A read first: the log exists on every emit but a user's first.
+            let existing = self.logs.get(user).map(|slot| Arc::clone(&slot));
+            let slot = match (existing, start) {
+                (Some(slot), _) => slot,
+                (None, Some(start)) => Arc::clone(
                     self.logs
                         .entry(user.clone())
                         .or_insert_with(|| {
@@ -152,17 +162,13 @@ impl MemoryHistory {
                         })
                         .value(),
                 ),
-                // Cloned out: no map guard may be held while its mutex is taken.
-                None => Arc::clone(&*self.logs.get(user)?),
+                (None, None) => return None,
             };
             let mut state = slot.lock();
             if state.retired {
                 continue;
             }
             let result = f(&mut state);
-            state
-                .keys
-                .forget_older_than(Instant::now(), self.idempotency_window);
             if !state.log.holds_history() && state.keys.is_empty() {
                 state.retired = true;
                 self.logs.remove_if(user, |_, s| Arc::ptr_eq(s, &slot));
@@ -172,7 +178,11 @@ impl MemoryHistory {
     }
 
     fn expire(&self, log: &mut EventLog, user: &UserId) {
-        let expired = log.expire(Instant::now(), self.max_age, &self.ledger);
+        self.expire_at(log, user, Instant::now());
+    }
+
+    fn expire_at(&self, log: &mut EventLog, user: &UserId, now: Instant) {
+        let expired = log.expire(now, self.max_age, &self.ledger);
         if expired.pending > 0 {
             tracing::warn!(user_id = %user, lost = expired.pending,
                 "critical events expired before any connection of the user took them; the next connection is told");
@@ -206,7 +216,9 @@ impl MemoryHistory {
         for attempt in 0..2 {
             let result = self.with_user_log(user, Some(&start), |state| {
                 let now = Instant::now();
-                state.keys.forget_older_than(now, self.idempotency_window);
+                if !state.keys.is_empty() {
+                    state.keys.forget_older_than(now, self.idempotency_window);
+                }
                 if let Some(offset) = event.key.and_then(|key| state.keys.get(key)) {
                     return Ok(Appended {
                         offset,
@@ -217,12 +229,15 @@ impl MemoryHistory {
                 }
                 let refused = &mut state.refused;
                 let log = &mut state.log;
-                self.expire(log, user);
+                self.expire_at(log, user, now);
                 let offset = log.next_offset();
-                let frame = event.frame(offset);
+                let frame = match event.frame(offset) {
+                    Ok(frame) => frame,
+                    Err(error) => return Err(Refused::Error(error)),
+                };
                 // Retained before it is sent: an event a client may have
                 // seen can always be resumed after.
-                match log.append(frame.clone(), Instant::now(), self.limits, &self.ledger) {
+                match log.append(frame.clone(), now, self.limits, &self.ledger) {
                     Ok(evicted) => bump(&self.totals.history_evicted, evicted as u64),
                     Err(AppendRefused::TooManyUsers) => return Err(Refused::TooManyUsers),
                     Err(reason) => {
@@ -295,7 +310,7 @@ impl MemoryHistory {
     ) -> Result<HistoryRead, ManagerError> {
         let now_ms = unix_millis(SystemTime::now());
         let plan = |log: &EventLog| -> Result<HistoryRead, ManagerError> {
-            let plan = log.plan_replay(resume, now_ms);
+            let plan = plan_resume(&log.view(), resume, now_ms);
             let notice = match &plan.notice {
                 Some(notice) => Some(TextFrame::from_json(notice)?),
                 None => None,
@@ -380,8 +395,12 @@ impl MemoryHistory {
     pub fn prune_expired(&self) -> usize {
         let before = self.totals.history_expired.load(Ordering::Relaxed);
         let users: Vec<UserId> = self.logs.iter().map(|e| e.key().clone()).collect();
+        let now = Instant::now();
         for user in users {
-            self.with_log(&user, None, |log| self.expire(log, &user));
+            self.with_user_log(&user, None, |state| {
+                state.keys.forget_older_than(now, self.idempotency_window);
+                self.expire_at(&mut state.log, &user, now);
+            });
         }
         let after = self.totals.history_expired.load(Ordering::Relaxed);
         usize::try_from(after - before).unwrap_or(usize::MAX)

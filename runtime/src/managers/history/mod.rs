@@ -21,7 +21,7 @@ use crate::connection::{TextFrame, WebSocketConnection};
 use crate::error::ManagerError;
 use crate::health::unix_millis;
 use crate::ids::{IdempotencyKey, UserId};
-use crate::managers::events::{ResyncNotice, critical_frame, validate_event_type};
+use crate::managers::events::{ResyncNotice, ResyncReason, validate_event_type};
 use crate::managers::fan_out::bump;
 use crate::managers::index::{CriticalOutcome, LocalIndex, Replay};
 use crate::offset::{StreamOffset, StreamPosition};
@@ -42,8 +42,8 @@ pub(crate) fn next_stream() -> u64 {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct NewEvent<'a> {
     pub event_type: &'a str,
-    /// The data, as JSON text.
-    pub data: &'a str,
+    /// The data (a store that ships it elsewhere serializes it itself).
+    pub data: &'a serde_json::Value,
     /// When it was emitted, in ms since the epoch.
     pub timestamp: u64,
     /// Whether a connection of the user is known anywhere: a store that
@@ -56,9 +56,27 @@ pub(crate) struct NewEvent<'a> {
 }
 
 impl NewEvent<'_> {
-    /// The event's frame at `offset`.
-    pub fn frame(&self, offset: StreamOffset) -> TextFrame {
-        critical_frame(self.event_type, self.data, self.timestamp, offset)
+    /// The event's frame at `offset`, serialized once into one buffer:
+    /// byte for byte what [`critical_frame`] builds from the data's JSON
+    /// text.
+    pub fn frame(&self, offset: StreamOffset) -> Result<TextFrame, ManagerError> {
+        use std::io::Write;
+        let mut buffer = Vec::with_capacity(160);
+        // `event_type` passed `validate_event_type`: nothing to escape.
+        let _ = write!(buffer, r#"{{"type":"{}","data":"#, self.event_type);
+        serde_json::to_writer(&mut buffer, self.data)?;
+        let _ = write!(
+            buffer,
+            r#","timestamp":{},"critical":true,"stream":{},"sequence":{}}}"#,
+            self.timestamp, offset.stream, offset.sequence
+        );
+        // Retained for minutes: do not keep the buffer's growth slack.
+        if buffer.capacity() - buffer.len() > 32 {
+            buffer.shrink_to_fit();
+        }
+        // Only UTF-8 went in: the type (validated), serde_json's output and
+        // digits.
+        Ok(TextFrame::from_json_bytes(buffer))
     }
 }
 
@@ -119,6 +137,78 @@ pub(crate) trait HistoryStore: Send + Sync {
         user: &'a UserId,
         through: Option<StreamOffset>,
     ) -> impl Future<Output = ()> + Send + 'a;
+}
+
+/// What a store holds of a user's stream when a connection registers: all
+/// [`plan_resume`] needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StreamView {
+    pub stream: u64,
+    /// The last sequence numbered (0: none yet).
+    pub head: u64,
+    /// The first sequence still retained (`head + 1` when none is).
+    pub first_retained: u64,
+    /// Every event up to this sequence was taken by a connection.
+    pub taken: u64,
+    /// Events no connection took that are gone (evicted or expired) and
+    /// not yet announced: a connection without an offset is told.
+    pub unannounced_loss: Option<u64>,
+}
+
+/// What a registering connection is sent: a notice when part of what it is
+/// owed is gone, then the retained events from `from` on.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ResumePlan {
+    pub notice: Option<ResyncNotice>,
+    pub from: u64,
+}
+
+/// The one rule for resuming, for every store: from the client's offset
+/// when its stream still holds what follows; a `trimmed` notice (with how
+/// many) when some of it is gone; `unknown_stream` or `ahead` (then every
+/// retained event) when the offset means nothing on this stream; without an
+/// offset, what no connection took, after a notice of what of that is gone.
+pub(crate) fn plan_resume(
+    view: &StreamView,
+    resume: Option<StreamOffset>,
+    timestamp: u64,
+) -> ResumePlan {
+    let notice = |reason, requested, lost, from: u64| ResyncNotice {
+        reason,
+        requested,
+        oldest_retained: (from <= view.head).then(|| StreamOffset::new(view.stream, from)),
+        latest: StreamOffset::new(view.stream, view.head),
+        lost,
+        timestamp,
+    };
+    let Some(offset) = resume else {
+        let from = (view.taken + 1).max(view.first_retained);
+        return ResumePlan {
+            notice: view
+                .unannounced_loss
+                .map(|lost| notice(ResyncReason::Trimmed, None, Some(lost), from)),
+            from,
+        };
+    };
+    let (reason, lost) = if offset.stream != view.stream {
+        (ResyncReason::UnknownStream, None)
+    } else if offset.sequence > view.head {
+        (ResyncReason::Ahead, None)
+    } else if offset.sequence + 1 < view.first_retained {
+        (
+            ResyncReason::Trimmed,
+            Some(view.first_retained - 1 - offset.sequence),
+        )
+    } else {
+        return ResumePlan {
+            notice: None,
+            from: offset.sequence + 1,
+        };
+    };
+    ResumePlan {
+        notice: Some(notice(reason, Some(offset), lost, view.first_retained)),
+        from: view.first_retained,
+    }
 }
 
 /// Registers `connection`: catching up in the index, its history read,
@@ -191,13 +281,43 @@ pub(crate) async fn emit<S: HistoryStore>(
     if index.is_shut_down() {
         return Err(ManagerError::ShutDown);
     }
-    let data = serde_json::to_string(data)?;
     let event = NewEvent {
         event_type,
-        data: &data,
+        data,
         timestamp: unix_millis(SystemTime::now()),
         online,
         key,
     };
     store.append(user, event, index).await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::managers::events::CriticalEnvelope;
+
+    #[test]
+    fn an_event_frame_is_the_envelope_serde_writes() {
+        let data = serde_json::json!({"text": "a \"quoted\" line\n", "n": [1, 2.5, null]});
+        let event = NewEvent {
+            event_type: "tool.progress-2",
+            data: &data,
+            timestamp: 1_700_000_000_123,
+            online: false,
+            key: None,
+        };
+        let envelope = CriticalEnvelope {
+            event_type: "tool.progress-2".to_owned(),
+            data: data.clone(),
+            timestamp: 1_700_000_000_123,
+            critical: true,
+            stream: 17_000_000_001_234,
+            sequence: 42,
+        };
+        let frame = event
+            .frame(StreamOffset::new(17_000_000_001_234, 42))
+            .unwrap();
+        assert_eq!(frame.as_str(), serde_json::to_string(&envelope).unwrap());
+    }
 }

@@ -1,0 +1,215 @@
+//! The cluster manager under Redis Sentinel, against real processes: one
+//! primary, two replicas and three sentinels on loopback
+//! (`websocket_manager_test_support::sentinel`). The primary is SIGKILLed
+//! mid-run while critical events keep flowing: emits fail with typed errors
+//! for the failover's duration, the nodes follow the new primary by
+//! themselves, and with the durability setting on
+//! (`ClusterConfig::wait_for_replicas(1)`) every acknowledged event is still
+//! there: a client that resumes from its offsets gets each of them exactly
+//! once, in order, and no offset ever names two different events.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use websocket_manager::managers::{ClusterConfig, ClusterWebSocketManager};
+use websocket_manager::{events::*, managers::*, socket::*, *};
+use websocket_manager_test_support::redis::{redis_server_available, unique_prefix};
+use websocket_manager_test_support::sentinel::SentinelGroup;
+
+async fn node(url: &str, prefix: &str, name: &str) -> ClusterWebSocketManager {
+    let cluster = ClusterConfig::builder(url)
+        .key_prefix(prefix)
+        .node_id(name)
+        .command_timeout(Duration::from_millis(500))
+        .heartbeat_interval(Duration::from_millis(200))
+        // Longer than the failover: the nodes stay up (not fenced) while
+        // Redis moves, so what is tested is the failover, not the fence.
+        .node_ttl(Duration::from_secs(20))
+        .wait_for_replicas(1)
+        .build()
+        .unwrap();
+    let manager = ClusterWebSocketManager::new(ManagerConfig::default(), cluster).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), manager.ready())
+        .await
+        .expect("ready within 10 s")
+        .unwrap();
+    manager
+}
+
+fn alice() -> UserId {
+    UserId::new("alice").unwrap()
+}
+
+/// A browser tab that keeps the offset of the last critical event it
+/// processed and resumes from it whenever its connection ends.
+struct Tab {
+    outbound: Option<OutboundReceiver>,
+    last: Option<StreamOffset>,
+    /// Every event processed, as (offset, data).
+    seen: Vec<(StreamOffset, serde_json::Value)>,
+    notices: Vec<serde_json::Value>,
+    reconnects: usize,
+}
+
+impl Tab {
+    async fn connect(&mut self, manager: &ClusterWebSocketManager) -> bool {
+        let (socket, outbound) = WebSocketHandle::channel(manager.config().queue_limits());
+        let mut connection = WebSocketConnection::new(alice(), socket);
+        if let Some(offset) = self.last {
+            connection = connection.with_resume(offset);
+        }
+        match manager.add_connection(connection).await {
+            Ok(()) => {
+                self.outbound = Some(outbound);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Reads what is there within `wait`; returns false when the
+    /// connection ended.
+    async fn read(&mut self, wait: Duration) -> bool {
+        let Some(outbound) = &mut self.outbound else {
+            return false;
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, outbound.recv()).await {
+                Ok(Some(OutboundEvent::Frame(frame))) => {
+                    let value: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap();
+                    if value["type"] == "resync" {
+                        self.notices.push(value);
+                        continue;
+                    }
+                    let offset = StreamOffset::new(
+                        value["stream"].as_u64().unwrap(),
+                        value["sequence"].as_u64().unwrap(),
+                    );
+                    self.seen.push((offset, value["data"].clone()));
+                    self.last = Some(offset);
+                }
+                Ok(Some(_)) | Ok(None) => {
+                    self.outbound = None;
+                    return false;
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_mid_run_loses_no_acknowledged_event() {
+    if !redis_server_available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but there is no redis-server binary (.ci/ensure-redis installs it)"
+        );
+        eprintln!("SKIPPED: no redis-server binary (apt-get install redis-server)");
+        return;
+    }
+    let mut group = tokio::task::spawn_blocking(SentinelGroup::start)
+        .await
+        .unwrap();
+    let url = group.url();
+    let prefix = unique_prefix("sentinel");
+    let a = node(&url, &prefix, "a").await;
+    let b = node(&url, &prefix, "b").await;
+    let mut tab = Tab {
+        outbound: None,
+        last: None,
+        seen: Vec::new(),
+        notices: Vec::new(),
+        reconnects: 0,
+    };
+    assert!(tab.connect(&b).await);
+
+    let mut acknowledged: Vec<(StreamOffset, i64)> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    let mut killed_at = None;
+    let started = Instant::now();
+    let mut i = 0i64;
+    // Emit until 20 events were acknowledged after the kill (or 40 s).
+    while acknowledged
+        .iter()
+        .filter(|(_, n)| killed_at.is_some_and(|k| *n > k))
+        .count()
+        < 20
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "no recovery within 40 s: {} errors, the last: {:?}",
+            errors.len(),
+            errors.last()
+        );
+        if i == 10 {
+            group.kill_primary();
+            killed_at = Some(i);
+        }
+        match a
+            .emit_critical_event(&alice(), AGENT_THINKING, json!({"i": i}))
+            .await
+        {
+            Ok(delivery) => acknowledged.push((delivery.offset().unwrap(), i)),
+            Err(error @ ManagerError::Cluster { .. }) => errors.push(error.to_string()),
+            Err(other) => panic!("untyped failure: {other}"),
+        }
+        i += 1;
+        if !tab.read(Duration::from_millis(30)).await {
+            // The connection ended (a resume): come back with the offset.
+            tab.reconnects += 1;
+            let _ = tab
+                .connect(if tab.reconnects.is_multiple_of(2) {
+                    &a
+                } else {
+                    &b
+                })
+                .await;
+        }
+    }
+    assert!(!errors.is_empty(), "the failover was never seen");
+    // A last resume from the tab's offset brings it up to date.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tab.read(Duration::from_millis(300)).await;
+    tab.outbound = None;
+    assert!(tab.connect(&b).await, "a final resume");
+    tab.read(Duration::from_millis(500)).await;
+
+    // No offset names two events; within a stream, offsets only grow.
+    let mut by_offset: HashMap<StreamOffset, serde_json::Value> = HashMap::new();
+    for (offset, data) in &tab.seen {
+        if let Some(previous) = by_offset.insert(*offset, data.clone()) {
+            assert_eq!(&previous, data, "offset {offset} named two events");
+        }
+    }
+    for pair in tab.seen.windows(2) {
+        let ((x, _), (y, _)) = (&pair[0], &pair[1]);
+        assert!(
+            x.stream != y.stream || y.sequence == x.sequence + 1,
+            "{x} then {y}: a gap or a repeat"
+        );
+    }
+    // Every acknowledged event reached the tab once, with its offset.
+    for (offset, n) in &acknowledged {
+        let got: Vec<_> = tab.seen.iter().filter(|(_, d)| d["i"] == *n).collect();
+        assert_eq!(
+            got.len(),
+            1,
+            "event {n} at {offset}: {got:?}; notices {:?}",
+            tab.notices
+        );
+        assert_eq!(got[0].0, *offset, "event {n}");
+    }
+    eprintln!(
+        "sentinel failover: {} acknowledged, {} typed errors, {} reconnects, {} notices",
+        acknowledged.len(),
+        errors.len(),
+        tab.reconnects,
+        tab.notices.len()
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
