@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// Where a persistent server keeps its snapshot (`None`: nothing kept).
+    dir: Option<std::path::PathBuf>,
 }
 
 impl RedisServer {
@@ -42,7 +44,39 @@ impl RedisServer {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free loopback port");
-        RedisServer { port, child: None }
+        RedisServer {
+            port,
+            child: None,
+            dir: None,
+        }
+    }
+
+    /// A server that loads its last snapshot when restarted: it saves only
+    /// when told ([`save`](Self::save)), so a restart after a SIGKILL comes
+    /// back with an older state than it had (what a restart from an old
+    /// snapshot or a failover to a lagging replica does).
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_persistent() -> RedisServer {
+        let mut server = RedisServer::not_started();
+        let dir =
+            std::env::temp_dir().join(format!("wsm-redis-{}-{}", std::process::id(), server.port));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        server.dir = Some(dir);
+        server.restart();
+        server
+    }
+
+    /// Writes a snapshot now (`SAVE`).
+    ///
+    /// # Panics
+    ///
+    /// When the server does not answer `+OK`.
+    pub fn save(&self) {
+        let mut stream = send_command(&self.url(), &["SAVE"]);
+        assert_eq!(read_line(&mut stream), "+OK", "SAVE");
     }
 
     /// `127.0.0.1:PORT`.
@@ -88,7 +122,8 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again on the same port, empty.
+    /// Starts it again on the same port: empty, or with its last snapshot
+    /// when persistent.
     ///
     /// # Panics
     ///
@@ -105,6 +140,12 @@ impl RedisServer {
                 "--protected-mode",
                 "yes",
             ])
+            .args(self.dir.iter().flat_map(|dir| {
+                [
+                    std::ffi::OsString::from("--dir"),
+                    dir.clone().into_os_string(),
+                ]
+            }))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -125,6 +166,9 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

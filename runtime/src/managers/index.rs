@@ -132,6 +132,20 @@ struct Member {
     connection_id: ConnectionId,
     socket: WebSocketHandle,
     cursor: Cursor,
+    /// A fingerprint of the event the cursor is at ([`frame_print`]; 0:
+    /// unknown or not kept), so that a history store that lost events can
+    /// be caught numbering different events with the same offsets.
+    print: u64,
+}
+
+/// A fingerprint of a critical event's frame, to tell two events with the
+/// same offset apart (within this process only).
+pub(crate) fn frame_print(frame: &TextFrame) -> u64 {
+    static HASHER: std::sync::OnceLock<ahash::RandomState> = std::sync::OnceLock::new();
+    HASHER
+        .get_or_init(|| ahash::RandomState::with_seeds(7, 11, 13, 17))
+        .hash_one(frame.as_str().as_bytes())
+        .max(1)
 }
 
 /// Mutable per-user state, behind the slot's mutex.
@@ -349,6 +363,9 @@ pub(crate) struct LocalIndex {
     threads: DashMap<ThreadId, Recipients, IndexHasher>,
     totals: Totals,
     shut_down: AtomicBool,
+    /// Keep each cursor's [`frame_print`] (the cluster's audit compares
+    /// them with what Redis holds).
+    prints: bool,
 }
 
 impl std::fmt::Debug for LocalIndex {
@@ -374,14 +391,17 @@ impl LocalIndex {
             threads: DashMap::with_hasher(IndexHasher::new()),
             totals: Totals::default(),
             shut_down: AtomicBool::new(false),
+            prints: false,
         }
     }
 
-    /// The same, reporting every change to `observer`.
+    /// The same, reporting every change to `observer` and keeping each
+    /// cursor's fingerprint (the cluster manager's index).
     #[cfg(feature = "redis")]
     pub fn observed(config: ManagerConfig, observer: IndexObserver) -> Self {
         LocalIndex {
             observer: Some(observer),
+            prints: true,
             ..LocalIndex::new(config)
         }
     }
@@ -571,6 +591,7 @@ impl LocalIndex {
                     buffered: Vec::new(),
                     overflowed: false,
                 },
+                print: 0,
             });
             Ok(())
         })
@@ -608,6 +629,11 @@ impl LocalIndex {
             };
             let socket = member.socket.clone();
             let mut at = replay.head;
+            let prints = self.prints;
+            let mut print = match replay.events.last() {
+                Some((_, frame)) if prints => frame_print(frame),
+                _ => 0,
+            };
             let mut frames: Vec<TextFrame> = replay.notice.into_iter().collect();
             let events = replay.events.len();
             frames.extend(replay.events.into_iter().map(|(_, frame)| frame));
@@ -616,6 +642,9 @@ impl LocalIndex {
                 let mut cursor = Cursor::Live { at };
                 match decide(&mut cursor, offset, Arrival::InOrder, limit, &frame) {
                     Decision::Push => {
+                        if prints {
+                            print = frame_print(&frame);
+                        }
                         frames.push(frame);
                         at = Some(offset);
                     }
@@ -645,6 +674,7 @@ impl LocalIndex {
                 });
             }
             state.members[position].cursor = Cursor::Live { at };
+            state.members[position].print = print;
             let recipient = Recipient {
                 connection_id: connection_id.clone(),
                 socket,
@@ -896,6 +926,7 @@ impl LocalIndex {
     ) -> CriticalOutcome {
         let limit = self.config.queue_capacity();
         let mut outcome = CriticalOutcome::default();
+        let print = if self.prints { frame_print(frame) } else { 0 };
         self.with_user(user, false, |state, counters| {
             let mut push: SmallVec<[usize; 8]> = SmallVec::new();
             let mut gaps: SmallVec<[ConnectionId; 1]> = SmallVec::new();
@@ -937,6 +968,7 @@ impl LocalIndex {
                 let member = &mut state.members[i];
                 if !fan.evict.contains(&member.connection_id) {
                     member.cursor = Cursor::Live { at: Some(offset) };
+                    member.print = print;
                 }
             }
             if fan.delivered > 0 {
@@ -1000,26 +1032,45 @@ impl LocalIndex {
         self.connections.iter().map(|c| c.value().clone()).collect()
     }
 
-    /// Each user's live connections' cursors, for the audit after a Redis
-    /// reconnect.
+    /// Each user's furthest live cursor and its fingerprint, for the audit
+    /// after a Redis reconnect (`None`: live, but given nothing yet).
     #[cfg(feature = "redis")]
-    pub fn cursors(&self) -> Vec<(UserId, Vec<Option<StreamOffset>>)> {
+    pub fn cursors(&self) -> Vec<(UserId, Option<(StreamOffset, u64)>)> {
         self.user_ids()
             .into_iter()
             .filter_map(|user| {
-                let cursors = self.with_user(&user, false, |state, _| {
+                let furthest = self.with_user(&user, false, |state, _| {
                     state
                         .members
                         .iter()
                         .filter_map(|m| match m.cursor {
-                            Cursor::Live { at } => Some(at),
-                            Cursor::CatchingUp { .. } => None,
+                            Cursor::Live { at: Some(at) } => Some((at, m.print)),
+                            _ => None,
                         })
-                        .collect()
+                        .max_by_key(|(o, _)| (o.stream, o.sequence))
                 })?;
-                Some((user, cursors))
+                Some((user, furthest))
             })
             .collect()
+    }
+
+    /// Closes every connection of `user` with `reason`; returns how many.
+    #[cfg(feature = "redis")]
+    pub fn close_user(&self, user: &UserId, reason: &CloseReason) -> usize {
+        self.with_user(user, false, |state, counters| {
+            let ids: Vec<ConnectionId> = state
+                .members
+                .iter()
+                .map(|m| m.connection_id.clone())
+                .collect();
+            ids.iter()
+                .filter(|id| {
+                    self.unlink_locked(state, counters, user, id, reason.clone())
+                        .is_some()
+                })
+                .count()
+        })
+        .unwrap_or(0)
     }
 
     /// Closes (for a resume) every live connection of `user` that is behind

@@ -58,6 +58,10 @@ const READ: &str = include_str!("read.lua");
 /// and its KEYS and ARGV).
 const TAKEN: &str = include_str!("taken.lua");
 
+/// Retires a stream whose numbering went backwards (`rotate.lua` says how,
+/// and its KEYS and ARGV).
+const ROTATE: &str = include_str!("rotate.lua");
+
 /// A critical event as the append script stored it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Appended {
@@ -98,6 +102,9 @@ pub(crate) struct History {
     /// The oldest retained sequence (0: nothing retained).
     pub oldest: u64,
     pub events: Vec<StoredEvent>,
+    /// The read retired the user's stream: the client's offset was beyond
+    /// its head, so its numbering had gone backwards.
+    pub rotated: bool,
 }
 
 /// Where the messages of the subscriptions go (never blocks).
@@ -215,6 +222,7 @@ pub(crate) struct Backplane {
     append: Script,
     read: Script,
     taken: Script,
+    rotate: Script,
 }
 
 impl std::fmt::Debug for Backplane {
@@ -377,6 +385,7 @@ impl Backplane {
             append: Script::new(APPEND),
             read: Script::new(READ),
             taken: Script::new(TAKEN),
+            rotate: Script::new(ROTATE),
         })
     }
 
@@ -698,8 +707,8 @@ impl Backplane {
             .bounded(generation, invocation.invoke_async(&mut connection))
             .await?;
         let items = array(value)?;
-        let [stream, head, taken, oldest, entries] =
-            <[Value; 5]>::try_from(items).map_err(|_| protocol("read script answer"))?;
+        let [stream, head, taken, oldest, entries, rotated] =
+            <[Value; 6]>::try_from(items).map_err(|_| protocol("read script answer"))?;
         let stream = text(&stream)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| protocol("stream id is not a number"))?;
@@ -713,6 +722,7 @@ impl Backplane {
             taken: number(&taken)?,
             oldest: number(&oldest)?,
             events,
+            rotated: number(&rotated)? == 1,
         })
     }
 
@@ -923,6 +933,68 @@ impl Backplane {
                 ))
             })
             .collect())
+    }
+
+    /// Each user's stream head and, for `at` on that stream and not beyond
+    /// it, the retained event there (to compare with what a connection was
+    /// given), for the audit.
+    pub async fn stream_states(
+        &self,
+        probes: &[(UserId, Option<StreamOffset>)],
+    ) -> Result<Vec<(Option<StreamOffset>, Option<StoredEvent>)>, ClusterFailure> {
+        let users: Vec<UserId> = probes.iter().map(|(user, _)| user.clone()).collect();
+        let heads = self.stream_heads(&users).await?;
+        let mut pipe = redis::pipe();
+        let mut asked = Vec::new();
+        for (i, ((user, at), head)) in probes.iter().zip(&heads).enumerate() {
+            if let (Some(at), Some(head)) = (at, head)
+                && at.stream == head.stream
+                && at.sequence >= 1
+                && at.sequence <= head.sequence
+            {
+                let id = format!("{}-1", at.sequence);
+                pipe.cmd("XRANGE")
+                    .arg(self.keys.stream(user))
+                    .arg(&id)
+                    .arg(&id);
+                asked.push(i);
+            }
+        }
+        let mut entries: Vec<Option<StoredEvent>> = vec![None; probes.len()];
+        if !asked.is_empty() {
+            let answers: Vec<Value> = self.pipeline(&pipe).await?;
+            for (i, answer) in asked.into_iter().zip(answers) {
+                entries[i] = array(answer)?
+                    .into_iter()
+                    .next()
+                    .map(stored_event)
+                    .transpose()?;
+            }
+        }
+        Ok(heads.into_iter().zip(entries).collect())
+    }
+
+    /// Retires `user`'s stream `judged` for a new one (see `rotate.lua`);
+    /// false when it had changed meanwhile.
+    pub async fn rotate_stream(
+        &self,
+        user: &UserId,
+        judged: u64,
+        candidate: u64,
+        meta_ttl: Duration,
+    ) -> Result<bool, ClusterFailure> {
+        let (generation, mut connection) = self.current()?;
+        let mut invocation = self.rotate.prepare_invoke();
+        invocation
+            .key(self.keys.stream_meta(user))
+            .key(self.keys.stream(user))
+            .arg(judged.to_string())
+            .arg(candidate.to_string())
+            .arg(millis(meta_ttl).max(1));
+        let rotated: u64 = self
+            .bounded(generation, invocation.invoke_async(&mut connection))
+            .await?;
+        Ok(rotated == 1)
     }
 
     /// Leaves the cluster: removes this node's presence and heartbeat and

@@ -12,6 +12,10 @@ use super::Shared;
 use super::presence::{self, PresenceChange};
 use crate::error::ClusterFailure;
 use crate::ids::UserId;
+use crate::managers::events::critical_frame;
+use crate::managers::history::next_stream;
+use crate::managers::index::frame_print;
+use crate::offset::StreamOffset;
 
 /// Writes presence changes in batches; a failed batch makes the next
 /// heartbeat rewrite the whole presence.
@@ -168,25 +172,116 @@ async fn refresh(shared: &Shared) -> Result<(), ClusterFailure> {
     Ok(())
 }
 
-/// Compares every local user's stream head with what their connections
-/// were given, and closes (for a resume) the ones behind.
+/// Compares every local user's stream in Redis with what their connections
+/// were given: connections behind are closed (for a resume); a stream whose
+/// numbering went backwards (a connection was given an offset beyond the
+/// head, or a different event at the same offset: Redis lost events) is
+/// retired for a new one, and the user's connections are closed, so their
+/// clients are told (`unknown_stream`) instead of taking new events for
+/// ones they saw.
 async fn audit(shared: &Shared) -> Result<(), ClusterFailure> {
     let cursors = shared.local.cursors();
-    let users: Vec<UserId> = cursors.iter().map(|(user, _)| user.clone()).collect();
     let mut closed = 0;
-    for chunk in users.chunks(512) {
-        let heads = shared.backplane.stream_heads(chunk).await?;
-        for (user, head) in chunk.iter().zip(heads) {
-            closed += shared
-                .local
-                .close_behind(user, head.filter(|h| h.sequence > 0));
+    let mut rotated = 0;
+    for chunk in cursors.chunks(512) {
+        let probes: Vec<(UserId, Option<StreamOffset>)> = chunk
+            .iter()
+            .map(|(user, furthest)| (user.clone(), furthest.map(|(at, _)| at)))
+            .collect();
+        let states = shared.backplane.stream_states(&probes).await?;
+        for ((user, furthest), (head, entry)) in chunk.iter().zip(states) {
+            let head = head.filter(|h| h.sequence > 0);
+            let print_at = entry.map(|e| {
+                let at = StreamOffset::new(head.map_or(0, |h| h.stream), e.sequence);
+                frame_print(&critical_frame(&e.event_type, &e.data, e.timestamp, at))
+            });
+            if let Some((at, _)) = furthest
+                && regressed(*furthest, head, print_at)
+            {
+                if shared
+                    .backplane
+                    .rotate_stream(
+                        user,
+                        at.stream,
+                        next_stream(),
+                        shared.cluster.stream_meta_ttl(),
+                    )
+                    .await?
+                {
+                    rotated += 1;
+                }
+                tracing::warn!(user_id = %user, given = %at, head = ?head.map(|h| h.to_string()),
+                    "the user's stream in Redis went backwards (events were lost there): retired it; its clients are told");
+                closed += shared
+                    .local
+                    .close_user(user, &crate::close::missed_events());
+            } else {
+                closed += shared.local.close_behind(user, head);
+            }
         }
     }
     shared.audits.fetch_add(1, Ordering::Relaxed);
     tracing::info!(
-        users = users.len(),
+        users = cursors.len(),
         closed,
+        rotated,
         "audit after a possible message loss"
     );
     Ok(())
+}
+
+/// Whether the stream went backwards under a connection that was given
+/// `furthest` (its offset and fingerprint): its offset is beyond the head
+/// of the same stream, or the event Redis holds there is another one
+/// (`print_at`, when still retained).
+fn regressed(
+    furthest: Option<(StreamOffset, u64)>,
+    head: Option<StreamOffset>,
+    print_at: Option<u64>,
+) -> bool {
+    let Some((at, print)) = furthest else {
+        return false;
+    };
+    match head {
+        // Same stream: beyond its head, or another event at that offset.
+        Some(head) if head.stream == at.stream => {
+            at.sequence > head.sequence || matches!(print_at, Some(p) if print != 0 && p != print)
+        }
+        // Another stream, or none: the client resumes and is told.
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_went_backwards_when_a_connection_is_beyond_it_or_holds_another_event() {
+        let given = |sequence, print| Some((StreamOffset::new(7, sequence), print));
+        let head = |sequence| Some(StreamOffset::new(7, sequence));
+        assert!(regressed(given(8, 42), head(5), None), "beyond the head");
+        assert!(
+            regressed(given(5, 42), head(9), Some(43)),
+            "another event at 5"
+        );
+        assert!(
+            !regressed(given(5, 42), head(9), Some(42)),
+            "the same event: behind"
+        );
+        assert!(
+            !regressed(given(5, 42), head(9), None),
+            "no longer retained: behind"
+        );
+        assert!(
+            !regressed(given(5, 0), head(9), Some(43)),
+            "no fingerprint kept"
+        );
+        assert!(!regressed(given(5, 42), head(5), Some(42)), "in step");
+        assert!(
+            !regressed(given(5, 42), Some(StreamOffset::new(8, 1)), None),
+            "another stream: the resume tells"
+        );
+        assert!(!regressed(None, head(5), None));
+    }
 }

@@ -105,6 +105,10 @@ impl HistoryStore for RedisHistory<'_> {
         let history = read_history(shared, user, resume)
             .await
             .map_err(|failure| super::cluster_error("read history", failure, 0))?;
+        if history.rotated {
+            tracing::warn!(user_id = %user, resume = ?resume.map(|o| o.to_string()), head = history.stream,
+                "a client resumed beyond the head of its stream in Redis (events were lost there): retired the stream; the client is told");
+        }
         let now = unix_millis(SystemTime::now());
         let (notice, events) = plan(&history, resume, shared.config.history_max_age(), now);
         let head = StreamOffset::new(history.stream, history.head);
@@ -252,6 +256,7 @@ mod tests {
             head,
             taken,
             oldest: *retained.start(),
+            rotated: false,
             events: retained
                 .map(|sequence| StoredEvent {
                     sequence,

@@ -1,0 +1,220 @@
+//! A Redis that comes back with an older state than it acknowledged (here a
+//! restart from an older snapshot; asynchronous replication losing writes
+//! in a failover does the same) must never make one offset name two events
+//! for a client: the nodes notice (a connection given an offset beyond the
+//! stream's head; a client resuming from one), retire the stream for a new
+//! one, and the clients are told with a `resync` (`unknown_stream`).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use websocket_manager::managers::{ClusterConfig, ClusterWebSocketManager};
+use websocket_manager::{events::*, managers::*, socket::*, *};
+use websocket_manager_test_support::redis::{RedisServer, redis_server_available, unique_prefix};
+
+async fn node(url: &str, prefix: &str, name: &str) -> ClusterWebSocketManager {
+    let cluster = ClusterConfig::builder(url)
+        .key_prefix(prefix)
+        .node_id(name)
+        .command_timeout(Duration::from_millis(400))
+        .heartbeat_interval(Duration::from_millis(200))
+        // The restart takes well under this: the nodes are not fenced.
+        .node_ttl(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let manager = ClusterWebSocketManager::new(ManagerConfig::default(), cluster).unwrap();
+    manager.ready().await.unwrap();
+    manager
+}
+
+fn alice() -> UserId {
+    UserId::new("alice").unwrap()
+}
+
+/// A tab: its last offset, and every offset it ever processed with the
+/// event it named.
+#[derive(Default)]
+struct Tab {
+    outbound: Option<OutboundReceiver>,
+    last: Option<StreamOffset>,
+    named: HashMap<StreamOffset, serde_json::Value>,
+    notices: Vec<String>,
+}
+
+impl Tab {
+    async fn connect(&mut self, manager: &ClusterWebSocketManager) {
+        let (socket, outbound) = WebSocketHandle::channel(manager.config().queue_limits());
+        let mut connection = WebSocketConnection::new(alice(), socket);
+        if let Some(offset) = self.last {
+            connection = connection.with_resume(offset);
+        }
+        manager.add_connection(connection).await.unwrap();
+        self.outbound = Some(outbound);
+    }
+
+    /// Reads for `wait`; false when the connection was closed.
+    async fn read(&mut self, wait: Duration) -> bool {
+        let Some(outbound) = &mut self.outbound else {
+            return false;
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, outbound.recv()).await {
+                Ok(Some(OutboundEvent::Frame(frame))) => {
+                    let value: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap();
+                    if value["type"] == "resync" {
+                        self.notices
+                            .push(value["reason"].as_str().unwrap().to_owned());
+                        continue;
+                    }
+                    let offset = StreamOffset::new(
+                        value["stream"].as_u64().unwrap(),
+                        value["sequence"].as_u64().unwrap(),
+                    );
+                    if let Some(before) = self.named.insert(offset, value["data"].clone()) {
+                        assert_eq!(
+                            before, value["data"],
+                            "offset {offset} named two different events"
+                        );
+                    }
+                    self.last = Some(offset);
+                }
+                Ok(Some(_)) | Ok(None) => {
+                    self.outbound = None;
+                    return false;
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+async fn ready(manager: &ClusterWebSocketManager) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !manager.cluster_stats().ready {
+        assert!(Instant::now() < deadline, "not ready again within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn available() -> bool {
+    if redis_server_available() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI is set but there is no redis-server binary (.ci/ensure-redis installs it)"
+    );
+    eprintln!("SKIPPED: no redis-server binary (apt-get install redis-server)");
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_back_from_an_older_snapshot_never_makes_an_offset_name_two_events() {
+    if !available() {
+        return;
+    }
+    let mut server = RedisServer::start_persistent();
+    let url = server.url();
+    let prefix = unique_prefix("regression");
+    let a = node(&url, &prefix, "a").await;
+    let b = node(&url, &prefix, "b").await;
+    // `live` stays connected to node A; `away` leaves node B before the crash.
+    let (mut live, mut away) = (Tab::default(), Tab::default());
+    live.connect(&a).await;
+    away.connect(&b).await;
+    for i in 1..=5 {
+        a.emit_critical_event(&alice(), AGENT_THINKING, json!({"i": i}))
+            .await
+            .unwrap();
+    }
+    server.save(); // the snapshot Redis will come back with: head 5
+    for i in 6..=8 {
+        a.emit_critical_event(&alice(), AGENT_THINKING, json!({"i": i}))
+            .await
+            .unwrap();
+    }
+    live.read(Duration::from_millis(300)).await;
+    away.read(Duration::from_millis(300)).await;
+    let seen = live.last.unwrap();
+    assert_eq!((seen.sequence, away.last), (8, Some(seen)));
+    away.outbound = None;
+    let id = b
+        .get_user_connections(&alice())
+        .into_iter()
+        .find(|id| b.get_connection(id).is_some())
+        .unwrap();
+    b.remove_connection(&id).await;
+
+    server.kill();
+    server.restart(); // back at head 5 on the same stream
+    ready(&a).await;
+    ready(&b).await;
+
+    // Node A's audit finds its connection beyond the head: the stream is
+    // retired and the connection closed, so its client resumes and is told.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while live.read(Duration::from_millis(100)).await {
+        assert!(Instant::now() < deadline, "the live tab was never closed");
+    }
+    live.connect(&a).await;
+    away.connect(&b).await;
+    b.emit_critical_event(&alice(), AGENT_COMPLETED, json!({"i": 9}))
+        .await
+        .unwrap();
+    live.read(Duration::from_millis(400)).await;
+    away.read(Duration::from_millis(400)).await;
+    for (name, tab) in [("live", &live), ("away", &away)] {
+        assert_eq!(tab.notices, ["unknown_stream"], "{name} was told");
+        let last = tab.last.unwrap();
+        assert_ne!(last.stream, seen.stream, "{name}: a new stream");
+        assert_eq!(tab.named[&last], json!({"i": 9}), "{name}");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resuming_beyond_the_head_retires_the_stream() {
+    if !available() {
+        return;
+    }
+    let mut server = RedisServer::start_persistent();
+    let url = server.url();
+    let prefix = unique_prefix("regression-resume");
+    let a = node(&url, &prefix, "a").await;
+    let mut tab = Tab::default();
+    tab.connect(&a).await;
+    a.emit_critical_event(&alice(), AGENT_STARTED, json!({"i": 1}))
+        .await
+        .unwrap();
+    server.save();
+    for i in 2..=3 {
+        a.emit_critical_event(&alice(), AGENT_THINKING, json!({"i": i}))
+            .await
+            .unwrap();
+    }
+    tab.read(Duration::from_millis(300)).await;
+    let seen = tab.last.unwrap();
+    assert_eq!(seen.sequence, 3);
+    tab.outbound = None;
+    let id = a.get_user_connections(&alice()).into_iter().next().unwrap();
+    a.remove_connection(&id).await;
+
+    server.kill();
+    server.restart(); // head 1
+    ready(&a).await;
+    // Nobody was connected to notice; the resume from 3 does.
+    tab.connect(&a).await;
+    a.emit_critical_event(&alice(), AGENT_COMPLETED, json!({"i": 4}))
+        .await
+        .unwrap();
+    tab.read(Duration::from_millis(400)).await;
+    assert_eq!(tab.notices, ["unknown_stream"]);
+    let last = tab.last.unwrap();
+    assert_ne!(last.stream, seen.stream);
+    assert_eq!((last.sequence, &tab.named[&last]), (1, &json!({"i": 4})));
+    a.shutdown().await;
+}
