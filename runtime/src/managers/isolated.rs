@@ -158,21 +158,6 @@ impl IsolatedWebSocketManager {
 }
 
 #[diagnostic::do_not_recommend]
-impl crate::managers::IdempotentEmit for IsolatedWebSocketManager {
-    async fn emit_critical_event_with_key(
-        &self,
-        user_id: &UserId,
-        key: &crate::ids::IdempotencyKey,
-        event_type: &str,
-        data: serde_json::Value,
-    ) -> Result<Delivery, ManagerError> {
-        self.check_command("emit_critical_event", user_id)?;
-        self.core
-            .emit_critical_event(user_id, event_type, data, Some(key))
-            .await
-    }
-}
-
 impl ConstructManager for IsolatedWebSocketManager {
     fn construct(context: &BuildContext<'_>) -> Result<Self, BuildError> {
         let user_context = context.require_user_context()?;
@@ -255,5 +240,20 @@ impl WebSocketManager for IsolatedWebSocketManager {
     ) -> Result<Delivery, ManagerError> {
         // The thread index only holds the owner's connections.
         self.core.send_to_thread(thread_id, &message)
+    }
+}
+
+impl crate::managers::IdempotentEmit for IsolatedWebSocketManager {
+    async fn emit_critical_event_with_key(
+        &self,
+        user_id: &UserId,
+        key: &crate::ids::IdempotencyKey,
+        event_type: &str,
+        data: serde_json::Value,
+    ) -> Result<Delivery, ManagerError> {
+        self.check_command("emit_critical_event", user_id)?;
+        self.core
+            .emit_critical_event(user_id, event_type, data, Some(key))
+            .await
     }
 }
