@@ -6,13 +6,13 @@
 //! one, and the clients are told with a `resync` (`unknown_stream`).
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use websocket_manager::managers::{ClusterConfig, ClusterWebSocketManager};
-use websocket_manager::{events::*, managers::*, socket::*, *};
+use websocket_manager::{events::*, managers::*, *};
 use websocket_manager_test_support::redis::{RedisServer, redis_server_available, unique_prefix};
+use websocket_manager_test_support::tab::ResumingTab;
 
 async fn node(url: &str, prefix: &str, name: &str) -> ClusterWebSocketManager {
     let cluster = ClusterConfig::builder(url)
@@ -31,64 +31,6 @@ async fn node(url: &str, prefix: &str, name: &str) -> ClusterWebSocketManager {
 
 fn alice() -> UserId {
     UserId::new("alice").unwrap()
-}
-
-/// A tab: its last offset, and every offset it ever processed with the
-/// event it named.
-#[derive(Default)]
-struct Tab {
-    outbound: Option<OutboundReceiver>,
-    last: Option<StreamOffset>,
-    named: HashMap<StreamOffset, serde_json::Value>,
-    notices: Vec<String>,
-}
-
-impl Tab {
-    async fn connect(&mut self, manager: &ClusterWebSocketManager) {
-        let (socket, outbound) = WebSocketHandle::channel(manager.config().queue_limits());
-        let mut connection = WebSocketConnection::new(alice(), socket);
-        if let Some(offset) = self.last {
-            connection = connection.with_resume(offset);
-        }
-        manager.add_connection(connection).await.unwrap();
-        self.outbound = Some(outbound);
-    }
-
-    /// Reads for `wait`; false when the connection was closed.
-    async fn read(&mut self, wait: Duration) -> bool {
-        let Some(outbound) = &mut self.outbound else {
-            return false;
-        };
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            match tokio::time::timeout_at(deadline, outbound.recv()).await {
-                Ok(Some(OutboundEvent::Frame(frame))) => {
-                    let value: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap();
-                    if value["type"] == "resync" {
-                        self.notices
-                            .push(value["reason"].as_str().unwrap().to_owned());
-                        continue;
-                    }
-                    let offset = StreamOffset::new(
-                        value["stream"].as_u64().unwrap(),
-                        value["sequence"].as_u64().unwrap(),
-                    );
-                    if let Some(before) = self.named.insert(offset, value["data"].clone()) {
-                        assert_eq!(
-                            before, value["data"],
-                            "offset {offset} named two different events"
-                        );
-                    }
-                    self.last = Some(offset);
-                }
-                Ok(Some(_)) | Ok(None) => {
-                    self.outbound = None;
-                    return false;
-                }
-                Err(_) => return true,
-            }
-        }
-    }
 }
 
 async fn ready(manager: &ClusterWebSocketManager) {
@@ -122,9 +64,9 @@ async fn a_redis_back_from_an_older_snapshot_never_makes_an_offset_name_two_even
     let a = node(&url, &prefix, "a").await;
     let b = node(&url, &prefix, "b").await;
     // `live` stays connected to node A; `away` leaves node B before the crash.
-    let (mut live, mut away) = (Tab::default(), Tab::default());
-    live.connect(&a).await;
-    away.connect(&b).await;
+    let (mut live, mut away) = (ResumingTab::new(alice()), ResumingTab::new(alice()));
+    assert!(live.connect(&a, a.config().queue_limits()).await);
+    assert!(away.connect(&b, b.config().queue_limits()).await);
     for i in 1..=5 {
         a.emit_critical_event(&alice(), AGENT_THINKING, json!({"i": i}))
             .await
@@ -140,7 +82,7 @@ async fn a_redis_back_from_an_older_snapshot_never_makes_an_offset_name_two_even
     away.read(Duration::from_millis(300)).await;
     let seen = live.last.unwrap();
     assert_eq!((seen.sequence, away.last), (8, Some(seen)));
-    away.outbound = None;
+    away.disconnect();
     let id = b
         .get_user_connections(&alice())
         .into_iter()
@@ -159,8 +101,8 @@ async fn a_redis_back_from_an_older_snapshot_never_makes_an_offset_name_two_even
     while live.read(Duration::from_millis(100)).await {
         assert!(Instant::now() < deadline, "the live tab was never closed");
     }
-    live.connect(&a).await;
-    away.connect(&b).await;
+    assert!(live.connect(&a, a.config().queue_limits()).await);
+    assert!(away.connect(&b, b.config().queue_limits()).await);
     b.emit_critical_event(&alice(), AGENT_COMPLETED, json!({"i": 9}))
         .await
         .unwrap();
@@ -185,8 +127,8 @@ async fn a_client_resuming_beyond_the_head_retires_the_stream() {
     let url = server.url();
     let prefix = unique_prefix("regression-resume");
     let a = node(&url, &prefix, "a").await;
-    let mut tab = Tab::default();
-    tab.connect(&a).await;
+    let mut tab = ResumingTab::new(alice());
+    assert!(tab.connect(&a, a.config().queue_limits()).await);
     a.emit_critical_event(&alice(), AGENT_STARTED, json!({"i": 1}))
         .await
         .unwrap();
@@ -199,7 +141,7 @@ async fn a_client_resuming_beyond_the_head_retires_the_stream() {
     tab.read(Duration::from_millis(300)).await;
     let seen = tab.last.unwrap();
     assert_eq!(seen.sequence, 3);
-    tab.outbound = None;
+    tab.disconnect();
     let id = a.get_user_connections(&alice()).into_iter().next().unwrap();
     a.remove_connection(&id).await;
 
@@ -207,7 +149,7 @@ async fn a_client_resuming_beyond_the_head_retires_the_stream() {
     server.restart(); // head 1
     ready(&a).await;
     // Nobody was connected to notice; the resume from 3 does.
-    tab.connect(&a).await;
+    assert!(tab.connect(&a, a.config().queue_limits()).await);
     a.emit_critical_event(&alice(), AGENT_COMPLETED, json!({"i": 4}))
         .await
         .unwrap();

@@ -9,14 +9,14 @@
 //! once, in order, and no offset ever names two different events.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use websocket_manager::managers::{ClusterConfig, ClusterWebSocketManager};
-use websocket_manager::{events::*, managers::*, socket::*, *};
+use websocket_manager::{events::*, managers::*, *};
 use websocket_manager_test_support::redis::{redis_server_available, unique_prefix};
 use websocket_manager_test_support::sentinel::SentinelGroup;
+use websocket_manager_test_support::tab::ResumingTab;
 
 async fn node(url: &str, prefix: &str, name: &str) -> ClusterWebSocketManager {
     let cluster = ClusterConfig::builder(url)
@@ -42,65 +42,6 @@ fn alice() -> UserId {
     UserId::new("alice").unwrap()
 }
 
-/// A browser tab that keeps the offset of the last critical event it
-/// processed and resumes from it whenever its connection ends.
-struct Tab {
-    outbound: Option<OutboundReceiver>,
-    last: Option<StreamOffset>,
-    /// Every event processed, as (offset, data).
-    seen: Vec<(StreamOffset, serde_json::Value)>,
-    notices: Vec<serde_json::Value>,
-    reconnects: usize,
-}
-
-impl Tab {
-    async fn connect(&mut self, manager: &ClusterWebSocketManager) -> bool {
-        let (socket, outbound) = WebSocketHandle::channel(manager.config().queue_limits());
-        let mut connection = WebSocketConnection::new(alice(), socket);
-        if let Some(offset) = self.last {
-            connection = connection.with_resume(offset);
-        }
-        match manager.add_connection(connection).await {
-            Ok(()) => {
-                self.outbound = Some(outbound);
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// Reads what is there within `wait`; returns false when the
-    /// connection ended.
-    async fn read(&mut self, wait: Duration) -> bool {
-        let Some(outbound) = &mut self.outbound else {
-            return false;
-        };
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            match tokio::time::timeout_at(deadline, outbound.recv()).await {
-                Ok(Some(OutboundEvent::Frame(frame))) => {
-                    let value: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap();
-                    if value["type"] == "resync" {
-                        self.notices.push(value);
-                        continue;
-                    }
-                    let offset = StreamOffset::new(
-                        value["stream"].as_u64().unwrap(),
-                        value["sequence"].as_u64().unwrap(),
-                    );
-                    self.seen.push((offset, value["data"].clone()));
-                    self.last = Some(offset);
-                }
-                Ok(Some(_)) | Ok(None) => {
-                    self.outbound = None;
-                    return false;
-                }
-                Err(_) => return true,
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_killed_mid_run_loses_no_acknowledged_event() {
     if !redis_server_available() {
@@ -118,14 +59,9 @@ async fn a_primary_killed_mid_run_loses_no_acknowledged_event() {
     let prefix = unique_prefix("sentinel");
     let a = node(&url, &prefix, "a").await;
     let b = node(&url, &prefix, "b").await;
-    let mut tab = Tab {
-        outbound: None,
-        last: None,
-        seen: Vec::new(),
-        notices: Vec::new(),
-        reconnects: 0,
-    };
-    assert!(tab.connect(&b).await);
+    let mut tab = ResumingTab::new(alice());
+    let mut reconnects = 0usize;
+    assert!(tab.connect(&b, b.config().queue_limits()).await);
 
     let mut acknowledged: Vec<(StreamOffset, i64)> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
@@ -160,31 +96,24 @@ async fn a_primary_killed_mid_run_loses_no_acknowledged_event() {
         i += 1;
         if !tab.read(Duration::from_millis(30)).await {
             // The connection ended (a resume): come back with the offset.
-            tab.reconnects += 1;
-            let _ = tab
-                .connect(if tab.reconnects.is_multiple_of(2) {
-                    &a
-                } else {
-                    &b
-                })
-                .await;
+            reconnects += 1;
+            let node = if reconnects.is_multiple_of(2) { &a } else { &b };
+            let _ = tab.connect(node, node.config().queue_limits()).await;
         }
     }
     assert!(!errors.is_empty(), "the failover was never seen");
     // A last resume from the tab's offset brings it up to date.
     tokio::time::sleep(Duration::from_millis(300)).await;
     tab.read(Duration::from_millis(300)).await;
-    tab.outbound = None;
-    assert!(tab.connect(&b).await, "a final resume");
+    tab.disconnect();
+    assert!(
+        tab.connect(&b, b.config().queue_limits()).await,
+        "a final resume"
+    );
     tab.read(Duration::from_millis(500)).await;
 
-    // No offset names two events; within a stream, offsets only grow.
-    let mut by_offset: HashMap<StreamOffset, serde_json::Value> = HashMap::new();
-    for (offset, data) in &tab.seen {
-        if let Some(previous) = by_offset.insert(*offset, data.clone()) {
-            assert_eq!(&previous, data, "offset {offset} named two events");
-        }
-    }
+    // No offset named two events (the tab checks as it reads); within a
+    // stream, offsets only grow.
     for pair in tab.seen.windows(2) {
         let ((x, _), (y, _)) = (&pair[0], &pair[1]);
         assert!(
@@ -207,7 +136,7 @@ async fn a_primary_killed_mid_run_loses_no_acknowledged_event() {
         "sentinel failover: {} acknowledged, {} typed errors, {} reconnects, {} notices",
         acknowledged.len(),
         errors.len(),
-        tab.reconnects,
+        reconnects,
         tab.notices.len()
     );
     a.shutdown().await;

@@ -18,3 +18,4 @@ pub mod e2e;
 pub mod fault_proxy;
 pub mod redis;
 pub mod sentinel;
+pub mod tab;

@@ -215,27 +215,6 @@ mod tests {
 
     #[test]
     #[cfg(feature = "redis")]
-    fn the_critical_frame_is_the_envelope_serde_writes() {
-        let data = serde_json::json!({"text": "a \"quoted\" line\n", "n": [1, 2.5, null]});
-        let envelope = CriticalEnvelope {
-            event_type: "tool.progress-2".to_owned(),
-            data: data.clone(),
-            timestamp: 1_700_000_000_123,
-            critical: true,
-            stream: 17_000_000_001_234,
-            sequence: 42,
-        };
-        let frame = critical_frame(
-            "tool.progress-2",
-            &serde_json::to_string(&data).unwrap(),
-            1_700_000_000_123,
-            StreamOffset::new(17_000_000_001_234, 42),
-        );
-        assert_eq!(frame.as_str(), serde_json::to_string(&envelope).unwrap());
-    }
-
-    #[test]
-    #[cfg(feature = "redis")]
     fn the_maximum_length_is_the_frame_length_at_the_largest_offset() {
         for (data, timestamp) in [
             ("{}", 0),
