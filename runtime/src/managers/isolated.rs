@@ -243,7 +243,7 @@ impl WebSocketManager for IsolatedWebSocketManager {
     }
 }
 
-impl crate::managers::IdempotentEmit for IsolatedWebSocketManager {
+impl crate::managers::idempotent::IdempotentEmit for IsolatedWebSocketManager {
     async fn emit_critical_event_with_key(
         &self,
         user_id: &UserId,

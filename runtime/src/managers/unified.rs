@@ -171,7 +171,7 @@ impl UnifiedWebSocketManager {
     }
 }
 
-impl crate::managers::IdempotentEmit for UnifiedWebSocketManager {
+impl crate::managers::idempotent::IdempotentEmit for UnifiedWebSocketManager {
     async fn emit_critical_event_with_key(
         &self,
         user_id: &UserId,

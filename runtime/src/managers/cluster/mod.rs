@@ -296,7 +296,7 @@ impl ClusterWebSocketManager {
 
     /// This node's counters and index sizes (the same figures as the
     /// reference managers'; retained history lives in Redis).
-    pub fn stats(&self) -> crate::managers::ManagerStats {
+    pub fn stats(&self) -> crate::managers::stats::ManagerStats {
         self.shared.local.stats(None, 0)
     }
 
@@ -533,7 +533,7 @@ fn cluster_error(
     }
 }
 
-impl crate::managers::IdempotentEmit for ClusterWebSocketManager {
+impl crate::managers::idempotent::IdempotentEmit for ClusterWebSocketManager {
     async fn emit_critical_event_with_key(
         &self,
         user_id: &UserId,
