@@ -102,7 +102,7 @@ pub fn series(stats: &ManagerStats) -> Vec<Series> {
     let (s, i) = (stats, &stats.indexes);
     vec![
         gauge("websocket_manager_connections", "Connections registered.", i.connections),
-        gauge("websocket_manager_users", "Users with a connection on this process.", i.users),
+        gauge("websocket_manager_users", "Users with a connection, pending events or counters.", i.users),
         gauge("websocket_manager_sockets", "Entries of the socket -> connection index.", i.sockets),
         gauge("websocket_manager_threads", "Threads with at least one connection.", i.threads),
         gauge("websocket_manager_history_users", "Users holding retained critical events (or a loss not yet announced).", i.history_users),

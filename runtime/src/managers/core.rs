@@ -8,18 +8,18 @@
 //! # Replay ordering
 //!
 //! `add_connection` registers the connection as catching up, reads what it
-//! is owed under the history's per-user lock, and pushes it before the
-//! connection is published to sends (see the index's module docs). A
-//! critical event emitted meanwhile is numbered and delivered under the
-//! same history lock: either it was in the read (the catching-up cursor
-//! skips it) or it comes after it (buffered, then pushed after the
-//! replay). An ordinary send reads only published connections, so the
+//! is owed under the user's lock (the user's log is in the user's slot),
+//! and pushes it before the connection is published to sends (see the
+//! index's module docs). A critical event emitted meanwhile is numbered and
+//! delivered under the same lock: either it was in the read (the
+//! catching-up cursor skips it) or it comes after it (buffered, then pushed
+//! after the replay). An ordinary send reads only published connections, so the
 //! replayed events are ahead of any ordinary send in the socket's queue.
 //!
 //! # Memory bounds
 //!
-//! A user has an index slot only while it has a connection, and a log only
-//! while it holds history (retained events, or a loss not yet announced).
+//! A user has a slot while it has a connection or its log holds something
+//! (retained events, a loss not yet announced, recent idempotency keys).
 //! Logs are bounded per user (events, bytes, age) and per manager
 //! (`max_history_users`); expired events are pruned whenever the user is
 //! touched, by [`ManagerCore::prune_expired`], and by a sweep (at most once
@@ -35,7 +35,7 @@ use crate::error::ManagerError;
 use crate::health::ConnectionHealth;
 use crate::ids::{ConnectionId, IdempotencyKey, ThreadId, UserId};
 use crate::managers::fan_out::{FanOut, bump};
-use crate::managers::history::{self, LocalHistory, MemoryHistory};
+use crate::managers::history::{self, LocalHistory, MemoryHistory, UserLog};
 use crate::managers::index::LocalIndex;
 use crate::managers::stats::{IndexSizes, ManagerStats};
 
@@ -43,7 +43,7 @@ use crate::managers::stats::{IndexSizes, ManagerStats};
 /// and [`IsolatedWebSocketManager`](super::IsolatedWebSocketManager).
 #[derive(Debug)]
 pub(crate) struct ManagerCore {
-    index: LocalIndex,
+    index: LocalIndex<UserLog>,
     history: MemoryHistory,
 }
 
@@ -74,7 +74,7 @@ impl ManagerCore {
         &self,
         connection: WebSocketConnection,
     ) -> Result<(), ManagerError> {
-        history::register(&self.index, &self.store(), connection, || Ok(())).await
+        history::register_locked(&self.index, &self.history, connection)
     }
 
     pub fn remove_connection(
@@ -191,13 +191,13 @@ impl ManagerCore {
     pub fn get_connection_health(&self, user: &UserId) -> ConnectionHealth {
         let mut health = ConnectionHealth::empty(user.clone());
         self.index.health_into(user, &mut health);
-        self.history.report_into(user, &mut health);
+        self.history.report_into(&self.index, user, &mut health);
         health
     }
 
     /// Drops every expired retained event; returns how many.
     pub fn prune_expired(&self) -> usize {
-        self.history.prune_expired()
+        self.history.prune_expired(&self.index)
     }
 
     /// Closes every socket with `going_away`, empties every index, drops the
@@ -206,7 +206,7 @@ impl ManagerCore {
         let Some(closed) = self.index.shut_down() else {
             return;
         };
-        let discarded = self.history.clear();
+        let discarded = self.history.clear(&self.index);
         bump(&self.history.totals().pending_discarded, discarded as u64);
         if discarded > 0 {
             tracing::warn!(

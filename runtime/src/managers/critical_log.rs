@@ -1,10 +1,7 @@
 //! [`CriticalEventLog`]: the retained critical-event logs of many users, as a
 //! building block for managers of your own.
 
-use std::collections::HashMap;
 use std::time::SystemTime;
-
-use parking_lot::Mutex;
 
 use crate::config::ManagerConfig;
 use crate::connection::{CloseReason, SendError, TextFrame, WebSocketConnection, WebSocketHandle};
@@ -13,18 +10,9 @@ use crate::error::ManagerError;
 use crate::health::unix_millis;
 use crate::ids::UserId;
 use crate::managers::events::validate_event_type;
-use crate::managers::history::{MemoryHistory, NewEvent};
-use crate::managers::index::CriticalOutcome;
+use crate::managers::history::{MemoryHistory, NewEvent, UserLog};
+use crate::managers::index::{CriticalOutcome, LocalIndex};
 use crate::offset::StreamOffset;
-
-/// How many of a user's connections are attached, and the last event
-/// they were all given: where the user's stream goes on when its history
-/// empties while they are connected.
-#[derive(Debug, Default)]
-struct Attached {
-    connections: usize,
-    at: Option<StreamOffset>,
-}
 
 /// What a manager of your own needs to honour the critical-event half of the
 /// contract exactly as the reference managers do: every event wrapped in a
@@ -64,26 +52,20 @@ struct Attached {
 /// ```
 #[derive(Debug)]
 pub struct CriticalEventLog {
+    /// Users' slots, each holding the user's log (no connection is
+    /// registered here: your manager keeps its own).
+    users: LocalIndex<UserLog>,
     /// The history the unified and isolated managers run on.
     history: MemoryHistory,
-    attached: Mutex<HashMap<UserId, Attached>>,
 }
 
 impl CriticalEventLog {
     /// An empty log with the history bounds of `config`.
     pub fn new(config: &ManagerConfig) -> Self {
         CriticalEventLog {
+            users: LocalIndex::new(config.clone()),
             history: MemoryHistory::new(config),
-            attached: Mutex::new(HashMap::new()),
         }
-    }
-
-    fn continue_from(&self, user_id: &UserId) -> Option<StreamOffset> {
-        self.attached
-            .lock()
-            .get(user_id)
-            .filter(|a| a.connections > 0)
-            .and_then(|a| a.at)
     }
 
     /// Replays into `connection`'s socket what its client is owed (after
@@ -96,45 +78,40 @@ impl CriticalEventLog {
     /// whole replay: refuse the connection (a fresh socket always fits).
     pub fn attach(&self, connection: &WebSocketConnection) -> Result<(), ManagerError> {
         let user_id = &connection.user_id;
-        let read = self
-            .history
-            .read_now(user_id, connection.resume, || self.continue_from(user_id))?;
-        let replay = read.replay;
-        let frames: Vec<TextFrame> = replay
-            .notice
-            .into_iter()
-            .chain(replay.events.into_iter().map(|(_, frame)| frame))
-            .collect();
-        let total = frames.len();
-        for (replayed, frame) in frames.into_iter().enumerate() {
-            if connection.websocket.try_send(frame).is_err() {
-                return Err(ManagerError::ReplayFailed {
-                    connection_id: connection.connection_id.clone(),
-                    replayed,
-                    total,
-                });
-            }
-        }
-        if let Some(position) = read.position {
-            connection.websocket.record_stream_position(position);
-        }
-        self.history.replayed(user_id, replay.head);
-        let mut attached = self.attached.lock();
-        let entry = attached.entry(user_id.clone()).or_default();
-        entry.connections += 1;
-        entry.at = replay.head;
-        Ok(())
+        self.users
+            .with_history(user_id, true, |state, _| {
+                let read = self.history.plan_for(state, user_id, connection.resume)?;
+                let replay = read.replay;
+                let frames: Vec<TextFrame> = replay
+                    .notice
+                    .into_iter()
+                    .chain(replay.events.into_iter().map(|(_, frame)| frame))
+                    .collect();
+                let total = frames.len();
+                for (replayed, frame) in frames.into_iter().enumerate() {
+                    if connection.websocket.try_send(frame).is_err() {
+                        return Err(ManagerError::ReplayFailed {
+                            connection_id: connection.connection_id.clone(),
+                            replayed,
+                            total,
+                        });
+                    }
+                }
+                if let Some(position) = read.position {
+                    connection.websocket.record_stream_position(position);
+                }
+                self.history.replayed(state, replay.head);
+                state.attached += 1;
+                Ok(())
+            })
+            .unwrap_or(Err(ManagerError::ShutDown))
     }
 
     /// Counts one of `user_id`'s connections as gone.
     pub fn detach(&self, user_id: &UserId) {
-        let mut attached = self.attached.lock();
-        if let Some(entry) = attached.get_mut(user_id) {
-            entry.connections = entry.connections.saturating_sub(1);
-            if entry.connections == 0 {
-                attached.remove(user_id);
-            }
-        }
+        self.users.with_history(user_id, false, |state, _| {
+            state.attached = state.attached.saturating_sub(1);
+        });
     }
 
     /// Emits a critical event to `user_id`, whose current (attached)
@@ -164,24 +141,18 @@ impl CriticalEventLog {
             online: !sockets.is_empty(),
             key: None,
         };
-        let appended = self.history.append_with(
-            user_id,
-            event,
-            || self.continue_from(user_id),
-            |_, frame, _| {
+        let appended = self
+            .history
+            .append_with(&self.users, user_id, event, |_, _, frame| {
                 let delivered = push_all(sockets, frame);
                 CriticalOutcome {
                     delivered,
                     deferred: 0,
                     closed: sockets.len() - delivered,
                 }
-            },
-        )?;
+            })?;
         let offset = appended.offset;
         if appended.outcome.delivered > 0 {
-            if let Some(entry) = self.attached.lock().get_mut(user_id) {
-                entry.at = Some(offset);
-            }
             return Ok(
                 Delivery::delivered(appended.outcome.delivered, appended.outcome.closed)
                     .with_offset(offset),
@@ -195,17 +166,17 @@ impl CriticalEventLog {
 
     /// The offset of the last event emitted to `user_id`, if any.
     pub fn latest(&self, user_id: &UserId) -> Option<StreamOffset> {
-        self.history.latest(user_id)
+        self.history.latest(&self.users, user_id)
     }
 
     /// Events retained for `user_id` that no connection has taken yet.
     pub fn pending(&self, user_id: &UserId) -> usize {
-        self.history.pending(user_id)
+        self.history.pending(&self.users, user_id)
     }
 
     /// Drops every event older than `history_max_age`; returns how many.
     pub fn prune_expired(&self) -> usize {
-        self.history.prune_expired()
+        self.history.prune_expired(&self.users)
     }
 }
 

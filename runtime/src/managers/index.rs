@@ -56,8 +56,10 @@
 //!   registration publishes the connection and socket entries first, and the
 //!   user and thread entries only after the replay); every change is
 //!   complete when the call that makes it returns.
-//! * Lock order: a history store's per-user lock (critical events are
-//!   delivered under it), then the user mutex, then map shards
+//! * One lock per user orders everything of that user, the in-memory
+//!   history's log included (it lives in the user's slot, [`UserHistory`]):
+//!   an event is numbered, retained and delivered under it.
+//! * Lock order: the user mutex, then map shards
 //!   (`connections` before `sockets`), then a socket's queue lock. No code
 //!   holds a map guard while taking a user mutex (slots are cloned out of
 //!   `users` first), and no code holds two user mutexes.
@@ -148,9 +150,24 @@ pub(crate) fn frame_print(frame: &TextFrame) -> u64 {
         .max(1)
 }
 
+/// What a history store keeps per user in the user's slot, under the
+/// user's lock (the in-memory history's log; nothing for Redis's): one
+/// lock orders a user's registrations and critical events.
+pub(crate) trait UserHistory: Default + std::fmt::Debug + Send + 'static {
+    /// Whether it holds something that must outlive the user's connections
+    /// (the slot is kept while it does).
+    fn holds(&self) -> bool;
+}
+
+impl UserHistory for () {
+    fn holds(&self) -> bool {
+        false
+    }
+}
+
 /// Mutable per-user state, behind the slot's mutex.
 #[derive(Debug)]
-struct UserState {
+struct UserState<H> {
     /// Set when the slot is removed from `users`: whoever locks it afterwards
     /// must look the user up again.
     retired: bool,
@@ -160,11 +177,13 @@ struct UserState {
     /// The live members; `with_user` publishes them in the user's
     /// [`UserEntry`] when a change is complete.
     recipients: Recipients,
+    /// The history store's part.
+    history: H,
 }
 
 #[derive(Debug)]
-struct UserSlot {
-    state: Mutex<UserState>,
+struct UserSlot<H> {
+    state: Mutex<UserState<H>>,
     counters: Arc<UserCounters>,
 }
 
@@ -187,7 +206,7 @@ const INLINE_CONNECTIONS: usize = 4;
 /// (and the map's table, slack included) small.
 #[derive(Debug)]
 #[repr(C)]
-struct UserEntry {
+struct UserEntry<H> {
     /// Frames the user's sends (`send_to_user`) put into queues; thread
     /// sends, replays and critical events count in the slot's
     /// [`UserCounters`], and a health report adds both.
@@ -198,11 +217,11 @@ struct UserEntry {
     /// `sockets[i]` belongs to `connection_ids[i]` (see the type's docs).
     sockets: SmallVec<[WebSocketHandle; INLINE_CONNECTIONS]>,
     connection_ids: Box<[ConnectionId]>,
-    slot: Arc<UserSlot>,
+    slot: Arc<UserSlot<H>>,
 }
 
-impl UserEntry {
-    fn new(slot: Arc<UserSlot>) -> Self {
+impl<H> UserEntry<H> {
+    fn new(slot: Arc<UserSlot<H>>) -> Self {
         UserEntry {
             sent: AtomicU64::new(0),
             last_activity_ms: AtomicU64::new(0),
@@ -228,13 +247,14 @@ impl UserEntry {
     }
 }
 
-impl UserSlot {
+impl<H: UserHistory> UserSlot<H> {
     fn new() -> Self {
         UserSlot {
             state: Mutex::new(UserState {
                 retired: false,
                 members: SmallVec::new(),
                 recipients: no_recipients(),
+                history: H::default(),
             }),
             counters: Arc::default(),
         }
@@ -353,13 +373,14 @@ fn decide(
     }
 }
 
-/// The connections of this process (see the module docs).
-pub(crate) struct LocalIndex {
+/// The connections of this process (see the module docs), with a history
+/// store's per-user part `H` in each user's slot.
+pub(crate) struct LocalIndex<H = ()> {
     config: ManagerConfig,
     observer: Option<IndexObserver>,
     connections: DashMap<ConnectionId, WebSocketConnection, IndexHasher>,
     sockets: DashMap<SocketId, ConnectionId, IndexHasher>,
-    users: DashMap<UserId, UserEntry, IndexHasher>,
+    users: DashMap<UserId, UserEntry<H>, IndexHasher>,
     threads: DashMap<ThreadId, Recipients, IndexHasher>,
     totals: Totals,
     shut_down: AtomicBool,
@@ -368,18 +389,18 @@ pub(crate) struct LocalIndex {
     prints: bool,
 }
 
-impl std::fmt::Debug for LocalIndex {
+impl<H> std::fmt::Debug for LocalIndex<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalIndex")
             .field("connections", &self.connections.len())
             .field("users", &self.users.len())
             .field("threads", &self.threads.len())
-            .field("shut_down", &self.is_shut_down())
+            .field("shut_down", &self.shut_down.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
 
-impl LocalIndex {
+impl<H: UserHistory> LocalIndex<H> {
     /// An empty index.
     pub fn new(config: ManagerConfig) -> Self {
         LocalIndex {
@@ -440,7 +461,7 @@ impl LocalIndex {
         &self,
         user: &UserId,
         create: bool,
-        f: impl FnOnce(&mut UserState, &Arc<UserCounters>) -> R,
+        f: impl FnOnce(&mut UserState<H>, &Arc<UserCounters>) -> R,
     ) -> Option<R> {
         loop {
             let slot = if create {
@@ -460,7 +481,7 @@ impl LocalIndex {
             }
             let before = Arc::clone(&state.recipients);
             let result = f(&mut state, &slot.counters);
-            if state.members.is_empty() {
+            if state.members.is_empty() && !state.history.holds() {
                 state.retired = true;
                 self.users
                     .remove_if(user, |_, current| Arc::ptr_eq(&current.slot, &slot));
@@ -481,7 +502,7 @@ impl LocalIndex {
     /// entry's shard read guard and without the user's mutex. `f` may push
     /// into the sockets' queues (their locks come after map shards in the
     /// lock order) but must not take a user mutex or another map guard.
-    fn read_published<R>(&self, user: &UserId, f: impl FnOnce(&UserEntry) -> R) -> Option<R> {
+    fn read_published<R>(&self, user: &UserId, f: impl FnOnce(&UserEntry<H>) -> R) -> Option<R> {
         self.users.get(user).map(|entry| f(&entry))
     }
 
@@ -492,7 +513,7 @@ impl LocalIndex {
     fn with_connection_owner<R>(
         &self,
         connection_id: &ConnectionId,
-        mut f: impl FnMut(&mut UserState, &Arc<UserCounters>, &UserId) -> Option<R>,
+        mut f: impl FnMut(&mut UserState<H>, &Arc<UserCounters>, &UserId) -> Option<R>,
     ) -> Option<R> {
         loop {
             let user = self.connections.get(connection_id)?.user_id.clone();
@@ -534,68 +555,87 @@ impl LocalIndex {
     /// `sockets` indexes, not yet in the user's published connections nor
     /// its thread's. Closed sockets of the user are dropped first, so tabs
     /// that died without the transport telling us never lock a user out.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // the cluster manager's path
     pub fn begin(&self, connection: WebSocketConnection) -> Result<(), ManagerError> {
         if self.is_shut_down() {
             return Err(ManagerError::ShutDown);
         }
         let user = connection.user_id.clone();
         self.with_user(&user, true, |state, counters| {
-            // Checked again under the lock: `close_all` sweeps every user
-            // under this lock after the flag is set.
-            if self.is_shut_down() {
-                return Err(ManagerError::ShutDown);
-            }
-            let limit = self.config.max_connections_per_user();
-            if state.members.len() >= limit {
-                let closed: Vec<ConnectionId> = state
-                    .members
-                    .iter()
-                    .filter(|m| m.socket.is_closed())
-                    .map(|m| m.connection_id.clone())
-                    .collect();
-                for id in &closed {
-                    self.unlink_locked(state, counters, &user, id, CloseReason::normal());
-                }
-            }
-            if state.members.len() >= limit {
-                return Err(ManagerError::ConnectionLimit {
-                    user_id: user.clone(),
-                    limit,
-                });
-            }
-            let connection_id = connection.connection_id.clone();
-            let socket = connection.websocket.clone();
-            // Both ids are checked and inserted while both entries are held,
-            // so a refused registration leaves nothing behind.
-            match self.connections.entry(connection_id.clone()) {
-                Entry::Occupied(_) => {
-                    return Err(ManagerError::DuplicateConnection(connection_id));
-                }
-                Entry::Vacant(vacant_connection) => match self.sockets.entry(socket.id()) {
-                    Entry::Occupied(existing) => {
-                        return Err(ManagerError::SocketAlreadyRegistered {
-                            socket: socket.id(),
-                            existing: existing.get().clone(),
-                        });
-                    }
-                    Entry::Vacant(vacant_socket) => {
-                        vacant_socket.insert(connection_id.clone());
-                        vacant_connection.insert(connection);
-                    }
-                },
-            }
-            state.members.push(Member {
-                connection_id,
-                socket,
-                cursor: Cursor::CatchingUp {
-                    buffered: Vec::new(),
-                    overflowed: false,
-                },
-                print: 0,
-            });
-            Ok(())
+            self.begin_locked(state, counters, &user, connection)
         })
         .unwrap_or(Err(ManagerError::ShutDown))
+    }
+
+    /// `begin` under the user's lock.
+    fn begin_locked(
+        &self,
+        state: &mut UserState<H>,
+        counters: &Arc<UserCounters>,
+        user: &UserId,
+        connection: WebSocketConnection,
+    ) -> Result<(), ManagerError> {
+        // Checked again under the lock: `close_all` sweeps every user
+        // under this lock after the flag is set.
+        if self.is_shut_down() {
+            return Err(ManagerError::ShutDown);
+        }
+        let limit = self.config.max_connections_per_user();
+        if state.members.len() >= limit {
+            let closed: Vec<ConnectionId> = state
+                .members
+                .iter()
+                .filter(|m| m.socket.is_closed())
+                .map(|m| m.connection_id.clone())
+                .collect();
+            for id in &closed {
+                self.unlink_locked(
+                    &mut state.members,
+                    &mut state.recipients,
+                    counters,
+                    user,
+                    id,
+                    CloseReason::normal(),
+                );
+            }
+        }
+        if state.members.len() >= limit {
+            return Err(ManagerError::ConnectionLimit {
+                user_id: user.clone(),
+                limit,
+            });
+        }
+        let connection_id = connection.connection_id.clone();
+        let socket = connection.websocket.clone();
+        // Both ids are checked and inserted while both entries are held,
+        // so a refused registration leaves nothing behind.
+        match self.connections.entry(connection_id.clone()) {
+            Entry::Occupied(_) => {
+                return Err(ManagerError::DuplicateConnection(connection_id));
+            }
+            Entry::Vacant(vacant_connection) => match self.sockets.entry(socket.id()) {
+                Entry::Occupied(existing) => {
+                    return Err(ManagerError::SocketAlreadyRegistered {
+                        socket: socket.id(),
+                        existing: existing.get().clone(),
+                    });
+                }
+                Entry::Vacant(vacant_socket) => {
+                    vacant_socket.insert(connection_id.clone());
+                    vacant_connection.insert(connection);
+                }
+            },
+        }
+        state.members.push(Member {
+            connection_id,
+            socket,
+            cursor: Cursor::CatchingUp {
+                buffered: Vec::new(),
+                overflowed: false,
+            },
+            print: 0,
+        });
+        Ok(())
     }
 
     /// Pushes `replay`, then the events buffered while catching up that
@@ -604,114 +644,186 @@ impl LocalIndex {
     /// the connection is removed, its socket closed (its client resumes)
     /// and [`ManagerError::ReplayFailed`] says how far it got.
     /// `Ok(None)`: it was removed while catching up.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // the cluster manager's path
     pub fn finish(
         &self,
         user: &UserId,
         connection_id: &ConnectionId,
         replay: Replay,
     ) -> Result<Option<Finished>, ManagerError> {
+        self.with_user(user, false, |state, counters| {
+            self.finish_locked(state, counters, user, connection_id, replay)
+        })
+        .unwrap_or(Ok(None))
+    }
+
+    /// `finish` under the user's lock.
+    fn finish_locked(
+        &self,
+        state: &mut UserState<H>,
+        counters: &Arc<UserCounters>,
+        user: &UserId,
+        connection_id: &ConnectionId,
+        replay: Replay,
+    ) -> Result<Option<Finished>, ManagerError> {
         let limit = self.config.queue_capacity();
-        let finished = self.with_user(user, false, |state, counters| {
-            let Some(position) = state
-                .members
-                .iter()
-                .position(|m| &m.connection_id == connection_id)
-            else {
-                return Ok(None);
-            };
-            let member = &mut state.members[position];
-            let Cursor::CatchingUp {
-                buffered,
-                overflowed,
-            } = std::mem::replace(&mut member.cursor, Cursor::Live { at: replay.head })
-            else {
-                return Ok(None);
-            };
-            let socket = member.socket.clone();
-            let mut at = replay.head;
-            let prints = self.prints;
-            let mut print = match replay.events.last() {
-                Some((_, frame)) if prints => frame_print(frame),
-                _ => 0,
-            };
-            let mut frames: Vec<TextFrame> = replay.notice.into_iter().collect();
-            let events = replay.events.len();
-            frames.extend(replay.events.into_iter().map(|(_, frame)| frame));
-            let mut gap = overflowed;
-            for (offset, frame) in buffered {
-                let mut cursor = Cursor::Live { at };
-                match decide(&mut cursor, offset, Arrival::InOrder, limit, &frame) {
-                    Decision::Push => {
-                        if prints {
-                            print = frame_print(&frame);
-                        }
-                        frames.push(frame);
-                        at = Some(offset);
+        let Some(position) = state
+            .members
+            .iter()
+            .position(|m| &m.connection_id == connection_id)
+        else {
+            return Ok(None);
+        };
+        let member = &mut state.members[position];
+        let Cursor::CatchingUp {
+            buffered,
+            overflowed,
+        } = std::mem::replace(&mut member.cursor, Cursor::Live { at: replay.head })
+        else {
+            return Ok(None);
+        };
+        let socket = member.socket.clone();
+        let mut at = replay.head;
+        let prints = self.prints;
+        let mut print = match replay.events.last() {
+            Some((_, frame)) if prints => frame_print(frame),
+            _ => 0,
+        };
+        let mut frames: Vec<TextFrame> = replay.notice.into_iter().collect();
+        let events = replay.events.len();
+        frames.extend(replay.events.into_iter().map(|(_, frame)| frame));
+        let mut gap = overflowed;
+        for (offset, frame) in buffered {
+            let mut cursor = Cursor::Live { at };
+            match decide(&mut cursor, offset, Arrival::InOrder, limit, &frame) {
+                Decision::Push => {
+                    if prints {
+                        print = frame_print(&frame);
                     }
-                    Decision::Skip => {}
-                    Decision::Defer | Decision::Gap => gap = true,
+                    frames.push(frame);
+                    at = Some(offset);
                 }
+                Decision::Skip => {}
+                Decision::Defer | Decision::Gap => gap = true,
             }
-            let total = frames.len();
-            let mut replayed = 0;
-            for frame in frames {
-                if gap || socket.try_send(frame).is_err() {
-                    break;
-                }
-                replayed += 1;
+        }
+        let total = frames.len();
+        let mut replayed = 0;
+        for frame in frames {
+            if gap || socket.try_send(frame).is_err() {
+                break;
             }
-            if gap || replayed < total {
-                let reason = if gap {
-                    close::missed_events()
-                } else {
-                    close::replay_did_not_fit()
-                };
-                self.unlink_locked(state, counters, user, connection_id, reason);
-                return Err(ManagerError::ReplayFailed {
-                    connection_id: connection_id.clone(),
-                    replayed,
-                    total,
-                });
-            }
-            state.members[position].cursor = Cursor::Live { at };
-            state.members[position].print = print;
-            let recipient = Recipient {
-                connection_id: connection_id.clone(),
-                socket,
-                counters: Arc::clone(counters),
+            replayed += 1;
+        }
+        if gap || replayed < total {
+            let reason = if gap {
+                close::missed_events()
+            } else {
+                close::replay_did_not_fit()
             };
-            let thread = self
-                .connections
-                .get(connection_id)
-                .and_then(|c| c.thread_id.clone());
-            if let Some(thread) = thread {
-                self.thread_insert(thread, recipient.clone());
+            self.unlink_locked(
+                &mut state.members,
+                &mut state.recipients,
+                counters,
+                user,
+                connection_id,
+                reason,
+            );
+            return Err(ManagerError::ReplayFailed {
+                connection_id: connection_id.clone(),
+                replayed,
+                total,
+            });
+        }
+        state.members[position].cursor = Cursor::Live { at };
+        state.members[position].print = print;
+        let recipient = Recipient {
+            connection_id: connection_id.clone(),
+            socket,
+            counters: Arc::clone(counters),
+        };
+        let thread = self
+            .connections
+            .get(connection_id)
+            .and_then(|c| c.thread_id.clone());
+        if let Some(thread) = thread {
+            self.thread_insert(thread, recipient.clone());
+        }
+        state.recipients = state
+            .recipients
+            .iter()
+            .cloned()
+            .chain([recipient])
+            .collect();
+        let events = events as u64;
+        bump(&counters.sent, events);
+        bump(&self.totals.sent, events);
+        bump(&self.totals.replayed, events);
+        counters.touch();
+        self.report(|| self.get(connection_id), Change::Joined);
+        Ok(Some(Finished {
+            events: events as usize,
+            at,
+        }))
+    }
+
+    /// Registers `connection` in one step, under its user's lock: `read`
+    /// answers what it is owed from the user's history part, `replayed`
+    /// records what it was given. For a history kept in the slot (the
+    /// in-memory one), so nothing can come between the read and the
+    /// publication, however busy the user.
+    pub fn register_locked(
+        &self,
+        connection: WebSocketConnection,
+        read: impl FnOnce(&mut H, &UserId) -> Result<super::history::HistoryRead, ManagerError>,
+        replayed: impl FnOnce(&mut H, Option<StreamOffset>),
+    ) -> Result<
+        (
+            Option<Finished>,
+            Option<crate::managers::events::ResyncNotice>,
+        ),
+        ManagerError,
+    > {
+        if self.is_shut_down() {
+            return Err(ManagerError::ShutDown);
+        }
+        let user = connection.user_id.clone();
+        let id = connection.connection_id.clone();
+        let socket = connection.websocket.clone();
+        self.with_user(&user, true, |state, counters| {
+            self.begin_locked(state, counters, &user, connection)?;
+            let read = match read(&mut state.history, &user) {
+                Ok(read) => read,
+                Err(error) => {
+                    self.unlink_locked(
+                        &mut state.members,
+                        &mut state.recipients,
+                        counters,
+                        &user,
+                        &id,
+                        CloseReason::going_away(),
+                    );
+                    return Err(error);
+                }
+            };
+            if let Some(position) = read.position {
+                socket.record_stream_position(position);
             }
-            state.recipients = state
-                .recipients
-                .iter()
-                .cloned()
-                .chain([recipient])
-                .collect();
-            let events = events as u64;
-            bump(&counters.sent, events);
-            bump(&self.totals.sent, events);
-            bump(&self.totals.replayed, events);
-            counters.touch();
-            self.report(|| self.get(connection_id), Change::Joined);
-            Ok(Some(Finished {
-                events: events as usize,
-                at,
-            }))
-        });
-        finished.unwrap_or(Ok(None))
+            let finished = self.finish_locked(state, counters, &user, &id, read.replay)?;
+            if let Some(finished) = &finished {
+                replayed(&mut state.history, finished.at);
+            }
+            Ok((finished, read.notice))
+        })
+        .unwrap_or(Err(ManagerError::ShutDown))
     }
 
     /// Removes `connection_id` from every index and closes its socket with
     /// `reason`. Runs under the user's lock.
     fn unlink_locked(
         &self,
-        state: &mut UserState,
+        members: &mut SmallVec<[Member; 1]>,
+        recipients: &mut Recipients,
         counters: &UserCounters,
         user: &UserId,
         connection_id: &ConnectionId,
@@ -725,14 +837,9 @@ impl LocalIndex {
         if let Some(thread) = &connection.thread_id {
             self.thread_remove(thread, connection_id);
         }
-        state.members.retain(|m| m.connection_id != *connection_id);
-        if state
-            .recipients
-            .iter()
-            .any(|r| r.connection_id == *connection_id)
-        {
-            state.recipients = state
-                .recipients
+        members.retain(|m| m.connection_id != *connection_id);
+        if recipients.iter().any(|r| r.connection_id == *connection_id) {
+            *recipients = recipients
                 .iter()
                 .filter(|r| r.connection_id != *connection_id)
                 .cloned()
@@ -753,7 +860,14 @@ impl LocalIndex {
         reason: CloseReason,
     ) -> Option<WebSocketConnection> {
         self.with_connection_owner(connection_id, |state, counters, user| {
-            self.unlink_locked(state, counters, user, connection_id, reason.clone())
+            self.unlink_locked(
+                &mut state.members,
+                &mut state.recipients,
+                counters,
+                user,
+                connection_id,
+                reason.clone(),
+            )
         })
     }
 
@@ -917,6 +1031,7 @@ impl LocalIndex {
 
     /// Delivers critical event `offset` to the user's connections here,
     /// each after the one its cursor is at (module docs).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // the cluster manager's path
     pub fn deliver_critical(
         &self,
         user: &UserId,
@@ -924,63 +1039,120 @@ impl LocalIndex {
         frame: &TextFrame,
         arrival: Arrival,
     ) -> CriticalOutcome {
+        self.with_user(user, false, |state, counters| {
+            self.deliver_locked(
+                &mut state.members,
+                &mut state.recipients,
+                counters,
+                user,
+                (offset, frame, arrival),
+            )
+        })
+        .unwrap_or_default()
+    }
+
+    /// `deliver_critical` under the user's lock.
+    fn deliver_locked(
+        &self,
+        members: &mut SmallVec<[Member; 1]>,
+        recipients: &mut Recipients,
+        counters: &Arc<UserCounters>,
+        user: &UserId,
+        (offset, frame, arrival): (StreamOffset, &TextFrame, Arrival),
+    ) -> CriticalOutcome {
         let limit = self.config.queue_capacity();
         let mut outcome = CriticalOutcome::default();
+        if members.is_empty() {
+            return outcome;
+        }
         let print = if self.prints { frame_print(frame) } else { 0 };
-        self.with_user(user, false, |state, counters| {
-            let mut push: SmallVec<[usize; 8]> = SmallVec::new();
-            let mut gaps: SmallVec<[ConnectionId; 1]> = SmallVec::new();
-            for (index, member) in state.members.iter_mut().enumerate() {
-                match decide(&mut member.cursor, offset, arrival, limit, frame) {
-                    Decision::Push => push.push(index),
-                    // A cursor at or past the event means the connection
-                    // has it (cursors only move by pushing): the emitter's
-                    // own copy was overtaken by the one through Redis.
-                    Decision::Skip if arrival == Arrival::Direct => outcome.delivered += 1,
-                    Decision::Skip => {}
-                    Decision::Defer => outcome.deferred += 1,
-                    Decision::Gap => {
-                        tracing::warn!(connection_id = %member.connection_id, %offset,
-                            "critical event out of order (events were lost in transit): closing so the client resumes");
-                        gaps.push(member.connection_id.clone());
-                    }
+        let mut push: SmallVec<[usize; 8]> = SmallVec::new();
+        let mut gaps: SmallVec<[ConnectionId; 1]> = SmallVec::new();
+        for (index, member) in members.iter_mut().enumerate() {
+            match decide(&mut member.cursor, offset, arrival, limit, frame) {
+                Decision::Push => push.push(index),
+                // A cursor at or past the event means the connection
+                // has it (cursors only move by pushing): the emitter's
+                // own copy was overtaken by the one through Redis.
+                Decision::Skip if arrival == Arrival::Direct => outcome.delivered += 1,
+                Decision::Skip => {}
+                Decision::Defer => outcome.deferred += 1,
+                Decision::Gap => {
+                    tracing::warn!(connection_id = %member.connection_id, %offset,
+                        "critical event out of order (events were lost in transit): closing so the client resumes");
+                    gaps.push(member.connection_id.clone());
                 }
             }
-            // Under the lock: a later event must not overtake this one. The
-            // usual case, every connection live and in step, fans out over
-            // the user's published recipients as they are; otherwise over
-            // the ones in step.
-            let fan = if push.len() == state.members.len() && push.len() == state.recipients.len() {
-                let recipients = Arc::clone(&state.recipients);
-                fan_out(&recipients, frame, CRITICAL_POLICY, &self.totals)
-            } else {
-                let recipients: Vec<Recipient> = push
-                    .iter()
-                    .map(|&i| Recipient {
-                        connection_id: state.members[i].connection_id.clone(),
-                        socket: state.members[i].socket.clone(),
-                        counters: Arc::clone(counters),
-                    })
-                    .collect();
-                fan_out(&recipients, frame, CRITICAL_POLICY, &self.totals)
-            };
-            for &i in &push {
-                let member = &mut state.members[i];
-                if !fan.evict.contains(&member.connection_id) {
-                    member.cursor = Cursor::Live { at: Some(offset) };
-                    member.print = print;
-                }
+        }
+        // Under the lock: a later event must not overtake this one. The
+        // usual case, every connection live and in step, fans out over the
+        // user's published recipients as they are; otherwise over the ones
+        // in step.
+        let fan = if push.len() == members.len() && push.len() == recipients.len() {
+            let recipients = Arc::clone(recipients);
+            fan_out(&recipients, frame, CRITICAL_POLICY, &self.totals)
+        } else {
+            let subset: Vec<Recipient> = push
+                .iter()
+                .map(|&i| Recipient {
+                    connection_id: members[i].connection_id.clone(),
+                    socket: members[i].socket.clone(),
+                    counters: Arc::clone(counters),
+                })
+                .collect();
+            fan_out(&subset, frame, CRITICAL_POLICY, &self.totals)
+        };
+        for &i in &push {
+            let member = &mut members[i];
+            if !fan.evict.contains(&member.connection_id) {
+                member.cursor = Cursor::Live { at: Some(offset) };
+                member.print = print;
             }
-            if fan.delivered > 0 {
-                counters.touch();
-            }
-            outcome.delivered += fan.delivered;
-            outcome.closed += gaps.len() + fan.evict.len();
-            for id in gaps.iter().chain(&fan.evict) {
-                self.unlink_locked(state, counters, user, id, close::missed_events());
-            }
-        });
+        }
+        if fan.delivered > 0 {
+            counters.touch();
+        }
+        outcome.delivered += fan.delivered;
+        outcome.closed += gaps.len() + fan.evict.len();
+        for id in gaps.iter().chain(&fan.evict) {
+            self.unlink_locked(
+                members,
+                recipients,
+                counters,
+                user,
+                id,
+                close::missed_events(),
+            );
+        }
         outcome
+    }
+
+    /// Runs `f` on `user`'s history part (creating the slot when `create`)
+    /// under the user's lock, with what it needs to deliver a critical event
+    /// to the user's connections in order ([`Locked`]). `None` when the
+    /// user has no slot and `create` is false.
+    pub fn with_history<R>(
+        &self,
+        user: &UserId,
+        create: bool,
+        f: impl FnOnce(&mut H, &mut Locked<'_, H>) -> R,
+    ) -> Option<R> {
+        self.with_user(user, create, |state, counters| {
+            let UserState {
+                members,
+                recipients,
+                history,
+                ..
+            } = state;
+            let mut locked = Locked {
+                index: self,
+                members,
+                recipients,
+                counters,
+                user,
+            };
+            f(history, &mut locked)
+        })
     }
 
     // ----- health, maintenance ---------------------------------------------
@@ -1017,13 +1189,6 @@ impl LocalIndex {
             .connections
             .sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
         found.is_some()
-    }
-
-    /// The last critical event the user's connections here were given (the
-    /// furthest cursor), if any.
-    pub fn latest_cursor(&self, user: &UserId) -> Option<StreamOffset> {
-        self.with_user(user, false, |state, _| latest_of(&state.members))
-            .flatten()
     }
 
     /// Every connection here, live or catching up.
@@ -1065,8 +1230,15 @@ impl LocalIndex {
                 .collect();
             ids.iter()
                 .filter(|id| {
-                    self.unlink_locked(state, counters, user, id, reason.clone())
-                        .is_some()
+                    self.unlink_locked(
+                        &mut state.members,
+                        &mut state.recipients,
+                        counters,
+                        user,
+                        id,
+                        reason.clone(),
+                    )
+                    .is_some()
                 })
                 .count()
         })
@@ -1093,7 +1265,14 @@ impl LocalIndex {
                 .map(|m| m.connection_id.clone())
                 .collect();
             for id in &behind {
-                self.unlink_locked(state, counters, user, id, close::missed_events());
+                self.unlink_locked(
+                    &mut state.members,
+                    &mut state.recipients,
+                    counters,
+                    user,
+                    id,
+                    close::missed_events(),
+                );
             }
             behind.len()
         })
@@ -1112,7 +1291,14 @@ impl LocalIndex {
                     .collect();
                 for id in &ids {
                     if self
-                        .unlink_locked(state, counters, &user, id, reason.clone())
+                        .unlink_locked(
+                            &mut state.members,
+                            &mut state.recipients,
+                            counters,
+                            &user,
+                            id,
+                            reason.clone(),
+                        )
                         .is_some()
                     {
                         closed += 1;
@@ -1173,6 +1359,29 @@ impl LocalIndex {
             resync_notices: load(|t| &t.resync_notices),
             pending_discarded_at_shutdown: load(|t| &t.pending_discarded),
         }
+    }
+}
+
+/// A user's connections under the user's lock, for a history store that
+/// delivers as it numbers ([`LocalIndex::with_history`]).
+pub(crate) struct Locked<'s, H> {
+    index: &'s LocalIndex<H>,
+    members: &'s mut SmallVec<[Member; 1]>,
+    recipients: &'s mut Recipients,
+    counters: &'s Arc<UserCounters>,
+    user: &'s UserId,
+}
+
+impl<H: UserHistory> Locked<'_, H> {
+    /// Delivers critical event `offset`, in stream order.
+    pub fn deliver(&mut self, offset: StreamOffset, frame: &TextFrame) -> CriticalOutcome {
+        self.index.deliver_locked(
+            self.members,
+            self.recipients,
+            self.counters,
+            self.user,
+            (offset, frame, Arrival::InOrder),
+        )
     }
 }
 

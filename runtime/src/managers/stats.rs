@@ -20,7 +20,7 @@ use serde::Serialize;
 pub struct IndexSizes {
     /// Connection id -> connection.
     pub connections: usize,
-    /// User -> connections and counters (users with a connection).
+    /// User -> connections, pending events and counters.
     pub users: usize,
     /// Socket identity -> connection id.
     pub sockets: usize,
@@ -37,10 +37,10 @@ impl IndexSizes {
         *self == IndexSizes::default()
     }
 
-    /// Whether no connection is left: every connection index is empty
-    /// (users holding retained critical events count in `history_users`
-    /// only; they go when their history expires). The leak check after
-    /// every connection was removed.
+    /// Whether no connection is left: every connection index is empty, and
+    /// the only users left are those holding retained critical events
+    /// (they go when their history expires). The leak check after every
+    /// connection was removed.
     ///
     /// ```
     /// use websocket_manager::{events::AGENT_STARTED, managers::UnifiedWebSocketManager};
@@ -54,7 +54,10 @@ impl IndexSizes {
     /// # }).unwrap();
     /// ```
     pub fn holds_no_connection(&self) -> bool {
-        self.connections == 0 && self.sockets == 0 && self.threads == 0 && self.users == 0
+        self.connections == 0
+            && self.sockets == 0
+            && self.threads == 0
+            && self.users == self.history_users
     }
 }
 

@@ -27,6 +27,9 @@ pub(super) struct RedisHistory<'a> {
 }
 
 impl HistoryStore for RedisHistory<'_> {
+    /// Redis keeps the history; the index's slots keep nothing of it.
+    type Slot = ();
+
     async fn append<'a>(
         &'a self,
         user: &'a UserId,

@@ -157,19 +157,6 @@ impl EventLog {
         }
     }
 
-    /// A log that goes on numbering `offset`'s stream after it, holding
-    /// nothing: for a user whose connections are in step at `offset` when
-    /// the previous log emptied, so their stream does not change under
-    /// them.
-    pub fn continuing(offset: StreamOffset) -> Self {
-        EventLog {
-            last_sequence: offset.sequence,
-            trimmed_through: offset.sequence,
-            pending_from: offset.sequence + 1,
-            ..EventLog::new(offset.stream)
-        }
-    }
-
     /// The offset of the last event appended (sequence 0 before the first).
     pub fn latest(&self) -> StreamOffset {
         StreamOffset::new(self.stream, self.last_sequence)

@@ -1,19 +1,16 @@
 //! [`MemoryHistory`]: every user's critical events, numbered and retained in
-//! this process (an [`EventLog`] per user holding history, bounded by a
-//! [`HistoryLedger`]).
+//! this process: an [`EventLog`] per user ([`UserLog`]) kept in the user's
+//! slot of the [`LocalIndex`], under the user's one lock, bounded by a
+//! [`HistoryLedger`].
 //!
-//! A user's log exists while it holds something (retained events, or a loss
-//! not yet announced). When it empties while connections of the user are in
-//! step, the next log goes on numbering their stream (`continue_from`), so a
-//! stream id changes only when its events are really gone.
+//! A user's slot, and so its log and stream id, lives while the user has a
+//! connection or the log holds something (retained events, a loss not yet
+//! announced, recent idempotency keys): a stream id changes only when its
+//! events are really gone.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
-
-use dashmap::DashMap;
-use parking_lot::Mutex;
 
 use super::log::{AppendRefused, EventLog, HistoryLedger, HistoryLimits, refusal_error};
 use super::{Appended, HistoryRead, NewEvent, next_stream, plan_resume};
@@ -23,26 +20,44 @@ use crate::error::ManagerError;
 use crate::health::{ConnectionHealth, unix_millis};
 use crate::ids::{IdempotencyKey, UserId};
 use crate::managers::fan_out::{Totals, bump};
-use crate::managers::index::{Arrival, CriticalOutcome, IndexHasher, LocalIndex, Replay};
+use crate::managers::index::{CriticalOutcome, LocalIndex, Locked, Replay, UserHistory};
 use crate::offset::{StreamOffset, StreamPosition};
 
-#[derive(Debug)]
-struct UserLog {
-    /// Set when the log left `logs`: whoever locks it must look again.
-    retired: bool,
-    log: EventLog,
-    /// Critical events refused for the user while the log held history
-    /// (its health's `messages_failed`; a connection's failures count in
-    /// the index).
+/// A user's part of the in-memory history, in the user's index slot.
+#[derive(Debug, Default)]
+pub(crate) struct UserLog {
+    /// Made on first use, with a new stream id; lives as long as the slot.
+    log: Option<EventLog>,
+    /// Critical events refused for the user while the slot lived (its
+    /// health's `messages_failed`; a connection's failures count in the
+    /// index).
     refused: u64,
     /// Idempotency keys of the last `idempotency_window`, oldest first.
     keys: RecentKeys,
+    /// Connections attached through [`CriticalEventLog`](crate::managers::CriticalEventLog),
+    /// which registers none in the index.
+    pub(crate) attached: usize,
+}
+
+impl UserHistory for UserLog {
+    fn holds(&self) -> bool {
+        self.log.as_ref().is_some_and(EventLog::holds_history)
+            || !self.keys.is_empty()
+            || self.attached > 0
+    }
+}
+
+impl UserLog {
+    /// The log, made now (on a new stream) if the user had none.
+    fn log(&mut self) -> &mut EventLog {
+        self.log.get_or_insert_with(|| EventLog::new(next_stream()))
+    }
 }
 
 /// The idempotency keys a user's events were emitted with, each with the
 /// offset it got, for `window`, at most `max` (the oldest forgotten first).
 #[derive(Debug, Default)]
-struct RecentKeys {
+pub(crate) struct RecentKeys {
     offsets: HashMap<IdempotencyKey, StreamOffset>,
     order: VecDeque<(IdempotencyKey, Instant)>,
 }
@@ -83,14 +98,15 @@ enum Refused {
     Error(ManagerError),
 }
 
-/// Every user's retained critical events, in this process (module docs).
+/// Every user's retained critical events, in this process (module docs):
+/// the bounds, the ledger and the counters; the logs themselves are in the
+/// index's user slots.
 #[derive(Debug)]
 pub(crate) struct MemoryHistory {
     limits: HistoryLimits,
     max_age: Duration,
     idempotency_window: Duration,
     keys_per_user: usize,
-    logs: DashMap<UserId, Arc<Mutex<UserLog>>, IndexHasher>,
     ledger: HistoryLedger,
     /// What it evicted, expired and refused (the manager's stats add them).
     totals: Totals,
@@ -109,7 +125,6 @@ impl MemoryHistory {
             max_age: config.history_max_age(),
             idempotency_window: config.idempotency_window(),
             keys_per_user: config.idempotency_keys_per_user(),
-            logs: DashMap::with_hasher(IndexHasher::new()),
             ledger: HistoryLedger::new(config.max_history_users()),
             totals: Totals::default(),
             last_sweep_ms: AtomicU64::new(0),
@@ -126,61 +141,6 @@ impl MemoryHistory {
         self.ledger.users()
     }
 
-    /// Runs `f` on `user`'s locked log, creating it (on a stream from
-    /// `start`) when `start` is given; retires a log that holds nothing.
-    fn with_log<R>(
-        &self,
-        user: &UserId,
-        start: Option<&dyn Fn() -> EventLog>,
-        f: impl FnOnce(&mut EventLog) -> R,
-    ) -> Option<R> {
-        self.with_user_log(user, start, |state| f(&mut state.log))
-    }
-
-    fn with_user_log<R>(
-        &self,
-        user: &UserId,
-        start: Option<&dyn Fn() -> EventLog>,
-        f: impl FnOnce(&mut UserLog) -> R,
-    ) -> Option<R> {
-        loop {
-            // Cloned out: no map guard may be held while its mutex is taken.
-            // A read first: the log exists on every emit but a user's first.
-            let existing = self.logs.get(user).map(|slot| Arc::clone(&slot));
-            let slot = match (existing, start) {
-                (Some(slot), _) => slot,
-                (None, Some(start)) => Arc::clone(
-                    self.logs
-                        .entry(user.clone())
-                        .or_insert_with(|| {
-                            Arc::new(Mutex::new(UserLog {
-                                retired: false,
-                                log: start(),
-                                refused: 0,
-                                keys: RecentKeys::default(),
-                            }))
-                        })
-                        .value(),
-                ),
-                (None, None) => return None,
-            };
-            let mut state = slot.lock();
-            if state.retired {
-                continue;
-            }
-            let result = f(&mut state);
-            if !state.log.holds_history() && state.keys.is_empty() {
-                state.retired = true;
-                self.logs.remove_if(user, |_, s| Arc::ptr_eq(s, &slot));
-            }
-            return Some(result);
-        }
-    }
-
-    fn expire(&self, log: &mut EventLog, user: &UserId) {
-        self.expire_at(log, user, Instant::now());
-    }
-
     fn expire_at(&self, log: &mut EventLog, user: &UserId, now: Instant) {
         let expired = log.expire(now, self.max_age, &self.ledger);
         if expired.pending > 0 {
@@ -191,30 +151,19 @@ impl MemoryHistory {
         bump(&self.totals.pending_expired, expired.pending as u64);
     }
 
-    /// A log for a user that has none: on the stream its connections
-    /// follow (`continue_from`), else on a new one.
-    fn fresh_log(continue_from: Option<StreamOffset>) -> EventLog {
-        match continue_from {
-            Some(offset) => EventLog::continuing(offset),
-            None => EventLog::new(next_stream()),
-        }
-    }
-
     /// Numbers `event`, retains it and hands it to `deliver` under the
-    /// user's lock, in stream order; marks it taken when a connection took
-    /// it. `continue_from`: where the user's connections stand, for a user
-    /// without a log.
+    /// user's lock (so in stream order); marks it taken when a connection
+    /// took it.
     pub fn append_with(
         &self,
+        index: &LocalIndex<UserLog>,
         user: &UserId,
         event: NewEvent<'_>,
-        continue_from: impl Fn() -> Option<StreamOffset>,
-        deliver: impl FnOnce(StreamOffset, &TextFrame, Arrival) -> CriticalOutcome,
+        deliver: impl FnOnce(&mut Locked<'_, UserLog>, StreamOffset, &TextFrame) -> CriticalOutcome,
     ) -> Result<Appended, ManagerError> {
         let mut deliver = Some(deliver);
-        let start = || Self::fresh_log(continue_from());
         for attempt in 0..2 {
-            let result = self.with_user_log(user, Some(&start), |state| {
+            let result = index.with_history(user, true, |state, locked| {
                 let now = Instant::now();
                 if !state.keys.is_empty() {
                     state.keys.forget_older_than(now, self.idempotency_window);
@@ -222,13 +171,12 @@ impl MemoryHistory {
                 if let Some(offset) = event.key.and_then(|key| state.keys.get(key)) {
                     return Ok(Appended {
                         offset,
-                        pending: state.log.pending() as u64,
+                        pending: state.log().pending() as u64,
                         outcome: CriticalOutcome::default(),
                         duplicate: true,
                     });
                 }
-                let refused = &mut state.refused;
-                let log = &mut state.log;
+                let log = state.log();
                 self.expire_at(log, user, now);
                 let offset = log.next_offset();
                 let frame = match event.frame(offset) {
@@ -241,16 +189,17 @@ impl MemoryHistory {
                     Ok(evicted) => bump(&self.totals.history_evicted, evicted as u64),
                     Err(AppendRefused::TooManyUsers) => return Err(Refused::TooManyUsers),
                     Err(reason) => {
-                        *refused += 1;
                         let error =
                             refusal_error(reason, user, &frame, self.limits, log, &self.ledger);
+                        state.refused += 1;
                         return Err(Refused::Error(error));
                     }
                 }
                 let outcome = match deliver.take() {
-                    Some(deliver) => deliver(offset, &frame, Arrival::InOrder),
+                    Some(deliver) => deliver(locked, offset, &frame),
                     None => CriticalOutcome::default(),
                 };
+                let log = state.log();
                 if outcome.delivered > 0 {
                     // Cursors move one by one: a connection that took this
                     // one has every event before it.
@@ -260,6 +209,7 @@ impl MemoryHistory {
                         pending = log.pending(),
                         "critical event retained until a connection of the user takes it");
                 }
+                let pending = log.pending() as u64;
                 if let Some(key) = event.key {
                     state
                         .keys
@@ -267,7 +217,7 @@ impl MemoryHistory {
                 }
                 Ok(Appended {
                     offset,
-                    pending: state.log.pending() as u64,
+                    pending,
                     outcome,
                     duplicate: false,
                 })
@@ -277,7 +227,7 @@ impl MemoryHistory {
                 // Expired logs may be holding the places: sweep (at most
                 // once a second, and never under a user lock), then retry once.
                 Some(Err(Refused::TooManyUsers))
-                    if attempt == 0 && self.sweep_expired_throttled() > 0 =>
+                    if attempt == 0 && self.sweep_expired_throttled(index) > 0 =>
                 {
                     continue;
                 }
@@ -298,76 +248,70 @@ impl MemoryHistory {
         })
     }
 
-    /// What a connection resuming from `resume` is owed: a resync notice
-    /// when some of it is gone, then the retained events, oldest first.
-    /// `continue_from`: where the user's connections stand, for a user
-    /// without a log.
-    pub fn read_now(
+    /// What a connection resuming from `resume` is owed, from `state` (the
+    /// user's part, under its lock): a resync notice when some of it is
+    /// gone, then the retained events, oldest first.
+    pub fn plan_for(
         &self,
+        state: &mut UserLog,
         user: &UserId,
         resume: Option<StreamOffset>,
-        continue_from: impl FnOnce() -> Option<StreamOffset>,
     ) -> Result<HistoryRead, ManagerError> {
         let now_ms = unix_millis(SystemTime::now());
-        let plan = |log: &EventLog| -> Result<HistoryRead, ManagerError> {
-            let plan = plan_resume(&log.view(), resume, now_ms);
-            let notice = match &plan.notice {
-                Some(notice) => Some(TextFrame::from_json(notice)?),
-                None => None,
-            };
-            let stream = log.latest().stream;
-            let events = log
-                .events_from(plan.from)
-                .zip(plan.from..)
-                .map(|(event, sequence)| (StreamOffset::new(stream, sequence), event.frame.clone()))
-                .collect();
-            Ok(HistoryRead {
-                replay: Replay {
-                    notice,
-                    events,
-                    head: Some(log.latest()),
-                },
-                notice: plan.notice,
-                position: Some(StreamPosition::new(
-                    Some(log.latest()),
-                    log.oldest_retained(),
-                    self.limits.capacity,
-                    self.max_age,
-                )),
-                marks_taken: true,
-            })
+        let log = state.log();
+        self.expire_at(log, user, Instant::now());
+        let plan = plan_resume(&log.view(), resume, now_ms);
+        let notice = match &plan.notice {
+            Some(notice) => Some(TextFrame::from_json(notice)?),
+            None => None,
         };
-        let read = self.with_log(user, None, |log| {
-            self.expire(log, user);
-            plan(log)
-        });
-        match read {
-            Some(read) => read,
-            // Nothing retained: the plan of an empty log on the stream the
-            // user's connections follow (or a new one), which is the log
-            // the next event starts.
-            None => plan(&Self::fresh_log(continue_from())),
-        }
+        let stream = log.latest().stream;
+        let events = log
+            .events_from(plan.from)
+            .zip(plan.from..)
+            .map(|(event, sequence)| (StreamOffset::new(stream, sequence), event.frame.clone()))
+            .collect();
+        Ok(HistoryRead {
+            replay: Replay {
+                notice,
+                events,
+                head: Some(log.latest()),
+            },
+            notice: plan.notice,
+            position: Some(StreamPosition::new(
+                Some(log.latest()),
+                log.oldest_retained(),
+                self.limits.capacity,
+                self.max_age,
+            )),
+            marks_taken: true,
+        })
     }
 
     /// A connection of `user` was sent everything up to `through`: what
     /// was pending up to there is taken, and any loss was announced.
-    pub fn replayed(&self, user: &UserId, through: Option<StreamOffset>) {
-        self.with_log(user, None, |log| {
-            if let Some(at) = through
-                && at.stream == log.latest().stream
-            {
-                log.replayed(at.sequence, &self.ledger);
-            }
-        });
+    pub fn replayed(&self, state: &mut UserLog, through: Option<StreamOffset>) {
+        let log = state.log();
+        if let Some(at) = through
+            && at.stream == log.latest().stream
+        {
+            log.replayed(at.sequence, &self.ledger);
+        }
     }
 
     /// Fills the history half of `health`.
-    pub fn report_into(&self, user: &UserId, health: &mut ConnectionHealth) {
-        self.with_user_log(user, None, |state| {
+    pub fn report_into(
+        &self,
+        index: &LocalIndex<UserLog>,
+        user: &UserId,
+        health: &mut ConnectionHealth,
+    ) {
+        index.with_history(user, false, |state, _| {
             health.messages_failed += state.refused;
-            let log = &mut state.log;
-            self.expire(log, user);
+            let Some(log) = state.log.as_mut() else {
+                return;
+            };
+            self.expire_at(log, user, Instant::now());
             health.pending_critical_events = log.pending();
             health.retained_critical_events = log.len();
             health.retained_bytes = log.bytes();
@@ -381,32 +325,42 @@ impl MemoryHistory {
     }
 
     /// The offset of the last event retained for `user`, if any.
-    pub fn latest(&self, user: &UserId) -> Option<StreamOffset> {
-        self.with_log(user, None, |log| log.latest())
+    pub fn latest(&self, index: &LocalIndex<UserLog>, user: &UserId) -> Option<StreamOffset> {
+        index
+            .with_history(user, false, |state, _| {
+                state.log.as_ref().map(EventLog::latest)
+            })
+            .flatten()
             .filter(|latest| latest.sequence > 0)
     }
 
     /// Events retained for `user` that no connection has taken yet.
-    pub fn pending(&self, user: &UserId) -> usize {
-        self.with_log(user, None, |log| log.pending()).unwrap_or(0)
+    pub fn pending(&self, index: &LocalIndex<UserLog>, user: &UserId) -> usize {
+        index
+            .with_history(user, false, |state, _| {
+                state.log.as_ref().map_or(0, EventLog::pending)
+            })
+            .unwrap_or(0)
     }
 
-    /// Drops every expired retained event; returns how many.
-    pub fn prune_expired(&self) -> usize {
+    /// Drops every expired retained event and idempotency key; returns how
+    /// many events.
+    pub fn prune_expired(&self, index: &LocalIndex<UserLog>) -> usize {
         let before = self.totals.history_expired.load(Ordering::Relaxed);
-        let users: Vec<UserId> = self.logs.iter().map(|e| e.key().clone()).collect();
         let now = Instant::now();
-        for user in users {
-            self.with_user_log(&user, None, |state| {
+        for user in index.user_ids() {
+            index.with_history(&user, false, |state, _| {
                 state.keys.forget_older_than(now, self.idempotency_window);
-                self.expire_at(&mut state.log, &user, now);
+                if let Some(log) = state.log.as_mut() {
+                    self.expire_at(log, &user, now);
+                }
             });
         }
         let after = self.totals.history_expired.load(Ordering::Relaxed);
         usize::try_from(after - before).unwrap_or(usize::MAX)
     }
 
-    fn sweep_expired_throttled(&self) -> usize {
+    fn sweep_expired_throttled(&self, index: &LocalIndex<UserLog>) -> usize {
         let now = unix_millis(SystemTime::now());
         let last = self.last_sweep_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) < 1000
@@ -417,15 +371,19 @@ impl MemoryHistory {
         {
             return 0;
         }
-        self.prune_expired()
+        self.prune_expired(index)
     }
 
     /// Drops everything; returns how many events no connection had taken.
-    pub fn clear(&self) -> usize {
-        let users: Vec<UserId> = self.logs.iter().map(|e| e.key().clone()).collect();
+    pub fn clear(&self, index: &LocalIndex<UserLog>) -> usize {
         let mut discarded = 0;
-        for user in users {
-            self.with_log(&user, None, |log| discarded += log.clear(&self.ledger));
+        for user in index.user_ids() {
+            index.with_history(&user, false, |state, _| {
+                if let Some(log) = state.log.as_mut() {
+                    discarded += log.clear(&self.ledger);
+                }
+                state.keys = RecentKeys::default();
+            });
         }
         discarded
     }
@@ -437,22 +395,23 @@ impl MemoryHistory {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LocalHistory<'a> {
     pub history: &'a MemoryHistory,
-    pub index: &'a LocalIndex,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // the cluster manager's path
+    pub index: &'a LocalIndex<UserLog>,
 }
 
 impl super::HistoryStore for LocalHistory<'_> {
+    type Slot = UserLog;
+
     async fn append<'a>(
         &'a self,
         user: &'a UserId,
         event: NewEvent<'a>,
-        index: &'a LocalIndex,
+        index: &'a LocalIndex<UserLog>,
     ) -> Result<Appended, ManagerError> {
-        self.history.append_with(
-            user,
-            event,
-            || index.latest_cursor(user),
-            |offset, frame, arrival| index.deliver_critical(user, offset, frame, arrival),
-        )
+        self.history
+            .append_with(index, user, event, |locked, offset, frame| {
+                locked.deliver(offset, frame)
+            })
     }
 
     async fn read<'a>(
@@ -460,11 +419,18 @@ impl super::HistoryStore for LocalHistory<'_> {
         user: &'a UserId,
         resume: Option<StreamOffset>,
     ) -> Result<HistoryRead, ManagerError> {
-        self.history
-            .read_now(user, resume, || self.index.latest_cursor(user))
+        // The registration made the user's slot (`begin`), so it is there
+        // unless the connection went meanwhile.
+        self.index
+            .with_history(user, true, |state, _| {
+                self.history.plan_for(state, user, resume)
+            })
+            .unwrap_or(Err(ManagerError::ShutDown))
     }
 
     async fn replayed<'a>(&'a self, user: &'a UserId, through: Option<StreamOffset>) {
-        self.history.replayed(user, through);
+        self.index.with_history(user, false, |state, _| {
+            self.history.replayed(state, through)
+        });
     }
 }

@@ -23,10 +23,10 @@ use crate::health::unix_millis;
 use crate::ids::{IdempotencyKey, UserId};
 use crate::managers::events::{ResyncNotice, ResyncReason, validate_event_type};
 use crate::managers::fan_out::bump;
-use crate::managers::index::{CriticalOutcome, LocalIndex, Replay};
+use crate::managers::index::{CriticalOutcome, LocalIndex, Replay, UserHistory};
 use crate::offset::{StreamOffset, StreamPosition};
 
-pub(crate) use memory::{LocalHistory, MemoryHistory};
+pub(crate) use memory::{LocalHistory, MemoryHistory, UserLog};
 
 /// A fresh stream id: unique within the process and, because it starts from
 /// the clock, increasing across restarts too.
@@ -104,26 +104,31 @@ pub(crate) struct HistoryRead {
     pub position: Option<StreamPosition>,
     /// Whether [`HistoryStore::replayed`] has something to record once the
     /// connection is live (the cluster skips the round trip when not).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // the cluster manager's path
     pub marks_taken: bool,
 }
 
 /// Numbering and retention of every user's critical events.
 ///
 /// `append` numbers the event, retains it and hands it, with its offset,
-/// to [`LocalIndex::deliver_critical`]: a store that
-/// can keep stream order (memory) calls it under its per-user lock with
-/// [`Arrival::InOrder`]; one that cannot (Redis, whose pub/sub brings the
-/// in-order copy) with [`Arrival::Direct`]. `read` answers what a
+/// to the index: the in-memory store under the user's one lock (its log is
+/// in the user's slot), so in stream order; Redis's with
+/// [`Arrival::Direct`](crate::managers::index::Arrival::Direct), its
+/// pub/sub bringing the in-order copy. `read` answers what a
 /// connection resuming from an offset is owed; `replayed` records that it
 /// got it.
 pub(crate) trait HistoryStore: Send + Sync {
+    /// What it keeps per user in the index's user slot.
+    type Slot: UserHistory;
+
     fn append<'a>(
         &'a self,
         user: &'a UserId,
         event: NewEvent<'a>,
-        index: &'a LocalIndex,
+        index: &'a LocalIndex<Self::Slot>,
     ) -> impl Future<Output = Result<Appended, ManagerError>> + Send + 'a;
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // the cluster manager's path
     fn read<'a>(
         &'a self,
         user: &'a UserId,
@@ -132,6 +137,7 @@ pub(crate) trait HistoryStore: Send + Sync {
 
     /// A connection of `user` was sent everything up to `through`: what
     /// was pending up to there is taken.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // the cluster manager's path
     fn replayed<'a>(
         &'a self,
         user: &'a UserId,
@@ -215,8 +221,9 @@ pub(crate) fn plan_resume(
 /// replayed, then live. `still_wanted` runs once it is live (the cluster
 /// manager refuses it there when it was fenced meanwhile; it removes the
 /// connection itself).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))] // the cluster manager's path
 pub(crate) async fn register<S: HistoryStore>(
-    index: &LocalIndex,
+    index: &LocalIndex<S::Slot>,
     store: &S,
     connection: WebSocketConnection,
     still_wanted: impl FnOnce() -> Result<(), ManagerError>,
@@ -248,7 +255,49 @@ pub(crate) async fn register<S: HistoryStore>(
         return Ok(());
     };
     still_wanted()?;
-    if let Some(notice) = &notice {
+    announce(index, &user, &id, notice.as_ref(), finished.events);
+    if marks_taken {
+        store.replayed(&user, finished.at).await;
+    }
+    Ok(())
+}
+
+/// Registers `connection` in one step under its user's lock, for the
+/// in-memory history (its log is in the user's slot): nothing can come
+/// between the read and the publication, however busy the user.
+pub(crate) fn register_locked(
+    index: &LocalIndex<UserLog>,
+    history: &MemoryHistory,
+    connection: WebSocketConnection,
+) -> Result<(), ManagerError> {
+    let user = connection.user_id.clone();
+    let id = connection.connection_id.clone();
+    let resume = connection.resume;
+    let (finished, notice) = index
+        .register_locked(
+            connection,
+            |state, user| history.plan_for(state, user, resume),
+            |state, through| history.replayed(state, through),
+        )
+        .inspect_err(|error| {
+            tracing::warn!(user_id = %user, connection_id = %id, %error,
+                "replay did not fit the new socket's queue; connection refused");
+        })?;
+    if let Some(finished) = finished {
+        announce(index, &user, &id, notice.as_ref(), finished.events);
+    }
+    Ok(())
+}
+
+/// Logs and counts what a registration replayed.
+fn announce<H: UserHistory>(
+    index: &LocalIndex<H>,
+    user: &UserId,
+    id: &crate::ids::ConnectionId,
+    notice: Option<&ResyncNotice>,
+    events: usize,
+) {
+    if let Some(notice) = notice {
         // Routine after a restart or a long absence; a loss of events no
         // connection took was already warned about when it happened.
         tracing::debug!(user_id = %user, connection_id = %id, reason = ?notice.reason,
@@ -256,20 +305,16 @@ pub(crate) async fn register<S: HistoryStore>(
             "resync notice sent: the client missed critical events that are no longer retained");
         bump(&index.totals().resync_notices, 1);
     }
-    if finished.events > 0 {
-        tracing::debug!(user_id = %user, connection_id = %id, events = finished.events,
+    if events > 0 {
+        tracing::debug!(user_id = %user, connection_id = %id, events,
             "replayed critical events");
     }
-    if marks_taken {
-        store.replayed(&user, finished.at).await;
-    }
-    Ok(())
 }
 
 /// Emits a critical event: validated, numbered and retained by `store`,
 /// delivered by `index`. The caller turns the result into a `Delivery`.
 pub(crate) async fn emit<S: HistoryStore>(
-    index: &LocalIndex,
+    index: &LocalIndex<S::Slot>,
     store: &S,
     user: &UserId,
     event_type: &str,
