@@ -502,6 +502,7 @@ impl<H: UserHistory> LocalIndex<H> {
     /// entry's shard read guard and without the user's mutex. `f` may push
     /// into the sockets' queues (their locks come after map shards in the
     /// lock order) but must not take a user mutex or another map guard.
+    #[inline]
     fn read_published<R>(&self, user: &UserId, f: impl FnOnce(&UserEntry<H>) -> R) -> Option<R> {
         self.users.get(user).map(|entry| f(&entry))
     }
@@ -963,6 +964,7 @@ impl<H: UserHistory> LocalIndex<H> {
 
     /// Fans `frame` out to the user's live connections (none: `targeted`
     /// is 0). A failure to reach any of them is counted.
+    #[inline]
     pub fn send_to_user(&self, user: &UserId, frame: &TextFrame) -> FanOut {
         let policy = self.config.slow_consumer_policy();
         // The published connections, without the user's mutex (module

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::log::{AppendRefused, EventLog, HistoryLedger, HistoryLimits, refusal_error};
-use super::{Appended, HistoryRead, NewEvent, next_stream, plan_resume};
+use super::{Appended, HistoryRead, NewEvent, StreamView, next_stream, plan_resume};
 use crate::config::ManagerConfig;
 use crate::connection::TextFrame;
 use crate::error::ManagerError;
@@ -26,14 +26,20 @@ use crate::offset::{StreamOffset, StreamPosition};
 /// A user's part of the in-memory history, in the user's index slot.
 #[derive(Debug, Default)]
 pub(crate) struct UserLog {
-    /// Made on first use, with a new stream id; lives as long as the slot.
-    log: Option<EventLog>,
+    /// The user's stream id (0: none yet), given at the first registration
+    /// or event and kept as long as the slot.
+    stream: u64,
+    /// Made at the first event, on `stream`; lives as long as the slot.
+    /// Boxed: every connected user has a slot, far fewer have history, and
+    /// the slot's size is paid per idle connection.
+    log: Option<Box<EventLog>>,
     /// Critical events refused for the user while the slot lived (its
     /// health's `messages_failed`; a connection's failures count in the
     /// index).
     refused: u64,
-    /// Idempotency keys of the last `idempotency_window`, oldest first.
-    keys: RecentKeys,
+    /// Idempotency keys of the last `idempotency_window`, oldest first
+    /// (boxed, as `log`, and made on the first key).
+    keys: Option<Box<RecentKeys>>,
     /// Connections attached through [`CriticalEventLog`](crate::managers::CriticalEventLog),
     /// which registers none in the index.
     pub(crate) attached: usize,
@@ -41,8 +47,8 @@ pub(crate) struct UserLog {
 
 impl UserHistory for UserLog {
     fn holds(&self) -> bool {
-        self.log.as_ref().is_some_and(EventLog::holds_history)
-            || !self.keys.is_empty()
+        self.log.as_ref().is_some_and(|log| log.holds_history())
+            || self.keys.as_ref().is_some_and(|keys| !keys.is_empty())
             || self.attached > 0
     }
 }
@@ -50,7 +56,27 @@ impl UserHistory for UserLog {
 impl UserLog {
     /// The log, made now (on a new stream) if the user had none.
     fn log(&mut self) -> &mut EventLog {
-        self.log.get_or_insert_with(|| EventLog::new(next_stream()))
+        let stream = self.stream();
+        self.log
+            .get_or_insert_with(|| Box::new(EventLog::new(stream)))
+    }
+
+    /// The user's stream id, given now if it had none.
+    fn stream(&mut self) -> u64 {
+        if self.stream == 0 {
+            self.stream = next_stream();
+        }
+        self.stream
+    }
+
+    /// Forgets the keys older than `window`; drops the set when empty.
+    fn forget_keys(&mut self, now: Instant, window: Duration) {
+        if let Some(keys) = self.keys.as_mut() {
+            keys.forget_older_than(now, window);
+            if keys.is_empty() {
+                self.keys = None;
+            }
+        }
     }
 }
 
@@ -165,10 +191,11 @@ impl MemoryHistory {
         for attempt in 0..2 {
             let result = index.with_history(user, true, |state, locked| {
                 let now = Instant::now();
-                if !state.keys.is_empty() {
-                    state.keys.forget_older_than(now, self.idempotency_window);
-                }
-                if let Some(offset) = event.key.and_then(|key| state.keys.get(key)) {
+                state.forget_keys(now, self.idempotency_window);
+                if let Some(offset) = event
+                    .key
+                    .and_then(|key| state.keys.as_ref().and_then(|keys| keys.get(key)))
+                {
                     return Ok(Appended {
                         offset,
                         pending: state.log().pending() as u64,
@@ -211,9 +238,12 @@ impl MemoryHistory {
                 }
                 let pending = log.pending() as u64;
                 if let Some(key) = event.key {
-                    state
-                        .keys
-                        .insert(key.clone(), offset, now, self.keys_per_user);
+                    state.keys.get_or_insert_default().insert(
+                        key.clone(),
+                        offset,
+                        now,
+                        self.keys_per_user,
+                    );
                 }
                 Ok(Appended {
                     offset,
@@ -258,7 +288,37 @@ impl MemoryHistory {
         resume: Option<StreamOffset>,
     ) -> Result<HistoryRead, ManagerError> {
         let now_ms = unix_millis(SystemTime::now());
-        let log = state.log();
+        let Some(log) = state.log.as_mut() else {
+            // No event yet: nothing owed, and no log to allocate (most
+            // connections are of users without history).
+            let head = StreamOffset::new(state.stream(), 0);
+            let view = StreamView {
+                stream: head.stream,
+                head: 0,
+                first_retained: 1,
+                taken: 0,
+                unannounced_loss: None,
+            };
+            let plan = plan_resume(&view, resume, now_ms);
+            return Ok(HistoryRead {
+                replay: Replay {
+                    notice: match &plan.notice {
+                        Some(notice) => Some(TextFrame::from_json(notice)?),
+                        None => None,
+                    },
+                    events: Vec::new(),
+                    head: Some(head),
+                },
+                notice: plan.notice,
+                position: Some(StreamPosition::new(
+                    Some(head),
+                    None,
+                    self.limits.capacity,
+                    self.max_age,
+                )),
+                marks_taken: true,
+            });
+        };
         self.expire_at(log, user, Instant::now());
         let plan = plan_resume(&log.view(), resume, now_ms);
         let notice = match &plan.notice {
@@ -291,7 +351,9 @@ impl MemoryHistory {
     /// A connection of `user` was sent everything up to `through`: what
     /// was pending up to there is taken, and any loss was announced.
     pub fn replayed(&self, state: &mut UserLog, through: Option<StreamOffset>) {
-        let log = state.log();
+        let Some(log) = state.log.as_mut() else {
+            return;
+        };
         if let Some(at) = through
             && at.stream == log.latest().stream
         {
@@ -328,7 +390,7 @@ impl MemoryHistory {
     pub fn latest(&self, index: &LocalIndex<UserLog>, user: &UserId) -> Option<StreamOffset> {
         index
             .with_history(user, false, |state, _| {
-                state.log.as_ref().map(EventLog::latest)
+                state.log.as_ref().map(|log| log.latest())
             })
             .flatten()
             .filter(|latest| latest.sequence > 0)
@@ -338,7 +400,7 @@ impl MemoryHistory {
     pub fn pending(&self, index: &LocalIndex<UserLog>, user: &UserId) -> usize {
         index
             .with_history(user, false, |state, _| {
-                state.log.as_ref().map_or(0, EventLog::pending)
+                state.log.as_ref().map_or(0, |log| log.pending())
             })
             .unwrap_or(0)
     }
@@ -350,7 +412,7 @@ impl MemoryHistory {
         let now = Instant::now();
         for user in index.user_ids() {
             index.with_history(&user, false, |state, _| {
-                state.keys.forget_older_than(now, self.idempotency_window);
+                state.forget_keys(now, self.idempotency_window);
                 if let Some(log) = state.log.as_mut() {
                     self.expire_at(log, &user, now);
                 }
@@ -382,7 +444,7 @@ impl MemoryHistory {
                 if let Some(log) = state.log.as_mut() {
                     discarded += log.clear(&self.ledger);
                 }
-                state.keys = RecentKeys::default();
+                state.keys = None;
             });
         }
         discarded

@@ -61,7 +61,9 @@ impl NewEvent<'_> {
     /// text.
     pub fn frame(&self, offset: StreamOffset) -> Result<TextFrame, ManagerError> {
         use std::io::Write;
-        let mut buffer = Vec::with_capacity(160);
+        // serde_json's own buffer grows 128 -> 256: most events fit 256
+        // bytes without a reallocation.
+        let mut buffer = Vec::with_capacity(256);
         // `event_type` passed `validate_event_type`: nothing to escape.
         let _ = write!(buffer, r#"{{"type":"{}","data":"#, self.event_type);
         serde_json::to_writer(&mut buffer, self.data)?;
@@ -70,10 +72,6 @@ impl NewEvent<'_> {
             r#","timestamp":{},"critical":true,"stream":{},"sequence":{}}}"#,
             self.timestamp, offset.stream, offset.sequence
         );
-        // Retained for minutes: do not keep the buffer's growth slack.
-        if buffer.capacity() - buffer.len() > 32 {
-            buffer.shrink_to_fit();
-        }
         // Only UTF-8 went in: the type (validated), serde_json's output and
         // digits.
         Ok(TextFrame::from_json_bytes(buffer))
