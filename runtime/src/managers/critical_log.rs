@@ -16,7 +16,7 @@ use crate::offset::StreamOffset;
 
 /// What a manager of your own needs to honour the critical-event half of the
 /// contract exactly as the reference managers do: every event wrapped in a
-/// [`CriticalEnvelope`] with a per-user [`StreamOffset`], retained within the
+/// [`CriticalEnvelope`](crate::events::CriticalEnvelope) with a per-user [`StreamOffset`], retained within the
 /// [`ManagerConfig`] history bounds, pushed to the user's sockets in order,
 /// and replayed (with a [`ResyncNotice`](crate::events::ResyncNotice) first when
 /// something is gone) to every new connection.
