@@ -278,8 +278,12 @@ pub(crate) fn register_locked(
             |state, through| history.replayed(state, through),
         )
         .inspect_err(|error| {
-            tracing::warn!(user_id = %user, connection_id = %id, %error,
-                "replay did not fit the new socket's queue; connection refused");
+            // The other refusals (a duplicate, the per-user cap) are the
+            // caller's to report; this one is ours.
+            if matches!(error, ManagerError::ReplayFailed { .. }) {
+                tracing::warn!(user_id = %user, connection_id = %id, %error,
+                    "replay did not fit the new socket's queue; connection refused");
+            }
         })?;
     if let Some(finished) = finished {
         announce(index, &user, &id, notice.as_ref(), finished.events);
