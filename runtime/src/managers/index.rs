@@ -583,22 +583,9 @@ impl<H: UserHistory> LocalIndex<H> {
         }
         let limit = self.config.max_connections_per_user();
         if state.members.len() >= limit {
-            let closed: Vec<ConnectionId> = state
-                .members
-                .iter()
-                .filter(|m| m.socket.is_closed())
-                .map(|m| m.connection_id.clone())
-                .collect();
-            for id in &closed {
-                self.unlink_locked(
-                    &mut state.members,
-                    &mut state.recipients,
-                    counters,
-                    user,
-                    id,
-                    CloseReason::normal(),
-                );
-            }
+            self.unlink_where(state, counters, user, &CloseReason::normal(), |m| {
+                m.socket.is_closed()
+            });
         }
         if state.members.len() >= limit {
             return Err(ManagerError::ConnectionLimit {
@@ -1222,29 +1209,42 @@ impl<H: UserHistory> LocalIndex<H> {
     }
 
     /// Closes every connection of `user` with `reason`; returns how many.
-    #[cfg(feature = "redis")]
     pub fn close_user(&self, user: &UserId, reason: &CloseReason) -> usize {
         self.with_user(user, false, |state, counters| {
-            let ids: Vec<ConnectionId> = state
-                .members
-                .iter()
-                .map(|m| m.connection_id.clone())
-                .collect();
-            ids.iter()
-                .filter(|id| {
-                    self.unlink_locked(
-                        &mut state.members,
-                        &mut state.recipients,
-                        counters,
-                        user,
-                        id,
-                        reason.clone(),
-                    )
-                    .is_some()
-                })
-                .count()
+            self.unlink_where(state, counters, user, reason, |_| true)
         })
         .unwrap_or(0)
+    }
+
+    /// Removes every connection of the locked user that `doomed` picks and
+    /// closes its socket with `reason`; returns how many.
+    fn unlink_where(
+        &self,
+        state: &mut UserState<H>,
+        counters: &UserCounters,
+        user: &UserId,
+        reason: &CloseReason,
+        doomed: impl Fn(&Member) -> bool,
+    ) -> usize {
+        let ids: SmallVec<[ConnectionId; 4]> = state
+            .members
+            .iter()
+            .filter(|m| doomed(m))
+            .map(|m| m.connection_id.clone())
+            .collect();
+        ids.iter()
+            .filter(|id| {
+                self.unlink_locked(
+                    &mut state.members,
+                    &mut state.recipients,
+                    counters,
+                    user,
+                    id,
+                    reason.clone(),
+                )
+                .is_some()
+            })
+            .count()
     }
 
     /// Closes (for a resume) every live connection of `user` that is behind
@@ -1252,10 +1252,8 @@ impl<H: UserHistory> LocalIndex<H> {
     #[cfg(feature = "redis")]
     pub fn close_behind(&self, user: &UserId, head: Option<StreamOffset>) -> usize {
         self.with_user(user, false, |state, counters| {
-            let behind: Vec<ConnectionId> = state
-                .members
-                .iter()
-                .filter(|m| match (&m.cursor, head) {
+            self.unlink_where(state, counters, user, &close::missed_events(), |m| {
+                match (&m.cursor, head) {
                     // Behind the head, or on a stream the history no longer has.
                     (Cursor::Live { at: Some(at) }, Some(head)) => {
                         at.stream != head.stream || at.sequence < head.sequence
@@ -1263,52 +1261,18 @@ impl<H: UserHistory> LocalIndex<H> {
                     (Cursor::Live { at: None }, Some(_)) => true,
                     (Cursor::Live { at }, None) => at.is_some(),
                     (Cursor::CatchingUp { .. }, _) => false,
-                })
-                .map(|m| m.connection_id.clone())
-                .collect();
-            for id in &behind {
-                self.unlink_locked(
-                    &mut state.members,
-                    &mut state.recipients,
-                    counters,
-                    user,
-                    id,
-                    close::missed_events(),
-                );
-            }
-            behind.len()
+                }
+            })
         })
         .unwrap_or(0)
     }
 
     /// Closes and forgets every connection; returns how many.
     pub fn close_all(&self, reason: &CloseReason) -> usize {
-        let mut closed = 0;
-        for user in self.user_ids() {
-            self.with_user(&user, false, |state, counters| {
-                let ids: Vec<ConnectionId> = state
-                    .members
-                    .iter()
-                    .map(|m| m.connection_id.clone())
-                    .collect();
-                for id in &ids {
-                    if self
-                        .unlink_locked(
-                            &mut state.members,
-                            &mut state.recipients,
-                            counters,
-                            &user,
-                            id,
-                            reason.clone(),
-                        )
-                        .is_some()
-                    {
-                        closed += 1;
-                    }
-                }
-            });
-        }
-        closed
+        self.user_ids()
+            .iter()
+            .map(|user| self.close_user(user, reason))
+            .sum()
     }
 
     /// Refuses every further registration, then closes every connection

@@ -288,59 +288,45 @@ impl MemoryHistory {
         resume: Option<StreamOffset>,
     ) -> Result<HistoryRead, ManagerError> {
         let now_ms = unix_millis(SystemTime::now());
-        let Some(log) = state.log.as_mut() else {
-            // No event yet: nothing owed, and no log to allocate (most
-            // connections are of users without history).
-            let head = StreamOffset::new(state.stream(), 0);
-            let view = StreamView {
-                stream: head.stream,
+        let stream = state.stream();
+        if let Some(log) = state.log.as_mut() {
+            self.expire_at(log, user, Instant::now());
+        }
+        // A user without events has no log (and allocates none): an empty
+        // stream, nothing owed.
+        let log = state.log.as_deref();
+        let view = log.map_or(
+            StreamView {
+                stream,
                 head: 0,
                 first_retained: 1,
                 taken: 0,
                 unannounced_loss: None,
-            };
-            let plan = plan_resume(&view, resume, now_ms);
-            return Ok(HistoryRead {
-                replay: Replay {
-                    notice: match &plan.notice {
-                        Some(notice) => Some(TextFrame::from_json(notice)?),
-                        None => None,
-                    },
-                    events: Vec::new(),
-                    head: Some(head),
-                },
-                notice: plan.notice,
-                position: Some(StreamPosition::new(
-                    Some(head),
-                    None,
-                    self.limits.capacity,
-                    self.max_age,
-                )),
-                marks_taken: true,
-            });
-        };
-        self.expire_at(log, user, Instant::now());
-        let plan = plan_resume(&log.view(), resume, now_ms);
+            },
+            EventLog::view,
+        );
+        let plan = plan_resume(&view, resume, now_ms);
         let notice = match &plan.notice {
             Some(notice) => Some(TextFrame::from_json(notice)?),
             None => None,
         };
-        let stream = log.latest().stream;
-        let events = log
-            .events_from(plan.from)
-            .zip(plan.from..)
-            .map(|(event, sequence)| (StreamOffset::new(stream, sequence), event.frame.clone()))
-            .collect();
+        let head = StreamOffset::new(view.stream, view.head);
+        let events = log.map_or_else(Vec::new, |log| {
+            log.events_from(plan.from)
+                .zip(plan.from..)
+                .map(|(event, sequence)| (StreamOffset::new(stream, sequence), event.frame.clone()))
+                .collect()
+        });
         Ok(HistoryRead {
             replay: Replay {
                 notice,
                 events,
-                head: Some(log.latest()),
+                head: Some(head),
             },
             notice: plan.notice,
             position: Some(StreamPosition::new(
-                Some(log.latest()),
-                log.oldest_retained(),
+                Some(head),
+                log.and_then(EventLog::oldest_retained),
                 self.limits.capacity,
                 self.max_age,
             )),
