@@ -408,6 +408,11 @@ impl Shared {
         }
     }
 
+    /// Whether a connection of `user` is known anywhere in the cluster.
+    fn has_user(&self, user: &UserId) -> bool {
+        self.local.has_user(user) || self.replica.has_user(user)
+    }
+
     /// `emit_critical_event`, or with `key` its retry-safe form.
     async fn emit(
         &self,
@@ -417,7 +422,7 @@ impl Shared {
         key: Option<&IdempotencyKey>,
     ) -> Result<Delivery, ManagerError> {
         self.refuse_if_shut_down()?;
-        let online = self.local.has_user(user_id) || self.replica.has_user(user_id);
+        let online = self.has_user(user_id);
         let appended = history::emit(
             &self.local,
             &self.store(),
@@ -579,7 +584,7 @@ impl WebSocketManager for ClusterWebSocketManager {
     }
 
     fn is_connection_active(&self, user_id: &UserId) -> bool {
-        self.shared.local.has_user(user_id) || self.shared.replica.has_user(user_id)
+        self.shared.has_user(user_id)
     }
 
     fn get_connection_id_by_websocket(&self, websocket: &WebSocketHandle) -> Option<ConnectionId> {
