@@ -296,15 +296,15 @@ fn a_node_killed_in_a_storm_loses_repeats_and_reorders_nothing() {
             reconnected += usize::from(seen.reconnects > 0);
         }
         assert_eq!(reconnected, tabs.len(), "every tab of A reconnected");
-        let waits = b
+        let stats = b
             .manager
             .downcast_ref::<ClusterWebSocketManager>()
             .unwrap()
-            .cluster_stats()
-            .history_read_waits;
+            .cluster_stats();
+        let (waits, shared) = (stats.history_read_waits, stats.history_reads_shared);
         assert!(waits > 0, "2,000 resumes never waited for one of 16 history reads");
         eprintln!(
-            "storm: {} tabs reconnected to B and caught up {} ms after A died; {} events per user; {waits} registrations waited for a history read",
+            "storm: {} tabs reconnected to B and caught up {} ms after A died; {} events per user; {waits} registrations waited for a history read, {shared} shared one",
             tabs.len(),
             all_caught_up.as_millis(),
             ROUNDS

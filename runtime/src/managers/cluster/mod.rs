@@ -53,6 +53,7 @@
 mod backplane;
 mod bus;
 mod config;
+mod history_reads;
 mod link;
 mod maintenance;
 mod presence;
@@ -84,6 +85,7 @@ use crate::websocket_manager;
 
 use backplane::{Backplane, PushHandler};
 pub use config::{ClusterConfig, ClusterConfigBuilder};
+use history_reads::HistoryReads;
 use link::Link;
 pub use link::LinkState;
 use presence::{PresenceChange, Replica, presence_of};
@@ -146,10 +148,9 @@ struct Shared {
     outbound: mpsc::Sender<PresenceChange>,
     /// The link watchdog's bookkeeping and counters.
     link: Link,
-    /// Bounds the history reads in flight (`ClusterConfig::history_reads`).
-    history_reads: tokio::sync::Semaphore,
-    /// Registrations that had to wait for a history read's turn.
-    history_read_waits: AtomicU64,
+    /// The history reads of registering connections: bounded
+    /// (`ClusterConfig::history_reads`), shared per user when they wait.
+    history_reads: HistoryReads,
     /// Wakes the maintenance task to rejoin at once (a fresh connection).
     wake: tokio::sync::Notify,
     /// Wakes the maintenance task to leave the cluster...
@@ -232,8 +233,7 @@ impl ClusterWebSocketManager {
             probe,
             outbound,
             link: Link::default(),
-            history_reads: tokio::sync::Semaphore::new(history_reads),
-            history_read_waits: AtomicU64::new(0),
+            history_reads: HistoryReads::new(history_reads),
             wake: tokio::sync::Notify::new(),
             stop: tokio::sync::Notify::new(),
             stopped: tokio::sync::Notify::new(),
@@ -314,7 +314,8 @@ impl ClusterWebSocketManager {
             reconnects: self.shared.link.reconnects.load(Ordering::Relaxed),
             probe_timeouts: self.shared.link.probe_timeouts.load(Ordering::Relaxed),
             fenced: self.shared.link.fenced.load(Ordering::Relaxed),
-            history_read_waits: self.shared.history_read_waits.load(Ordering::Relaxed),
+            history_read_waits: self.shared.history_reads.waits(),
+            history_reads_shared: self.shared.history_reads.shared(),
         }
     }
 

@@ -3,7 +3,7 @@
 //! for a registering connection, and delivered on this node directly (the
 //! in-order copy comes through the bus, see [`super::bus`]).
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::Shared;
@@ -174,42 +174,35 @@ impl HistoryStore for RedisHistory<'_> {
     }
 }
 
-/// Reads a registering connection's history, at most
-/// `ClusterConfig::history_reads` at once on this node: the others wait
-/// their turn, up to `command_timeout`.
+/// Reads a registering connection's history through the node's
+/// [`HistoryReads`](super::history_reads::HistoryReads): bounded, and
+/// shared with the user's other registrations waiting at the same time.
 async fn read_history(
     shared: &Shared,
     user: &UserId,
     resume: Option<StreamOffset>,
-) -> Result<History, ClusterFailure> {
-    let permit = match shared.history_reads.try_acquire() {
-        Ok(permit) => permit,
-        Err(_) => {
-            shared.history_read_waits.fetch_add(1, Ordering::Relaxed);
-            let wait = shared.cluster.command_timeout();
-            match tokio::time::timeout(wait, shared.history_reads.acquire()).await {
-                Ok(Ok(permit)) => permit,
-                // Closed never happens (the semaphore is never closed);
-                // both are "busy".
-                Ok(Err(_)) | Err(_) => {
-                    return Err(ClusterFailure::Busy {
-                        waited_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                    });
-                }
-            }
-        }
+) -> Result<Arc<History>, ClusterFailure> {
+    let (wait, ttl) = (
+        shared.cluster.command_timeout(),
+        shared.cluster.stream_meta_ttl(),
+    );
+    let reads = &shared.history_reads;
+    let read = reads
+        .read(&shared.backplane, user, resume, wait, ttl)
+        .await?;
+    // A shared read started lower than this offset; one beyond the head it
+    // saw means the numbering went backwards, which only a read from this
+    // very offset settles (it retires the stream): read alone.
+    let beyond_head = |history: &History| {
+        resume.is_some_and(|o| o.stream == history.stream && o.sequence > history.head)
     };
-    let history = shared
-        .backplane
-        .read_history(
-            user,
-            resume,
-            next_stream(),
-            shared.cluster.stream_meta_ttl(),
-        )
-        .await;
-    drop(permit);
-    history
+    if read.from != resume && beyond_head(&read.history) {
+        let own = reads
+            .read_alone(&shared.backplane, user, resume, wait, ttl)
+            .await?;
+        return Ok(own.history);
+    }
+    Ok(read.history)
 }
 
 /// What a connection resuming from `resume` is sent, from what Redis

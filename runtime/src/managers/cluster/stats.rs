@@ -33,6 +33,9 @@ pub struct ClusterStats {
     /// Registrations that waited for a history read's turn (more than
     /// `ClusterConfig::history_reads` at once: a reconnect storm).
     pub history_read_waits: u64,
+    /// Registrations that used a history read another registration of the
+    /// same user sent (resumes waiting at the same time share one read).
+    pub history_reads_shared: u64,
 }
 
 impl ClusterStats {
@@ -52,6 +55,7 @@ impl ClusterStats {
             probe_timeouts: 0,
             fenced: 0,
             history_read_waits: 0,
+            history_reads_shared: 0,
         }
     }
 }
@@ -60,7 +64,7 @@ impl std::fmt::Display for ClusterStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "node {} ({}, {}): {} local connection(s), {} on {} other node(s); {} inbound message(s) dropped, {} audit(s); {} reconnect(s), {} probe timeout(s), fenced {} time(s); {} registration(s) waited for a history read",
+            "node {} ({}, {}): {} local connection(s), {} on {} other node(s); {} inbound message(s) dropped, {} audit(s); {} reconnect(s), {} probe timeout(s), fenced {} time(s); {} registration(s) waited for a history read, {} shared one",
             self.node_id,
             if self.ready { "ready" } else { "NOT READY" },
             self.link,
@@ -72,7 +76,8 @@ impl std::fmt::Display for ClusterStats {
             self.reconnects,
             self.probe_timeouts,
             self.fenced,
-            self.history_read_waits
+            self.history_read_waits,
+            self.history_reads_shared
         )
     }
 }
