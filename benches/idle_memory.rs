@@ -31,6 +31,7 @@
 
 use websocket_manager::DynManager;
 use websocket_manager_test_support::bench as auth;
+use websocket_manager_test_support::bench::cpu_model;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{BufRead, BufReader, Write};
@@ -589,17 +590,6 @@ async fn manager_bytes(n: usize) -> (f64, f64) {
 }
 
 // ---------------------------------------------------------------- utilities
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find_map(|line| line.strip_prefix("model name"))
-                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_else(|| "unknown".to_owned())
-}
 
 /// Makes sure this process (and its children) may open `needed` files:
 /// re-executes itself under `ulimit -n <hard limit>` when the soft limit is

@@ -26,3 +26,16 @@ pub fn upgrade_request(addr: SocketAddr, user: &str) -> Request {
     );
     request
 }
+
+/// The CPU's model name (`lscpu`'s "Model name"), for the benches' reports:
+/// figures from another CPU do not carry over.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}

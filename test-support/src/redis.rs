@@ -307,6 +307,30 @@ pub fn count_keys(url: &str, pattern: &str) -> usize {
         .expect("an array reply")
 }
 
+/// Empties the server at `url` (`FLUSHALL`: benches that run twice).
+///
+/// # Panics
+///
+/// As `send_command` (private), or when the server does not say `OK`.
+pub fn flush_all(url: &str) {
+    let mut stream = send_command(url, &["FLUSHALL"]);
+    assert_eq!(read_line(&mut stream), "+OK", "FLUSHALL");
+}
+
+/// The text of `INFO section` from the server at `url`.
+///
+/// # Panics
+///
+/// As `send_command` (private), or when the reply is not a bulk string.
+pub fn info(url: &str, section: &str) -> String {
+    let mut stream = send_command(url, &["INFO", section]);
+    let head = read_line(&mut stream);
+    let length = head.strip_prefix('$').expect("a bulk reply");
+    let mut body = vec![0u8; length.parse().expect("a bulk length")];
+    stream.read_exact(&mut body).expect("the INFO text");
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 /// How many client connections the server at `url` holds, this one
 /// included (`INFO clients`).
 ///
@@ -314,14 +338,7 @@ pub fn count_keys(url: &str, pattern: &str) -> usize {
 ///
 /// As `send_command` (private), or when the reply has no `connected_clients`.
 pub fn connected_clients(url: &str) -> usize {
-    let mut stream = send_command(url, &["INFO", "clients"]);
-    let length: usize = read_line(&mut stream)
-        .trim_start_matches('$')
-        .parse()
-        .expect("a bulk reply");
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).expect("the INFO text");
-    String::from_utf8_lossy(&body)
+    info(url, "clients")
         .lines()
         .find_map(|line| line.strip_prefix("connected_clients:"))
         .and_then(|n| n.trim().parse().ok())
