@@ -949,7 +949,7 @@ mod cluster {
         }
     }
 
-    fn start_node(binary: &std::path::Path, redis: &str, rate: Option<&str>) -> Node {
+    fn start_node(binary: &std::path::Path, redis: &str, rate: Option<&str>, n: usize) -> Node {
         let mut command = Command::new(binary);
         command
             .args(["--port", "0", "--redis", redis, "--max-runs", "4096"])
@@ -961,15 +961,19 @@ mod cluster {
             command.args(["--connection-rate", rate]);
         }
         let mut child = command.spawn().unwrap();
-        // Both pipes drained for ever, so the node never blocks on a log.
+        // Both pipes drained for ever (so the node never blocks on a log)
+        // into a file per node, for the warnings of a run.
+        let log_path = std::env::temp_dir().join(format!("wsm-load-node-{n}.log"));
+        let log = Arc::new(Mutex::new(std::fs::File::create(&log_path).unwrap()));
         let (sender, address) = std::sync::mpsc::channel();
         for pipe in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
             Box::new(child.stderr.take().unwrap()),
         ] {
-            let sender = sender.clone();
+            let (sender, log) = (sender.clone(), Arc::clone(&log));
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let _ = writeln!(log.lock().unwrap(), "{line}");
                     if let Some(rest) = line.split("listening on http://").nth(1) {
                         let addr = rest.split('/').next().unwrap_or_default().to_owned();
                         let _ = sender.send(addr);
@@ -1073,7 +1077,7 @@ mod cluster {
     ) {
         let users = nodes * per_node;
         let mut servers: Vec<Node> = (0..nodes)
-            .map(|_| start_node(binary, redis, rate))
+            .map(|n| start_node(binary, redis, rate, n))
             .collect();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -53,6 +53,13 @@
 //!
 //! `--ping-interval-ms N` sets how often the server pings (and, when the
 //! connection is idle, sends its `heartbeat` frame); 25 s by default.
+//!
+//! `--max-connections N`: past N connections an upgrade is answered `503`
+//! with `Retry-After` (`at_capacity`). By default N is the open-files limit
+//! (raised to its hard limit at startup) less 512, so a node at its limit
+//! still answers instead of leaving clients unanswered in the kernel's
+//! queue; the startup line says which. `--connection-rate N[/BURST]` does
+//! the same past N new connections per second (off by default).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -95,6 +102,11 @@ const DEMO_TOKEN_TTL: u64 = 15 * 60;
 const MAX_RUNS: usize = 64;
 /// Default for `--max-runs-per-user`: agent runs in flight for one user.
 const MAX_RUNS_PER_USER: usize = 4;
+/// Descriptors kept for what is not a WebSocket (the upgrades being
+/// answered, Redis, the listener, files) when `--max-connections` is not
+/// given and the connections are bounded by the open-files limit.
+const RESERVED_DESCRIPTORS: usize = 512;
+
 /// The shortest operator token accepted.
 const MIN_OPERATOR_TOKEN: usize = 16;
 /// Longest prompt accepted.
@@ -178,7 +190,8 @@ struct Args {
     /// `--drain-delay-ms N`: after SIGTERM, how long `/ready` says 503
     /// before the sockets are closed (time for a balancer to notice).
     drain_delay: Duration,
-    /// `--max-connections N`: 503 past N connections.
+    /// `--max-connections N`: 503 past N connections (default: the
+    /// open-files limit less `RESERVED_DESCRIPTORS`).
     max_connections: Option<usize>,
     /// `--connection-rate N[/BURST]`: new connections per second.
     connection_rate: Option<RateLimit>,
@@ -394,6 +407,15 @@ async fn main() -> ExitCode {
         }
     };
 
+    // Every socket is a descriptor: take the hard limit (the soft one is
+    // often 1,024), and keep the limit to bound the connections below.
+    let descriptor_limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => usize::try_from(limit).ok(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read or raise the open-files limit");
+            None
+        }
+    };
     let listener = match tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, args.port)).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -429,7 +451,14 @@ async fn main() -> ExitCode {
     ]))
     .config(transport)
     .handler(Agent::new(args.max_runs, args.max_runs_per_user));
-    let service = match args.max_connections {
+    // At its descriptor limit a process cannot even accept, and clients
+    // wait unanswered in the kernel's queue: unless told otherwise, admit
+    // connections only while descriptors remain for answering 503 (and for
+    // Redis, the listener, files).
+    let max_connections = args.max_connections.or_else(|| {
+        descriptor_limit.map(|limit| limit.saturating_sub(RESERVED_DESCRIPTORS).max(1))
+    });
+    let service = match max_connections {
         Some(max) => service.max_connections(max),
         None => service,
     };
@@ -467,11 +496,12 @@ async fn main() -> ExitCode {
         .with_state(state);
 
     println!(
-        "agent server listening on http://{addr}/ (demo tokens: {}, operator routes: {}, runs: {} per user, {} per server)",
+        "agent server listening on http://{addr}/ (demo tokens: {}, operator routes: {}, runs: {} per user, {} per server, connections: {})",
         if args.demo { "on" } else { "off" },
         if operator_routes { "on" } else { "off" },
         args.max_runs_per_user,
         args.max_runs,
+        max_connections.map_or("no limit".to_owned(), |max| format!("at most {max}")),
     );
     // A cluster node: refuse until joined and validated; a node whose
     // validation fails stops (`startup_failed`), as one without a cluster

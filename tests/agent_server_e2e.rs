@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -49,6 +49,8 @@ fn example_binary() -> PathBuf {
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// What follows "agent server listening on http://" at startup.
+    startup_line: String,
 }
 
 impl Server {
@@ -78,14 +80,43 @@ impl Server {
 
     /// Started and listening, not necessarily ready.
     fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(example_binary())
+        let mut command = Command::new(example_binary());
+        command
             .args(["--demo", "--port", "0"])
             .args(args)
             .envs(env.iter().copied())
+            .stderr(Stdio::null());
+        Server::spawn_command(command)
+    }
+
+    /// Started under `ulimit -n open_files` (soft and hard: the server
+    /// cannot raise it), its log (`RUST_LOG=warn`) collected.
+    fn spawn_limited(open_files: u32, args: &[&str]) -> (Server, Arc<Mutex<String>>) {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {open_files} && exec \"$0\" \"$@\""))
+            .arg(example_binary())
+            .args(["--demo", "--port", "0"])
+            .args(args)
+            .stderr(Stdio::piped());
+        let mut server = Server::spawn_command(command);
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = server.child.stderr.take().unwrap();
+        let collected = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                collected.lock().unwrap().push_str(&line);
+            }
+        });
+        (server, log)
+    }
+
+    fn spawn_command(mut command: Command) -> Server {
+        let mut child = command
             .env_remove("AGENT_SERVER_OPERATOR_TOKEN")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
             .spawn()
             .unwrap();
         // Read stdout on a thread until the "listening on" line, then keep
@@ -96,17 +127,36 @@ impl Server {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { return };
                 if let Some(rest) = line.strip_prefix("agent server listening on http://") {
-                    let addr = rest.split('/').next().unwrap_or_default().to_owned();
-                    let _ = found.send(addr);
+                    let _ = found.send(rest.to_owned());
                 }
             }
         });
-        let addr = listening
+        let line = listening
             .recv_timeout(Duration::from_secs(60))
-            .expect("the example did not print its address")
-            .parse()
+            .expect("the example did not print its address");
+        let addr = line.split('/').next().unwrap_or_default().parse().unwrap();
+        Server {
+            child,
+            addr,
+            startup_line: line,
+        }
+    }
+
+    /// An upgraded connection of `user`, held open.
+    fn hold_upgrade(&self, user: &str) -> TcpStream {
+        let token = self.demo_token(user);
+        let mut stream = TcpStream::connect(self.addr).unwrap();
+        stream.set_read_timeout(Some(STEP)).unwrap();
+        stream
+            .write_all(format!(
+                "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n",
+                self.addr
+            ).as_bytes())
             .unwrap();
-        Server { child, addr }
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 101", "{user} upgraded");
+        stream
     }
 
     /// One raw HTTP/1.1 exchange: the whole response (head and body).
@@ -1069,4 +1119,48 @@ async fn sigterm_flips_ready_to_503_before_draining_with_1001() {
         .unwrap()
         .unwrap();
     assert!(exit.success(), "{exit}");
+}
+
+/// At its descriptor limit a process cannot even accept: its clients would
+/// wait unanswered in the kernel's queue. The server bounds its connections
+/// below the limit by itself (503 `at_capacity`, which clients back off
+/// from), and, bounded higher by hand, says in its log why clients wait.
+#[test]
+fn a_server_at_its_descriptor_limit_answers_503_or_says_why_it_cannot() {
+    // 600 descriptors, 512 kept back: 88 connections.
+    let (server, _) = Server::spawn_limited(600, &[]);
+    server.wait_ready(STEP);
+    assert!(
+        server.startup_line.contains("connections: at most 88"),
+        "{}",
+        server.startup_line
+    );
+    let held: Vec<TcpStream> = (0..88)
+        .map(|i| server.hold_upgrade(&format!("u{i}")))
+        .collect();
+    let (status, retry_after, body) = server.raw_upgrade("one-too-many");
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "Service Unavailable: at_capacity")
+    );
+    assert!(retry_after.is_some(), "with Retry-After");
+    drop(held);
+    drop(server);
+
+    // Bounded above the limit by hand: the accept fails, loudly.
+    let (server, log) = Server::spawn_limited(600, &["--max-connections", "5000"]);
+    server.wait_ready(STEP);
+    let waiting: Vec<TcpStream> = (0..700)
+        .map_while(|_| TcpStream::connect(server.addr).ok())
+        .collect();
+    let deadline = std::time::Instant::now() + STEP;
+    while !log.lock().unwrap().contains("out of file descriptors") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no word of the descriptor limit in the log with {} connections: {}",
+            waiting.len(),
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

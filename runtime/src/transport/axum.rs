@@ -356,7 +356,14 @@ impl axum::serve::Listener for WebSocketListener {
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
+        // axum's own loop for a `TcpListener` retries silently (it logs only
+        // with its `tracing` feature): ours says why clients wait.
+        let (stream, addr) = loop {
+            match self.listener.accept().await {
+                Ok(accepted) => break accepted,
+                Err(error) => super::accept::accept_failed(&error).await,
+            }
+        };
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, %addr, "could not set TCP_NODELAY");
         }

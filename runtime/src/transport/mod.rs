@@ -101,6 +101,8 @@ pub mod axum;
 #[cfg_attr(docsrs, doc(cfg(feature = "tungstenite")))]
 pub mod tungstenite;
 
+#[cfg(any(feature = "axum", feature = "tungstenite"))]
+mod accept;
 mod admission;
 mod auth;
 mod config;

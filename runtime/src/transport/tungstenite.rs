@@ -163,9 +163,11 @@ where
 }
 
 /// Accepts connections on `listener` forever, each on its own task running
-/// [`accept`]. An accept error (such as too many open
-/// files) is logged and retried after a short pause; a failed upgrade is
-/// logged at debug level.
+/// [`accept`]. An accept error is logged as an error and retried after a
+/// pause (a second when the process is out of file descriptors: set
+/// [`max_connections`](super::WebSocketServiceBuilder::max_connections)
+/// below `ulimit -n` so that clients are answered `503` instead); a failed
+/// upgrade is logged at debug level.
 ///
 /// ```no_run
 /// # async fn run(service: websocket_manager::transport::WebSocketService) -> std::io::Result<()> {
@@ -178,8 +180,7 @@ pub async fn serve(listener: tokio::net::TcpListener, service: WebSocketService)
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
-                tracing::warn!(%error, "accept failed; retrying");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                super::accept::accept_failed(&error).await;
                 continue;
             }
         };
