@@ -262,6 +262,10 @@ mod worker {
         streams_changed: AtomicU64,
         reconnects: AtomicU64,
         refused: AtomicU64,
+        /// Of `refused`: not ready (starting, reconnecting, fenced...).
+        not_ready: AtomicU64,
+        /// Of `refused`: the connection rate or the connection limit.
+        rate_limited: AtomicU64,
         failures: AtomicU64,
     }
 
@@ -380,6 +384,8 @@ mod worker {
             "streams_changed": t.streams_changed.load(Ordering::Relaxed),
             "reconnects": t.reconnects.load(Ordering::Relaxed),
             "refused": t.refused.load(Ordering::Relaxed),
+            "not_ready": t.not_ready.load(Ordering::Relaxed),
+            "rate_limited": t.rate_limited.load(Ordering::Relaxed),
             "failures": t.failures.load(Ordering::Relaxed),
         })
     }
@@ -439,8 +445,8 @@ mod worker {
     }
 
     enum Refusal {
-        /// 503 with `Retry-After` (seconds).
-        Busy(u64),
+        /// 503 with `Retry-After` (seconds), and whether it said "not ready".
+        Busy(u64, bool),
         Other,
     }
 
@@ -470,8 +476,14 @@ mod worker {
                     let bound = 500u64;
                     tokio::time::sleep(Duration::from_millis(random(&mut seed) % bound)).await;
                 }
-                Err(Refusal::Busy(seconds)) => {
+                Err(Refusal::Busy(seconds, not_ready)) => {
                     ctx.tally.refused.fetch_add(1, Ordering::Relaxed);
+                    let reason = if not_ready {
+                        &ctx.tally.not_ready
+                    } else {
+                        &ctx.tally.rate_limited
+                    };
+                    reason.fetch_add(1, Ordering::Relaxed);
                     let wait = seconds.max(1) * 1000;
                     tokio::time::sleep(Duration::from_millis(wait / 2 + random(&mut seed) % wait))
                         .await;
@@ -535,14 +547,17 @@ mod worker {
         let handshake = tokio_tungstenite::client_async_with_config(request, stream, Some(config));
         match tokio::time::timeout(Duration::from_secs(20), handshake).await {
             Ok(Ok((socket, _))) => Ok(socket),
-            Ok(Err(WsError::Http(response))) if response.status() == 503 => Err(Refusal::Busy(
-                response
+            Ok(Err(WsError::Http(response))) if response.status() == 503 => {
+                let seconds = response
                     .headers()
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok())
-                    .unwrap_or(1),
-            )),
+                    .unwrap_or(1);
+                let body = response.body().as_deref().unwrap_or_default();
+                let not_ready = String::from_utf8_lossy(body).contains("not ready");
+                Err(Refusal::Busy(seconds, not_ready))
+            }
             _ => Err(Refusal::Other),
         }
     }
@@ -1008,6 +1023,27 @@ mod cluster {
         answer.starts_with("HTTP/1.1 200")
     }
 
+    /// What the nodes' logs say of their links to Redis: how often one went
+    /// silent (a probe unanswered: replaced) and how often a node fenced
+    /// itself (closing its connections), which a starved machine provokes.
+    fn link_events(nodes: usize) -> String {
+        let (mut silent, mut fenced) = (0, 0);
+        for n in 0..nodes {
+            let log = std::fs::read_to_string(
+                std::env::temp_dir().join(format!("wsm-load-node-{n}.log")),
+            )
+            .unwrap_or_default();
+            silent += log.matches("the link to Redis went silent").count();
+            fenced += log
+                .matches("cut off from Redis for longer than fence_after")
+                .count();
+        }
+        format!(
+            "nodes' links to Redis: {silent} went silent (replaced), {fenced} fence(s) (see the logs in {})",
+            std::env::temp_dir().display()
+        )
+    }
+
     /// Redis's `used_cpu_sys + used_cpu_user`, µs.
     fn redis_cpu_us(url: &str) -> u64 {
         let text = info(url, "cpu");
@@ -1123,16 +1159,19 @@ mod cluster {
         // 1. Connect every client.
         let connected = ask_all(&mut workers, "connect");
         let total = sum(&connected, "connected");
+        let status = ask_all(&mut workers, "status");
         let slowest = connected
             .iter()
             .filter_map(|c| c["ms"].as_u64())
             .max()
             .unwrap_or(1);
         println!(
-            "connected {total} of {users} in {:.1} s: {:.0} connections/s ({} refused with 503 and retried)",
+            "connected {total} of {users} in {:.1} s: {:.0} connections/s ({} refused with 503 and retried: {} not ready, {} admission)",
             slowest as f64 / 1000.0,
             total as f64 / (slowest as f64 / 1000.0),
-            sum(&ask_all(&mut workers, "status"), "refused")
+            sum(&status, "refused"),
+            sum(&status, "not_ready"),
+            sum(&status, "rate_limited"),
         );
         std::thread::sleep(Duration::from_secs(3));
         let idle: Vec<f64> = servers
@@ -1290,6 +1329,7 @@ mod cluster {
             sum(&finals, "refused"),
             sum(&finals, "failures"),
         );
+        println!("  {}", link_events(nodes));
         drop(workers);
         drop(servers);
         runtime.shutdown_timeout(Duration::from_secs(2));
