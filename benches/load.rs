@@ -640,7 +640,7 @@ mod single {
     use websocket_manager::managers::UnifiedWebSocketManager;
     use websocket_manager::transport::{TransportConfig, WebSocketService};
     use websocket_manager::{DynManager, UserId, WebSocketManager};
-    use websocket_manager_test_support::e2e::{AUDIENCE, SECRET, authenticator};
+    use websocket_manager_test_support::e2e::{AUDIENCE, SECRET, authenticator, axum_server};
 
     const KINDS: [&str; 2] = ["bare", "library"];
 
@@ -771,12 +771,18 @@ mod single {
             .build()
             .unwrap();
         let server = runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            println!("{}", listener.local_addr().unwrap());
-            match kind {
-                "library" => Server::Library(library(listener)),
-                _ => Server::Bare(bare(listener)),
-            }
+            let (addr, server) = match kind {
+                "library" => {
+                    let (addr, service) = library().await;
+                    (addr, Server::Library(service))
+                }
+                _ => {
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    (listener.local_addr().unwrap(), Server::Bare(bare(listener)))
+                }
+            };
+            println!("{addr}");
+            server
         });
         for line in std::io::stdin().lines() {
             let Ok(line) = line else { return };
@@ -817,24 +823,14 @@ mod single {
         }
     }
 
-    fn library(listener: tokio::net::TcpListener) -> WebSocketService {
+    async fn library() -> (SocketAddr, WebSocketService) {
         let manager = Arc::new(UnifiedWebSocketManager::default());
         let service =
             WebSocketService::builder(DynManager::from(Arc::clone(&manager)), authenticator())
                 .config(TransportConfig::default())
                 .build();
-        let app = axum::Router::new()
-            .route(
-                "/ws",
-                axum::routing::get(websocket_manager::transport::axum::upgrade),
-            )
-            .with_state(service.clone());
-        tokio::spawn(async move {
-            websocket_manager::transport::axum::serve(listener, app)
-                .await
-                .unwrap()
-        });
-        service
+        let (addr, _server) = axum_server(service.clone()).await;
+        (addr, service)
     }
 
     /// What people write by hand with axum (see the module docs).

@@ -15,11 +15,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 
 use super::backplane::{Backplane, History};
+use super::config::ClusterConfig;
 use crate::error::ClusterFailure;
 use crate::ids::UserId;
 use crate::managers::history::next_stream;
@@ -135,10 +135,9 @@ impl HistoryReads {
     pub async fn read(
         &self,
         backplane: &Backplane,
+        config: &ClusterConfig,
         user: &UserId,
         resume: Option<StreamOffset>,
-        wait: Duration,
-        meta_ttl: Duration,
     ) -> Result<ReadHistory, ClusterFailure> {
         let role = {
             let mut waiting = self.lock();
@@ -188,7 +187,7 @@ impl HistoryReads {
             ),
         };
         let result = self
-            .read_in_turn(backplane, user, resume, leading.as_ref(), wait, meta_ttl)
+            .read_in_turn(backplane, config, user, resume, leading.as_ref())
             .await;
         if let Some(sender) = sender {
             sender.send_replace(Some(result.clone()));
@@ -201,26 +200,26 @@ impl HistoryReads {
     pub async fn read_alone(
         &self,
         backplane: &Backplane,
+        config: &ClusterConfig,
         user: &UserId,
         resume: Option<StreamOffset>,
-        wait: Duration,
-        meta_ttl: Duration,
     ) -> Result<ReadHistory, ClusterFailure> {
-        self.read_in_turn(backplane, user, resume, None, wait, meta_ttl)
+        self.read_in_turn(backplane, config, user, resume, None)
             .await
     }
 
-    /// Waits for a turn, then reads: from `resume`, or, leading a shared
-    /// read, from the lowest offset of its members.
+    /// Waits for a turn (up to `command_timeout`), then reads: from
+    /// `resume`, or, leading a shared read, from the lowest offset of its
+    /// members.
     async fn read_in_turn(
         &self,
         backplane: &Backplane,
+        config: &ClusterConfig,
         user: &UserId,
         resume: Option<StreamOffset>,
         leading: Option<&Leading<'_>>,
-        wait: Duration,
-        meta_ttl: Duration,
     ) -> Result<ReadHistory, ClusterFailure> {
+        let wait = config.command_timeout();
         let permit = match self.permits.try_acquire() {
             Ok(permit) => permit,
             Err(_) => {
@@ -239,7 +238,7 @@ impl HistoryReads {
         };
         let from = leading.and_then(Leading::close).unwrap_or(resume);
         let history = backplane
-            .read_history(user, from, next_stream(), meta_ttl)
+            .read_history(user, from, next_stream(), config.stream_meta_ttl())
             .await;
         drop(permit);
         Ok(ReadHistory {

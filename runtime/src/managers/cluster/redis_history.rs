@@ -182,13 +182,9 @@ async fn read_history(
     user: &UserId,
     resume: Option<StreamOffset>,
 ) -> Result<Arc<History>, ClusterFailure> {
-    let (wait, ttl) = (
-        shared.cluster.command_timeout(),
-        shared.cluster.stream_meta_ttl(),
-    );
     let reads = &shared.history_reads;
     let read = reads
-        .read(&shared.backplane, user, resume, wait, ttl)
+        .read(&shared.backplane, &shared.cluster, user, resume)
         .await?;
     // A shared read started lower than this offset; one beyond the head it
     // saw means the numbering went backwards, which only a read from this
@@ -198,7 +194,7 @@ async fn read_history(
     };
     if read.from != resume && beyond_head(&read.history) {
         let own = reads
-            .read_alone(&shared.backplane, user, resume, wait, ttl)
+            .read_alone(&shared.backplane, &shared.cluster, user, resume)
             .await?;
         return Ok(own.history);
     }
