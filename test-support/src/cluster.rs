@@ -1,6 +1,7 @@
 //! A real Redis Cluster on loopback for the cluster manager's tests: three
-//! masters and three replicas (`redis-server --cluster-enabled yes`, formed
-//! by `redis-cli --cluster create --cluster-replicas 1`), with a short
+//! masters and three replicas, or six for the durable failover test
+//! (`redis-server --cluster-enabled yes`, formed by
+//! `redis-cli --cluster create --cluster-replicas N`), with a short
 //! `cluster-node-timeout` (1000 ms) so a killed master is failed over in
 //! about two seconds. Killed on drop.
 //!
@@ -47,16 +48,16 @@ pub fn redis_cluster_available() -> bool {
     })
 }
 
-/// A Redis Cluster of the test's own, or `None` (after printing why) when
+/// A Redis Cluster of the test's own (`replicas` per master), or `None` (after printing why) when
 /// the binaries are missing outside CI.
 ///
 /// # Panics
 ///
 /// Under `CI` when the binaries are missing; when the cluster does not
 /// form within 30 s.
-pub fn own_cluster_for(name: &str) -> Option<RedisClusterGroup> {
+pub fn own_cluster_for(name: &str, replicas: usize) -> Option<RedisClusterGroup> {
     if redis_cluster_available() {
-        return Some(RedisClusterGroup::start());
+        return Some(RedisClusterGroup::with_replicas(replicas));
     }
     assert!(
         std::env::var_os("CI").is_none(),
@@ -74,11 +75,22 @@ impl RedisClusterGroup {
     ///
     /// When a process does not start or the cluster does not form in 30 s.
     pub fn start() -> RedisClusterGroup {
+        RedisClusterGroup::with_replicas(1)
+    }
+
+    /// Three masters with `replicas` replicas each (two: one is left to
+    /// acknowledge writes after the other was promoted, as in the Sentinel
+    /// group).
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start).
+    pub fn with_replicas(replicas: usize) -> RedisClusterGroup {
         let first = free_port();
         let dir = std::env::temp_dir().join(format!("wsm-cluster-{}-{first}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a temp dir");
         let mut ports = vec![first];
-        while ports.len() < 6 {
+        while ports.len() < 3 * (1 + replicas) {
             let port = free_port();
             if !ports.contains(&port) {
                 ports.push(port);
@@ -113,7 +125,7 @@ impl RedisClusterGroup {
         let created = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addresses)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli runs");
         assert!(
