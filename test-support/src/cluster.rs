@@ -10,30 +10,15 @@
 //! the tests that kill a master or move a slot start their own.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::sentinel::cli;
+use crate::sentinel::{cli, free_port, wait_for};
 
 /// Three masters and three replicas (see the module docs).
 #[derive(Debug)]
 pub struct RedisClusterGroup {
     nodes: Vec<(Option<Child>, u16)>,
     dir: std::path::PathBuf,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Whether `redis-server` and `redis-cli` can be run here.
