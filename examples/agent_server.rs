@@ -8,6 +8,7 @@
 //! cargo run --example agent_server -- --demo --port 0
 //! cargo run --example agent_server -- --demo --port 0 --redis redis://127.0.0.1:6379   # one node of a cluster
 //! cargo run --example agent_server -- --demo --redis redis+sentinel://127.0.0.1:26379/mymaster --redis-wait-replicas 1   # under Sentinel, durable
+//! cargo run --example agent_server -- --demo --redis redis+cluster://127.0.0.1:7000,127.0.0.1:7001   # on a Redis Cluster
 //! AGENT_SERVER_JWT_SECRET=... cargo run --example agent_server   # real tokens only
 //! ```
 //!
@@ -176,7 +177,8 @@ impl TypedManager {
 struct Args {
     demo: bool,
     /// `--redis URL`: serve as one node of a cluster (`redis://HOST:PORT`,
-    /// or `redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME`).
+    /// `redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME`, or
+    /// `redis+cluster://HOST:PORT[,HOST:PORT...]` for a Redis Cluster).
     redis: Option<String>,
     /// `--redis-wait-replicas N`: the durability setting
     /// (`ClusterConfig::wait_for_replicas`).

@@ -2,6 +2,7 @@
 //!
 //! * [`redis`]: a real `redis-server` for the cluster tests (the run's, or
 //!   one of the test's own);
+//! * [`cluster`]: a real Redis Cluster (three masters, three replicas);
 //! * [`fault_proxy`]: a real TCP proxy that black-holes or cuts connections;
 //! * [`e2e`]: a real server on loopback (both adapters), tokens and a
 //!   tokio-tungstenite client;
@@ -14,6 +15,7 @@
 //! every binary that links this crate.
 
 pub mod bench;
+pub mod cluster;
 pub mod e2e;
 pub mod fault_proxy;
 pub mod redis;

@@ -293,12 +293,21 @@ fn read_line(stream: &mut TcpStream) -> String {
 }
 
 /// How many keys match `pattern` on the server at `url` (`KEYS`: tests
-/// only, on small test servers).
+/// only, on small test servers); for a `redis+cluster://` URL, on every
+/// master it lists.
 ///
 /// # Panics
 ///
 /// As `send_command` (private), or when the reply is not an array.
 pub fn count_keys(url: &str, pattern: &str) -> usize {
+    if let Some(hosts) = url.strip_prefix("redis+cluster://") {
+        return hosts
+            .split(',')
+            .map(|host| format!("redis://{host}"))
+            .filter(|node| info(node, "replication").contains("role:master"))
+            .map(|node| count_keys(&node, pattern))
+            .sum();
+    }
     let mut stream = send_command(url, &["KEYS", pattern]);
     // The reply starts `*N\r\n`: N is all we need.
     read_line(&mut stream)

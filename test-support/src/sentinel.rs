@@ -22,7 +22,8 @@ pub struct SentinelGroup {
     dir: std::path::PathBuf,
 }
 
-fn free_port() -> u16 {
+/// A free loopback port (free when asked).
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -39,7 +40,8 @@ pub fn cli(port: u16, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+/// Polls `done` every 50 ms, panicking with `what` after `limit`.
+pub(crate) fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !done() {
         assert!(Instant::now() < deadline, "not within {limit:?}: {what}");

@@ -14,9 +14,13 @@
 -- message is returned instead of published: it is published once replicas
 -- acknowledged the event, so no client sees an event a failover may lose.
 --
+-- On a Redis Cluster the bus channel carries the user's hash tag (one slot
+-- with KEYS) and is published on with SPUBLISH (sharded pub/sub).
+--
 -- KEYS: meta, stream[, idempotency key]. ARGV: candidate epoch, maxlen,
 -- stream ttl ms, meta ttl ms, type, data, timestamp, online (0/1), bus
--- channel, user, publish (0/1)[, idempotency window ms].
+-- channel, user, publish (0/1), publish command (PUBLISH or SPUBLISH)[,
+-- idempotency window ms].
 if KEYS[3] then
   local prior = redis.call('GET', KEYS[3])
   if prior then
@@ -44,10 +48,10 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 local message = cjson.encode({k = 'critical', u = ARGV[10], e = epoch,
   s = tostring(seq), y = ARGV[5], t = ARGV[7], d = ARGV[6]})
 if KEYS[3] then
-  redis.call('SET', KEYS[3], epoch .. ':' .. seq, 'PX', ARGV[12])
+  redis.call('SET', KEYS[3], epoch .. ':' .. seq, 'PX', ARGV[13])
 end
 if ARGV[11] == '1' then
-  redis.call('PUBLISH', ARGV[9], message)
+  redis.call(ARGV[12], ARGV[9], message)
   return {'ok', epoch, seq, seq - taken}
 end
 return {'ok', epoch, seq, seq - taken, message}

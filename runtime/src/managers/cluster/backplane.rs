@@ -17,6 +17,11 @@
 //! the current connection last answered a command and last delivered a
 //! push, which the link watchdog in [`super`] reads to decide.
 //!
+//! On a Redis Cluster the connection is a `ClusterConnection` instead (one
+//! per master, sharded subscriptions), behind the same [`Conn`] type: see
+//! `conn`. Every pipeline here is single-slot there (see [`Keys`] for the
+//! hash tags); the per-user reads of an audit are grouped by slot.
+//!
 //! Under Redis Sentinel the address is not fixed: [`Backplane::follow_primary`]
 //! asks the sentinels which server is the primary each time the node
 //! (re)joins, and moves the connection there when it changed. A primary
@@ -31,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{
     Client, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, RedisConnectionInfo, Script,
@@ -42,6 +48,7 @@ use crate::ids::{ConnectionId, IdempotencyKey, UserId};
 use crate::offset::StreamOffset;
 
 use super::config::ClusterConfig;
+use super::conn::{Conn, Node};
 use super::presence::PresenceChange;
 use super::target::RedisTarget;
 use super::wire::{BusMessage, Keys, PresenceEntry};
@@ -200,6 +207,8 @@ enum Source {
         master: String,
         primary: RwLock<Option<Client>>,
     },
+    /// A Redis Cluster, reached through any of these nodes.
+    Cluster(Vec<String>),
 }
 
 pub(crate) struct Backplane {
@@ -214,7 +223,7 @@ pub(crate) struct Backplane {
     /// The current connection with its generation (`None` until Sentinel
     /// named a primary). Cloned out of the lock, never held across an
     /// `.await`.
-    connection: RwLock<(u64, Option<ConnectionManager>)>,
+    connection: RwLock<(u64, Option<Conn>)>,
     clock: Arc<LinkClock>,
     keys: Keys,
     node: String,
@@ -289,18 +298,16 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A lazy connection manager (connects on first use) whose pushes reach
-/// `push` only while it is generation `generation`.
-fn open(
-    client: Client,
-    timeout: Duration,
+/// What receives connection `generation`'s pushes: passes them to `push`
+/// while it is the current one, and swallows this node's probes.
+fn push_sender(
     push: &PushHandler,
     probe: &[u8],
     clock: &Arc<LinkClock>,
     generation: u64,
-) -> Result<ConnectionManager, redis::RedisError> {
+) -> impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static {
     let (push, probe, clock) = (Arc::clone(push), probe.to_vec(), Arc::clone(clock));
-    let sender = move |info: PushInfo| -> Result<(), ()> {
+    move |info: PushInfo| -> Result<(), ()> {
         // A retired connection that comes back to life must not deliver
         // twice what the current one delivers.
         if clock.generation() != generation {
@@ -310,13 +317,26 @@ fn open(
         if info.kind != PushKind::Disconnection {
             clock.pushed_at.store(clock.now(), Ordering::SeqCst);
         }
-        let is_probe = info.kind == PushKind::Message
+        let is_probe = matches!(info.kind, PushKind::Message | PushKind::SMessage)
             && matches!(info.data.get(1), Some(Value::BulkString(bytes)) if bytes.as_slice() == probe.as_slice());
         if !is_probe {
             push(info);
         }
         Ok(())
-    };
+    }
+}
+
+/// A lazy connection manager (connects on first use) whose pushes reach
+/// `push` only while it is generation `generation`.
+fn open(
+    client: Client,
+    timeout: Duration,
+    push: &PushHandler,
+    probe: &[u8],
+    clock: &Arc<LinkClock>,
+    generation: u64,
+) -> Result<Conn, redis::RedisError> {
+    let sender = push_sender(push, probe, clock, generation);
     let manager_config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(timeout))
         .set_connection_timeout(Some(timeout))
@@ -324,7 +344,37 @@ fn open(
         .set_max_delay(Duration::from_secs(1))
         .set_push_sender(sender)
         .set_automatic_resubscription();
-    ConnectionManager::new_lazy_with_config(client, manager_config)
+    ConnectionManager::new_lazy_with_config(client, manager_config).map(Conn::Server)
+}
+
+/// A Redis Cluster connection (connects in the background; commands wait
+/// for it) over RESP3, whose pushes reach `push` only while it is
+/// generation `generation`. redis-rs retries a command that met a
+/// redirection (`MOVED`/`ASK`), a `TRYAGAIN` or `CLUSTERDOWN`, or a dropped
+/// connection, a few times within the command timeout.
+fn open_cluster(
+    nodes: &[String],
+    timeout: Duration,
+    push: &PushHandler,
+    probe: &[u8],
+    clock: &Arc<LinkClock>,
+    generation: u64,
+) -> Result<Conn, redis::RedisError> {
+    let client = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+        .use_protocol(ProtocolVersion::RESP3)
+        .push_sender(push_sender(push, probe, clock, generation))
+        .connection_timeout(timeout)
+        .response_timeout(timeout)
+        .retries(3)
+        .min_retry_wait(20)
+        .max_retry_wait(200)
+        .build()?;
+    let config = redis::cluster::ClusterConfig::new()
+        .set_connection_timeout(timeout)
+        .set_response_timeout(timeout);
+    Ok(Conn::Cluster(
+        client.get_pending_async_connection_with_config(config),
+    ))
 }
 
 impl Backplane {
@@ -333,7 +383,10 @@ impl Backplane {
     /// `push` receives the subscriptions' messages and disconnections.
     pub fn connect(config: &ClusterConfig, push: PushHandler) -> Result<Self, redis::RedisError> {
         let timeout = config.command_timeout();
-        let keys = Keys::new(config.key_prefix());
+        let keys = match config.target() {
+            RedisTarget::Cluster { .. } => Keys::sharded(config.key_prefix()),
+            _ => Keys::new(config.key_prefix()),
+        };
         let probe = serde_json::to_vec(&BusMessage::Probe {
             origin: config.node_id().to_owned(),
         })
@@ -370,6 +423,10 @@ impl Backplane {
                 // No connection until the sentinels name the primary
                 // (`follow_primary`, on the node's first join).
                 (source, None)
+            }
+            RedisTarget::Cluster { nodes } => {
+                let connection = open_cluster(nodes, timeout, &push, &probe, &clock, 0)?;
+                (Source::Cluster(nodes.clone()), Some(connection))
             }
         };
         Ok(Backplane {
@@ -433,13 +490,22 @@ impl Backplane {
         Ok(true)
     }
 
-    /// The server to connect to: the one server, or the primary Sentinel
-    /// last named.
-    fn client(&self) -> Option<Client> {
-        match &self.source {
-            Source::Server(client) => Some(client.clone()),
-            Source::Sentinel { primary, .. } => primary.read().clone(),
-        }
+    /// A new connection to the one server, the primary Sentinel last named
+    /// (`None`: none named yet) or the Redis Cluster, as generation
+    /// `generation`.
+    fn open(&self, generation: u64) -> Result<Option<Conn>, redis::RedisError> {
+        let (timeout, push, probe, clock) = (self.timeout, &self.push, &self.probe, &self.clock);
+        let client = match &self.source {
+            Source::Server(client) => client.clone(),
+            Source::Sentinel { primary, .. } => match primary.read().clone() {
+                Some(client) => client,
+                None => return Ok(None),
+            },
+            Source::Cluster(nodes) => {
+                return open_cluster(nodes, timeout, push, probe, clock, generation).map(Some);
+            }
+        };
+        open(client, timeout, push, probe, clock, generation).map(Some)
     }
 
     pub fn keys(&self) -> &Keys {
@@ -456,20 +522,11 @@ impl Backplane {
     /// one counts or is passed on any more; its commands in flight end with
     /// their timeout. Returns the new generation.
     pub fn rebuild(&self) -> Result<u64, ClusterFailure> {
-        let Some(client) = self.client() else {
-            return Err(ClusterFailure::NotReady);
-        };
         let mut current = self.connection.write();
         let generation = current.0 + 1;
-        let connection = open(
-            client,
-            self.timeout,
-            &self.push,
-            &self.probe,
-            &self.clock,
-            generation,
-        )
-        .map_err(|e| engine(&e))?;
+        let Some(connection) = self.open(generation).map_err(|e| engine(&e))? else {
+            return Err(ClusterFailure::NotReady);
+        };
         // The generation first: from here on the old connection is mute.
         self.clock.generation.store(generation, Ordering::SeqCst);
         self.clock.timeouts.store(0, Ordering::SeqCst);
@@ -483,7 +540,7 @@ impl Backplane {
 
     /// The current connection, cloned out of the lock; `NotReady` while
     /// Sentinel has named no primary yet.
-    fn current(&self) -> Result<(u64, ConnectionManager), ClusterFailure> {
+    fn current(&self) -> Result<(u64, Conn), ClusterFailure> {
         let current = self.connection.read();
         match &current.1 {
             Some(connection) => Ok((current.0, connection.clone())),
@@ -523,7 +580,7 @@ impl Backplane {
     /// channel.
     pub async fn subscribe(&self) -> Result<(), ClusterFailure> {
         let (generation, mut connection) = self.current()?;
-        let channels = [self.keys.bus(), self.keys.node_channel(&self.node)];
+        let channels = self.keys.channels(&self.node);
         self.bounded(generation, connection.subscribe(&channels))
             .await?;
         // A connection retired meanwhile does not count as subscribed.
@@ -542,16 +599,17 @@ impl Backplane {
     /// connection and the clock, not the backplane, so a probe in flight
     /// never keeps a dropped manager alive.
     pub fn probe(&self) -> impl Future<Output = Result<(), ClusterFailure>> + Send + 'static {
-        let command = if self.clock.subscribed() {
-            let mut publish = redis::cmd("PUBLISH");
-            publish
-                .arg(self.keys.node_channel(&self.node))
-                .arg(self.probe.as_slice());
-            publish
-        } else {
-            redis::cmd("PING")
-        };
         let current = self.current();
+        let command = match &current {
+            Ok(_) if self.clock.subscribed() => {
+                let mut publish = redis::cmd(self.publish_command());
+                publish
+                    .arg(self.keys.node_channel(&self.node))
+                    .arg(self.probe.as_slice());
+                publish
+            }
+            _ => redis::cmd("PING"),
+        };
         let (clock, timeout) = (Arc::clone(&self.clock), self.timeout);
         async move {
             let (generation, mut connection) = current?;
@@ -594,13 +652,14 @@ impl Backplane {
             .arg(data)
             .arg(timestamp.to_string())
             .arg(if online { "1" } else { "0" })
-            .arg(self.keys.bus())
+            .arg(self.keys.user_bus(user))
             .arg(user.as_str())
             .arg(if self.wait_for_replicas == 0 {
                 "1"
             } else {
                 "0"
-            });
+            })
+            .arg(self.publish_command());
         if let Some((key, window)) = idempotency {
             invocation
                 .key(self.keys.idempotency(user, key))
@@ -644,7 +703,7 @@ impl Backplane {
                     [message] => {
                         let message = text(message)
                             .ok_or_else(|| AppendError::Failed(protocol("append message")))?;
-                        self.replicate_then_publish(generation, &mut connection, message)
+                        self.replicate_then_publish(generation, &mut connection, user, message)
                             .await
                             .map_err(AppendError::Failed)?;
                         Ok(appended)
@@ -664,14 +723,17 @@ impl Backplane {
     async fn replicate_then_publish(
         &self,
         generation: u64,
-        connection: &mut ConnectionManager,
+        connection: &mut Conn,
+        user: &UserId,
         message: String,
     ) -> Result<(), ClusterFailure> {
         let mut wait = redis::cmd("WAIT");
         wait.arg(self.wait_for_replicas)
             .arg(millis(self.timeout).saturating_sub(50).max(1));
+        // On a Redis Cluster: on the master that stored the event.
+        let meta = self.keys.stream_meta(user);
         let acknowledged: usize = self
-            .bounded(generation, wait.query_async(connection))
+            .bounded(generation, connection.query_where(&meta, &wait))
             .await?;
         if acknowledged < self.wait_for_replicas {
             return Err(ClusterFailure::NotReplicated {
@@ -679,8 +741,8 @@ impl Backplane {
                 wanted: self.wait_for_replicas,
             });
         }
-        let mut publish = redis::cmd("PUBLISH");
-        publish.arg(self.keys.bus()).arg(message);
+        let mut publish = redis::cmd(self.publish_command());
+        publish.arg(self.keys.user_bus(user)).arg(message);
         self.bounded(generation, publish.query_async::<Value>(connection))
             .await
             .map(drop)
@@ -753,17 +815,31 @@ impl Backplane {
         message: &BusMessage,
     ) -> Result<(), ClusterFailure> {
         let text = serde_json::to_string(message).map_err(|e| protocol(&e.to_string()))?;
-        self.query::<Value>(redis::cmd("PUBLISH").arg(channel).arg(text))
+        let (generation, mut connection) = self.current()?;
+        let mut publish = redis::cmd(self.publish_command());
+        publish.arg(channel).arg(text);
+        self.bounded(generation, publish.query_async::<Value>(&mut connection))
             .await
             .map(drop)
     }
 
-    /// Writes presence changes to this node's hash and announces them (and
-    /// forwards thread bindings), in one pipeline.
+    /// `PUBLISH`, or `SPUBLISH` on a Redis Cluster.
+    fn publish_command(&self) -> &'static str {
+        match &self.source {
+            Source::Cluster(_) => "SPUBLISH",
+            _ => "PUBLISH",
+        }
+    }
+
+    /// Writes presence changes to this node's hash and announces them, in
+    /// one pipeline (one slot on a Redis Cluster), and forwards thread
+    /// bindings to their nodes.
     pub async fn write_presence(&self, changes: &[PresenceChange]) -> Result<(), ClusterFailure> {
         let hash = self.keys.presence(&self.node);
         let bus = self.keys.bus();
         let origin = self.node.clone();
+        let publish = self.publish_command();
+        let mut binds = Vec::new();
         let mut pipe = redis::pipe();
         for change in changes {
             let message = match change {
@@ -798,21 +874,29 @@ impl Backplane {
                     }
                 }
                 PresenceChange::Bind(node, connection, thread) => {
-                    let message = BusMessage::Bind {
-                        origin: origin.clone(),
-                        connection: connection.clone(),
-                        thread: thread.clone(),
-                    };
-                    let text =
-                        serde_json::to_string(&message).map_err(|e| protocol(&e.to_string()))?;
-                    pipe.publish(self.keys.node_channel(node), text).ignore();
+                    // Each on its node's channel (another slot on a Redis
+                    // Cluster): after the pipeline.
+                    binds.push((
+                        self.keys.node_channel(node),
+                        BusMessage::Bind {
+                            origin: origin.clone(),
+                            connection: connection.clone(),
+                            thread: thread.clone(),
+                        },
+                    ));
                     continue;
                 }
             };
             let text = serde_json::to_string(&message).map_err(|e| protocol(&e.to_string()))?;
-            pipe.publish(&bus, text).ignore();
+            pipe.cmd(publish).arg(&bus).arg(text).ignore();
         }
-        self.pipeline::<Value>(&pipe).await.map(drop)
+        if !pipe.is_empty() {
+            self.pipeline::<Value>(&pipe).await?;
+        }
+        for (channel, message) in binds {
+            self.publish(channel, &message).await?;
+        }
+        Ok(())
     }
 
     /// Renews this node's heartbeat; answers whether its presence hash is
@@ -916,17 +1000,17 @@ impl Backplane {
         &self,
         users: &[UserId],
     ) -> Result<Vec<Option<StreamOffset>>, ClusterFailure> {
-        let mut pipe = redis::pipe();
-        for user in users {
-            pipe.cmd("HMGET")
-                .arg(self.keys.stream_meta(user))
-                .arg("e")
-                .arg("s");
-        }
-        let answers: Vec<(Option<String>, Option<String>)> = self.pipeline(&pipe).await?;
+        let commands = users.iter().map(|user| {
+            let mut hmget = redis::cmd("HMGET");
+            hmget.arg(self.keys.stream_meta(user)).arg("e").arg("s");
+            (self.keys.group(user), hmget)
+        });
+        let answers = self.grouped(commands).await?;
         Ok(answers
             .into_iter()
-            .map(|(stream, sequence)| {
+            .map(|answer| {
+                let (stream, sequence): (Option<String>, Option<String>) =
+                    redis::from_redis_value(answer).ok()?;
                 Some(StreamOffset::new(
                     stream?.parse().ok()?,
                     sequence?.parse().ok()?,
@@ -944,7 +1028,7 @@ impl Backplane {
     ) -> Result<Vec<(Option<StreamOffset>, Option<StoredEvent>)>, ClusterFailure> {
         let users: Vec<UserId> = probes.iter().map(|(user, _)| user.clone()).collect();
         let heads = self.stream_heads(&users).await?;
-        let mut pipe = redis::pipe();
+        let mut commands = Vec::new();
         let mut asked = Vec::new();
         for (i, ((user, at), head)) in probes.iter().zip(&heads).enumerate() {
             if let (Some(at), Some(head)) = (at, head)
@@ -953,16 +1037,15 @@ impl Backplane {
                 && at.sequence <= head.sequence
             {
                 let id = format!("{}-1", at.sequence);
-                pipe.cmd("XRANGE")
-                    .arg(self.keys.stream(user))
-                    .arg(&id)
-                    .arg(&id);
+                let mut xrange = redis::cmd("XRANGE");
+                xrange.arg(self.keys.stream(user)).arg(&id).arg(&id);
+                commands.push((self.keys.group(user), xrange));
                 asked.push(i);
             }
         }
         let mut entries: Vec<Option<StoredEvent>> = vec![None; probes.len()];
         if !asked.is_empty() {
-            let answers: Vec<Value> = self.pipeline(&pipe).await?;
+            let answers = self.grouped(commands).await?;
             for (i, answer) in asked.into_iter().zip(answers) {
                 entries[i] = array(answer)?
                     .into_iter()
@@ -972,6 +1055,36 @@ impl Backplane {
             }
         }
         Ok(heads.into_iter().zip(entries).collect())
+    }
+
+    /// Runs `commands`, one pipeline per group (a slot on a Redis Cluster,
+    /// all together otherwise), and answers in their order.
+    async fn grouped(
+        &self,
+        commands: impl IntoIterator<Item = (usize, redis::Cmd)>,
+    ) -> Result<Vec<Value>, ClusterFailure> {
+        let mut groups: std::collections::BTreeMap<usize, (redis::Pipeline, Vec<usize>)> =
+            std::collections::BTreeMap::new();
+        let mut count = 0;
+        for (i, (group, command)) in commands.into_iter().enumerate() {
+            let (pipe, places) = groups
+                .entry(group)
+                .or_insert_with(|| (redis::pipe(), Vec::new()));
+            pipe.add_command(command);
+            places.push(i);
+            count += 1;
+        }
+        let mut answers = vec![Value::Nil; count];
+        for (pipe, places) in groups.into_values() {
+            let values: Vec<Value> = self.pipeline(&pipe).await?;
+            if values.len() != places.len() {
+                return Err(protocol("pipeline answer"));
+            }
+            for (place, value) in places.into_iter().zip(values) {
+                answers[place] = value;
+            }
+        }
+        Ok(answers)
     }
 
     /// Retires `user`'s stream `judged` for a new one (see `rotate.lua`);
@@ -1011,35 +1124,46 @@ impl Backplane {
             .ignore()
             .srem(self.keys.nodes(), &self.node)
             .ignore()
-            .publish(self.keys.bus(), bye)
+            .cmd(self.publish_command())
+            .arg(self.keys.bus())
+            .arg(bye)
             .ignore();
         self.pipeline::<Value>(&pipe).await.map(drop)
     }
 
     /// Deletes every key under this cluster's prefix (the probes' own
-    /// namespace, after they ran). Bounded: at most 100 SCAN rounds.
+    /// namespace, after they ran), on every master of a Redis Cluster.
+    /// Bounded: at most 100 SCAN rounds per server.
     pub async fn delete_namespace(&self) -> Result<usize, ClusterFailure> {
         let pattern = format!("{}:*", self.keys.prefix());
-        let mut cursor = 0u64;
+        let (generation, mut connection) = self.current()?;
+        let nodes = self.bounded(generation, connection.nodes()).await?;
         let mut deleted = 0;
-        for _ in 0..100 {
-            let (next, keys): (u64, Vec<String>) = self
-                .query(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(500),
-                )
-                .await?;
-            if !keys.is_empty() {
+        for node in &nodes {
+            let mut cursor = 0u64;
+            for _ in 0..100 {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(500);
+                let (next, keys): (u64, Vec<String>) = self
+                    .bounded(generation, connection.query_on(node, &scan))
+                    .await?;
                 deleted += keys.len();
-                self.query::<Value>(redis::cmd("DEL").arg(&keys)).await?;
-            }
-            cursor = next;
-            if cursor == 0 {
-                break;
+                if *node == Node::Server && !keys.is_empty() {
+                    self.query::<Value>(redis::cmd("DEL").arg(&keys)).await?;
+                } else {
+                    // Keys of several slots: one at a time, each routed.
+                    for key in keys {
+                        self.query::<Value>(redis::cmd("DEL").arg(key)).await?;
+                    }
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
             }
         }
         Ok(deleted)

@@ -22,7 +22,7 @@ pub(super) async fn dispatch(shared: Weak<Shared>, mut inbound: mpsc::Receiver<P
             return;
         };
         match info.kind {
-            PushKind::Message => {
+            PushKind::Message | PushKind::SMessage => {
                 let Some(Value::BulkString(payload)) = info.data.get(1) else {
                     continue;
                 };
@@ -38,6 +38,25 @@ pub(super) async fn dispatch(shared: Weak<Shared>, mut inbound: mpsc::Receiver<P
                 );
                 shared.link_lost();
                 shared.audit_due.store(true, Ordering::SeqCst);
+            }
+            // Only the server unsubscribes this node (it never does): its
+            // slot moved to another master (a reshard), or the master was
+            // demoted. Messages published there since are lost to this node
+            // until it subscribes again: rejoin (which subscribes where the
+            // slot is now), then audit.
+            PushKind::SUnsubscribe => {
+                let channel = match info.data.first() {
+                    Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+                    _ => String::new(),
+                };
+                tracing::warn!(
+                    node = shared.cluster.node_id(),
+                    %channel,
+                    "sharded subscription dropped by Redis (its slot moved, or its master failed over): messages published meanwhile are lost to this node; subscribing again, then auditing"
+                );
+                shared.link_lost();
+                shared.audit_due.store(true, Ordering::SeqCst);
+                shared.wake.notify_one();
             }
             _ => {}
         }

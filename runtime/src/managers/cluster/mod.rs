@@ -53,6 +53,7 @@
 mod backplane;
 mod bus;
 mod config;
+mod conn;
 mod history_reads;
 mod link;
 mod maintenance;
@@ -188,8 +189,16 @@ impl ClusterWebSocketManager {
         let inbound_dropped = Arc::new(AtomicU64::new(0));
         let (overflow, dropped) = (Arc::clone(&audit_due), Arc::clone(&inbound_dropped));
         let push: PushHandler = Arc::new(move |info: PushInfo| {
-            // Subscription confirmations and the like carry nothing to act on.
-            if !matches!(info.kind, PushKind::Message | PushKind::Disconnection) {
+            // Subscription confirmations and the like carry nothing to act
+            // on; a `sunsubscribe` is the server dropping a sharded
+            // subscription (its slot moved): a loss, like a disconnection.
+            if !matches!(
+                info.kind,
+                PushKind::Message
+                    | PushKind::SMessage
+                    | PushKind::Disconnection
+                    | PushKind::SUnsubscribe
+            ) {
                 return;
             }
             if inbound.try_send(info).is_err() {
@@ -483,7 +492,8 @@ impl Shared {
     }
 
     /// Sends `frame` to `remote` other nodes: on one node's channel, or on
-    /// the bus for several; once either way.
+    /// the bus for several (the user's or thread's bucket channel on a
+    /// Redis Cluster); once either way.
     async fn relay(
         &self,
         remote: &HashSet<String>,
@@ -492,7 +502,7 @@ impl Shared {
         let keys = self.backplane.keys();
         let channel = match remote.iter().next() {
             Some(node) if remote.len() == 1 => keys.node_channel(node),
-            _ => keys.bus(),
+            _ => keys.bus_of(message),
         };
         self.backplane.publish(channel, message).await
     }

@@ -1,5 +1,5 @@
 //! [`RedisTarget`]: where the cluster's Redis is, read from its URL: one
-//! server, or a primary named by Redis Sentinel.
+//! server, a primary named by Redis Sentinel, or a Redis Cluster.
 
 /// The Redis a cluster runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,24 +14,40 @@ pub(crate) enum RedisTarget {
         sentinels: Vec<String>,
         master: String,
     },
+    /// A Redis Cluster reached through any of `nodes` (`redis://host:port`
+    /// each): the others, and which master owns which slot, are learnt
+    /// from them and followed through resharding and failovers.
+    Cluster { nodes: Vec<String> },
 }
 
 /// The scheme of a Sentinel URL.
 const SENTINEL: &str = "redis+sentinel://";
-/// The scheme of a Redis Cluster URL (not supported yet).
+/// The scheme of a Redis Cluster URL.
 const CLUSTER: &str = "redis+cluster://";
 
 impl RedisTarget {
     /// Reads `url`: `redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME`
-    /// for Sentinel, anything else is one server's URL.
+    /// for Sentinel, `redis+cluster://HOST:PORT[,HOST:PORT...]` for a Redis
+    /// Cluster, anything else is one server's URL.
     pub fn parse(url: &str) -> Result<Self, &'static str> {
         if url.is_empty() {
             return Err("must not be empty");
         }
-        if url.starts_with(CLUSTER) {
-            return Err(
-                "Redis Cluster (`redis+cluster://`) is not supported yet: use one server (`redis://`) or Sentinel (`redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME`)",
-            );
+        if let Some(rest) = url.strip_prefix(CLUSTER) {
+            let hosts = rest.strip_suffix('/').unwrap_or(rest);
+            if hosts.contains(['/', '?', '#']) {
+                return Err(
+                    "a Redis Cluster URL names its nodes only: `redis+cluster://HOST:PORT[,HOST:PORT...]` (no database, no path)",
+                );
+            }
+            let nodes = hosts
+                .split(',')
+                .map(|host| {
+                    host_port(host)
+                        .ok_or("each node of a Redis Cluster URL is HOST:PORT, with a port number")
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(RedisTarget::Cluster { nodes });
         }
         let Some(rest) = url.strip_prefix(SENTINEL) else {
             return Ok(RedisTarget::Server(url.to_owned()));
@@ -47,13 +63,9 @@ impl RedisTarget {
         let sentinels = hosts
             .split(',')
             .map(|host| {
-                let (name, port) = host.rsplit_once(':').ok_or(
-                    "each sentinel of a Sentinel URL is HOST:PORT (the sentinels listen on 26379 by default)",
-                )?;
-                if name.is_empty() || name.contains(['@', '/']) || port.parse::<u16>().is_err() {
-                    return Err("each sentinel of a Sentinel URL is HOST:PORT, with a port number");
-                }
-                Ok(format!("redis://{host}"))
+                host_port(host).ok_or(
+                    "each sentinel of a Sentinel URL is HOST:PORT, with a port number (the sentinels listen on 26379 by default)",
+                )
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(RedisTarget::Sentinel {
@@ -61,6 +73,15 @@ impl RedisTarget {
             master: master.to_owned(),
         })
     }
+}
+
+/// `redis://HOST:PORT` for one `HOST:PORT` of a URL's host list.
+fn host_port(host: &str) -> Option<String> {
+    let (name, port) = host.rsplit_once(':')?;
+    if name.is_empty() || name.contains(['@', '/']) || port.parse::<u16>().is_err() {
+        return None;
+    }
+    Some(format!("redis://{host}"))
 }
 
 #[cfg(test)]
@@ -81,6 +102,15 @@ mod tests {
             }
         );
         assert_eq!(
+            RedisTarget::parse("redis+cluster://10.0.0.1:7000,redis-b:7001").unwrap(),
+            RedisTarget::Cluster {
+                nodes: vec![
+                    "redis://10.0.0.1:7000".to_owned(),
+                    "redis://redis-b:7001".to_owned()
+                ],
+            }
+        );
+        assert_eq!(
             RedisTarget::parse("redis://127.0.0.1:6379/2").unwrap(),
             RedisTarget::Server("redis://127.0.0.1:6379/2".to_owned())
         );
@@ -96,7 +126,10 @@ mod tests {
             ("redis+sentinel://h/main", "HOST:PORT"),
             ("redis+sentinel://h:port/main", "port number"),
             ("redis+sentinel://h:1,,h:2/main", "HOST:PORT"),
-            ("redis+cluster://h:1", "not supported yet"),
+            ("redis+cluster://", "HOST:PORT"),
+            ("redis+cluster://h", "HOST:PORT"),
+            ("redis+cluster://h:1,,h:2", "HOST:PORT"),
+            ("redis+cluster://h:1/0", "no database"),
         ] {
             let error = RedisTarget::parse(url).unwrap_err();
             assert!(error.contains(says), "{url}: {error}");

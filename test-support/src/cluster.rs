@@ -1,0 +1,322 @@
+//! A real Redis Cluster on loopback for the cluster manager's tests: three
+//! masters and three replicas, or six for the durable failover test
+//! (`redis-server --cluster-enabled yes`, formed by
+//! `redis-cli --cluster create --cluster-replicas N`), with a short
+//! `cluster-node-timeout` (1000 ms) so a killed master is failed over in
+//! about two seconds. Killed on drop.
+//!
+//! The whole cluster suite runs against one of these when `REDIS_URL` is
+//! a `redis+cluster://` URL (`.ci/redis-cluster` starts one for `.ci/run`);
+//! the tests that kill a master or move a slot start their own.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::sentinel::{cli, free_port, wait_for};
+
+/// Three masters and three replicas (see the module docs).
+#[derive(Debug)]
+pub struct RedisClusterGroup {
+    nodes: Vec<(Option<Child>, u16)>,
+    dir: std::path::PathBuf,
+}
+
+/// Whether `redis-server` and `redis-cli` can be run here.
+pub fn redis_cluster_available() -> bool {
+    ["redis-server", "redis-cli"].iter().all(|binary| {
+        Command::new(binary)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// A Redis Cluster of the test's own (`replicas` per master), or `None` (after printing why) when
+/// the binaries are missing outside CI.
+///
+/// # Panics
+///
+/// Under `CI` when the binaries are missing; when the cluster does not
+/// form within 30 s.
+pub fn own_cluster_for(name: &str, replicas: usize) -> Option<RedisClusterGroup> {
+    if redis_cluster_available() {
+        return Some(RedisClusterGroup::with_replicas(replicas));
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{name}: CI is set but there is no redis-server/redis-cli binary (.ci/ensure-redis installs them)"
+    );
+    eprintln!("SKIPPED {name}: no redis-server/redis-cli binary (apt-get install redis-server)");
+    None
+}
+
+impl RedisClusterGroup {
+    /// Starts six servers, forms the cluster and waits until every node
+    /// says `cluster_state:ok` and every replica is in sync.
+    ///
+    /// # Panics
+    ///
+    /// When a process does not start or the cluster does not form in 30 s.
+    pub fn start() -> RedisClusterGroup {
+        RedisClusterGroup::with_replicas(1)
+    }
+
+    /// Three masters with `replicas` replicas each (two: one is left to
+    /// acknowledge writes after the other was promoted, as in the Sentinel
+    /// group).
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start).
+    pub fn with_replicas(replicas: usize) -> RedisClusterGroup {
+        let first = free_port();
+        let dir = std::env::temp_dir().join(format!("wsm-cluster-{}-{first}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let mut ports = vec![first];
+        while ports.len() < 3 * (1 + replicas) {
+            let port = free_port();
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        let nodes: Vec<(Option<Child>, u16)> = ports
+            .iter()
+            .map(|&port| {
+                let child = Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--cluster-enabled", "yes"])
+                    .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                    .args(["--cluster-node-timeout", "1000"])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .args(["--dbfilename", &format!("dump-{port}.rdb")])
+                    .arg("--dir")
+                    .arg(&dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server starts");
+                (Some(child), port)
+            })
+            .collect();
+        let group = RedisClusterGroup { nodes, dir };
+        for (_, port) in &group.nodes {
+            wait_for(Duration::from_secs(5), "every node answers PING", || {
+                cli(*port, &["PING"]) == "PONG"
+            });
+        }
+        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        group.wait_until_healthy(Duration::from_secs(30));
+        group
+    }
+
+    /// Waits until every live node says `cluster_state:ok`, sees three
+    /// masters serving all 16384 slots, and every live replica is in sync.
+    ///
+    /// # Panics
+    ///
+    /// When that is not so within `limit`.
+    pub fn wait_until_healthy(&self, limit: Duration) {
+        wait_for(limit, "the cluster is healthy", || {
+            self.live_ports().all(|port| {
+                let info = cli(port, &["CLUSTER", "INFO"]);
+                let replication = cli(port, &["INFO", "replication"]);
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_ok:16384")
+                    && (replication.contains("role:master")
+                        || replication.contains("master_link_status:up"))
+            })
+        });
+    }
+
+    fn live_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.nodes
+            .iter()
+            .filter(|(child, _)| child.is_some())
+            .map(|(_, port)| *port)
+    }
+
+    /// `redis+cluster://127.0.0.1:A,127.0.0.1:B,...` (every node).
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(_, port)| format!("127.0.0.1:{port}"))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// The ports of the live masters.
+    pub fn masters(&self) -> Vec<u16> {
+        self.live_ports()
+            .filter(|port| cli(*port, &["INFO", "replication"]).contains("role:master"))
+            .collect()
+    }
+
+    /// The port of the master that serves `slot`.
+    ///
+    /// # Panics
+    ///
+    /// When no live master claims it.
+    pub fn master_of_slot(&self, slot: u16) -> u16 {
+        self.masters()
+            .into_iter()
+            .find(|port| {
+                // CLUSTER COUNTKEYSINSLOT answers anywhere; GETKEYSINSLOT
+                // too. Ownership: this master's own line in CLUSTER NODES.
+                cli(*port, &["CLUSTER", "NODES"])
+                    .lines()
+                    .find(|line| line.contains("myself"))
+                    .is_some_and(|line| owns(line, slot))
+            })
+            .expect("a master serves the slot")
+    }
+
+    /// The slot of `key` (`CLUSTER KEYSLOT`).
+    pub fn slot_of(&self, key: &str) -> u16 {
+        let port = self.live_ports().next().expect("a live node");
+        cli(port, &["CLUSTER", "KEYSLOT", key])
+            .parse()
+            .expect("a slot number")
+    }
+
+    /// The first key matching `pattern` on any master (`--scan`).
+    pub fn find_key(&self, pattern: &str) -> Option<String> {
+        self.masters().into_iter().find_map(|port| {
+            cli(port, &["--scan", "--pattern", pattern])
+                .lines()
+                .next()
+                .map(str::to_owned)
+        })
+    }
+
+    /// How many keys match `pattern` over every master.
+    pub fn count_keys(&self, pattern: &str) -> usize {
+        self.masters()
+            .into_iter()
+            .map(|port| {
+                cli(port, &["--scan", "--pattern", pattern])
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .count()
+            })
+            .sum()
+    }
+
+    /// SIGKILLs the master on `port`: nothing saved, its replica is
+    /// promoted after `cluster-node-timeout` (1 s) and an election.
+    pub fn kill(&mut self, port: u16) {
+        for (child, p) in &mut self.nodes {
+            if *p == port
+                && let Some(mut child) = child.take()
+            {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// Moves `slot` from its master to another one, key by key, as
+    /// `redis-cli --cluster reshard` does (`CLUSTER SETSLOT IMPORTING` /
+    /// `MIGRATING`, `MIGRATE` in batches, `SETSLOT NODE` everywhere),
+    /// pausing `step` between batches so traffic meets the slot mid-move.
+    ///
+    /// # Panics
+    ///
+    /// When a step is refused.
+    pub fn migrate_slot(&self, slot: u16, step: Duration) -> (u16, u16) {
+        let source = self.master_of_slot(slot);
+        let target = self
+            .masters()
+            .into_iter()
+            .find(|p| *p != source)
+            .expect("another master");
+        let id = |port: u16| cli(port, &["CLUSTER", "MYID"]);
+        let (source_id, target_id) = (id(source), id(target));
+        let slot_text = slot.to_string();
+        let ok = |port: u16, args: &[&str]| {
+            let answer = cli(port, args);
+            assert_eq!(answer, "OK", "{args:?} on {port}: {answer}");
+        };
+        ok(
+            target,
+            &["CLUSTER", "SETSLOT", &slot_text, "IMPORTING", &source_id],
+        );
+        ok(
+            source,
+            &["CLUSTER", "SETSLOT", &slot_text, "MIGRATING", &target_id],
+        );
+        std::thread::sleep(step);
+        loop {
+            let keys = cli(source, &["CLUSTER", "GETKEYSINSLOT", &slot_text, "2"]);
+            let keys: Vec<&str> = keys.lines().filter(|l| !l.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let target_port = target.to_string();
+            let mut args = vec![
+                "MIGRATE",
+                "127.0.0.1",
+                &target_port,
+                "",
+                "0",
+                "5000",
+                "KEYS",
+            ];
+            args.extend(keys.iter().copied());
+            ok(source, &args);
+            std::thread::sleep(step);
+        }
+        for port in [target, source] {
+            ok(
+                port,
+                &["CLUSTER", "SETSLOT", &slot_text, "NODE", &target_id],
+            );
+        }
+        for port in self.masters() {
+            if port != source && port != target {
+                let _ = cli(
+                    port,
+                    &["CLUSTER", "SETSLOT", &slot_text, "NODE", &target_id],
+                );
+            }
+        }
+        (source, target)
+    }
+}
+
+/// Whether a `CLUSTER NODES` line lists `slot` among its ranges.
+fn owns(line: &str, slot: u16) -> bool {
+    line.split(' ').skip(8).any(|range| {
+        let mut bounds = range.split('-').map(|n| n.parse::<u16>());
+        match (bounds.next(), bounds.next()) {
+            (Some(Ok(start)), Some(Ok(end))) => (start..=end).contains(&slot),
+            (Some(Ok(only)), None) => only == slot,
+            _ => false,
+        }
+    })
+}
+
+impl Drop for RedisClusterGroup {
+    fn drop(&mut self) {
+        for (child, _) in &mut self.nodes {
+            if let Some(mut child) = child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
