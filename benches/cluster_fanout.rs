@@ -14,6 +14,18 @@
 //! ```
 //!
 //! Uses `REDIS_URL`, or starts its own `redis-server`.
+//!
+//! With `--redis-cluster` (issue 18) it compares instead the same 2 nodes,
+//! sockets and publish rates against one `redis-server` of its own and a
+//! Redis Cluster of its own (3 masters, no replicas:
+//! `RedisClusterGroup::with_replicas(0)`), alternated round by round in the
+//! same run, and prints the ratios cluster / single per rate. A lost event
+//! fails the bench (exit status 1).
+//!
+//! ```sh
+//! cargo bench --bench cluster_fanout -- --redis-cluster      # 3 rounds
+//! CLUSTER_BENCH_ROUNDS=5 cargo bench --bench cluster_fanout -- --redis-cluster
+//! ```
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -24,7 +36,9 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use websocket_manager::managers::{ClusterConfig, ClusterWebSocketManager};
 use websocket_manager::{managers::*, socket::*, *};
-use websocket_manager_test_support::redis::{redis_for, unique_prefix};
+use websocket_manager_test_support::bench::cpu_model;
+use websocket_manager_test_support::cluster::own_cluster_for;
+use websocket_manager_test_support::redis::{own_redis_for, redis_for, unique_prefix};
 
 const USERS: usize = 100;
 const TABS: usize = 10;
@@ -177,19 +191,31 @@ async fn scenario(url: &str, nodes: usize, rate: u64, seconds: u64) -> Outcome {
     }
 }
 
-fn main() {
-    let Some(redis) = redis_for("cluster_fanout bench") else {
-        return;
-    };
-    let seconds: u64 = std::env::var("CLUSTER_BENCH_SECONDS")
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .unwrap_or(default)
+}
+
+fn bench_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--redis-cluster") {
+        redis_cluster_against_single();
+        return;
+    }
+    let Some(redis) = redis_for("cluster_fanout bench") else {
+        return;
+    };
+    let seconds = env_number("CLUSTER_BENCH_SECONDS", 5);
+    let runtime = bench_runtime();
     println!(
         "{USERS} users x {TABS} tabs = {} sockets, {seconds} s per scenario, critical events to random users",
         USERS * TABS
@@ -217,4 +243,102 @@ fn main() {
             two.1 as f64 / one.1.max(1) as f64
         );
     }
+}
+
+/// The median and the range of `values` (not empty).
+fn spread(values: &mut [f64]) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    (
+        values[values.len() / 2],
+        values[0],
+        values[values.len() - 1],
+    )
+}
+
+/// `--redis-cluster`: 2 nodes on one `redis-server` against 2 nodes on a
+/// 3-master Redis Cluster, rounds alternated (see the module docs).
+fn redis_cluster_against_single() {
+    let Some(single) = own_redis_for("cluster_fanout bench --redis-cluster") else {
+        return;
+    };
+    // The fewest replicas the group allows: none, three masters only.
+    let Some(cluster) = own_cluster_for("cluster_fanout bench --redis-cluster", 0) else {
+        return;
+    };
+    let seconds = env_number("CLUSTER_BENCH_SECONDS", 5);
+    let rounds = env_number("CLUSTER_BENCH_ROUNDS", 3).max(1);
+    let runtime = bench_runtime();
+    let setups = [("single", single.url()), ("cluster", cluster.url())];
+    println!("CPU: {}", cpu_model());
+    println!(
+        "2 nodes, {USERS} users x {TABS} tabs = {} sockets, {seconds} s per scenario, critical events to random users",
+        USERS * TABS
+    );
+    println!(
+        "one redis-server against a Redis Cluster of 3 masters (no replicas), {rounds} rounds alternated per rate"
+    );
+    println!("round  redis    target/s  publishes  failed  deliveries/s  lost  p50 ms  p99 ms");
+    let mut lost_total = 0u64;
+    let mut summary = Vec::new();
+    for rate in [1_000u64, 5_000, 20_000] {
+        // Per setup: deliveries/s, p50 ms, p99 ms of every round.
+        let mut figures = [
+            [Vec::new(), Vec::new(), Vec::new()],
+            [Vec::new(), Vec::new(), Vec::new()],
+        ];
+        let mut ratios = [Vec::new(), Vec::new(), Vec::new()];
+        for round in 1..=rounds {
+            // Alternate which setup goes first, so neither always follows
+            // the other's leftovers.
+            let order = if round % 2 == 1 { [0, 1] } else { [1, 0] };
+            let mut this_round = [(0.0, 0.0, 0.0); 2];
+            for s in order {
+                let (name, url) = &setups[s];
+                let outcome = runtime.block_on(scenario(url, 2, rate, seconds));
+                let per_second = outcome.deliveries as f64 / outcome.seconds;
+                let lost = outcome.expected.saturating_sub(outcome.deliveries);
+                lost_total += lost + outcome.failed;
+                let (p50, p99) = (
+                    outcome.p50_us as f64 / 1000.0,
+                    outcome.p99_us as f64 / 1000.0,
+                );
+                println!(
+                    "{round:>5}  {name:<7}  {rate:>8}  {:>9}  {:>6}  {per_second:>12.0}  {lost:>4}  {p50:>6.2}  {p99:>6.2}",
+                    outcome.publishes, outcome.failed,
+                );
+                this_round[s] = (per_second, p50, p99);
+                figures[s][0].push(per_second);
+                figures[s][1].push(p50);
+                figures[s][2].push(p99);
+            }
+            let ([one, many], eps) = (this_round, 1e-3);
+            ratios[0].push(many.0 / one.0);
+            ratios[1].push(many.1 / one.1.max(eps));
+            ratios[2].push(many.2 / one.2.max(eps));
+        }
+        let [d, p50, p99] = ratios.map(|mut r| spread(&mut r));
+        println!(
+            "  cluster / single at {rate}/s (median [min to max] of {rounds} rounds): deliveries/s {:.2}x [{:.2} to {:.2}], p50 {:.2}x [{:.2} to {:.2}], p99 {:.2}x [{:.2} to {:.2}]",
+            d.0, d.1, d.2, p50.0, p50.1, p50.2, p99.0, p99.1, p99.2
+        );
+        let medians = figures.map(|f| f.map(|mut v| spread(&mut v).0));
+        summary.push((rate, d.0, p50.0, p99.0, medians));
+    }
+    println!();
+    println!(
+        "target/s  deliveries/s cluster/single  p50 cluster/single  p99 cluster/single  deliveries/s single, cluster  p50 ms single, cluster  p99 ms single, cluster"
+    );
+    for (rate, d, p50, p99, [one, many]) in summary {
+        println!(
+            "{rate:>8}  {d:>27.2}x  {p50:>17.2}x  {p99:>17.2}x  {:>14.0}, {:>12.0}  {:>13.2}, {:>7.2}  {:>13.2}, {:>7.2}",
+            one[0], many[0], one[1], many[1], one[2], many[2]
+        );
+    }
+    drop(cluster);
+    drop(single);
+    if lost_total > 0 {
+        eprintln!("FAILED: {lost_total} events lost or not published");
+        std::process::exit(1);
+    }
+    println!("lost: 0");
 }
