@@ -105,7 +105,7 @@ use crate::managers::fan_out::{
     fan_out_to_user, no_recipients,
 };
 use crate::managers::stats::{IndexSizes, ManagerStats};
-use crate::offset::StreamOffset;
+use crate::offset::{StreamOffset, StreamPosition};
 
 /// The hasher of every index: `ahash` with random keys (see the module docs).
 pub(crate) type IndexHasher = ahash::RandomState;
@@ -756,22 +756,17 @@ impl<H: UserHistory> LocalIndex<H> {
     }
 
     /// Registers `connection` in one step, under its user's lock: `read`
-    /// answers what it is owed from the user's history part, `replayed`
-    /// records what it was given. For a history kept in the slot (the
-    /// in-memory one), so nothing can come between the read and the
-    /// publication, however busy the user.
-    pub fn register_locked(
+    /// answers what it is owed from the user's history part (the replay,
+    /// the stream position for the socket, and whatever else the caller
+    /// wants back, `N`), `replayed` records what it was given. For a
+    /// history kept in the slot (the in-memory one), so nothing can come
+    /// between the read and the publication, however busy the user.
+    pub fn register_locked<N>(
         &self,
         connection: WebSocketConnection,
-        read: impl FnOnce(&mut H, &UserId) -> Result<super::history::HistoryRead, ManagerError>,
+        read: impl FnOnce(&mut H, &UserId) -> Result<(Replay, Option<StreamPosition>, N), ManagerError>,
         replayed: impl FnOnce(&mut H, Option<StreamOffset>),
-    ) -> Result<
-        (
-            Option<Finished>,
-            Option<crate::managers::events::ResyncNotice>,
-        ),
-        ManagerError,
-    > {
+    ) -> Result<(Option<Finished>, N), ManagerError> {
         if self.is_shut_down() {
             return Err(ManagerError::ShutDown);
         }
@@ -780,7 +775,7 @@ impl<H: UserHistory> LocalIndex<H> {
         let socket = connection.websocket.clone();
         self.with_user(&user, true, |state, counters| {
             self.begin_locked(state, counters, &user, connection)?;
-            let read = match read(&mut state.history, &user) {
+            let (replay, position, rest) = match read(&mut state.history, &user) {
                 Ok(read) => read,
                 Err(error) => {
                     self.unlink_locked(
@@ -794,14 +789,14 @@ impl<H: UserHistory> LocalIndex<H> {
                     return Err(error);
                 }
             };
-            if let Some(position) = read.position {
+            if let Some(position) = position {
                 socket.record_stream_position(position);
             }
-            let finished = self.finish_locked(state, counters, &user, &id, read.replay)?;
+            let finished = self.finish_locked(state, counters, &user, &id, replay)?;
             if let Some(finished) = &finished {
                 replayed(&mut state.history, finished.at);
             }
-            Ok((finished, read.notice))
+            Ok((finished, rest))
         })
         .unwrap_or(Err(ManagerError::ShutDown))
     }

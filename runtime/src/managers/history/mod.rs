@@ -274,7 +274,11 @@ pub(crate) fn register_locked(
     let (finished, notice) = index
         .register_locked(
             connection,
-            |state, user| history.plan_for(state, user, resume),
+            |state, user| {
+                history
+                    .plan_for(state, user, resume)
+                    .map(|read| (read.replay, read.position, read.notice))
+            },
             |state, through| history.replayed(state, through),
         )
         .inspect_err(|error| {
