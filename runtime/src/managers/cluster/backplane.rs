@@ -29,6 +29,7 @@
 //! `READONLY`), the node leaves the ready state, and its next join asks
 //! again.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,6 +89,20 @@ pub(crate) enum AppendError {
         pending: u64,
     },
     Failed(ClusterFailure),
+}
+
+/// What a refresh learned of another node (see [`Backplane::read_cluster`]).
+#[derive(Debug)]
+pub(crate) enum NodePresence {
+    /// Its heartbeat expired.
+    Dead,
+    /// Its presence is at the version this node already read.
+    Unchanged,
+    /// Its presence, read at `version`.
+    Read {
+        version: u64,
+        entries: Vec<(ConnectionId, PresenceEntry)>,
+    },
 }
 
 /// One retained event read back.
@@ -899,13 +914,14 @@ impl Backplane {
         Ok(())
     }
 
-    /// Renews this node's heartbeat; answers whether its presence hash is
-    /// still there (a Redis that lost its data has none).
-    pub async fn heartbeat(&self, ttl: Duration) -> Result<bool, ClusterFailure> {
+    /// Renews this node's heartbeat, which carries the version of its
+    /// presence hash (see [`read_cluster`](Self::read_cluster)); answers
+    /// whether the hash is still there (a Redis that lost its data has none).
+    pub async fn heartbeat(&self, ttl: Duration, version: u64) -> Result<bool, ClusterFailure> {
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(self.keys.alive(&self.node))
-            .arg(1)
+            .arg(version)
             .arg("PX")
             .arg(millis(ttl).max(1))
             .ignore()
@@ -918,17 +934,27 @@ impl Backplane {
 
     /// Replaces this node's presence hash with `entries` (plus a marker
     /// field, so an empty node still has a hash and the heartbeat can tell
-    /// a flushed Redis from a node with no connection).
+    /// a flushed Redis from a node with no connection), as `version`.
     pub async fn rewrite_presence(
         &self,
         entries: &[(ConnectionId, PresenceEntry)],
+        version: u64,
+        ttl: Duration,
     ) -> Result<(), ClusterFailure> {
         let hash = self.keys.presence(&self.node);
         let mut pipe = redis::pipe();
+        // The new version with the new hash, atomically: the other nodes
+        // re-read a hash whose version they have not read yet.
         pipe.atomic()
             .del(&hash)
             .ignore()
             .hset(&hash, NODE_MARKER, "1")
+            .ignore()
+            .cmd("SET")
+            .arg(self.keys.alive(&self.node))
+            .arg(version)
+            .arg("PX")
+            .arg(millis(ttl).max(1))
             .ignore();
         for chunk in entries.chunks(512) {
             let mut fields = Vec::with_capacity(chunk.len());
@@ -940,11 +966,20 @@ impl Backplane {
         self.pipeline::<Value>(&pipe).await.map(drop)
     }
 
-    /// Every other node with its connections (`None`: its heartbeat has
-    /// expired).
+    /// Every other node, with its presence when it must be read: every
+    /// node when `known` is `None` (a full read), else those whose presence
+    /// version (in the heartbeat key) is not the one `known` has for them.
+    ///
+    /// The others' presence reaches this node on the bus; a node rewrites
+    /// its hash under a new version only when announcements may have been
+    /// lost (a failed write, a Redis that lost its data, a rejoin), and this
+    /// node reads in full after it lost messages itself (a dropped
+    /// connection, a full inbound buffer). So a refresh costs one small key
+    /// per node, not every connection of the cluster each heartbeat.
     pub async fn read_cluster(
         &self,
-    ) -> Result<Vec<(String, Option<Vec<(ConnectionId, PresenceEntry)>>)>, ClusterFailure> {
+        known: Option<&HashMap<String, u64>>,
+    ) -> Result<Vec<(String, NodePresence)>, ClusterFailure> {
         let nodes: Vec<String> = self
             .query(redis::cmd("SMEMBERS").arg(self.keys.nodes()))
             .await?;
@@ -954,21 +989,35 @@ impl Backplane {
         }
         let mut pipe = redis::pipe();
         for node in &others {
-            pipe.exists(self.keys.alive(node))
-                .hgetall(self.keys.presence(node));
+            pipe.get(self.keys.alive(node));
         }
-        let answers: Vec<Value> = self.pipeline(&pipe).await?;
+        let versions: Vec<Option<String>> = self.pipeline(&pipe).await?;
         let mut cluster = Vec::with_capacity(others.len());
-        for (node, pair) in others.into_iter().zip(answers.chunks(2)) {
-            let [alive, hash] = pair else {
-                return Err(protocol("presence answer"));
-            };
-            if number(alive)? == 0 {
-                cluster.push((node, None));
+        let mut to_read = Vec::new();
+        for (node, version) in others.into_iter().zip(versions) {
+            let Some(version) = version else {
+                cluster.push((node, NodePresence::Dead));
                 continue;
+            };
+            // A node of an older release writes `1`: read as a version.
+            let version = version.parse().unwrap_or(0);
+            if known.is_some_and(|known| known.get(&node) == Some(&version)) {
+                cluster.push((node, NodePresence::Unchanged));
+            } else {
+                to_read.push((node, version));
             }
+        }
+        if to_read.is_empty() {
+            return Ok(cluster);
+        }
+        let mut pipe = redis::pipe();
+        for (node, _) in &to_read {
+            pipe.hgetall(self.keys.presence(node));
+        }
+        let hashes: Vec<Value> = self.pipeline(&pipe).await?;
+        for ((node, version), hash) in to_read.into_iter().zip(hashes) {
             let fields: Vec<(String, String)> =
-                redis::from_redis_value(hash.clone()).map_err(|e| engine(&e.into()))?;
+                redis::from_redis_value(hash).map_err(|e| engine(&e.into()))?;
             let entries = fields
                 .into_iter()
                 .filter(|(field, _)| field != NODE_MARKER)
@@ -980,7 +1029,7 @@ impl Backplane {
                     ))
                 })
                 .collect();
-            cluster.push((node, Some(entries)));
+            cluster.push((node, NodePresence::Read { version, entries }));
         }
         Ok(cluster)
     }

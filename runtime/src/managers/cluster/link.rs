@@ -149,7 +149,11 @@ impl Shared {
     /// Renews the heartbeat, remembering when an acknowledged one was sent.
     pub(super) async fn renew_heartbeat(&self) -> Result<bool, crate::ClusterFailure> {
         let sent = self.backplane.clock().now();
-        let registered = self.backplane.heartbeat(self.cluster.node_ttl()).await?;
+        let version = self.presence_version.load(Ordering::SeqCst);
+        let registered = self
+            .backplane
+            .heartbeat(self.cluster.node_ttl(), version)
+            .await?;
         self.link.heartbeat_sent.fetch_max(sent, Ordering::SeqCst);
         Ok(registered)
     }

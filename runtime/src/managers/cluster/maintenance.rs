@@ -2,13 +2,15 @@
 //! cluster and keeps the node in it (heartbeat, refresh of the others'
 //! presence, audits after a possible loss), and leaves it at shutdown.
 
-use std::sync::Weak;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::{PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
 use super::Shared;
+use super::backplane::NodePresence;
 use super::presence::{self, PresenceChange};
 use crate::error::ClusterFailure;
 use crate::ids::UserId;
@@ -125,11 +127,9 @@ async fn connect(shared: &Shared) -> Result<(), ClusterFailure> {
     }
     shared.renew_heartbeat().await?;
     shared.presence_dirty.store(false, Ordering::SeqCst);
-    shared
-        .backplane
-        .rewrite_presence(&presence::presence_entries(&shared.local))
-        .await?;
-    refresh(shared).await?;
+    rewrite_presence(shared).await?;
+    // Messages may have been lost while joining: read everyone.
+    refresh(shared, true).await?;
     shared.link_joined();
     tracing::info!(node = shared.cluster.node_id(), "joined the cluster");
     Ok(())
@@ -148,27 +148,100 @@ async fn tick(shared: &Shared) -> Result<(), ClusterFailure> {
                 "this node's presence is gone from Redis (restart or flush): rewriting it"
             );
         }
-        shared
-            .backplane
-            .rewrite_presence(&presence::presence_entries(&shared.local))
-            .await?;
+        rewrite_presence(shared).await?;
     }
-    refresh(shared).await
+    let ticks = shared.refreshes.fetch_add(1, Ordering::Relaxed) + 1;
+    refresh(shared, ticks.is_multiple_of(FULL_REFRESH_EVERY)).await
 }
 
-/// Re-reads every other node's presence; forgets dead nodes.
-async fn refresh(shared: &Shared) -> Result<(), ClusterFailure> {
+/// Every this many heartbeats a node re-reads every other node's presence
+/// in full, whatever the versions say: a bound on any drift nothing else
+/// noticed (in between it reads only what changed, see
+/// `Backplane::read_cluster`).
+const FULL_REFRESH_EVERY: u64 = 20;
+
+impl Shared {
+    /// A version above every earlier one of this node, also across a
+    /// restart under the same node id (it starts from the clock).
+    fn next_presence_version(&self) -> u64 {
+        let now = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros(),
+        )
+        .unwrap_or(u64::MAX);
+        let mut version = 0;
+        let _ = self
+            .presence_version
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |before| {
+                version = now.max(before + 1);
+                Some(version)
+            });
+        version
+    }
+
+    /// The version of each other node's presence read last.
+    fn presence_versions(&self) -> HashMap<String, u64> {
+        self.presence_versions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records that `node`'s presence was read at `version` (`None`: the
+    /// node is gone).
+    fn read_presence_version(&self, node: &str, version: Option<u64>) {
+        let mut versions = self
+            .presence_versions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match version {
+            Some(version) => versions.insert(node.to_owned(), version),
+            None => versions.remove(node),
+        };
+    }
+}
+
+/// Rewrites this node's presence hash under a new version, so the others
+/// read it again.
+async fn rewrite_presence(shared: &Shared) -> Result<(), ClusterFailure> {
+    let version = shared.next_presence_version();
+    shared
+        .backplane
+        .rewrite_presence(
+            &presence::presence_entries(&shared.local),
+            version,
+            shared.cluster.node_ttl(),
+        )
+        .await
+}
+
+/// Refreshes the replica of the others' presence: reads the nodes whose
+/// presence changed version since it was read (every node when `full`);
+/// forgets dead nodes.
+async fn refresh(shared: &Shared, full: bool) -> Result<(), ClusterFailure> {
     let read_at = Instant::now();
-    for (node, entries) in shared.backplane.read_cluster().await? {
-        match entries {
-            Some(entries) => shared.replica.replace_node(&node, entries, read_at),
-            None => {
+    let known = (!full).then(|| shared.presence_versions());
+    let nodes = shared.backplane.read_cluster(known.as_ref()).await?;
+    for (node, presence) in nodes {
+        match presence {
+            NodePresence::Read { version, entries } => {
+                shared.replica.replace_node(&node, entries, read_at);
+                shared.read_presence_version(&node, Some(version));
+            }
+            NodePresence::Unchanged => {}
+            NodePresence::Dead => {
                 let dropped = shared.replica.drop_node(&node);
+                shared.read_presence_version(&node, None);
                 tracing::info!(%node, connections = dropped, "node missed its heartbeat: forgotten");
                 shared.backplane.forget_node(&node).await?;
             }
         }
     }
+    // Joins and leaves heard before this read are settled by it (or by
+    // an earlier read of an unchanged node).
+    shared.replica.settle(read_at);
     Ok(())
 }
 

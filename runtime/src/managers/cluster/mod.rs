@@ -19,7 +19,7 @@
 //!   node's presence replica sees it).
 //! * **Presence**: each node keeps its connections in a Redis hash and
 //!   announces every change on the bus; every node keeps a replica of the
-//!   others' (see `presence`), refreshed every heartbeat interval, and drops
+//!   others' (see `presence`), re-read where a version changed, and drops
 //!   a node whose heartbeat key expired, within
 //!   [`ClusterConfig::presence_bound`].
 //!
@@ -149,6 +149,13 @@ struct Shared {
     outbound: mpsc::Sender<PresenceChange>,
     /// The link watchdog's bookkeeping and counters.
     link: Link,
+    /// The version of this node's presence hash in Redis (set with each
+    /// rewrite; the heartbeat carries it).
+    presence_version: AtomicU64,
+    /// The version of each other node's presence this node last read.
+    presence_versions: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Maintenance ticks so far (every `FULL_REFRESH_EVERY`th reads all).
+    refreshes: AtomicU64,
     /// The history reads of registering connections: bounded
     /// (`ClusterConfig::history_reads`), shared per user when they wait.
     history_reads: HistoryReads,
@@ -242,6 +249,9 @@ impl ClusterWebSocketManager {
             probe,
             outbound,
             link: Link::default(),
+            presence_version: AtomicU64::new(0),
+            presence_versions: std::sync::Mutex::default(),
+            refreshes: AtomicU64::new(0),
             history_reads: HistoryReads::new(history_reads),
             wake: tokio::sync::Notify::new(),
             stop: tokio::sync::Notify::new(),

@@ -4,9 +4,12 @@
 //!
 //! Kept current two ways, in the spirit of Phoenix Presence: every change a
 //! node makes is published on the bus (applied within milliseconds), and
-//! every heartbeat interval each node re-reads every live node's presence
-//! hash (which repairs anything a lost message left wrong) and drops the
-//! nodes whose heartbeat key has expired.
+//! every heartbeat interval each node reads the others' heartbeat keys,
+//! drops the nodes whose key has expired and re-reads the presence hash of
+//! a node whose version (in its key) changed: a node rewrites its hash
+//! under a new version when its announcements may have been lost, and a
+//! node that lost messages itself reads every hash (see `maintenance`), as
+//! it also does every 20 heartbeats.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -26,8 +29,8 @@ pub(crate) enum PresenceChange {
     Join(ConnectionId, PresenceEntry),
     Leave(ConnectionId),
     /// A connection bound to a thread: its whole entry, thread included,
-    /// so the presence hash (which other nodes re-read every heartbeat)
-    /// holds the binding, not only the bus message.
+    /// so the presence hash (which other nodes re-read) holds the binding,
+    /// not only the bus message.
     Moved(ConnectionId, PresenceEntry),
     /// Ask node `.0`, which holds connection `.1`, to bind it to `.2`.
     Bind(String, ConnectionId, ThreadId),
@@ -185,6 +188,15 @@ impl Replica {
         }
         // What is older than this read is settled by it.
         state.recent.retain(|_, (at, _)| *at >= read_at);
+    }
+
+    /// Forgets the joins and leaves heard before `read_at`: a refresh that
+    /// started then found every node's presence read or unchanged since.
+    pub fn settle(&self, read_at: Instant) {
+        self.state
+            .write()
+            .recent
+            .retain(|_, (at, _)| *at >= read_at);
     }
 
     /// Forgets `node` (dead or gone); returns how many connections it held.
