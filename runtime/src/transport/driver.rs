@@ -216,7 +216,7 @@ pub(crate) async fn drive<S: WireSocket>(
         sink,
         outbound,
         context.socket().clone(),
-        config.clone(),
+        WriterSettings::new(config),
         Arc::clone(&written),
     ));
     let mut reader = Reader {
@@ -595,92 +595,117 @@ enum WriteFailure {
     Failed(String),
 }
 
-async fn write_loop<K>(
+/// What the writer needs of the [`TransportConfig`]: a copy of four
+/// fields rather than a clone of the whole config (176 bytes), since the
+/// writer's future is allocated once per connection and lives as long.
+#[derive(Clone, Copy)]
+struct WriterSettings {
+    ping_interval: Duration,
+    heartbeats: bool,
+    write_timeout: Duration,
+    close_timeout: Duration,
+}
+
+impl WriterSettings {
+    fn new(config: &TransportConfig) -> Self {
+        WriterSettings {
+            ping_interval: config.ping_interval(),
+            heartbeats: config.heartbeat_frames(),
+            write_timeout: config.write_timeout(),
+            close_timeout: config.close_timeout(),
+        }
+    }
+}
+
+/// The writer task. A plain `fn` returning an `async move` block rather
+/// than an `async fn`: an `async fn` keeps each argument twice in its
+/// future (as captured and as a local), and this future is allocated once
+/// per connection for the connection's whole life.
+fn write_loop<K>(
     mut sink: K,
     mut outbound: OutboundReceiver,
     socket: WebSocketHandle,
-    config: TransportConfig,
+    config: WriterSettings,
     written: Arc<Written>,
-) -> EndReason
+) -> impl Future<Output = EndReason>
 where
     K: Sink<WireMessage, Error = WireError> + Unpin,
 {
-    // With heartbeat frames the timer ticks twice per ping interval: a ping
-    // at every second tick, and a heartbeat at any tick when no frame was
-    // written since the tick before. A frame written just after a tick is
-    // then followed by another (a heartbeat at the latest) within two ticks,
-    // one ping interval: the bound `docs/protocol.md` promises. (One tick
-    // per interval would leave gaps of up to two intervals.)
-    let heartbeats = config.heartbeat_frames();
-    let period = if heartbeats {
-        config.ping_interval() / 2
-    } else {
-        config.ping_interval()
-    };
-    let mut timer = tokio::time::interval_at(Instant::now() + period, period);
-    timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut ticks = 0u64;
-    let mut wrote_since_tick = false;
-    let mut events = Vec::new();
-    loop {
-        let mut ping_due = false;
-        let mut heartbeat_due = false;
-        tokio::select! {
-            biased;
-            n = outbound.recv_many(&mut events, MAX_BATCH) => {
-                if n == 0 {
-                    // Every handle is gone without a close: close normally.
-                    events.push(OutboundEvent::Close(CloseReason::normal()));
-                }
-            },
-            _ = timer.tick() => {
-                ticks += 1;
-                ping_due = !heartbeats || ticks.is_multiple_of(2);
-                if ping_due {
-                    // Quiet or not, a burst's buffer kept for the next burst
-                    // is given back once per ping interval.
-                    outbound.release_idle_buffer();
-                }
-                // The heartbeat sent now counts as the next interval's frame.
-                heartbeat_due = heartbeats && !wrote_since_tick;
-                wrote_since_tick = heartbeat_due;
-            }
-        }
-        let batch = Batch {
-            events: &mut events,
-            outbound: &mut outbound,
-            ping: ping_due,
-            heartbeat: heartbeat_due,
-            wrote: &mut wrote_since_tick,
-            written: &written,
+    async move {
+        // With heartbeat frames the timer ticks twice per ping interval: a ping
+        // at every second tick, and a heartbeat at any tick when no frame was
+        // written since the tick before. A frame written just after a tick is
+        // then followed by another (a heartbeat at the latest) within two ticks,
+        // one ping interval: the bound `docs/protocol.md` promises. (One tick
+        // per interval would leave gaps of up to two intervals.)
+        let heartbeats = config.heartbeats;
+        let period = if heartbeats {
+            config.ping_interval / 2
+        } else {
+            config.ping_interval
         };
-        let written = write_bounded(&mut sink, batch, &socket, config.write_timeout()).await;
-        events.clear();
-        match written {
-            Ok(None) => {}
-            Ok(Some(reason)) => {
+        let mut timer = tokio::time::interval_at(Instant::now() + period, period);
+        timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut ticks = 0u64;
+        let mut wrote_since_tick = false;
+        let mut events = Vec::new();
+        loop {
+            let mut ping_due = false;
+            let mut heartbeat_due = false;
+            tokio::select! {
+                biased;
+                n = outbound.recv_many(&mut events, MAX_BATCH) => {
+                    if n == 0 {
+                        // Every handle is gone without a close: close normally.
+                        events.push(OutboundEvent::Close(CloseReason::normal()));
+                    }
+                },
+                _ = timer.tick() => {
+                    ticks += 1;
+                    ping_due = !heartbeats || ticks.is_multiple_of(2);
+                    if ping_due {
+                        // Quiet or not, a burst's buffer kept for the next burst
+                        // is given back once per ping interval.
+                        outbound.release_idle_buffer();
+                    }
+                    // The heartbeat sent now counts as the next interval's frame.
+                    heartbeat_due = heartbeats && !wrote_since_tick;
+                    wrote_since_tick = heartbeat_due;
+                }
+            }
+            let batch = Batch {
+                events: &mut events,
+                outbound: &mut outbound,
+                ping: ping_due,
+                heartbeat: heartbeat_due,
+                wrote: &mut wrote_since_tick,
+                written: &written,
+            };
+            let result = write_bounded(&mut sink, batch, &socket, config.write_timeout).await;
+            events.clear();
+            let reason = match result {
+                Ok(None) => continue,
                 // The close wins over frames still queued, as documented on
                 // `OutboundEvent::Close` (frames already fed go out first).
-                send_close(&mut sink, reason.clone(), config.close_timeout()).await;
-                return server_closed(reason);
-            }
-            Err(WriteFailure::ClosedWhileStalled(reason)) => {
-                send_close(&mut sink, reason.clone(), config.close_timeout()).await;
-                return server_closed(reason);
-            }
-            Err(WriteFailure::TimedOut) => {
-                // Abrupt on purpose, like the slow-consumer close: the
-                // client is not reading, so what is queued could not be
-                // written anyway; it is dropped (and counted).
-                socket.close(close::write_timeout());
-                tracing::warn!(socket = %socket.id(), timeout = ?config.write_timeout(),
-                    "write stalled; dropping the socket");
-                return EndReason::WriteStalled;
-            }
-            Err(WriteFailure::Failed(error)) => {
-                socket.close(close::transport_error());
-                return EndReason::TransportError { error };
-            }
+                Ok(Some(reason)) | Err(WriteFailure::ClosedWhileStalled(reason)) => reason,
+                Err(WriteFailure::TimedOut) => {
+                    // Abrupt on purpose, like the slow-consumer close: the
+                    // client is not reading, so what is queued could not be
+                    // written anyway; it is dropped (and counted).
+                    socket.close(close::write_timeout());
+                    tracing::warn!(socket = %socket.id(), timeout = ?config.write_timeout,
+                        "write stalled; dropping the socket");
+                    return EndReason::WriteStalled;
+                }
+                Err(WriteFailure::Failed(error)) => {
+                    socket.close(close::transport_error());
+                    return EndReason::TransportError { error };
+                }
+            };
+            // Boxed: once per connection, and it would otherwise take its
+            // room in the writer's future for the connection's whole life.
+            Box::pin(send_close(&mut sink, reason.clone(), config.close_timeout)).await;
+            return server_closed(reason);
         }
     }
 }
@@ -708,44 +733,54 @@ struct Batch<'a> {
 /// Writes a batch and flushes once, giving up after `limit`, or as soon as
 /// the socket is closed while the write cannot progress. `Some` close
 /// reason when the batch ended with the close.
-async fn write_bounded<K>(
-    sink: &mut K,
-    batch: Batch<'_>,
-    socket: &WebSocketHandle,
+///
+/// (This and [`write_batch`] are plain `fn`s returning `async move`
+/// blocks, as [`write_loop`] is: an `async fn` would keep its arguments
+/// twice in the writer's future.)
+fn write_bounded<'a, K>(
+    sink: &'a mut K,
+    batch: Batch<'a>,
+    socket: &'a WebSocketHandle,
     limit: Duration,
-) -> Result<Option<CloseReason>, WriteFailure>
+) -> impl Future<Output = Result<Option<CloseReason>, WriteFailure>> + 'a
 where
     K: Sink<WireMessage, Error = WireError> + Unpin,
 {
-    let written = |result: Result<Option<CloseReason>, WireError>| {
-        result.map_err(|error| WriteFailure::Failed(error.to_string()))
-    };
-    let mut write = std::pin::pin!(write_batch(sink, batch));
-    // Most batches are written at once (the socket's send buffer has room):
-    // only a write that has to wait arms the write timeout and waits for a
-    // close, which saves a clock read and a timer handle per flush.
-    if let Poll::Ready(result) =
-        std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await
-    {
-        return written(result);
-    }
-    // A close waiting for the queued frames does not cut their write short;
-    // `stop_writer` makes it abrupt after the close timeout.
-    let close_requested = std::future::poll_fn(|cx| socket.poll_abrupt_close(cx));
-    tokio::select! {
-        biased;
-        result = tokio::time::timeout(limit, write) => match result {
-            Ok(result) => written(result),
-            Err(_) => Err(WriteFailure::TimedOut),
-        },
-        reason = close_requested => Err(WriteFailure::ClosedWhileStalled(reason)),
+    async move {
+        let written = |result: Result<Option<CloseReason>, WireError>| {
+            result.map_err(|error| WriteFailure::Failed(error.to_string()))
+        };
+        let mut write = std::pin::pin!(write_batch(sink, batch));
+        // Most batches are written at once (the socket's send buffer has room):
+        // only a write that has to wait arms the write timeout and waits for a
+        // close, which saves a clock read and a timer handle per flush.
+        if let Poll::Ready(result) =
+            std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await
+        {
+            return written(result);
+        }
+        // A close waiting for the queued frames does not cut their write short;
+        // `stop_writer` makes it abrupt after the close timeout. The deadline is
+        // boxed: only this slow path needs one, and inline it would take its
+        // room in every writer's future for the connection's whole life.
+        let close_requested = std::future::poll_fn(|cx| socket.poll_abrupt_close(cx));
+        let deadline = Box::pin(tokio::time::sleep(limit));
+        tokio::select! {
+            biased;
+            result = write => written(result),
+            () = deadline => Err(WriteFailure::TimedOut),
+            reason = close_requested => Err(WriteFailure::ClosedWhileStalled(reason)),
+        }
     }
 }
 
 /// Feeds the batch's frames, then whatever arrived meanwhile (up to
 /// [`MAX_FLUSH`] frames), and flushes once. Stops at a close, which it
 /// returns without flushing (`send_close` flushes with the close frame).
-async fn write_batch<K>(sink: &mut K, batch: Batch<'_>) -> Result<Option<CloseReason>, WireError>
+fn write_batch<'a, K>(
+    sink: &'a mut K,
+    batch: Batch<'a>,
+) -> impl Future<Output = Result<Option<CloseReason>, WireError>> + 'a
 where
     K: Sink<WireMessage, Error = WireError> + Unpin,
 {
@@ -757,37 +792,39 @@ where
         wrote,
         written,
     } = batch;
-    if ping {
-        sink.feed(WireMessage::Ping(Bytes::new())).await?;
-    }
-    if heartbeat {
-        sink.feed(WireMessage::Text(control::heartbeat_frame()))
-            .await?;
-    }
-    let mut fed = 0;
-    loop {
-        for event in events.drain(..) {
-            match event {
-                OutboundEvent::Frame(frame) => {
-                    *wrote = true;
-                    sink.feed(WireMessage::Text(frame)).await?;
+    async move {
+        if ping {
+            sink.feed(WireMessage::Ping(Bytes::new())).await?;
+        }
+        if heartbeat {
+            sink.feed(WireMessage::Text(control::heartbeat_frame()))
+                .await?;
+        }
+        let mut fed = 0;
+        loop {
+            for event in events.drain(..) {
+                match event {
+                    OutboundEvent::Frame(frame) => {
+                        *wrote = true;
+                        sink.feed(WireMessage::Text(frame)).await?;
+                    }
+                    OutboundEvent::Binary(bytes) => {
+                        *wrote = true;
+                        sink.feed(WireMessage::Binary(bytes)).await?;
+                    }
+                    // A close comes alone and ends the queue.
+                    OutboundEvent::Close(reason) => return Ok(Some(reason)),
                 }
-                OutboundEvent::Binary(bytes) => {
-                    *wrote = true;
-                    sink.feed(WireMessage::Binary(bytes)).await?;
-                }
-                // A close comes alone and ends the queue.
-                OutboundEvent::Close(reason) => return Ok(Some(reason)),
+                fed += 1;
             }
-            fed += 1;
+            if fed >= MAX_FLUSH || outbound.try_recv_many(events, MAX_BATCH) == 0 {
+                break;
+            }
         }
-        if fed >= MAX_FLUSH || outbound.try_recv_many(events, MAX_BATCH) == 0 {
-            break;
-        }
+        sink.flush().await?;
+        written.add(fed as u64);
+        Ok(None)
     }
-    sink.flush().await?;
-    written.add(fed as u64);
-    Ok(None)
 }
 
 /// Sends a close frame and flushes, within `limit`. After the client's own
@@ -885,7 +922,7 @@ mod tests {
             Recording::default(),
             outbound,
             socket.clone(),
-            config,
+            WriterSettings::new(&config),
             Arc::default(),
         ));
         for burst in 0..2 {
@@ -907,6 +944,35 @@ mod tests {
             socket.queue_capacity()
         );
         writer.abort();
+    }
+
+    /// The writer's future is allocated once per connection and lives as
+    /// long: 1,216 bytes when it cloned the whole config and kept each
+    /// argument twice (an `async fn`) and its write timeout inline; 632
+    /// since (`WriterSettings`, `fn` + `async move`, the timeout boxed on
+    /// the slow path), on a socket of the axum adapter.
+    #[cfg(feature = "tungstenite")]
+    #[tokio::test]
+    async fn the_writer_future_stays_small() {
+        use crate::transport::tungstenite_socket::TungsteniteSocket;
+        let (server, _client) = tokio::io::duplex(64);
+        let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            server,
+            tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        let (sink, _stream) = TungsteniteSocket::new(socket).split();
+        let (handle, outbound) = WebSocketHandle::channel(QueueLimits::default());
+        let writer = write_loop(
+            sink,
+            outbound,
+            handle,
+            WriterSettings::new(&TransportConfig::default()),
+            Arc::default(),
+        );
+        let size = std::mem::size_of_val(&writer);
+        assert!(size <= 700, "the writer's future is {size} bytes");
     }
 
     #[tokio::test]
