@@ -13,6 +13,7 @@ use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use serde::Serialize;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -161,9 +162,14 @@ impl Written {
         }
     }
 
+    /// Whether `target` frames are written.
+    fn reached(&self, target: u64) -> bool {
+        self.frames.load(Ordering::SeqCst) >= target
+    }
+
     /// Waits until `target` frames are written, at most `limit`.
     async fn wait_for(&self, target: u64, limit: Duration) {
-        if self.frames.load(Ordering::SeqCst) >= target {
+        if self.reached(target) {
             return;
         }
         let _ = tokio::time::timeout(limit, async {
@@ -201,68 +207,74 @@ pub(crate) struct Session {
 
 /// Runs one registered connection to its end: spawns the writer, reads until
 /// something ends the connection, and makes sure the writer is gone.
-pub(crate) async fn drive<S: WireSocket>(
-    socket: S,
+///
+/// A plain `fn` returning an `async move` block (as [`write_loop`]): this
+/// future lives inside the connection's task for the connection's whole
+/// life, and an `async fn` would keep every argument twice in it.
+pub(crate) fn drive<'a, S: WireSocket>(
+    sink: SplitSink<S, WireMessage>,
+    mut stream: SplitStream<S>,
     outbound: OutboundReceiver,
     context: InboundContext,
-    config: &TransportConfig,
+    config: &'a TransportConfig,
     handler: Arc<dyn MessageHandler>,
-    session: Session,
-    counters: &TransportCounters,
-) -> EndReason {
-    let (sink, mut stream) = socket.split();
-    let written = Arc::new(Written::default());
-    let mut writer = tokio::spawn(write_loop(
-        sink,
-        outbound,
-        context.socket().clone(),
-        WriterSettings::new(config),
-        Arc::clone(&written),
-    ));
-    let mut reader = Reader {
-        context: &context,
-        config,
-        handler: &handler,
-        session,
-        written: &written,
-        rate: config
-            .inbound_rate()
-            .map(|limit| TokenBucket::new(limit, std::time::Instant::now())),
-        counters,
-    };
-    let (end, ended_by_writer) = match reader.run(&mut stream, &mut writer).await {
-        Ended::Writer(end) => (
-            end.unwrap_or_else(|| EndReason::TransportError {
-                error: "writer task ended abnormally".to_owned(),
-            }),
-            true,
-        ),
-        Ended::Reader(end) => {
-            let (reason, after) = closing(&end);
-            stop_writer(context.socket(), reason, after, config, &mut writer).await;
-            (end, false)
-        }
-    };
-    let discarded = context.socket().discarded_at_close();
-    if discarded > 0 {
-        tracing::info!(connection = %context.connection_id(), user = %context.user_id(),
-            discarded_at_close = discarded, %end,
-            "frames the queue had accepted were dropped unwritten at close");
-    }
-
-    // The server closed: give the client the time of the close handshake to
-    // answer, so it sees a clean close rather than a reset.
-    if ended_by_writer && let EndReason::ServerClosed { .. } = end {
-        let _ = tokio::time::timeout(config.close_timeout(), async {
-            while let Some(Ok(message)) = stream.next().await {
-                if matches!(message, WireMessage::Close(_)) {
-                    break;
-                }
+    mut session: Session,
+    counters: &'a TransportCounters,
+) -> impl Future<Output = EndReason> + 'a {
+    async move {
+        let written = Arc::new(Written::default());
+        let mut writer = tokio::spawn(write_loop(
+            sink,
+            outbound,
+            context.socket().clone(),
+            WriterSettings::new(config),
+            Arc::clone(&written),
+        ));
+        let mut reader = Reader {
+            context: &context,
+            config,
+            handler: &handler,
+            session: &mut session,
+            written: &written,
+            rate: config
+                .inbound_rate()
+                .map(|limit| TokenBucket::new(limit, std::time::Instant::now())),
+            counters,
+        };
+        let (end, ended_by_writer) = match reader.run(&mut stream, &mut writer).await {
+            Ended::Writer(end) => (
+                end.unwrap_or_else(|| EndReason::TransportError {
+                    error: "writer task ended abnormally".to_owned(),
+                }),
+                true,
+            ),
+            Ended::Reader(end) => {
+                let (reason, after) = closing(&end);
+                stop_writer(context.socket(), reason, after, config, &mut writer).await;
+                (end, false)
             }
-        })
-        .await;
+        };
+        let discarded = context.socket().discarded_at_close();
+        if discarded > 0 {
+            tracing::info!(connection = %context.connection_id(), user = %context.user_id(),
+                discarded_at_close = discarded, %end,
+                "frames the queue had accepted were dropped unwritten at close");
+        }
+
+        // The server closed: give the client the time of the close handshake to
+        // answer, so it sees a clean close rather than a reset.
+        if ended_by_writer && let EndReason::ServerClosed { .. } = end {
+            let _ = tokio::time::timeout(config.close_timeout(), async {
+                while let Some(Ok(message)) = stream.next().await {
+                    if matches!(message, WireMessage::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        end
     }
-    end
 }
 
 /// What the close frame may follow.
@@ -333,7 +345,8 @@ struct Reader<'a> {
     context: &'a InboundContext,
     config: &'a TransportConfig,
     handler: &'a Arc<dyn MessageHandler>,
-    session: Session,
+    /// Borrowed from `drive`'s future rather than moved in: one copy.
+    session: &'a mut Session,
     written: &'a Written,
     /// The connection's inbound rate, if limited.
     rate: Option<TokenBucket>,
@@ -458,9 +471,11 @@ impl Reader<'_> {
                     // The handler answered: its replies are written before
                     // the next read, as a plain echo loop would (a close
                     // read next would otherwise overtake them).
+                    // (Boxed: rare, and inline its timer would take its room
+                    // in every connection's future for the connection's life.)
                     let replied = self.context.socket().accepted_frames();
-                    if replied > accepted {
-                        self.written.wait_for(replied, config.close_timeout()).await;
+                    if replied > accepted && !self.written.reached(replied) {
+                        Box::pin(self.written.wait_for(replied, config.close_timeout())).await;
                     }
                 }
                 () = &mut idle => return Ended::Reader(EndReason::HeartbeatTimeout),
