@@ -211,9 +211,10 @@ pub(crate) struct Session {
 /// A plain `fn` returning an `async move` block (as [`write_loop`]): this
 /// future lives inside the connection's task for the connection's whole
 /// life, and an `async fn` would keep every argument twice in it.
+// Not an `async fn`, on purpose (see above).
+#[allow(clippy::manual_async_fn)]
 pub(crate) fn drive<'a, S: WireSocket>(
-    sink: SplitSink<S, WireMessage>,
-    mut stream: SplitStream<S>,
+    (sink, mut stream): (SplitSink<S, WireMessage>, SplitStream<S>),
     outbound: OutboundReceiver,
     context: InboundContext,
     config: &'a TransportConfig,
@@ -636,6 +637,8 @@ impl WriterSettings {
 /// than an `async fn`: an `async fn` keeps each argument twice in its
 /// future (as captured and as a local), and this future is allocated once
 /// per connection for the connection's whole life.
+// Not an `async fn`, on purpose (see above).
+#[allow(clippy::manual_async_fn)]
 fn write_loop<K>(
     mut sink: K,
     mut outbound: OutboundReceiver,
@@ -752,6 +755,7 @@ struct Batch<'a> {
 /// (This and [`write_batch`] are plain `fn`s returning `async move`
 /// blocks, as [`write_loop`] is: an `async fn` would keep its arguments
 /// twice in the writer's future.)
+#[allow(clippy::manual_async_fn)]
 fn write_bounded<'a, K>(
     sink: &'a mut K,
     batch: Batch<'a>,

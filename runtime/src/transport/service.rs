@@ -690,8 +690,7 @@ impl WebSocketService {
                         identity,
                     };
                     driver::drive(
-                        sink,
-                        stream,
+                        (sink, stream),
                         outbound,
                         context,
                         &inner.config,
@@ -725,6 +724,9 @@ impl WebSocketService {
 
 /// The value of a box, the box freed now (a box moved out of with `*`
 /// is freed only at the end of its scope: here, the connection's life).
+// The box is the point: it is freed here rather than at the end of the
+// caller's scope.
+#[allow(clippy::boxed_local)]
 fn unboxed<T>(boxed: Box<T>) -> T {
     *boxed
 }
