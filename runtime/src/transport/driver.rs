@@ -219,23 +219,26 @@ pub(crate) fn drive<'a, S: WireSocket>(
     context: InboundContext,
     config: &'a TransportConfig,
     handler: Arc<dyn MessageHandler>,
-    mut session: Session,
+    session: &'a mut Session,
     counters: &'a TransportCounters,
 ) -> impl Future<Output = EndReason> + 'a {
+    // The writer is spawned here, when `serve` calls this right before
+    // awaiting it, so that this future does not keep the writer's sink and
+    // queue among its captures for the connection's whole life.
+    let written = Arc::new(Written::default());
+    let mut writer = tokio::spawn(write_loop(
+        sink,
+        outbound,
+        context.socket().clone(),
+        WriterSettings::new(config),
+        Arc::clone(&written),
+    ));
     async move {
-        let written = Arc::new(Written::default());
-        let mut writer = tokio::spawn(write_loop(
-            sink,
-            outbound,
-            context.socket().clone(),
-            WriterSettings::new(config),
-            Arc::clone(&written),
-        ));
         let mut reader = Reader {
             context: &context,
             config,
             handler: &handler,
-            session: &mut session,
+            session,
             written: &written,
             rate: config
                 .inbound_rate()
@@ -346,7 +349,7 @@ struct Reader<'a> {
     context: &'a InboundContext,
     config: &'a TransportConfig,
     handler: &'a Arc<dyn MessageHandler>,
-    /// Borrowed from `drive`'s future rather than moved in: one copy.
+    /// Borrowed from `serve`'s future: one copy for the connection.
     session: &'a mut Session,
     written: &'a Written,
     /// The connection's inbound rate, if limited.
@@ -414,7 +417,9 @@ impl Reader<'_> {
                                     () = &mut expiry, if bounded => {
                                         return Ended::Reader(EndReason::TokenExpired);
                                     }
-                                    refused = self.refresh(&token) => refused,
+                                    // Boxed: once per token, and inline it would
+                                    // take its room in every connection's future.
+                                    refused = Box::pin(self.refresh(&token)) => refused,
                                 };
                                 match refused {
                                     None => expiry
