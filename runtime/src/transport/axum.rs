@@ -58,7 +58,7 @@ use tungstenite::protocol::Role;
 use super::auth::{AuthError, Authenticated, UpgradeRequest};
 use super::config::DEFAULT_HEADER_READ_TIMEOUT;
 use super::handshake::{accept_headers, check_upgrade, websocket_config};
-use super::service::WebSocketService;
+use super::service::{WebSocketService, unboxed};
 use super::tungstenite_socket::TungsteniteSocket;
 
 /// The ready `GET /ws` handler: authenticates the upgrade request with the
@@ -116,23 +116,29 @@ pub async fn accept(service: &WebSocketService, upgrade: WebSocketUpgrade) -> Re
     // The request (its token among the headers) is not kept for the
     // connection's whole life.
     drop((uri, headers));
-    let config = websocket_config(service.config());
     let service = service.clone();
+    // This task serves the connection for its whole life, and what its
+    // future captures keeps its room all along: the admission is boxed
+    // (freed when `serve` takes it), the tungstenite config made inside,
+    // in a block of its own.
+    let admission = Box::new(admission);
     tokio::spawn(async move {
-        // Resolves once hyper has written the `101`.
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(error) => {
-                tracing::debug!(%error, user = %admission.identity.user_id,
-                    "the connection was not upgraded");
-                return;
-            }
-        };
-        let socket =
+        let socket = {
+            // Resolves once hyper has written the `101`.
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(error) => {
+                    tracing::debug!(%error, user = %admission.identity.user_id,
+                        "the connection was not upgraded");
+                    return;
+                }
+            };
+            let config = websocket_config(service.config());
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
+                .await
+        };
         service
-            .serve(TungsteniteSocket::new(socket), admission)
+            .serve(TungsteniteSocket::new(socket), unboxed(admission))
             .await;
     });
     response

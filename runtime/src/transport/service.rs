@@ -4,7 +4,9 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use futures_util::SinkExt;
+use std::future::Future;
+
+use futures_util::{Sink, SinkExt, StreamExt};
 use serde::Serialize;
 
 use super::admission::{RateLimit, TokenBucket, TransportCounters, TransportStats};
@@ -19,7 +21,7 @@ use super::record::ConnectionRecord;
 use super::shutdown::{
     ConnectionTracker, Registered, ShutdownReport, UpgradeRefused, UpgradeTicket,
 };
-use super::wire::{WireMessage, WireSocket};
+use super::wire::{WireError, WireMessage, WireSocket};
 use crate::close::{self, CloseReason};
 use crate::connection::{QueueLimits, TextFrame, WebSocketConnection, WebSocketHandle};
 use crate::dyn_manager::DynManager;
@@ -581,111 +583,125 @@ impl WebSocketService {
     ///
     /// A refused registration (per-user cap, isolation, shutdown) closes the
     /// socket at once with the matching close code and reason.
-    pub async fn serve<S: WireSocket>(
+    ///
+    /// (A plain `fn` returning an `async move` block: this future is the
+    /// connection's task for its whole life, and an `async fn` would keep
+    /// the socket and the admission twice in it. The socket is split here,
+    /// before the future is built, so the future holds its two halves only.)
+    pub fn serve<S: WireSocket>(
         &self,
-        mut socket: S,
+        socket: S,
         admission: Admission,
-    ) -> ConnectionOutcome {
-        let started = Instant::now();
-        let inner = &self.inner;
-        let (handle, outbound) = WebSocketHandle::channel(inner.queue_limits);
+    ) -> impl Future<Output = ConnectionOutcome> + '_ {
+        let (mut sink, stream) = socket.split();
         let Admission {
             identity,
             thread_id,
             resume,
             ticket,
         } = admission;
-        let mut connection = WebSocketConnection::new(identity.user_id.clone(), handle.clone());
-        connection.thread_id = thread_id;
-        connection.resume = resume;
-        connection.metadata = identity.metadata.clone();
-        let connection_id = connection.connection_id.clone();
-        let user_id = identity.user_id.clone();
-        let outcome = |end: EndReason| ConnectionOutcome {
-            connection_id: connection_id.clone(),
-            user_id: user_id.clone(),
-            end,
-            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        // The session the reader keeps (for in-band token refreshes) is
+        // this future's only copy of the identity; `drive` borrows it.
+        let mut session = Session {
+            authenticator: Arc::clone(&self.inner.authenticator),
+            identity,
         };
+        // The registration, made now rather than captured piece by piece
+        // (boxed: freed when the manager takes it).
+        let (handle, outbound) = WebSocketHandle::channel(self.inner.queue_limits);
+        let connection = {
+            let identity = &session.identity;
+            let mut connection = WebSocketConnection::new(identity.user_id.clone(), handle.clone());
+            connection.thread_id = thread_id;
+            connection.resume = resume;
+            connection.metadata = identity.metadata.clone();
+            Box::new(connection)
+        };
+        async move {
+            let identity = &session.identity;
+            let started = Instant::now();
+            let inner = &self.inner;
+            let connection_id = connection.connection_id.clone();
+            let user_id = identity.user_id.clone();
 
-        let record = Arc::new(ConnectionRecord {
-            connection_id: connection_id.clone(),
-            user_id: user_id.clone(),
-            socket: handle.clone(),
-        });
-        if !inner.tracker.register(Arc::clone(&record), &ticket) {
-            // Admitted before shutdown began (its `101` is out): closed
-            // with 1001 like the others, then the ticket tells shutdown.
-            let reason = CloseReason::going_away();
-            close_unregistered(&mut socket, reason.clone(), &inner.config).await;
+            let record = Arc::new(ConnectionRecord {
+                connection_id: connection_id.clone(),
+                user_id: user_id.clone(),
+                socket: handle.clone(),
+            });
+            if !inner.tracker.register(Arc::clone(&record), &ticket) {
+                // Admitted before shutdown began (its `101` is out): closed
+                // with 1001 like the others, then the ticket tells shutdown.
+                let reason = CloseReason::going_away();
+                close_unregistered(&mut sink, reason.clone(), &inner.config).await;
+                drop(ticket);
+                return connection_outcome(&connection_id, &user_id, started, refused(reason));
+            }
             drop(ticket);
-            return outcome(refused(reason));
-        }
-        drop(ticket);
-        // From here the guard releases the connection, also when this
-        // future is dropped before the end (the task was aborted).
-        let mut registered = Registered::tracked(
-            Arc::clone(&record),
-            inner.manager.clone(),
-            Arc::clone(&inner.tracker),
-        );
-        // For the hello frame: the manager records where the connection
-        // stands while it registers it.
-        if inner.config.hello_frame() {
-            handle.request_stream_position();
-        }
-        registered.offered_to_manager();
-        if let Err(error) = inner.manager.add_connection(connection).await {
-            registered.release().await;
-            let reason = close::registration_refused(&error);
-            tracing::info!(connection = %connection_id, user = %user_id, %error,
-                code = reason.code, "registration refused; closing the socket");
-            close_unregistered(&mut socket, reason.clone(), &inner.config).await;
-            return outcome(refused(reason));
-        }
-        tracing::debug!(connection = %connection_id, user = %user_id, "connection registered");
+            // From here the guard releases the connection, also when this
+            // future is dropped before the end (the task was aborted).
+            let mut registered = Registered::tracked(
+                Arc::clone(&record),
+                inner.manager.clone(),
+                Arc::clone(&inner.tracker),
+            );
+            // For the hello frame: the manager records where the connection
+            // stands while it registers it.
+            if inner.config.hello_frame() {
+                handle.request_stream_position();
+            }
+            registered.offered_to_manager();
+            if let Err(error) = inner.manager.add_connection(unboxed(connection)).await {
+                registered.release().await;
+                let reason = close::registration_refused(&error);
+                tracing::info!(connection = %connection_id, user = %user_id, %error,
+                    code = reason.code, "registration refused; closing the socket");
+                close_unregistered(&mut sink, reason.clone(), &inner.config).await;
+                return connection_outcome(&connection_id, &user_id, started, refused(reason));
+            }
+            tracing::debug!(connection = %connection_id, user = %user_id, "connection registered");
 
-        // The hello goes straight to the socket, ahead of what the manager
-        // queued while registering (the resync notice, the replay) and of
-        // every live frame: the writer only starts draining the queue in
-        // `drive`. Since the connection is registered, every event emitted
-        // after the client read the hello reaches it.
-        let hello = inner.config.hello_frame().then(|| {
-            Hello::new(
-                &user_id,
-                &connection_id,
-                identity.expires_at,
-                handle.take_stream_position(),
-                &inner.config,
-            )
-        });
-        let end = match send_hello(&mut socket, hello.as_ref(), &inner.config).await {
-            Err(end) => {
-                handle.close(close::transport_error());
-                end
-            }
-            Ok(()) => {
-                let context = InboundContext::new(record, inner.manager.clone());
-                let session = Session {
-                    authenticator: Arc::clone(&inner.authenticator),
-                    identity,
-                };
-                driver::drive(
-                    socket,
-                    outbound,
-                    context,
-                    &inner.config,
-                    Arc::clone(&inner.handler),
-                    session,
-                    &inner.counters,
-                )
-                .await
-            }
-        };
-        registered.release().await;
-        let outcome = outcome(end);
-        tracing::debug!(%outcome, "connection ended");
-        outcome
+            // The hello goes straight to the socket, ahead of what the manager
+            // queued while registering (the resync notice, the replay) and of
+            // every live frame: the writer only starts draining the queue in
+            // `drive`. Since the connection is registered, every event emitted
+            // after the client read the hello reaches it.
+            let sent = {
+                let hello = inner.config.hello_frame().then(|| {
+                    Hello::new(
+                        &user_id,
+                        &connection_id,
+                        identity.expires_at,
+                        handle.take_stream_position(),
+                        &inner.config,
+                    )
+                });
+                send_hello(&mut sink, hello, &inner.config)
+            };
+            let end = match sent.await {
+                Err(end) => {
+                    handle.close(close::transport_error());
+                    end
+                }
+                Ok(()) => {
+                    let context = InboundContext::new(record, inner.manager.clone());
+                    driver::drive(
+                        (sink, stream),
+                        outbound,
+                        context,
+                        &inner.config,
+                        Arc::clone(&inner.handler),
+                        &mut session,
+                        &inner.counters,
+                    )
+                    .await
+                }
+            };
+            registered.release().await;
+            let outcome = connection_outcome(&connection_id, &user_id, started, end);
+            tracing::debug!(%outcome, "connection ended");
+            outcome
+        }
     }
 
     /// Graceful shutdown: stops accepting (new upgrades get 503), closes
@@ -699,6 +715,31 @@ impl WebSocketService {
             .await;
         tracing::info!(%report, "websocket service shut down");
         report
+    }
+}
+
+/// The value of a box, the box freed now (a box moved out of with `*`
+/// is freed only at the end of its scope: here, the connection's life).
+// The box is the point: it is freed here rather than at the end of the
+// caller's scope.
+#[allow(clippy::boxed_local)]
+pub(super) fn unboxed<T>(boxed: Box<T>) -> T {
+    *boxed
+}
+
+/// How a connection ended. (A fn, not a closure in `serve`: a closure's
+/// captures would keep 24 more bytes in every connection's future.)
+fn connection_outcome(
+    connection_id: &ConnectionId,
+    user_id: &UserId,
+    started: Instant,
+    end: EndReason,
+) -> ConnectionOutcome {
+    ConnectionOutcome {
+        connection_id: connection_id.clone(),
+        user_id: user_id.clone(),
+        end,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     }
 }
 
@@ -726,18 +767,20 @@ fn refused(reason: CloseReason) -> EndReason {
 }
 
 /// Writes the hello frame, within the write timeout; how the connection
-/// ended if it could not.
-async fn send_hello<S: WireSocket>(
-    socket: &mut S,
-    hello: Option<&Hello>,
+/// ended if it could not. Takes the hello by value: it is serialized before
+/// the first await, so it is not kept in the connection's future.
+async fn send_hello<K: Sink<WireMessage, Error = WireError> + Unpin>(
+    socket: &mut K,
+    hello: Option<Hello>,
     config: &TransportConfig,
 ) -> Result<(), EndReason> {
     let Some(hello) = hello else {
         return Ok(());
     };
-    let frame = TextFrame::from_json(hello).map_err(|error| EndReason::TransportError {
+    let frame = TextFrame::from_json(&hello).map_err(|error| EndReason::TransportError {
         error: format!("hello frame: {error}"),
     })?;
+    drop(hello);
     match tokio::time::timeout(
         config.write_timeout(),
         socket.send(WireMessage::Text(frame)),
@@ -753,8 +796,8 @@ async fn send_hello<S: WireSocket>(
 }
 
 /// Closes a socket that was never registered (no writer task runs yet).
-async fn close_unregistered<S: WireSocket>(
-    socket: &mut S,
+async fn close_unregistered<K: Sink<WireMessage, Error = WireError> + Unpin>(
+    socket: &mut K,
     reason: CloseReason,
     config: &TransportConfig,
 ) {
@@ -778,6 +821,35 @@ mod tests {
         async fn authenticate(&self, _: &UpgradeRequest<'_>) -> Result<Identity, AuthError> {
             Err(AuthError::Unauthorized("test".into()))
         }
+    }
+
+    /// The serving future is the connection's task for the connection's
+    /// whole life: 3,048 bytes on a tokio-tungstenite socket when `serve`
+    /// and `drive` were `async fn`s (the socket kept three times, the
+    /// admission twice, the hello and the registration's connection for the
+    /// whole life); 1,288 since.
+    #[cfg(feature = "tungstenite")]
+    #[tokio::test]
+    async fn the_serving_future_stays_small() {
+        use crate::transport::tungstenite_socket::TungsteniteSocket;
+        let manager = DynManager::new(UnifiedWebSocketManager::default());
+        let service = WebSocketService::builder(manager, Nobody).build();
+        let (server, _client) = tokio::io::duplex(64);
+        let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            server,
+            tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        let admission = Admission {
+            identity: Identity::new(UserId::new("alice").unwrap()),
+            thread_id: None,
+            resume: None,
+            ticket: UpgradeTicket::default(),
+        };
+        let serving = service.serve(TungsteniteSocket::new(socket), admission);
+        let size = std::mem::size_of_val(&serving);
+        assert!(size <= 1350, "the serving future is {size} bytes");
     }
 
     #[test]
