@@ -555,7 +555,11 @@ mod worker {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(1);
                 let body = response.body().as_deref().unwrap_or_default();
-                let not_ready = String::from_utf8_lossy(body).contains("not ready");
+                // "Service Unavailable: <reason>": the admission limits say
+                // `rate_limited` or `at_capacity`, a node not ready says why
+                // (`starting`, `reconnecting`, `fenced`, `draining`).
+                let body = String::from_utf8_lossy(body);
+                let not_ready = !(body.contains("rate_limited") || body.contains("at_capacity"));
                 Err(Refusal::Busy(seconds, not_ready))
             }
             _ => Err(Refusal::Other),
@@ -1198,7 +1202,7 @@ mod cluster {
         runtime.block_on(emit_to(&emitter, (0..users).collect(), &last, &failures));
         let emitted_in = started.elapsed();
         let mut received = 0;
-        while received < total && started.elapsed() < Duration::from_secs(300) {
+        while received < users as u64 && started.elapsed() < Duration::from_secs(300) {
             received = sum(&ask_all(&mut workers, "status"), "events");
             std::thread::sleep(Duration::from_millis(100));
         }
