@@ -249,6 +249,8 @@ mod worker {
         hellos: VecDeque<u64>,
         /// (sequence, unix µs) of the latest critical events.
         receipts: VecDeque<(u64, u64)>,
+        /// (node index, unix µs) of the latest connections that ended.
+        ended: VecDeque<(usize, u64)>,
     }
 
     #[derive(Default)]
@@ -276,6 +278,8 @@ mod worker {
         tabs: Vec<Mutex<Tab>>,
         tally: Tally,
         latencies: Mutex<Vec<u64>>,
+        /// Why connections ended, and how often.
+        ends: Mutex<std::collections::BTreeMap<String, u64>>,
         /// When the latest sample arrived (unix µs).
         last_sample: AtomicU64,
         secret: Vec<u8>,
@@ -283,6 +287,8 @@ mod worker {
         /// Bounds the handshakes this process has in flight.
         handshakes: tokio::sync::Semaphore,
         kill_us: AtomicU64,
+        /// The killed node's index in `nodes`.
+        killed: AtomicUsize,
         expected: Mutex<Vec<u64>>,
         started: AtomicBool,
     }
@@ -307,11 +313,13 @@ mod worker {
             tabs: (0..users).map(|_| Mutex::new(Tab::default())).collect(),
             tally: Tally::default(),
             latencies: Mutex::new(Vec::new()),
+            ends: Mutex::default(),
             last_sample: AtomicU64::new(0),
             secret: flag(args, "--secret").unwrap().into_bytes(),
             audience: flag(args, "--audience").unwrap(),
             handshakes: tokio::sync::Semaphore::new(256),
             kill_us: AtomicU64::new(0),
+            killed: AtomicUsize::new(usize::MAX),
             expected: Mutex::new(Vec::new()),
             started: AtomicBool::new(false),
         });
@@ -332,8 +340,13 @@ mod worker {
                     json!({ "samples": samples, "last_us": ctx.last_sample.load(Ordering::Relaxed) })
                 }
                 "storm" => {
-                    let (kill, expected) = rest.split_once(' ').unwrap_or((rest, ""));
-                    *ctx.expected.lock().unwrap() = parse_list(expected);
+                    let mut parts = rest.splitn(3, ' ');
+                    let kill = parts.next().unwrap_or_default();
+                    let killed: SocketAddr = parts.next().unwrap_or_default().parse().unwrap();
+                    *ctx.expected.lock().unwrap() = parse_list(parts.next().unwrap_or_default());
+                    let killed = ctx.nodes.iter().position(|n| *n == killed);
+                    ctx.killed
+                        .store(killed.map_or(usize::MAX, |k| k), Ordering::SeqCst);
                     ctx.kill_us.store(kill.parse().unwrap(), Ordering::SeqCst);
                     json!({ "ok": true })
                 }
@@ -387,18 +400,28 @@ mod worker {
             "not_ready": t.not_ready.load(Ordering::Relaxed),
             "rate_limited": t.rate_limited.load(Ordering::Relaxed),
             "failures": t.failures.load(Ordering::Relaxed),
+            "ends": *ctx.ends.lock().unwrap(),
         })
     }
 
-    /// For each tab, the time from the kill until it is connected again
+    /// For each tab the kill cut (its connection to the killed node ended
+    /// after the kill), the time from the kill until it is connected again
     /// and holds the event that was its user's latest at the kill.
     fn catch_up(ctx: &Ctx) -> Value {
         let kill = ctx.kill_us.load(Ordering::SeqCst);
+        let killed = ctx.killed.load(Ordering::SeqCst);
         let expected = ctx.expected.lock().unwrap().clone();
         let mut done = Vec::new();
         let mut pending = 0;
         for (index, tab) in ctx.tabs.iter().enumerate() {
             let tab = tab.lock().unwrap();
+            if !tab
+                .ended
+                .iter()
+                .any(|(node, at)| *node == killed && *at >= kill)
+            {
+                continue;
+            }
             let want = expected.get(index).copied().unwrap_or(0);
             let Some(&hello) = tab.hellos.iter().find(|&&at| at > kill) else {
                 pending += 1;
@@ -420,9 +443,7 @@ mod worker {
         json!({
             "done": done.len(),
             "pending": pending,
-            "p50_ms": percentile(&done, 0.5) / 1000,
-            "p99_ms": percentile(&done, 0.99) / 1000,
-            "max_ms": done.last().copied().unwrap_or(0) / 1000,
+            "samples_ms": done.iter().map(|us| us / 1000).collect::<Vec<_>>(),
         })
     }
 
@@ -468,9 +489,17 @@ mod worker {
                 Ok(socket) => {
                     attempt = 0;
                     ctx.tally.open.fetch_add(1, Ordering::Relaxed);
-                    read(&ctx, index, socket).await;
+                    let why = read(&ctx, index, socket).await;
                     ctx.tally.open.fetch_sub(1, Ordering::Relaxed);
                     ctx.tally.reconnects.fetch_add(1, Ordering::Relaxed);
+                    *ctx.ends.lock().unwrap().entry(why).or_default() += 1;
+                    {
+                        let mut tab = ctx.tabs[index].lock().unwrap();
+                        if tab.ended.len() == 4 {
+                            tab.ended.pop_front();
+                        }
+                        tab.ended.push_back((node, unix_us()));
+                    }
                     // Its node may be gone: try another next.
                     node = next_node(&ctx, node, &mut seed);
                     let bound = 500u64;
@@ -566,13 +595,23 @@ mod worker {
         }
     }
 
-    /// Reads until the connection ends, checking every critical event
-    /// against the last one.
-    async fn read(ctx: &Ctx, index: usize, mut socket: Socket) {
-        while let Some(Ok(message)) = socket.next().await {
+    /// Reads until the connection ends; returns why (the close code, or
+    /// what ended the stream), checking every critical event against the
+    /// last one.
+    async fn read(ctx: &Ctx, index: usize, mut socket: Socket) -> String {
+        loop {
+            let message = match socket.next().await {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => return format!("error: {error}"),
+                None => return "end of stream".to_owned(),
+            };
             let text = match message {
                 Message::Text(text) => text,
-                Message::Close(_) => break,
+                Message::Close(frame) => {
+                    return frame.map_or("close without code".to_owned(), |f| {
+                        format!("close {}", u16::from(f.code))
+                    });
+                }
                 Message::Ping(payload) => {
                     let _ = socket.send(Message::Pong(payload)).await;
                     continue;
@@ -1258,13 +1297,22 @@ mod cluster {
             .collect();
         let killed = unix_us();
         let kill_started = Instant::now();
+        let killed_addr = servers[0].addr;
         servers.remove(0); // SIGKILL
-        let expected: Vec<String> = (0..per_node)
-            .map(|i| last[i].load(Ordering::SeqCst).to_string())
-            .collect();
-        workers[0].ask(&format!("storm {killed} {}", expected.join(",")));
+        // Every worker: its tabs on the killed node (and only those) must
+        // catch up with what their user had at the kill.
+        for (n, worker) in workers.iter_mut().enumerate() {
+            let expected: Vec<String> = (n * per_node..(n + 1) * per_node)
+                .map(|i| last[i].load(Ordering::SeqCst).to_string())
+                .collect();
+            worker.ask(&format!(
+                "storm {killed} {killed_addr} {}",
+                expected.join(",")
+            ));
+        }
         let mut peak_calls_per_s = 0.0f64;
-        let mut caught_up = json!({});
+        let mut caught_up: Vec<u64> = Vec::new();
+        let mut pending = 0;
         let mut calls_at = (Instant::now(), calls_before);
         while kill_started.elapsed() < Duration::from_secs(300) {
             std::thread::sleep(Duration::from_millis(500));
@@ -1275,19 +1323,30 @@ mod cluster {
             let rate = (calls - calls_at.1) as f64 / calls_at.0.elapsed().as_secs_f64();
             peak_calls_per_s = peak_calls_per_s.max(rate);
             calls_at = (Instant::now(), calls);
-            caught_up = workers[0].ask_json("catchup");
-            if caught_up["pending"] == 0 {
+            let answers = ask_all(&mut workers, "catchup");
+            pending = sum(&answers, "pending");
+            caught_up = answers
+                .iter()
+                .flat_map(|a| a["samples_ms"].as_array().cloned().unwrap_or_default())
+                .filter_map(|v| v.as_u64())
+                .collect();
+            if pending == 0 && kill_started.elapsed() > Duration::from_secs(2) {
                 break;
             }
         }
+        caught_up.sort_unstable();
         flowing.store(false, Ordering::SeqCst);
         let storm_emitted = runtime.block_on(emission).unwrap();
         let redis_cpu = redis_cpu_us(redis) - redis_before;
         let calls = redis_calls(redis, "evalsha") - calls_before;
         let survivors_peak: Vec<u64> = servers.iter().map(|s| memory_kib(s.child.id()).1).collect();
         println!(
-            "storm: node 0 SIGKILLed with {per_node} clients while {storm_rate} critical events/s flowed ({storm_emitted} in all); caught up (connected again and holding every event emitted before the kill): {} of {per_node}, p50 {} ms, p99 {} ms, max {} ms after the kill",
-            caught_up["done"], caught_up["p50_ms"], caught_up["p99_ms"], caught_up["max_ms"]
+            "storm: node 0 SIGKILLed while {storm_rate} critical events/s flowed ({storm_emitted} in all); of the {} tabs it cut, {} caught up (connected again and holding every event emitted before the kill), {pending} not: p50 {} ms, p99 {} ms, max {} ms after the kill",
+            caught_up.len() as u64 + pending,
+            caught_up.len(),
+            percentile(&caught_up, 0.5),
+            percentile(&caught_up, 0.99),
+            caught_up.last().copied().unwrap_or(0),
         );
         println!(
             "  survivors' RSS before the kill {} MiB, peak after {} MiB; redis: {:.1} CPU s during the storm, {calls} script calls (peak {:.0}/s)",
@@ -1330,6 +1389,15 @@ mod cluster {
             sum(&finals, "failures"),
         );
         println!("  {}", link_events(nodes));
+        let mut ends = std::collections::BTreeMap::<String, u64>::new();
+        for status in &finals {
+            if let Some(map) = status["ends"].as_object() {
+                for (why, n) in map {
+                    *ends.entry(why.clone()).or_default() += n.as_u64().unwrap_or(0);
+                }
+            }
+        }
+        println!("  why connections ended: {ends:?}");
         drop(workers);
         drop(servers);
         runtime.shutdown_timeout(Duration::from_secs(2));
