@@ -513,6 +513,8 @@ mod worker {
                         &ctx.tally.rate_limited
                     };
                     reason.fetch_add(1, Ordering::Relaxed);
+                    // As the JavaScript client: another URL next time.
+                    node = next_node(&ctx, node, &mut seed);
                     let wait = seconds.max(1) * 1000;
                     tokio::time::sleep(Duration::from_millis(wait / 2 + random(&mut seed) % wait))
                         .await;
