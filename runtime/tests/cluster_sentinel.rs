@@ -12,34 +12,16 @@
 //! offset names two events.
 #![allow(clippy::unwrap_used)]
 
+mod failover;
+use failover::node;
+
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use websocket_manager::managers::{ClusterConfig, ClusterWebSocketManager};
-use websocket_manager::{events::*, managers::*, *};
+use websocket_manager::{events::*, *};
 use websocket_manager_test_support::redis::{redis_server_available, unique_prefix};
 use websocket_manager_test_support::sentinel::SentinelGroup;
 use websocket_manager_test_support::tab::ResumingTab;
-
-async fn node(url: &str, prefix: &str, name: &str, durable: bool) -> ClusterWebSocketManager {
-    let cluster = ClusterConfig::builder(url)
-        .key_prefix(prefix)
-        .node_id(name)
-        .command_timeout(Duration::from_millis(500))
-        .heartbeat_interval(Duration::from_millis(200))
-        // Longer than the failover: the nodes stay up (not fenced) while
-        // Redis moves, so what is tested is the failover, not the fence.
-        .node_ttl(Duration::from_secs(20))
-        .wait_for_replicas(usize::from(durable))
-        .build()
-        .unwrap();
-    let manager = ClusterWebSocketManager::new(ManagerConfig::default(), cluster).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), manager.ready())
-        .await
-        .expect("ready within 10 s")
-        .unwrap();
-    manager
-}
 
 fn alice() -> UserId {
     UserId::new("alice").unwrap()
