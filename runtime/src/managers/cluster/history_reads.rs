@@ -139,6 +139,10 @@ impl HistoryReads {
         user: &UserId,
         resume: Option<StreamOffset>,
     ) -> Result<ReadHistory, ClusterFailure> {
+        // A turn free now: the read is sent at once, nobody could join it.
+        if let Ok(permit) = self.permits.try_acquire() {
+            return read_holding(permit, backplane, config, user, resume).await;
+        }
         let role = {
             let mut waiting = self.lock();
             match waiting.get_mut(user) {
@@ -237,13 +241,24 @@ impl HistoryReads {
             }
         };
         let from = leading.and_then(Leading::close).unwrap_or(resume);
-        let history = backplane
-            .read_history(user, from, next_stream(), config.stream_meta_ttl())
-            .await;
-        drop(permit);
-        Ok(ReadHistory {
-            history: Arc::new(history?),
-            from,
-        })
+        read_holding(permit, backplane, config, user, from).await
     }
+}
+
+/// Reads `user`'s history from `from`, holding a turn.
+async fn read_holding(
+    permit: tokio::sync::SemaphorePermit<'_>,
+    backplane: &Backplane,
+    config: &ClusterConfig,
+    user: &UserId,
+    from: Option<StreamOffset>,
+) -> Result<ReadHistory, ClusterFailure> {
+    let history = backplane
+        .read_history(user, from, next_stream(), config.stream_meta_ttl())
+        .await;
+    drop(permit);
+    Ok(ReadHistory {
+        history: Arc::new(history?),
+        from,
+    })
 }
