@@ -12,7 +12,8 @@ use tokio_tungstenite::tungstenite;
 use websocket_manager::events::{
     AGENT_COMPLETED, AGENT_STARTED, AGENT_THINKING, TOOL_COMPLETED, TOOL_EXECUTING,
 };
-use websocket_manager::{UserId, WebSocketManager, events::StreamOffset};
+use websocket_manager::events::{EventPrint, StreamOffset};
+use websocket_manager::{UserId, WebSocketManager};
 use websocket_manager_test_support::e2e::*;
 
 fn alice() -> UserId {
@@ -137,6 +138,66 @@ async fn a_resume_from_an_unknown_stream_gets_the_resync_notice_first() {
     .await;
 }
 
+/// A `resume` may carry the print of the client's last event
+/// (`<stream>:<sequence>:<print>`: FNV-1a over the frame's bytes): the same
+/// event there resumes as usual; another one means the offset does not name
+/// what the client saw, and it is told (`unknown_stream`) before the
+/// retained events.
+#[tokio::test]
+async fn a_resume_with_a_print_is_checked_against_the_event_at_its_offset() {
+    bounded(async {
+        let server = TestServer::start(ServerOptions::default()).await;
+        let mut tab = connect(server.addr, "alice", None).await;
+        server.wait_connections("alice", 1).await;
+        for run in ["r1", "r2"] {
+            server
+                .manager
+                .emit_critical_event(&alice(), AGENT_STARTED, json!({"run": run}))
+                .await
+                .unwrap();
+        }
+        let first = next_text(&mut tab).await;
+        let second = next_text(&mut tab).await;
+        let at = offset_of(&serde_json::from_str(&second).unwrap());
+        close(tab).await;
+        server.wait_connections("alice", 0).await;
+
+        // The event the client saw: no notice, what follows it.
+        let path = format!("/ws?resume={at}:{}", EventPrint::of(&second));
+        let (mut tab, _) = try_connect(server.addr, Connect::new(&path, Some(token("alice", 600))))
+            .await
+            .unwrap();
+        server.wait_connections("alice", 1).await;
+        server
+            .manager
+            .emit_critical_event(&alice(), AGENT_COMPLETED, json!({"run": "r2"}))
+            .await
+            .unwrap();
+        let next = next_json(&mut tab).await;
+        assert_eq!(next["type"], AGENT_COMPLETED, "no notice, no repeat");
+        close(tab).await;
+        server.wait_connections("alice", 0).await;
+
+        // Another event's print at that offset.
+        let path = format!("/ws?resume={at}:{}", EventPrint::of(&first));
+        let (mut tab, _) = try_connect(server.addr, Connect::new(&path, Some(token("alice", 600))))
+            .await
+            .unwrap();
+        let notice = next_json(&mut tab).await;
+        assert_eq!(notice["type"], "resync");
+        assert_eq!(notice["reason"], "unknown_stream");
+        assert_eq!(
+            notice["requested"],
+            json!({"stream": at.stream, "sequence": at.sequence})
+        );
+        let retained = next_json(&mut tab).await;
+        assert_eq!(retained["data"]["run"], "r1", "then every retained event");
+        close(tab).await;
+        server.assert_indexes_empty().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_malformed_resume_is_a_400_that_says_why_on_both_adapters() {
     bounded(async {
@@ -148,6 +209,8 @@ async fn a_malformed_resume_is_a_400_that_says_why_on_both_adapters() {
                 ("resume=12:x", "the sequence is not a decimal number"),
                 ("resume=%2B1:2", "the stream is not a decimal number"),
                 ("resume=%zz", "not valid percent-encoded UTF-8"),
+                ("resume=12:5:xyz", "the print is not 8 hexadecimal digits"),
+                ("resume=12:5:", "the print is not 8 hexadecimal digits"),
             ] {
                 let path = format!("/ws?{query}");
                 match try_connect(addr, Connect::new(&path, Some(token("alice", 600)))).await {

@@ -128,7 +128,9 @@ pub mod events {
         MAX_EVENT_TYPE_LEN, RESYNC, ResyncNotice, ResyncReason, TOOL_COMPLETED, TOOL_EXECUTING,
         validate_event_type,
     };
-    pub use crate::offset::{OffsetParseError, StreamOffset, StreamPosition};
+    pub use crate::offset::{
+        EventPrint, OffsetParseError, ResumePoint, StreamOffset, StreamPosition,
+    };
 }
 
 /// One socket's outbound queue, for whoever writes a transport or a manager

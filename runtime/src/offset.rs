@@ -7,6 +7,12 @@
 //! back when it reconnects (`resume=<stream>:<sequence>` on the upgrade URL);
 //! the manager then replays what followed, or says explicitly what it can no
 //! longer replay (see [`ResyncNotice`](crate::events::ResyncNotice)).
+//!
+//! A client may add the [`EventPrint`] of that event
+//! (`resume=<stream>:<sequence>:<print>`, a [`ResumePoint`]): the manager
+//! then also checks that the event it holds at that offset is the one the
+//! client saw, which catches a numbering that a storage loss made reuse
+//! an offset (see `docs/protocol.md`, section 4).
 
 use std::fmt;
 use std::str::FromStr;
@@ -52,7 +58,7 @@ impl fmt::Display for StreamOffset {
 /// Why a text is not a [`StreamOffset`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid stream offset `{input}`: {problem}; expected `<stream>:<sequence>` in decimal, e.g. `1767225000000042:7`"
+    "invalid stream offset `{input}`: {problem}; expected `<stream>:<sequence>` in decimal, e.g. `1767225000000042:7` (a `resume` may add `:<print>`, 8 hexadecimal digits)"
 )]
 pub struct OffsetParseError {
     /// The text given (at most 64 characters of it).
@@ -82,6 +88,141 @@ impl FromStr for StreamOffset {
             stream: number(stream, "the stream is not a decimal number")?,
             sequence: number(sequence, "the sequence is not a decimal number")?,
         })
+    }
+}
+
+/// The fingerprint of one critical event: FNV-1a (32 bits) over the UTF-8
+/// bytes of its frame, exactly as the server sent it.
+///
+/// A client keeps it with the event's offset and sends it back in
+/// `resume=<stream>:<sequence>:<print>`, so the manager can tell the event
+/// it holds at that offset from the one the client saw: after a storage
+/// loss (a Redis failover, a restart from an older snapshot) the numbering
+/// can hand a seen offset to a new event. Its text form is 8 lowercase
+/// hexadecimal digits. Two different frames share a print with odds of
+/// about one in four billion.
+///
+/// ```
+/// use websocket_manager::events::EventPrint;
+/// let frame = r#"{"type":"agent_started","data":{},"timestamp":1,"critical":true,"stream":9,"sequence":1}"#;
+/// let print = EventPrint::of(frame);
+/// assert_eq!(print.to_string().len(), 8);
+/// assert_eq!(print.to_string().parse::<EventPrint>(), Ok(print));
+/// // FNV-1a's published check value.
+/// assert_eq!(EventPrint::of("a").to_string(), "e40c292c");
+/// assert!("e40c292".parse::<EventPrint>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EventPrint(u32);
+
+impl EventPrint {
+    /// The print of a frame's text.
+    pub fn of(frame: &str) -> Self {
+        const OFFSET_BASIS: u32 = 0x811c_9dc5;
+        const PRIME: u32 = 0x0100_0193;
+        EventPrint(frame.bytes().fold(OFFSET_BASIS, |hash, byte| {
+            (hash ^ u32::from(byte)).wrapping_mul(PRIME)
+        }))
+    }
+
+    /// The raw 32-bit value.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl fmt::Display for EventPrint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}", self.0)
+    }
+}
+
+impl FromStr for EventPrint {
+    type Err = OffsetParseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        // `u32::from_str_radix` accepts a sign; a print is 8 digits only.
+        let digits = text.len() == 8 && text.bytes().all(|b| b.is_ascii_hexdigit());
+        digits
+            .then(|| u32::from_str_radix(text, 16).ok())
+            .flatten()
+            .map(EventPrint)
+            .ok_or_else(|| OffsetParseError {
+                input: text.chars().take(64).collect(),
+                problem: "the print is not 8 hexadecimal digits",
+            })
+    }
+}
+
+/// Where a client resumes: the offset of the last critical event it
+/// processed and, when it kept one, that event's [`EventPrint`]. The text
+/// form of the `resume` query parameter: `<stream>:<sequence>` or
+/// `<stream>:<sequence>:<print>`.
+///
+/// ```
+/// use websocket_manager::events::{EventPrint, ResumePoint, StreamOffset};
+/// let plain: ResumePoint = "9:7".parse()?;
+/// assert_eq!((plain.offset, plain.print), (StreamOffset::new(9, 7), None));
+/// let checked: ResumePoint = "9:7:e40c292c".parse()?;
+/// assert_eq!(checked.print, Some(EventPrint::of("a")));
+/// assert_eq!(checked.to_string(), "9:7:e40c292c");
+/// assert!("9:7:xyz".parse::<ResumePoint>().is_err());
+/// # Ok::<(), websocket_manager::events::OffsetParseError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ResumePoint {
+    /// The offset of the last critical event the client processed.
+    pub offset: StreamOffset,
+    /// That event's print, when the client kept it.
+    pub print: Option<EventPrint>,
+}
+
+impl ResumePoint {
+    /// A resume from `offset`, with no print.
+    pub const fn new(offset: StreamOffset) -> Self {
+        ResumePoint {
+            offset,
+            print: None,
+        }
+    }
+
+    /// The print to check, when there is an event to check it against
+    /// (sequence 0 names none).
+    pub(crate) fn checked_print(&self) -> Option<EventPrint> {
+        self.print.filter(|_| self.offset.sequence > 0)
+    }
+}
+
+impl fmt::Display for ResumePoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.print {
+            Some(print) => write!(f, "{}:{print}", self.offset),
+            None => write!(f, "{}", self.offset),
+        }
+    }
+}
+
+impl FromStr for ResumePoint {
+    type Err = OffsetParseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        // The offset is `<digits>:<digits>`: a third part is the print.
+        let (offset, print) = match text.match_indices(':').nth(1) {
+            Some((at, _)) => (&text[..at], Some(&text[at + 1..])),
+            None => (text, None),
+        };
+        let offset = offset.parse::<StreamOffset>().map_err(|mut error| {
+            error.input = text.chars().take(64).collect();
+            error
+        })?;
+        let print = match print {
+            None => None,
+            Some(print) => Some(print.parse::<EventPrint>().map_err(|mut error| {
+                error.input = text.chars().take(64).collect();
+                error
+            })?),
+        };
+        Ok(ResumePoint { offset, print })
     }
 }
 
@@ -165,6 +306,43 @@ mod tests {
             let error = input.parse::<StreamOffset>().unwrap_err();
             assert_eq!(error.problem, problem, "{input:?}");
             assert!(error.to_string().contains("<stream>:<sequence>"));
+        }
+    }
+
+    #[test]
+    fn the_print_is_fnv1a_32_over_the_frame_bytes() {
+        // The published FNV-1a 32 test vectors.
+        for (text, print) in [
+            ("", 0x811c_9dc5),
+            ("a", 0xe40c_292c),
+            ("foobar", 0xbf9c_f968),
+        ] {
+            assert_eq!(EventPrint::of(text).get(), print, "{text:?}");
+        }
+        // Over UTF-8 bytes, not characters.
+        assert_eq!(EventPrint::of("é").get(), 0x1e9d_e8c1);
+    }
+
+    #[test]
+    fn a_resume_point_round_trips_and_refuses_a_bad_print() {
+        for text in ["1:2", "1:2:0000abcd", "18446744073709551615:0:ffffffff"] {
+            assert_eq!(text.parse::<ResumePoint>().unwrap().to_string(), text);
+        }
+        assert_eq!(
+            "1:2:ABCDEF01".parse::<ResumePoint>().unwrap().print,
+            Some(EventPrint(0xabcd_ef01))
+        );
+        for (input, problem) in [
+            ("1:2:", "the print is not 8 hexadecimal digits"),
+            ("1:2:abc", "the print is not 8 hexadecimal digits"),
+            ("1:2:+bcdef01", "the print is not 8 hexadecimal digits"),
+            ("1:2:abcdef012", "the print is not 8 hexadecimal digits"),
+            ("1:2:abcd:ef01", "the print is not 8 hexadecimal digits"),
+            ("1:x:abcdef01", "the sequence is not a decimal number"),
+            ("12", "no `:`"),
+        ] {
+            let error = input.parse::<ResumePoint>().unwrap_err();
+            assert_eq!((error.problem, error.input.as_str()), (problem, input));
         }
     }
 }

@@ -2,8 +2,10 @@
 //! restart from an older snapshot; asynchronous replication losing writes
 //! in a failover does the same) must never make one offset name two events
 //! for a client: the nodes notice (a connection given an offset beyond the
-//! stream's head; a client resuming from one), retire the stream for a new
-//! one, and the clients are told with a `resync` (`unknown_stream`).
+//! stream's head; a client resuming from one; a client resuming with the
+//! print of another event than the one now at its offset), retire the
+//! stream for a new one, and the clients are told with a `resync`
+//! (`unknown_stream`).
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -158,5 +160,77 @@ async fn a_client_resuming_beyond_the_head_retires_the_stream() {
     let last = tab.last.unwrap();
     assert_ne!(last.stream, seen.stream);
     assert_eq!((last.sequence, &tab.named[&last]), (1, &json!({"i": 4})));
+    a.shutdown().await;
+}
+
+/// The case only the client can see: it was connected to no node when
+/// Redis lost events, and resumes only after new events were numbered
+/// over the offsets it saw. Its resume's print names another event than the
+/// one Redis now holds there: told, never handed the new events as if it
+/// had seen them. A client that sends no print cannot be told (the second
+/// tab shows the hole it is left with).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resuming_after_its_offsets_were_numbered_again_is_told() {
+    if !available() {
+        return;
+    }
+    let mut server = RedisServer::start_persistent();
+    let url = server.url();
+    let prefix = unique_prefix("regression-print");
+    let a = node(&url, &prefix, "a").await;
+    let mut tab = ResumingTab::new(alice());
+    let mut plain = ResumingTab::new(alice()).without_prints();
+    assert!(tab.connect(&a, a.config().queue_limits()).await);
+    assert!(plain.connect(&a, a.config().queue_limits()).await);
+    a.emit_critical_event(&alice(), AGENT_STARTED, json!({"i": 1}))
+        .await
+        .unwrap();
+    server.save();
+    for i in 2..=3 {
+        a.emit_critical_event(&alice(), AGENT_THINKING, json!({"i": i}))
+            .await
+            .unwrap();
+    }
+    tab.read(Duration::from_millis(300)).await;
+    plain.read(Duration::from_millis(300)).await;
+    let seen = tab.last.unwrap();
+    assert_eq!((seen.sequence, plain.last), (3, Some(seen)));
+    tab.disconnect();
+    plain.disconnect();
+    for id in a.get_user_connections(&alice()) {
+        a.remove_connection(&id).await;
+    }
+
+    server.kill();
+    server.restart(); // head 1: events 2 and 3 are gone
+    ready(&a).await;
+    // Nobody is connected; two new events take offsets 2 and 3 again.
+    for i in [20, 30] {
+        a.emit_critical_event(&alice(), AGENT_THINKING, json!({"i": i}))
+            .await
+            .unwrap();
+    }
+    // The pub/sub copies of those emits may still be on their way to the
+    // node: arriving while the tab catches up, on the stream its resume
+    // retires, they refuse the registration (a gap) and the client tries
+    // again, as every client does.
+    let connected = tab.connect(&a, a.config().queue_limits()).await
+        || tab.connect(&a, a.config().queue_limits()).await;
+    assert!(connected);
+    tab.read(Duration::from_millis(400)).await;
+    assert_eq!(tab.notices, ["unknown_stream"], "the tab was told");
+    assert_eq!(a.get_user_connections(&alice()).len(), 1);
+    a.emit_critical_event(&alice(), AGENT_COMPLETED, json!({"i": 4}))
+        .await
+        .unwrap();
+    tab.read(Duration::from_millis(400)).await;
+    let last = tab.last.unwrap();
+    assert_ne!(last.stream, seen.stream, "the stream was retired");
+    assert_eq!((last.sequence, &tab.named[&last]), (1, &json!({"i": 4})));
+
+    // The stream is retired: a client without a print is told too now.
+    assert!(plain.connect(&a, a.config().queue_limits()).await);
+    plain.read(Duration::from_millis(400)).await;
+    assert_eq!(plain.notices, ["unknown_stream"]);
     a.shutdown().await;
 }

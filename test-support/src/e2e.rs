@@ -249,6 +249,27 @@ pub async fn next_seen(client: &mut Client) -> Seen {
     }
 }
 
+/// The text of the next frame, as it came off the wire (pings, pongs,
+/// `hello` and `heartbeat` skipped): what a client computes an event's
+/// print from.
+pub async fn next_text(client: &mut Client) -> String {
+    loop {
+        let message = tokio::time::timeout(STEP, client.next())
+            .await
+            .expect("nothing arrived within the step timeout");
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if value["type"] != "hello" && value["type"] != "heartbeat" {
+                    return text.to_string();
+                }
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
 /// What a client saw next, only pings and pongs skipped.
 pub async fn next_frame(client: &mut Client) -> Seen {
     loop {

@@ -1,12 +1,13 @@
 //! [`ResumingTab`]: a browser tab as the manager-level tests see one: it
-//! keeps the offset of the last critical event it processed, resumes from it
-//! whenever its connection ends, and checks that no offset ever names two
-//! different events for it.
+//! keeps the offset of the last critical event it processed (and that
+//! event's print, as the JavaScript client does), resumes from it whenever
+//! its connection ends, and checks that no offset ever names two different
+//! events for it.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use websocket_manager::events::StreamOffset;
+use websocket_manager::events::{EventPrint, ResumePoint, StreamOffset};
 use websocket_manager::socket::{OutboundEvent, OutboundReceiver};
 use websocket_manager::{UserId, WebSocketConnection, WebSocketHandle, WebSocketManager};
 
@@ -17,6 +18,10 @@ pub struct ResumingTab {
     outbound: Option<OutboundReceiver>,
     /// The offset of the last critical event processed.
     pub last: Option<StreamOffset>,
+    /// The print of that event, sent with the offset unless
+    /// [`without_prints`](Self::without_prints).
+    pub last_print: Option<EventPrint>,
+    prints: bool,
     /// Every critical event processed, in order, as (offset, data).
     pub seen: Vec<(StreamOffset, serde_json::Value)>,
     /// Every offset processed, with the event it named.
@@ -32,10 +37,19 @@ impl ResumingTab {
             user,
             outbound: None,
             last: None,
+            last_print: None,
+            prints: true,
             seen: Vec::new(),
             named: HashMap::new(),
             notices: Vec::new(),
         }
+    }
+
+    /// A tab that resumes with offsets only, as a client that keeps no
+    /// print.
+    pub fn without_prints(mut self) -> Self {
+        self.prints = false;
+        self
     }
 
     /// Connects to `manager`, resuming from the last offset; false when the
@@ -48,7 +62,10 @@ impl ResumingTab {
         let (socket, outbound) = WebSocketHandle::channel(limits);
         let mut connection = WebSocketConnection::new(self.user.clone(), socket);
         if let Some(offset) = self.last {
-            connection = connection.with_resume(offset);
+            connection = connection.with_resume_point(ResumePoint {
+                offset,
+                print: self.last_print.filter(|_| self.prints),
+            });
         }
         match manager.add_connection(connection).await {
             Ok(()) => {
@@ -96,6 +113,7 @@ impl ResumingTab {
                     }
                     self.seen.push((offset, data));
                     self.last = Some(offset);
+                    self.last_print = Some(EventPrint::of(frame.as_str()));
                 }
                 Ok(Some(_) | None) => {
                     self.outbound = None;

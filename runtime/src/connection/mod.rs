@@ -19,7 +19,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::ids::{ConnectionId, ThreadId, UserId};
-use crate::offset::StreamOffset;
+use crate::offset::{EventPrint, ResumePoint, StreamOffset};
 
 pub(crate) use crate::close::CloseReason;
 pub use frame::{OutboundEvent, TextFrame};
@@ -82,6 +82,13 @@ pub struct WebSocketConnection {
     /// [`ResyncNotice`](crate::events::ResyncNotice) first when it cannot).
     /// `None`: only events no connection has taken yet are replayed.
     pub resume: Option<StreamOffset>,
+    /// The [`EventPrint`] of the event at `resume`, when the client sent
+    /// one: the manager checks that the event it holds there is the one
+    /// the client saw (a different one means the numbering was reused
+    /// after a storage loss; the client is then sent a
+    /// [`ResyncNotice`](crate::events::ResyncNotice)). Ignored without
+    /// `resume`.
+    pub resume_print: Option<EventPrint>,
 }
 
 impl WebSocketConnection {
@@ -104,6 +111,7 @@ impl WebSocketConnection {
             connected_at: SystemTime::now(),
             metadata: serde_json::Map::new(),
             resume: None,
+            resume_print: None,
         }
     }
 
@@ -118,6 +126,32 @@ impl WebSocketConnection {
     pub fn with_resume(mut self, offset: StreamOffset) -> Self {
         self.resume = Some(offset);
         self
+    }
+
+    /// Resumes after `point`: its offset and, when the client kept it, the
+    /// print of the event there (see [`resume_print`](Self::resume_print)).
+    ///
+    /// ```
+    /// use websocket_manager::{UserId, WebSocketConnection, WebSocketHandle, socket::QueueLimits};
+    /// use websocket_manager::events::ResumePoint;
+    /// let (socket, _receiver) = WebSocketHandle::channel(QueueLimits::default());
+    /// let point: ResumePoint = "9:7:e40c292c".parse()?;
+    /// let connection = WebSocketConnection::new(UserId::new("alice")?, socket).with_resume_point(point);
+    /// assert_eq!(connection.resume_point(), Some(point));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_resume_point(mut self, point: ResumePoint) -> Self {
+        self.resume = Some(point.offset);
+        self.resume_print = point.print;
+        self
+    }
+
+    /// Where the connection resumes, `None` without an offset.
+    pub fn resume_point(&self) -> Option<ResumePoint> {
+        self.resume.map(|offset| ResumePoint {
+            offset,
+            print: self.resume_print,
+        })
     }
 
     /// Adds one metadata entry.

@@ -69,7 +69,8 @@ impl CriticalEventLog {
     }
 
     /// Replays into `connection`'s socket what its client is owed (after
-    /// its [`resume`](WebSocketConnection::resume) offset, or the events no
+    /// its [`resume`](WebSocketConnection::resume) offset, checked against
+    /// its [`resume_print`](WebSocketConnection::resume_print), or the events no
     /// connection took) and counts the connection as attached.
     ///
     /// # Errors
@@ -80,7 +81,9 @@ impl CriticalEventLog {
         let user_id = &connection.user_id;
         self.users
             .with_history(user_id, true, |state, _| {
-                let read = self.history.plan_for(state, user_id, connection.resume)?;
+                let read = self
+                    .history
+                    .plan_for(state, user_id, connection.resume_point())?;
                 let replay = read.replay;
                 let frames: Vec<TextFrame> = replay
                     .notice

@@ -162,6 +162,7 @@ mod tests {
             identity: crate::transport::Identity::new(crate::UserId::new("alice").unwrap()),
             thread_id: None,
             resume: None,
+            resume_print: None,
             ticket: Default::default(),
         };
         admission.identity.subprotocol = Some("agent.v1".into());

@@ -26,7 +26,7 @@ use crate::close::{self, CloseReason};
 use crate::connection::{QueueLimits, TextFrame, WebSocketConnection, WebSocketHandle};
 use crate::dyn_manager::DynManager;
 use crate::ids::{ConnectionId, ThreadId, UserId};
-use crate::offset::StreamOffset;
+use crate::offset::{EventPrint, ResumePoint, StreamOffset};
 use crate::protocol::WebSocketManager;
 use crate::readiness::{NotReady, NotReadyReason, Readiness};
 
@@ -49,6 +49,10 @@ pub struct Admission {
     /// The offset from the `resume` query parameter (`<stream>:<sequence>`):
     /// the connection replays the user's critical events after it.
     pub resume: Option<StreamOffset>,
+    /// The print of the event at `resume`, when the parameter carried one
+    /// (`<stream>:<sequence>:<print>`): see
+    /// [`WebSocketConnection::resume_print`].
+    pub resume_print: Option<EventPrint>,
     /// Counts the upgrade in the service until it is registered.
     pub(crate) ticket: UpgradeTicket,
 }
@@ -384,7 +388,8 @@ impl WebSocketService {
     /// accepts the credential (else 401), the `thread` query parameter is a
     /// valid thread id (else 400) the user may follow (else 403), and the
     /// `resume` query parameter, if any, is a valid
-    /// [`StreamOffset`] `<stream>:<sequence>` (else 400, saying why).
+    /// [`ResumePoint`], `<stream>:<sequence>` or `<stream>:<sequence>:<print>`
+    /// (else 400, saying why).
     ///
     /// # Errors
     ///
@@ -434,7 +439,7 @@ impl WebSocketService {
         let identity = self.inner.authenticator.authenticate(request).await?;
         let resume = match request.query_param_checked("resume")? {
             None => None,
-            Some(raw) => Some(raw.parse::<StreamOffset>().map_err(|error| {
+            Some(raw) => Some(raw.parse::<ResumePoint>().map_err(|error| {
                 AuthError::BadRequest(format!("query parameter `resume`: {error}").into())
             })?),
         };
@@ -443,7 +448,8 @@ impl WebSocketService {
         Ok(Admission {
             identity,
             thread_id,
-            resume,
+            resume: resume.map(|point| point.offset),
+            resume_print: resume.and_then(|point| point.print),
             ticket: UpgradeTicket(Some(Arc::new(pending))),
         })
     }
@@ -598,6 +604,7 @@ impl WebSocketService {
             identity,
             thread_id,
             resume,
+            resume_print,
             ticket,
         } = admission;
         // The session the reader keeps (for in-band token refreshes) is
@@ -614,6 +621,7 @@ impl WebSocketService {
             let mut connection = WebSocketConnection::new(identity.user_id.clone(), handle.clone());
             connection.thread_id = thread_id;
             connection.resume = resume;
+            connection.resume_print = resume_print;
             connection.metadata = identity.metadata.clone();
             Box::new(connection)
         };
@@ -845,6 +853,7 @@ mod tests {
             identity: Identity::new(UserId::new("alice").unwrap()),
             thread_id: None,
             resume: None,
+            resume_print: None,
             ticket: UpgradeTicket::default(),
         };
         let serving = service.serve(TungsteniteSocket::new(socket), admission);

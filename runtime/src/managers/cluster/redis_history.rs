@@ -16,9 +16,10 @@ use crate::managers::events::{ResyncNotice, critical_frame, critical_frame_max_l
 use crate::managers::fan_out::bump;
 use crate::managers::history::{
     Appended, HistoryRead, HistoryStore, NewEvent, StreamView, next_stream, plan_resume,
+    saw_another_event,
 };
 use crate::managers::index::{Arrival, CriticalOutcome, LocalIndex, Replay};
-use crate::offset::{StreamOffset, StreamPosition};
+use crate::offset::{EventPrint, ResumePoint, StreamOffset, StreamPosition};
 
 /// The Redis history of the node `shared`.
 #[derive(Debug, Clone, Copy)]
@@ -102,7 +103,7 @@ impl HistoryStore for RedisHistory<'_> {
     async fn read<'a>(
         &'a self,
         user: &'a UserId,
-        resume: Option<StreamOffset>,
+        resume: Option<ResumePoint>,
     ) -> Result<HistoryRead, ManagerError> {
         let shared = self.shared;
         let history = read_history(shared, user, resume)
@@ -114,6 +115,7 @@ impl HistoryStore for RedisHistory<'_> {
         }
         let now = unix_millis(SystemTime::now());
         let (notice, events) = plan(&history, resume, shared.config.history_max_age(), now);
+        let resume = resume.map(|point| point.offset);
         let head = StreamOffset::new(history.stream, history.head);
         // For the transport's `hello`: what Redis holds. The read returned
         // the entries from `read_from` on, filtered by age; when it started
@@ -177,28 +179,71 @@ impl HistoryStore for RedisHistory<'_> {
 /// Reads a registering connection's history through the node's
 /// [`HistoryReads`](super::history_reads::HistoryReads): bounded, and
 /// shared with the user's other registrations waiting at the same time.
+///
+/// A resume that carries a print reads from the event it names, to check
+/// it: another event there means Redis lost the one the client saw and
+/// numbered a new one over it, so the stream is retired (as the audit
+/// does) and the client is told (`unknown_stream`).
 async fn read_history(
     shared: &Shared,
     user: &UserId,
-    resume: Option<StreamOffset>,
+    resume: Option<ResumePoint>,
 ) -> Result<Arc<History>, ClusterFailure> {
     let reads = &shared.history_reads;
-    let read = reads
-        .read(&shared.backplane, &shared.cluster, user, resume)
-        .await?;
-    // A shared read started lower than this offset; one beyond the head it
-    // saw means the numbering went backwards, which only a read from this
-    // very offset settles (it retires the stream): read alone.
-    let beyond_head = |history: &History| {
-        resume.is_some_and(|o| o.stream == history.stream && o.sequence > history.head)
+    let offset = resume.map(|point| point.offset);
+    let start = match resume {
+        Some(point) if point.checked_print().is_some() => Some(StreamOffset::new(
+            point.offset.stream,
+            point.offset.sequence - 1,
+        )),
+        _ => offset,
     };
-    if read.from != resume && beyond_head(&read.history) {
+    let read = reads
+        .read(&shared.backplane, &shared.cluster, user, start)
+        .await?;
+    // A read that started lower than this offset (shared, or for the
+    // print); one beyond the head it saw means the numbering went
+    // backwards, which only a read from this very offset settles (it
+    // retires the stream): read alone.
+    let beyond_head = |history: &History| {
+        offset.is_some_and(|o| o.stream == history.stream && o.sequence > history.head)
+    };
+    if read.from != offset && beyond_head(&read.history) {
         let own = reads
-            .read_alone(&shared.backplane, &shared.cluster, user, resume)
+            .read_alone(&shared.backplane, &shared.cluster, user, offset)
+            .await?;
+        return Ok(own.history);
+    }
+    let history = &read.history;
+    if saw_another_event(history.stream, resume, |sequence| {
+        print_at(history, sequence)
+    }) {
+        let retired = shared
+            .backplane
+            .rotate_stream(
+                user,
+                history.stream,
+                next_stream(),
+                shared.cluster.stream_meta_ttl(),
+            )
+            .await?;
+        tracing::warn!(user_id = %user, resume = ?resume.map(|r| r.to_string()), retired,
+            "a client resumed from an event Redis no longer holds at its offset (events were lost there and their offsets numbered again): retired the stream; the client is told");
+        let own = reads
+            .read_alone(&shared.backplane, &shared.cluster, user, offset)
             .await?;
         return Ok(own.history);
     }
     Ok(read.history)
+}
+
+/// The print of the event at `sequence` in what a read returned, if it
+/// returned it.
+fn print_at(history: &History, sequence: u64) -> Option<EventPrint> {
+    let event = history.events.iter().find(|e| e.sequence == sequence)?;
+    let offset = StreamOffset::new(history.stream, sequence);
+    let frame = critical_frame(&event.event_type, &event.data, event.timestamp, offset);
+    Some(EventPrint::of(frame.as_str()))
 }
 
 /// What a connection resuming from `resume` is sent, from what Redis
@@ -207,7 +252,7 @@ async fn read_history(
 /// owed, so the first of them is the first it can still get).
 fn plan(
     history: &History,
-    resume: Option<StreamOffset>,
+    resume: Option<ResumePoint>,
     max_age: Duration,
     now_ms: u64,
 ) -> (Option<ResyncNotice>, Vec<StoredEvent>) {
@@ -228,7 +273,12 @@ fn plan(
         unannounced_loss: (first_available > history.taken + 1)
             .then(|| first_available - history.taken - 1),
     };
-    let plan = plan_resume(&view, resume, now_ms);
+    let plan = plan_resume(
+        &view,
+        resume,
+        |sequence| print_at(history, sequence),
+        now_ms,
+    );
     let events = events
         .into_iter()
         .filter(|e| e.sequence >= plan.from)
@@ -268,7 +318,7 @@ mod tests {
         // Exact resume: the read started after the offset; no notice.
         let (notice, events) = plan(
             &history(10, 10, 6..=10, now),
-            Some(StreamOffset::new(7, 5)),
+            Some(ResumePoint::new(StreamOffset::new(7, 5))),
             AGE,
             now,
         );
@@ -276,7 +326,12 @@ mod tests {
         assert_eq!(events.len(), 5);
         let h = history(10, 10, 4..=10, now);
         // Trimmed: 3 lost (1..=3 gone, client had 0).
-        let (notice, _) = plan(&h, Some(StreamOffset::new(7, 0)), AGE, now);
+        let (notice, _) = plan(
+            &h,
+            Some(ResumePoint::new(StreamOffset::new(7, 0))),
+            AGE,
+            now,
+        );
         let notice = notice.unwrap();
         assert_eq!(
             (notice.reason, notice.lost),
@@ -284,17 +339,55 @@ mod tests {
         );
         assert_eq!(notice.oldest_retained, Some(StreamOffset::new(7, 4)));
         // Another stream.
-        let (notice, events) = plan(&h, Some(StreamOffset::new(8, 5)), AGE, now);
+        let (notice, events) = plan(
+            &h,
+            Some(ResumePoint::new(StreamOffset::new(8, 5))),
+            AGE,
+            now,
+        );
         assert_eq!(notice.unwrap().reason, ResyncReason::UnknownStream);
         assert_eq!(events.len(), 7);
         // Ahead.
-        let (notice, events) = plan(&h, Some(StreamOffset::new(7, 11)), AGE, now);
+        let (notice, events) = plan(
+            &h,
+            Some(ResumePoint::new(StreamOffset::new(7, 11))),
+            AGE,
+            now,
+        );
         assert_eq!(notice.unwrap().reason, ResyncReason::Ahead);
         assert_eq!(
             events.len(),
             7,
             "then everything retained, as for another stream"
         );
+    }
+
+    #[test]
+    fn a_resume_whose_print_names_another_event_is_told_unknown_stream() {
+        let now = 1_000_000;
+        let h = history(10, 10, 4..=10, now);
+        let seen = |sequence| print_at(&h, sequence).unwrap();
+        let resume = |sequence, print| {
+            Some(ResumePoint {
+                offset: StreamOffset::new(7, sequence),
+                print: Some(print),
+            })
+        };
+        // The event the client saw: an exact resume.
+        let (notice, events) = plan(&h, resume(6, seen(6)), AGE, now);
+        assert!(notice.is_none());
+        assert_eq!(events.first().map(|e| e.sequence), Some(7));
+        // Another event at its offset.
+        let (notice, events) = plan(&h, resume(6, seen(5)), AGE, now);
+        let notice = notice.unwrap();
+        assert_eq!(
+            (notice.reason, notice.requested),
+            (ResyncReason::UnknownStream, Some(StreamOffset::new(7, 6)))
+        );
+        assert_eq!(events.len(), 7, "then everything retained");
+        // Its event is gone: nothing to check it against, told `trimmed`.
+        let (notice, _) = plan(&h, resume(2, seen(5)), AGE, now);
+        assert_eq!(notice.unwrap().reason, ResyncReason::Trimmed);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use super::StreamView;
 use crate::connection::TextFrame;
 use crate::error::ManagerError;
 use crate::ids::UserId;
-use crate::offset::StreamOffset;
+use crate::offset::{EventPrint, StreamOffset};
 
 /// One retained critical event.
 #[derive(Debug, Clone)]
@@ -294,6 +294,14 @@ impl EventLog {
         }
     }
 
+    /// The print of the retained event at `sequence`, if it is retained:
+    /// what a resume's print is checked against.
+    pub fn print_at(&self, sequence: u64) -> Option<EventPrint> {
+        let index = sequence.checked_sub(self.trimmed_through + 1)?;
+        let event = self.events.get(usize::try_from(index).ok()?)?;
+        Some(EventPrint::of(event.frame.as_str()))
+    }
+
     /// The retained events from `from` on, oldest first.
     pub fn events_from(&self, from: u64) -> impl Iterator<Item = &LoggedEvent> {
         let skip = from.saturating_sub(self.trimmed_through + 1);
@@ -377,7 +385,12 @@ mod tests {
     }
 
     fn plan_of(log: &EventLog, resume: Option<StreamOffset>) -> super::super::ResumePlan {
-        super::super::plan_resume(&log.view(), resume, 0)
+        super::super::plan_resume(
+            &log.view(),
+            resume.map(crate::offset::ResumePoint::new),
+            |sequence| log.print_at(sequence),
+            0,
+        )
     }
 
     fn texts(log: &EventLog, from: u64) -> Vec<String> {
@@ -422,6 +435,31 @@ mod tests {
             log.append(frame(&"y".repeat(101)), now, LIMITS, &ledger),
             Err(AppendRefused::TooLarge)
         );
+    }
+
+    #[test]
+    fn a_print_of_another_event_at_the_offset_is_told_unknown_stream() {
+        use crate::offset::{EventPrint, ResumePoint};
+        let ledger = HistoryLedger::new(10);
+        let mut log = EventLog::new(5);
+        appended(&mut log, 3, Instant::now(), &ledger);
+        let plan = |sequence, print: &str| {
+            let point = ResumePoint {
+                offset: StreamOffset::new(5, sequence),
+                print: Some(EventPrint::of(print)),
+            };
+            super::super::plan_resume(&log.view(), Some(point), |s| log.print_at(s), 0)
+        };
+        // Event 2 is the frame "e1".
+        assert_eq!(log.print_at(2), Some(EventPrint::of("e1")));
+        assert_eq!((plan(2, "e1").notice, plan(2, "e1").from), (None, 3));
+        let refused = plan(2, "another").notice.unwrap();
+        assert_eq!(refused.reason, ResyncReason::UnknownStream);
+        assert_eq!(plan(2, "another").from, 1, "then everything retained");
+        // Sequence 0 names no event: its print is not checked.
+        assert_eq!(plan(0, "another").notice, None);
+        assert_eq!(log.print_at(0), None);
+        assert_eq!(log.print_at(4), None);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::health::{ConnectionHealth, unix_millis};
 use crate::ids::{IdempotencyKey, UserId};
 use crate::managers::fan_out::{Totals, bump};
 use crate::managers::index::{CriticalOutcome, LocalIndex, Locked, Replay, UserHistory};
-use crate::offset::{StreamOffset, StreamPosition};
+use crate::offset::{ResumePoint, StreamOffset, StreamPosition};
 
 /// A user's part of the in-memory history, in the user's index slot.
 #[derive(Debug, Default)]
@@ -285,7 +285,7 @@ impl MemoryHistory {
         &self,
         state: &mut UserLog,
         user: &UserId,
-        resume: Option<StreamOffset>,
+        resume: Option<ResumePoint>,
     ) -> Result<HistoryRead, ManagerError> {
         let now_ms = unix_millis(SystemTime::now());
         let stream = state.stream();
@@ -305,7 +305,12 @@ impl MemoryHistory {
             },
             EventLog::view,
         );
-        let plan = plan_resume(&view, resume, now_ms);
+        let plan = plan_resume(
+            &view,
+            resume,
+            |sequence| log.and_then(|log| log.print_at(sequence)),
+            now_ms,
+        );
         let notice = match &plan.notice {
             Some(notice) => Some(TextFrame::from_json(notice)?),
             None => None,
@@ -465,7 +470,7 @@ impl super::HistoryStore for LocalHistory<'_> {
     async fn read<'a>(
         &'a self,
         user: &'a UserId,
-        resume: Option<StreamOffset>,
+        resume: Option<ResumePoint>,
     ) -> Result<HistoryRead, ManagerError> {
         // The registration made the user's slot (`begin`), so it is there
         // unless the connection went meanwhile.

@@ -24,7 +24,7 @@ use crate::ids::{IdempotencyKey, UserId};
 use crate::managers::events::{ResyncNotice, ResyncReason, validate_event_type};
 use crate::managers::fan_out::bump;
 use crate::managers::index::{CriticalOutcome, LocalIndex, Replay, UserHistory};
-use crate::offset::{StreamOffset, StreamPosition};
+use crate::offset::{EventPrint, ResumePoint, StreamOffset, StreamPosition};
 
 pub(crate) use memory::{LocalHistory, MemoryHistory, UserLog};
 
@@ -130,7 +130,7 @@ pub(crate) trait HistoryStore: Send + Sync {
     fn read<'a>(
         &'a self,
         user: &'a UserId,
-        resume: Option<StreamOffset>,
+        resume: Option<ResumePoint>,
     ) -> impl Future<Output = Result<HistoryRead, ManagerError>> + Send + 'a;
 
     /// A connection of `user` was sent everything up to `through`: what
@@ -167,14 +167,37 @@ pub(crate) struct ResumePlan {
     pub from: u64,
 }
 
+/// Whether the client resuming from `resume` saw another event than the
+/// one the store holds at its offset: it sent the event's print, the store
+/// still holds an event there (`print_at`, in the same stream), and the
+/// prints differ. Only a storage that lost events and numbered new ones
+/// over them (or an offset from elsewhere) does that.
+pub(crate) fn saw_another_event(
+    stream: u64,
+    resume: Option<ResumePoint>,
+    print_at: impl FnOnce(u64) -> Option<EventPrint>,
+) -> bool {
+    let Some(point) = resume else {
+        return false;
+    };
+    let Some(print) = point.checked_print() else {
+        return false;
+    };
+    point.offset.stream == stream
+        && print_at(point.offset.sequence).is_some_and(|held| held != print)
+}
+
 /// The one rule for resuming, for every store: from the client's offset
 /// when its stream still holds what follows; a `trimmed` notice (with how
 /// many) when some of it is gone; `unknown_stream` or `ahead` (then every
-/// retained event) when the offset means nothing on this stream; without an
+/// retained event) when the offset means nothing on this stream, or names
+/// another event than the client saw (`print_at`: the print of the event
+/// the store holds at a sequence, see [`saw_another_event`]); without an
 /// offset, what no connection took, after a notice of what of that is gone.
 pub(crate) fn plan_resume(
     view: &StreamView,
-    resume: Option<StreamOffset>,
+    resume: Option<ResumePoint>,
+    print_at: impl FnOnce(u64) -> Option<EventPrint>,
     timestamp: u64,
 ) -> ResumePlan {
     let notice = |reason, requested, lost, from: u64| ResyncNotice {
@@ -185,7 +208,7 @@ pub(crate) fn plan_resume(
         lost,
         timestamp,
     };
-    let Some(offset) = resume else {
+    let Some(offset) = resume.map(|point| point.offset) else {
         let from = (view.taken + 1).max(view.first_retained);
         return ResumePlan {
             notice: view
@@ -198,6 +221,8 @@ pub(crate) fn plan_resume(
         (ResyncReason::UnknownStream, None)
     } else if offset.sequence > view.head {
         (ResyncReason::Ahead, None)
+    } else if saw_another_event(view.stream, resume, print_at) {
+        (ResyncReason::UnknownStream, None)
     } else if offset.sequence + 1 < view.first_retained {
         (
             ResyncReason::Trimmed,
@@ -228,7 +253,7 @@ pub(crate) async fn register<S: HistoryStore>(
 ) -> Result<(), ManagerError> {
     let user = connection.user_id.clone();
     let id = connection.connection_id.clone();
-    let resume = connection.resume;
+    let resume = connection.resume_point();
     let socket = connection.websocket.clone();
     index.begin(connection)?;
     let read = match store.read(&user, resume).await {
@@ -270,7 +295,7 @@ pub(crate) fn register_locked(
 ) -> Result<(), ManagerError> {
     let user = connection.user_id.clone();
     let id = connection.connection_id.clone();
-    let resume = connection.resume;
+    let resume = connection.resume_point();
     let (finished, notice) = index
         .register_locked(
             connection,
