@@ -56,12 +56,23 @@ export interface Offset {
   stream: number;
   /** 1, 2, 3... within the stream. */
   sequence: number;
+  /**
+   * The print of the event at this offset ({@link eventPrint}), when the
+   * client processed that event (an offset taken from a `resync` notice has none).
+   */
+  print?: string;
 }
 
-/** Parses `"<stream>:<sequence>"`; `null` for anything malformed. */
+/**
+ * The print of a critical event (docs/protocol.md, section 4.1): FNV-1a, 32
+ * bits, over the UTF-8 bytes of its frame as received, 8 lowercase hex digits.
+ */
+export declare function eventPrint(frameText: string): string;
+
+/** Parses `"<stream>:<sequence>"` or `"<stream>:<sequence>:<print>"`; `null` for anything malformed. */
 export declare function parseOffset(text: string | null | undefined): Offset | null;
 
-/** Formats an offset as `"<stream>:<sequence>"` (the `resume` query value). */
+/** Formats an offset as the `resume` query value: `"<stream>:<sequence>"`, plus `":<print>"` when it has one. */
 export declare function formatOffset(offset: Offset): string;
 
 /** Where the client keeps each user's offset between connections (and page loads). */

@@ -105,25 +105,52 @@ export function backoffDelay(attempt, bounds = {}, random = Math.random) {
   return Math.floor(random() * bound);
 }
 
+/** FNV-1a (32 bits), docs/protocol.md section 4.1. */
+const FNV_OFFSET_BASIS = 0x811c9dc5;
+const FNV_PRIME = 0x01000193;
+const utf8 = new TextEncoder();
+
 /**
- * Parses `"<stream>:<sequence>"`, as kept in an offset store.
+ * The print of a critical event (docs/protocol.md, section 4.1): FNV-1a,
+ * 32 bits, over the UTF-8 bytes of its frame exactly as received, as 8
+ * lowercase hexadecimal digits. The client sends it with the event's offset
+ * when it resumes, so the server can tell whether the event it holds there
+ * is the one the client saw.
+ * @param {string} frameText the text message, as received
+ * @returns {string}
+ */
+export function eventPrint(frameText) {
+  const bytes = utf8.encode(frameText);
+  let hash = FNV_OFFSET_BASIS;
+  for (let i = 0; i < bytes.length; i += 1) {
+    hash = Math.imul(hash ^ bytes[i], FNV_PRIME);
+  }
+  return (hash >>> 0).toString(16).padStart(8, "0");
+}
+
+/**
+ * Parses `"<stream>:<sequence>"` or `"<stream>:<sequence>:<print>"`, as kept
+ * in an offset store.
  * @param {string | null | undefined} text
  * @returns {import("./index.js").Offset | null} `null` for anything malformed
  */
 export function parseOffset(text) {
   if (typeof text !== "string") return null;
-  const match = /^(\d{1,16}):(\d{1,16})$/.exec(text);
+  const match = /^(\d{1,16}):(\d{1,16})(?::([0-9a-fA-F]{8}))?$/.exec(text);
   if (!match) return null;
-  return { stream: Number(match[1]), sequence: Number(match[2]) };
+  const offset = { stream: Number(match[1]), sequence: Number(match[2]) };
+  return match[3] ? { ...offset, print: match[3].toLowerCase() } : offset;
 }
 
 /**
- * Formats an offset as the `resume` query value, `"<stream>:<sequence>"`.
+ * Formats an offset as the `resume` query value: `"<stream>:<sequence>"`,
+ * with `":<print>"` when the offset carries its event's print.
  * @param {import("./index.js").Offset} offset
  * @returns {string}
  */
 export function formatOffset(offset) {
-  return `${offset.stream}:${offset.sequence}`;
+  const base = `${offset.stream}:${offset.sequence}`;
+  return offset.print ? `${base}:${offset.print}` : base;
 }
 
 /**
@@ -576,7 +603,7 @@ export class Client {
         this.emit("error", frame);
         return;
       default:
-        this.enqueue(() => this.deliver(frame));
+        this.enqueue(() => this.deliver(frame, data));
     }
   }
 
@@ -634,8 +661,8 @@ export class Client {
     }
   }
 
-  /** @private @param {any} frame */
-  async deliver(frame) {
+  /** @private @param {any} frame @param {string} text the frame as received */
+  async deliver(frame, text) {
     if (frame.type === "resync") {
       this.stats.resyncs += 1;
       await this.emitAndWait("resync", frame);
@@ -659,7 +686,7 @@ export class Client {
       }
       await this.emitAndWait("critical", frame);
       this.stats.critical += 1;
-      this.keepOffset({ stream: frame.stream, sequence: frame.sequence });
+      this.keepOffset({ stream: frame.stream, sequence: frame.sequence, print: eventPrint(text) });
       return;
     }
     if (frame.type === "busy") {

@@ -2,7 +2,8 @@
 // TCP proxy that can cut or black-hole connections. Nothing is mocked.
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import net from "node:net";
 import { dirname, resolve } from "node:path";
 import { createInterface } from "node:readline";
@@ -122,16 +123,36 @@ export class AgentServer {
   }
 }
 
-/** A `redis-server` on a free port, for the cluster tests. */
+/**
+ * A `redis-server` on a free port, for the cluster tests. With
+ * `persistent`, it snapshots only when told (`save()`), and `restart()`
+ * brings it back from that snapshot: what it acknowledged since is lost,
+ * as after a failover under asynchronous replication.
+ */
 export class RedisServer {
-  static async start() {
+  /** @param {{persistent?: boolean}} [options] */
+  static async start(options = {}) {
     const port = await freePort();
-    const child = spawn(
-      process.env.REDIS_SERVER ?? "redis-server",
-      ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-      { stdio: ["ignore", "pipe", "pipe"] },
-    );
-    const lines = createInterface({ input: child.stdout });
+    const dir = options.persistent ? mkdtempSync(resolve(tmpdir(), "wsm-js-redis-")) : null;
+    const server = new RedisServer(port, dir);
+    await server.spawn();
+    return server;
+  }
+
+  constructor(port, dir) {
+    this.port = port;
+    this.dir = dir;
+    this.url = `redis://127.0.0.1:${port}`;
+    /** @type {import("node:child_process").ChildProcess | null} */ this.child = null;
+  }
+
+  /** @private */
+  async spawn() {
+    const args = ["--port", String(this.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+    if (this.dir) args.push("--dir", this.dir, "--dbfilename", "dump.rdb");
+    const child = spawn(process.env.REDIS_SERVER ?? "redis-server", args, { stdio: ["ignore", "pipe", "pipe"] });
+    this.child = child;
+    const lines = createInterface({ input: /** @type {import("node:stream").Readable} */ (child.stdout) });
     await new Promise((resolveReady, reject) => {
       const timer = setTimeout(() => reject(new Error("redis-server did not start")), 20_000);
       child.on("error", reject);
@@ -142,18 +163,35 @@ export class RedisServer {
         }
       });
     });
-    return new RedisServer(child, port);
   }
 
-  constructor(child, port) {
-    this.child = child;
-    this.url = `redis://127.0.0.1:${port}`;
+  /** Writes the snapshot a `restart()` comes back with (`SAVE`). */
+  async save() {
+    const socket = net.connect(this.port, "127.0.0.1");
+    await once(socket, "connect");
+    socket.write("*1\r\n$4\r\nSAVE\r\n");
+    const [reply] = await once(socket, "data");
+    socket.destroy();
+    if (!String(reply).startsWith("+OK")) throw new Error(`SAVE answered ${reply}`);
+  }
+
+  /** SIGKILL, then the same port again, from the last `save()`. */
+  async restart() {
+    await this.kill();
+    await this.spawn();
+  }
+
+  /** @private */
+  async kill() {
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    child.kill("SIGKILL");
+    await once(child, "exit");
   }
 
   async stop() {
-    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
-    this.child.kill("SIGKILL");
-    await once(this.child, "exit");
+    await this.kill();
+    if (this.dir) rmSync(this.dir, { recursive: true, force: true });
   }
 }
 

@@ -5,6 +5,7 @@ import {
   MemoryOffsetStore,
   backoffDelay,
   closeAction,
+  eventPrint,
   formatOffset,
   parseOffset,
   type CloseAction,
@@ -39,10 +40,11 @@ client.on("hello", (hello) => hello.heartbeat_ms ?? hello.token_expires_at);
 const action: CloseAction = closeAction(1012, "");
 const delay: number = backoffDelay(3, { baseMs: 500, maxMs: 20_000 });
 const parsed: Offset | null = parseOffset("9:7");
+const checked: Offset = { stream: 9, sequence: 7, print: eventPrint("{}") };
 const sent: boolean = client.send({ type: "run", prompt: "hi" });
 client.refreshToken().then((frame) => frame.expires_at);
 client.connect();
 client.close();
-void [action, delay, parsed, sent];
+void [checked, action, delay, parsed, sent];
 // @ts-expect-error: an unknown event name is a type error
 client.on("no-such-event", () => undefined);

@@ -13,6 +13,7 @@ import {
   backoffDelay,
   closeAction,
   defaultOffsetStore,
+  eventPrint,
   formatOffset,
   offsetKey,
   parseOffset,
@@ -72,10 +73,25 @@ test("the close-code table of docs/protocol.md, section 7", () => {
 test("offsets round-trip as stream:sequence, and anything else is refused", () => {
   assert.deepEqual(parseOffset("1767225000000042:7"), { stream: 1767225000000042, sequence: 7 });
   assert.equal(formatOffset({ stream: 1767225000000042, sequence: 7 }), "1767225000000042:7");
-  for (const bad of [null, undefined, "", "7", "a:b", "1:2:3", "-1:2", "1:2 ", "12345678901234567:1"]) {
+  for (const bad of [null, undefined, "", "7", "a:b", "1:2:3", "-1:2", "1:2 ", "12345678901234567:1", "1:2:abcdef0", "1:2:abcdef012", "1:2:"]) {
     assert.equal(parseOffset(bad), null, String(bad));
   }
   assert.equal(offsetKey("alice"), "websocket-manager.offset.alice");
+  // with the print of the event (docs/protocol.md, section 4.1)
+  assert.deepEqual(parseOffset("9:7:0A221249"), { stream: 9, sequence: 7, print: "0a221249" });
+  assert.equal(formatOffset({ stream: 9, sequence: 7, print: "0a221249" }), "9:7:0a221249");
+});
+
+test("the print of an event is FNV-1a 32 over the UTF-8 bytes of the frame as received", () => {
+  // the published FNV-1a test vectors
+  assert.equal(eventPrint(""), "811c9dc5");
+  assert.equal(eventPrint("a"), "e40c292c");
+  assert.equal(eventPrint("foobar"), "bf9cf968");
+  // bytes, not UTF-16 code units (the server's test has the same value)
+  assert.equal(eventPrint("é"), "1e9de8c1");
+  // the example of docs/protocol.md, sections 1.1 and 3
+  const frame = '{"type":"tool_executing","data":{"tool":"search"},"timestamp":1767225600000,"critical":true,"stream":1767225000000042,"sequence":7}';
+  assert.equal(eventPrint(frame), "0a221249");
 });
 
 test("offset stores: memory by default in Node, Web Storage when given, and a broken storage does not throw", () => {
