@@ -697,7 +697,7 @@ async fn the_demo_page_resumes_after_a_drop_in_headless_chromium() {
         "what was emitted while offline is replayed: {rows:?}"
     );
     assert_eq!(events[5].0.trim_end_matches(" (replayed)"), "final_answer");
-    assert_eq!(state["offset"], format!("{stream}:6"));
+    assert_offset_with_print(&state["offset"], &format!("{stream}:6"));
     assert!(!rows.iter().any(|(kind, _, _)| kind == "resync notice"));
 
     // A resume from a stream this server never had: the notice comes first.
@@ -813,7 +813,20 @@ async fn the_demo_page_reconnects_by_itself_through_a_server_restart_in_headless
             .any(|(kind, _, details)| kind == "close" && details.contains("reconnecting in")),
         "the page says it reconnects: {rows:?}"
     );
-    assert_eq!(state["offset"], format!("{}:6", new[0].0));
+    assert_offset_with_print(&state["offset"], &format!("{}:6", new[0].0));
+}
+
+/// The page keeps the print of its last event beside its offset
+/// (`<stream>:<sequence>:<print>`, docs/protocol.md section 4.1).
+fn assert_offset_with_print(shown: &serde_json::Value, offset: &str) {
+    let shown = shown.as_str().unwrap_or_default();
+    let print = shown
+        .strip_prefix(offset)
+        .and_then(|rest| rest.strip_prefix(':'));
+    assert!(
+        print.is_some_and(|p| p.len() == 8 && p.bytes().all(|b| b.is_ascii_hexdigit())),
+        "the page shows {shown:?}, expected {offset}:<print>"
+    );
 }
 
 /// The page through token refreshes: with 2-second tokens a run outlives
