@@ -1134,6 +1134,24 @@ async fn sigterm_flips_ready_to_503_before_draining_with_1001() {
     assert!(exit.success(), "{exit}");
 }
 
+/// A clean start says nothing at `warn` or above, so that an operator who
+/// sees a warning at boot knows it means something (the startup probes
+/// fill queues and close sockets on purpose: that is theirs, at `debug`).
+#[test]
+fn a_clean_startup_logs_no_warning() {
+    let (server, log) = Server::spawn_limited(4096, &[]);
+    server.wait_ready(STEP);
+    assert!(server.startup_line.contains("connections: at most 3584"));
+    drop(server);
+    // The reader thread has the whole log once the process is gone.
+    std::thread::sleep(Duration::from_millis(200));
+    let log = log.lock().unwrap().clone();
+    assert!(
+        !log.contains("WARN") && !log.contains("ERROR"),
+        "the startup logged: {log}"
+    );
+}
+
 /// At its descriptor limit a process cannot even accept: its clients would
 /// wait unanswered in the kernel's queue. The server bounds its connections
 /// below the limit by itself (503 `at_capacity`, which clients back off

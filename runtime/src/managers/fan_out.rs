@@ -201,8 +201,15 @@ fn settle<'a>(
             match policy {
                 SlowConsumerPolicy::Disconnect => {
                     if closed_now {
-                        tracing::warn!(%connection_id,
-                            "slow consumer: outbound queue full, disconnecting");
+                        if crate::conformance::is_probe_id(connection_id.as_str()) {
+                            // The startup probes fill a queue on purpose:
+                            // no news for an operator.
+                            tracing::debug!(%connection_id,
+                                "slow consumer (a probe's): outbound queue full, disconnecting");
+                        } else {
+                            tracing::warn!(%connection_id,
+                                "slow consumer: outbound queue full, disconnecting");
+                        }
                         bump(&counters().slow_disconnects, 1);
                         bump(&totals.slow_disconnects, 1);
                     }
