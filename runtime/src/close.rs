@@ -218,6 +218,9 @@ pub(crate) fn registration_refused(error: &ManagerError) -> CloseReason {
         // Nothing is wrong with the client: a fresh attempt, with its
         // offset, fits once the user's backlog is smaller.
         ManagerError::ReplayFailed { .. } => replay_did_not_fit(),
+        // Live events it was owed did not follow its replay: at once, with
+        // its offset (as a live connection that fell behind).
+        ManagerError::MissedWhileCatchingUp { .. } => missed_events(),
         // A reconnect storm: the node reads only so many histories at once.
         ManagerError::Cluster {
             failure: crate::error::ClusterFailure::Busy { .. },
@@ -264,6 +267,10 @@ mod tests {
             total: 9,
         };
         assert_eq!(registration_refused(&replay).code, 1013);
+        let missed = ManagerError::MissedWhileCatchingUp {
+            connection_id: crate::ids::ConnectionId::generate(),
+        };
+        assert_eq!(registration_refused(&missed).code, 1012);
         let busy = ManagerError::Cluster {
             operation: "read history",
             failure: crate::error::ClusterFailure::Busy { waited_ms: 1000 },

@@ -177,6 +177,18 @@ pub enum ManagerError {
         /// Frames the replay had.
         total: usize,
     },
+    /// `add_connection` caught the connection up from the history, but
+    /// live critical events that arrived meanwhile do not follow the
+    /// replay without a gap (they were lost in transit, or belong to a
+    /// stream the replay retired): the connection was not registered. Its
+    /// client resumes from its offset at once and is sent what it missed.
+    #[error(
+        "connection `{connection_id}` was refused: live critical events it was owed did not follow its replay without a gap; its client resumes from its offset"
+    )]
+    MissedWhileCatchingUp {
+        /// The connection.
+        connection_id: ConnectionId,
+    },
     /// `emit_critical_event` with an unusable event type.
     #[error("invalid event type `{event_type}`: {reason}")]
     InvalidEventType {

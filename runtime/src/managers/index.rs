@@ -630,7 +630,8 @@ impl<H: UserHistory> LocalIndex<H> {
     /// follow it, and publishes the connection. All or nothing: when the
     /// queue cannot take everything, or events were lost while catching up,
     /// the connection is removed, its socket closed (its client resumes)
-    /// and [`ManagerError::ReplayFailed`] says how far it got.
+    /// and [`ManagerError::ReplayFailed`] says how far it got (or
+    /// [`ManagerError::MissedWhileCatchingUp`] that live events were missed).
     /// `Ok(None)`: it was removed while catching up.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))] // the cluster manager's path
     pub fn finish(
@@ -717,10 +718,16 @@ impl<H: UserHistory> LocalIndex<H> {
                 connection_id,
                 reason,
             );
-            return Err(ManagerError::ReplayFailed {
-                connection_id: connection_id.clone(),
-                replayed,
-                total,
+            return Err(if gap {
+                ManagerError::MissedWhileCatchingUp {
+                    connection_id: connection_id.clone(),
+                }
+            } else {
+                ManagerError::ReplayFailed {
+                    connection_id: connection_id.clone(),
+                    replayed,
+                    total,
+                }
             });
         }
         state.members[position].cursor = Cursor::Live { at };
@@ -1488,7 +1495,7 @@ mod tests {
             deliver(&index, sequence, Arrival::InOrder);
         }
         match index.finish(&alice(), &id, Replay::default()) {
-            Err(ManagerError::ReplayFailed { replayed: 0, .. }) => {}
+            Err(ManagerError::MissedWhileCatchingUp { .. }) => {}
             other => panic!("{other:?}"),
         }
         assert_eq!(socket.close_reason().map(|r| r.code), Some(close::RESUME));

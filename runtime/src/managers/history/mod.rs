@@ -270,8 +270,7 @@ pub(crate) async fn register<S: HistoryStore>(
     let notice = read.notice;
     let marks_taken = read.marks_taken;
     let finished = index.finish(&user, &id, read.replay).inspect_err(|error| {
-        tracing::warn!(user_id = %user, connection_id = %id, %error,
-            "replay did not fit the new socket's queue; connection refused");
+        tracing::warn!(user_id = %user, connection_id = %id, %error, "connection refused");
     })?;
     let Some(finished) = finished else {
         // Removed while catching up: nothing to record.
