@@ -10,7 +10,7 @@ use crate::delivery::Delivery;
 use crate::error::ManagerError;
 use crate::ids::ConnectionId;
 use crate::managers::events::CriticalEnvelope;
-use crate::offset::StreamOffset;
+use crate::offset::{EventPrint, StreamOffset};
 use crate::protocol::WebSocketManager;
 
 pub(super) async fn add_then_lookup_by_socket(p: &mut Probe<'_>) -> Step {
@@ -1054,7 +1054,15 @@ pub(super) async fn resume_from_offset(p: &mut Probe<'_>) -> Step {
         }
         nonces.push(nonce);
     }
-    let frames = p.frames(first_tab, true).await;
+    let texts = p.frame_texts(first_tab, true).await;
+    let frames: Vec<serde_json::Value> = texts
+        .iter()
+        .map(|text| serde_json::from_str(text).unwrap_or_default())
+        .collect();
+    let first_print = texts
+        .iter()
+        .find(|text| text.contains(nonces[0].as_str()))
+        .map(|text| EventPrint::of(text));
     let Some(first) = find_envelope(&frames, &nonces[0]) else {
         return Err(fail(
             "emit_critical_event",
@@ -1068,8 +1076,12 @@ pub(super) async fn resume_from_offset(p: &mut Probe<'_>) -> Step {
     let missed = p.emit(&owner, "agent_completed", data).await;
     let kept = p.manager.get_connection_health(&owner);
     let offset = StreamOffset::new(first.stream, first.sequence);
+    // With the print of the event there, as the JavaScript client sends.
     let resumed = p
-        .connect_resuming(&owner, "resumed after the first event", Some(offset))
+        .connect_with(&owner, "resumed after the first event", |connection| {
+            connection.resume = Some(offset);
+            connection.resume_print = first_print;
+        })
         .await?;
     let frames = p.frames(resumed, true).await;
     let carried: Vec<usize> = [&nonces[0], &nonces[1], &missed_nonce]
@@ -1104,6 +1116,28 @@ pub(super) async fn resume_from_offset(p: &mut Probe<'_>) -> Step {
             ),
             format!("first/second/offline event received {carried:?} times; frames: {frames:?}"),
             "replay the retained events after `connection.resume` into the new socket (see websocket_manager::CriticalEventLog)",
+        ));
+    }
+    // The same offset with the print of another event: the client saw
+    // something else there.
+    let other = p
+        .connect_with(&owner, "resumed with another event's print", |connection| {
+            connection.resume = Some(offset);
+            connection.resume_print = Some(EventPrint::of("another event"));
+        })
+        .await?;
+    let frames = p.frames(other, true).await;
+    if !frames
+        .first()
+        .is_some_and(|f| f["type"] == "resync" && f["reason"] == "unknown_stream")
+    {
+        return Err(fail(
+            "add_connection",
+            format!(
+                "a resync notice with reason `unknown_stream` first, for offset {offset} with the print of another event than the one there"
+            ),
+            format!("{frames:?}"),
+            "compare `connection.resume_print` with the print of the event held at the offset (see websocket_manager::CriticalEventLog)",
         ));
     }
     let unknown = StreamOffset::new(first.stream.wrapping_add(0x5eed), 1);

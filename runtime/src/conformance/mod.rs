@@ -154,9 +154,10 @@ pub enum Check {
     /// `timestamp`, `critical`, `stream`, `sequence`), numbered 1, 2... within
     /// a stream, with the offset the `Delivery` reported.
     CriticalEnvelope,
-    /// A connection resuming from an offset gets exactly the events after
-    /// it, and one resuming from an unknown stream gets a resync notice
-    /// first.
+    /// A connection resuming from an offset (with the print of the event
+    /// there) gets exactly the events after it; one resuming with another
+    /// event's print, or from an unknown stream, gets an `unknown_stream`
+    /// resync notice first.
     ResumeFromOffset,
 }
 

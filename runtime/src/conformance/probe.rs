@@ -302,6 +302,16 @@ impl<'a> Probe<'a> {
     /// delivery wait for the first one when `expect` is set. A frame that is
     /// not JSON is returned as a JSON string.
     pub(super) async fn frames(&mut self, index: usize, expect: bool) -> Vec<serde_json::Value> {
+        self.frame_texts(index, expect)
+            .await
+            .into_iter()
+            .map(|text| serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+            .collect()
+    }
+
+    /// Like [`frames`](Self::frames), each frame's text as the manager
+    /// queued it (what a client computes an event's print from).
+    pub(super) async fn frame_texts(&mut self, index: usize, expect: bool) -> Vec<String> {
         let wait = if expect { self.wait } else { Duration::ZERO };
         let receiver = &mut self.sockets[index].receiver;
         let mut frames = Vec::new();
@@ -312,10 +322,7 @@ impl<'a> Probe<'a> {
                 Duration::ZERO
             };
             match next_event(receiver, wait_now).await {
-                Some(OutboundEvent::Frame(frame)) => frames.push(
-                    serde_json::from_str(frame.as_str())
-                        .unwrap_or_else(|_| serde_json::Value::String(frame.as_str().to_owned())),
-                ),
+                Some(OutboundEvent::Frame(frame)) => frames.push(frame.as_str().to_owned()),
                 Some(OutboundEvent::Binary(_)) => {}
                 Some(OutboundEvent::Close(_)) | None => return frames,
             }
