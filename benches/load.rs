@@ -52,6 +52,7 @@ use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use websocket_manager::events::EventPrint;
 use websocket_manager_test_support::bench::cpu_model;
 use websocket_manager_test_support::redis::{RedisServer, flush_all, info};
 
@@ -245,6 +246,9 @@ mod worker {
     struct Tab {
         stream: u64,
         last: u64,
+        /// The print of event `last`, sent with the offset as the
+        /// JavaScript client does.
+        print: Option<EventPrint>,
         /// When each `hello` arrived (unix µs), the latest few.
         hellos: VecDeque<u64>,
         /// (sequence, unix µs) of the latest critical events.
@@ -483,7 +487,10 @@ mod worker {
         loop {
             let resume = {
                 let tab = ctx.tabs[index].lock().unwrap();
-                (tab.stream > 0).then(|| format!("{}:{}", tab.stream, tab.last))
+                (tab.stream > 0).then(|| match tab.print {
+                    Some(print) => format!("{}:{}:{print}", tab.stream, tab.last),
+                    None => format!("{}:{}", tab.stream, tab.last),
+                })
             };
             match open(&ctx, index, &user, node, resume).await {
                 Ok(socket) => {
@@ -670,6 +677,7 @@ mod worker {
                     .fetch_add(sequence - tab.last - 1, Ordering::Relaxed);
             }
             tab.last = sequence;
+            tab.print = Some(EventPrint::of(&text));
             if tab.receipts.len() == 32 {
                 tab.receipts.pop_front();
             }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-use websocket_manager::events::StreamOffset;
+use websocket_manager::events::{EventPrint, ResumePoint, StreamOffset};
 use websocket_manager::managers::{ClusterConfig, ClusterWebSocketManager, ManagerConfig};
 use websocket_manager::transport::{OriginPolicy, WebSocketService};
 use websocket_manager::{DynManager, UserId, WebSocketManager};
@@ -104,6 +104,8 @@ impl Drop for Node {
 #[derive(Default)]
 struct Seen {
     offsets: Vec<StreamOffset>,
+    /// The print of the last event, sent with its offset.
+    print: Option<EventPrint>,
     reconnects: usize,
     resyncs: usize,
 }
@@ -113,9 +115,15 @@ struct Seen {
 async fn tab(user: String, first: SocketAddr, fallback: SocketAddr, seen: Arc<Mutex<Seen>>) {
     let mut addr = first;
     loop {
-        let last = seen.lock().unwrap().offsets.last().copied();
+        let last = {
+            let seen = seen.lock().unwrap();
+            seen.offsets.last().map(|&offset| ResumePoint {
+                offset,
+                print: seen.print,
+            })
+        };
         let path = match last {
-            Some(offset) => format!("/ws?resume={offset}"),
+            Some(point) => format!("/ws?resume={point}"),
             None => "/ws".to_owned(),
         };
         let Ok((mut client, _)) =
@@ -142,6 +150,7 @@ async fn tab(user: String, first: SocketAddr, fallback: SocketAddr, seen: Arc<Mu
                     frame["stream"].as_u64().unwrap(),
                     frame["sequence"].as_u64().unwrap(),
                 ));
+                seen.print = Some(EventPrint::of(&text));
             }
         }
         seen.lock().unwrap().reconnects += 1;
