@@ -101,8 +101,10 @@ impl RedisClusterGroup {
             })
             .collect();
         let group = RedisClusterGroup { nodes, dir };
+        // Generous: the cluster tests start their groups at the same time,
+        // next to a compiling workspace in CI.
         for (_, port) in &group.nodes {
-            wait_for(Duration::from_secs(5), "every node answers PING", || {
+            wait_for(Duration::from_secs(30), "every node answers PING", || {
                 cli(*port, &["PING"]) == "PONG"
             });
         }
