@@ -52,6 +52,24 @@ pub fn own_cluster_for(name: &str, replicas: usize) -> Option<RedisClusterGroup>
     None
 }
 
+/// A Redis Cluster node also listens on its port + 10,000 (the cluster bus).
+const BUS_OFFSET: u16 = 10_000;
+
+/// A free port whose bus port is free too. The kernel's ephemeral ports go
+/// up to 60,999 here, and a node on a port above 55,535 refuses to start
+/// (its bus port would not exist): about one port in five.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        let bus_free = port
+            .checked_add(BUS_OFFSET)
+            .is_some_and(|bus| std::net::TcpListener::bind(("127.0.0.1", bus)).is_ok());
+        if bus_free {
+            return port;
+        }
+    }
+}
+
 impl RedisClusterGroup {
     /// Starts six servers, forms the cluster and waits until every node
     /// says `cluster_state:ok` and every replica is in sync.
@@ -71,16 +89,20 @@ impl RedisClusterGroup {
     ///
     /// As [`start`](Self::start).
     pub fn with_replicas(replicas: usize) -> RedisClusterGroup {
-        let first = free_port();
-        let dir = std::env::temp_dir().join(format!("wsm-cluster-{}-{first}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("a temp dir");
-        let mut ports = vec![first];
+        let mut ports: Vec<u16> = Vec::new();
         while ports.len() < 3 * (1 + replicas) {
-            let port = free_port();
-            if !ports.contains(&port) {
+            let port = free_cluster_port();
+            // Neither port may be another node's client or bus port.
+            if !ports
+                .iter()
+                .any(|&p| [p, p + BUS_OFFSET].contains(&port) || p == port + BUS_OFFSET)
+            {
                 ports.push(port);
             }
         }
+        let dir =
+            std::env::temp_dir().join(format!("wsm-cluster-{}-{}", std::process::id(), ports[0]));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
         let nodes: Vec<(Option<Child>, u16)> = ports
             .iter()
             .map(|&port| {
