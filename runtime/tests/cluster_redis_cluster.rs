@@ -17,6 +17,10 @@
 //!   batch at a time, as `redis-cli --cluster reshard` does): nothing is
 //!   lost and nothing repeated, and the nodes notice that Redis dropped
 //!   their sharded subscription and audit.
+//! * An append whose connection drops after the master ran it and before
+//!   the answer came (a TCP proxy in front of that master cuts it): redis-rs
+//!   sends it again, and the event is still stored once and published once,
+//!   with the first store's offset.
 #![allow(clippy::unwrap_used)]
 
 mod failover;
@@ -28,7 +32,9 @@ use serde_json::json;
 use websocket_manager::managers::ClusterWebSocketManager;
 use websocket_manager::{events::*, *};
 use websocket_manager_test_support::cluster::{RedisClusterGroup, own_cluster_for};
-use websocket_manager_test_support::redis::unique_prefix;
+use websocket_manager_test_support::fault_proxy::FaultProxy;
+use websocket_manager_test_support::redis::{Eavesdropper, unique_prefix};
+use websocket_manager_test_support::sentinel::cli;
 use websocket_manager_test_support::tab::ResumingTab;
 
 fn alice() -> UserId {
@@ -296,4 +302,126 @@ async fn a_slot_moved_mid_run_loses_and_repeats_nothing() {
     );
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// redis-rs's cluster connection re-sends a command whose connection
+/// dropped before the answer came (`RetryMethod::Reconnect`). A TCP proxy in
+/// front of alice's master (which announces the proxy's port, so node A
+/// reaches it only through the proxy) passes A's append to the master, then
+/// closes A's connection before the answer: the master stored the event,
+/// and redis-rs sends the same append again on a fresh connection. The
+/// event must be stored once, published once, and the emit answered with
+/// that one offset. With the durability setting on, the event is published
+/// by the node after `WAIT`, from the re-send's answer (the first answer
+/// never arrived).
+async fn resent_append(durable: bool) {
+    let name = if durable {
+        "redis_cluster_resend_durable"
+    } else {
+        "redis_cluster_resend"
+    };
+    let Some(group) = cluster_for(name, usize::from(durable)).await else {
+        return;
+    };
+    let prefix = unique_prefix(name);
+    // Alice's keys are written once, so her master can be found.
+    let scout = node(&group.url(), &prefix, "scout", durable).await;
+    scout
+        .emit_critical_event(&alice(), AGENT_STARTED, json!({"i": -1}))
+        .await
+        .unwrap();
+    scout.shutdown().await;
+    let (master, _) = alices_master(&group, &prefix);
+    let meta = group.find_key(&format!("{prefix}:*meta:alice")).unwrap();
+    let stream = meta.replace("meta:alice", "stream:alice");
+    let channel = meta.replace("meta:alice", "bus");
+
+    let proxy = FaultProxy::start(&format!("127.0.0.1:{master}")).await;
+    let announced = proxy.port();
+    let group = std::sync::Arc::new(group);
+    let announcing = std::sync::Arc::clone(&group);
+    tokio::task::spawn_blocking(move || announcing.announce(master, announced))
+        .await
+        .unwrap();
+    // A reaches the cluster through the proxy (the cluster tells it where
+    // the other masters are), B through any node; every client reaches
+    // alice's master through the proxy now, but only A's append is cut.
+    let a = node(
+        &format!("redis+cluster://127.0.0.1:{announced}"),
+        &prefix,
+        "a",
+        durable,
+    )
+    .await;
+    let b = node(&group.url(), &prefix, "b", durable).await;
+    let mut tab = ResumingTab::new(alice());
+    assert!(tab.connect(&b, b.config().queue_limits()).await);
+    // What is published on alice's channel, heard on the master itself.
+    let heard = Eavesdropper::start(&format!("127.0.0.1:{master}"), "SSUBSCRIBE", &channel);
+
+    let marker = "resent-append-5f1c";
+    proxy.cut_after(marker.as_bytes());
+    let delivery = a
+        .emit_critical_event(&alice(), AGENT_THINKING, json!({ "marker": marker }))
+        .await
+        .expect("the re-sent append is answered");
+    // The append twice (redis-rs re-sent it after the cut); with the
+    // durability setting, then the node's SPUBLISH after WAIT.
+    assert_eq!(
+        proxy.seen(),
+        2 + usize::from(durable),
+        "the master should have received the append twice"
+    );
+    let offset = delivery.offset().expect("an offset");
+
+    // Stored once: one entry with the marker, at the offset the emit gave.
+    let entries = cli(master, &["XRANGE", &stream, "-", "+"]);
+    assert_eq!(
+        entries.matches(marker).count(),
+        1,
+        "the event is stored once: {entries}"
+    );
+    assert_eq!(
+        cli(master, &["XLEN", &stream]),
+        "2",
+        "the scout's event and this one: {entries}"
+    );
+    let id = format!("{}-1", offset.sequence);
+    let at = cli(master, &["XRANGE", &stream, &id, &id]);
+    assert!(
+        at.contains(marker),
+        "the emit's offset {offset} names the event: {at}"
+    );
+
+    // Published once, and delivered once with that offset.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !tab.seen.iter().any(|(_, d)| d["marker"] == marker) {
+        assert!(Instant::now() < deadline, "the tab never got the event");
+        if !tab.read(Duration::from_millis(50)).await {
+            let _ = tab.connect(&b, b.config().queue_limits()).await;
+        }
+    }
+    let _ = tab.read(Duration::from_millis(300)).await;
+    let got: Vec<_> = tab
+        .seen
+        .iter()
+        .filter(|(_, d)| d["marker"] == marker)
+        .collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, offset);
+    assert_eq!(heard.count(marker), 1, "published once");
+    assert_eq!(a.cluster_stats().resent_appends, 1, "{}", a.cluster_stats());
+    drop(heard);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_re_sent_after_its_connection_dropped_is_stored_and_published_once() {
+    resent_append(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_sent_append_is_published_once_after_wait_with_durability_on() {
+    resent_append(true).await;
 }

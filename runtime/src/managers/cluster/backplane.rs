@@ -48,7 +48,7 @@ use crate::error::ClusterFailure;
 use crate::ids::{ConnectionId, IdempotencyKey, UserId};
 use crate::offset::StreamOffset;
 
-use super::config::ClusterConfig;
+use super::config::{ClusterConfig, resend_window};
 use super::conn::{Conn, Node};
 use super::presence::PresenceChange;
 use super::target::RedisTarget;
@@ -79,6 +79,43 @@ pub(crate) struct Appended {
     /// A retry of an idempotency key: nothing was stored, `offset` is the
     /// first attempt's.
     pub duplicate: bool,
+    /// The Redis client re-sent this append after the server had stored it
+    /// (see [`Attempts`]): nothing was stored or published again, `offset`
+    /// and `pending` are the first store's. For the caller, the event was
+    /// stored once, by this call.
+    pub resent: bool,
+}
+
+/// The attempt keys of a node's appends on a Redis Cluster.
+///
+/// redis-rs's cluster connection re-sends a command whose connection
+/// dropped before the answer came (`RetryMethod::Reconnect` in
+/// `cluster_handling/async_connection/request.rs`, `choose_response`; an
+/// I/O error other than a drop is `RetryImmediately`), so one append can
+/// run twice on the server: the same event stored under two offsets. Each
+/// append without an idempotency key of the caller's therefore carries a
+/// key of its own, unique to the call: the first run sets it (with the
+/// offset) in the same atomic step that stores the event, and a re-send of
+/// the same command finds it and is answered with that offset, storing and
+/// publishing nothing. A one-server or Sentinel connection (redis-rs's
+/// `ConnectionManager`) never re-sends a command (the error goes to the
+/// caller, the reconnection happens in the background): no attempt key
+/// there.
+#[derive(Debug)]
+struct Attempts {
+    /// `<node id>:<random incarnation>`: a node restarted under the same
+    /// id starts its counter again, so the incarnation tells the runs apart.
+    name: String,
+    counter: AtomicU64,
+    /// How long an attempt key lives (`resend_window`).
+    window: Duration,
+}
+
+impl Attempts {
+    fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{}:{n}", self.name)
+    }
 }
 
 /// Why an append stored nothing.
@@ -243,6 +280,11 @@ pub(crate) struct Backplane {
     keys: Keys,
     node: String,
     timeout: Duration,
+    /// Redis Cluster only: see [`Attempts`].
+    attempts: Option<Attempts>,
+    /// Appends redis-rs re-sent after the server had stored them, answered
+    /// with the first store's offset.
+    resent_appends: AtomicU64,
     append: Script,
     read: Script,
     taken: Script,
@@ -454,6 +496,12 @@ impl Backplane {
             keys,
             node: config.node_id().to_owned(),
             timeout,
+            attempts: matches!(config.target(), RedisTarget::Cluster { .. }).then(|| Attempts {
+                name: format!("{}:{:016x}", config.node_id(), crate::ids::random_u64()),
+                counter: AtomicU64::new(0),
+                window: resend_window(config),
+            }),
+            resent_appends: AtomicU64::new(0),
             append: Script::new(APPEND),
             read: Script::new(READ),
             taken: Script::new(TAKEN),
@@ -675,10 +723,17 @@ impl Backplane {
                 "0"
             })
             .arg(self.publish_command());
+        // The caller's key wins: with it, a re-send is the caller's retry
+        // (answered `Duplicate`), as it always was.
         if let Some((key, window)) = idempotency {
             invocation
                 .key(self.keys.idempotency(user, key))
                 .arg(millis(window).max(1));
+        } else if let Some(attempts) = &self.attempts {
+            invocation
+                .key(self.keys.attempt(user, &attempts.next()))
+                .arg(millis(attempts.window).max(1))
+                .arg("attempt");
         }
         let value: Value = self
             .bounded(generation, invocation.invoke_async(&mut connection))
@@ -698,13 +753,15 @@ impl Backplane {
                 ),
                 pending: 0,
                 duplicate: true,
+                resent: false,
             }),
             [status, pending] if text(status).as_deref() == Some("full") => {
                 Err(AppendError::Full {
                     pending: number(pending).map_err(AppendError::Failed)?,
                 })
             }
-            [_, stream, sequence, pending, rest @ ..] => {
+            [status, stream, sequence, pending, rest @ ..] => {
+                let resent = text(status).as_deref() == Some("again");
                 let appended = Appended {
                     offset: StreamOffset::new(
                         stream_id(stream)?,
@@ -712,7 +769,13 @@ impl Backplane {
                     ),
                     pending: number(pending).map_err(AppendError::Failed)?,
                     duplicate: false,
+                    resent,
                 };
+                if resent {
+                    self.resent_appends.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(user_id = %user, offset = %appended.offset,
+                        "the Redis client re-sent an append the server had already stored (its connection dropped before the answer): answered with the first store's offset, nothing stored or published twice");
+                }
                 match rest {
                     [] => Ok(appended),
                     [message] => {
@@ -836,6 +899,12 @@ impl Backplane {
         self.bounded(generation, publish.query_async::<Value>(&mut connection))
             .await
             .map(drop)
+    }
+
+    /// Appends redis-rs re-sent after the server had stored them (see
+    /// [`Attempts`]).
+    pub fn resent_appends(&self) -> u64 {
+        self.resent_appends.load(Ordering::Relaxed)
     }
 
     /// `PUBLISH`, or `SPUBLISH` on a Redis Cluster.

@@ -99,6 +99,35 @@ impl ClusterConfig {
         self.command_timeout
     }
 
+    /// On a Redis Cluster, how long the *attempt key* of an append lives:
+    /// four command timeouts (4 s with the defaults).
+    ///
+    /// redis-rs's cluster connection re-sends a command whose connection
+    /// dropped before the answer came; the server may then run an append
+    /// twice. Each append without an idempotency key of the caller's carries
+    /// a key unique to the call (`<prefix>:{<bucket>}:try:<node>:<run>:<n>`,
+    /// in the user's slot, apart from the idempotency keys), set by the same
+    /// atomic step that stores the event: a re-send that finds it is
+    /// answered with the first store's offset and stores and publishes
+    /// nothing. redis-rs re-sends only while the call waits, and the call
+    /// waits at most one command timeout, so a re-send reaches the server
+    /// within one command timeout of the first attempt; the other three
+    /// leave room for a server that runs them late. Each key costs about a
+    /// hundred bytes of Redis memory for the window (4,000 appends a second:
+    /// some 1.6 MB). One server and Sentinel need none: redis-rs does not
+    /// re-send there.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use websocket_manager::managers::ClusterConfig;
+    /// let config = ClusterConfig::builder("redis+cluster://127.0.0.1:7000").build()?;
+    /// assert_eq!(config.resend_window(), Duration::from_secs(4));
+    /// # Ok::<(), websocket_manager::managers::ConfigError>(())
+    /// ```
+    pub fn resend_window(&self) -> Duration {
+        resend_window(self)
+    }
+
     /// How long `add_connection` waits for the node to be subscribed.
     pub fn ready_timeout(&self) -> Duration {
         self.ready_timeout
@@ -400,6 +429,11 @@ pub(crate) fn check_against(
 /// others read expires.
 fn fence_margin(config: &ClusterConfig) -> Duration {
     config.node_ttl / 20
+}
+
+/// See [`ClusterConfig::resend_window`].
+pub(crate) fn resend_window(config: &ClusterConfig) -> Duration {
+    config.command_timeout.saturating_mul(4)
 }
 
 /// How often the link watchdog looks at the clock: often enough to keep

@@ -335,6 +335,7 @@ impl ClusterWebSocketManager {
             fenced: self.shared.link.fenced.load(Ordering::Relaxed),
             history_read_waits: self.shared.history_reads.waits(),
             history_reads_shared: self.shared.history_reads.shared(),
+            resent_appends: self.shared.backplane.resent_appends(),
         }
     }
 
