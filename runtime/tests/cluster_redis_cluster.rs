@@ -17,6 +17,12 @@
 //!   batch at a time, as `redis-cli --cluster reshard` does): nothing is
 //!   lost and nothing repeated, and the nodes notice that Redis dropped
 //!   their sharded subscription and audit.
+//! * A master that serves neither the node's own channel nor the
+//!   cluster-wide keys frozen with SIGSTOP (its connections stay open,
+//!   nothing answers): the link watchdog, which probes every master, finds
+//!   it within `probe_interval + probe_timeout` and replaces the
+//!   connection, and after the failover an event for a user of that master
+//!   reaches a tab on the node.
 //! * An append whose connection drops after the master ran it and before
 //!   the answer came (a TCP proxy in front of that master cuts it): redis-rs
 //!   sends it again, and the event is still stored once and published once,
@@ -29,7 +35,7 @@ use failover::node;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use websocket_manager::managers::ClusterWebSocketManager;
+use websocket_manager::managers::{ClusterConfig, ClusterWebSocketManager, ManagerConfig};
 use websocket_manager::{events::*, *};
 use websocket_manager_test_support::cluster::{RedisClusterGroup, own_cluster_for};
 use websocket_manager_test_support::fault_proxy::FaultProxy;
@@ -424,4 +430,142 @@ async fn an_append_re_sent_after_its_connection_dropped_is_stored_and_published_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_re_sent_append_is_published_once_after_wait_with_durability_on() {
     resent_append(true).await;
+}
+
+/// A node whose watchdog probes every 500 ms with a 500 ms bound (and the
+/// failover node's other settings: short timeouts, a TTL longer than the
+/// failover).
+async fn watched_node(url: &str, prefix: &str, name: &str) -> ClusterWebSocketManager {
+    let cluster = ClusterConfig::builder(url)
+        .key_prefix(prefix)
+        .node_id(name)
+        .command_timeout(Duration::from_millis(500))
+        .heartbeat_interval(Duration::from_millis(200))
+        .node_ttl(Duration::from_secs(20))
+        .probe_interval(Duration::from_millis(500))
+        .probe_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let manager = ClusterWebSocketManager::new(ManagerConfig::default(), cluster).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), manager.ready())
+        .await
+        .expect("ready within 10 s")
+        .unwrap();
+    manager
+}
+
+/// The master that serves the key matching `pattern`.
+fn master_of_key(group: &RedisClusterGroup, pattern: &str) -> u16 {
+    let key = group.find_key(pattern).expect("the key is stored");
+    group.master_of_slot(group.slot_of(&key))
+}
+
+/// Before, a node probed only the master of its own channel: a frozen
+/// master that serves neither that channel nor the cluster-wide keys (so
+/// no heartbeat times out on it) left the node's sharded subscriptions
+/// there dead without a word, and after the failover the node never heard
+/// that master's users again. Now every master is probed every
+/// `probe_interval`: the frozen one is found within `probe_interval +
+/// probe_timeout` (1 s here; 5 s allowed for a loaded CI machine), counted
+/// in `probe_timeouts`, the connection replaced; once the cluster failed it
+/// over, the node serves that master's users again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_master_the_node_does_not_probe_by_its_channel_is_found_and_replaced() {
+    let Some(group) = cluster_for("redis_cluster_frozen_master", 1).await else {
+        return;
+    };
+    let url = group.url();
+    let prefix = unique_prefix("frozen");
+    let a = watched_node(&url, &prefix, "a").await;
+    let b = watched_node(&url, &prefix, "b").await;
+    // Neither B's own channel nor the cluster-wide keys live on the victim.
+    let own = group
+        .masters()
+        .into_iter()
+        .find(|port| {
+            !cli(
+                *port,
+                &["PUBSUB", "SHARDCHANNELS", &format!("{prefix}:*node:b")],
+            )
+            .is_empty()
+        })
+        .expect("a master serves b's own channel");
+    let shared = master_of_key(&group, &format!("{prefix}:*nodes"));
+    let victim = group
+        .masters()
+        .into_iter()
+        .find(|port| *port != own && *port != shared)
+        .expect("a third master");
+    // A user of the victim's.
+    let mut user = None;
+    for i in 0..64 {
+        let candidate = UserId::new(format!("u{i}")).unwrap();
+        a.emit_critical_event(&candidate, AGENT_STARTED, json!({"i": -1}))
+            .await
+            .unwrap();
+        if master_of_key(&group, &format!("{prefix}:*meta:u{i}")) == victim {
+            user = Some(candidate);
+            break;
+        }
+    }
+    let user = user.expect("a user of the victim's among 64");
+    let mut tab = ResumingTab::new(user.clone());
+    assert!(tab.connect(&b, b.config().queue_limits()).await);
+    let before = (b.cluster_stats(), a.cluster_stats());
+
+    group.pause(victim); // SIGSTOP: its connections stay open, silent
+    let frozen = Instant::now();
+    let bound = Duration::from_secs(5);
+    while b.cluster_stats().probe_timeouts == before.0.probe_timeouts
+        || a.cluster_stats().probe_timeouts == before.1.probe_timeouts
+    {
+        assert!(
+            frozen.elapsed() < bound,
+            "the frozen master {victim} was not found within {bound:?}: {} / {}",
+            b.cluster_stats(),
+            a.cluster_stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let found = frozen.elapsed();
+    assert!(b.cluster_stats().reconnects > before.0.reconnects);
+    assert!(a.cluster_stats().reconnects > before.1.reconnects);
+
+    // After the failover, an event for the victim's user reaches the tab on
+    // B: live on B's new subscription, or by a resume after B's audit.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let offset = loop {
+        match a
+            .emit_critical_event(&user, AGENT_THINKING, json!({"i": 1}))
+            .await
+        {
+            Ok(delivery) => break delivery.offset().unwrap(),
+            Err(ManagerError::Cluster { .. }) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no emit for the frozen master's user succeeded within 30 s: {}",
+                    a.cluster_stats()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(other) => panic!("untyped failure: {other}"),
+        }
+    };
+    while !tab.seen.iter().any(|(at, _)| *at == offset) {
+        assert!(
+            Instant::now() < deadline,
+            "the tab on b never got the event at {offset}: {}",
+            b.cluster_stats()
+        );
+        if !tab.read(Duration::from_millis(50)).await {
+            let _ = tab.connect(&b, b.config().queue_limits()).await;
+        }
+    }
+    eprintln!(
+        "frozen master {victim} found in {found:?}; then {} / {}",
+        b.cluster_stats(),
+        a.cluster_stats()
+    );
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -128,6 +128,28 @@ pub(crate) enum AppendError {
     Failed(ClusterFailure),
 }
 
+/// What a probe of every master of a Redis Cluster found
+/// ([`Backplane::probe_masters`]): each master that serves a slot of this
+/// node's keys or channels got a `PING` routed by that slot, on the
+/// connection that carries the slot's commands and sharded subscriptions.
+#[derive(Debug, Default)]
+pub(crate) struct MastersProbe {
+    /// Masters that answered.
+    pub answered: usize,
+    /// Masters that did not (address, slot and why), or why none could be
+    /// asked.
+    pub unanswered: Vec<String>,
+}
+
+impl MastersProbe {
+    fn failed(why: String) -> Self {
+        MastersProbe {
+            answered: 0,
+            unanswered: vec![why],
+        }
+    }
+}
+
 /// What a refresh learned of another node (see [`Backplane::read_cluster`]).
 #[derive(Debug)]
 pub(crate) enum NodePresence {
@@ -685,6 +707,89 @@ impl Backplane {
             .await
             .map(drop)
         }
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.source, Source::Cluster(_))
+    }
+
+    /// On a Redis Cluster, probes every master this node uses (see
+    /// [`MastersProbe`]) within `limit`; `None` on one server (the probe of
+    /// [`probe`](Self::probe) covers its one connection). Like `probe`, the
+    /// future holds the connection and the clock, not the backplane.
+    pub fn probe_masters(
+        &self,
+        limit: Duration,
+    ) -> Option<impl Future<Output = MastersProbe> + Send + 'static> {
+        if !self.is_cluster() {
+            return None;
+        }
+        let current = self.current();
+        let buckets = self.keys.bucket_slots();
+        let clock = Arc::clone(&self.clock);
+        Some(async move {
+            let (generation, connection) = match current {
+                Ok(current) => current,
+                Err(error) => return MastersProbe::failed(format!("no connection: {error}")),
+            };
+            let deadline = tokio::time::Instant::now() + limit;
+            let mut asking = connection.clone();
+            let ranges = match tokio::time::timeout_at(deadline, asking.slot_masters()).await {
+                Ok(Ok(ranges)) => ranges,
+                Ok(Err(error)) => {
+                    return MastersProbe::failed(format!("CLUSTER SLOTS failed: {error}"));
+                }
+                Err(_) => {
+                    return MastersProbe::failed(format!(
+                        "no master answered CLUSTER SLOTS within {} ms",
+                        millis(limit)
+                    ));
+                }
+            };
+            // One slot of ours per master: every key and channel of this
+            // node is in a bucket's slot.
+            let mut picked: Vec<(String, u16)> = Vec::new();
+            for slot in buckets {
+                if let Some((_, _, master)) = ranges
+                    .iter()
+                    .find(|(first, last, _)| (*first..=*last).contains(&slot))
+                    && !picked.iter().any(|(m, _)| m == master)
+                {
+                    picked.push((master.clone(), slot));
+                }
+            }
+            let mut pings = tokio::task::JoinSet::new();
+            for (master, slot) in picked {
+                let mut connection = connection.clone();
+                pings.spawn(async move {
+                    let answered =
+                        tokio::time::timeout_at(deadline, connection.ping_slot(slot)).await;
+                    (master, slot, answered)
+                });
+            }
+            let mut probe = MastersProbe::default();
+            while let Some(done) = pings.join_next().await {
+                let Ok((master, slot, answered)) = done else {
+                    probe.unanswered.push("a probe task failed".to_owned());
+                    continue;
+                };
+                match answered {
+                    Ok(Ok(())) => probe.answered += 1,
+                    Ok(Err(error)) => probe
+                        .unanswered
+                        .push(format!("{master} (slot {slot}): {error}")),
+                    Err(_) => probe.unanswered.push(format!(
+                        "{master} (slot {slot}): no answer within {} ms",
+                        millis(limit)
+                    )),
+                }
+            }
+            if probe.unanswered.is_empty() {
+                clock.answered(generation);
+            }
+            probe
+        })
     }
 
     /// Appends (and publishes) a critical event.

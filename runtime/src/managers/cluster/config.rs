@@ -181,6 +181,10 @@ impl ClusterConfig {
     /// How long the link to Redis may stay silent before this node probes
     /// it: after this long without a message on its subscription, the node
     /// publishes a probe to itself (and at once after a command timed out).
+    /// On a Redis Cluster the node probes every `probe_interval`, busy or
+    /// not, and each master it uses (a message from one master says
+    /// nothing of the others): a `PING` to each, routed by a slot of its
+    /// own, and the probe to itself.
     pub fn probe_interval(&self) -> Duration {
         self.probe_interval
     }
@@ -189,7 +193,8 @@ impl ClusterConfig {
     /// connection to Redis and opens a fresh one (new TCP connection,
     /// resubscribed, audited, presence rewritten). A link that goes silent
     /// is replaced within `probe_interval + probe_timeout` plus one command
-    /// timeout (5 s with the defaults).
+    /// timeout (5 s with the defaults); on a Redis Cluster, a link to any
+    /// one master.
     pub fn probe_timeout(&self) -> Duration {
         self.probe_timeout
     }

@@ -116,6 +116,16 @@ impl Keys {
         self.head(&self.prefix)
     }
 
+    /// The slot of each bucket (Redis Cluster; none on one server): every
+    /// key and channel of this cluster is in one of them.
+    pub fn bucket_slots(&self) -> Vec<u16> {
+        self.tags.as_ref().map_or_else(Vec::new, |tags| {
+            tags.iter()
+                .filter_map(|tag| u16::try_from(slot_of(tag)).ok())
+                .collect()
+        })
+    }
+
     /// The pipeline group of `user`'s keys: commands of one group may share
     /// a pipeline (its bucket on a Redis Cluster; all in one otherwise).
     pub fn group(&self, user: &UserId) -> usize {
