@@ -30,12 +30,12 @@
 #![allow(clippy::unwrap_used)]
 
 mod failover;
-use failover::node;
+use failover::{node, watched_node};
 
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use websocket_manager::managers::{ClusterConfig, ClusterWebSocketManager, ManagerConfig};
+use websocket_manager::managers::ClusterWebSocketManager;
 use websocket_manager::{events::*, *};
 use websocket_manager_test_support::cluster::{RedisClusterGroup, own_cluster_for};
 use websocket_manager_test_support::fault_proxy::FaultProxy;
@@ -165,12 +165,25 @@ fn assert_every_acknowledged_event_once(run: &Run) {
     }
 }
 
+/// One test's cluster at a time: six of them at once (up to 36 processes)
+/// on a 2-core CI machine made `WAIT` and failovers miss their bounds.
+static TURN: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
+
 /// A cluster of the test's own, started on a blocking thread (it waits
-/// for the cluster to form); `None` when skipped (said why).
-async fn cluster_for(name: &'static str, replicas: usize) -> Option<RedisClusterGroup> {
-    tokio::task::spawn_blocking(move || own_cluster_for(name, replicas))
+/// for the cluster to form), with the turn the test holds while it runs;
+/// `None` when skipped (said why).
+async fn cluster_for(
+    name: &'static str,
+    replicas: usize,
+) -> Option<(tokio::sync::MutexGuard<'static, ()>, RedisClusterGroup)> {
+    let turn = TURN
+        .get_or_init(|| tokio::sync::Mutex::new(()))
+        .lock()
+        .await;
+    let group = tokio::task::spawn_blocking(move || own_cluster_for(name, replicas))
         .await
-        .unwrap()
+        .unwrap()?;
+    Some((turn, group))
 }
 
 /// The port of the master that holds `prefix`'s keys of alice.
@@ -190,7 +203,7 @@ async fn master_killed_mid_run(durable: bool) {
     };
     // Durable: two replicas per master, so one is left to acknowledge
     // writes once the other was promoted.
-    let Some(mut group) = cluster_for(name, if durable { 2 } else { 1 }).await else {
+    let Some((_turn, mut group)) = cluster_for(name, if durable { 2 } else { 1 }).await else {
         return;
     };
     let url = group.url();
@@ -243,7 +256,7 @@ async fn a_master_killed_mid_run_announces_any_loss_with_durability_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_moved_mid_run_loses_and_repeats_nothing() {
-    let Some(group) = cluster_for("redis_cluster_migration", 1).await else {
+    let Some((_turn, group)) = cluster_for("redis_cluster_migration", 1).await else {
         return;
     };
     let url = group.url();
@@ -326,7 +339,7 @@ async fn resent_append(durable: bool) {
     } else {
         "redis_cluster_resend"
     };
-    let Some(group) = cluster_for(name, usize::from(durable)).await else {
+    let Some((_turn, group)) = cluster_for(name, usize::from(durable)).await else {
         return;
     };
     let prefix = unique_prefix(name);
@@ -432,28 +445,6 @@ async fn a_re_sent_append_is_published_once_after_wait_with_durability_on() {
     resent_append(true).await;
 }
 
-/// A node whose watchdog probes every 500 ms with a 500 ms bound (and the
-/// failover node's other settings: short timeouts, a TTL longer than the
-/// failover).
-async fn watched_node(url: &str, prefix: &str, name: &str) -> ClusterWebSocketManager {
-    let cluster = ClusterConfig::builder(url)
-        .key_prefix(prefix)
-        .node_id(name)
-        .command_timeout(Duration::from_millis(500))
-        .heartbeat_interval(Duration::from_millis(200))
-        .node_ttl(Duration::from_secs(20))
-        .probe_interval(Duration::from_millis(500))
-        .probe_timeout(Duration::from_millis(500))
-        .build()
-        .unwrap();
-    let manager = ClusterWebSocketManager::new(ManagerConfig::default(), cluster).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), manager.ready())
-        .await
-        .expect("ready within 10 s")
-        .unwrap();
-    manager
-}
-
 /// The master that serves the key matching `pattern`.
 fn master_of_key(group: &RedisClusterGroup, pattern: &str) -> u16 {
     let key = group.find_key(pattern).expect("the key is stored");
@@ -471,13 +462,15 @@ fn master_of_key(group: &RedisClusterGroup, pattern: &str) -> u16 {
 /// over, the node serves that master's users again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_master_the_node_does_not_probe_by_its_channel_is_found_and_replaced() {
-    let Some(group) = cluster_for("redis_cluster_frozen_master", 1).await else {
+    let Some((_turn, group)) = cluster_for("redis_cluster_frozen_master", 1).await else {
         return;
     };
     let url = group.url();
     let prefix = unique_prefix("frozen");
-    let a = watched_node(&url, &prefix, "a").await;
-    let b = watched_node(&url, &prefix, "b").await;
+    // Probed every 500 ms, each probe answered within 500 ms.
+    let probe = Duration::from_millis(500);
+    let a = watched_node(&url, &prefix, "a", probe).await;
+    let b = watched_node(&url, &prefix, "b", probe).await;
     // Neither B's own channel nor the cluster-wide keys live on the victim.
     let own = group
         .masters()
