@@ -158,6 +158,7 @@ pub fn cluster_series(stats: &crate::managers::ClusterStats) -> Vec<Series> {
         counter("websocket_manager_cluster_fenced_total", "Times the node fenced itself (cut off from Redis past fence_after).", s.fenced),
         counter("websocket_manager_cluster_history_read_waits_total", "Registrations that waited for a history read's turn (history_reads in flight: a reconnect storm).", s.history_read_waits),
         counter("websocket_manager_cluster_history_reads_shared_total", "Registrations that used a history read sent for another registration of the same user (a reconnect storm's resumes, merged).", s.history_reads_shared),
+        counter("websocket_manager_cluster_resent_appends_total", "Critical events the Redis client re-sent after a Redis Cluster master had stored them (a connection dropped before the answer), stored and published once.", s.resent_appends),
     ]
 }
 

@@ -239,6 +239,72 @@ impl RedisClusterGroup {
             .sum()
     }
 
+    /// Freezes the node on `port` (SIGSTOP): its connections stay open and
+    /// nothing answers, like a hung host or a black-holed path; with
+    /// replicas, the cluster fails it over after `cluster-node-timeout`.
+    /// (A frozen node still dies on drop: SIGKILL reaches it.)
+    ///
+    /// # Panics
+    ///
+    /// When `kill` fails.
+    pub fn pause(&self, port: u16) {
+        self.signal(port, "-STOP");
+    }
+
+    /// Thaws a frozen node (SIGCONT).
+    ///
+    /// # Panics
+    ///
+    /// As [`pause`](Self::pause).
+    pub fn unpause(&self, port: u16) {
+        self.signal(port, "-CONT");
+    }
+
+    fn signal(&self, port: u16, signal: &str) {
+        for (child, p) in &self.nodes {
+            if *p == port
+                && let Some(child) = child
+            {
+                let status = Command::new("kill")
+                    .args([signal, &child.id().to_string()])
+                    .status()
+                    .expect("kill runs");
+                assert!(status.success(), "kill {signal} failed");
+            }
+        }
+    }
+
+    /// Makes the node on `port` tell clients (`CLUSTER SLOTS`, `MOVED`)
+    /// that it is at `announced` (a [`FaultProxy`](crate::fault_proxy::FaultProxy)
+    /// in front of it: `cluster-announce-port`), and waits until every live
+    /// node says so.
+    ///
+    /// # Panics
+    ///
+    /// When the setting is refused or the others do not agree within 10 s.
+    pub fn announce(&self, port: u16, announced: u16) {
+        for (setting, value) in [
+            ("cluster-announce-ip", "127.0.0.1".to_owned()),
+            ("cluster-announce-port", announced.to_string()),
+        ] {
+            let answer = cli(port, &["CONFIG", "SET", setting, &value]);
+            assert_eq!(answer, "OK", "CONFIG SET {setting} on {port}: {answer}");
+        }
+        let id = cli(port, &["CLUSTER", "MYID"]);
+        let needle = format!("127.0.0.1:{announced}@");
+        wait_for(
+            Duration::from_secs(10),
+            "every node knows the announced port",
+            || {
+                self.live_ports().all(|p| {
+                    cli(p, &["CLUSTER", "NODES"])
+                        .lines()
+                        .any(|line| line.starts_with(&id) && line.contains(&needle))
+                })
+            },
+        );
+    }
+
     /// SIGKILLs the master on `port`: nothing saved, its replica is
     /// promoted after `cluster-node-timeout` (1 s) and an election.
     pub fn kill(&mut self, port: u16) {

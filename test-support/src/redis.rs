@@ -353,3 +353,97 @@ pub fn connected_clients(url: &str) -> usize {
         .and_then(|n| n.trim().parse().ok())
         .expect("connected_clients in INFO")
 }
+
+/// A raw subscriber on one server (tests only): subscribes with `command`
+/// (`SUBSCRIBE`, or `SSUBSCRIBE` on the master of a Redis Cluster slot)
+/// over a plain RESP2 connection of its own, and keeps every byte it
+/// receives, so a test can count what was published: each message carries
+/// its payload once. Stops on drop.
+#[derive(Debug)]
+pub struct Eavesdropper {
+    stream: TcpStream,
+    heard: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Eavesdropper {
+    /// Subscribes to `channel` on the server at `address` (`host:port`) and
+    /// returns once the server confirmed it.
+    ///
+    /// # Panics
+    ///
+    /// When the server does not answer or refuses.
+    pub fn start(address: &str, command: &str, channel: &str) -> Eavesdropper {
+        let mut stream = TcpStream::connect(address).expect("redis answers");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("a read timeout");
+        let request = format!(
+            "*2\r\n${}\r\n{command}\r\n${}\r\n{channel}\r\n",
+            command.len(),
+            channel.len()
+        );
+        stream.write_all(request.as_bytes()).expect("command sent");
+        // The confirmation: `*3`, the command's name in lower case, the
+        // channel, the count.
+        let confirmation = [
+            read_line(&mut stream),
+            read_line(&mut stream),
+            read_line(&mut stream),
+            read_line(&mut stream),
+            read_line(&mut stream),
+            read_line(&mut stream),
+        ];
+        assert!(
+            confirmation[2].eq_ignore_ascii_case(command),
+            "{command} {channel}: {confirmation:?}"
+        );
+        let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (mut source, sink) = (
+            stream.try_clone().expect("a second handle"),
+            std::sync::Arc::clone(&heard),
+        );
+        let _ = source.set_read_timeout(None);
+        let reader = std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(read) = source.read(&mut buffer) {
+                if read == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .extend_from_slice(&buffer[..read]);
+            }
+        });
+        Eavesdropper {
+            stream,
+            heard,
+            reader: Some(reader),
+        }
+    }
+
+    /// How many times `pattern` occurs in what was received so far.
+    pub fn count(&self, pattern: &str) -> usize {
+        let heard = self
+            .heard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let pattern = pattern.as_bytes();
+        if pattern.is_empty() {
+            return 0;
+        }
+        heard
+            .windows(pattern.len())
+            .filter(|w| *w == pattern)
+            .count()
+    }
+}
+
+impl Drop for Eavesdropper {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}

@@ -6,18 +6,48 @@
 
 use std::time::Duration;
 
-use websocket_manager::managers::{ClusterConfig, ClusterWebSocketManager, ManagerConfig};
+use websocket_manager::managers::{
+    ClusterConfig, ClusterConfigBuilder, ClusterWebSocketManager, ManagerConfig,
+};
 
 pub async fn node(url: &str, prefix: &str, name: &str, durable: bool) -> ClusterWebSocketManager {
-    let cluster = ClusterConfig::builder(url)
+    start(
+        failover_config(url, prefix, name)
+            .wait_for_replicas(usize::from(durable))
+            .build()
+            .unwrap(),
+    )
+    .await
+}
+
+/// The same node with its link watchdog on a short leash: probed every
+/// `probe`, each probe answered within `probe`.
+pub async fn watched_node(
+    url: &str,
+    prefix: &str,
+    name: &str,
+    probe: Duration,
+) -> ClusterWebSocketManager {
+    start(
+        failover_config(url, prefix, name)
+            .probe_interval(probe)
+            .probe_timeout(probe)
+            .build()
+            .unwrap(),
+    )
+    .await
+}
+
+fn failover_config(url: &str, prefix: &str, name: &str) -> ClusterConfigBuilder {
+    ClusterConfig::builder(url)
         .key_prefix(prefix)
         .node_id(name)
         .command_timeout(Duration::from_millis(500))
         .heartbeat_interval(Duration::from_millis(200))
         .node_ttl(Duration::from_secs(20))
-        .wait_for_replicas(usize::from(durable))
-        .build()
-        .unwrap();
+}
+
+async fn start(cluster: ClusterConfig) -> ClusterWebSocketManager {
     let manager = ClusterWebSocketManager::new(ManagerConfig::default(), cluster).unwrap();
     tokio::time::timeout(Duration::from_secs(10), manager.ready())
         .await

@@ -48,7 +48,7 @@ use crate::error::ClusterFailure;
 use crate::ids::{ConnectionId, IdempotencyKey, UserId};
 use crate::offset::StreamOffset;
 
-use super::config::ClusterConfig;
+use super::config::{ClusterConfig, resend_window};
 use super::conn::{Conn, Node};
 use super::presence::PresenceChange;
 use super::target::RedisTarget;
@@ -79,6 +79,43 @@ pub(crate) struct Appended {
     /// A retry of an idempotency key: nothing was stored, `offset` is the
     /// first attempt's.
     pub duplicate: bool,
+    /// The Redis client re-sent this append after the server had stored it
+    /// (see [`Attempts`]): nothing was stored or published again, `offset`
+    /// and `pending` are the first store's. For the caller, the event was
+    /// stored once, by this call.
+    pub resent: bool,
+}
+
+/// The attempt keys of a node's appends on a Redis Cluster.
+///
+/// redis-rs's cluster connection re-sends a command whose connection
+/// dropped before the answer came (`RetryMethod::Reconnect` in
+/// `cluster_handling/async_connection/request.rs`, `choose_response`; an
+/// I/O error other than a drop is `RetryImmediately`), so one append can
+/// run twice on the server: the same event stored under two offsets. Each
+/// append without an idempotency key of the caller's therefore carries a
+/// key of its own, unique to the call: the first run sets it (with the
+/// offset) in the same atomic step that stores the event, and a re-send of
+/// the same command finds it and is answered with that offset, storing and
+/// publishing nothing. A one-server or Sentinel connection (redis-rs's
+/// `ConnectionManager`) never re-sends a command (the error goes to the
+/// caller, the reconnection happens in the background): no attempt key
+/// there.
+#[derive(Debug)]
+struct Attempts {
+    /// `<node id>:<random incarnation>`: a node restarted under the same
+    /// id starts its counter again, so the incarnation tells the runs apart.
+    name: String,
+    counter: AtomicU64,
+    /// How long an attempt key lives (`resend_window`).
+    window: Duration,
+}
+
+impl Attempts {
+    fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{}:{n}", self.name)
+    }
 }
 
 /// Why an append stored nothing.
@@ -89,6 +126,28 @@ pub(crate) enum AppendError {
         pending: u64,
     },
     Failed(ClusterFailure),
+}
+
+/// What a probe of every master of a Redis Cluster found
+/// ([`Backplane::probe_masters`]): each master that serves a slot of this
+/// node's keys or channels got a `PING` routed by that slot, on the
+/// connection that carries the slot's commands and sharded subscriptions.
+#[derive(Debug, Default)]
+pub(crate) struct MastersProbe {
+    /// Masters that answered.
+    pub answered: usize,
+    /// Masters that did not (address, slot and why), or why none could be
+    /// asked.
+    pub unanswered: Vec<String>,
+}
+
+impl MastersProbe {
+    fn failed(why: String) -> Self {
+        MastersProbe {
+            answered: 0,
+            unanswered: vec![why],
+        }
+    }
 }
 
 /// What a refresh learned of another node (see [`Backplane::read_cluster`]).
@@ -243,6 +302,11 @@ pub(crate) struct Backplane {
     keys: Keys,
     node: String,
     timeout: Duration,
+    /// Redis Cluster only: see [`Attempts`].
+    attempts: Option<Attempts>,
+    /// Appends redis-rs re-sent after the server had stored them, answered
+    /// with the first store's offset.
+    resent_appends: AtomicU64,
     append: Script,
     read: Script,
     taken: Script,
@@ -454,6 +518,12 @@ impl Backplane {
             keys,
             node: config.node_id().to_owned(),
             timeout,
+            attempts: matches!(config.target(), RedisTarget::Cluster { .. }).then(|| Attempts {
+                name: format!("{}:{:016x}", config.node_id(), crate::ids::random_u64()),
+                counter: AtomicU64::new(0),
+                window: resend_window(config),
+            }),
+            resent_appends: AtomicU64::new(0),
             append: Script::new(APPEND),
             read: Script::new(READ),
             taken: Script::new(TAKEN),
@@ -639,6 +709,89 @@ impl Backplane {
         }
     }
 
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.source, Source::Cluster(_))
+    }
+
+    /// On a Redis Cluster, probes every master this node uses (see
+    /// [`MastersProbe`]) within `limit`; `None` on one server (the probe of
+    /// [`probe`](Self::probe) covers its one connection). Like `probe`, the
+    /// future holds the connection and the clock, not the backplane.
+    pub fn probe_masters(
+        &self,
+        limit: Duration,
+    ) -> Option<impl Future<Output = MastersProbe> + Send + 'static> {
+        if !self.is_cluster() {
+            return None;
+        }
+        let current = self.current();
+        let buckets = self.keys.bucket_slots();
+        let clock = Arc::clone(&self.clock);
+        Some(async move {
+            let (generation, connection) = match current {
+                Ok(current) => current,
+                Err(error) => return MastersProbe::failed(format!("no connection: {error}")),
+            };
+            let deadline = tokio::time::Instant::now() + limit;
+            let mut asking = connection.clone();
+            let ranges = match tokio::time::timeout_at(deadline, asking.slot_masters()).await {
+                Ok(Ok(ranges)) => ranges,
+                Ok(Err(error)) => {
+                    return MastersProbe::failed(format!("CLUSTER SLOTS failed: {error}"));
+                }
+                Err(_) => {
+                    return MastersProbe::failed(format!(
+                        "no master answered CLUSTER SLOTS within {} ms",
+                        millis(limit)
+                    ));
+                }
+            };
+            // One slot of ours per master: every key and channel of this
+            // node is in a bucket's slot.
+            let mut picked: Vec<(String, u16)> = Vec::new();
+            for slot in buckets {
+                if let Some((_, _, master)) = ranges
+                    .iter()
+                    .find(|(first, last, _)| (*first..=*last).contains(&slot))
+                    && !picked.iter().any(|(m, _)| m == master)
+                {
+                    picked.push((master.clone(), slot));
+                }
+            }
+            let mut pings = tokio::task::JoinSet::new();
+            for (master, slot) in picked {
+                let mut connection = connection.clone();
+                pings.spawn(async move {
+                    let answered =
+                        tokio::time::timeout_at(deadline, connection.ping_slot(slot)).await;
+                    (master, slot, answered)
+                });
+            }
+            let mut probe = MastersProbe::default();
+            while let Some(done) = pings.join_next().await {
+                let Ok((master, slot, answered)) = done else {
+                    probe.unanswered.push("a probe task failed".to_owned());
+                    continue;
+                };
+                match answered {
+                    Ok(Ok(())) => probe.answered += 1,
+                    Ok(Err(error)) => probe
+                        .unanswered
+                        .push(format!("{master} (slot {slot}): {error}")),
+                    Err(_) => probe.unanswered.push(format!(
+                        "{master} (slot {slot}): no answer within {} ms",
+                        millis(limit)
+                    )),
+                }
+            }
+            if probe.unanswered.is_empty() {
+                clock.answered(generation);
+            }
+            probe
+        })
+    }
+
     /// Appends (and publishes) a critical event.
     #[allow(clippy::too_many_arguments)]
     pub async fn append(
@@ -675,10 +828,17 @@ impl Backplane {
                 "0"
             })
             .arg(self.publish_command());
+        // The caller's key wins: with it, a re-send is the caller's retry
+        // (answered `Duplicate`), as it always was.
         if let Some((key, window)) = idempotency {
             invocation
                 .key(self.keys.idempotency(user, key))
                 .arg(millis(window).max(1));
+        } else if let Some(attempts) = &self.attempts {
+            invocation
+                .key(self.keys.attempt(user, &attempts.next()))
+                .arg(millis(attempts.window).max(1))
+                .arg("attempt");
         }
         let value: Value = self
             .bounded(generation, invocation.invoke_async(&mut connection))
@@ -698,13 +858,15 @@ impl Backplane {
                 ),
                 pending: 0,
                 duplicate: true,
+                resent: false,
             }),
             [status, pending] if text(status).as_deref() == Some("full") => {
                 Err(AppendError::Full {
                     pending: number(pending).map_err(AppendError::Failed)?,
                 })
             }
-            [_, stream, sequence, pending, rest @ ..] => {
+            [status, stream, sequence, pending, rest @ ..] => {
+                let resent = text(status).as_deref() == Some("again");
                 let appended = Appended {
                     offset: StreamOffset::new(
                         stream_id(stream)?,
@@ -712,7 +874,13 @@ impl Backplane {
                     ),
                     pending: number(pending).map_err(AppendError::Failed)?,
                     duplicate: false,
+                    resent,
                 };
+                if resent {
+                    self.resent_appends.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(user_id = %user, offset = %appended.offset,
+                        "the Redis client re-sent an append the server had already stored (its connection dropped before the answer): answered with the first store's offset, nothing stored or published twice");
+                }
                 match rest {
                     [] => Ok(appended),
                     [message] => {
@@ -836,6 +1004,12 @@ impl Backplane {
         self.bounded(generation, publish.query_async::<Value>(&mut connection))
             .await
             .map(drop)
+    }
+
+    /// Appends redis-rs re-sent after the server had stored them (see
+    /// [`Attempts`]).
+    pub fn resent_appends(&self) -> u64 {
+        self.resent_appends.load(Ordering::Relaxed)
     }
 
     /// `PUBLISH`, or `SPUBLISH` on a Redis Cluster.

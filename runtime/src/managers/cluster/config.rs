@@ -99,6 +99,35 @@ impl ClusterConfig {
         self.command_timeout
     }
 
+    /// On a Redis Cluster, how long the *attempt key* of an append lives:
+    /// four command timeouts (4 s with the defaults).
+    ///
+    /// redis-rs's cluster connection re-sends a command whose connection
+    /// dropped before the answer came; the server may then run an append
+    /// twice. Each append without an idempotency key of the caller's carries
+    /// a key unique to the call (`<prefix>:{<bucket>}:try:<node>:<run>:<n>`,
+    /// in the user's slot, apart from the idempotency keys), set by the same
+    /// atomic step that stores the event: a re-send that finds it is
+    /// answered with the first store's offset and stores and publishes
+    /// nothing. redis-rs re-sends only while the call waits, and the call
+    /// waits at most one command timeout, so a re-send reaches the server
+    /// within one command timeout of the first attempt; the other three
+    /// leave room for a server that runs them late. Each key costs about
+    /// 200 bytes of Redis memory for the window (4,000 appends a second:
+    /// some 3 MB) and about 5 µs of Redis CPU. One server and Sentinel need
+    /// none: redis-rs does not re-send there.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use websocket_manager::managers::ClusterConfig;
+    /// let config = ClusterConfig::builder("redis+cluster://127.0.0.1:7000").build()?;
+    /// assert_eq!(config.resend_window(), Duration::from_secs(4));
+    /// # Ok::<(), websocket_manager::managers::ConfigError>(())
+    /// ```
+    pub fn resend_window(&self) -> Duration {
+        resend_window(self)
+    }
+
     /// How long `add_connection` waits for the node to be subscribed.
     pub fn ready_timeout(&self) -> Duration {
         self.ready_timeout
@@ -152,6 +181,10 @@ impl ClusterConfig {
     /// How long the link to Redis may stay silent before this node probes
     /// it: after this long without a message on its subscription, the node
     /// publishes a probe to itself (and at once after a command timed out).
+    /// On a Redis Cluster the node probes every `probe_interval`, busy or
+    /// not, and each master it uses (a message from one master says
+    /// nothing of the others): a `PING` to each, routed by a slot of its
+    /// own, and the probe to itself.
     pub fn probe_interval(&self) -> Duration {
         self.probe_interval
     }
@@ -160,7 +193,8 @@ impl ClusterConfig {
     /// connection to Redis and opens a fresh one (new TCP connection,
     /// resubscribed, audited, presence rewritten). A link that goes silent
     /// is replaced within `probe_interval + probe_timeout` plus one command
-    /// timeout (5 s with the defaults).
+    /// timeout (5 s with the defaults); on a Redis Cluster, a link to any
+    /// one master.
     pub fn probe_timeout(&self) -> Duration {
         self.probe_timeout
     }
@@ -400,6 +434,11 @@ pub(crate) fn check_against(
 /// others read expires.
 fn fence_margin(config: &ClusterConfig) -> Duration {
     config.node_ttl / 20
+}
+
+/// See [`ClusterConfig::resend_window`].
+pub(crate) fn resend_window(config: &ClusterConfig) -> Duration {
+    config.command_timeout.saturating_mul(4)
 }
 
 /// How often the link watchdog looks at the clock: often enough to keep

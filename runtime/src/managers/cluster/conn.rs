@@ -17,7 +17,9 @@
 
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 
 /// See the module docs.
@@ -112,6 +114,56 @@ impl Conn {
             }
         }
         Ok(masters)
+    }
+
+    /// On a Redis Cluster, which master serves each slot range, as the
+    /// first master to answer `CLUSTER SLOTS` says: `(first, last,
+    /// "host:port")`. Asked of every master at once, so one that does not
+    /// answer (frozen, black-holed) delays nothing. One server: none.
+    pub async fn slot_masters(&mut self) -> RedisResult<Vec<(u16, u16, String)>> {
+        let Conn::Cluster(connection) = self else {
+            return Ok(Vec::new());
+        };
+        let routing = RoutingInfo::MultiNode((
+            MultipleNodeRoutingInfo::AllMasters,
+            Some(ResponsePolicy::OneSucceeded),
+        ));
+        let mut slots = redis::cmd("CLUSTER");
+        slots.arg("SLOTS");
+        let ranges: Vec<Vec<Value>> = parse(connection.route_command(slots, routing).await?)?;
+        let mut masters = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            let mut fields = range.into_iter();
+            let (Some(first), Some(last), Some(master)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            // [host, port, id, {hostname...}]: the first two are enough.
+            let master: Vec<Value> = parse(master)?;
+            let (Some(host), Some(port)) = (master.first(), master.get(1)) else {
+                continue;
+            };
+            let (host, port): (String, u16) = (parse(host.clone())?, parse(port.clone())?);
+            masters.push((parse(first)?, parse(last)?, format!("{host}:{port}")));
+        }
+        Ok(masters)
+    }
+
+    /// `PING` on the master the connection itself routes `slot` to (its own
+    /// slot map, stale or not: the connection that carries the slot's
+    /// commands and subscriptions). One server: a plain `PING`.
+    pub async fn ping_slot(&mut self, slot: u16) -> RedisResult<()> {
+        let ping = redis::cmd("PING");
+        match self {
+            Conn::Server(connection) => ping.query_async::<Value>(connection).await.map(drop),
+            Conn::Cluster(connection) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::new(slot, SlotAddr::Master),
+                ));
+                connection.route_command(ping, routing).await.map(drop)
+            }
+        }
     }
 
     /// Runs `command` on `node`.

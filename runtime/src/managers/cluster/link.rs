@@ -12,6 +12,17 @@
 //! connection that has been silent for `probe_interval` and replaces it
 //! with a fresh one when the probe is not answered within `probe_timeout`.
 //!
+//! On a Redis Cluster the node holds one connection per master, and a
+//! message from one master says nothing of the others: every
+//! `probe_interval`, busy or not, the watchdog asks `CLUSTER SLOTS` of the
+//! first master to answer and sends a `PING` to each master that serves a
+//! slot of this node's keys or channels, routed by that slot on the node's
+//! own connection (so a connection the node still routes to a master that
+//! was failed over is probed too). One master unanswered within
+//! `probe_timeout` counts as a probe timeout and the whole connection is
+//! replaced, as on one server (the warning names the masters); the node
+//! then resubscribes, each channel where its slot is now, and audits.
+//!
 //! # Why a fence
 //!
 //! The other nodes forget this one `node_ttl` after its last heartbeat.
@@ -28,6 +39,7 @@ use std::time::SystemTime;
 use crate::health::unix_millis;
 
 use super::Shared;
+use super::backplane::{LinkClock, MastersProbe};
 use super::config::watchdog_period;
 
 /// Where this node stands with the cluster's Redis, from
@@ -246,13 +258,65 @@ impl Shared {
 }
 
 /// A probe in flight.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Probe {
     /// When it was sent, on the backplane's clock.
     sent: u64,
     /// Whether it was a publish to this node's own channel (answered by a
     /// push) rather than a PING (answered by a reply).
     published: bool,
+    /// On a Redis Cluster: the probe of every master, which reports when
+    /// it is done (within `probe_timeout`).
+    masters: Option<tokio::sync::oneshot::Receiver<MastersProbe>>,
+}
+
+/// How a probe ended.
+enum Verdict {
+    Pending,
+    Answered,
+    Unanswered(String),
+}
+
+impl Probe {
+    fn verdict(&mut self, clock: &LinkClock, now: u64, timeout: u128) -> Verdict {
+        let heard = if self.published {
+            clock.pushed_at()
+        } else {
+            clock.answered_at()
+        } >= self.sent;
+        let masters = match self.masters.as_mut().map(|masters| masters.try_recv()) {
+            None => Some(Ok(())),
+            Some(Ok(probe)) if probe.unanswered.is_empty() => {
+                self.masters = None;
+                Some(Ok(()))
+            }
+            Some(Ok(probe)) => Some(Err(format!(
+                "{} master(s) of the Redis Cluster unanswered ({} answered): {}",
+                probe.unanswered.len(),
+                probe.answered,
+                probe.unanswered.join("; ")
+            ))),
+            Some(Err(tokio::sync::oneshot::error::TryRecvError::Empty)) => None,
+            Some(Err(tokio::sync::oneshot::error::TryRecvError::Closed)) => Some(Err(
+                "the probe of the masters ended without a word".to_owned(),
+            )),
+        };
+        match masters {
+            Some(Err(why)) => return Verdict::Unanswered(why),
+            Some(Ok(())) if heard => return Verdict::Answered,
+            _ => {}
+        }
+        if u128::from(now.saturating_sub(self.sent)) < timeout {
+            return Verdict::Pending;
+        }
+        Verdict::Unanswered(if masters.is_none() {
+            "the probe of the Redis Cluster's masters did not end within probe_timeout".to_owned()
+        } else if self.published {
+            "the probe published to this node's own channel did not come back".to_owned()
+        } else {
+            "no answer to PING".to_owned()
+        })
+    }
 }
 
 /// Probes a silent link, replaces a connection whose probe goes
@@ -275,6 +339,9 @@ pub(super) async fn watch(shared: Weak<Shared>) {
     // however many commands time out: a flapping link cannot make the node
     // reconnect in a loop.
     let mut replaced_at = 0u64;
+    // On a Redis Cluster every master is probed every `probe_interval`,
+    // busy or not: a push from one master says nothing of the others.
+    let mut round_at = 0u64;
     loop {
         // The manager is held only while looking, never while asleep: the
         // maintenance task's drop of the last reference must free it.
@@ -289,26 +356,18 @@ pub(super) async fn watch(shared: Weak<Shared>) {
             let clock = Arc::clone(strong.backplane.clock());
             let now = clock.now();
             let since = |at: u64| u128::from(now.saturating_sub(at));
-            match pending {
-                Some(probe) => {
-                    let heard = if probe.published {
-                        clock.pushed_at()
-                    } else {
-                        clock.answered_at()
-                    };
-                    if heard >= probe.sent {
-                        pending = None;
-                    } else if since(probe.sent) >= timeout {
+            match pending.as_mut() {
+                Some(probe) => match probe.verdict(&clock, now, timeout) {
+                    Verdict::Pending => {}
+                    Verdict::Answered => pending = None,
+                    Verdict::Unanswered(why) => {
                         strong.link.probe_timeouts.fetch_add(1, Ordering::Relaxed);
-                        strong.replace_connection(if probe.published {
-                            "the probe published to this node's own channel did not come back"
-                        } else {
-                            "no answer to PING"
-                        });
+                        strong.replace_connection(&why);
                         pending = None;
                         replaced_at = clock.now();
+                        round_at = replaced_at;
                     }
-                }
+                },
                 None => {
                     let published = clock.subscribed();
                     let last = if published {
@@ -316,12 +375,27 @@ pub(super) async fn watch(shared: Weak<Shared>) {
                     } else {
                         clock.answered_at()
                     };
-                    if since(last) >= interval
-                        || (clock.timeouts() > 0 && since(replaced_at) >= interval)
-                    {
+                    let silent = if strong.backplane.is_cluster() {
+                        since(round_at) >= interval
+                    } else {
+                        since(last) >= interval
+                    };
+                    if silent || (clock.timeouts() > 0 && since(replaced_at) >= interval) {
+                        round_at = now;
+                        let masters = strong
+                            .backplane
+                            .probe_masters(strong.cluster.probe_timeout());
+                        let masters = masters.map(|masters| {
+                            let (report, reported) = tokio::sync::oneshot::channel();
+                            tokio::spawn(async move {
+                                let _ = report.send(masters.await);
+                            });
+                            reported
+                        });
                         pending = Some(Probe {
                             sent: now,
                             published,
+                            masters,
                         });
                         let probe = strong.backplane.probe();
                         tokio::spawn(async move {

@@ -41,9 +41,10 @@
 //!
 //! A connection to Redis that goes silent without an I/O error (a
 //! black-holed TCP connection) is found by the link watchdog (see `link`):
-//! after `probe_interval` without a message it probes the subscription,
-//! and a probe unanswered within `probe_timeout` replaces the connection
-//! with a fresh one, then the recovery above runs. A node that cannot renew
+//! after `probe_interval` without a message it probes the subscription
+//! (on a Redis Cluster: every `probe_interval`, each master), and a probe
+//! unanswered within `probe_timeout` replaces the connection with a fresh
+//! one, then the recovery above runs. A node that cannot renew
 //! its heartbeat for `fence_after` fences itself: it closes its
 //! connections with [`close::RESUME`](crate::close::RESUME) and refuses new ones
 //! ([`ClusterFailure::Fenced`]) until Redis answers again, so no tab stays
@@ -335,6 +336,7 @@ impl ClusterWebSocketManager {
             fenced: self.shared.link.fenced.load(Ordering::Relaxed),
             history_read_waits: self.shared.history_reads.waits(),
             history_reads_shared: self.shared.history_reads.shared(),
+            resent_appends: self.shared.backplane.resent_appends(),
         }
     }
 

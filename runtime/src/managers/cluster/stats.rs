@@ -36,6 +36,11 @@ pub struct ClusterStats {
     /// Registrations that used a history read another registration of the
     /// same user sent (resumes waiting at the same time share one read).
     pub history_reads_shared: u64,
+    /// Critical events the Redis client sent twice (its connection to a
+    /// Redis Cluster master dropped before the answer) after the first had
+    /// been stored: answered with the first store's offset, stored and
+    /// published once (see [`ClusterConfig::resend_window`](super::ClusterConfig::resend_window)).
+    pub resent_appends: u64,
 }
 
 impl ClusterStats {
@@ -56,6 +61,7 @@ impl ClusterStats {
             fenced: 0,
             history_read_waits: 0,
             history_reads_shared: 0,
+            resent_appends: 0,
         }
     }
 }
@@ -64,7 +70,7 @@ impl std::fmt::Display for ClusterStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "node {} ({}, {}): {} local connection(s), {} on {} other node(s); {} inbound message(s) dropped, {} audit(s); {} reconnect(s), {} probe timeout(s), fenced {} time(s); {} registration(s) waited for a history read, {} shared one",
+            "node {} ({}, {}): {} local connection(s), {} on {} other node(s); {} inbound message(s) dropped, {} audit(s); {} reconnect(s), {} probe timeout(s), fenced {} time(s); {} registration(s) waited for a history read, {} shared one; {} re-sent append(s) stored once",
             self.node_id,
             if self.ready { "ready" } else { "NOT READY" },
             self.link,
@@ -77,7 +83,8 @@ impl std::fmt::Display for ClusterStats {
             self.probe_timeouts,
             self.fenced,
             self.history_read_waits,
-            self.history_reads_shared
+            self.history_reads_shared,
+            self.resent_appends
         )
     }
 }

@@ -116,6 +116,16 @@ impl Keys {
         self.head(&self.prefix)
     }
 
+    /// The slot of each bucket (Redis Cluster; none on one server): every
+    /// key and channel of this cluster is in one of them.
+    pub fn bucket_slots(&self) -> Vec<u16> {
+        self.tags.as_ref().map_or_else(Vec::new, |tags| {
+            tags.iter()
+                .filter_map(|tag| u16::try_from(slot_of(tag)).ok())
+                .collect()
+        })
+    }
+
     /// The pipeline group of `user`'s keys: commands of one group may share
     /// a pipeline (its bucket on a Redis Cluster; all in one otherwise).
     pub fn group(&self, user: &UserId) -> usize {
@@ -184,6 +194,16 @@ impl Keys {
             self.head(user.as_str()),
             user.as_str().len()
         )
+    }
+
+    /// The attempt key of one append of `user`'s (Redis Cluster only; see
+    /// `Backplane::append`): `attempt` names the call (node id, the
+    /// backplane's random incarnation, a counter), so only a re-send of
+    /// that very command can find it set. Its own namespace (`try:`, not
+    /// `idem:`): no idempotency key of a user can spell it. In the user's
+    /// bucket, so the append script stays single-slot.
+    pub fn attempt(&self, user: &UserId, attempt: &str) -> String {
+        format!("{}try:{attempt}", self.head(user.as_str()))
     }
 
     /// The user's retained critical events, entry id `<sequence>-1`.
@@ -340,10 +360,17 @@ mod tests {
             for other in [
                 keys.stream(&user),
                 keys.idempotency(&user, &key),
+                keys.attempt(&user, "n1:00000000000000ff:7"),
                 keys.user_bus(&user),
             ] {
                 assert_eq!(slot_of_key(&other), slot, "{other}");
             }
+            // Attempt keys have a namespace of their own: no user key
+            // (whatever its text) spells one.
+            let attempt = keys.attempt(&user, "n1:00000000000000ff:7");
+            let spelled = IdempotencyKey::new("n1:00000000000000ff:7").unwrap();
+            assert_ne!(keys.idempotency(&user, &spelled), attempt);
+            assert!(attempt.contains("}:try:"), "{attempt}");
         }
         let shared = slot_of_key(&keys.nodes());
         for key in [keys.alive("n1"), keys.presence("n2"), keys.bus()] {
