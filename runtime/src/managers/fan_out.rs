@@ -275,6 +275,41 @@ pub(crate) fn fan_out(
     fan
 }
 
+/// [`fan_out`] for `n` connections of one user, the `i`th given by
+/// `socket(i)` and `connection_id(i)` (a user's members under its lock, in
+/// place: nothing cloned, nothing allocated). Counts in `counters` and
+/// `totals`.
+#[inline]
+pub(crate) fn fan_out_to_members<'a>(
+    n: usize,
+    socket: impl Fn(usize) -> &'a WebSocketHandle,
+    connection_id: impl Fn(usize) -> &'a ConnectionId,
+    counters: &UserCounters,
+    frame: &TextFrame,
+    policy: SlowConsumerPolicy,
+    totals: &Totals,
+) -> FanOut {
+    let mut fan = FanOut {
+        targeted: n,
+        ..FanOut::default()
+    };
+    (0..n).for_each(|i| socket(i).prefetch());
+    for i in 0..n {
+        let pushed = push(socket(i), frame, policy);
+        settle(
+            &mut fan,
+            pushed,
+            || connection_id(i),
+            || counters,
+            policy,
+            totals,
+        );
+    }
+    bump(&counters.sent, fan.delivered as u64);
+    bump(&totals.sent, fan.delivered as u64);
+    fan
+}
+
 /// [`fan_out`] for one user's published connections: `sockets[i]` is the
 /// socket of `connection_ids()[i]`. Counts what was taken only in `totals`:
 /// the caller adds it to the user's send counters. The ids and the user's
