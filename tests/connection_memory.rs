@@ -15,43 +15,14 @@
 //! the counters allocated per user), 528 since.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
 
 use websocket_manager::managers::UnifiedWebSocketManager;
 use websocket_manager::socket::QueueLimits;
 use websocket_manager::{UserId, WebSocketConnection, WebSocketHandle, WebSocketManager};
 
-struct CountingAllocator;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-// The test's only unsafe code: a pass-through to the system allocator that
-// counts live bytes (as `benches/idle_memory.rs`).
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded unchanged to the system allocator.
-        let pointer = unsafe { System.alloc(layout) };
-        if !pointer.is_null() {
-            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        pointer
-    }
-
-    unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
-        // SAFETY: `pointer` came from `alloc` above with this layout.
-        unsafe { System.dealloc(pointer, layout) };
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: CountingAllocator = CountingAllocator;
-
-fn live() -> isize {
-    LIVE_BYTES.load(Ordering::Relaxed)
-}
+use counting_alloc::live_bytes as live;
 
 /// Connections registered: the load bench's number.
 const CONNECTIONS: usize = 19_000;
