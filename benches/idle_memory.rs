@@ -33,12 +33,11 @@ use websocket_manager::DynManager;
 use websocket_manager_test_support::bench as auth;
 use websocket_manager_test_support::bench::cpu_model;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -57,33 +56,9 @@ const SERVER_BURST: usize = 20;
 /// Messages per user in the burst sent to the bare manager.
 const MANAGER_BURST: usize = 50;
 
-/// Live heap bytes of this process (the manager measurement).
-struct CountingAllocator;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-// The whole of the benchmark's unsafe code: a pass-through to the system
-// allocator that counts live bytes.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded unchanged to the system allocator.
-        let pointer = unsafe { System.alloc(layout) };
-        if !pointer.is_null() {
-            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        pointer
-    }
-
-    unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
-        // SAFETY: `pointer` came from `alloc` above with this layout.
-        unsafe { System.dealloc(pointer, layout) };
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: CountingAllocator = CountingAllocator;
+/// Counts this process's live heap bytes (the manager measurement).
+#[path = "../tests/common/counting_alloc.rs"]
+mod counting_alloc;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Server {
@@ -559,7 +534,7 @@ async fn manager_bytes(n: usize) -> (f64, f64) {
         .map(|i| UserId::new(format!("u{i}")).unwrap())
         .collect();
     let manager = UnifiedWebSocketManager::default();
-    let baseline = LIVE_BYTES.load(Ordering::Relaxed);
+    let baseline = counting_alloc::live_bytes();
     for user in &users {
         let (handle, receiver) = WebSocketHandle::channel(limits);
         manager
@@ -568,7 +543,7 @@ async fn manager_bytes(n: usize) -> (f64, f64) {
             .unwrap();
         sockets.push((handle, receiver));
     }
-    let idle = (LIVE_BYTES.load(Ordering::Relaxed) - baseline) as f64 / n as f64;
+    let idle = (counting_alloc::live_bytes() - baseline) as f64 / n as f64;
     for round in 0..MANAGER_BURST {
         for user in &users {
             manager
@@ -585,7 +560,7 @@ async fn manager_bytes(n: usize) -> (f64, f64) {
         }
     }
     drop(events);
-    let burst = (LIVE_BYTES.load(Ordering::Relaxed) - baseline) as f64 / n as f64;
+    let burst = (counting_alloc::live_bytes() - baseline) as f64 / n as f64;
     (idle, burst)
 }
 

@@ -73,12 +73,23 @@ pub(crate) fn coarse_unix_millis() -> u64 {
     monotonic.wrapping_add(offset)
 }
 
+/// What holds a user's [`UserCounters`]: the user's slot in the index,
+/// which a [`Recipient`] shares (the counters live in the slot's
+/// allocation rather than in one of their own: one allocation fewer per
+/// user).
+pub(crate) trait HoldsCounters: Send + Sync + std::fmt::Debug {
+    fn counters(&self) -> &UserCounters;
+}
+
+/// The user's counters, shared.
+pub(crate) type SharedCounters = Arc<dyn HoldsCounters>;
+
 /// One connection as a send sees it.
 #[derive(Debug, Clone)]
 pub(crate) struct Recipient {
     pub(crate) connection_id: ConnectionId,
     pub(crate) socket: WebSocketHandle,
-    pub(crate) counters: Arc<UserCounters>,
+    pub(crate) counters: SharedCounters,
 }
 
 pub(crate) type Recipients = Arc<[Recipient]>;
@@ -252,11 +263,11 @@ pub(crate) fn fan_out(
     };
     // Consecutive recipients usually share counters (a user's
     // connections): add to them once per run, not once per frame.
-    let mut run: Option<(&Arc<UserCounters>, u64)> = None;
+    let mut run: Option<(&SharedCounters, u64)> = None;
     recipients.iter().for_each(|r| r.socket.prefetch());
     for recipient in recipients {
         let pushed = push(&recipient.socket, frame, policy);
-        let counters = || &*recipient.counters;
+        let counters = || recipient.counters.counters();
         if settle(
             &mut fan,
             pushed,
@@ -269,15 +280,50 @@ pub(crate) fn fan_out(
                 Some((counters, n)) if Arc::ptr_eq(counters, &recipient.counters) => *n += 1,
                 _ => {
                     if let Some((counters, n)) = run.replace((&recipient.counters, 1)) {
-                        bump(&counters.sent, n);
+                        bump(&counters.counters().sent, n);
                     }
                 }
             }
         }
     }
     if let Some((counters, n)) = run {
-        bump(&counters.sent, n);
+        bump(&counters.counters().sent, n);
     }
+    bump(&totals.sent, fan.delivered as u64);
+    fan
+}
+
+/// [`fan_out`] for `n` connections of one user, the `i`th given by
+/// `socket(i)` and `connection_id(i)` (a user's members under its lock, in
+/// place: nothing cloned, nothing allocated). Counts in `counters` and
+/// `totals`.
+#[inline]
+pub(crate) fn fan_out_to_members<'a>(
+    n: usize,
+    socket: impl Fn(usize) -> &'a WebSocketHandle,
+    connection_id: impl Fn(usize) -> &'a ConnectionId,
+    counters: &UserCounters,
+    frame: &TextFrame,
+    policy: SlowConsumerPolicy,
+    totals: &Totals,
+) -> FanOut {
+    let mut fan = FanOut {
+        targeted: n,
+        ..FanOut::default()
+    };
+    (0..n).for_each(|i| socket(i).prefetch());
+    for i in 0..n {
+        let pushed = push(socket(i), frame, policy);
+        settle(
+            &mut fan,
+            pushed,
+            || connection_id(i),
+            || counters,
+            policy,
+            totals,
+        );
+    }
+    bump(&counters.sent, fan.delivered as u64);
     bump(&totals.sent, fan.delivered as u64);
     fan
 }

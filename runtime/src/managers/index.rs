@@ -65,16 +65,15 @@
 //!   `users` first), and no code holds two user mutexes.
 //! * No guard of any kind is held across an `.await`: nothing here awaits.
 //!   Sends are `try_send`, which never blocks.
-//! * Recipients are kept as immutable `Arc<[Recipient]>` snapshots, rebuilt
-//!   on every connection change (a user has at most `max_connections_per_user`
-//!   connections). The slot's state holds the current one; code under the
-//!   user's mutex reads it there. When a change under the mutex is complete
-//!   (after any replay), `with_user` *publishes* the new snapshot into the
+//! * A user's recipients are its live members (a user has at most
+//!   `max_connections_per_user` connections); code under the user's mutex
+//!   reads them there. When a change of them under the mutex is complete
+//!   (after any replay), `with_user` *publishes* them into the
 //!   user's `users` entry, still under the mutex, so publications happen in
 //!   the order of the changes: its sockets are copied into the entry
-//!   itself (inline for up to four connections), its connection ids into
-//!   one allocation the entry points to (read only by an eviction and
-//!   `get_user_connections`). Sends and queries read them under the entry's
+//!   itself, its connection ids beside them (each list inline for one
+//!   connection, else in one allocation; the ids are read only by an
+//!   eviction and `get_user_connections`). Sends and queries read them under the entry's
 //!   shard read guard, without the user's mutex, in place: a send fans out
 //!   under that read guard (bounded work: one non-blocking push per
 //!   connection, each taking only that socket's queue lock, which follows
@@ -101,11 +100,11 @@ use crate::error::ManagerError;
 use crate::health::{ConnectionHealth, ConnectionSummary};
 use crate::ids::{ConnectionId, ThreadId, UserId};
 use crate::managers::fan_out::{
-    FanOut, Recipient, Recipients, Totals, UserCounters, bump, coarse_unix_millis, fan_out,
-    fan_out_to_user, no_recipients,
+    FanOut, HoldsCounters, Recipient, Recipients, SharedCounters, Totals, UserCounters, bump,
+    coarse_unix_millis, fan_out, fan_out_to_members, fan_out_to_user, no_recipients,
 };
 use crate::managers::stats::{IndexSizes, ManagerStats};
-use crate::offset::{StreamOffset, StreamPosition};
+use crate::offset::{ResumePoint, StreamOffset, StreamPosition};
 
 /// The hasher of every index: `ahash` with random keys (see the module docs).
 pub(crate) type IndexHasher = ahash::RandomState;
@@ -138,6 +137,13 @@ struct Member {
     /// unknown or not kept), so that a history store that lost events can
     /// be caught numbering different events with the same offsets.
     print: u64,
+}
+
+impl Member {
+    /// Whether the connection went live (is published to sends).
+    fn is_live(&self) -> bool {
+        matches!(self.cursor, Cursor::Live { .. })
+    }
 }
 
 /// A fingerprint of a critical event's frame, to tell two events with the
@@ -174,26 +180,56 @@ struct UserState<H> {
     /// Every registered connection of the user, with its cursor (inline for
     /// one: most users have one tab, and a `Vec` would allocate four).
     members: SmallVec<[Member; 1]>,
-    /// The live members; `with_user` publishes them in the user's
-    /// [`UserEntry`] when a change is complete.
-    recipients: Recipients,
+    /// Set when the live members changed (one went live or left):
+    /// `with_user` publishes them in the user's [`UserEntry`] when the change
+    /// is complete. (The live members are the members whose cursor is
+    /// [`Cursor::Live`], in registration order: no list of them is kept
+    /// besides the published one, which was one more allocation per user.)
+    republish: bool,
     /// The history store's part.
     history: H,
 }
 
+/// A user's slot: its state behind its mutex, and its counters, which the
+/// user's [`Recipient`]s share (as [`SharedCounters`]: the slot itself, so
+/// the counters take no allocation of their own). Code under the user's
+/// lock gets the slot as `counters` and reads the counters through it
+/// (`Deref`).
 #[derive(Debug)]
 struct UserSlot<H> {
+    counters: UserCounters,
     state: Mutex<UserState<H>>,
-    counters: Arc<UserCounters>,
+}
+
+impl<H> std::ops::Deref for UserSlot<H> {
+    type Target = UserCounters;
+
+    fn deref(&self) -> &UserCounters {
+        &self.counters
+    }
+}
+
+impl<H: UserHistory> HoldsCounters for UserSlot<H> {
+    fn counters(&self) -> &UserCounters {
+        &self.counters
+    }
+}
+
+/// The user's counters as a [`Recipient`] shares them.
+fn shared<H: UserHistory>(slot: &Arc<UserSlot<H>>) -> SharedCounters {
+    Arc::clone(slot) as SharedCounters
 }
 
 /// Connections a user's `users` entry holds inline; a user with more has
-/// them in one allocation.
-const INLINE_CONNECTIONS: usize = 4;
+/// them in one allocation. One: most users have one tab, and every byte of
+/// the entry is paid per user and again for the table's slack (a hash
+/// table is half to seven eighths full), where the bare registry a server
+/// writes by hand holds one small entry per socket (`users_entry_stays_small`).
+const INLINE_CONNECTIONS: usize = 1;
 
 /// A `users` entry: the slot, and what sends and queries read without its
 /// mutex, under the entry's shard read guard: the user's live connections
-/// (a copy of the slot's recipients, published by `with_user`) and the
+/// (a copy of the slot's live members, published by `with_user`) and the
 /// user's send counters.
 ///
 /// Why inline and not an `Arc<[Recipient]>` with the counters behind
@@ -201,9 +237,9 @@ const INLINE_CONNECTIONS: usize = 4;
 /// pointer it followed from there was one more cache line to fetch per send,
 /// with 10,000 connections rarely in cache. Here the counters and the
 /// sockets lie on the entry's own lines (`repr(C)`: in that order, what a
-/// send writes and reads first); the ids, which only an eviction and
-/// `get_user_connections` read, are behind one pointer, to keep the entry
-/// (and the map's table, slack included) small.
+/// send writes and reads first), then the ids, which only an eviction and
+/// `get_user_connections` read. One connection of each is inline: a user
+/// with more has each list in one allocation.
 #[derive(Debug)]
 #[repr(C)]
 struct UserEntry<H> {
@@ -216,7 +252,9 @@ struct UserEntry<H> {
     last_activity_ms: AtomicU64,
     /// `sockets[i]` belongs to `connection_ids[i]` (see the type's docs).
     sockets: SmallVec<[WebSocketHandle; INLINE_CONNECTIONS]>,
-    connection_ids: Box<[ConnectionId]>,
+    /// Inline as the sockets: a boxed slice was one more allocation (32
+    /// bytes with malloc's header) per user.
+    connection_ids: SmallVec<[ConnectionId; INLINE_CONNECTIONS]>,
     slot: Arc<UserSlot<H>>,
 }
 
@@ -226,15 +264,16 @@ impl<H> UserEntry<H> {
             sent: AtomicU64::new(0),
             last_activity_ms: AtomicU64::new(0),
             sockets: SmallVec::new(),
-            connection_ids: Box::default(),
+            connection_ids: SmallVec::new(),
             slot,
         }
     }
 
-    /// Replaces the published connections with `recipients`.
-    fn publish(&mut self, recipients: &[Recipient]) {
-        self.sockets = recipients.iter().map(|r| r.socket.clone()).collect();
-        self.connection_ids = recipients.iter().map(|r| r.connection_id.clone()).collect();
+    /// Replaces the published connections with the live `members`.
+    fn publish(&mut self, members: &[Member]) {
+        let live = || members.iter().filter(|m| m.is_live());
+        self.sockets = live().map(|m| m.socket.clone()).collect();
+        self.connection_ids = live().map(|m| m.connection_id.clone()).collect();
     }
 
     /// Adds the send counters to a health report filled from the slot's.
@@ -253,10 +292,10 @@ impl<H: UserHistory> UserSlot<H> {
             state: Mutex::new(UserState {
                 retired: false,
                 members: SmallVec::new(),
-                recipients: no_recipients(),
+                republish: false,
                 history: H::default(),
             }),
-            counters: Arc::default(),
+            counters: UserCounters::default(),
         }
     }
 }
@@ -373,12 +412,95 @@ fn decide(
     }
 }
 
+/// A registered connection as the `connections` index keeps it: the
+/// [`WebSocketConnection`] without its id (the map's key) and with its
+/// metadata boxed (most connections have none), itself boxed so that the
+/// table, at most seven eighths full and often half, holds a key and a
+/// pointer per slot rather than the whole record (`connections_entry_stays_small`).
+#[derive(Debug)]
+struct StoredConnection {
+    user_id: UserId,
+    thread_id: Option<ThreadId>,
+    websocket: WebSocketHandle,
+    connected_at: std::time::SystemTime,
+    metadata: Option<Box<serde_json::Map<String, serde_json::Value>>>,
+    /// Boxed too: most connections do not resume, and the print makes it
+    /// 32 bytes.
+    resume: Option<Box<ResumePoint>>,
+}
+
+impl StoredConnection {
+    fn new(connection: WebSocketConnection) -> Box<Self> {
+        let WebSocketConnection {
+            connection_id: _,
+            user_id,
+            thread_id,
+            websocket,
+            connected_at,
+            metadata,
+            resume,
+            resume_print,
+        } = connection;
+        Box::new(StoredConnection {
+            user_id,
+            thread_id,
+            websocket,
+            connected_at,
+            metadata: (!metadata.is_empty()).then(|| Box::new(metadata)),
+            resume: resume.map(|offset| {
+                Box::new(ResumePoint {
+                    offset,
+                    print: resume_print,
+                })
+            }),
+        })
+    }
+
+    /// The connection `connection_id` as registered.
+    fn to_connection(&self, connection_id: &ConnectionId) -> WebSocketConnection {
+        WebSocketConnection {
+            connection_id: connection_id.clone(),
+            user_id: self.user_id.clone(),
+            thread_id: self.thread_id.clone(),
+            websocket: self.websocket.clone(),
+            connected_at: self.connected_at,
+            metadata: self.metadata.as_deref().cloned().unwrap_or_default(),
+            resume: self.resume.as_ref().map(|point| point.offset),
+            resume_print: self.resume.as_ref().and_then(|point| point.print),
+        }
+    }
+
+    /// The same, the record consumed.
+    fn into_connection(self, connection_id: ConnectionId) -> WebSocketConnection {
+        WebSocketConnection {
+            connection_id,
+            user_id: self.user_id,
+            thread_id: self.thread_id,
+            websocket: self.websocket,
+            connected_at: self.connected_at,
+            metadata: self.metadata.map(|m| *m).unwrap_or_default(),
+            resume: self.resume.as_ref().map(|point| point.offset),
+            resume_print: self.resume.as_ref().and_then(|point| point.print),
+        }
+    }
+
+    fn summary(&self, connection_id: &ConnectionId) -> ConnectionSummary {
+        ConnectionSummary {
+            connection_id: connection_id.clone(),
+            thread_id: self.thread_id.clone(),
+            connected_at_ms: crate::health::unix_millis(self.connected_at),
+            queue_depth: self.websocket.queue_depth(),
+            closed: self.websocket.is_closed(),
+        }
+    }
+}
+
 /// The connections of this process (see the module docs), with a history
 /// store's per-user part `H` in each user's slot.
 pub(crate) struct LocalIndex<H = ()> {
     config: ManagerConfig,
     observer: Option<IndexObserver>,
-    connections: DashMap<ConnectionId, WebSocketConnection, IndexHasher>,
+    connections: DashMap<ConnectionId, Box<StoredConnection>, IndexHasher>,
     sockets: DashMap<SocketId, ConnectionId, IndexHasher>,
     users: DashMap<UserId, UserEntry<H>, IndexHasher>,
     threads: DashMap<ThreadId, Recipients, IndexHasher>,
@@ -455,13 +577,13 @@ impl<H: UserHistory> LocalIndex<H> {
 
     /// Runs `f` on `user`'s locked state (creating the slot when `create`),
     /// then retires the slot if it holds no connection, or else publishes
-    /// its recipients if `f` changed them. `None` when the user has no slot
+    /// its live members if `f` changed them. `None` when the user has no slot
     /// and `create` is false.
     fn with_user<R>(
         &self,
         user: &UserId,
         create: bool,
-        f: impl FnOnce(&mut UserState<H>, &Arc<UserCounters>) -> R,
+        f: impl FnOnce(&mut UserState<H>, &Arc<UserSlot<H>>) -> R,
     ) -> Option<R> {
         loop {
             let slot = if create {
@@ -479,19 +601,18 @@ impl<H: UserHistory> LocalIndex<H> {
                 // Removed from `users` after we cloned it: look again.
                 continue;
             }
-            let before = Arc::clone(&state.recipients);
-            let result = f(&mut state, &slot.counters);
+            let result = f(&mut state, &slot);
             if state.members.is_empty() && !state.history.holds() {
                 state.retired = true;
                 self.users
                     .remove_if(user, |_, current| Arc::ptr_eq(&current.slot, &slot));
-            } else if !Arc::ptr_eq(&before, &state.recipients) {
+            } else if std::mem::take(&mut state.republish) {
                 // Published only now that `f` is done (after any replay),
                 // and under the mutex, so in the order of the changes.
                 if let Some(mut entry) = self.users.get_mut(user)
                     && Arc::ptr_eq(&entry.slot, &slot)
                 {
-                    entry.publish(&state.recipients);
+                    entry.publish(&state.members);
                 }
             }
             return Some(result);
@@ -514,7 +635,7 @@ impl<H: UserHistory> LocalIndex<H> {
     fn with_connection_owner<R>(
         &self,
         connection_id: &ConnectionId,
-        mut f: impl FnMut(&mut UserState<H>, &Arc<UserCounters>, &UserId) -> Option<R>,
+        mut f: impl FnMut(&mut UserState<H>, &Arc<UserSlot<H>>, &UserId) -> Option<R>,
     ) -> Option<R> {
         loop {
             let user = self.connections.get(connection_id)?.user_id.clone();
@@ -572,7 +693,7 @@ impl<H: UserHistory> LocalIndex<H> {
     fn begin_locked(
         &self,
         state: &mut UserState<H>,
-        counters: &Arc<UserCounters>,
+        counters: &Arc<UserSlot<H>>,
         user: &UserId,
         connection: WebSocketConnection,
     ) -> Result<(), ManagerError> {
@@ -610,7 +731,7 @@ impl<H: UserHistory> LocalIndex<H> {
                 }
                 Entry::Vacant(vacant_socket) => {
                     vacant_socket.insert(connection_id.clone());
-                    vacant_connection.insert(connection);
+                    vacant_connection.insert(StoredConnection::new(connection));
                 }
             },
         }
@@ -650,7 +771,7 @@ impl<H: UserHistory> LocalIndex<H> {
     fn finish_locked(
         &self,
         state: &mut UserState<H>,
-        counters: &Arc<UserCounters>,
+        counters: &Arc<UserSlot<H>>,
         user: &UserId,
         connection_id: &ConnectionId,
         replay: Replay,
@@ -712,7 +833,7 @@ impl<H: UserHistory> LocalIndex<H> {
             };
             self.unlink_locked(
                 &mut state.members,
-                &mut state.recipients,
+                &mut state.republish,
                 counters,
                 user,
                 connection_id,
@@ -735,21 +856,16 @@ impl<H: UserHistory> LocalIndex<H> {
         let recipient = Recipient {
             connection_id: connection_id.clone(),
             socket,
-            counters: Arc::clone(counters),
+            counters: shared(counters),
         };
         let thread = self
             .connections
             .get(connection_id)
             .and_then(|c| c.thread_id.clone());
         if let Some(thread) = thread {
-            self.thread_insert(thread, recipient.clone());
+            self.thread_insert(thread, recipient);
         }
-        state.recipients = state
-            .recipients
-            .iter()
-            .cloned()
-            .chain([recipient])
-            .collect();
+        state.republish = true;
         let events = events as u64;
         bump(&counters.sent, events);
         bump(&self.totals.sent, events);
@@ -787,7 +903,7 @@ impl<H: UserHistory> LocalIndex<H> {
                 Err(error) => {
                     self.unlink_locked(
                         &mut state.members,
-                        &mut state.recipients,
+                        &mut state.republish,
                         counters,
                         &user,
                         &id,
@@ -813,13 +929,13 @@ impl<H: UserHistory> LocalIndex<H> {
     fn unlink_locked(
         &self,
         members: &mut SmallVec<[Member; 1]>,
-        recipients: &mut Recipients,
+        republish: &mut bool,
         counters: &UserCounters,
         user: &UserId,
         connection_id: &ConnectionId,
         reason: CloseReason,
     ) -> Option<WebSocketConnection> {
-        let (_, connection) = self
+        let (id, connection) = self
             .connections
             .remove_if(connection_id, |_, c| c.user_id == *user)?;
         self.sockets
@@ -827,20 +943,17 @@ impl<H: UserHistory> LocalIndex<H> {
         if let Some(thread) = &connection.thread_id {
             self.thread_remove(thread, connection_id);
         }
+        let live = members
+            .iter()
+            .any(|m| m.connection_id == *connection_id && m.is_live());
         members.retain(|m| m.connection_id != *connection_id);
-        if recipients.iter().any(|r| r.connection_id == *connection_id) {
-            *recipients = recipients
-                .iter()
-                .filter(|r| r.connection_id != *connection_id)
-                .cloned()
-                .collect();
-        }
+        *republish |= live;
         connection.websocket.close(reason);
         counters.touch();
         if let Some(observer) = &self.observer {
             observer(IndexChange::Left(connection_id));
         }
-        Some(connection)
+        Some(connection.into_connection(id))
     }
 
     /// Removes a connection from every index and closes its socket.
@@ -852,7 +965,7 @@ impl<H: UserHistory> LocalIndex<H> {
         self.with_connection_owner(connection_id, |state, counters, user| {
             self.unlink_locked(
                 &mut state.members,
-                &mut state.recipients,
+                &mut state.republish,
                 counters,
                 user,
                 connection_id,
@@ -880,7 +993,7 @@ impl<H: UserHistory> LocalIndex<H> {
             if let Some(thread) = &c.thread_id {
                 thread.prefetch();
             }
-            c.value().clone()
+            c.to_connection(connection_id)
         })
     }
 
@@ -935,12 +1048,17 @@ impl<H: UserHistory> LocalIndex<H> {
             }
             // Only a live connection is in the thread index; one catching up
             // joins it when it goes live, with the thread it has then.
-            if let Some(recipient) = state
-                .recipients
+            if let Some(member) = state
+                .members
                 .iter()
-                .find(|r| r.connection_id == *connection_id)
+                .find(|m| m.connection_id == *connection_id && m.is_live())
             {
-                self.thread_insert(thread.clone(), recipient.clone());
+                let recipient = Recipient {
+                    connection_id: member.connection_id.clone(),
+                    socket: member.socket.clone(),
+                    counters: shared(counters),
+                };
+                self.thread_insert(thread.clone(), recipient);
                 self.report(|| self.get(connection_id), Change::Moved);
             }
             counters.touch();
@@ -960,7 +1078,7 @@ impl<H: UserHistory> LocalIndex<H> {
         // docs), fanned out while the map's read guard is held. Nothing in
         // the closure touches the maps; evictions happen after it.
         let fan = self.read_published(user, |entry| {
-            let counters = || &*entry.slot.counters;
+            let counters = || &entry.slot.counters;
             let fan = fan_out_to_user(
                 &entry.sockets,
                 || &entry.connection_ids,
@@ -997,13 +1115,13 @@ impl<H: UserHistory> LocalIndex<H> {
             &self.totals,
         );
         self.evict(&fan.evict, &CloseReason::normal());
-        let mut users: Vec<&Arc<UserCounters>> = Vec::new();
+        let mut users: Vec<&SharedCounters> = Vec::new();
         for recipient in recipients.iter() {
             if !users.iter().any(|c| Arc::ptr_eq(c, &recipient.counters)) {
                 users.push(&recipient.counters);
             }
         }
-        for counters in &users {
+        for counters in users.iter().map(|c| c.counters()) {
             counters.touch();
             if fan.delivered == 0 {
                 bump(&counters.failed, 1);
@@ -1033,7 +1151,7 @@ impl<H: UserHistory> LocalIndex<H> {
         self.with_user(user, false, |state, counters| {
             self.deliver_locked(
                 &mut state.members,
-                &mut state.recipients,
+                &mut state.republish,
                 counters,
                 user,
                 (offset, frame, arrival),
@@ -1046,8 +1164,8 @@ impl<H: UserHistory> LocalIndex<H> {
     fn deliver_locked(
         &self,
         members: &mut SmallVec<[Member; 1]>,
-        recipients: &mut Recipients,
-        counters: &Arc<UserCounters>,
+        republish: &mut bool,
+        counters: &Arc<UserSlot<H>>,
         user: &UserId,
         (offset, frame, arrival): (StreamOffset, &TextFrame, Arrival),
     ) -> CriticalOutcome {
@@ -1075,24 +1193,17 @@ impl<H: UserHistory> LocalIndex<H> {
                 }
             }
         }
-        // Under the lock: a later event must not overtake this one. The
-        // usual case, every connection live and in step, fans out over the
-        // user's published recipients as they are; otherwise over the ones
-        // in step.
-        let fan = if push.len() == members.len() && push.len() == recipients.len() {
-            let recipients = Arc::clone(recipients);
-            fan_out(&recipients, frame, CRITICAL_POLICY, &self.totals)
-        } else {
-            let subset: Vec<Recipient> = push
-                .iter()
-                .map(|&i| Recipient {
-                    connection_id: members[i].connection_id.clone(),
-                    socket: members[i].socket.clone(),
-                    counters: Arc::clone(counters),
-                })
-                .collect();
-            fan_out(&subset, frame, CRITICAL_POLICY, &self.totals)
-        };
+        // Under the lock: a later event must not overtake this one. Fanned
+        // out over the members in step, in place.
+        let fan = fan_out_to_members(
+            push.len(),
+            |n| &members[push[n]].socket,
+            |n| &members[push[n]].connection_id,
+            counters,
+            frame,
+            CRITICAL_POLICY,
+            &self.totals,
+        );
         for &i in &push {
             let member = &mut members[i];
             if !fan.evict.contains(&member.connection_id) {
@@ -1108,7 +1219,7 @@ impl<H: UserHistory> LocalIndex<H> {
         for id in gaps.iter().chain(&fan.evict) {
             self.unlink_locked(
                 members,
-                recipients,
+                republish,
                 counters,
                 user,
                 id,
@@ -1131,14 +1242,14 @@ impl<H: UserHistory> LocalIndex<H> {
         self.with_user(user, create, |state, counters| {
             let UserState {
                 members,
-                recipients,
+                republish,
                 history,
                 ..
             } = state;
             let mut locked = Locked {
                 index: self,
                 members,
-                recipients,
+                republish,
                 counters,
                 user,
             };
@@ -1163,7 +1274,7 @@ impl<H: UserHistory> LocalIndex<H> {
             counters.report_into(health);
             // The user's own sends count in the entry (`UserEntry`).
             if let Some(entry) = self.users.get(user)
-                && Arc::ptr_eq(&entry.slot.counters, counters)
+                && Arc::ptr_eq(&entry.slot, counters)
             {
                 entry.report_into(health);
             }
@@ -1172,7 +1283,7 @@ impl<H: UserHistory> LocalIndex<H> {
                 .iter()
                 .filter_map(|m| {
                     let connection = self.connections.get(&m.connection_id)?;
-                    Some(ConnectionSummary::of(&connection))
+                    Some(connection.summary(&m.connection_id))
                 })
                 .collect();
         });
@@ -1185,7 +1296,10 @@ impl<H: UserHistory> LocalIndex<H> {
     /// Every connection here, live or catching up.
     #[cfg(feature = "redis")]
     pub fn connections(&self) -> Vec<WebSocketConnection> {
-        self.connections.iter().map(|c| c.value().clone()).collect()
+        self.connections
+            .iter()
+            .map(|c| c.to_connection(c.key()))
+            .collect()
     }
 
     /// Each user's furthest live cursor and its fingerprint, for the audit
@@ -1238,7 +1352,7 @@ impl<H: UserHistory> LocalIndex<H> {
             .filter(|id| {
                 self.unlink_locked(
                     &mut state.members,
-                    &mut state.recipients,
+                    &mut state.republish,
                     counters,
                     user,
                     id,
@@ -1335,8 +1449,8 @@ impl<H: UserHistory> LocalIndex<H> {
 pub(crate) struct Locked<'s, H> {
     index: &'s LocalIndex<H>,
     members: &'s mut SmallVec<[Member; 1]>,
-    recipients: &'s mut Recipients,
-    counters: &'s Arc<UserCounters>,
+    republish: &'s mut bool,
+    counters: &'s Arc<UserSlot<H>>,
     user: &'s UserId,
 }
 
@@ -1345,7 +1459,7 @@ impl<H: UserHistory> Locked<'_, H> {
     pub fn deliver(&mut self, offset: StreamOffset, frame: &TextFrame) -> CriticalOutcome {
         self.index.deliver_locked(
             self.members,
-            self.recipients,
+            self.republish,
             self.counters,
             self.user,
             (offset, frame, Arrival::InOrder),
@@ -1376,6 +1490,52 @@ fn latest_of(members: &[Member]) -> Option<StreamOffset> {
 mod tests {
     use super::*;
     use crate::connection::{OutboundEvent, OutboundReceiver};
+
+    // What an idle connection costs the index (issue 19: RSS per idle
+    // connection against a bare axum server, whose registry holds one
+    // 16-byte entry per socket): every byte of a map's entry is paid again
+    // for the table's slack (at 19,000 connections, 1.7 slots per entry).
+    // `tests/connection_memory.rs` counts the whole with an allocator.
+
+    /// 128 bytes when the entry held four sockets inline and the ids in a
+    /// boxed slice (one more allocation per user).
+    #[test]
+    fn users_entry_stays_small() {
+        let size = std::mem::size_of::<(UserId, UserEntry<crate::managers::history::UserLog>)>();
+        assert!(size <= 88, "a `users` entry is {size} bytes");
+    }
+
+    /// 144 bytes when the table held the whole `WebSocketConnection`
+    /// (its id twice, its empty metadata map); now a key and a pointer to
+    /// 80 bytes (96 with the resume offset inline).
+    #[test]
+    fn connections_entry_stays_small() {
+        let entry = std::mem::size_of::<(ConnectionId, Box<StoredConnection>)>();
+        let record = std::mem::size_of::<StoredConnection>();
+        assert!(entry <= 24, "a `connections` entry is {entry} bytes");
+        assert!(record <= 80, "a stored connection is {record} bytes");
+    }
+
+    /// The slot and the user's counters, one allocation: 160 bytes and a
+    /// second allocation of 56 for the counters when the state also kept
+    /// its own list of recipients (an `Arc<[Recipient]>`: 16 bytes here and
+    /// 56 more per user); 176 now, counters included.
+    #[test]
+    fn user_slot_stays_small() {
+        let size = std::mem::size_of::<UserSlot<crate::managers::history::UserLog>>();
+        assert!(size <= 176, "a user's slot is {size} bytes");
+    }
+
+    /// A user with one connection has its published socket and id inline.
+    #[test]
+    fn one_connection_is_published_inline() {
+        let index = index(8);
+        let (id, _socket, _receiver) = begun(&index);
+        index.finish(&alice(), &id, Replay::default()).unwrap();
+        let entry = index.users.get(&alice()).unwrap();
+        assert_eq!(entry.connection_ids.as_slice(), [id]);
+        assert!(!entry.sockets.spilled() && !entry.connection_ids.spilled());
+    }
 
     fn index(queue: usize) -> LocalIndex {
         let config = ManagerConfig::builder()

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use serde::Serialize;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
 use super::admission::{TokenBucket, TransportCounters};
 use super::auth::{Authenticator, Identity, RefreshError};
@@ -618,23 +618,76 @@ enum WriteFailure {
 
 /// What the writer needs of the [`TransportConfig`]: a copy of four
 /// fields rather than a clone of the whole config (176 bytes), since the
-/// writer's future is allocated once per connection and lives as long.
+/// writer's future is allocated once per connection and lives as long; the
+/// durations in nanoseconds (8 bytes each rather than 16; 584 years at
+/// most).
 #[derive(Clone, Copy)]
 struct WriterSettings {
-    ping_interval: Duration,
+    ping_interval: u64,
+    write_timeout: u64,
+    close_timeout: u64,
     heartbeats: bool,
-    write_timeout: Duration,
-    close_timeout: Duration,
+}
+
+/// `duration` in nanoseconds, at most `u64::MAX`.
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl WriterSettings {
     fn new(config: &TransportConfig) -> Self {
         WriterSettings {
-            ping_interval: config.ping_interval(),
+            ping_interval: nanos(config.ping_interval()),
+            write_timeout: nanos(config.write_timeout()),
+            close_timeout: nanos(config.close_timeout()),
             heartbeats: config.heartbeat_frames(),
-            write_timeout: config.write_timeout(),
-            close_timeout: config.close_timeout(),
         }
+    }
+
+    fn write_timeout(&self) -> Duration {
+        Duration::from_nanos(self.write_timeout)
+    }
+
+    fn close_timeout(&self) -> Duration {
+        Duration::from_nanos(self.close_timeout)
+    }
+
+    /// The writer's timer period. With heartbeat frames the timer ticks
+    /// twice per ping interval: a ping at every second tick, and a
+    /// heartbeat at any tick when no frame was written since the tick
+    /// before. A frame written just after a tick is then followed by
+    /// another (a heartbeat at the latest) within two ticks, one ping
+    /// interval: the bound `docs/protocol.md` promises. (One tick per
+    /// interval would leave gaps of up to two intervals.)
+    fn tick_period(&self) -> Duration {
+        let ping_interval = Duration::from_nanos(self.ping_interval);
+        if self.heartbeats {
+            ping_interval / 2
+        } else {
+            ping_interval
+        }
+    }
+}
+
+/// `at` plus `period`, or far in the future if that overflows.
+fn later(at: Instant, period: Duration) -> Instant {
+    at.checked_add(period)
+        .or_else(|| at.checked_add(Duration::from_secs(86_400 * 365 * 30)))
+        .unwrap_or(at)
+}
+
+/// When the writer's timer, due at `due`, ticks next (it is `now`): one
+/// period after `due`, or, when the tick came more than 5 ms late, one
+/// period after `now` (as `tokio::time::Interval` with
+/// `MissedTickBehavior::Delay`: late ticks are not made up in a burst).
+fn next_tick(due: Instant, now: Instant, period: Duration) -> Instant {
+    if due
+        .checked_add(Duration::from_millis(5))
+        .is_some_and(|late| now > late)
+    {
+        later(now, period)
+    } else {
+        later(due, period)
     }
 }
 
@@ -655,21 +708,15 @@ where
     K: Sink<WireMessage, Error = WireError> + Unpin,
 {
     async move {
-        // With heartbeat frames the timer ticks twice per ping interval: a ping
-        // at every second tick, and a heartbeat at any tick when no frame was
-        // written since the tick before. A frame written just after a tick is
-        // then followed by another (a heartbeat at the latest) within two ticks,
-        // one ping interval: the bound `docs/protocol.md` promises. (One tick
-        // per interval would leave gaps of up to two intervals.)
+        // The timer (see `tick_period`) inline, not a
+        // `tokio::time::Interval`, which boxes its timer (112 bytes, 128 with
+        // malloc's header, per connection); it ticks as an interval with
+        // `MissedTickBehavior::Delay` would.
         let heartbeats = config.heartbeats;
-        let period = if heartbeats {
-            config.ping_interval / 2
-        } else {
-            config.ping_interval
-        };
-        let mut timer = tokio::time::interval_at(Instant::now() + period, period);
-        timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut ticks = 0u64;
+        let timer = tokio::time::sleep_until(later(Instant::now(), config.tick_period()));
+        let mut timer = std::pin::pin!(timer);
+        // With heartbeat frames, a ping at every second tick.
+        let mut ping_at_next_tick = false;
         let mut wrote_since_tick = false;
         let mut events = Vec::new();
         loop {
@@ -683,9 +730,11 @@ where
                         events.push(OutboundEvent::Close(CloseReason::normal()));
                     }
                 },
-                _ = timer.tick() => {
-                    ticks += 1;
-                    ping_due = !heartbeats || ticks.is_multiple_of(2);
+                () = timer.as_mut() => {
+                    let next = next_tick(timer.deadline(), Instant::now(), config.tick_period());
+                    timer.as_mut().reset(next);
+                    ping_due = !heartbeats || ping_at_next_tick;
+                    ping_at_next_tick = !ping_at_next_tick;
                     if ping_due {
                         // Quiet or not, a burst's buffer kept for the next burst
                         // is given back once per ping interval.
@@ -704,7 +753,7 @@ where
                 wrote: &mut wrote_since_tick,
                 written: &written,
             };
-            let result = write_bounded(&mut sink, batch, &socket, config.write_timeout).await;
+            let result = write_bounded(&mut sink, batch, &socket, config.write_timeout()).await;
             events.clear();
             let reason = match result {
                 Ok(None) => continue,
@@ -716,7 +765,7 @@ where
                     // client is not reading, so what is queued could not be
                     // written anyway; it is dropped (and counted).
                     socket.close(close::write_timeout());
-                    tracing::warn!(socket = %socket.id(), timeout = ?config.write_timeout,
+                    tracing::warn!(socket = %socket.id(), timeout = ?config.write_timeout(),
                         "write stalled; dropping the socket");
                     return EndReason::WriteStalled;
                 }
@@ -727,7 +776,12 @@ where
             };
             // Boxed: once per connection, and it would otherwise take its
             // room in the writer's future for the connection's whole life.
-            Box::pin(send_close(&mut sink, reason.clone(), config.close_timeout)).await;
+            Box::pin(send_close(
+                &mut sink,
+                reason.clone(),
+                config.close_timeout(),
+            ))
+            .await;
             return server_closed(reason);
         }
     }
@@ -999,7 +1053,25 @@ mod tests {
     /// argument twice (an `async fn`) and its write timeout inline; 632
     /// with `WriterSettings`, `fn` + `async move` and the timeout boxed on
     /// the slow path; 472 since `write_batch` keeps no message across a
-    /// wait (on a tokio-tungstenite socket).
+    /// wait (on a tokio-tungstenite socket); 536 with its timer inline
+    /// rather than a `tokio::time::Interval`, which allocated 112 bytes per
+    /// connection, and the settings in nanoseconds. Tokio allocates a task
+    /// as the future plus 104 bytes rounded up to 128: 536 is the most that
+    /// keeps the writer's task at 640 bytes.
+    /// The writer's timer ticks as `tokio::time::Interval` with
+    /// `MissedTickBehavior::Delay` did: one period after the tick it was
+    /// due, unless it came more than 5 ms late, then one period after now.
+    #[test]
+    fn the_writer_timer_delays_missed_ticks() {
+        let due = Instant::now();
+        let period = Duration::from_secs(10);
+        let on_time = due + Duration::from_millis(5);
+        assert_eq!(next_tick(due, on_time, period), due + period);
+        let late = due + Duration::from_secs(25);
+        assert_eq!(next_tick(due, late, period), late + period);
+        assert!(later(due, Duration::MAX) > due);
+    }
+
     #[cfg(feature = "tungstenite")]
     #[tokio::test]
     async fn the_writer_future_stays_small() {
@@ -1021,7 +1093,7 @@ mod tests {
             Arc::default(),
         );
         let size = std::mem::size_of_val(&writer);
-        assert!(size <= 520, "the writer's future is {size} bytes");
+        assert!(size <= 536, "the writer's future is {size} bytes");
     }
 
     #[tokio::test]
