@@ -114,8 +114,10 @@ impl HistoryStore for RedisHistory<'_> {
                 "a client resumed beyond the head of its stream in Redis (events were lost there): retired the stream; the client is told");
         }
         let now = unix_millis(SystemTime::now());
-        let (notice, events) = plan(&history, resume, shared.config.history_max_age(), now);
+        // `read_history` compared the print: another event at the offset
+        // retired the stream, so what it returned is the new one.
         let resume = resume.map(|point| point.offset);
+        let (notice, events) = plan(&history, resume, shared.config.history_max_age(), now);
         let head = StreamOffset::new(history.stream, history.head);
         // For the transport's `hello`: what Redis holds. The read returned
         // the entries from `read_from` on, filtered by age; when it started
@@ -215,9 +217,7 @@ async fn read_history(
         return Ok(own.history);
     }
     let history = &read.history;
-    if saw_another_event(history.stream, resume, |sequence| {
-        print_at(history, sequence)
-    }) {
+    if names_another_event(history, resume) {
         let retired = shared
             .backplane
             .rotate_stream(
@@ -237,6 +237,14 @@ async fn read_history(
     Ok(read.history)
 }
 
+/// Whether the client resuming from `resume` saw another event than the
+/// one this read holds at its offset (see [`saw_another_event`]).
+fn names_another_event(history: &History, resume: Option<ResumePoint>) -> bool {
+    saw_another_event(history.stream, resume, |sequence| {
+        print_at(history, sequence)
+    })
+}
+
 /// The print of the event at `sequence` in what a read returned, if it
 /// returned it.
 fn print_at(history: &History, sequence: u64) -> Option<EventPrint> {
@@ -252,7 +260,7 @@ fn print_at(history: &History, sequence: u64) -> Option<EventPrint> {
 /// owed, so the first of them is the first it can still get).
 fn plan(
     history: &History,
-    resume: Option<ResumePoint>,
+    resume: Option<StreamOffset>,
     max_age: Duration,
     now_ms: u64,
 ) -> (Option<ResyncNotice>, Vec<StoredEvent>) {
@@ -273,12 +281,8 @@ fn plan(
         unannounced_loss: (first_available > history.taken + 1)
             .then(|| first_available - history.taken - 1),
     };
-    let plan = plan_resume(
-        &view,
-        resume,
-        |sequence| print_at(history, sequence),
-        now_ms,
-    );
+    // The print was compared before (`names_another_event`), once.
+    let plan = plan_resume(&view, resume.map(ResumePoint::new), |_| None, now_ms);
     let events = events
         .into_iter()
         .filter(|e| e.sequence >= plan.from)
@@ -318,7 +322,7 @@ mod tests {
         // Exact resume: the read started after the offset; no notice.
         let (notice, events) = plan(
             &history(10, 10, 6..=10, now),
-            Some(ResumePoint::new(StreamOffset::new(7, 5))),
+            Some(StreamOffset::new(7, 5)),
             AGE,
             now,
         );
@@ -326,12 +330,7 @@ mod tests {
         assert_eq!(events.len(), 5);
         let h = history(10, 10, 4..=10, now);
         // Trimmed: 3 lost (1..=3 gone, client had 0).
-        let (notice, _) = plan(
-            &h,
-            Some(ResumePoint::new(StreamOffset::new(7, 0))),
-            AGE,
-            now,
-        );
+        let (notice, _) = plan(&h, Some(StreamOffset::new(7, 0)), AGE, now);
         let notice = notice.unwrap();
         assert_eq!(
             (notice.reason, notice.lost),
@@ -339,21 +338,11 @@ mod tests {
         );
         assert_eq!(notice.oldest_retained, Some(StreamOffset::new(7, 4)));
         // Another stream.
-        let (notice, events) = plan(
-            &h,
-            Some(ResumePoint::new(StreamOffset::new(8, 5))),
-            AGE,
-            now,
-        );
+        let (notice, events) = plan(&h, Some(StreamOffset::new(8, 5)), AGE, now);
         assert_eq!(notice.unwrap().reason, ResyncReason::UnknownStream);
         assert_eq!(events.len(), 7);
         // Ahead.
-        let (notice, events) = plan(
-            &h,
-            Some(ResumePoint::new(StreamOffset::new(7, 11))),
-            AGE,
-            now,
-        );
+        let (notice, events) = plan(&h, Some(StreamOffset::new(7, 11)), AGE, now);
         assert_eq!(notice.unwrap().reason, ResyncReason::Ahead);
         assert_eq!(
             events.len(),
@@ -363,31 +352,30 @@ mod tests {
     }
 
     #[test]
-    fn a_resume_whose_print_names_another_event_is_told_unknown_stream() {
+    fn a_resume_whose_print_names_another_event_is_caught() {
         let now = 1_000_000;
         let h = history(10, 10, 4..=10, now);
         let seen = |sequence| print_at(&h, sequence).unwrap();
-        let resume = |sequence, print| {
+        let resume = |stream, sequence, print| {
             Some(ResumePoint {
-                offset: StreamOffset::new(7, sequence),
+                offset: StreamOffset::new(stream, sequence),
                 print: Some(print),
             })
         };
-        // The event the client saw: an exact resume.
-        let (notice, events) = plan(&h, resume(6, seen(6)), AGE, now);
+        // The event the client saw: an exact resume, no notice.
+        assert!(!names_another_event(&h, resume(7, 6, seen(6))));
+        let (notice, events) = plan(&h, Some(StreamOffset::new(7, 6)), AGE, now);
         assert!(notice.is_none());
         assert_eq!(events.first().map(|e| e.sequence), Some(7));
-        // Another event at its offset.
-        let (notice, events) = plan(&h, resume(6, seen(5)), AGE, now);
-        let notice = notice.unwrap();
-        assert_eq!(
-            (notice.reason, notice.requested),
-            (ResyncReason::UnknownStream, Some(StreamOffset::new(7, 6)))
-        );
-        assert_eq!(events.len(), 7, "then everything retained");
-        // Its event is gone: nothing to check it against, told `trimmed`.
-        let (notice, _) = plan(&h, resume(2, seen(5)), AGE, now);
-        assert_eq!(notice.unwrap().reason, ResyncReason::Trimmed);
+        // Another event at its offset (the stream is then retired).
+        assert!(names_another_event(&h, resume(7, 6, seen(5))));
+        // Nothing to compare: its event is gone, another stream, no print.
+        assert!(!names_another_event(&h, resume(7, 2, seen(5))));
+        assert!(!names_another_event(&h, resume(8, 6, seen(5))));
+        assert!(!names_another_event(
+            &h,
+            Some(ResumePoint::new(StreamOffset::new(7, 6)))
+        ));
     }
 
     #[test]
