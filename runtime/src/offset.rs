@@ -211,17 +211,15 @@ impl FromStr for ResumePoint {
             Some((at, _)) => (&text[..at], Some(&text[at + 1..])),
             None => (text, None),
         };
-        let offset = offset.parse::<StreamOffset>().map_err(|mut error| {
+        // An error names the whole value, not the part that failed.
+        let whole = |mut error: OffsetParseError| {
             error.input = text.chars().take(64).collect();
             error
-        })?;
-        let print = match print {
-            None => None,
-            Some(print) => Some(print.parse::<EventPrint>().map_err(|mut error| {
-                error.input = text.chars().take(64).collect();
-                error
-            })?),
         };
+        let offset = offset.parse::<StreamOffset>().map_err(whole)?;
+        let print = print
+            .map(|print| print.parse::<EventPrint>().map_err(whole))
+            .transpose()?;
         Ok(ResumePoint { offset, print })
     }
 }
