@@ -12,7 +12,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::sentinel::{cli, free_port, wait_for};
+use crate::sentinel::{cli, free_port, streams_to_replicas, wait_for};
 
 /// Three masters and three replicas (see the module docs).
 #[derive(Debug)]
@@ -50,6 +50,15 @@ pub fn own_cluster_for(name: &str, replicas: usize) -> Option<RedisClusterGroup>
     );
     eprintln!("SKIPPED {name}: no redis-server/redis-cli binary (apt-get install redis-server)");
     None
+}
+
+/// `connected_slaves:N` of a master's `INFO replication`.
+fn connected_replicas(replication: &str) -> usize {
+    replication
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("connected_slaves:"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A Redis Cluster node also listens on its port + 10,000 (the cluster bus).
@@ -147,7 +156,9 @@ impl RedisClusterGroup {
     }
 
     /// Waits until every live node says `cluster_state:ok`, sees three
-    /// masters serving all 16384 slots, and every live replica is in sync.
+    /// masters serving all 16384 slots, every live replica is in sync and
+    /// every master streams its writes to its replicas (a replica is "in
+    /// sync" up to a second before that: see `streams_to_replicas`).
     ///
     /// # Panics
     ///
@@ -159,8 +170,9 @@ impl RedisClusterGroup {
                 let replication = cli(port, &["INFO", "replication"]);
                 info.contains("cluster_state:ok")
                     && info.contains("cluster_slots_ok:16384")
-                    && (replication.contains("role:master")
-                        || replication.contains("master_link_status:up"))
+                    && (replication.contains("master_link_status:up")
+                        || replication.contains("role:master")
+                            && streams_to_replicas(port, connected_replicas(&replication)))
             })
         });
     }
@@ -277,11 +289,16 @@ impl RedisClusterGroup {
     /// Makes the node on `port` tell clients (`CLUSTER SLOTS`, `MOVED`)
     /// that it is at `announced` (a [`FaultProxy`](crate::fault_proxy::FaultProxy)
     /// in front of it: `cluster-announce-port`), and waits until every live
-    /// node says so.
+    /// node says so and every replica of that node replicates again.
+    ///
+    /// A replica follows its master's announced address: it drops its
+    /// replication link and makes a new one through the proxy. Until the
+    /// master streams on that link, a `WAIT` on it hears from no replica.
     ///
     /// # Panics
     ///
-    /// When the setting is refused or the others do not agree within 10 s.
+    /// When the setting is refused, the others do not agree or a replica
+    /// is not linked again within 10 s.
     pub fn announce(&self, port: u16, announced: u16) {
         for (setting, value) in [
             ("cluster-announce-ip", "127.0.0.1".to_owned()),
@@ -301,6 +318,27 @@ impl RedisClusterGroup {
                         .lines()
                         .any(|line| line.starts_with(&id) && line.contains(&needle))
                 })
+            },
+        );
+        let replicas: Vec<u16> = self
+            .live_ports()
+            .filter(|p| {
+                cli(*p, &["CLUSTER", "NODES"])
+                    .lines()
+                    .any(|line| line.contains("myself,slave") && line.contains(&id))
+            })
+            .collect();
+        let linked = format!("master_port:{announced}");
+        wait_for(
+            Duration::from_secs(10),
+            "every replica replicates through the announced port",
+            || {
+                replicas.iter().all(|replica| {
+                    let replication = cli(*replica, &["INFO", "replication"]);
+                    let mut lines = replication.lines().map(str::trim_end);
+                    lines.clone().any(|line| line == linked)
+                        && lines.any(|line| line == "master_link_status:up")
+                }) && streams_to_replicas(port, replicas.len())
             },
         );
     }

@@ -4,6 +4,7 @@
 //! what Debian's `redis-sentinel` runs), with short failure detection
 //! (`down-after-milliseconds` 1000, quorum 2). Killed on drop.
 
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,40 @@ pub fn cli(port: u16, args: &[&str]) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
+}
+
+/// Whether the master on `port` streams its writes to `replicas` replicas
+/// now: a write that replicates and holds nothing of ours (`FUNCTION
+/// FLUSH`, keyless, so any master takes it), then `WAIT` on that connection.
+///
+/// A replica says `master_link_status:up` before its master streams to it:
+/// after a diskless full sync the master starts the stream on the replica's
+/// `REPLCONF ACK`, and when the replica's first ACK arrives before the
+/// master saw the transfer end, on the next one, up to a second later (seen
+/// in both Redis logs). A `WAIT` in that second hears from no replica.
+pub(crate) fn streams_to_replicas(port: u16, replicas: usize) -> bool {
+    let Ok(mut child) = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        return false;
+    };
+    let commands = format!("FUNCTION FLUSH\nWAIT {replicas} 100\n");
+    let written = child
+        .stdin
+        .take()
+        .is_some_and(|mut stdin| stdin.write_all(commands.as_bytes()).is_ok());
+    let Ok(output) = child.wait_with_output() else {
+        return false;
+    };
+    let acknowledged = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .last()
+        .and_then(|line| line.trim().parse::<usize>().ok());
+    written && acknowledged == Some(replicas)
 }
 
 /// Polls `done` every 50 ms, panicking with `what` after `limit`.
@@ -129,6 +164,11 @@ impl SentinelGroup {
                 );
             }
         }
+        wait_for(
+            Duration::from_secs(20),
+            "the primary streams its writes to both replicas",
+            || streams_to_replicas(primary_port, group.replicas.len()),
+        );
         group
     }
 
