@@ -121,6 +121,9 @@ impl RedisClusterGroup {
                     .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
                     .args(["--cluster-node-timeout", "1000"])
                     .args(["--save", "", "--appendonly", "no"])
+                    // A replica's first sync starts at once, not 5 s later
+                    // (the default waits for more replicas to share it).
+                    .args(["--repl-diskless-sync-delay", "0"])
                     .args(["--dbfilename", &format!("dump-{port}.rdb")])
                     .arg("--dir")
                     .arg(&dir)
