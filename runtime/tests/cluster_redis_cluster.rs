@@ -30,7 +30,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod failover;
-use failover::{node, watched_node};
+use failover::{capture_logs, node, watched_node};
 
 use std::time::{Duration, Instant};
 
@@ -176,6 +176,7 @@ async fn cluster_for(
     name: &'static str,
     replicas: usize,
 ) -> Option<(tokio::sync::MutexGuard<'static, ()>, RedisClusterGroup)> {
+    capture_logs();
     let turn = TURN
         .get_or_init(|| tokio::sync::Mutex::new(()))
         .lock()
@@ -551,14 +552,25 @@ async fn a_frozen_master_the_node_does_not_probe_by_its_channel_is_found_and_rep
             Err(other) => panic!("untyped failure: {other}"),
         }
     };
+    let (mut connected, mut refused) = (0, 0);
     while !tab.seen.iter().any(|(at, _)| *at == offset) {
         assert!(
             Instant::now() < deadline,
-            "the tab on b never got the event at {offset}: {}",
-            b.cluster_stats()
+            "the tab on b never got the event at {offset}: {}; the tab saw {:?}, \
+             notices {:?}, connected again {connected} time(s), refused {refused}",
+            b.cluster_stats(),
+            tab.seen
+                .iter()
+                .map(|(at, _)| at.to_string())
+                .collect::<Vec<_>>(),
+            tab.notices
         );
         if !tab.read(Duration::from_millis(50)).await {
-            let _ = tab.connect(&b, b.config().queue_limits()).await;
+            if tab.connect(&b, b.config().queue_limits()).await {
+                connected += 1;
+            } else {
+                refused += 1;
+            }
         }
     }
     eprintln!(

@@ -13,7 +13,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod failover;
-use failover::node;
+use failover::{capture_logs, node};
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,7 @@ async fn a_primary_killed_mid_run_announces_any_loss_with_durability_off() {
 }
 
 async fn primary_killed_mid_run(durable: bool) {
+    capture_logs();
     if !redis_server_available() {
         assert!(
             std::env::var_os("CI").is_none(),

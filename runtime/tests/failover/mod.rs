@@ -10,6 +10,18 @@ use websocket_manager::managers::{
     ClusterConfig, ClusterConfigBuilder, ClusterWebSocketManager, ManagerConfig,
 };
 
+/// Sends the library's logs (debug and up) to the test's captured output,
+/// which the harness prints when the test fails: a failover that went wrong
+/// in CI comes with each node's account of it.
+pub fn capture_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "websocket_manager=debug",
+        ))
+        .with_test_writer()
+        .try_init();
+}
+
 pub async fn node(url: &str, prefix: &str, name: &str, durable: bool) -> ClusterWebSocketManager {
     start(
         failover_config(url, prefix, name)
