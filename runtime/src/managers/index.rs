@@ -1364,7 +1364,14 @@ impl<H: UserHistory> LocalIndex<H> {
     }
 
     /// Closes (for a resume) every live connection of `user` that is behind
-    /// `head`, the stream head the history reports; returns how many.
+    /// `head`, the stream head the history reports, and every connection
+    /// still catching up; returns how many.
+    ///
+    /// For the audit after a possible loss of messages: a connection
+    /// catching up may have read its history before an event that the
+    /// node then never heard live (published while the subscription was
+    /// down, or dropped from a full inbound buffer); once live it would sit
+    /// behind that event without a word until the next one.
     #[cfg(feature = "redis")]
     pub fn close_behind(&self, user: &UserId, head: Option<StreamOffset>) -> usize {
         self.with_user(user, false, |state, counters| {
@@ -1376,7 +1383,7 @@ impl<H: UserHistory> LocalIndex<H> {
                     }
                     (Cursor::Live { at: None }, Some(_)) => true,
                     (Cursor::Live { at }, None) => at.is_some(),
-                    (Cursor::CatchingUp { .. }, _) => false,
+                    (Cursor::CatchingUp { .. }, _) => true,
                 }
             })
         })
@@ -1615,6 +1622,30 @@ mod tests {
         assert_eq!(deliver(&index, 5, Arrival::InOrder).delivered, 1);
         assert_eq!(deliver(&index, 5, Arrival::InOrder).delivered, 0);
         assert_eq!(received(&mut receiver), ["e5"]);
+    }
+
+    /// The audit after a possible message loss: a connection whose history
+    /// read may predate an event the node never heard live is told to
+    /// resume, not left to finish behind it.
+    #[cfg(feature = "redis")]
+    #[test]
+    fn the_audit_closes_a_connection_still_catching_up() {
+        let index = index(16);
+        let (id, socket, mut receiver) = begun(&index);
+        assert_eq!(
+            index.close_behind(&alice(), Some(StreamOffset::new(7, 3))),
+            1
+        );
+        assert_eq!(socket.close_reason().map(|r| r.code), Some(close::RESUME));
+        assert_eq!(received(&mut receiver), ["close 1012"]);
+        // Its read comes back after the close: nothing to publish.
+        let replay = Replay {
+            notice: None,
+            events: vec![event(1), event(2)],
+            head: Some(StreamOffset::new(7, 2)),
+        };
+        assert!(index.finish(&alice(), &id, replay).unwrap().is_none());
+        assert!(index.get(&id).is_none() && index.sizes(0).is_empty());
     }
 
     #[test]
