@@ -143,6 +143,15 @@ impl Shared {
                 .compare_exchange(0, now_ms(), Ordering::SeqCst, Ordering::SeqCst);
     }
 
+    /// Whether the node is joined and serving now. The one way to read
+    /// `ready`: a `watch::Ref` kept past its statement holds the channel's
+    /// read lock, and a second read on the same thread (as `link_state`
+    /// does) then waits behind a writer (`link_lost`, `link_joined`) that
+    /// waits for the first: `cluster_stats` deadlocked the node so.
+    pub(super) fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
     /// Joined (again): ready, and no longer fenced.
     pub(super) fn link_joined(&self) {
         self.link.joined.store(true, Ordering::SeqCst);
@@ -196,7 +205,7 @@ impl Shared {
                 since_ms: fenced_at,
             };
         }
-        if *self.ready.borrow() {
+        if self.is_ready() {
             return LinkState::Serving;
         }
         if !self.link.joined.load(Ordering::SeqCst) {
@@ -412,5 +421,62 @@ pub(super) async fn watch(shared: Weak<Shared>) {
             () = tokio::time::sleep(period) => {}
             () = clock.timed_out.notified() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::managers::{ClusterConfig, ClusterWebSocketManager, ManagerConfig};
+
+    /// `cluster_stats` read `ready` twice in one statement (its own field,
+    /// then through `link_state`): a writer (`link_lost`, `link_joined`)
+    /// arriving between the two left the reader waiting behind the writer
+    /// and the writer waiting for the reader, and every task that read
+    /// `ready` after them (seen: a whole node stuck, test thread, watchdog
+    /// and maintenance). Readers and a flapping writer on two threads must
+    /// all finish.
+    #[test]
+    fn reading_the_stats_while_the_link_flaps_never_deadlocks() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        // Nothing listens there: the node keeps trying to join.
+        let cluster = ClusterConfig::builder("redis://127.0.0.1:1")
+            .build()
+            .expect("a valid config");
+        let manager = {
+            let _entered = runtime.enter();
+            ClusterWebSocketManager::new(ManagerConfig::default(), cluster).expect("a manager")
+        };
+        let shared = Arc::clone(&manager.shared);
+        let rounds = 100_000;
+        let (finished, done) = std::sync::mpsc::channel();
+        let writer_finished = finished.clone();
+        std::thread::spawn(move || {
+            for _ in 0..rounds {
+                shared.link_lost();
+                shared.link_joined();
+            }
+            let _ = writer_finished.send("writer");
+        });
+        std::thread::spawn(move || {
+            for _ in 0..rounds {
+                let _ = manager.cluster_stats();
+            }
+            let _ = finished.send("reader");
+        });
+        let both = (0..2).all(|_| done.recv_timeout(Duration::from_secs(60)).is_ok());
+        // Before asserting: never wait for a worker (a stuck one would
+        // hang the test instead of failing it).
+        runtime.shutdown_background();
+        assert!(
+            both,
+            "deadlock: the stats reader and the link's writer stopped each other"
+        );
     }
 }

@@ -57,7 +57,7 @@ pub(super) async fn maintain(shared: Weak<Shared>) {
                 leave(&shared).await;
                 return;
             }
-            let ready = *shared.ready.borrow();
+            let ready = shared.is_ready();
             let result = if ready {
                 tick(&shared).await
             } else {
@@ -79,7 +79,7 @@ pub(super) async fn maintain(shared: Weak<Shared>) {
         let Some(strong) = shared.upgrade() else {
             return;
         };
-        let wait = if *strong.ready.borrow() {
+        let wait = if strong.is_ready() {
             next - now
         } else {
             Duration::from_millis(200).min(interval)

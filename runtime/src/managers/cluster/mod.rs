@@ -324,7 +324,7 @@ impl ClusterWebSocketManager {
     pub fn cluster_stats(&self) -> ClusterStats {
         ClusterStats {
             node_id: self.node_id().to_owned(),
-            ready: *self.shared.ready.borrow(),
+            ready: self.shared.is_ready(),
             local_connections: self.shared.local.connection_count(),
             remote_connections: self.shared.replica.len(),
             remote_nodes: self.shared.replica.nodes().len(),
@@ -682,7 +682,7 @@ impl WebSocketManager for ClusterWebSocketManager {
         }
         health.total_connections = health.connections.len();
         // Cut off from Redis: the other nodes' part is the last one known.
-        health.partial = !*shared.ready.borrow();
+        health.partial = !shared.is_ready();
         health
             .connections
             .sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
