@@ -173,9 +173,15 @@ impl RedisClusterGroup {
                 let replication = cli(port, &["INFO", "replication"]);
                 info.contains("cluster_state:ok")
                     && info.contains("cluster_slots_ok:16384")
-                    && (replication.contains("master_link_status:up")
-                        || replication.contains("role:master")
-                            && streams_to_replicas(port, connected_replicas(&replication)))
+                    && (replication.contains("role:master")
+                        || replication.contains("master_link_status:up"))
+            })
+            // Asked after every replica said it is linked, so each master
+            // counts all of its replicas here.
+            && self.live_ports().all(|port| {
+                let replication = cli(port, &["INFO", "replication"]);
+                !replication.contains("role:master")
+                    || streams_to_replicas(port, connected_replicas(&replication))
             })
         });
     }
