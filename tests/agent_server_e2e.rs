@@ -1039,6 +1039,9 @@ async fn a_node_cut_off_from_redis_says_so_refuses_upgrades_and_serves_again() {
     let a = Server::start_with(&args, &[secret]);
     let b = Server::start_with(&args, &[secret]);
     let mut tab = b.connect("alice").await;
+    // Registered (the hello comes after): a registration whose history
+    // read meets the pause is refused with 1011, not the fence's 1012.
+    tab.next_of(&["hello"]).await;
     assert_eq!(a.readiness().0, 200);
 
     redis.pause();
